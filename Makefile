@@ -1,0 +1,25 @@
+# The two commands a fresh machine needs: `make run` and `make test`. Both create the environment
+# (tools/env) when it is missing. Everything runs inside it through `tools/env exec`.
+ENV := tools/env exec
+PRESET ?= default
+PYTEST_ARGS ?=
+
+.PHONY: run test lint env data bench bench-methods clean-env
+
+run:
+	$(ENV) python -m pipeline run --preset $(PRESET)
+
+test:
+	$(ENV) python -m pytest $(PYTEST_ARGS)
+
+lint:
+	$(ENV) ruff check .
+
+env:
+	tools/env create
+
+data:
+	$(ENV) python -m pipeline prepare-data
+
+clean-env:
+	tools/env gc

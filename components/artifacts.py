@@ -1,0 +1,14 @@
+"""Custom artifact types of the pipeline."""
+
+from tfx import types
+
+
+class LabelStatistics(types.Artifact):
+    """A folder holding ``label_stats.json``: per-class counts, priors, imbalance ratio, shot groups
+    and class weights of the labeled split (see models/label_stats.py), plus the unlabeled count."""
+
+    TYPE_NAME = "LabelStatistics"
+
+
+LABEL_STATS_FILE = "label_stats.json"
+EVALUATION_FILE = "per_class_evaluation.json"

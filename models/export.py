@@ -1,0 +1,46 @@
+"""SavedModel export with explicit serving signatures (TF Serving layout is the Pusher's job).
+
+Signatures:
+  serving_default     images: encoded PNG/JPEG bytes, shape (batch,) ->
+                      probabilities (batch, C) float32, class_id (batch,) int64
+  serving_tf_example  examples: serialized tf.train.Example with an ``image`` bytes feature -> same
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+
+def export_serving_model(model: keras.Model, export_dir: str, image_shape, logit_offset=None) -> None:
+    """Write ``model`` (logits out) as a SavedModel. ``logit_offset`` (C,) is added to the logits
+    before the softmax (post-hoc logit adjustment); None serves the raw logits."""
+    image_shape = [int(d) for d in image_shape]
+    offset = None if logit_offset is None else tf.constant(logit_offset, tf.float32)
+
+    def decode(encoded):
+        image = tf.io.decode_image(encoded, channels=image_shape[-1], expand_animations=False)
+        return tf.cast(tf.ensure_shape(image, image_shape), tf.float32) / 255.0
+
+    def predict(encoded_images):
+        images = tf.map_fn(decode, encoded_images, fn_output_signature=tf.TensorSpec(image_shape, tf.float32))
+        logits = model(images, training=False)
+        if offset is not None:
+            logits = logits + offset
+        probabilities = tf.nn.softmax(logits, axis=-1)
+        return {"probabilities": probabilities, "class_id": tf.argmax(probabilities, axis=-1)}
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        "serving_default", lambda images: predict(images),
+        input_signature=[tf.TensorSpec([None], tf.string, name="images")])
+
+    def from_examples(examples):
+        parsed = tf.io.parse_example(examples, {"image": tf.io.FixedLenFeature([], tf.string)})
+        return predict(parsed["image"])
+
+    archive.add_endpoint(
+        "serving_tf_example", from_examples,
+        input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    archive.write_out(export_dir, verbose=False)

@@ -1,0 +1,123 @@
+"""The Trainer's run_fn: Keras 3 supervised training on TFRecords, with resume and export.
+
+models/ never imports tfx: ``fn_args`` is used only through its attributes (train_files,
+eval_files, serving_model_dir, model_run_dir, custom_config).
+
+custom_config keys (written by pipeline/ from the typed config):
+  train: dict of :class:`TrainConfig` fields
+  label_stats_path: the LabelStatsGen JSON (class counts, priors, groups), never a hard-coded list
+  image_shape: [H, W, C]
+  backup_dir: a folder stable across re-executions of the same training, for BackupAndRestore
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from models import backbones, inputs, losses
+from models.export import export_serving_model
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    backbone: str = "resnet8"
+    epochs: int = 12
+    batch_size: int = 128
+    learning_rate: float = 0.05  # SGD momentum 0.9, cosine decay, as the reference and LDAM code
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    loss: str = "ce"  # ce | logit_adjusted
+    logit_adjust_tau: float = 1.0
+    augment: bool = True
+    seed: int = 0
+    jit_compile: bool = True
+    max_steps_per_epoch: int | None = None  # smoke runs only
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown training settings {sorted(unknown)}")
+        return cls(**d)
+
+
+class EpochProgress(keras.callbacks.Callback):
+    """One line per epoch on stderr: the pipeline's progress for the long step."""
+
+    def __init__(self, epochs: int, prefix: str = "[trainer]"):
+        super().__init__()
+        self.epochs, self.prefix, self.history = epochs, prefix, []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._t0 = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        seconds = time.time() - self._t0
+        logs = {k: float(v) for k, v in (logs or {}).items()}
+        self.history.append({"epoch": epoch + 1, "seconds": seconds, **logs})
+        shown = " ".join(f"{k}={v:.4f}" for k, v in logs.items() if k != "learning_rate")
+        print(f"{self.prefix} epoch {epoch + 1}/{self.epochs} {shown} ({seconds:.1f} s)", file=sys.stderr, flush=True)
+
+
+def build_model(cfg: TrainConfig, image_shape, num_classes: int) -> keras.Model:
+    return backbones.build_classifier(backbones.build_backbone(cfg.backbone, image_shape), num_classes)
+
+
+def train(cfg: TrainConfig, train_files, stats: dict, image_shape, model_run_dir: str, backup_dir: str | None = None):
+    """Train and return (model, history). Resumes from ``backup_dir`` when a backup is there."""
+    keras.utils.set_random_seed(cfg.seed)
+    num_classes = stats["num_classes"]
+    n = stats["num_examples"]
+    steps = -(-n // cfg.batch_size)
+    if cfg.max_steps_per_epoch:
+        steps = min(steps, cfg.max_steps_per_epoch)
+    ds = inputs.training_dataset(train_files, image_shape, cfg.batch_size, cfg.seed, cfg.augment)
+    if cfg.max_steps_per_epoch:
+        ds = ds.take(steps)
+    model = build_model(cfg, image_shape, num_classes)
+    schedule = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, cfg.epochs * steps)
+    optimizer = keras.optimizers.SGD(schedule, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    model.compile(optimizer, losses.make_loss(cfg.loss, stats, cfg.logit_adjust_tau),
+                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")], jit_compile=cfg.jit_compile)
+    progress = EpochProgress(cfg.epochs)
+    callbacks = [
+        progress,
+        keras.callbacks.TensorBoard(log_dir=os.path.join(model_run_dir, "tensorboard")),
+        keras.callbacks.ModelCheckpoint(os.path.join(model_run_dir, "checkpoints", "epoch-{epoch:03d}.weights.h5"),
+                                        save_weights_only=True),
+    ]
+    if backup_dir:  # an interrupted run re-executed with the same inputs resumes at its last epoch
+        callbacks.append(keras.callbacks.BackupAndRestore(backup_dir, save_freq="epoch", delete_checkpoint=True))
+    model.fit(ds, epochs=cfg.epochs, verbose=0, callbacks=callbacks)
+    return model, progress.history
+
+
+def run_fn(fn_args) -> None:
+    """TFX GenericExecutor entry point (referred to by the dotted path models.training.run_fn)."""
+    config = fn_args.custom_config
+    cfg = TrainConfig.from_dict(config["train"])
+    with open(config["label_stats_path"]) as f:
+        stats = json.load(f)
+    image_shape = config["image_shape"]
+    t0 = time.time()
+    model, history = train(cfg, fn_args.train_files, stats, image_shape, fn_args.model_run_dir, config.get("backup_dir"))
+    train_seconds = time.time() - t0
+    logit_offset = None
+    if config.get("post_hoc_logit_adjust_tau"):
+        logit_offset = -config["post_hoc_logit_adjust_tau"] * np.log(np.asarray(stats["class_priors"], np.float32))
+
+    export_serving_model(model, fn_args.serving_model_dir, image_shape, logit_offset)
+    model.save(os.path.join(fn_args.model_run_dir, "model.keras"))
+    summary = {"train_seconds": train_seconds, "epochs": cfg.epochs, "history": history, "config": dataclasses.asdict(cfg),
+               "images_per_second": (stats["num_examples"] * cfg.epochs / train_seconds) if train_seconds else None}
+    with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, "training_summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)

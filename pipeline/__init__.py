@@ -1,0 +1,1 @@
+"""longtail-tfx pipeline: configuration, create_pipeline() wiring, runners and the CLI."""

@@ -1,0 +1,70 @@
+"""`python -m pipeline prepare-data`: argument parsing and the default dataset location."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import re
+
+from components.data.longtail import SplitSpec
+
+DATA_ROOT = "data"
+
+
+def _order(text: str):
+    if text in ("index", "shuffle", "same", "reversed"):
+        return text
+    return tuple(int(c) for c in text.split(","))
+
+
+def _rho(text: str):
+    return None if text.lower() in ("none", "natural") else float(text)
+
+
+def add_prepare_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--source", default="fashion_mnist",
+                   help="fashion_mnist | folder:PATH | tfrecord:PATH | tfds:NAME (default: fashion_mnist)")
+    p.add_argument("--source-dir", default=None, help="where the source's files are (Fashion-MNIST IDX dir, TFDS data dir)")
+    p.add_argument("--out", default=None, help="output directory (default: data/<source>-rho<rho>-<settings hash>)")
+    p.add_argument("--rho", type=_rho, default=100.0, help="labeled imbalance ratio; 'none' keeps the source's own (default 100)")
+    p.add_argument("--n-max", type=int, default=5000, help="labeled count of the head class (default 5000)")
+    p.add_argument("--class-order", type=_order, default="index",
+                   help="head-to-tail class order: index | shuffle | comma-separated ids (default index)")
+    p.add_argument("--val-per-class", type=int, default=300, help="balanced validation images per class (default 300)")
+    p.add_argument("--rho-u", type=float, default=1.0, help="imbalance ratio of the unlabeled pool (default 1: balanced)")
+    p.add_argument("--unlabeled-size", type=int, default=None, help="pool size cap (default: as many as available)")
+    p.add_argument("--unlabeled-order", type=_order, default="same", help="same | reversed | comma-separated ids")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shard-size", type=int, default=10000, help="records per TFRecord shard")
+    p.add_argument("--force", action="store_true", help="rebuild even if the output exists")
+
+
+def spec_from_args(a: argparse.Namespace) -> SplitSpec:
+    return SplitSpec(rho=a.rho, n_max=a.n_max, class_order=a.class_order, val_per_class=a.val_per_class,
+                     rho_u=a.rho_u, unlabeled_size=a.unlabeled_size, unlabeled_order=a.unlabeled_order, seed=a.seed)
+
+
+def default_data_dir(source: str, spec: SplitSpec, shard_size: int = 10000) -> str:
+    """A readable name plus a hash of every setting, so different settings never share a folder."""
+    key = json.dumps({"source": source, "shard_size": shard_size, **dataclasses.asdict(spec)}, sort_keys=True, default=list)
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", source).strip("_")[:40]
+    rho = "natural" if spec.rho is None else f"{spec.rho:g}"
+    return os.path.join(DATA_ROOT, f"{slug}-rho{rho}-seed{spec.seed}-{hashlib.sha256(key.encode()).hexdigest()[:8]}")
+
+
+def run_prepare(a: argparse.Namespace) -> str:
+    from components.data.prepare import MANIFEST, prepare_from_source
+
+    spec = spec_from_args(a)
+    out = a.out or default_data_dir(a.source, spec, a.shard_size)
+    if os.path.exists(os.path.join(out, MANIFEST)) and not a.force:
+        print(f"[prepare-data] {out} exists; reusing it (--force rebuilds)")
+        return out
+    manifest = prepare_from_source(a.source, spec, out, a.source_dir, a.shard_size)
+    for name, entry in manifest["splits"].items():
+        counts = entry.get("per_class_counts") or entry.get("hidden_per_class_counts_from_train")
+        print(f"[prepare-data] {name:<10} {entry['num_examples']:>6} examples  per class: {counts}")
+    return out

@@ -1,0 +1,139 @@
+"""prepare-data on the real Fashion-MNIST files: counts, disjointness, determinism, bad input."""
+
+import glob
+import gzip
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from components.data.errors import DataError
+from components.data.longtail import SplitSpec, exponential_profile
+from components.data.prepare import prepare, prepare_from_source
+from components.data.sources import decode_image, read_fashion_mnist
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPEC = SplitSpec(rho=100, n_max=500, class_order="shuffle", val_per_class=40, rho_u=1.0, unlabeled_size=1000, seed=5)
+
+
+def read_split(data_dir, split):
+    records = []
+    for path in sorted(glob.glob(os.path.join(data_dir, split, "*.tfrecord"))):
+        for raw in tf.data.TFRecordDataset(path).as_numpy_iterator():
+            records.append(tf.train.Example.FromString(raw).features.feature)
+    return records
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, fashion_mnist_dir):
+    out = str(tmp_path_factory.mktemp("fmnist") / "lt")
+    manifest = prepare_from_source("fashion_mnist", SPEC, out, fashion_mnist_dir, shard_size=2000)
+    return out, manifest
+
+
+def test_manifest_counts_equal_records_and_profile(prepared):
+    out, manifest = prepared
+    assert manifest["source"] == "fashion_mnist" and manifest["rho"] == 100 and manifest["seed"] == 5
+    for split, entry in manifest["splits"].items():
+        records = read_split(out, split)
+        assert len(records) == entry["num_examples"], split
+        assert sorted(entry["files"]) == sorted(os.path.relpath(p, out) for p in glob.glob(f"{out}/{split}/*.tfrecord"))
+        if entry["has_label"]:
+            labels = [r["label"].int64_list.value[0] for r in records]
+            assert np.bincount(labels, minlength=10).tolist() == entry["per_class_counts"], split
+    labeled = manifest["splits"]["labeled"]["per_class_counts"]
+    assert labeled == exponential_profile(500, 10, 100, manifest["class_order"])
+    assert manifest["class_order"] != list(range(10))
+    assert manifest["splits"]["validation"]["per_class_counts"] == [40] * 10
+    assert manifest["splits"]["test"]["per_class_counts"] == [1000] * 10
+    assert manifest["splits"]["unlabeled"]["num_examples"] == 1000
+    assert manifest["splits"]["labeled"]["files"] == ["labeled/labeled-00000-of-00001.tfrecord"]
+    assert len(manifest["splits"]["test"]["files"]) == 5  # 10,000 at 2,000 a shard
+
+
+def test_unlabeled_has_no_label_feature(prepared):
+    out, _ = prepared
+    records = read_split(out, "unlabeled")
+    assert records and all(set(r.keys()) == {"image"} for r in records)
+
+
+def test_splits_are_disjoint_by_image_hash(prepared):
+    out, manifest = prepared
+    hashes = {}
+    for split in manifest["splits"]:
+        hs = [hashlib.sha1(decode_image(r["image"].bytes_list.value[0]).tobytes()).hexdigest() for r in read_split(out, split)]
+        assert len(set(hs)) == len(hs), f"duplicate images inside {split}"
+        hashes[split] = set(hs)
+    names = list(hashes)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            assert not hashes[a] & hashes[b], f"{a} and {b} share images"
+    assert manifest["duplicates_across_splits"] == {}
+
+
+def test_images_round_trip_exactly(prepared, fashion_mnist_dir):
+    out, _ = prepared
+    raw = read_fashion_mnist(fashion_mnist_dir)
+    train = {hashlib.sha1(x.tobytes()).hexdigest() for x in raw.train_images}
+    for r in read_split(out, "labeled")[:50]:
+        img = decode_image(r["image"].bytes_list.value[0])
+        assert img.shape == (28, 28, 1) and img.dtype == np.uint8
+        assert hashlib.sha1(img.tobytes()).hexdigest() in train
+
+
+def test_same_seed_is_byte_identical(prepared, tmp_path, fashion_mnist_dir):
+    out, _ = prepared
+    again = str(tmp_path / "again")
+    prepare_from_source("fashion_mnist", SPEC, again, fashion_mnist_dir, shard_size=2000)
+    files = sorted(os.path.relpath(p, out) for p in glob.glob(f"{out}/**/*", recursive=True) if os.path.isfile(p))
+    assert files == sorted(os.path.relpath(p, again) for p in glob.glob(f"{again}/**/*", recursive=True) if os.path.isfile(p))
+    for f in files:
+        assert open(os.path.join(out, f), "rb").read() == open(os.path.join(again, f), "rb").read(), f
+
+
+def test_missing_source_says_what_to_install(tmp_path):
+    with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
+        read_fashion_mnist(str(tmp_path))
+
+
+def test_corrupt_idx_file_is_named(tmp_path, fashion_mnist_dir):
+    for name in os.listdir(fashion_mnist_dir):
+        if name.endswith(".gz"):
+            data = open(os.path.join(fashion_mnist_dir, name), "rb").read()
+            if name.startswith("train-images"):
+                data = gzip.compress(gzip.decompress(data)[:-100])  # truncated payload
+            open(tmp_path / name, "wb").write(data)
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte.gz: IDX payload holds"):
+        read_fashion_mnist(str(tmp_path))
+
+
+def test_class_without_labeled_examples_stops(tmp_path):
+    from components.data.sources import RawData
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (300, 8, 8, 1), dtype=np.uint8)
+    y = np.repeat(np.arange(3), 100)
+    raw = RawData("tiny", ["a", "b", "c"], x, y, x[:30], y[:30])
+    with pytest.raises(DataError, match=r"labeled: classes with no labeled example: \['b', 'c'\] \(2 classes affected\)"):
+        prepare(raw, SplitSpec(rho=1000, n_max=10, val_per_class=10), str(tmp_path / "o"), log=lambda m: None)
+    assert not os.path.exists(tmp_path / "o")
+
+
+def test_cli_prints_output_dir_last_and_fails_cleanly(tmp_path, fashion_mnist_dir):
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    out = str(tmp_path / "cli")
+    args = [sys.executable, "-m", "pipeline", "prepare-data", "--source-dir", fashion_mnist_dir, "--out", out,
+            "--n-max", "200", "--val-per-class", "20", "--unlabeled-size", "100", "--rho", "10"]
+    proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    assert proc.stdout.strip().splitlines()[-1] == out
+    assert json.load(open(os.path.join(out, "manifest.json")))["splits"]["labeled"]["per_class_counts"][0] == 200
+    bad_args = [sys.executable, "-m", "pipeline", "prepare-data", "--source-dir", str(tmp_path / "nowhere"),
+                "--out", out + "2"]
+    bad = subprocess.run(bad_args, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert "file not found" in bad.stderr and "dataset-fashion-mnist" in bad.stderr
