@@ -7,8 +7,8 @@ All losses take integer labels ``y_true`` of shape (batch,) and raw logits ``y_p
 from __future__ import annotations
 
 import numpy as np
-from keras import ops, saving
 from keras import losses as keras_losses
+from keras import ops, saving
 
 from models.label_stats import effective_number_weights  # noqa: F401  (part of this module's API)
 

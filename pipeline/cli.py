@@ -14,7 +14,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     data_cli.add_prepare_args(sub.add_parser("prepare-data", help="build the long-tailed TFRecord splits"))
+    run = sub.add_parser("run", help="run the TFX pipeline locally (LocalDagRunner, MLMD on SQLite, Beam DirectRunner)")
+    run.add_argument("--preset", default="default", help="smoke | default | paper")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a setting, e.g. --set train.epochs=5 --set loss=ce (repeatable)")
+    run.add_argument("--out", default=None, help="output directory (default runs/<name>-<time>)")
+    run.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
     return parser
+
+
+def _parse_overrides(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,6 +38,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "prepare-data":
             out = data_cli.run_prepare(args)
+        elif args.command == "run":
+            from pipeline.configs import config_json, load_config
+
+            try:
+                cfg = load_config(args.preset, _parse_overrides(args.overrides))
+            except (KeyError, ValueError) as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
+            if args.print_config:
+                print(config_json(cfg))
+                return 0
+            from pipeline.local_runner import run_pipeline
+
+            out = run_pipeline(cfg, args.out)
         else:  # pragma: no cover - argparse rejects unknown commands
             raise AssertionError(args.command)
     except DataError as e:

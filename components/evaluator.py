@@ -1,0 +1,122 @@
+"""PerClassEvaluator: per-class metrics on the balanced validation split, the gate, a ModelBlessing.
+
+Why not TFMA's Evaluator: the gate needs the many/medium/few-shot group accuracies, whose classes
+come from the LabelStatsGen artifact at run time, and TFMA 0.52 treats a Keras 3 SavedModel only as
+tf_generic; a small custom component computes every number from one pass per split, writes a
+ModelBlessing with the same custom properties TFMA would (``blessed``, ``current_model_id``), so the
+standard Pusher and LatestBlessedModelStrategy honour it. Inference runs in-process (tf.data over
+the split's TFRecords, batches of 512): validation and test splits are thousands of images.
+
+The candidate and the last blessed model (from the Resolver) are both scored on the same split, so
+"no worse than the last blessed model" compares like with like.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+from tfx import types
+from tfx.dsl.components.base import base_component, base_executor, executor_spec
+from tfx.types import artifact_utils, standard_artifacts
+from tfx.types.component_spec import ChannelParameter, ExecutionParameter
+from tfx.utils import io_utils, path_utils
+
+from components.artifacts import EVALUATION_FILE, LABEL_STATS_FILE, LabelStatistics
+from components.gate import GateThresholds, decide
+from models.metrics import per_class_metrics
+
+
+def predict_split(saved_model_dir: str, file_pattern: str, batch_size: int = 512):
+    """(labels, predicted class ids) of every example in the split, through serving_tf_example."""
+    model = tf.saved_model.load(saved_model_dir)
+    serve = model.signatures["serving_tf_example"]
+    files = sorted(tf.io.gfile.glob(file_pattern))
+    ds = tf.data.TFRecordDataset(files, compression_type="GZIP" if files[0].endswith(".gz") else "")
+    labels, preds = [], []
+    for batch in ds.batch(batch_size):
+        parsed = tf.io.parse_example(batch, {"label": tf.io.FixedLenFeature([], tf.int64)})
+        labels.append(parsed["label"].numpy())
+        preds.append(serve(examples=batch)["class_id"].numpy())
+    return np.concatenate(labels), np.concatenate(preds)
+
+
+def evaluate_model(model_artifact_uri: str, examples, split: str, stats: dict) -> dict:
+    serving_dir = path_utils.serving_model_path(model_artifact_uri)
+    pattern = os.path.join(artifact_utils.get_split_uri(examples, split), "*")
+    labels, preds = predict_split(serving_dir, pattern)
+    return per_class_metrics(labels, preds, stats["num_classes"], stats["shot_groups"])
+
+
+class PerClassEvaluatorSpec(types.ComponentSpec):
+    PARAMETERS = {
+        "thresholds": ExecutionParameter(type=str),  # JSON of GateThresholds
+        "eval_split": ExecutionParameter(type=str),
+        "report_split": ExecutionParameter(type=str, optional=True),
+    }
+    INPUTS = {
+        "examples": ChannelParameter(type=standard_artifacts.Examples),
+        "model": ChannelParameter(type=standard_artifacts.Model),
+        "baseline_model": ChannelParameter(type=standard_artifacts.Model, optional=True),
+        "label_stats": ChannelParameter(type=LabelStatistics),
+    }
+    OUTPUTS = {
+        "evaluation": ChannelParameter(type=standard_artifacts.ModelEvaluation),
+        "blessing": ChannelParameter(type=standard_artifacts.ModelBlessing),
+    }
+
+
+class Executor(base_executor.BaseExecutor):
+    def Do(self, input_dict, output_dict, exec_properties):
+        thresholds = GateThresholds(**json.loads(exec_properties["thresholds"]))
+        examples = input_dict["examples"]
+        model = artifact_utils.get_single_instance(input_dict["model"])
+        with open(os.path.join(artifact_utils.get_single_uri(input_dict["label_stats"]), LABEL_STATS_FILE)) as f:
+            stats = json.load(f)
+        eval_split, report_split = exec_properties["eval_split"], exec_properties.get("report_split")
+        candidate = evaluate_model(model.uri, examples, eval_split, stats)
+        baselines = input_dict.get("baseline_model") or []
+        baseline = evaluate_model(baselines[0].uri, examples, eval_split, stats) if baselines else None
+        blessed, checks = decide(candidate, baseline, thresholds, stats["class_names"])
+        result = {
+            "eval_split": eval_split,
+            "candidate": candidate,
+            "baseline": baseline,
+            "baseline_model_uri": baselines[0].uri if baselines else None,
+            "thresholds": json.loads(exec_properties["thresholds"]),
+            "checks": checks,
+            "blessed": blessed,
+        }
+        if report_split:
+            result["report_split"] = report_split
+            result["report"] = evaluate_model(model.uri, examples, report_split, stats)
+        io_utils.write_string_file(os.path.join(artifact_utils.get_single_uri(output_dict["evaluation"]), EVALUATION_FILE),
+                                   json.dumps(result, indent=2))
+        blessing = artifact_utils.get_single_instance(output_dict["blessing"])
+        io_utils.write_string_file(os.path.join(blessing.uri, "BLESSED" if blessed else "NOT_BLESSED"), "")
+        blessing.set_int_custom_property("blessed", 1 if blessed else 0)
+        blessing.set_int_custom_property("current_model_id", model.id)
+        blessing.set_string_custom_property("current_model", model.uri)
+        if baselines:
+            blessing.set_int_custom_property("baseline_model_id", baselines[0].id)
+            blessing.set_string_custom_property("baseline_model", baselines[0].uri)
+        failed = [c["check"] for c in checks if not c["passed"]]
+        blessing.set_string_custom_property("blessing_message", "blessed" if blessed else "failed: " + "; ".join(failed))
+
+
+class PerClassEvaluator(base_component.BaseComponent):
+    SPEC_CLASS = PerClassEvaluatorSpec
+    EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(Executor)
+
+    def __init__(self, examples, model, label_stats, thresholds: GateThresholds, baseline_model=None,
+                 eval_split: str = "eval", report_split: str | None = "test"):
+        import dataclasses
+
+        spec = PerClassEvaluatorSpec(
+            examples=examples, model=model, baseline_model=baseline_model, label_stats=label_stats,
+            thresholds=json.dumps(dataclasses.asdict(thresholds)), eval_split=eval_split, report_split=report_split,
+            evaluation=types.Channel(type=standard_artifacts.ModelEvaluation),
+            blessing=types.Channel(type=standard_artifacts.ModelBlessing))
+        super().__init__(spec=spec)

@@ -1,0 +1,47 @@
+"""LongTailTrainer: TFX's Trainer (GenericExecutor, run_fn by dotted path) plus one input, the
+LabelStatsGen artifact, whose JSON path is handed to run_fn in ``custom_config['label_stats_path']``
+so the Trainer reads class counts and priors from the data, never from a hard-coded list."""
+
+from __future__ import annotations
+
+import os
+
+from tfx import types
+from tfx.components.trainer import component as trainer_component
+from tfx.components.trainer import executor as trainer_executor
+from tfx.dsl.components.base import executor_spec
+from tfx.proto import trainer_pb2
+from tfx.types import artifact_utils, standard_artifacts, standard_component_specs
+from tfx.types.component_spec import ChannelParameter
+from tfx.utils import json_utils
+
+from components.artifacts import LABEL_STATS_FILE, LabelStatistics
+
+
+class LongTailTrainerSpec(standard_component_specs.TrainerSpec):
+    INPUTS = {**standard_component_specs.TrainerSpec.INPUTS,
+              "label_stats": ChannelParameter(type=LabelStatistics)}
+
+
+class Executor(trainer_executor.GenericExecutor):
+    def _GetFnArgs(self, input_dict, output_dict, exec_properties):
+        fn_args = super()._GetFnArgs(input_dict, output_dict, exec_properties)
+        stats_uri = artifact_utils.get_single_uri(input_dict["label_stats"])
+        fn_args.custom_config = dict(fn_args.custom_config or {}, label_stats_path=os.path.join(stats_uri, LABEL_STATS_FILE))
+        return fn_args
+
+
+class LongTailTrainer(trainer_component.Trainer):
+    SPEC_CLASS = LongTailTrainerSpec
+    EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(Executor)
+
+    def __init__(self, examples, label_stats, run_fn: str, custom_config: dict, schema=None, base_model=None,
+                 train_split: str = "train", eval_split: str = "eval"):
+        spec = LongTailTrainerSpec(
+            examples=examples, label_stats=label_stats, schema=schema, base_model=base_model,
+            train_args=trainer_pb2.TrainArgs(splits=[train_split]), eval_args=trainer_pb2.EvalArgs(splits=[eval_split]),
+            run_fn=run_fn, custom_config=json_utils.dumps(custom_config),
+            model=types.Channel(type=standard_artifacts.Model),
+            model_run=types.Channel(type=standard_artifacts.ModelRun))
+        # Skip Trainer.__init__ (it builds its own spec); BaseComponent takes ours.
+        super(trainer_component.Trainer, self).__init__(spec=spec)

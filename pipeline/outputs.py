@@ -1,0 +1,68 @@
+"""Reading a finished run's artifacts back from MLMD (the run's pipeline_run context)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from ml_metadata.proto import metadata_store_pb2
+from tfx.orchestration import metadata
+
+from components.artifacts import EVALUATION_FILE, LABEL_STATS_FILE
+
+OUTPUT_EVENTS = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
+
+
+def latest_run_outputs(metadata_path: str) -> dict:
+    """{execution type name: {"state": ..., "outputs": {artifact type name: [artifact]}}} of the newest run."""
+    with metadata.Metadata(metadata.sqlite_metadata_connection_config(metadata_path)) as m:
+        store = m.store
+        runs = store.get_contexts_by_type("pipeline_run")
+        if not runs:
+            raise RuntimeError(f"no pipeline run recorded in {metadata_path}")
+        run = max(runs, key=lambda c: c.id)
+        executions = store.get_executions_by_context(run.id)
+        types = {t.id: t.name for t in store.get_execution_types()}
+        artifact_types = {t.id: t.name for t in store.get_artifact_types()}
+        result = {}
+        for execution in executions:
+            events = [e for e in store.get_events_by_execution_ids([execution.id]) if e.type in OUTPUT_EVENTS]
+            artifacts = store.get_artifacts_by_id([e.artifact_id for e in events]) if events else []
+            outputs: dict[str, list] = {}
+            for a in artifacts:
+                outputs.setdefault(artifact_types[a.type_id], []).append(a)
+            state = metadata_store_pb2.Execution.State.Name(execution.last_known_state)
+            result[types[execution.type_id]] = {"state": state, "outputs": outputs}
+        return {"run_id": run.name, "executions": result}
+
+
+def find_output(run: dict, artifact_type: str):
+    for info in run["executions"].values():
+        if artifact_type in info["outputs"]:
+            return info["outputs"][artifact_type][-1]
+    return None
+
+
+def read_json_artifact(artifact, filename: str) -> dict:
+    with open(os.path.join(artifact.uri, filename)) as f:
+        return json.load(f)
+
+
+def run_results(metadata_path: str) -> dict:
+    run = latest_run_outputs(metadata_path)
+    evaluation = find_output(run, "ModelEvaluation")
+    stats = find_output(run, "LabelStatistics")
+    model_run = find_output(run, "ModelRun")
+    pushed = find_output(run, "PushedModel")
+    result = {
+        "run_id": run["run_id"],
+        "executions": {k: v["state"] for k, v in run["executions"].items()},
+        "evaluation": read_json_artifact(evaluation, EVALUATION_FILE) if evaluation else None,
+        "label_stats": read_json_artifact(stats, LABEL_STATS_FILE) if stats else None,
+        "training": read_json_artifact(model_run, "training_summary.json") if model_run else None,
+        "model_run_dir": model_run.uri if model_run else None,
+        "pushed": bool(pushed and pushed.custom_properties["pushed"].int_value == 1),
+        "pushed_model_dir": (pushed.custom_properties["pushed_destination"].string_value
+                             if pushed and "pushed_destination" in pushed.custom_properties else None),
+    }
+    return result

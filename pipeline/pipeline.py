@@ -1,0 +1,119 @@
+"""create_pipeline(): wiring only. Every number comes from the typed config or from artifacts.
+
+labeled    -> ImportExampleGen -> StatisticsGen -> ExampleValidator (schemas/labeled.pbtxt)   -> AnomalyCheck
+unlabeled  -> ImportExampleGen -> StatisticsGen -> ExampleValidator (schemas/unlabeled.pbtxt) -> AnomalyCheck
+labeled (+ unlabeled count) -> LabelStatsGen (Beam) -> LongTailTrainer (run_fn: models.training.run_fn)
+Resolver(latest blessed model) + trainer model -> PerClassEvaluator (gate) -> Pusher (TF Serving layout)
+
+An empty unlabeled pool drops the unlabeled branch: the run is supervised-only and says so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+
+from tfx import v1 as tfx
+from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import LatestBlessedModelStrategy
+from tfx.proto import example_gen_pb2, pusher_pb2
+
+from components.anomaly_check import AnomalyCheck
+from components.evaluator import PerClassEvaluator
+from components.label_stats_gen import LabelStatsGen
+from components.trainer import LongTailTrainer
+from pipeline.configs import PipelineConfig
+
+SCHEMA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "schemas")
+RUN_FN = "models.training.run_fn"
+
+
+def _example_gen(data_dir: str, splits: dict[str, str], component_id: str):
+    config = example_gen_pb2.Input(splits=[example_gen_pb2.Input.Split(name=n, pattern=p) for n, p in splits.items()])
+    output = None
+    if len(splits) == 1:  # one input split would otherwise be hash-split 2:1 into train/eval
+        (name,) = splits
+        output = example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(
+            splits=[example_gen_pb2.SplitConfig.Split(name=name, hash_buckets=1)]))
+    return tfx.components.ImportExampleGen(input_base=data_dir, input_config=config, output_config=output
+                                           ).with_id(component_id)
+
+
+def _validated(examples, schema_file: str, prefix: str, name: str):
+    stats = tfx.components.StatisticsGen(examples=examples).with_id(f"{prefix}StatisticsGen")
+    schema = tfx.components.ImportSchemaGen(schema_file=schema_file).with_id(f"{prefix}SchemaGen")
+    validator = tfx.components.ExampleValidator(statistics=stats.outputs["statistics"], schema=schema.outputs["schema"]
+                                                ).with_id(f"{prefix}ExampleValidator")
+    check = AnomalyCheck(anomalies=validator.outputs["anomalies"], examples_name=name).with_id(f"{prefix}AnomalyCheck")
+    return [stats, schema, validator, check], schema, check
+
+
+def training_custom_config(cfg: PipelineConfig, manifest: dict, pipeline_root: str) -> dict:
+    train = dataclasses.asdict(cfg.train)
+    # Stable across re-executions of the same training, so an interrupted Trainer resumes.
+    key = hashlib.sha256(json.dumps({"train": train, "data": manifest.get("splits")}, sort_keys=True).encode()).hexdigest()[:16]
+    return {
+        "train": train,
+        "image_shape": manifest["image_shape"],
+        "backup_dir": os.path.join(pipeline_root, "_trainer_backup", key),
+        "post_hoc_logit_adjust_tau": cfg.post_hoc_logit_adjust_tau,
+    }
+
+
+def create_pipeline(cfg: PipelineConfig, data_dir: str, manifest: dict, pipeline_root: str, metadata_path: str | None,
+                    serving_dir: str, beam_pipeline_args: list[str] | None = None) -> tfx.dsl.Pipeline:
+    labeled_gen = _example_gen(data_dir, {"train": "labeled/*", "eval": "validation/*", "test": "test/*"},
+                               "LabeledExampleGen")
+    labeled_nodes, labeled_schema, labeled_check = _validated(
+        labeled_gen.outputs["examples"], os.path.join(SCHEMA_DIR, "labeled.pbtxt"), "Labeled", "labeled")
+    components = [labeled_gen, *labeled_nodes]
+
+    unlabeled_examples, upstream_checks = None, [labeled_check]
+    if manifest["splits"]["unlabeled"]["num_examples"] > 0:
+        unlabeled_gen = _example_gen(data_dir, {"unlabeled": "unlabeled/*"}, "UnlabeledExampleGen")
+        unlabeled_nodes, _, unlabeled_check = _validated(
+            unlabeled_gen.outputs["examples"], os.path.join(SCHEMA_DIR, "unlabeled.pbtxt"), "Unlabeled", "unlabeled")
+        components += [unlabeled_gen, *unlabeled_nodes]
+        unlabeled_examples = unlabeled_gen.outputs["examples"]
+        upstream_checks.append(unlabeled_check)
+
+    stats_gen = LabelStatsGen(
+        examples=labeled_gen.outputs["examples"], unlabeled_examples=unlabeled_examples,
+        num_classes=manifest["num_classes"], class_names=manifest["class_names"], image_shape=manifest["image_shape"],
+        many_shot_threshold=cfg.stats.many_shot_threshold, few_shot_threshold=cfg.stats.few_shot_threshold,
+        effective_number_beta=cfg.stats.effective_number_beta)
+    for check in upstream_checks:  # no statistics, hence no training, from data that failed validation
+        stats_gen.add_upstream_node(check)
+
+    trainer = LongTailTrainer(
+        examples=labeled_gen.outputs["examples"], label_stats=stats_gen.outputs["label_stats"],
+        schema=labeled_schema.outputs["schema"], run_fn=RUN_FN,
+        custom_config=training_custom_config(cfg, manifest, pipeline_root))
+
+    latest_blessed = tfx.dsl.Resolver(
+        strategy_class=LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id("LatestBlessedModelResolver")
+
+    evaluator = PerClassEvaluator(
+        examples=labeled_gen.outputs["examples"], model=trainer.outputs["model"],
+        baseline_model=latest_blessed.outputs["model"], label_stats=stats_gen.outputs["label_stats"],
+        thresholds=cfg.gate, eval_split="eval", report_split="test")
+
+    pusher = tfx.components.Pusher(
+        model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
+        push_destination=pusher_pb2.PushDestination(
+            filesystem=pusher_pb2.PushDestination.Filesystem(base_directory=serving_dir)))
+
+    components += [stats_gen, trainer, latest_blessed, evaluator, pusher]
+    return tfx.dsl.Pipeline(
+        pipeline_name=cfg.name,
+        pipeline_root=pipeline_root,
+        components=components,
+        enable_cache=cfg.enable_cache,
+        metadata_connection_config=(tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path)
+                                    if metadata_path else None),
+        beam_pipeline_args=beam_pipeline_args or [],
+    )

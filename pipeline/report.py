@@ -1,0 +1,150 @@
+"""metrics.json, report.md and the per-class plot of a run; and the console table."""
+
+from __future__ import annotations
+
+import json
+import os
+
+
+def build_metrics(cfg_dict: dict, manifest: dict, data_dir: str, results: dict, timings: dict) -> dict:
+    ev = results["evaluation"] or {}
+    test = ev.get("report") or {}
+    val = ev.get("candidate") or {}
+    stats = results["label_stats"] or {}
+    unlabeled = manifest["splits"]["unlabeled"]["num_examples"]
+    return {
+        # the headline numbers: the candidate on the balanced test split
+        "split": ev.get("report_split"),
+        "balanced_accuracy": test.get("balanced_accuracy"),
+        "accuracy": test.get("accuracy"),
+        "macro_f1": test.get("macro_f1"),
+        "per_class_recall": test.get("per_class_recall"),
+        "per_class_precision": test.get("per_class_precision"),
+        "many_shot_accuracy": test.get("many_shot_accuracy"),
+        "medium_shot_accuracy": test.get("medium_shot_accuracy"),
+        "few_shot_accuracy": test.get("few_shot_accuracy"),
+        "worst_class": None if test.get("worst_class") is None else stats["class_names"][test["worst_class"]],
+        "worst_class_recall": test.get("worst_class_recall"),
+        "blessed": ev.get("blessed"),
+        "pushed": results["pushed"],
+        "pushed_model_dir": results["pushed_model_dir"],
+        "gate": {"split": ev.get("eval_split"), "checks": ev.get("checks"), "thresholds": ev.get("thresholds"),
+                 "candidate": val, "baseline": ev.get("baseline"), "baseline_model_uri": ev.get("baseline_model_uri")},
+        "test": test,
+        "label_stats": stats,
+        "unlabeled": {"examples": unlabeled,
+                      "note": "unlabeled pool validated and counted" if unlabeled else
+                      "unlabeled pool is empty: supervised-only run, unlabeled branch skipped"},
+        "data": {"data_dir": data_dir, "source": manifest["source"], "rho": manifest["rho"], "rho_u": manifest["rho_u"],
+                 "seed": manifest["seed"], "class_order": manifest["class_order"],
+                 "splits": {k: {kk: vv for kk, vv in v.items() if kk != "files"} for k, v in manifest["splits"].items()}},
+        "seed": cfg_dict["train"]["seed"],
+        "config": cfg_dict,
+        "training": results["training"],
+        "timings": timings,
+        "run_id": results["run_id"],
+        "executions": results["executions"],
+        "model_run_dir": results["model_run_dir"],
+    }
+
+
+def _fmt(v, digits=3):
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def per_class_rows(metrics: dict) -> list[dict]:
+    stats = metrics["label_stats"]
+    group_of = {c: g for g, cs in stats["shot_groups"].items() for c in cs}
+    val = metrics["gate"]["candidate"] or {}
+    rows = []
+    for c in stats["classes_by_frequency"]:
+        rows.append({"class": stats["class_names"][c], "id": c, "train": stats["class_counts"][c], "group": group_of[c],
+                     "val_recall": (val.get("per_class_recall") or [None] * (c + 1))[c],
+                     "test_recall": (metrics["per_class_recall"] or [None] * (c + 1))[c],
+                     "test_precision": (metrics["per_class_precision"] or [None] * (c + 1))[c]})
+    return rows
+
+
+def console_table(metrics: dict) -> str:
+    lines = [f"{'class':<14}{'id':>3}{'train':>7} {'group':<7}{'val rec':>8}{'test rec':>9}{'test prec':>10}"]
+    for r in per_class_rows(metrics):
+        lines.append(f"{r['class'][:13]:<14}{r['id']:>3}{r['train']:>7} {r['group']:<7}{_fmt(r['val_recall']):>8}"
+                     f"{_fmt(r['test_recall']):>9}{_fmt(r['test_precision']):>10}")
+    lines.append(f"balanced accuracy {_fmt(metrics['balanced_accuracy'], 4)}  macro-F1 {_fmt(metrics['macro_f1'], 4)}  "
+                 f"many {_fmt(metrics['many_shot_accuracy'])} medium {_fmt(metrics['medium_shot_accuracy'])} "
+                 f"few {_fmt(metrics['few_shot_accuracy'])}  (test split)")
+    failed = [c for c in metrics["gate"]["checks"] or [] if not c["passed"]]
+    decision = "BLESSED" if metrics["blessed"] else "NOT BLESSED: " + "; ".join(
+        f"{c['check']} ({_fmt(c['value'])} vs {_fmt(c['threshold'])}{', ' + c['detail'] if c['detail'] else ''})" for c in failed)
+    lines.append(f"gate: {decision}; pushed: {metrics['pushed_model_dir'] if metrics['pushed'] else 'no'}")
+    return "\n".join(lines)
+
+
+def plot_per_class(metrics: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = per_class_rows(metrics)
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    names = [r["class"] for r in rows]
+    ax.bar(names, [r["train"] for r in rows], color="#9ab", label="training images")
+    ax.set_yscale("log")
+    ax.set_ylabel("training images (log)")
+    ax.tick_params(axis="x", rotation=45)
+    ax2 = ax.twinx()
+    ax2.plot(names, [r["test_recall"] if r["test_recall"] is not None else float("nan") for r in rows], "o-", color="#c33",
+             label="test recall")
+    ax2.set_ylim(0, 1.02)
+    ax2.set_ylabel("test recall")
+    ax.set_title(f"Training count vs test recall per class (balanced acc {_fmt(metrics['balanced_accuracy'], 3)})")
+    fig.legend(loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(metrics: dict, out_dir: str) -> None:
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=2)
+    plot_per_class(metrics, os.path.join(out_dir, "per_class.png"))
+    stats, cfg, gate = metrics["label_stats"], metrics["config"], metrics["gate"]
+    t = metrics["timings"]
+    md = [f"# Run {metrics['run_id']} ({cfg['preset']} preset)", "",
+          f"Data: `{metrics['data']['data_dir']}` ({metrics['data']['source']}, rho={metrics['data']['rho']}, "
+          f"rho_u={metrics['data']['rho_u']}, seed {metrics['data']['seed']}). Labeled {stats['num_examples']} examples, "
+          f"imbalance ratio {stats['imbalance_ratio']:.1f}. Unlabeled: {metrics['unlabeled']['examples']} "
+          f"({metrics['unlabeled']['note']}).", "",
+          f"Shot groups (many >= {stats['shot_thresholds']['many_at_least']:.0f}, few < "
+          f"{stats['shot_thresholds']['few_below']:.0f} training images; {stats['shot_thresholds']['source']}): "
+          + ", ".join(f"{g}: {[stats['class_names'][c] for c in cs]}" for g, cs in stats["shot_groups"].items()), "",
+          f"Training: {cfg['train']['backbone']}, loss {cfg['train']['loss']}, {cfg['train']['epochs']} epochs, "
+          f"batch {cfg['train']['batch_size']}, seed {metrics['seed']}.", "",
+          "## Gate (validation split)", "",
+          f"Decision: **{'BLESSED' if metrics['blessed'] else 'NOT BLESSED'}**; pushed: "
+          f"{'`' + metrics['pushed_model_dir'] + '`' if metrics['pushed'] else 'no'}.", "",
+          "| check | value | threshold | passed | detail |", "|---|---|---|---|---|"]
+    for c in gate["checks"] or []:
+        md.append(f"| {c['check']} | {_fmt(c['value'], 4)} | {_fmt(c['threshold'], 4)} | {'yes' if c['passed'] else 'NO'} "
+                  f"| {c['detail']} |")
+    md += ["", "## Per class (ranked by training count)", "",
+           f"Test split: balanced accuracy {_fmt(metrics['balanced_accuracy'], 4)}, macro-F1 {_fmt(metrics['macro_f1'], 4)}, "
+           f"many {_fmt(metrics['many_shot_accuracy'])}, medium {_fmt(metrics['medium_shot_accuracy'])}, "
+           f"few {_fmt(metrics['few_shot_accuracy'])}.", "",
+           "| class | id | train | group | val recall | test recall | test precision |", "|---|---|---|---|---|---|---|"]
+    for r in per_class_rows(metrics):
+        md.append(f"| {r['class']} | {r['id']} | {r['train']} | {r['group']} | {_fmt(r['val_recall'])} | "
+                  f"{_fmt(r['test_recall'])} | {_fmt(r['test_precision'])} |")
+    md += ["", "![training count vs test recall](per_class.png)", "",
+           "## Time", "",
+           f"Pipeline wall time {t['pipeline_seconds']:.1f} s: training {_fmt(t.get('train_seconds'), 1)} s, "
+           f"everything else {_fmt(t.get('other_seconds'), 1)} s.", ""]
+    history = (metrics.get("training") or {}).get("history") or []
+    if history:
+        md += ["| epoch | loss | train accuracy | seconds |", "|---|---|---|---|"]
+        md += [f"| {h['epoch']} | {_fmt(h.get('loss'), 4)} | {_fmt(h.get('accuracy'), 4)} | {h['seconds']:.1f} |"
+               for h in history]
+    with open(os.path.join(out_dir, "report.md"), "w") as f:
+        f.write("\n".join(md) + "\n")
