@@ -13,6 +13,8 @@ from tfx.dsl.component.experimental.annotations import InputArtifact, Parameter
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types import artifact_utils, standard_artifacts
 
+from components.errors import PipelineDataError
+
 
 def read_anomalies(anomalies_artifact) -> list[str]:
     """One line per anomaly: 'split X, feature F: short description (description)'."""
@@ -35,4 +37,5 @@ def read_anomalies(anomalies_artifact) -> list[str]:
 def AnomalyCheck(anomalies: InputArtifact[standard_artifacts.ExampleAnomalies], examples_name: Parameter[str]) -> None:
     found = read_anomalies(anomalies)
     if found:
-        raise RuntimeError(f"{examples_name} examples failed schema validation ({len(found)} anomalies): " + "; ".join(found))
+        raise PipelineDataError(f"{examples_name} examples", f"failed schema validation, {len(found)} anomalies: "
+                                + "; ".join(found))

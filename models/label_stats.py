@@ -26,21 +26,21 @@ def default_shot_thresholds(class_counts) -> tuple[float, float]:
 
     The papers' fixed thresholds (many > 100, few < 20 training images) suit CIFAR-100-LT's 500-image
     head; for a 5000-image head they put every class in "many". Cutting log n into thirds gives, at
-    rho=100, many >= n_min * rho^(2/3) and few < n_min * rho^(1/3).
+    rho=100, many >= floor(n_min * rho^(2/3)) and few < floor(n_min * rho^(1/3)).
     """
     present = [n for n in class_counts if n > 0]
     lo, hi = math.log(min(present)), math.log(max(present))
-    return math.exp(lo + 2 * (hi - lo) / 3), math.exp(lo + (hi - lo) / 3)
+    # floored, so a class of an exponential profile (itself floored) lands in the group it is drawn for
+    return float(math.floor(math.exp(lo + 2 * (hi - lo) / 3) + 1e-9)), float(math.floor(math.exp(lo + (hi - lo) / 3) + 1e-9))
 
 
 def shot_groups(class_counts, many_threshold: float, few_threshold: float) -> dict[str, list[int]]:
     """many: n_c >= many_threshold; few: n_c < few_threshold; medium: the rest. A group may be empty."""
     groups = {g: [] for g in SHOT_GROUPS}
     for c, n in enumerate(class_counts):
-        # 1e-9: a class sitting exactly on a threshold computed with exp/log belongs to the upper group
-        if n + 1e-9 >= many_threshold:
+        if n >= many_threshold:
             groups["many"].append(c)
-        elif n + 1e-9 < few_threshold:
+        elif n < few_threshold:
             groups["few"].append(c)
         else:
             groups["medium"].append(c)

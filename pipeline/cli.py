@@ -7,6 +7,7 @@ import argparse
 import sys
 
 from components.data.errors import DataError
+from components.errors import PipelineDataError
 from pipeline import data_cli
 
 
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             out = run_pipeline(cfg, args.out)
         else:  # pragma: no cover - argparse rejects unknown commands
             raise AssertionError(args.command)
-    except DataError as e:
+    except (DataError, PipelineDataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(out)

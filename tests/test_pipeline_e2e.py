@@ -1,0 +1,154 @@
+"""End-to-end LocalDagRunner runs of the whole pipeline (smoke preset, Beam in memory), through
+the real CLI, on a small Fashion-MNIST-LT subset."""
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from components.data.longtail import SplitSpec
+from components.data.prepare import prepare_from_source
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.slow
+
+
+def run_cli(tmp, name, data_dir, out, *sets, check=True):
+    args = [sys.executable, "-m", "pipeline", "run", "--preset", "smoke",
+            "--set", f"name={name}", "--set", f"data.data_dir={data_dir}", "--set", f"runs_root={tmp}/runs",
+            "--set", f"serving_root={tmp}/serving", "--set", "beam_direct_running_mode=in_memory", "--out", out]
+    for s in sets:
+        args += ["--set", s]
+    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT))
+    if check and proc.returncode != 0:
+        raise AssertionError(f"run failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory, fashion_mnist_dir):
+    tmp = tmp_path_factory.mktemp("e2e")
+    data = str(tmp / "data")
+    prepare_from_source("fashion_mnist", SplitSpec(rho=100, n_max=200, class_order="shuffle", val_per_class=20,
+                                                   unlabeled_size=200, seed=1), data, fashion_mnist_dir)
+    first = run_cli(tmp, "smoke", data, str(tmp / "out1"))
+    second = run_cli(tmp, "smoke", data, str(tmp / "out2"))
+    return {"tmp": tmp, "data": data, "first": first, "second": second}
+
+
+def load_metrics(out):
+    with open(os.path.join(out, "metrics.json")) as f:
+        return json.load(f)
+
+
+def test_run_writes_metrics_report_and_pushes(smoke):
+    out = str(smoke["tmp"] / "out1")
+    assert smoke["first"].stdout.strip().splitlines()[-1] == out  # last line: the output directory
+    m = load_metrics(out)
+    for key in ("balanced_accuracy", "macro_f1", "per_class_recall", "per_class_precision", "many_shot_accuracy",
+                "medium_shot_accuracy", "few_shot_accuracy", "blessed", "pushed_model_dir", "seed", "config"):
+        assert key in m, key
+    assert len(m["per_class_recall"]) == 10 and 0.0 <= m["balanced_accuracy"] <= 1.0
+    assert m["balanced_accuracy"] == pytest.approx(np.mean(m["per_class_recall"]))
+    assert m["test"]["num_examples"] == 10000 and m["gate"]["candidate"]["num_examples"] == 200
+    assert m["blessed"] is True and m["pushed"] is True
+    pushed = m["pushed_model_dir"]
+    assert os.path.exists(os.path.join(pushed, "saved_model.pb"))
+    assert os.path.dirname(pushed) == str(smoke["tmp"] / "serving" / "longtail")  # serving/<model>/<version>/
+    assert os.path.basename(pushed).isdigit()
+    assert os.path.exists(os.path.join(out, "report.md")) and os.path.getsize(os.path.join(out, "per_class.png")) > 1000
+    assert "BLESSED" in open(os.path.join(out, "report.md")).read()
+    assert m["label_stats"]["class_counts"] == json.load(open(os.path.join(smoke["data"], "manifest.json")))[
+        "splits"]["labeled"]["per_class_counts"]
+    assert m["unlabeled"]["examples"] == 200
+    assert glob.glob(os.path.join(m["model_run_dir"], "tensorboard", "*"))
+    assert glob.glob(os.path.join(m["model_run_dir"], "checkpoints", "epoch-001.weights.h5"))
+    assert "gate: BLESSED" in smoke["first"].stdout
+
+
+def test_rerun_reuses_cached_outputs_and_compares_with_last_blessed(smoke):
+    m = load_metrics(str(smoke["tmp"] / "out2"))
+    states = m["executions"]
+    for component in ("tfx.components.example_gen.import_example_gen.component.ImportExampleGen",
+                      "components.label_stats_gen.LabelStatsGen", "components.trainer.LongTailTrainer"):
+        assert states[component] == "CACHED", (component, states)
+    first = load_metrics(str(smoke["tmp"] / "out1"))
+    assert m["gate"]["baseline_model_uri"] is not None
+    assert m["gate"]["baseline"]["balanced_accuracy"] == pytest.approx(first["gate"]["candidate"]["balanced_accuracy"])
+
+
+def test_model_failing_the_gate_is_not_pushed(smoke):
+    tmp = smoke["tmp"]
+    before = sorted(os.listdir(tmp / "serving" / "longtail"))
+    proc = run_cli(tmp, "smoke", smoke["data"], str(tmp / "out3"), "gate.min_per_class_recall=0.99")
+    m = load_metrics(str(tmp / "out3"))
+    assert m["blessed"] is False and m["pushed"] is False and m["pushed_model_dir"] is None
+    assert [c["check"] for c in m["gate"]["checks"] if not c["passed"]] == ["every class recall >= floor"]
+    assert sorted(os.listdir(tmp / "serving" / "longtail")) == before  # nothing new was pushed
+    assert "NOT BLESSED" in proc.stdout and "pushed: no" in proc.stdout
+
+
+SERVE_SCRIPT = r"""
+import json, sys
+import tensorflow as tf
+model = tf.saved_model.load(sys.argv[1])
+images = [open(p, 'rb').read() for p in sys.argv[2:]]
+out = model.signatures['serving_default'](images=tf.constant(images))
+print(json.dumps({'probabilities': out['probabilities'].numpy().tolist(), 'class_id': out['class_id'].numpy().tolist()}))
+"""
+
+
+def test_pushed_savedmodel_in_a_fresh_process_matches_keras(smoke, tmp_path):
+    import keras
+    import tensorflow as tf
+
+    from models.inputs import read_examples
+
+    m = load_metrics(str(smoke["tmp"] / "out1"))
+    files = sorted(glob.glob(os.path.join(smoke["data"], "test", "*.tfrecord")))
+    images, paths = [], []
+    for i, (image, _) in enumerate(read_examples(files, [28, 28, 1]).take(48)):
+        images.append(image.numpy())
+        paths.append(str(tmp_path / f"{i}.png"))
+        tf.io.write_file(paths[-1], tf.io.encode_png(image))
+    proc = subprocess.run([sys.executable, "-c", SERVE_SCRIPT, m["pushed_model_dir"], *paths],
+                          capture_output=True, text=True, check=True)
+    served = json.loads(proc.stdout.strip().splitlines()[-1])
+    model = keras.saving.load_model(os.path.join(m["model_run_dir"], "model.keras"), compile=False)
+    expected = keras.ops.convert_to_numpy(keras.ops.softmax(model(np.stack(images).astype("float32") / 255.0)))
+    np.testing.assert_allclose(np.array(served["probabilities"]), expected, atol=1e-5)
+    assert served["class_id"] == expected.argmax(1).tolist()
+
+
+def test_empty_unlabeled_pool_runs_supervised_only(tmp_path, fashion_mnist_dir):
+    data = str(tmp_path / "data")
+    prepare_from_source("fashion_mnist", SplitSpec(rho=10, n_max=100, val_per_class=10, unlabeled_size=0, seed=2),
+                        data, fashion_mnist_dir)
+    proc = run_cli(tmp_path, "smoke-nounlabeled", data, str(tmp_path / "out"))
+    m = load_metrics(str(tmp_path / "out"))
+    assert m["unlabeled"]["examples"] == 0 and "supervised-only" in m["unlabeled"]["note"]
+    assert "supervised-only" in proc.stderr
+    assert not any("Unlabeled" in k for k in m["executions"])  # no unlabeled branch ran
+
+
+def test_negative_label_stops_the_run_with_the_anomaly_named(smoke, tmp_path):
+    import tensorflow as tf
+
+    from components.data.prepare import encode_png
+
+    data = str(tmp_path / "data")
+    shutil.copytree(smoke["data"], data)
+    with tf.io.TFRecordWriter(os.path.join(data, "labeled", "extra.tfrecord")) as w:
+        feature = {"image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[encode_png(np.zeros((28, 28, 1), np.uint8))])),
+                   "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[-3]))}
+        w.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+    proc = run_cli(tmp_path, "smoke-anomaly", data, str(tmp_path / "out"), check=False)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "labeled examples: failed schema validation" in proc.stderr
+    assert "feature 'label'" in proc.stderr and "split train" in proc.stderr
+    assert not os.path.exists(tmp_path / "out" / "metrics.json")
