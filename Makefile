@@ -4,7 +4,7 @@ ENV := tools/env exec
 PRESET ?= default
 PYTEST_ARGS ?=
 
-.PHONY: run test lint env data bench bench-methods clean-env
+.PHONY: run test lint env data bench clean-env
 
 run:
 	$(ENV) python -m pipeline run --preset $(PRESET)
@@ -23,3 +23,6 @@ data:
 
 clean-env:
 	tools/env gc
+
+bench:
+	$(ENV) python bench/pipeline_bench.py --preset default --losses ce,logit_adjusted

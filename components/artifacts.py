@@ -7,7 +7,7 @@ class LabelStatistics(types.Artifact):
     """A folder holding ``label_stats.json``: per-class counts, priors, imbalance ratio, shot groups
     and class weights of the labeled split (see models/label_stats.py), plus the unlabeled count."""
 
-    TYPE_NAME = "LabelStatistics"
+    TYPE_NAME = "longtail.LabelStatistics"  # <namespace>.<Name>: the form KFP v2 accepts for custom types
 
 
 LABEL_STATS_FILE = "label_stats.json"

@@ -21,6 +21,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a setting, e.g. --set train.epochs=5 --set loss=ce (repeatable)")
     run.add_argument("--out", default=None, help="output directory (default runs/<name>-<time>)")
     run.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
+    kfp = sub.add_parser("compile-kfp", help="compile the pipeline for Kubeflow Pipelines v2 (pipeline-spec JSON)")
+    kfp.add_argument("--preset", default="default")
+    kfp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    kfp.add_argument("--data-dir", required=True, help="prepared data folder as the cluster sees it (its manifest is read)")
+    kfp.add_argument("--pipeline-root", required=True, help="e.g. gs://bucket/longtail or a mounted volume path")
+    kfp.add_argument("--image", default="longtail-tfx:latest", help="container image holding this checkout")
+    kfp.add_argument("--output", default="pipeline.json")
     return parser
 
 
@@ -53,6 +60,12 @@ def main(argv: list[str] | None = None) -> int:
             from pipeline.local_runner import run_pipeline
 
             out = run_pipeline(cfg, args.out)
+        elif args.command == "compile-kfp":
+            from pipeline.configs import load_config
+            from pipeline.kubeflow_runner import compile_pipeline
+
+            cfg = load_config(args.preset, _parse_overrides(args.overrides))
+            out = compile_pipeline(cfg, args.data_dir, args.pipeline_root, args.output, args.image)
         else:  # pragma: no cover - argparse rejects unknown commands
             raise AssertionError(args.command)
     except (DataError, PipelineDataError) as e:

@@ -8,7 +8,7 @@ import os
 from ml_metadata.proto import metadata_store_pb2
 from tfx.orchestration import metadata
 
-from components.artifacts import EVALUATION_FILE, LABEL_STATS_FILE
+from components.artifacts import EVALUATION_FILE, LABEL_STATS_FILE, LabelStatistics
 
 OUTPUT_EVENTS = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
 
@@ -51,7 +51,7 @@ def read_json_artifact(artifact, filename: str) -> dict:
 def run_results(metadata_path: str) -> dict:
     run = latest_run_outputs(metadata_path)
     evaluation = find_output(run, "ModelEvaluation")
-    stats = find_output(run, "LabelStatistics")
+    stats = find_output(run, LabelStatistics.TYPE_NAME)
     model_run = find_output(run, "ModelRun")
     pushed = find_output(run, "PushedModel")
     result = {
