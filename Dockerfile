@@ -1,0 +1,11 @@
+# The container image for Kubeflow runs (python -m pipeline compile-kfp --image ...): Debian 13 has
+# the glibc (2.41) TFX 1.21's wheels need, so a plain virtualenv suffices here.
+FROM debian:trixie-slim
+RUN apt-get update && apt-get install -y --no-install-recommends \
+      python3 python3-venv python3-dev g++ ca-certificates dataset-fashion-mnist \
+    && rm -rf /var/lib/apt/lists/*
+ENV VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH PYTHONPATH=/app
+COPY constraints.txt tools/requirements.txt /tmp/
+RUN python3 -m venv /opt/venv && pip install --no-cache-dir -c /tmp/constraints.txt -r /tmp/requirements.txt
+COPY . /app
+WORKDIR /app
