@@ -38,7 +38,9 @@ class TrainConfig:
     logit_adjust_tau: float = 1.0
     augment: bool = True
     seed: int = 0
-    jit_compile: bool = True
+    # XLA on this CPU was slower than TF's oneDNN kernels (7.9 vs 10.1 s/epoch for resnet8, 12.4k images).
+    jit_compile: bool = False
+    steps_per_execution: int = 1  # >1 runs several steps per tf.function call (less Python overhead)
     max_steps_per_epoch: int | None = None  # smoke runs only
 
     @classmethod
@@ -87,7 +89,8 @@ def train(cfg: TrainConfig, train_files, stats: dict, image_shape, model_run_dir
     schedule = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, cfg.epochs * steps)
     optimizer = keras.optimizers.SGD(schedule, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     model.compile(optimizer, losses.make_loss(cfg.loss, stats, cfg.logit_adjust_tau),
-                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")], jit_compile=cfg.jit_compile)
+                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")], jit_compile=cfg.jit_compile,
+                  steps_per_execution=cfg.steps_per_execution)
     progress = EpochProgress(cfg.epochs)
     callbacks = [
         progress,
