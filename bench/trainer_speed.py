@@ -17,9 +17,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from components.data.prepare import load_manifest  # noqa: E402
 from models import training  # noqa: E402
+from models.label_stats import derive_label_stats  # noqa: E402
 from pipeline.configs import load_config  # noqa: E402
 from pipeline.local_runner import ensure_data  # noqa: E402
-from models.label_stats import derive_label_stats  # noqa: E402
 
 
 def main() -> int:
