@@ -53,7 +53,10 @@ def build_backbone(name: str, input_shape) -> keras.Model:
     return BACKBONES[name](tuple(input_shape))
 
 
-def build_classifier(backbone: keras.Model, num_classes: int) -> keras.Model:
-    """Backbone + linear head producing raw logits (losses take logits)."""
-    logits = layers.Dense(num_classes, name="classifier")(backbone.output)
+def build_classifier(backbone: keras.Model, num_classes: int, cosine: bool = False) -> keras.Model:
+    """Backbone + a linear (or cosine, :class:`models.heads.NormedLinear`) head producing raw logits."""
+    from models.heads import NormedLinear
+
+    head = NormedLinear(num_classes, name="classifier") if cosine else layers.Dense(num_classes, name="classifier")
+    logits = head(backbone.output)
     return keras.Model(backbone.input, logits, name=f"{backbone.name}_classifier")

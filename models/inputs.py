@@ -57,19 +57,5 @@ def to_float(image):
     return tf.cast(image, tf.float32) / 255.0
 
 
-def training_dataset(file_pattern, image_shape, batch_size: int, seed: int, augment_images: bool = True,
-                     sample_weights=None) -> tf.data.Dataset:
-    """Shuffled, augmented, batched (image, label) for one epoch per iteration."""
-    ds = read_examples(file_pattern, image_shape).cache()
-    ds = ds.shuffle(50_000, seed=seed, reshuffle_each_iteration=True)
-    if augment_images:
-        ds = ds.map(lambda x, y: (augment(x), y), num_parallel_calls=AUTOTUNE)
-    ds = ds.map(lambda x, y: (to_float(x), y), num_parallel_calls=AUTOTUNE)
-    if sample_weights is not None:  # per-class weights gathered by label (re-weighting)
-        table = tf.constant(sample_weights, tf.float32)
-        ds = ds.map(lambda x, y: (x, y, tf.gather(table, y)), num_parallel_calls=AUTOTUNE)
-    return ds.batch(batch_size, drop_remainder=False).prefetch(AUTOTUNE)
-
-
 def eval_dataset(file_pattern, image_shape, batch_size: int = 512) -> tf.data.Dataset:
     return read_examples(file_pattern, image_shape).map(lambda x, y: (to_float(x), y)).batch(batch_size).prefetch(AUTOTUNE)

@@ -22,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from models import backbones, inputs, losses
+from models import backbones, heads, inputs, losses, sampling
 from models.export import export_serving_model
 
 
@@ -34,8 +34,19 @@ class TrainConfig:
     learning_rate: float = 0.05  # SGD momentum 0.9, cosine decay, as the reference and LDAM code
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    loss: str = "ce"  # ce | logit_adjusted
+    loss: str = "ce"  # ce | focal | ldam | logit_adjusted | balanced_softmax
     logit_adjust_tau: float = 1.0
+    focal_gamma: float = 1.0
+    ldam_max_margin: float = 0.5
+    ldam_scale: float = 30.0
+    head: str = "auto"  # linear | cosine; auto: cosine for LDAM (its official code's NormedLinear), else linear
+    class_weighting: str = "none"  # none | effective_number | inverse | sqrt_inverse (from the first epoch)
+    drw_epoch: int | None = None  # deferred re-weighting: effective-number weights from this epoch (0-based)
+    effective_number_beta: float = 0.9999
+    sampler: str = "instance"  # instance | class_balanced | sqrt | progressive
+    decoupling: str = "none"  # none | crt | lws | tau_norm (a second stage on the trained backbone)
+    decoupling_epochs: int = 10  # cRT / LWS epochs (class-balanced sampling, cosine from learning_rate)
+    decoupling_tau: float = 1.0  # tau-normalisation exponent
     augment: bool = True
     seed: int = 0
     # XLA on this CPU was slower than TF's oneDNN kernels (7.9 vs 10.1 s/epoch for resnet8, 12.4k images).
@@ -70,27 +81,49 @@ class EpochProgress(keras.callbacks.Callback):
         print(f"{self.prefix} epoch {epoch + 1}/{self.epochs} {shown} ({seconds:.1f} s)", file=sys.stderr, flush=True)
 
 
+def head_kind(cfg: TrainConfig) -> str:
+    return ("cosine" if cfg.loss == "ldam" else "linear") if cfg.head == "auto" else cfg.head
+
+
 def build_model(cfg: TrainConfig, image_shape, num_classes: int) -> keras.Model:
-    return backbones.build_classifier(backbones.build_backbone(cfg.backbone, image_shape), num_classes)
+    return backbones.build_classifier(backbones.build_backbone(cfg.backbone, image_shape), num_classes,
+                                      cosine=head_kind(cfg) == "cosine")
 
 
-def train(cfg: TrainConfig, train_files, stats: dict, image_shape, model_run_dir: str, backup_dir: str | None = None):
-    """Train and return (model, history). Resumes from ``backup_dir`` when a backup is there."""
-    keras.utils.set_random_seed(cfg.seed)
-    num_classes = stats["num_classes"]
+def _dataset(cfg: TrainConfig, train_files, stats: dict, image_shape, sampler: str, epochs: int, first_epoch: int = 0):
+    """(dataset, steps per epoch). Instance-balanced reads shuffled epochs; other samplers draw an
+    endless class-aware stream cut into epochs of the labeled set's size."""
     n = stats["num_examples"]
     steps = -(-n // cfg.batch_size)
     if cfg.max_steps_per_epoch:
         steps = min(steps, cfg.max_steps_per_epoch)
-    ds = inputs.training_dataset(train_files, image_shape, cfg.batch_size, cfg.seed, cfg.augment)
-    if cfg.max_steps_per_epoch:
-        ds = ds.take(steps)
+    decoded = inputs.read_examples(train_files, image_shape).cache()
+    if sampler == "instance":
+        ds = decoded.shuffle(50_000, seed=cfg.seed, reshuffle_each_iteration=True).repeat()
+    else:
+        ds = sampling.resampled(decoded, stats["class_counts"], sampler, epochs, n, cfg.seed, first_epoch)
+    if cfg.augment:
+        ds = ds.map(lambda x, y: (inputs.augment(x), y), num_parallel_calls=inputs.AUTOTUNE)
+    ds = ds.map(lambda x, y: (inputs.to_float(x), y), num_parallel_calls=inputs.AUTOTUNE)
+    return ds.batch(cfg.batch_size).prefetch(inputs.AUTOTUNE), steps
+
+
+def _fit(model, cfg, ds, steps, first_epoch, end_epoch, callbacks):
+    model.fit(ds, epochs=end_epoch, initial_epoch=first_epoch, steps_per_epoch=steps, verbose=0, callbacks=callbacks)
+
+
+def train(cfg: TrainConfig, train_files, stats: dict, image_shape, model_run_dir: str, backup_dir: str | None = None):
+    """Train and return (model, history). Resumes from ``backup_dir`` when a backup is there.
+
+    Stage 1: the configured loss, class weights (fixed, or deferred re-weighting) and sampler.
+    Stage 2 (decoupling != none): cRT or LWS on a class-balanced sample, or tau-normalisation.
+    """
+    keras.utils.set_random_seed(cfg.seed)
+    num_classes = stats["num_classes"]
+    ds, steps = _dataset(cfg, train_files, stats, image_shape, cfg.sampler, cfg.epochs)
     model = build_model(cfg, image_shape, num_classes)
     schedule = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, cfg.epochs * steps)
     optimizer = keras.optimizers.SGD(schedule, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    model.compile(optimizer, losses.make_loss(cfg.loss, stats, cfg.logit_adjust_tau),
-                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")], jit_compile=cfg.jit_compile,
-                  steps_per_execution=cfg.steps_per_execution)
     progress = EpochProgress(cfg.epochs)
     callbacks = [
         progress,
@@ -100,8 +133,42 @@ def train(cfg: TrainConfig, train_files, stats: dict, image_shape, model_run_dir
     ]
     if backup_dir:  # an interrupted run re-executed with the same inputs resumes at its last epoch
         callbacks.append(keras.callbacks.BackupAndRestore(backup_dir, save_freq="epoch", delete_checkpoint=True))
-    model.fit(ds, epochs=cfg.epochs, verbose=0, callbacks=callbacks)
-    return model, progress.history
+    fixed_weights = losses.class_weights_for(cfg.class_weighting, stats["class_counts"], cfg.effective_number_beta)
+    if cfg.drw_epoch is not None:
+        phases = losses.DeferredReweighting(stats["class_counts"], cfg.drw_epoch, cfg.effective_number_beta).phases(cfg.epochs)
+    else:
+        phases = [(0, cfg.epochs, fixed_weights)]
+    for first, end, weights in phases:  # same optimizer (and its state) across the DRW switch
+        model.compile(optimizer, losses.make_loss(cfg, stats, weights),
+                      metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")], jit_compile=cfg.jit_compile,
+                      steps_per_execution=cfg.steps_per_execution)
+        _fit(model, cfg, ds, steps, first, end, callbacks)
+    history = progress.history
+    if cfg.decoupling != "none":
+        model, stage2 = decouple(model, cfg, train_files, stats, image_shape)
+        history = history + stage2
+    return model, history
+
+
+def decouple(model, cfg: TrainConfig, train_files, stats: dict, image_shape):
+    """Second stage of Kang et al.: cRT or LWS (class-balanced sampling, CE) or tau-normalisation."""
+    if cfg.decoupling == "tau_norm":
+        return heads.tau_normalized_model(model, cfg.decoupling_tau), []
+    if cfg.decoupling == "crt":
+        stage = heads.classifier_retraining_model(model, stats["num_classes"])
+    elif cfg.decoupling == "lws":
+        stage = heads.lws_model(model)
+    else:
+        raise ValueError(f"unknown decoupling {cfg.decoupling!r}; choose none, crt, lws or tau_norm")
+    epochs = cfg.decoupling_epochs
+    ds, steps = _dataset(cfg, train_files, stats, image_shape, "class_balanced", epochs)
+    schedule = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, epochs * steps)
+    stage.compile(keras.optimizers.SGD(schedule, momentum=cfg.momentum, weight_decay=cfg.weight_decay),
+                  losses.CrossEntropyLoss(), metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+                  jit_compile=cfg.jit_compile)
+    progress = EpochProgress(epochs, prefix=f"[trainer:{cfg.decoupling}]")
+    stage.fit(ds, epochs=epochs, steps_per_epoch=steps, verbose=0, callbacks=[progress])
+    return stage, [dict(h, stage=cfg.decoupling) for h in progress.history]
 
 
 def run_fn(fn_args) -> None:

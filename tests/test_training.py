@@ -1,0 +1,58 @@
+"""The Trainer's stages on a tiny real dataset: samplers, DRW, LDAM's cosine head, decoupling, export."""
+
+import glob
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from components.data.longtail import SplitSpec
+from components.data.prepare import prepare_from_source
+from models.heads import LearnableWeightScaling, NormedLinear
+from models.label_stats import derive_label_stats
+from models.training import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, fashion_mnist_dir):
+    out = str(tmp_path_factory.mktemp("tiny") / "data")
+    manifest = prepare_from_source("fashion_mnist", SplitSpec(rho=10, n_max=60, class_order="shuffle", val_per_class=5,
+                                                              unlabeled_size=0, seed=3), out, fashion_mnist_dir)
+    files = sorted(glob.glob(os.path.join(out, "labeled", "*.tfrecord")))
+    return files, derive_label_stats(manifest["splits"]["labeled"]["per_class_counts"], manifest["class_names"])
+
+
+BASE = {"epochs": 2, "batch_size": 32, "max_steps_per_epoch": 3}
+
+
+@pytest.mark.parametrize("settings,head_type", [
+    ({"loss": "ldam", "drw_epoch": 1}, NormedLinear),
+    ({"loss": "focal", "sampler": "progressive", "class_weighting": "effective_number"}, keras.layers.Dense),
+    ({"loss": "balanced_softmax", "sampler": "sqrt"}, keras.layers.Dense),
+])
+def test_stage_one_variants_train(tiny, tmp_path, settings, head_type):
+    files, stats = tiny
+    model, history = train(TrainConfig(**BASE, **settings), files, stats, [28, 28, 1], str(tmp_path))
+    assert [h["epoch"] for h in history] == [1, 2] and all(np.isfinite(h["loss"]) for h in history)
+    assert isinstance(model.get_layer("classifier"), head_type)
+
+
+@pytest.mark.parametrize("decoupling", ["crt", "lws", "tau_norm"])
+def test_decoupling_stage(tiny, tmp_path, decoupling):
+    from models.export import export_serving_model
+
+    files, stats = tiny
+    cfg = TrainConfig(**BASE, decoupling=decoupling, decoupling_epochs=1)
+    model, history = train(cfg, files, stats, [28, 28, 1], str(tmp_path))
+    stages = [h.get("stage") for h in history]
+    assert stages == [None, None] + ([decoupling] if decoupling != "tau_norm" else [])
+    if decoupling == "lws":
+        assert any(isinstance(layer, LearnableWeightScaling) for layer in model.layers)
+    export_serving_model(model, str(tmp_path / "export"), [28, 28, 1])
+    loaded = tf.saved_model.load(str(tmp_path / "export"))
+    png = tf.io.encode_png(tf.zeros([28, 28, 1], tf.uint8))
+    out = loaded.signatures["serving_default"](images=tf.stack([png, png]))
+    assert out["probabilities"].shape == (2, 10)
+    np.testing.assert_allclose(out["probabilities"].numpy().sum(1), 1.0, rtol=1e-5)
