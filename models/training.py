@@ -112,7 +112,8 @@ def _fit(model, cfg, ds, steps, first_epoch, end_epoch, callbacks):
     model.fit(ds, epochs=end_epoch, initial_epoch=first_epoch, steps_per_epoch=steps, verbose=0, callbacks=callbacks)
 
 
-def train(cfg: TrainConfig, train_files, stats: dict, image_shape, model_run_dir: str, backup_dir: str | None = None):
+def train(cfg: TrainConfig, train_files, stats: dict, image_shape, model_run_dir: str, backup_dir: str | None = None,
+          extra_callbacks=()):
     """Train and return (model, history). Resumes from ``backup_dir`` when a backup is there.
 
     Stage 1: the configured loss, class weights (fixed, or deferred re-weighting) and sampler.
@@ -133,6 +134,7 @@ def train(cfg: TrainConfig, train_files, stats: dict, image_shape, model_run_dir
     ]
     if backup_dir:  # an interrupted run re-executed with the same inputs resumes at its last epoch
         callbacks.append(keras.callbacks.BackupAndRestore(backup_dir, save_freq="epoch", delete_checkpoint=True))
+    callbacks += list(extra_callbacks)
     fixed_weights = losses.class_weights_for(cfg.class_weighting, stats["class_counts"], cfg.effective_number_beta)
     if cfg.drw_epoch is not None:
         phases = losses.DeferredReweighting(stats["class_counts"], cfg.drw_epoch, cfg.effective_number_beta).phases(cfg.epochs)

@@ -56,3 +56,27 @@ def test_decoupling_stage(tiny, tmp_path, decoupling):
     out = loaded.signatures["serving_default"](images=tf.stack([png, png]))
     assert out["probabilities"].shape == (2, 10)
     np.testing.assert_allclose(out["probabilities"].numpy().sum(1), 1.0, rtol=1e-5)
+
+
+class _Interrupt(keras.callbacks.Callback):
+    """Stands in for a killed Trainer: fails after the given epoch has been checkpointed."""
+
+    def __init__(self, after_epoch):
+        super().__init__()
+        self.after_epoch = after_epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.after_epoch:
+            raise KeyboardInterrupt("simulated interruption")
+
+
+def test_interrupted_training_resumes_from_its_last_epoch(tiny, tmp_path):
+    files, stats = tiny
+    cfg = TrainConfig(epochs=3, batch_size=32, max_steps_per_epoch=2)
+    backup = str(tmp_path / "backup")
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, files, stats, [28, 28, 1], str(tmp_path / "run1"), backup, extra_callbacks=[_Interrupt(2)])
+    assert os.listdir(backup), "no backup written before the interruption"
+    _, history = train(cfg, files, stats, [28, 28, 1], str(tmp_path / "run2"), backup)
+    assert [h["epoch"] for h in history] == [3]  # epochs 1-2 were not redone
+    assert not os.path.exists(backup) or not os.listdir(backup)  # a finished run removes its backup

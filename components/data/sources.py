@@ -1,0 +1,296 @@
+"""Image sources that data preparation draws from.
+
+Each reader returns a :class:`RawData` held in memory as uint8 arrays (N, H, W, C). Every check
+that fails raises :class:`DataError` naming the file or split, the problem and the count; nothing
+is dropped silently.
+
+Sources:
+  * ``fashion_mnist``: the IDX files of the Debian package ``dataset-fashion-mnist``.
+  * ``folder:PATH``: ``PATH/train/<class>/*``, ``PATH/test/<class>/*`` and optionally a flat
+    ``PATH/unlabeled/`` whose images join the unlabeled pool.
+  * ``tfrecord:PATH``: ``PATH/train*.tfrecord*`` and ``PATH/test*.tfrecord*`` of tf.train.Example
+    with ``image`` (encoded PNG/JPEG bytes) and ``label`` (int64), optional
+    ``PATH/unlabeled*.tfrecord*`` without labels; class names from ``PATH/classes.txt`` or
+    ``class_0..class_{C-1}``.
+  * ``tfds:NAME``: a TensorFlow Datasets builder already prepared in the TFDS data dir (no
+    download at run time); svhn_cropped's ``extra`` and stl10's ``unlabelled`` split become the
+    unlabeled pool.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import gzip
+import io
+import os
+import struct
+
+import numpy as np
+
+from components.data.errors import DataError
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_CLASSES = (
+    "t-shirt/top", "trouser", "pullover", "dress", "coat",
+    "sandal", "shirt", "sneaker", "bag", "ankle boot",
+)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+# TFDS splits that hold unlabeled images of the same domain.
+TFDS_UNLABELED_SPLITS = {"svhn_cropped": "extra", "stl10": "unlabelled"}
+
+
+@dataclasses.dataclass
+class RawData:
+    """Images as uint8 (N, H, W, C) and integer labels, before any split is drawn."""
+
+    name: str
+    class_names: list[str]
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    extra_unlabeled: np.ndarray | None = None  # images with no labels at all (e.g. SVHN extra)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def check_labels(labels: np.ndarray, num_classes: int, where: str) -> np.ndarray:
+    """Labels must be integers in [0, num_classes); raises DataError with the count otherwise."""
+    labels = np.asarray(labels)
+    bad = (labels < 0) | (labels >= num_classes)
+    if bad.any():
+        examples = sorted(set(labels[bad].tolist()))[:5]
+        raise DataError(where, f"label outside [0, {num_classes}) (values such as {examples})", int(bad.sum()))
+    return labels.astype(np.int64)
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """Encoded image bytes -> uint8 (H, W, C); raises ValueError when undecodable."""
+    from PIL import Image  # local: only the readers of encoded images need Pillow
+
+    with Image.open(io.BytesIO(data)) as img:
+        img.load()
+        arr = np.asarray(img)
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.dtype != np.uint8:
+        raise ValueError(f"pixel type {arr.dtype}, expected 8-bit")
+    return arr
+
+
+def _stack(images: list[np.ndarray], names: list[str], where: str) -> np.ndarray:
+    shapes: dict[tuple, list[str]] = {}
+    for img, name in zip(images, names):
+        shapes.setdefault(img.shape, []).append(name)
+    if len(shapes) > 1:
+        common = max(shapes, key=lambda s: len(shapes[s]))
+        odd = [n for s, ns in shapes.items() if s != common for n in ns]
+        raise DataError(where, f"images differ in shape from the common {common} (e.g. {odd[:3]})", len(odd))
+    if not images:
+        return np.zeros((0, 0, 0, 0), np.uint8)
+    return np.stack(images)
+
+
+def _decode_all(blobs: list[bytes], names: list[str], where: str) -> np.ndarray:
+    images, bad = [], []
+    for blob, name in zip(blobs, names):
+        try:
+            images.append(decode_image(blob))
+        except Exception as e:  # PIL raises several types for corrupt data
+            bad.append(f"{name} ({type(e).__name__}: {e})")
+    if bad:
+        raise DataError(where, f"images that do not decode, e.g. {bad[:3]}", len(bad))
+    return _stack(images, names, where)
+
+
+# ------------------------------------------------------------------------- Fashion-MNIST (IDX)
+def _read_idx(path: str, magic: int, ndim: int) -> np.ndarray:
+    if not os.path.exists(path):
+        raise DataError(path, "file not found", hint=(
+            "Install the Debian package dataset-fashion-mnist (apt-get install dataset-fashion-mnist; "
+            "tools/env installs it inside the environment), or pass --source-dir"))
+    try:
+        with gzip.open(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise DataError(path, f"not a readable gzip file ({e})") from e
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(path, f"truncated IDX header ({len(raw)} bytes)")
+    got_magic, *dims = struct.unpack(">" + "I" * (1 + ndim), raw[:header])
+    if got_magic != magic:
+        raise DataError(path, f"bad IDX magic number {got_magic:#x}, expected {magic:#x}")
+    expected = int(np.prod(dims))
+    if len(raw) - header != expected:
+        raise DataError(path, f"IDX payload holds {len(raw) - header} bytes, header promises {expected}")
+    return np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
+
+
+def read_fashion_mnist(source_dir: str = FASHION_MNIST_DIR) -> RawData:
+    def part(prefix: str):
+        images = _read_idx(os.path.join(source_dir, f"{prefix}-images-idx3-ubyte.gz"), 0x803, 3)
+        labels_path = os.path.join(source_dir, f"{prefix}-labels-idx1-ubyte.gz")
+        labels = _read_idx(labels_path, 0x801, 1)
+        if len(images) != len(labels):
+            raise DataError(labels_path, f"{len(labels)} labels for {len(images)} images", abs(len(images) - len(labels)))
+        return images[..., None], check_labels(labels, len(FASHION_MNIST_CLASSES), labels_path)
+
+    xtr, ytr = part("train")
+    xte, yte = part("t10k")
+    return RawData("fashion_mnist", list(FASHION_MNIST_CLASSES), xtr, ytr, xte, yte)
+
+
+# ------------------------------------------------------------------------- image folders
+def _list_images(folder: str) -> list[str]:
+    return sorted(p for p in glob.glob(os.path.join(folder, "*")) if p.lower().endswith(IMAGE_SUFFIXES))
+
+
+def read_image_folder(root: str) -> RawData:
+    train_dir = os.path.join(root, "train")
+    if not os.path.isdir(train_dir):
+        raise DataError(root, "no train/ folder (expected train/<class>/*, test/<class>/*, optional unlabeled/)")
+    class_names = sorted(d for d in os.listdir(train_dir) if os.path.isdir(os.path.join(train_dir, d)))
+    if not class_names:
+        raise DataError(train_dir, "no class sub-folders")
+
+    def labeled(split: str):
+        split_dir = os.path.join(root, split)
+        if not os.path.isdir(split_dir):
+            raise DataError(root, f"no {split}/ folder")
+        unknown = sorted(set(os.listdir(split_dir)) - set(class_names))
+        if unknown:
+            raise DataError(split_dir, f"class folders not in train/: {unknown[:5]}", len(unknown))
+        paths, labels = [], []
+        for label, name in enumerate(class_names):
+            files = _list_images(os.path.join(split_dir, name))
+            paths += files
+            labels += [label] * len(files)
+        if not paths:
+            raise DataError(split_dir, "no images")
+        images = _decode_all([open(p, "rb").read() for p in paths], paths, split_dir)
+        return images, np.asarray(labels, np.int64)
+
+    xtr, ytr = labeled("train")
+    xte, yte = labeled("test")
+    extra = None
+    unl_dir = os.path.join(root, "unlabeled")
+    if os.path.isdir(unl_dir):
+        paths = _list_images(unl_dir)
+        extra = _decode_all([open(p, "rb").read() for p in paths], paths, unl_dir) if paths else None
+    return RawData(f"folder:{root}", class_names, xtr, ytr, xte, yte, extra)
+
+
+# ------------------------------------------------------------------------- TFRecords
+def _read_tfrecords(pattern: str, need_label: bool, num_classes: int | None):
+    import tensorflow as tf  # local: TF import is slow and only this reader needs it here
+
+    files = sorted(glob.glob(pattern))
+    if not files:
+        raise DataError(pattern, "no files match")
+    blobs, names, labels, missing = [], [], [], []
+    for path in files:
+        try:
+            for i, raw in enumerate(tf.data.TFRecordDataset(path).as_numpy_iterator()):
+                ex = tf.train.Example.FromString(raw)
+                feats = ex.features.feature
+                name = f"{path}#{i}"
+                if "image" not in feats or not feats["image"].bytes_list.value:
+                    raise DataError(name, "record has no 'image' bytes feature", 1)
+                blobs.append(feats["image"].bytes_list.value[0])
+                names.append(name)
+                if need_label:
+                    vals = feats["label"].int64_list.value if "label" in feats else []
+                    if not vals:
+                        missing.append(name)
+                        labels.append(-1)
+                    else:
+                        labels.append(vals[0])
+        except tf.errors.DataLossError as e:
+            raise DataError(path, f"corrupt TFRecord file ({e.message.splitlines()[0]})") from e
+    if missing:
+        raise DataError(pattern, f"labeled examples without a 'label' feature, e.g. {missing[:3]}", len(missing))
+    images = _decode_all(blobs, names, pattern)
+    if not need_label:
+        return images, None
+    return images, check_labels(np.asarray(labels), num_classes, pattern)
+
+
+def read_tfrecords(root: str) -> RawData:
+    classes_file = os.path.join(root, "classes.txt")
+    if os.path.exists(classes_file):
+        class_names = [line.strip() for line in open(classes_file) if line.strip()]
+        num_classes = len(class_names)
+    else:
+        num_classes = None
+    if num_classes is None:  # infer C from the largest training label
+        import tensorflow as tf
+
+        largest = -1
+        for path in sorted(glob.glob(os.path.join(root, "train*.tfrecord*"))):
+            for raw in tf.data.TFRecordDataset(path).as_numpy_iterator():
+                feats = tf.train.Example.FromString(raw).features.feature
+                if "label" in feats and feats["label"].int64_list.value:
+                    largest = max(largest, feats["label"].int64_list.value[0])
+        num_classes = largest + 1
+        class_names = [f"class_{i}" for i in range(num_classes)]
+    xtr, ytr = _read_tfrecords(os.path.join(root, "train*.tfrecord*"), True, num_classes)
+    xte, yte = _read_tfrecords(os.path.join(root, "test*.tfrecord*"), True, num_classes)
+    extra = None
+    if glob.glob(os.path.join(root, "unlabeled*.tfrecord*")):
+        extra, _ = _read_tfrecords(os.path.join(root, "unlabeled*.tfrecord*"), False, None)
+    return RawData(f"tfrecord:{root}", class_names, xtr, ytr, xte, yte, extra)
+
+
+# ------------------------------------------------------------------------- TFDS
+def read_tfds(name: str, data_dir: str | None = None) -> RawData:
+    """A TFDS dataset that is already prepared in ``data_dir`` (nothing is downloaded here)."""
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except Exception as e:  # unknown name, bad version
+        raise DataError(f"tfds:{name}", f"no such TFDS builder ({e})") from e
+    label_key = "label"
+    class_names = builder.info.features[label_key].names
+
+    def load(split: str, with_labels: bool):
+        try:
+            ds = builder.as_dataset(split=split, shuffle_files=False)
+        except AssertionError as e:  # TFDS asserts when the prepared files are absent
+            raise DataError(f"tfds:{name}/{split}", f"not prepared in {builder.data_dir}", hint=(
+                f"prepare it where there is network (tfds build {name}) and copy the data dir here")) from e
+        images, labels = [], []
+        for ex in tfds.as_numpy(ds):
+            images.append(ex["image"])
+            if with_labels:
+                labels.append(ex[label_key])
+        x = np.stack(images).astype(np.uint8)
+        if x.ndim == 3:
+            x = x[..., None]
+        if not with_labels:
+            return x, None
+        return x, check_labels(np.asarray(labels), len(class_names), f"tfds:{name}/{split}")
+
+    xtr, ytr = load("train", True)
+    xte, yte = load("test", True)
+    extra = None
+    if name.split("/")[0] in TFDS_UNLABELED_SPLITS:
+        extra, _ = load(TFDS_UNLABELED_SPLITS[name.split("/")[0]], False)
+    return RawData(f"tfds:{name}", list(class_names), xtr, ytr, xte, yte, extra)
+
+
+def read_source(source: str, source_dir: str | None = None) -> RawData:
+    """Dispatch on the source spec: 'fashion_mnist', 'folder:PATH', 'tfrecord:PATH', 'tfds:NAME'."""
+    kind, _, arg = source.partition(":")
+    if kind == "fashion_mnist":
+        return read_fashion_mnist(source_dir or FASHION_MNIST_DIR)
+    if kind == "folder":
+        return read_image_folder(arg)
+    if kind == "tfrecord":
+        return read_tfrecords(arg)
+    if kind == "tfds":
+        return read_tfds(arg, source_dir)
+    raise DataError(source, "unknown source (use fashion_mnist, folder:PATH, tfrecord:PATH or tfds:NAME)")
