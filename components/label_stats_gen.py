@@ -2,8 +2,8 @@
 
 A spec + BaseBeamExecutor component, so pipeline-level beam_pipeline_args (runner, direct running
 mode) reach its pipeline through ``_make_beam_pipeline()``. Beam counts per class with
-``CombinePerKey`` and counts undecodable images / missing or out-of-range labels with
-``CombineGlobally``; only C numbers and a handful of example locators ever leave the workers.
+``CombinePerKey`` and counts undecodable images / missing or out-of-range labels per problem with
+``CombinePerKey`` too; only C numbers and a handful of example locators ever leave the workers.
 The derived statistics (priors, imbalance ratio, shot groups, effective-number weights) are
 computed by models/label_stats.py and written to ``label_stats.json``.
 

@@ -14,7 +14,7 @@ from components.data.longtail import SplitSpec
 DATA_ROOT = "data"
 
 
-def _order(text: str):
+def parse_order(text: str):
     if text in ("index", "shuffle", "same", "reversed"):
         return text
     return tuple(int(c) for c in text.split(","))
@@ -31,12 +31,12 @@ def add_prepare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="output directory (default: data/<source>-rho<rho>-<settings hash>)")
     p.add_argument("--rho", type=_rho, default=100.0, help="labeled imbalance ratio; 'none' keeps the source's own (default 100)")
     p.add_argument("--n-max", type=int, default=5000, help="labeled count of the head class (default 5000)")
-    p.add_argument("--class-order", type=_order, default="index",
+    p.add_argument("--class-order", type=parse_order, default="index",
                    help="head-to-tail class order: index | shuffle | comma-separated ids (default index)")
     p.add_argument("--val-per-class", type=int, default=300, help="balanced validation images per class (default 300)")
     p.add_argument("--rho-u", type=float, default=1.0, help="imbalance ratio of the unlabeled pool (default 1: balanced)")
     p.add_argument("--unlabeled-size", type=int, default=None, help="pool size cap (default: as many as available)")
-    p.add_argument("--unlabeled-order", type=_order, default="same", help="same | reversed | comma-separated ids")
+    p.add_argument("--unlabeled-order", type=parse_order, default="same", help="same | reversed | comma-separated ids")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shard-size", type=int, default=10000, help="records per TFRecord shard")
     p.add_argument("--force", action="store_true", help="rebuild even if the output exists")

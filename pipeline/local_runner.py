@@ -12,13 +12,13 @@ from components.data.longtail import SplitSpec
 from components.data.prepare import MANIFEST, load_manifest, prepare_from_source
 from pipeline import report
 from pipeline.configs import PipelineConfig
-from pipeline.data_cli import _order, default_data_dir
+from pipeline.data_cli import parse_order, default_data_dir
 
 
 def split_spec(cfg: PipelineConfig) -> SplitSpec:
     d = cfg.data
-    return SplitSpec(rho=d.rho, n_max=d.n_max, class_order=_order(d.class_order), val_per_class=d.val_per_class,
-                     rho_u=d.rho_u, unlabeled_size=d.unlabeled_size, unlabeled_order=_order(d.unlabeled_order), seed=d.seed)
+    return SplitSpec(rho=d.rho, n_max=d.n_max, class_order=parse_order(d.class_order), val_per_class=d.val_per_class,
+                     rho_u=d.rho_u, unlabeled_size=d.unlabeled_size, unlabeled_order=parse_order(d.unlabeled_order), seed=d.seed)
 
 
 def ensure_data(cfg: PipelineConfig) -> str:
