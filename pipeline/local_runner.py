@@ -12,7 +12,7 @@ from components.data.longtail import SplitSpec
 from components.data.prepare import MANIFEST, load_manifest, prepare_from_source
 from pipeline import report
 from pipeline.configs import PipelineConfig
-from pipeline.data_cli import parse_order, default_data_dir
+from pipeline.data_cli import default_data_dir, parse_order
 
 
 def split_spec(cfg: PipelineConfig) -> SplitSpec:
