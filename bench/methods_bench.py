@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -28,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from bench.common import write_result  # noqa: E402
 from models import inputs  # noqa: E402
 from models.heads import tau_normalized_model  # noqa: E402
 from models.label_stats import derive_label_stats  # noqa: E402
@@ -133,19 +132,11 @@ def main() -> int:
         worst = min(rs, key=lambda r: r["worst_recall"])
         lines.append(f"| {method} | {len(rs)} | {statistics.mean(bal):.4f}{sd} | {fmt(mean('many'))} | {fmt(mean('medium'))} "
                      f"| {fmt(mean('few'))} | {worst['worst']} ({worst['worst_recall']:.3f}) | {mean('seconds'):.0f} |")
-    table = "\n".join(lines)
-    print(table)
-    os.makedirs("bench/results", exist_ok=True)
-    path = f"bench/results/methods_rho{a.rho:g}.md"
-    with open(path, "w") as f:
-        f.write(f"# Imbalance methods, Fashion-MNIST-LT rho={a.rho:g}\n\n"
-                f"Command: `tools/env exec python bench/methods_bench.py {' '.join(sys.argv[1:])}`\n\n"
-                f"Machine: {platform.node()}, {os.cpu_count()} CPUs, {platform.platform()}; date {datetime.date.today()}\n\n"
-                f"resnet8, batch 128, SGD momentum 0.9, cosine from 0.05, weight decay 5e-4, crop+flip augmentation, "
-                f"{a.epochs} epochs (cRT: {a.decoupling_epochs} more on class-balanced samples). Balanced test split "
-                f"(1000 a class). Shot groups: {stats['shot_groups']} (thresholds {stats['shot_thresholds']}). "
-                f"`train s` of post-hoc LA, cRT and tau-norm includes the CE training they start from.\n\n{table}\n")
-    print(path)
+    write_result(f"bench/results/methods_rho{a.rho:g}.md", f"Imbalance methods, Fashion-MNIST-LT rho={a.rho:g}",
+                 f"resnet8, batch 128, SGD momentum 0.9, cosine from 0.05, weight decay 5e-4, crop+flip augmentation, "
+                 f"{a.epochs} epochs (cRT: {a.decoupling_epochs} more on class-balanced samples). Balanced test split "
+                 f"(1000 a class). Shot groups: {stats['shot_groups']} (thresholds {stats['shot_thresholds']}). "
+                 "`train s` of post-hoc LA, cRT and tau-norm includes the CE training they start from.", "\n".join(lines))
     return 0
 
 

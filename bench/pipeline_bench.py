@@ -7,15 +7,14 @@ Writes bench/results/pipeline_<preset>.md with the table, the command, the machi
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.common import write_result  # noqa: E402
 from pipeline.configs import load_config  # noqa: E402
 from pipeline.local_runner import run_pipeline  # noqa: E402
 
@@ -56,17 +55,10 @@ def main() -> int:
         if len(bals) > 1:
             lines.append(f"\n{loss}: balanced accuracy mean {statistics.mean(bals):.4f}, sd {statistics.stdev(bals):.4f} "
                          f"over {len(bals)} seeds")
-    table = "\n".join(lines)
-    print(table)
-    os.makedirs("bench/results", exist_ok=True)
-    path = f"bench/results/pipeline_{a.preset}.md"
-    with open(path, "w") as f:
-        f.write(f"# Pipeline benchmark ({a.preset} preset)\n\nCommand: `tools/env exec python bench/pipeline_bench.py "
-                f"{' '.join(sys.argv[1:])}`\n\nMachine: {platform.node()}, {os.cpu_count()} CPUs, {platform.platform()}\n\n"
-                f"Date: {datetime.date.today().isoformat()}\n\nTest split of Fashion-MNIST-LT (rho=100, n_max=5000); "
-                "train s/epoch and images/s from the Trainer's own timer; pipeline wall time split into training and "
-                f"everything else (ingestion, validation, Beam statistics, evaluation, push).\n\n{table}\n")
-    print(path)
+    write_result(f"bench/results/pipeline_{a.preset}.md", f"Pipeline benchmark ({a.preset} preset)",
+                 "Test split of Fashion-MNIST-LT (rho=100, n_max=5000); train s/epoch and images/s from the Trainer's own "
+                 "timer; pipeline wall time split into training and everything else (ingestion, validation, Beam "
+                 "statistics, evaluation, push).", "\n".join(lines))
     return 0
 
 

@@ -1,0 +1,24 @@
+"""What every benchmark writes beside its table: the command that made it, the machine and the date."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import sys
+
+
+def machine() -> str:
+    return f"{platform.node()}, {os.cpu_count()} CPUs, {platform.platform()}"
+
+
+def write_result(path: str, title: str, description: str, table: str) -> str:
+    """Write ``bench/results/...md`` with the rerun command (this script and its arguments), print the table."""
+    print(table)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    script = os.path.relpath(os.path.abspath(sys.argv[0]))
+    with open(path, "w") as f:
+        f.write(f"# {title}\n\nCommand: `tools/env exec python {script} {' '.join(sys.argv[1:])}`\n\n"
+                f"Machine: {machine()}\n\nDate: {datetime.date.today().isoformat()}\n\n{description}\n\n{table}\n")
+    print(path)
+    return path
