@@ -64,5 +64,7 @@ def run_results(metadata_path: str) -> dict:
         "pushed": bool(pushed and pushed.custom_properties["pushed"].int_value == 1),
         "pushed_model_dir": (pushed.custom_properties["pushed_destination"].string_value
                              if pushed and "pushed_destination" in pushed.custom_properties else None),
+        "already_serving": bool(pushed and "already_serving" in pushed.custom_properties
+                                and pushed.custom_properties["already_serving"].int_value == 1),
     }
     return result

@@ -3,7 +3,8 @@
 labeled    -> ImportExampleGen -> StatisticsGen -> ExampleValidator (schemas/labeled.pbtxt)   -> AnomalyCheck
 unlabeled  -> ImportExampleGen -> StatisticsGen -> ExampleValidator (schemas/unlabeled.pbtxt) -> AnomalyCheck
 labeled (+ unlabeled count) -> LabelStatsGen (Beam) -> LongTailTrainer (run_fn: models.training.run_fn)
-Resolver(latest blessed model) + trainer model -> PerClassEvaluator (gate) -> Pusher (TF Serving layout)
+Resolver(latest blessed model) + trainer model -> PerClassEvaluator (gate) -> LongTailPusher (TF Serving layout;
+  a model already serving is not copied again)
 
 An empty unlabeled pool drops the unlabeled branch: the run is supervised-only and says so.
 """
@@ -22,6 +23,7 @@ from tfx.proto import example_gen_pb2, pusher_pb2
 from components.anomaly_check import AnomalyCheck
 from components.evaluator import PerClassEvaluator
 from components.label_stats_gen import LabelStatsGen
+from components.pusher import LongTailPusher
 from components.trainer import LongTailTrainer
 from pipeline.configs import PipelineConfig
 
@@ -102,7 +104,7 @@ def create_pipeline(cfg: PipelineConfig, data_dir: str, manifest: dict, pipeline
         baseline_model=latest_blessed.outputs["model"], label_stats=stats_gen.outputs["label_stats"],
         thresholds=cfg.gate, eval_split="eval", report_split="test")
 
-    pusher = tfx.components.Pusher(
+    pusher = LongTailPusher(
         model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
         push_destination=pusher_pb2.PushDestination(
             filesystem=pusher_pb2.PushDestination.Filesystem(base_directory=serving_dir)))

@@ -28,6 +28,7 @@ def build_metrics(cfg_dict: dict, manifest: dict, data_dir: str, results: dict, 
         "blessed": ev.get("blessed"),
         "pushed": results["pushed"],
         "pushed_model_dir": results["pushed_model_dir"],
+        "already_serving": results.get("already_serving", False),  # identical model already pushed: nothing copied
         "gate": {"split": ev.get("eval_split"), "checks": ev.get("checks"), "thresholds": ev.get("thresholds"),
                  "candidate": val, "baseline": ev.get("baseline"), "baseline_model_uri": ev.get("baseline_model_uri")},
         "test": test,
@@ -46,6 +47,14 @@ def build_metrics(cfg_dict: dict, manifest: dict, data_dir: str, results: dict, 
         "executions": results["executions"],
         "model_run_dir": results["model_run_dir"],
     }
+
+
+def _pushed(metrics: dict, quote: str = "") -> str:
+    if not metrics["pushed"]:
+        return "no"
+    where = f"{quote}{metrics['pushed_model_dir']}{quote}"
+    return f"{where} (already serving: this identical model was pushed before, nothing copied)" if metrics.get(
+        "already_serving") else where
 
 
 def _fmt(v, digits=3):
@@ -76,7 +85,7 @@ def console_table(metrics: dict) -> str:
     failed = [c for c in metrics["gate"]["checks"] or [] if not c["passed"]]
     decision = "BLESSED" if metrics["blessed"] else "NOT BLESSED: " + "; ".join(
         f"{c['check']} ({_fmt(c['value'])} vs {_fmt(c['threshold'])}{', ' + c['detail'] if c['detail'] else ''})" for c in failed)
-    lines.append(f"gate: {decision}; pushed: {metrics['pushed_model_dir'] if metrics['pushed'] else 'no'}")
+    lines.append(f"gate: {decision}; pushed: {_pushed(metrics)}")
     return "\n".join(lines)
 
 
@@ -123,8 +132,7 @@ def write_report(metrics: dict, out_dir: str) -> None:
           f"Training: {cfg['train']['backbone']}, loss {cfg['train']['loss']}, {cfg['train']['epochs']} epochs, "
           f"batch {cfg['train']['batch_size']}, seed {metrics['seed']}.", "",
           "## Gate (validation split)", "",
-          f"Decision: **{'BLESSED' if metrics['blessed'] else 'NOT BLESSED'}**; pushed: "
-          f"{'`' + metrics['pushed_model_dir'] + '`' if metrics['pushed'] else 'no'}.", "",
+          f"Decision: **{'BLESSED' if metrics['blessed'] else 'NOT BLESSED'}**; pushed: {_pushed(metrics, '`')}.", "",
           "| check | value | threshold | passed | detail |", "|---|---|---|---|---|"]
     for c in gate["checks"] or []:
         md.append(f"| {c['check']} | {_fmt(c['value'], 4)} | {_fmt(c['threshold'], 4)} | {'yes' if c['passed'] else 'NO'} "

@@ -80,6 +80,10 @@ def test_rerun_reuses_cached_outputs_and_compares_with_last_blessed(smoke):
     first = load_metrics(str(smoke["tmp"] / "out1"))
     assert m["gate"]["baseline_model_uri"] is not None
     assert m["gate"]["baseline"]["balanced_accuracy"] == pytest.approx(first["gate"]["candidate"]["balanced_accuracy"])
+    # the cached model is blessed again but not copied to a second serving version
+    assert m["pushed"] is True and m["already_serving"] is True and first["already_serving"] is False
+    assert m["pushed_model_dir"] == first["pushed_model_dir"]
+    assert os.listdir(smoke["tmp"] / "serving" / "longtail") == [os.path.basename(first["pushed_model_dir"])]
 
 
 def test_model_failing_the_gate_is_not_pushed(smoke):
