@@ -1,0 +1,71 @@
+"""The data-aware planner's decision table, its reasons and its one-sentence explanation."""
+
+import json
+import re
+
+import pytest
+
+from models.planner import PSEUDO_LABEL, SSP, SUPERVISED, PlannerThresholds, PoolEstimates, explain, plan
+
+COUNTS = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]  # Fashion-MNIST-LT rho=100: 12,406 labeled
+N = sum(COUNTS)
+
+
+@pytest.mark.parametrize("pool,thresholds,choice,last_reason", [
+    (PoolEstimates(7000, 0.98, 1.2), None, PSEUDO_LABEL, r"rho_U 1\.2 \(pseudo-labels help even on an imbalanced pool\)"),
+    (PoolEstimates(7000, 0.98, 95.0), None, PSEUDO_LABEL, r"rho_U 95\.0"),  # imbalanced pool: still pseudo-label
+    (PoolEstimates(7000, 0.45, 1.0), None, SSP, r"relevance 0\.45 < 0\.60"),
+    (PoolEstimates(7000, 0.60, 1.0), None, PSEUDO_LABEL, r"rho_U 1\.0"),  # at the threshold: relevant enough
+    (PoolEstimates(400, 1.0, 1.0), None, SSP, r"about 400 in-domain pool images < 500"),
+    (PoolEstimates(4000, 0.7, 1.0), None, SSP, r"in-domain pool / labeled = 0\.23 < 0\.25"),  # 2800 / 12406
+    (PoolEstimates(7000, 0.98, 95.0), PlannerThresholds(max_pool_imbalance=50), SSP, r"rho_U 95\.0 > 50"),
+    (PoolEstimates(7000, None, None), None, PSEUDO_LABEL, "rho_U was not estimated"),
+    (PoolEstimates(7000, 0.9, 1.0), PlannerThresholds(min_relevance=0.95), SSP, r"relevance 0\.90 < 0\.95"),
+    (PoolEstimates(0, None, None), None, SUPERVISED, r"pool is empty \(0 images\)"),
+])
+def test_decision_table(pool, thresholds, choice, last_reason):
+    result = plan(N, COUNTS, pool, thresholds)
+    assert result["choice"] == choice
+
+
+    assert re.search(last_reason, result["reasons"][-1]), result["reasons"]
+    json.dumps(result)  # JSON-ready for metrics.json
+
+
+def test_empty_pool_is_supervised_and_says_so():
+    result = plan(N, COUNTS, PoolEstimates(0))
+    assert result == {
+        "choice": SUPERVISED,
+        "reasons": ["the unlabeled pool is empty (0 images): supervised training on the labeled set only"],
+        "estimates": result["estimates"],
+    }
+    assert result["estimates"]["pool_size"] == 0 and result["estimates"]["num_labeled"] == N
+    assert explain(result) == "Trained on the labeled images only, because there is no unlabeled pool."
+
+
+def test_estimates_and_reasons_carry_the_numbers():
+    result = plan(N, COUNTS, PoolEstimates(7000, 0.9, 3.0))
+    e = result["estimates"]
+    assert e["labeled_imbalance_ratio"] == 100.0
+    assert e["pool_in_domain_examples"] == 6300.0
+    assert e["pool_to_labeled_ratio"] == pytest.approx(6300 / N, abs=1e-4)
+    assert e["thresholds"]["min_relevance"] == 0.6
+    assert result["reasons"][:2] == ["estimated relevance 0.90 >= 0.60",
+                                     f"about 6300 in-domain pool images, 0.51x the {N} labeled (>= 0.25x and >= 500)"]
+
+
+def test_explain_one_sentence_per_choice():
+    pseudo = explain(plan(N, COUNTS, PoolEstimates(7000, 0.98, 1.0)))
+    assert pseudo.startswith("The model labeled the 7,000-image unlabeled pool, about 98% of it like the labeled images,")
+    ssp = explain(plan(N, COUNTS, PoolEstimates(7000, 0.45, 1.0)))
+    assert ssp == ("The 7,000-image unlabeled pool, about 45% of it like the labeled images, was not pseudo-labeled "
+                   "(estimated relevance 0.45 < 0.60); self-supervised pre-training on the images is used instead.")
+    for sentence in (pseudo, ssp):
+        assert sentence.count(". ") == 0 and sentence.endswith(".")
+
+
+def test_thresholds_are_frozen_and_labeled_set_required():
+    with pytest.raises(AttributeError):
+        PlannerThresholds().min_relevance = 0.1
+    with pytest.raises(ValueError, match="labeled set is empty"):
+        plan(0, [0, 0], PoolEstimates(10))
