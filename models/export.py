@@ -2,7 +2,8 @@
 
 Signatures:
   serving_default     images: encoded PNG/JPEG bytes, shape (batch,) ->
-                      probabilities (batch, C) float32, class_id (batch,) int64
+                      probabilities (batch, C) float32, class_id (batch,) int64, logits (batch, C) float32
+                      (after the logit offset; the PseudoLabeler's energy OOD score needs them)
   serving_tf_example  examples: serialized tf.train.Example with an ``image`` bytes feature -> same
 """
 
@@ -24,11 +25,11 @@ def export_serving_model(model: keras.Model, export_dir: str, image_shape, logit
 
     def predict(encoded_images):
         images = tf.map_fn(decode, encoded_images, fn_output_signature=tf.TensorSpec(image_shape, tf.float32))
-        logits = model(images, training=False)
+        logits = tf.cast(model(images, training=False), tf.float32)
         if offset is not None:
             logits = logits + offset
         probabilities = tf.nn.softmax(logits, axis=-1)
-        return {"probabilities": probabilities, "class_id": tf.argmax(probabilities, axis=-1)}
+        return {"probabilities": probabilities, "class_id": tf.argmax(probabilities, axis=-1), "logits": logits}
 
     archive = keras.export.ExportArchive()
     archive.track(model)

@@ -145,3 +145,46 @@ def estimate_relevance(validation_scores, pool_scores, tpr: float = DEFAULT_TPR,
     fraction = float(np.mean(pool >= threshold))
     return {"threshold": threshold, "tpr": tpr, "fpr": fpr, "fraction_above": fraction,
             "relevance": relevance_from_fraction(fraction, tpr, fpr)}
+
+
+def summarise_pool(num_classes: int, pool_predicted_counts, validation_labels=None, validation_predictions=None,
+                   relevance_by_score: dict | None = None, max_condition: float = DEFAULT_MAX_CONDITION,
+                   rho_floor: float = DEFAULT_RHO_FLOOR) -> dict:
+    """The pool's estimated class distribution, rho_U and relevance, with how each was obtained.
+
+    ``relevance_by_score`` maps a score name ('energy', 'max_softmax') to :func:`estimate_relevance`'s
+    dict; the headline relevance is energy's when present (Liu et al. 2020 report it separates
+    in- from out-of-distribution better than max-softmax), else max-softmax's. Without a validation
+    split, or with an ill-conditioned confusion matrix, the class distribution falls back to the raw
+    pseudo-label counts, and ``class_distribution_method`` says why.
+    """
+    counts = np.asarray(pool_predicted_counts, np.float64)
+    total = counts.sum()
+    out = {"num_pool_examples": int(total), "raw_class_distribution": None, "raw_rho_u": None,
+           "estimated_class_distribution": None, "estimated_rho_u": None, "class_distribution_method": None,
+           "confusion_condition_number": None, "estimated_relevance": None, "relevance_score": None,
+           "relevance": relevance_by_score or {}}
+    if total <= 0:
+        out["class_distribution_method"] = "none: the pool is empty"
+        return out
+    raw = counts / total
+    out["raw_class_distribution"] = raw.tolist()
+    out["raw_rho_u"] = imbalance_ratio(raw, rho_floor)
+    if validation_labels is None or len(validation_labels) == 0:
+        estimate, method = raw, "raw pseudo-label counts: no validation split to measure the confusion matrix on"
+    else:
+        confusion = conditional_confusion(validation_labels, validation_predictions, num_classes)
+        singular = np.linalg.svd(confusion, compute_uv=False)
+        out["confusion_condition_number"] = float(singular[0] / singular[-1]) if singular[-1] > 0 else None
+        try:
+            estimate, method = estimate_class_distribution(confusion, counts, max_condition), "bbse"
+        except IllConditionedConfusionError as err:
+            estimate, method = raw, f"raw pseudo-label counts: {err}"
+    out["estimated_class_distribution"] = estimate.tolist()
+    out["estimated_rho_u"] = imbalance_ratio(estimate, rho_floor)
+    out["class_distribution_method"] = method
+    for name in ("energy", "max_softmax"):
+        if name in out["relevance"]:
+            out["estimated_relevance"], out["relevance_score"] = out["relevance"][name]["relevance"], name
+            break
+    return out

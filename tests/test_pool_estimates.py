@@ -102,3 +102,21 @@ def test_relevance_correction_by_hand():
     assert in_domain_threshold(np.arange(101), tpr=0.95) == pytest.approx(5.0)
     with pytest.raises(ValueError, match="fpr < tpr"):
         relevance_from_fraction(0.5, tpr=0.5, fpr=0.5)
+
+
+def test_summarise_pool_bbse_and_fallbacks():
+    from models.pool_estimates import summarise_pool
+
+    labels = np.repeat([0, 1], 10)
+    preds = np.array([0] * 10 + [0] * 2 + [1] * 8)  # class 1 leaks 20% to class 0
+    out = summarise_pool(2, [60, 40], labels, preds, {"max_softmax": {"relevance": 0.9}, "energy": {"relevance": 0.8}})
+    assert out["class_distribution_method"] == "bbse"
+    np.testing.assert_allclose(out["estimated_class_distribution"], [0.5, 0.5])  # 60 = 50 + 0.2 * 50
+    assert out["raw_class_distribution"] == [0.6, 0.4] and out["raw_rho_u"] == pytest.approx(1.5)
+    assert out["estimated_rho_u"] == pytest.approx(1.0)
+    assert (out["estimated_relevance"], out["relevance_score"]) == (0.8, "energy")
+    no_val = summarise_pool(2, [60, 40])
+    assert no_val["estimated_class_distribution"] == [0.6, 0.4] and no_val["class_distribution_method"].startswith("raw")
+    confused = summarise_pool(2, [60, 40], labels, np.zeros(20, int))  # everything predicted 0: singular C
+    assert "ill-conditioned" in confused["class_distribution_method"]
+    assert summarise_pool(2, [0, 0])["class_distribution_method"] == "none: the pool is empty"

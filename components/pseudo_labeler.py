@@ -1,0 +1,256 @@
+"""PseudoLabeler: the base model labels the unlabeled pool (Beam), and the pool is estimated.
+
+Why a custom Beam component rather than TFX's BulkInferrer: BulkInferrer writes PredictionLogs (or
+Examples with the prediction appended to the input's features), and we need (a) new Examples that
+carry only the image plus the pseudo-label, so nothing of the pool's input features (a stray true
+label included) can reach training, (b) the confidence threshold and class-balanced top-k selection,
+(c) per-class counts, a confidence histogram and OOD-score counts for the pool estimates. One Beam
+pipeline does all three.
+
+Inference: the Trainer's SavedModel, signature ``serving_tf_example`` (models/export.py), loaded
+once per worker in ``DoFn.setup``; records go through it in batches (``beam.BatchElements``).
+Each output tf.Example holds exactly:
+
+    image       bytes   the pool image, copied unchanged
+    label       int64   the predicted class (argmax of the served probabilities)
+    confidence  float   the served probability of that class
+    origin      bytes   b"pseudo"
+
+Selection: confidence >= ``confidence_threshold`` (default 0, i.e. every image, as in Yang & Xu
+2020), then, if ``top_k_per_class`` > 0, the k most confident images of each predicted class
+(ties broken by the image's hash, so the result is deterministic) so the pseudo-labeled set is not
+as skewed as the base model's predictions.
+
+Pool estimates (models/pool_estimates.py), when the labeled Examples are given: the model predicts
+the ``eval`` split in-process (thousands of images; like PerClassEvaluator), which gives the
+confusion matrix for black-box shift estimation and calibrates the max-softmax and energy
+thresholds at ``ood_tpr``; Beam counts the pool images at or above each threshold.
+
+Outputs: ``pseudo_labeled_examples`` (split ``train``, GZIP TFRecords) and ``statistics``
+(``pseudo_label_stats.json``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import apache_beam as beam
+import numpy as np
+import tensorflow as tf
+from tfx import types
+from tfx.dsl.components.base import base_beam_component, base_beam_executor, executor_spec
+from tfx.types import artifact_utils, standard_artifacts
+from tfx.types.component_spec import ChannelParameter, ExecutionParameter
+from tfx.utils import io_utils, path_utils
+
+from components.artifacts import PSEUDO_LABEL_STATS_FILE, PseudoLabelStatistics
+from components.errors import PipelineDataError
+from models.pool_estimates import energy_score, in_domain_threshold, relevance_from_fraction, summarise_pool
+
+ORIGIN = b"pseudo"
+OUTPUT_SPLIT = "train"
+_SIGNATURE = "serving_tf_example"
+_PREDICTED, _ACCEPTED, _HISTOGRAM, _ABOVE = "predicted", "accepted", "histogram", "above"
+
+
+def _serving(saved_model_dir: str):
+    model = tf.saved_model.load(saved_model_dir)
+    return model, model.signatures[_SIGNATURE]
+
+
+def _split_files(examples, split: str) -> list[str]:
+    files = sorted(tf.io.gfile.glob(os.path.join(artifact_utils.get_split_uri(examples, split), "*")))
+    if not files:
+        raise PipelineDataError(f"Split-{split}", "no TFRecord file found")
+    return files
+
+
+def predict_labeled_split(saved_model_dir: str, files: list[str], batch_size: int = 512):
+    """(labels, probabilities, logits or None) of a labeled split, through serving_tf_example."""
+    _, serve = _serving(saved_model_dir)
+    ds = tf.data.TFRecordDataset(files, compression_type="GZIP" if files[0].endswith(".gz") else "")
+    labels, probs, logits = [], [], []
+    for batch in ds.batch(batch_size):
+        parsed = tf.io.parse_example(batch, {"label": tf.io.FixedLenFeature([], tf.int64)})
+        out = serve(examples=batch)
+        labels.append(parsed["label"].numpy())
+        probs.append(out["probabilities"].numpy())
+        if "logits" in out:
+            logits.append(out["logits"].numpy())
+    return np.concatenate(labels), np.concatenate(probs), (np.concatenate(logits) if logits else None)
+
+
+class _PseudoLabel(beam.DoFn):
+    """A batch of serialized pool Examples -> one dict per image: image, label, confidence, OOD scores."""
+
+    def __init__(self, saved_model_dir: str, energy_temperature: float):
+        self._dir, self._temperature = saved_model_dir, energy_temperature
+        self._model = self._serve = None
+
+    def setup(self):
+        self._model, self._serve = _serving(self._dir)  # keep the model referenced: the signature needs it alive
+
+    def process(self, batch):
+        records = tf.constant(batch)
+        images = tf.io.parse_example(records, {"image": tf.io.FixedLenFeature([], tf.string)})["image"].numpy()
+        out = self._serve(examples=records)
+        probs = out["probabilities"].numpy()
+        labels = out["class_id"].numpy()
+        energy = energy_score(out["logits"].numpy(), self._temperature) if "logits" in out else None
+        for i, image in enumerate(images):
+            label = int(labels[i])
+            yield {"image": image, "label": label, "confidence": float(probs[i, label]),
+                   "max_softmax": float(probs[i].max()), "energy": None if energy is None else float(energy[i]),
+                   "digest": hashlib.sha1(image).hexdigest()}
+
+
+def to_example(item: dict) -> bytes:
+    """The pseudo-labeled tf.Example: built from scratch, so no input feature but the image is carried over."""
+    feature = {
+        "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[item["image"]])),
+        "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[item["label"]])),
+        "confidence": tf.train.Feature(float_list=tf.train.FloatList(value=[item["confidence"]])),
+        "origin": tf.train.Feature(bytes_list=tf.train.BytesList(value=[ORIGIN])),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def _histogram_bin(confidence: float, bins: int) -> int:
+    return min(int(confidence * bins), bins - 1)
+
+
+def _above(item: dict, thresholds: dict):
+    for name, t in thresholds.items():
+        if item[name] is not None and item[name] >= t:
+            yield name, 1
+        else:
+            yield name, 0
+
+
+class PseudoLabelerSpec(types.ComponentSpec):
+    PARAMETERS = {
+        "num_classes": ExecutionParameter(type=int),
+        "confidence_threshold": ExecutionParameter(type=float, optional=True),
+        "top_k_per_class": ExecutionParameter(type=int, optional=True),
+        "eval_split": ExecutionParameter(type=str, optional=True),
+        "ood_tpr": ExecutionParameter(type=float, optional=True),
+        "energy_temperature": ExecutionParameter(type=float, optional=True),
+        "histogram_bins": ExecutionParameter(type=int, optional=True),
+    }
+    INPUTS = {
+        "model": ChannelParameter(type=standard_artifacts.Model),
+        "unlabeled_examples": ChannelParameter(type=standard_artifacts.Examples),
+        "examples": ChannelParameter(type=standard_artifacts.Examples, optional=True),
+    }
+    OUTPUTS = {
+        "pseudo_labeled_examples": ChannelParameter(type=standard_artifacts.Examples),
+        "statistics": ChannelParameter(type=PseudoLabelStatistics),
+    }
+
+
+class Executor(base_beam_executor.BaseBeamExecutor):
+    def Do(self, input_dict, output_dict, exec_properties):
+        num_classes = int(exec_properties["num_classes"])
+        threshold = float(exec_properties.get("confidence_threshold") or 0.0)
+        top_k = int(exec_properties.get("top_k_per_class") or 0)
+        eval_split = exec_properties.get("eval_split") or "eval"
+        tpr = float(exec_properties.get("ood_tpr") or 0.95)
+        temperature = float(exec_properties.get("energy_temperature") or 1.0)
+        bins = int(exec_properties.get("histogram_bins") or 20)
+        model = artifact_utils.get_single_instance(input_dict["model"])
+        serving_dir = path_utils.serving_model_path(model.uri)
+        _split_files(input_dict["unlabeled_examples"], "unlabeled")  # fails early, naming the split, when it is empty
+        pool_pattern = os.path.join(artifact_utils.get_split_uri(input_dict["unlabeled_examples"], "unlabeled"), "*")
+
+        # Validation (in-domain, labeled): the confusion matrix and the OOD thresholds.
+        val_labels = val_preds = None
+        val_scores, ood_thresholds = {}, {}
+        if input_dict.get("examples"):
+            val_labels, val_probs, val_logits = predict_labeled_split(serving_dir, _split_files(input_dict["examples"],
+                                                                                                  eval_split))
+            val_preds = val_probs.argmax(axis=1)
+            val_scores["max_softmax"] = val_probs.max(axis=1)
+            if val_logits is not None:
+                val_scores["energy"] = energy_score(val_logits, temperature)
+            ood_thresholds = {name: in_domain_threshold(s, tpr) for name, s in val_scores.items()}
+
+        out_examples = artifact_utils.get_single_instance(output_dict["pseudo_labeled_examples"])
+        out_examples.split_names = artifact_utils.encode_split_names([OUTPUT_SPLIT])
+        split_dir = artifact_utils.get_split_uri([out_examples], OUTPUT_SPLIT)
+        stats_uri = artifact_utils.get_single_uri(output_dict["statistics"])
+        beam_dir = os.path.join(stats_uri, "beam")
+
+        with self._make_beam_pipeline() as p:
+            items = (p | "ReadPool" >> beam.io.ReadFromTFRecord(pool_pattern, coder=beam.coders.BytesCoder())
+                     | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=256)
+                     | "Predict" >> beam.ParDo(_PseudoLabel(serving_dir, temperature)))
+            accepted = items | "Threshold" >> beam.Filter(lambda it: it["confidence"] >= threshold)
+            if top_k > 0:
+                accepted = (accepted | "ByClass" >> beam.Map(lambda it: (it["label"], it))
+                            | "TopKPerClass" >> beam.combiners.Top.PerKey(
+                                top_k, key=lambda it: (it["confidence"], it["digest"]))
+                            | "Flatten" >> beam.FlatMap(lambda kv: kv[1]))
+            (accepted | "ToExample" >> beam.Map(to_example)
+             | "WriteExamples" >> beam.io.WriteToTFRecord(os.path.join(split_dir, "pseudo_labeled"),
+                                                          file_name_suffix=".gz"))
+            counts = {
+                _PREDICTED: items | "PredictedKey" >> beam.Map(lambda it: (it["label"], 1)),
+                _ACCEPTED: accepted | "AcceptedKey" >> beam.Map(lambda it: (it["label"], 1)),
+                _HISTOGRAM: items | "BinKey" >> beam.Map(lambda it: (_histogram_bin(it["confidence"], bins), 1)),
+                _ABOVE: items | "AboveKey" >> beam.FlatMap(_above, ood_thresholds),
+            }
+            for name, keyed in counts.items():
+                (keyed | f"Count{name}" >> beam.CombinePerKey(sum) | f"Json{name}" >> beam.Map(json.dumps)
+                 | f"Write{name}" >> beam.io.WriteToText(os.path.join(beam_dir, name), shard_name_template=""))
+
+        def read_counts(name, size=None):
+            path = os.path.join(beam_dir, name)
+            pairs = [json.loads(line) for line in open(path)] if os.path.exists(path) else []
+            if size is None:
+                return dict(pairs)
+            out = [0] * size
+            for key, n in pairs:
+                out[int(key)] = int(n)
+            return out
+
+        predicted = read_counts(_PREDICTED, num_classes)
+        num_pool = sum(predicted)
+        above = read_counts(_ABOVE)
+        relevance = {}
+        for name, t in ood_thresholds.items():
+            fraction = above.get(name, 0) / num_pool if num_pool else 0.0
+            relevance[name] = {"threshold": t, "tpr": tpr, "fpr": 0.0, "fraction_above": fraction,
+                               "relevance": relevance_from_fraction(fraction, tpr) if num_pool else None}
+        stats = {
+            "confidence_threshold": threshold,
+            "top_k_per_class": top_k,
+            "per_class_predicted": predicted,
+            "per_class_accepted": read_counts(_ACCEPTED, num_classes),
+            "confidence_histogram": {"bin_edges": np.linspace(0.0, 1.0, bins + 1).round(6).tolist(),
+                                     "counts": read_counts(_HISTOGRAM, bins)},
+            "validation_examples": 0 if val_labels is None else int(len(val_labels)),
+            "validation_split": eval_split if val_labels is not None else None,
+        }
+        stats["num_accepted"] = sum(stats["per_class_accepted"])
+        stats.update(summarise_pool(num_classes, predicted, val_labels, val_preds, relevance))
+        io_utils.write_string_file(os.path.join(stats_uri, PSEUDO_LABEL_STATS_FILE), json.dumps(stats, indent=2))
+
+
+class PseudoLabeler(base_beam_component.BaseBeamComponent):
+    """Pseudo-labels the unlabeled pool with the base model (Beam) and estimates the pool."""
+
+    SPEC_CLASS = PseudoLabelerSpec
+    EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
+
+    def __init__(self, model, unlabeled_examples, num_classes: int, examples=None, confidence_threshold: float = 0.0,
+                 top_k_per_class: int = 0, eval_split: str = "eval", ood_tpr: float = 0.95,
+                 energy_temperature: float = 1.0, histogram_bins: int = 20):
+        spec = PseudoLabelerSpec(
+            model=model, unlabeled_examples=unlabeled_examples, examples=examples, num_classes=num_classes,
+            confidence_threshold=confidence_threshold, top_k_per_class=top_k_per_class, eval_split=eval_split,
+            ood_tpr=ood_tpr, energy_temperature=energy_temperature, histogram_bins=histogram_bins,
+            pseudo_labeled_examples=types.Channel(type=standard_artifacts.Examples),
+            statistics=types.Channel(type=PseudoLabelStatistics))
+        super().__init__(spec=spec)
