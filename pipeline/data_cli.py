@@ -37,6 +37,8 @@ def add_prepare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rho-u", type=float, default=1.0, help="imbalance ratio of the unlabeled pool (default 1: balanced)")
     p.add_argument("--unlabeled-size", type=int, default=None, help="pool size cap (default: as many as available)")
     p.add_argument("--unlabeled-order", type=parse_order, default="same", help="same | reversed | comma-separated ids")
+    p.add_argument("--pool-relevance", type=float, default=1.0,
+                   help="in-domain fraction of the unlabeled pool; the rest becomes MNIST digits (default 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shard-size", type=int, default=10000, help="records per TFRecord shard")
     p.add_argument("--force", action="store_true", help="rebuild even if the output exists")
@@ -44,12 +46,16 @@ def add_prepare_args(p: argparse.ArgumentParser) -> None:
 
 def spec_from_args(a: argparse.Namespace) -> SplitSpec:
     return SplitSpec(rho=a.rho, n_max=a.n_max, class_order=a.class_order, val_per_class=a.val_per_class,
-                     rho_u=a.rho_u, unlabeled_size=a.unlabeled_size, unlabeled_order=a.unlabeled_order, seed=a.seed)
+                     rho_u=a.rho_u, unlabeled_size=a.unlabeled_size, unlabeled_order=a.unlabeled_order, seed=a.seed,
+                     pool_relevance=a.pool_relevance)
 
 
 def default_data_dir(source: str, spec: SplitSpec, shard_size: int = 10000) -> str:
     """A readable name plus a hash of every setting, so different settings never share a folder."""
-    key = json.dumps({"source": source, "shard_size": shard_size, **dataclasses.asdict(spec)}, sort_keys=True, default=list)
+    settings = dataclasses.asdict(spec)
+    if settings["pool_relevance"] == 1.0:  # the default leaves the folders prepared before the knob existed valid
+        del settings["pool_relevance"]
+    key = json.dumps({"source": source, "shard_size": shard_size, **settings}, sort_keys=True, default=list)
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", source).strip("_")[:40]
     rho = "natural" if spec.rho is None else f"{spec.rho:g}"
     return os.path.join(DATA_ROOT, f"{slug}-rho{rho}-seed{spec.seed}-{hashlib.sha256(key.encode()).hexdigest()[:8]}")

