@@ -53,6 +53,11 @@ class PoolEstimates:
     relevance: float | None = None
     rho_u: float | None = None
 
+    @classmethod
+    def from_pseudo_label_stats(cls, stats: dict) -> PoolEstimates:
+        """From the PseudoLabeler's ``pseudo_label_stats.json`` (components/pseudo_labeler.py)."""
+        return cls(int(stats["num_pool_examples"]), stats.get("estimated_relevance"), stats.get("estimated_rho_u"))
+
 
 def plan(num_labeled: int, class_counts, pool: PoolEstimates, thresholds: PlannerThresholds | None = None) -> dict:
     """{choice: supervised | pseudo_label | ssp, reasons: [str], estimates: {...}} from labels and pool."""

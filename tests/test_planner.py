@@ -69,3 +69,9 @@ def test_thresholds_are_frozen_and_labeled_set_required():
         PlannerThresholds().min_relevance = 0.1
     with pytest.raises(ValueError, match="labeled set is empty"):
         plan(0, [0, 0], PoolEstimates(10))
+
+
+def test_pool_estimates_from_pseudo_label_stats():
+    stats = {"num_pool_examples": 7000, "estimated_relevance": 0.5, "estimated_rho_u": 2.0, "per_class_predicted": [1]}
+    assert PoolEstimates.from_pseudo_label_stats(stats) == PoolEstimates(7000, 0.5, 2.0)
+    assert PoolEstimates.from_pseudo_label_stats({"num_pool_examples": 0}) == PoolEstimates(0)
