@@ -23,8 +23,10 @@ as skewed as the base model's predictions.
 
 Pool estimates (models/pool_estimates.py), when the labeled Examples are given: the model predicts
 the ``eval`` split in-process (thousands of images; like PerClassEvaluator), which gives the
-confusion matrix for black-box shift estimation and calibrates the max-softmax and energy
-thresholds at ``ood_tpr``; Beam counts the pool images at or above each threshold.
+(soft and hard) confusion matrices for black-box shift estimation and calibrates max-softmax and
+energy thresholds at ``ood_tpr`` and at the best-bin grid of TPRs; Beam sums the pool's
+probabilities and counts the pool images at or above each threshold. Only these sums and counts
+leave the workers.
 
 Outputs: ``pseudo_labeled_examples`` (split ``train``, GZIP TFRecords) and ``statistics``
 (``pseudo_label_stats.json``).
@@ -47,12 +49,20 @@ from tfx.utils import io_utils, path_utils
 
 from components.artifacts import PSEUDO_LABEL_STATS_FILE, PseudoLabelStatistics
 from components.errors import PipelineDataError
-from models.pool_estimates import energy_score, in_domain_threshold, relevance_from_fraction, summarise_pool
+from models.pool_estimates import (
+    DEFAULT_TPR_GRID,
+    energy_score,
+    in_domain_threshold,
+    relevance_best_bin,
+    relevance_from_fraction,
+    summarise_pool,
+)
 
 ORIGIN = b"pseudo"
 OUTPUT_SPLIT = "train"
 _SIGNATURE = "serving_tf_example"
 _PREDICTED, _ACCEPTED, _HISTOGRAM, _ABOVE = "predicted", "accepted", "histogram", "above"
+_PROBABILITY_SUMS = "probability_sums"
 
 
 def _serving(saved_model_dir: str):
@@ -101,7 +111,7 @@ class _PseudoLabel(beam.DoFn):
         energy = energy_score(out["logits"].numpy(), self._temperature) if "logits" in out else None
         for i, image in enumerate(images):
             label = int(labels[i])
-            yield {"image": image, "label": label, "confidence": float(probs[i, label]),
+            yield {"image": image, "label": label, "confidence": float(probs[i, label]), "probabilities": probs[i],
                    "max_softmax": float(probs[i].max()), "energy": None if energy is None else float(energy[i]),
                    "digest": hashlib.sha1(image).hexdigest()}
 
@@ -122,11 +132,27 @@ def _histogram_bin(confidence: float, bins: int) -> int:
 
 
 def _above(item: dict, thresholds: dict):
-    for name, t in thresholds.items():
-        if item[name] is not None and item[name] >= t:
-            yield name, 1
-        else:
-            yield name, 0
+    """((score, tpr), 0 or 1) for every calibrated threshold: is the image at or above it?"""
+    for name, by_tpr in thresholds.items():
+        for tpr, t in by_tpr.items():
+            yield (name, tpr), int(item[name] is not None and item[name] >= t)
+
+
+class _VectorSum(beam.CombineFn):
+    """Element-wise sum of the probability vectors (the pool's mu for BBSE-soft)."""
+
+    def create_accumulator(self):
+        return None
+
+    def add_input(self, acc, vector):
+        return np.array(vector, np.float64) if acc is None else acc + vector
+
+    def merge_accumulators(self, accs):
+        accs = [a for a in accs if a is not None]
+        return np.sum(accs, axis=0) if accs else None
+
+    def extract_output(self, acc):
+        return None if acc is None else acc.tolist()
 
 
 class PseudoLabelerSpec(types.ComponentSpec):
@@ -165,7 +191,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         pool_pattern = os.path.join(artifact_utils.get_split_uri(input_dict["unlabeled_examples"], "unlabeled"), "*")
 
         # Validation (in-domain, labeled): the confusion matrix and the OOD thresholds.
-        val_labels = val_preds = None
+        val_labels = val_preds = val_probs = None
         val_scores, ood_thresholds = {}, {}
         if input_dict.get("examples"):
             val_labels, val_probs, val_logits = predict_labeled_split(serving_dir, _split_files(input_dict["examples"],
@@ -174,7 +200,8 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             val_scores["max_softmax"] = val_probs.max(axis=1)
             if val_logits is not None:
                 val_scores["energy"] = energy_score(val_logits, temperature)
-            ood_thresholds = {name: in_domain_threshold(s, tpr) for name, s in val_scores.items()}
+            tprs = sorted(set(DEFAULT_TPR_GRID) | {tpr}, reverse=True)
+            ood_thresholds = {name: {t: in_domain_threshold(s, t) for t in tprs} for name, s in val_scores.items()}
 
         out_examples = artifact_utils.get_single_instance(output_dict["pseudo_labeled_examples"])
         out_examples.split_names = artifact_utils.encode_split_names([OUTPUT_SPLIT])
@@ -204,12 +231,15 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             for name, keyed in counts.items():
                 (keyed | f"Count{name}" >> beam.CombinePerKey(sum) | f"Json{name}" >> beam.Map(json.dumps)
                  | f"Write{name}" >> beam.io.WriteToText(os.path.join(beam_dir, name), shard_name_template=""))
+            (items | "Probabilities" >> beam.Map(lambda it: it["probabilities"])
+             | "SumProbabilities" >> beam.CombineGlobally(_VectorSum()) | "JsonSums" >> beam.Map(json.dumps)
+             | "WriteSums" >> beam.io.WriteToText(os.path.join(beam_dir, _PROBABILITY_SUMS), shard_name_template=""))
 
         def read_counts(name, size=None):
             path = os.path.join(beam_dir, name)
             pairs = [json.loads(line) for line in open(path)] if os.path.exists(path) else []
             if size is None:
-                return dict(pairs)
+                return {tuple(k) if isinstance(k, list) else k: n for k, n in pairs}
             out = [0] * size
             for key, n in pairs:
                 out[int(key)] = int(n)
@@ -219,10 +249,22 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         num_pool = sum(predicted)
         above = read_counts(_ABOVE)
         relevance = {}
-        for name, t in ood_thresholds.items():
-            fraction = above.get(name, 0) / num_pool if num_pool else 0.0
-            relevance[name] = {"threshold": t, "tpr": tpr, "fpr": 0.0, "fraction_above": fraction,
-                               "relevance": relevance_from_fraction(fraction, tpr) if num_pool else None}
+        for name, by_tpr in ood_thresholds.items():
+            if not num_pool:
+                relevance[name] = {"relevance": None}
+                continue
+            fractions = {t: above.get((name, t), 0) / num_pool for t in by_tpr}
+            best = relevance_best_bin({t: fractions[t] for t in DEFAULT_TPR_GRID})
+            relevance[name] = {
+                "relevance": best["relevance"],  # the headline: best bin over the TPR grid
+                "best_bin": best,
+                "thresholds": {f"{t:g}": v for t, v in by_tpr.items()},
+                "at_tpr": {"tpr": tpr, "threshold": by_tpr[tpr], "fraction_above": fractions[tpr], "fpr": 0.0,
+                           "relevance": relevance_from_fraction(fractions[tpr], tpr)},
+            }
+        sums_path = os.path.join(beam_dir, _PROBABILITY_SUMS)
+        sums_lines = open(sums_path).read().splitlines() if os.path.exists(sums_path) else []
+        probability_sums = json.loads(sums_lines[0]) if sums_lines else None
         stats = {
             "confidence_threshold": threshold,
             "top_k_per_class": top_k,
@@ -234,7 +276,9 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             "validation_split": eval_split if val_labels is not None else None,
         }
         stats["num_accepted"] = sum(stats["per_class_accepted"])
-        stats.update(summarise_pool(num_classes, predicted, val_labels, val_preds, relevance))
+        stats.update(summarise_pool(num_classes, predicted, val_labels, val_preds, relevance,
+                                    validation_probabilities=val_probs if val_labels is not None else None,
+                                    pool_probability_sums=probability_sums))
         io_utils.write_string_file(os.path.join(stats_uri, PSEUDO_LABEL_STATS_FILE), json.dumps(stats, indent=2))
 
 

@@ -120,3 +120,41 @@ def test_summarise_pool_bbse_and_fallbacks():
     confused = summarise_pool(2, [60, 40], labels, np.zeros(20, int))  # everything predicted 0: singular C
     assert "ill-conditioned" in confused["class_distribution_method"]
     assert summarise_pool(2, [0, 0])["class_distribution_method"] == "none: the pool is empty"
+
+
+def test_soft_confusion_and_bbse_soft_with_a_never_predicted_class():
+    from models.pool_estimates import soft_confusion, summarise_pool
+
+    # class 2 is never the argmax (its probability tops out at 0.4), so the hard C has a zero row
+    profiles = np.array([[0.8, 0.1, 0.1], [0.1, 0.7, 0.2], [0.45, 0.15, 0.4]])  # row j = p(x) for x of class j
+    labels = np.repeat([0, 1, 2], 4)
+    probs = profiles[labels]
+    c = soft_confusion(labels, probs, 3)
+    np.testing.assert_allclose(c, profiles.T)
+    q = np.array([0.2, 0.3, 0.5])
+    pool_sums = (profiles.T @ q) * 1000  # what 1000 pool images' probabilities would sum to
+    hard_counts = np.bincount(probs.argmax(1), minlength=3) * 100
+    out = summarise_pool(3, hard_counts, labels, probs.argmax(1), validation_probabilities=probs,
+                         pool_probability_sums=pool_sums)
+    assert out["class_distribution_method"] == "bbse_soft"
+    np.testing.assert_allclose(out["estimated_class_distribution"], q, atol=1e-9)
+    assert out["bbse_condition_number"] is None  # the hard C is singular
+    hard_only = summarise_pool(3, hard_counts, labels, probs.argmax(1))
+    assert hard_only["class_distribution_method"].startswith("raw pseudo-label counts: bbse: validation confusion")
+
+
+def test_best_bin_relevance_where_ood_scores_overlap():
+    from models.pool_estimates import estimate_relevance_best_bin, relevance_best_bin
+
+    rng = np.random.default_rng(2)
+    val = rng.normal(0.0, 1.0, 20000)
+    in_pool = rng.normal(0.0, 1.0, 5000)
+    ood = rng.normal(-2.0, 1.0, 5000)  # overlaps the in-domain scores: one threshold at TPR 0.95 is fooled
+    pool = np.concatenate([in_pool, ood])
+    fixed = estimate_relevance(val, pool, tpr=0.95)["relevance"]
+    best = estimate_relevance_best_bin(val, pool)
+    assert fixed > 0.65  # the fixed-TPR estimate with FPR = 0 is far above the true 0.5
+    assert best["relevance"] == pytest.approx(0.5, abs=0.05) and best["tpr"] < 0.95
+    assert relevance_best_bin({0.9: 0.9, 0.5: 0.3, 0.1: 0.04}) == {
+        "relevance": pytest.approx(0.4), "tpr": 0.1, "ratios": {"0.9": 1.0, "0.5": 0.6, "0.1": 0.4}}
+    assert relevance_best_bin({0.95: 0.99, 0.5: 0.6})["relevance"] == 1.0  # clipped

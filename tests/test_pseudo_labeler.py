@@ -128,12 +128,19 @@ def test_threshold_top_k_and_pool_estimates(tmp_path):
         assert got[POOL[i].tobytes()][1] == pytest.approx(confidences[i], rel=1e-6)
     assert stats["per_class_accepted"] == np.bincount(labels[keep], minlength=K).tolist()
     assert stats["per_class_predicted"] == np.bincount(labels, minlength=K).tolist()
-    assert stats["class_distribution_method"] == "bbse" and stats["confusion_condition_number"] == pytest.approx(1.0)
-    np.testing.assert_allclose(stats["estimated_class_distribution"], np.bincount(labels, minlength=K) / len(POOL))
+    # C = I for hard BBSE (validation images labeled with the model's own predictions)
+    assert stats["bbse_condition_number"] == pytest.approx(1.0)
+    assert stats["class_distribution_method"].startswith("bbse")
+    np.testing.assert_allclose(stats["raw_class_distribution"], np.bincount(labels, minlength=K) / len(POOL))
+    assert sum(stats["estimated_class_distribution"]) == pytest.approx(1.0)
     assert stats["validation_examples"] == 30 and stats["relevance_score"] == "energy"
     energy = np.log(np.exp(logits.astype(np.float64)).sum(1))
+    at = stats["relevance"]["energy"]["at_tpr"]
     t = np.quantile(energy[:30], 0.05)
-    assert stats["relevance"]["energy"]["threshold"] == pytest.approx(t, rel=1e-5)
-    assert stats["relevance"]["energy"]["fraction_above"] == pytest.approx(np.mean(energy >= t))
-    assert stats["estimated_relevance"] == pytest.approx(min(1.0, np.mean(energy >= t) / 0.95))
-    assert stats["relevance"]["max_softmax"]["threshold"] == pytest.approx(np.quantile(confidences[:30], 0.05), rel=1e-5)
+    assert at["threshold"] == pytest.approx(t, rel=1e-5)
+    assert at["fraction_above"] == pytest.approx(np.mean(energy >= t))
+    assert at["relevance"] == pytest.approx(min(1.0, np.mean(energy >= t) / 0.95))
+    ratios = {tpr: np.mean(energy >= np.quantile(energy[:30], 1 - tpr)) / tpr for tpr in (0.95, 0.8, 0.6, 0.4, 0.2, 0.1)}
+    assert stats["estimated_relevance"] == pytest.approx(min(1.0, min(ratios.values())), rel=1e-5)
+    assert stats["relevance"]["max_softmax"]["at_tpr"]["threshold"] == pytest.approx(
+        np.quantile(confidences[:30], 0.05), rel=1e-5)
