@@ -144,3 +144,19 @@ def test_threshold_top_k_and_pool_estimates(tmp_path):
     assert stats["estimated_relevance"] == pytest.approx(min(1.0, min(ratios.values())), rel=1e-5)
     assert stats["relevance"]["max_softmax"]["at_tpr"]["threshold"] == pytest.approx(
         np.quantile(confidences[:30], 0.05), rel=1e-5)
+
+
+def test_component_spec_wires_channels_and_defaults():
+    from tfx import types
+    from tfx.types import standard_artifacts
+
+    from components.artifacts import PseudoLabelStatistics
+    from components.pseudo_labeler import PseudoLabeler
+
+    c = PseudoLabeler(model=types.Channel(type=standard_artifacts.Model),
+                      unlabeled_examples=types.Channel(type=standard_artifacts.Examples),
+                      examples=types.Channel(type=standard_artifacts.Examples), num_classes=10, top_k_per_class=500)
+    assert c.outputs["pseudo_labeled_examples"].type == standard_artifacts.Examples
+    assert c.outputs["statistics"].type == PseudoLabelStatistics
+    assert c.exec_properties["confidence_threshold"] == 0.0 and c.exec_properties["top_k_per_class"] == 500
+    assert c.exec_properties["ood_tpr"] == 0.95 and c.exec_properties["eval_split"] == "eval"
