@@ -49,7 +49,10 @@ def spec_from_args(a: argparse.Namespace) -> SplitSpec:
 
 def default_data_dir(source: str, spec: SplitSpec, shard_size: int = 10000) -> str:
     """A readable name plus a hash of every setting, so different settings never share a folder."""
-    key = json.dumps({"source": source, "shard_size": shard_size, **dataclasses.asdict(spec)}, sort_keys=True, default=list)
+    from components.data.prepare import FORMAT_VERSION
+
+    key = json.dumps({"source": source, "shard_size": shard_size, "format_version": FORMAT_VERSION, **dataclasses.asdict(spec)},
+                     sort_keys=True, default=list)
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", source).strip("_")[:40]
     rho = "natural" if spec.rho is None else f"{spec.rho:g}"
     return os.path.join(DATA_ROOT, f"{slug}-rho{rho}-seed{spec.seed}-{hashlib.sha256(key.encode()).hexdigest()[:8]}")

@@ -4,6 +4,8 @@ Layout of ``out_dir`` (the ImportExampleGen input base; one sub-folder per split
     labeled/labeled-00000-of-00001.tfrecord      image (PNG bytes), label (int64)
     unlabeled/unlabeled-00000-of-0000N.tfrecord  image only: no label feature at all
     validation/..., test/...                      image, label
+    evaluation_only/unlabeled_true_labels.json    the pool's true classes in record order (-1: unknown),
+                                                  read only to score pseudo-labels; no ExampleGen reads it
     manifest.json                                 counts per split and class, and every setting
 
 The output is a pure function of (source, spec): the same seed gives byte-identical files. The
@@ -27,7 +29,8 @@ from components.data.sources import RawData, read_source
 
 SPLITS = ("labeled", "unlabeled", "validation", "test")
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: evaluation_only/unlabeled_true_labels.json
+POOL_TRUTH_FILE = "evaluation_only/unlabeled_true_labels.json"
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -76,6 +79,14 @@ def _write_split(split_dir: str, name: str, images: np.ndarray, labels: np.ndarr
     return files
 
 
+def _write_pool_truth(path: str, files: list[str], labels: list[int]) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({"note": "EVALUATION ONLY: true classes of the unlabeled pool, in the order of `files` and their records; "
+                           "-1 where the source gives none. Training never reads this file.",
+                   "files": files, "labels": labels}, f)
+
+
 def prepare(raw: RawData, spec: SplitSpec, out_dir: str, shard_size: int = 10000, log=print) -> dict:
     """Draw the splits from ``raw`` and write them to ``out_dir``; returns the manifest."""
     if len(raw.test_images) == 0:
@@ -94,6 +105,9 @@ def prepare(raw: RawData, spec: SplitSpec, out_dir: str, shard_size: int = 10000
         "validation": (raw.train_images[plan.validation], raw.train_labels[plan.validation]),
         "test": (raw.test_images, raw.test_labels),
     }
+    pool_truth = raw.train_labels[plan.unlabeled].astype(int).tolist()
+    if raw.extra_unlabeled is not None and len(raw.extra_unlabeled):
+        pool_truth += [-1] * len(raw.extra_unlabeled)  # the source's own unlabeled images: class unknown
     tmp = out_dir.rstrip("/") + ".partial"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
@@ -126,6 +140,8 @@ def prepare(raw: RawData, spec: SplitSpec, out_dir: str, shard_size: int = 10000
             entry["per_class_counts"] = np.bincount(labels, minlength=raw.num_classes).astype(int).tolist()
         else:  # the pool's true classes are hidden from training; recorded for evaluation only
             entry["hidden_per_class_counts_from_train"] = plan.unlabeled_counts
+            entry["true_labels_file"] = POOL_TRUTH_FILE
+            _write_pool_truth(os.path.join(tmp, POOL_TRUTH_FILE), files, pool_truth)
         manifest["splits"][name] = entry
     with open(os.path.join(tmp, MANIFEST), "w") as f:
         json.dump(manifest, f, indent=2, sort_keys=True)
