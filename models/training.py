@@ -90,7 +90,8 @@ def build_model(cfg: TrainConfig, image_shape, num_classes: int) -> keras.Model:
                                       cosine=head_kind(cfg) == "cosine")
 
 
-def _dataset(cfg: TrainConfig, train_files, stats: dict, image_shape, sampler: str, epochs: int, first_epoch: int = 0):
+def _dataset(cfg: TrainConfig, train_files, stats: dict, image_shape, sampler: str, epochs: int, first_epoch: int = 0,
+             drop_remainder: bool = False):
     """(dataset, steps per epoch). Instance-balanced reads shuffled epochs; other samplers draw an
     endless class-aware stream cut into epochs of the labeled set's size."""
     n = stats["num_examples"]
@@ -105,7 +106,7 @@ def _dataset(cfg: TrainConfig, train_files, stats: dict, image_shape, sampler: s
     if cfg.augment:
         ds = ds.map(lambda x, y: (inputs.augment(x), y), num_parallel_calls=inputs.AUTOTUNE)
     ds = ds.map(lambda x, y: (inputs.to_float(x), y), num_parallel_calls=inputs.AUTOTUNE)
-    return ds.batch(cfg.batch_size).prefetch(inputs.AUTOTUNE), steps
+    return ds.batch(cfg.batch_size, drop_remainder=drop_remainder).prefetch(inputs.AUTOTUNE), steps
 
 
 def _fit(model, cfg, ds, steps, first_epoch, end_epoch, callbacks):
