@@ -43,8 +43,9 @@ def _train(tiny, tmp_path, cfg, semi, **kwargs):
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="the 50-step run once (TF); the short one runs on JAX")
 def test_daso_50_steps_finite_losses_and_falling_consistency(tiny, tmp_path):
     # threshold 0: every pseudo-label counts from the first step, so the consistency loss measures the agreement of
-    # the strong view with the weak view's pseudo-label (at 0.95 it starts at 0 and rises as images pass the threshold)
-    cfg = TrainConfig(epochs=5, batch_size=32, max_steps_per_epoch=10, learning_rate=0.05)
+    # the strong view with the weak view's pseudo-label (at 0.95 it starts at 0 and rises as images pass the threshold).
+    # A small learning rate: at 0.05 the labeled loss moves the targets so fast in 50 steps that the term oscillates.
+    cfg = TrainConfig(epochs=5, batch_size=32, max_steps_per_epoch=10, learning_rate=0.003)
     semi = SemiConfig(semi="daso", semi_threshold=0.0, daso_warmup_steps=0)
     ema, history, summary = _train(tiny, tmp_path, cfg, semi)
     assert len(history) == 5
@@ -52,8 +53,8 @@ def test_daso_50_steps_finite_losses_and_falling_consistency(tiny, tmp_path):
         for key in ("loss", "labeled_loss", "consistency_loss", "alignment_loss"):
             assert math.isfinite(h[key]), (h["epoch"], key)
         assert h["daso_on"] == 1.0 and h["alignment_loss"] > 0
-    consistency = [h["consistency_loss"] for h in history]
-    assert consistency[-1] < consistency[0], consistency
+    consistency = [h["consistency_loss"] for h in history]  # epoch means, 10 steps each
+    assert consistency[-1] < consistency[0] and np.mean(consistency[1:]) < 0.8 * consistency[0], consistency
     assert sum(summary["queue_filled_per_class"]) > 0
     assert len(summary["pool_history"]) == 5 and len(summary["pseudo_label_recall"]) == 10
     assert all(np.isfinite(w).all() for w in ema.get_weights())
