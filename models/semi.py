@@ -338,6 +338,8 @@ def train_semi(cfg, semi: SemiConfig, train_files, unlabeled_files, stats: dict,
     weights = losses.class_weights_for(cfg.class_weighting, stats["class_counts"], cfg.effective_number_beta)
     model = FixMatchModel(classifier, ema, losses.make_loss(cfg, stats, weights), semi, num_classes,
                           warmup_steps=warmup if semi.semi == "daso" else 0, dist_temperature=t_dist)
+    dummy = np.zeros((1, *image_shape), np.float32)
+    model({"labeled": dummy, "weak": dummy, "strong": dummy})  # built before fit (BackupAndRestore needs that)
     schedule = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, total_steps)
     model.compile(keras.optimizers.SGD(schedule, momentum=cfg.momentum, weight_decay=cfg.weight_decay),
                   jit_compile=cfg.jit_compile, steps_per_execution=cfg.steps_per_execution)

@@ -64,7 +64,7 @@ def test_fixmatch_short_run_exports_ema_and_reports(tiny, tmp_path):
     out, manifest, _ = tiny
     cfg = TrainConfig(epochs=2, batch_size=16, max_steps_per_epoch=3, loss="logit_adjusted",
                       jit_compile=keras.backend.backend() == "jax")
-    ema, history, summary = _train(tiny, tmp_path, cfg, SemiConfig(semi="fixmatch"),
+    ema, history, summary = _train(tiny, tmp_path, cfg, SemiConfig(semi="fixmatch"), backup_dir=str(tmp_path / "backup"),
                                    pool_setting={"rho": manifest["rho"], "rho_u": manifest["rho_u"]})
     assert [h["epoch"] for h in history] == [1, 2]
     assert all(math.isfinite(h[k]) for h in history for k in ("loss", "labeled_loss", "consistency_loss"))
