@@ -136,14 +136,11 @@ class FixMatchModel(keras.Model):
         if self.use_daso:
             self.queue = BalancedFeatureQueue(num_classes, int(head.input.shape[-1]), semi.daso_queue_size, name="daso_queue")
             self.pl_counts = PseudoLabelCountWindow(num_classes, semi.daso_count_window, name="daso_pl_counts")
+        # Metric attributes are tracked by Keras: they appear in self.metrics and the fit logs
         self.trackers = {n: keras.metrics.Mean(name=n) for n in
                          ("labeled_loss", "consistency_loss", "alignment_loss", "mask_rate", "daso_on")}
         # pairs (ema, student) in build order: the two networks are built by the same function
         self._ema_pairs = list(zip(ema_classifier.weights, classifier.weights, strict=True))
-
-    @property
-    def metrics(self):
-        return [*super().metrics, *self.trackers.values()]
 
     def call(self, inputs, training=False):
         x = ops.concatenate([inputs["labeled"], inputs["weak"], inputs["strong"]], axis=0)
