@@ -32,7 +32,7 @@ bench-methods:
 	$(ENV) python bench/methods_bench.py --rho 100
 	$(ENV) python bench/methods_bench.py --rho 10
 
-# issue #8: supervised / FixMatch / FixMatch+DASO (each also logit-adjusted), pools rho_u=100 and rho_u=1, 580 steps a method.
+# issue #8: supervised / FixMatch / FixMatch+DASO (each also logit-adjusted), pools rho_u=100 and rho_u=1, 600 steps a method.
 # Not yet run in full: about an hour a pool setting on 2 idle cores is an estimate (a FixMatch step, 128+256 images, took
 # 1.3-3.5 s on a loaded machine).
 bench-daso:
