@@ -119,3 +119,19 @@ def test_pool_truth_never_reaches_the_training_stream(tiny):
     assert weak.shape == strong.shape == (8, 28, 28, 1)
     with open(os.path.join(out, manifest["splits"]["unlabeled"]["true_labels_file"])) as f:
         assert len(json.load(f)["labels"]) == 600
+
+
+def test_pipeline_settings_resolve_by_bare_name():
+    from pipeline.configs import load_config
+    from pipeline.pipeline import training_custom_config
+
+    cfg = load_config("smoke", {"semi": "daso", "semi_threshold": "0.9", "daso_warmup_steps": "none"})
+    assert cfg.semi_supervised.semi == "daso" and cfg.semi_supervised.semi_threshold == 0.9
+    assert load_config("smoke").semi_supervised.semi == "none"
+    manifest = {"image_shape": [28, 28, 1], "rho": 100.0, "rho_u": 1.0, "class_order": [0, 1], "unlabeled_class_order": [0, 1],
+                "splits": {"unlabeled": {"num_examples": 5, "files": ["unlabeled/u.tfrecord"]}}}
+    config = training_custom_config(cfg, manifest, "/root", "/data")
+    assert config["semi"]["semi"] == "daso" and config["pool_setting"] == {"rho": 100.0, "rho_u": 1.0, "same_order": True}
+    assert config["pool_truth"]["data_dir"] == "/data"
+    supervised = training_custom_config(load_config("smoke"), manifest, "/root", "/data")
+    assert "pool_truth" not in supervised and supervised["backup_dir"] != config["backup_dir"]
