@@ -32,8 +32,8 @@ bench-methods:
 	$(ENV) python bench/methods_bench.py --rho 100
 	$(ENV) python bench/methods_bench.py --rho 10
 
-# issue #8: supervised / FixMatch / FixMatch+DASO (each also logit-adjusted), pools rho_u=100 and rho_u=1, 600 steps a method.
-# Not yet run in full: about an hour a pool setting on 2 idle cores is an estimate (a FixMatch step, 128+256 images, took
-# 1.3-3.5 s on a loaded machine).
+# issue #8: supervised / FixMatch / FixMatch+DASO (each also logit-adjusted), pools rho_u=100 and rho_u=1, 900 steps a
+# method. Not yet run in full; estimated 45-60 min a pool setting on 2 cores (10-step timing: supervised 0.13 s a step,
+# FixMatch/DASO 0.6-0.9 s with 128 labeled + 256 unlabeled images).
 bench-daso:
 	$(ENV) python bench/daso_bench.py --rho 100 --rho-u 100,1

@@ -10,7 +10,7 @@ of the three rarest labeled classes (ranked by count) is measured on the pool, a
 evaluation-only true classes, after the last epoch.
 
 Usage (inside the environment):
-  tools/env exec python bench/daso_bench.py [--rho 100] [--rho-u 100,1] [--epochs 20] [--methods ...]
+  tools/env exec python bench/daso_bench.py [--rho 100] [--rho-u 100,1] [--epochs 30] [--methods ...]
 Writes bench/results/daso_rho<rho>.md (table, command, machine, date) unless --out says otherwise.
 """
 
@@ -139,7 +139,7 @@ def main() -> int:
     p.add_argument("--rho-u", default="100,1", help="pool imbalance settings, one table block each")
     p.add_argument("--n-max", type=int, default=1500, help="labeled head class (the paper's N1)")
     p.add_argument("--pool-head", type=int, default=3000, help="unlabeled head class (the paper's M1)")
-    p.add_argument("--epochs", type=int, default=20, help="passes over the labeled set (30 steps each at N1=1500, rho=100)")
+    p.add_argument("--epochs", type=int, default=30, help="passes over the labeled set (30 steps each at N1=1500, rho=100)")
     p.add_argument("--mu", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-seed", type=int, default=0)
