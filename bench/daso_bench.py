@@ -144,7 +144,8 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument("--methods", default=",".join(METHODS))
-    p.add_argument("--eval-pool-size", type=int, default=None, help="pool images scored for pseudo-label recall")
+    p.add_argument("--eval-pool-size", type=int, default=5000,
+                   help="pool images (a fixed random subset) scored each epoch for pseudo-label recall")
     p.add_argument("--max-steps-per-epoch", type=int, default=None, help="trying the script out only")
     p.add_argument("--out", default=None, help="results file (default bench/results/daso_rho<rho>.md)")
     a = p.parse_args()
@@ -173,7 +174,8 @@ def main() -> int:
                 f"steps, T_dist 1.5 (rho_u = rho) or 0.3 (rho_u != rho), T_proto {defaults.daso_proto_temperature}, queue "
                 f"{defaults.daso_queue_size} a class. `_la`: logit-adjusted labeled loss (tau 1). Balanced test split "
                 f"(1000 a class); few-shot group {any_info['shot_groups']['few']}. Pseudo-label recall and mask rate: "
-                f"the last epoch's pseudo-labels of the un-augmented pool images against their true classes. images/s: "
+                f"the last epoch's pseudo-labels of {a.eval_pool_size or 'all'} un-augmented pool images (a fixed random "
+                f"subset) against their true classes. images/s: "
                 f"labeled + unlabeled images drawn a step over the steady-state step time (an unlabeled image passes "
                 f"the network in two views).\n\n{text}\n")
     print(path)
