@@ -163,7 +163,7 @@ def write_report(metrics: dict, out_dir: str) -> None:
           f"{stats['shot_thresholds']['few_below']:.0f} training images; {stats['shot_thresholds']['source']}): "
           + ", ".join(f"{g}: {[stats['class_names'][c] for c in cs]}" for g, cs in stats["shot_groups"].items()), "",
           f"Training: {cfg['train']['backbone']}, loss {cfg['train']['loss']}, {cfg['train']['epochs']} epochs, "
-          f"batch {cfg['train']['batch_size']}, seed {metrics['seed']}.", "",
+          f"batch {cfg['train']['batch_size']}, seed {metrics['seed']}, semi-supervised: {metrics['semi']['method']}.", "",
           "## Gate (validation split)", "",
           f"Decision: **{'BLESSED' if metrics['blessed'] else 'NOT BLESSED'}**; pushed: "
           f"{'`' + metrics['pushed_model_dir'] + '`' if metrics['pushed'] else 'no'}.", "",
