@@ -259,8 +259,9 @@ def load_pool_truth(data_dir: str, manifest_entry: dict, image_shape, limit: int
 
 
 def score_pseudo_labels(probs: np.ndarray, true_labels: np.ndarray, threshold: float, num_classes: int) -> dict:
-    """Per class (of the true class): recall and precision of argmax p, and the mask rate (share of the
-    class's pool images whose confidence reaches the threshold). Images of unknown class (-1) are skipped."""
+    """Per class (of the true class): recall and precision of argmax p (precision None for a class never
+    predicted), and the mask rate (share of the class's pool images whose confidence reaches the
+    threshold). Images of unknown class (-1) are skipped."""
     known = true_labels >= 0
     probs, true_labels = probs[known], true_labels[known]
     predicted = probs.argmax(1)
@@ -268,11 +269,13 @@ def score_pseudo_labels(probs: np.ndarray, true_labels: np.ndarray, threshold: f
     above = probs.max(1) >= threshold
     support = np.bincount(true_labels, minlength=num_classes)
     mask_rate = np.bincount(true_labels, weights=above.astype(np.float64), minlength=num_classes) / np.maximum(support, 1)
-    return {"pseudo_label_recall": scores["per_class_recall"], "pseudo_label_precision": scores["per_class_precision"],
+    counts = np.bincount(predicted, minlength=num_classes)
+    precision = [None if n == 0 else p for p, n in zip(scores["per_class_precision"], counts, strict=True)]  # never predicted
+    return {"pseudo_label_recall": scores["per_class_recall"], "pseudo_label_precision": precision,
             "mask_rate": [None if s == 0 else float(r) for r, s in zip(mask_rate, support, strict=True)],
             "accuracy": scores["accuracy"], "overall_mask_rate": float(above.mean()) if len(above) else None,
             "num_scored": int(len(true_labels)),
-            "pseudo_label_counts": np.bincount(predicted, minlength=num_classes).astype(int).tolist()}
+            "pseudo_label_counts": counts.astype(int).tolist()}
 
 
 class PoolPseudoLabelMonitor(keras.callbacks.Callback):

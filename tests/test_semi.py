@@ -108,6 +108,8 @@ def test_score_pseudo_labels_by_hand():
     np.testing.assert_allclose(s["pseudo_label_recall"], [1.0, 2 / 3])
     np.testing.assert_allclose(s["pseudo_label_precision"], [0.5, 1.0])
     np.testing.assert_allclose(s["mask_rate"], [1.0, 1 / 3])
+    never = score_pseudo_labels(probs[:2], truth[:2], threshold=0.95, num_classes=2)  # class 1 never predicted
+    assert never["pseudo_label_precision"] == [0.5, None] and never["pseudo_label_recall"] == [1.0, 0.0]
 
 
 def test_pool_truth_never_reaches_the_training_stream(tiny):
