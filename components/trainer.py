@@ -1,6 +1,9 @@
 """LongTailTrainer: TFX's Trainer (GenericExecutor, run_fn by dotted path) plus one input, the
 LabelStatsGen artifact, whose JSON path is handed to run_fn in ``custom_config['label_stats_path']``
-so the Trainer reads class counts and priors from the data, never from a hard-coded list."""
+so the Trainer reads class counts and priors from the data, never from a hard-coded list.
+
+Optional input ``unlabeled_examples`` (the validated pool, for semi-supervised training): its
+``unlabeled`` split's file pattern reaches run_fn in ``custom_config['unlabeled_files']``."""
 
 from __future__ import annotations
 
@@ -20,7 +23,8 @@ from components.artifacts import LABEL_STATS_FILE, LabelStatistics
 
 class LongTailTrainerSpec(standard_component_specs.TrainerSpec):
     INPUTS = {**standard_component_specs.TrainerSpec.INPUTS,
-              "label_stats": ChannelParameter(type=LabelStatistics)}
+              "label_stats": ChannelParameter(type=LabelStatistics),
+              "unlabeled_examples": ChannelParameter(type=standard_artifacts.Examples, optional=True)}
 
 
 class Executor(trainer_executor.GenericExecutor):
@@ -28,6 +32,9 @@ class Executor(trainer_executor.GenericExecutor):
         fn_args = super()._GetFnArgs(input_dict, output_dict, exec_properties)
         stats_uri = artifact_utils.get_single_uri(input_dict["label_stats"])
         fn_args.custom_config = dict(fn_args.custom_config or {}, label_stats_path=os.path.join(stats_uri, LABEL_STATS_FILE))
+        if input_dict.get("unlabeled_examples"):
+            pool_uri = artifact_utils.get_split_uri(input_dict["unlabeled_examples"], "unlabeled")
+            fn_args.custom_config["unlabeled_files"] = [os.path.join(pool_uri, "*")]
         return fn_args
 
 
@@ -36,9 +43,10 @@ class LongTailTrainer(trainer_component.Trainer):
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(Executor)
 
     def __init__(self, examples, label_stats, run_fn: str, custom_config: dict, schema=None, base_model=None,
-                 train_split: str = "train", eval_split: str = "eval"):
+                 train_split: str = "train", eval_split: str = "eval", unlabeled_examples=None):
         spec = LongTailTrainerSpec(
             examples=examples, label_stats=label_stats, schema=schema, base_model=base_model,
+            unlabeled_examples=unlabeled_examples,
             train_args=trainer_pb2.TrainArgs(splits=[train_split]), eval_args=trainer_pb2.EvalArgs(splits=[eval_split]),
             run_fn=run_fn, custom_config=json_utils.dumps(custom_config),
             model=types.Channel(type=standard_artifacts.Model),

@@ -8,6 +8,9 @@ custom_config keys (written by pipeline/ from the typed config):
   label_stats_path: the LabelStatsGen JSON (class counts, priors, groups), never a hard-coded list
   image_shape: [H, W, C]
   backup_dir: a folder stable across re-executions of the same training, for BackupAndRestore
+  semi: dict of :class:`models.semi.SemiConfig` fields; semi != none trains FixMatch / DASO (models/semi.py)
+  unlabeled_files: the pool's TFRecords (LongTailTrainer's unlabeled_examples input), for semi != none
+  pool_setting, pool_truth: declared pool imbalance (DASO's T_dist) and the evaluation-only true classes
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from models import backbones, heads, inputs, losses, sampling
+from models import backbones, heads, inputs, losses, sampling, semi
 from models.export import export_serving_model
 
 
@@ -90,7 +93,8 @@ def build_model(cfg: TrainConfig, image_shape, num_classes: int) -> keras.Model:
                                       cosine=head_kind(cfg) == "cosine")
 
 
-def _dataset(cfg: TrainConfig, train_files, stats: dict, image_shape, sampler: str, epochs: int, first_epoch: int = 0):
+def _dataset(cfg: TrainConfig, train_files, stats: dict, image_shape, sampler: str, epochs: int, first_epoch: int = 0,
+             drop_remainder: bool = False):
     """(dataset, steps per epoch). Instance-balanced reads shuffled epochs; other samplers draw an
     endless class-aware stream cut into epochs of the labeled set's size."""
     n = stats["num_examples"]
@@ -105,7 +109,7 @@ def _dataset(cfg: TrainConfig, train_files, stats: dict, image_shape, sampler: s
     if cfg.augment:
         ds = ds.map(lambda x, y: (inputs.augment(x), y), num_parallel_calls=inputs.AUTOTUNE)
     ds = ds.map(lambda x, y: (inputs.to_float(x), y), num_parallel_calls=inputs.AUTOTUNE)
-    return ds.batch(cfg.batch_size).prefetch(inputs.AUTOTUNE), steps
+    return ds.batch(cfg.batch_size, drop_remainder=drop_remainder).prefetch(inputs.AUTOTUNE), steps
 
 
 def _fit(model, cfg, ds, steps, first_epoch, end_epoch, callbacks):
@@ -180,8 +184,25 @@ def run_fn(fn_args) -> None:
     with open(config["label_stats_path"]) as f:
         stats = json.load(f)
     image_shape = config["image_shape"]
+    semi_cfg = semi.SemiConfig.from_dict(config.get("semi") or {})
+    semi_summary = None
     t0 = time.time()
-    model, history = train(cfg, fn_args.train_files, stats, image_shape, fn_args.model_run_dir, config.get("backup_dir"))
+    if semi_cfg.semi == "none":
+        model, history = train(cfg, fn_args.train_files, stats, image_shape, fn_args.model_run_dir, config.get("backup_dir"))
+        images_seen = stats["num_examples"] * cfg.epochs
+    else:
+        if not config.get("unlabeled_files"):
+            raise ValueError(f"semi={semi_cfg.semi} needs the Trainer's unlabeled_examples input (the pool); none was given")
+        truth = config.get("pool_truth")
+        pool_truth = None
+        if truth:
+            pool_truth = semi.load_pool_truth(truth["data_dir"], truth["unlabeled"], image_shape,
+                                              semi_cfg.semi_eval_pool_size, cfg.seed)
+        model, history, semi_summary = semi.train_semi(
+            cfg, semi_cfg, fn_args.train_files, config["unlabeled_files"], stats, image_shape, fn_args.model_run_dir,
+            config.get("backup_dir"), pool_truth=pool_truth, pool_setting=config.get("pool_setting"))
+        # labeled + unlabeled images drawn (an unlabeled image counted once, though it passes the network in two views)
+        images_seen = semi_summary["total_steps"] * (semi_summary["labeled_batch"] + semi_summary["unlabeled_batch"])
     train_seconds = time.time() - t0
     logit_offset = None
     if config.get("post_hoc_logit_adjust_tau"):
@@ -190,6 +211,6 @@ def run_fn(fn_args) -> None:
     export_serving_model(model, fn_args.serving_model_dir, image_shape, logit_offset)
     model.save(os.path.join(fn_args.model_run_dir, "model.keras"))
     summary = {"train_seconds": train_seconds, "epochs": cfg.epochs, "history": history, "config": dataclasses.asdict(cfg),
-               "images_per_second": (stats["num_examples"] * cfg.epochs / train_seconds) if train_seconds else None}
+               "images_per_second": (images_seen / train_seconds) if train_seconds else None, "semi": semi_summary}
     with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, "training_summary.json"), "w") as f:
         json.dump(summary, f, indent=2)

@@ -1,7 +1,7 @@
 """Every knob of the pipeline in one typed object, and the presets (smoke, default, paper).
 
 ``--set KEY=VALUE`` overrides a field by dotted path (``train.epochs=5``, ``gate.min_per_class_recall=0.5``,
-``data.rho=10``); a bare field name is looked up in every section (``epochs=5``, ``loss=ce``).
+``data.rho=10``); a bare field name is looked up in every section (``epochs=5``, ``loss=ce``, ``semi=daso``).
 The same object drives local runs and Kubeflow compilation, and is written whole into metrics.json.
 """
 
@@ -12,6 +12,7 @@ import json
 import typing
 
 from components.gate import GateThresholds
+from models.semi import SemiConfig
 from models.training import TrainConfig
 
 
@@ -46,6 +47,7 @@ class PipelineConfig:
     data: DataConfig = DataConfig()
     stats: StatsConfig = StatsConfig()
     train: TrainConfig = TrainConfig()
+    semi_supervised: SemiConfig = SemiConfig()  # semi=none|fixmatch|daso and its semi_* / daso_* settings
     gate: GateThresholds = GateThresholds()
     post_hoc_logit_adjust_tau: float = 0.0  # >0 adds -tau*log(prior) to the served logits
     model_name: str = "longtail"

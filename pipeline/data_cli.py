@@ -52,10 +52,13 @@ def spec_from_args(a: argparse.Namespace) -> SplitSpec:
 
 def default_data_dir(source: str, spec: SplitSpec, shard_size: int = 10000) -> str:
     """A readable name plus a hash of every setting, so different settings never share a folder."""
+    from components.data.prepare import FORMAT_VERSION
+
     settings = dataclasses.asdict(spec)
-    if settings["pool_relevance"] == 1.0:  # the default leaves the folders prepared before the knob existed valid
+    if settings["pool_relevance"] == 1.0:  # the default: the knob adds nothing to the key
         del settings["pool_relevance"]
-    key = json.dumps({"source": source, "shard_size": shard_size, **settings}, sort_keys=True, default=list)
+    key = json.dumps({"source": source, "shard_size": shard_size, "format_version": FORMAT_VERSION, **settings},
+                     sort_keys=True, default=list)
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", source).strip("_")[:40]
     rho = "natural" if spec.rho is None else f"{spec.rho:g}"
     return os.path.join(DATA_ROOT, f"{slug}-rho{rho}-seed{spec.seed}-{hashlib.sha256(key.encode()).hexdigest()[:8]}")

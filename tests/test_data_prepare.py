@@ -62,6 +62,25 @@ def test_unlabeled_has_no_label_feature(prepared):
     assert records and all(set(r.keys()) == {"image"} for r in records)
 
 
+def test_pool_true_labels_are_kept_apart_for_evaluation(prepared, fashion_mnist_dir):
+    out, manifest = prepared
+    entry = manifest["splits"]["unlabeled"]
+    assert entry["true_labels_file"].startswith("evaluation_only/")  # outside every ExampleGen input folder
+    with open(os.path.join(out, entry["true_labels_file"])) as f:
+        truth = json.load(f)
+    assert truth["files"] == entry["files"] and len(truth["labels"]) == entry["num_examples"]
+    assert np.bincount(truth["labels"], minlength=10).tolist() == entry["hidden_per_class_counts_from_train"]
+    # record i of the pool is the source image whose class is labels[i]
+    raw = read_fashion_mnist(fashion_mnist_dir)
+    by_digest = {}  # a set of classes per digest: the source holds a few identical images
+    for x, y in zip(raw.train_images, raw.train_labels, strict=True):
+        by_digest.setdefault(hashlib.sha1(np.ascontiguousarray(x).tobytes()).hexdigest(), set()).add(int(y))
+    records = read_split(out, "unlabeled")
+    for i in range(0, len(records), 97):
+        image = decode_image(records[i]["image"].bytes_list.value[0])
+        assert truth["labels"][i] in by_digest[hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest()]
+
+
 def test_splits_are_disjoint_by_image_hash(prepared):
     out, manifest = prepared
     hashes = {}

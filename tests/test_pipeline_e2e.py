@@ -156,3 +156,22 @@ def test_negative_label_stops_the_run_with_the_anomaly_named(smoke, tmp_path):
     assert "labeled examples: failed schema validation" in proc.stderr
     assert "feature 'label'" in proc.stderr and "split train" in proc.stderr
     assert not os.path.exists(tmp_path / "out" / "metrics.json")
+
+
+def test_semi_daso_run_pushes_and_reports_pseudo_labels(tmp_path, fashion_mnist_dir):
+    data, out = str(tmp_path / "data"), str(tmp_path / "out")
+    prepare_from_source("fashion_mnist", SplitSpec(rho=100, n_max=200, class_order="shuffle", val_per_class=20,
+                                                   unlabeled_size=200, seed=1), data, fashion_mnist_dir)
+    proc = run_cli(tmp_path, "smoke-daso", data, out, "semi=daso")
+    m = load_metrics(out)
+    assert m["pushed"] is True and os.path.exists(os.path.join(m["pushed_model_dir"], "saved_model.pb"))
+    semi = m["semi"]
+    assert semi["method"] == "daso" and semi["threshold"] == 0.95 and semi["dist_temperature"] == 0.3  # rho_u=1 != rho
+    assert semi["warmup_steps"] == 0 and "2%" in semi["warmup_rule"]  # 2% of the smoke run's 4 steps
+    for key in ("pseudo_label_recall", "pseudo_label_precision", "mask_rate"):
+        assert len(semi[key]) == 10, key
+    assert len(semi["per_epoch"]) == 1 and semi["unlabeled_batch"] == 2 * m["config"]["train"]["batch_size"]
+    assert m["config"]["semi_supervised"]["semi"] == "daso"
+    assert "## Semi-supervised training" in open(os.path.join(out, "report.md")).read()
+    assert "pool pseudo-labels" in proc.stderr
+    assert sum(semi["per_epoch"][0]["pseudo_label_counts"]) == 200  # every pool image scored against its true class

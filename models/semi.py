@@ -1,0 +1,379 @@
+"""Online semi-supervised training: FixMatch (Sohn et al., NeurIPS 2020), optionally with DASO
+(Oh, Kim and Kweon, CVPR 2022), Keras 3.
+
+Every step sees B labeled images (the weak view: flip + pad-and-crop) and mu*B unlabeled images in
+two views: weak, and strong (weak + keras.layers.RandAugment + a cutout, keras.layers.RandomErasing).
+One forward pass of the concatenated batch gives
+
+    L = L_labeled(y, z_l) + lambda_u * mean_i 1[max p_i >= threshold] * CE(argmax p_i, z_strong_i)
+        (+ DASO after its warm-up: + L_align(cos(f_weak, mu) / T_proto, cos(f_strong, mu) / T_proto))
+
+with p = softmax(z_weak) for FixMatch; DASO blends p with the prototype similarities
+(models.layers.daso.blend_pseudo_labels). L_labeled is any loss of models.losses (make_loss), e.g.
+logit adjustment as the DASO paper pairs it with. An EMA copy of the network is kept for evaluation
+and export and, for DASO, gives the features of the labeled images fed to the class-balanced queue.
+
+Everything is in keras.ops and Keras' own train_step (the loss in ``compute_loss``, the state in
+non-trainable variables), so it trains on the TensorFlow and the JAX backends; tf.data feeds both.
+
+The pool's true classes never enter training: :class:`PoolPseudoLabelMonitor` reads them from the
+prepared data's evaluation-only file once an epoch to score the pseudo-labels (recall, precision and
+mask rate per class).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from models import inputs, losses
+from models.layers.daso import (
+    BalancedFeatureQueue,
+    PseudoLabelCountWindow,
+    blend_pseudo_labels,
+    cosine_similarity_logits,
+    semantic_alignment_loss,
+)
+from models.metrics import per_class_metrics
+
+METHODS = ("none", "fixmatch", "daso")
+# DASO's official configuration switches the blending on after 5000 of 250000 steps: 2 % of training.
+PAPER_WARMUP_FRACTION = 5000 / 250000
+
+
+@dataclasses.dataclass(frozen=True)
+class SemiConfig:
+    """Semi-supervised settings (`--set semi=daso`, `--set semi_threshold=0.9`, ...). Defaults: FixMatch's
+    and the official DASO code's."""
+
+    semi: str = "none"  # none | fixmatch | daso
+    semi_threshold: float = 0.95
+    semi_mu: int = 2  # unlabeled images per labeled one in a step
+    semi_lambda_u: float = 1.0
+    semi_ema_decay: float = 0.999
+    semi_randaugment_ops: int = 2
+    semi_randaugment_factor: float = 0.5  # keras.layers.RandAugment's magnitude factor
+    semi_cutout_max_area: float = 0.25  # cutout of up to a half-side square, as FixMatch's strong augmentation
+    semi_eval_pool_size: int | None = None  # pool images scored per epoch (None: all)
+    daso_warmup_steps: int | None = None  # None: the paper's 2 % of all training steps (5000 of 250000)
+    daso_queue_size: int = 256  # features a class in the balanced queue
+    daso_proto_temperature: float = 0.05
+    daso_dist_temperature: float | None = None  # None: 1.5, or 0.3 when the pool's declared imbalance differs
+    daso_count_window: int = 100  # steps of pseudo-label counts
+    daso_align_weight: float = 1.0
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SemiConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown semi-supervised settings {sorted(unknown)}")
+        cfg = cls(**d)
+        if cfg.semi not in METHODS:
+            raise ValueError(f"unknown semi-supervised method {cfg.semi!r}; choose one of {list(METHODS)}")
+        return cfg
+
+
+def warmup_steps_for(semi: SemiConfig, total_steps: int) -> tuple[int, str]:
+    """(DASO warm-up steps, how they were chosen)."""
+    if semi.daso_warmup_steps is not None:
+        return int(semi.daso_warmup_steps), "configured (daso_warmup_steps)"
+    steps = int(round(PAPER_WARMUP_FRACTION * total_steps))
+    return steps, f"2% of the {total_steps} training steps, the paper's 5000 of 250000"
+
+
+def dist_temperature_for(semi: SemiConfig, pool_setting: dict | None) -> tuple[float, str]:
+    """(T_dist, why): the paper's 1.5 when the pool is declared to follow the labeled set's imbalance,
+    0.3 when it is declared different (rho_u != rho, or another class order). Uses the declared data
+    settings only, never the pool's hidden true classes."""
+    if semi.daso_dist_temperature is not None:
+        return float(semi.daso_dist_temperature), "configured (daso_dist_temperature)"
+    if not pool_setting:
+        return 1.5, "pool setting unknown: assumed to match the labeled set"
+    rho, rho_u, same_order = pool_setting.get("rho"), pool_setting.get("rho_u"), pool_setting.get("same_order", True)
+    if rho_u is not None and (rho is None or not math.isclose(float(rho), float(rho_u))):
+        return 0.3, f"pool imbalance rho_u={rho_u} differs from the labeled rho={rho}"
+    if not same_order:
+        return 0.3, "pool classes in a different order from the labeled set"
+    return 1.5, f"pool imbalance rho_u={rho_u} matches the labeled rho={rho}"
+
+
+def ema_decay_at(decay: float, step):
+    """TF's ExponentialMovingAverage(num_updates) rule, min(decay, (1 + n) / (10 + n)): without it a short
+    run's EMA would still hold 0.999^n of the random initial weights (25 % after 1400 steps)."""
+    step = ops.cast(step, "float32")
+    return ops.minimum(decay, (1.0 + step) / (10.0 + step))
+
+
+class FixMatchModel(keras.Model):
+    """The training wrapper: student forward in ``call``, FixMatch/DASO losses and state in ``compute_loss``.
+
+    ``classifier`` is the network trained (image -> logits, its head layer named "classifier");
+    ``ema_classifier`` the same architecture, not trained, holding the EMA weights that are exported.
+    Inputs: {"labeled", "weak", "strong"} float images; targets: the labeled classes.
+    """
+
+    def __init__(self, classifier: keras.Model, ema_classifier: keras.Model, labeled_loss, semi: SemiConfig,
+                 num_classes: int, warmup_steps: int = 0, dist_temperature: float = 1.5, **kwargs):
+        super().__init__(**kwargs)
+        head = classifier.get_layer("classifier")
+        self.student = keras.Model(classifier.input, [head.input, classifier.output], name="student")
+        ema_classifier.trainable = False
+        self.ema_classifier = ema_classifier
+        self.ema_features = keras.Model(ema_classifier.input, ema_classifier.get_layer("classifier").input, name="ema_features")
+        self.labeled_loss, self.semi, self.num_classes = labeled_loss, semi, int(num_classes)
+        self.use_daso = semi.semi == "daso"
+        self.warmup_steps, self.dist_temperature = int(warmup_steps), float(dist_temperature)
+        self.step_counter = self.add_weight(shape=(), initializer="zeros", dtype="int32", trainable=False, name="step_counter")
+        if self.use_daso:
+            self.queue = BalancedFeatureQueue(num_classes, int(head.input.shape[-1]), semi.daso_queue_size, name="daso_queue")
+            self.pl_counts = PseudoLabelCountWindow(num_classes, semi.daso_count_window, name="daso_pl_counts")
+        # Metric attributes are tracked by Keras: they appear in self.metrics and the fit logs
+        self.trackers = {n: keras.metrics.Mean(name=n) for n in
+                         ("labeled_loss", "consistency_loss", "alignment_loss", "mask_rate", "daso_on")}
+        # pairs (ema, student) in build order: the two networks are built by the same function
+        self._ema_pairs = list(zip(ema_classifier.weights, classifier.weights, strict=True))
+
+    def call(self, inputs, training=False):
+        x = ops.concatenate([inputs["labeled"], inputs["weak"], inputs["strong"]], axis=0)
+        features, logits = self.student(x, training=training)
+        return {"features": features, "logits": logits}
+
+    def update_ema(self):
+        decay = ema_decay_at(self.semi.semi_ema_decay, self.step_counter)
+        for ema_var, var in self._ema_pairs:
+            value = ops.stop_gradient(ops.cast(var, ema_var.dtype))
+            # BatchNorm statistics are copied, as the FixMatch reference implementations do
+            ema_var.assign(decay * ema_var + (1.0 - decay) * value if var.trainable else value)
+
+    def daso_active(self):
+        return ops.cast(self.step_counter >= self.warmup_steps, "float32")
+
+    def pseudo_labels(self, weak_logits, weak_features):
+        """(probabilities, semantic similarity logits or None): the linear softmax, blended with the
+        prototype similarities once DASO is past its warm-up."""
+        probs = ops.softmax(ops.cast(ops.stop_gradient(weak_logits), "float32"), axis=-1)
+        if not self.use_daso:
+            return probs, None
+        sim_weak = cosine_similarity_logits(ops.stop_gradient(weak_features), self.queue.prototypes(),
+                                            self.semi.daso_proto_temperature)
+        blended = blend_pseudo_labels(probs, ops.softmax(sim_weak, axis=-1), self.pl_counts.counts(), self.dist_temperature)
+        on = self.daso_active()
+        return on * blended + (1.0 - on) * probs, sim_weak
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        n_l, n_u = x["labeled"].shape[0], x["weak"].shape[0]
+        logits, features = y_pred["logits"], y_pred["features"]
+        labeled_logits, weak_logits, strong_logits = logits[:n_l], logits[n_l:n_l + n_u], logits[n_l + n_u:]
+        labeled_loss = self.labeled_loss(y, labeled_logits)
+        if training:
+            self.update_ema()
+            if self.use_daso:  # the EMA network's features of the labeled images feed the balanced queue
+                self.queue.enqueue(self.ema_features(x["labeled"], training=False), y)
+        probs, sim_weak = self.pseudo_labels(weak_logits, features[n_l:n_l + n_u])
+        confidence, targets = ops.max(probs, axis=-1), ops.argmax(probs, axis=-1)
+        mask = ops.cast(confidence >= self.semi.semi_threshold, "float32")
+        strong_log_probs = ops.log_softmax(ops.cast(strong_logits, "float32"), axis=-1)
+        ce = -ops.take_along_axis(strong_log_probs, ops.cast(targets, "int32")[:, None], axis=-1)[:, 0]
+        consistency = ops.mean(mask * ce)  # averaged over all unlabeled images, masked ones count as 0
+        total = labeled_loss + self.semi.semi_lambda_u * consistency
+        alignment, on = ops.zeros(()), ops.zeros(())
+        if self.use_daso:
+            on = self.daso_active()
+            sim_strong = cosine_similarity_logits(features[n_l + n_u:], self.queue.prototypes(), self.semi.daso_proto_temperature)
+            alignment = on * semantic_alignment_loss(sim_weak, sim_strong)
+            total = total + self.semi.daso_align_weight * alignment
+            if training:
+                self.pl_counts.update(targets)
+        if training:
+            self.step_counter.assign(self.step_counter + 1)
+        for name, value in (("labeled_loss", labeled_loss), ("consistency_loss", consistency), ("alignment_loss", alignment),
+                            ("mask_rate", ops.mean(mask)), ("daso_on", on)):
+            self.trackers[name].update_state(value)
+        return total
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        return self.get_metrics_result()
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+def strong_augmenter(semi: SemiConfig, seed: int):
+    """weak view -> RandAugment (2 ops) -> cutout, on uint8-range float images."""
+    rand_augment = keras.layers.RandAugment(value_range=(0, 255), num_ops=semi.semi_randaugment_ops,
+                                            factor=semi.semi_randaugment_factor, seed=seed)
+    cutout = keras.layers.RandomErasing(factor=1.0, scale=(0.02, semi.semi_cutout_max_area), fill_value=127.0,
+                                        value_range=(0, 255), seed=seed + 1)
+
+    def strong(image):
+        x = tf.cast(inputs.augment(image), tf.float32)
+        x = cutout(rand_augment(x))
+        return tf.clip_by_value(x, 0.0, 255.0) / 255.0
+
+    return strong
+
+
+def unlabeled_stream(unlabeled_files, image_shape, batch_size: int, semi: SemiConfig, seed: int) -> tf.data.Dataset:
+    """Endless batches of (weak, strong) views of the pool's images (read without any label)."""
+    strong = strong_augmenter(semi, seed)
+    ds = inputs.read_examples(unlabeled_files, image_shape, with_labels=False).cache()
+    ds = ds.shuffle(50_000, seed=seed, reshuffle_each_iteration=True).repeat()
+    ds = ds.map(lambda x: (inputs.to_float(inputs.augment(x)), strong(x)), num_parallel_calls=inputs.AUTOTUNE)
+    return ds.batch(batch_size, drop_remainder=True)
+
+
+# ------------------------------------------------------------------------------------ pool evaluation
+
+
+def load_pool_truth(data_dir: str, manifest_entry: dict, image_shape, limit: int | None = None, seed: int = 0):
+    """(dataset of float pool images in record order, their true classes) from the prepared data's
+    evaluation-only file, or None when the data was prepared without it. Only for scoring."""
+    rel = manifest_entry.get("true_labels_file")
+    if not rel:
+        return None
+    path = os.path.join(data_dir, rel)
+    with open(path) as f:
+        truth = json.load(f)
+    files = [os.path.join(data_dir, p) for p in truth["files"]]
+    labels = np.asarray(truth["labels"], np.int64)
+    ds = inputs.read_examples(files, image_shape, with_labels=False).map(lambda x: inputs.to_float(x))
+    n = int(ds.reduce(0, lambda count, _: count + 1))
+    if n != len(labels):
+        raise ValueError(f"{path}: {len(labels)} true labels for {n} pool records in {truth['files']}")
+    if limit is not None and limit < n:
+        keep = np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
+        mask = np.zeros(n, bool)
+        mask[keep] = True
+        ds = tf.data.Dataset.zip(ds, tf.data.Dataset.from_tensor_slices(mask)).filter(lambda x, m: m).map(lambda x, m: x)
+        labels = labels[keep]
+    return ds.apply(tf.data.experimental.assert_cardinality(len(labels))), labels
+
+
+def score_pseudo_labels(probs: np.ndarray, true_labels: np.ndarray, threshold: float, num_classes: int) -> dict:
+    """Per class (of the true class): recall and precision of argmax p (precision None for a class never
+    predicted), and the mask rate (share of the class's pool images whose confidence reaches the
+    threshold). Images of unknown class (-1) are skipped."""
+    known = true_labels >= 0
+    probs, true_labels = probs[known], true_labels[known]
+    predicted = probs.argmax(1)
+    scores = per_class_metrics(true_labels, predicted, num_classes)
+    above = probs.max(1) >= threshold
+    support = np.bincount(true_labels, minlength=num_classes)
+    mask_rate = np.bincount(true_labels, weights=above.astype(np.float64), minlength=num_classes) / np.maximum(support, 1)
+    counts = np.bincount(predicted, minlength=num_classes)
+    precision = [None if n == 0 else p for p, n in zip(scores["per_class_precision"], counts, strict=True)]  # never predicted
+    return {"pseudo_label_recall": scores["per_class_recall"], "pseudo_label_precision": precision,
+            "mask_rate": [None if s == 0 else float(r) for r, s in zip(mask_rate, support, strict=True)],
+            "accuracy": scores["accuracy"], "overall_mask_rate": float(above.mean()) if len(above) else None,
+            "num_scored": int(len(true_labels)),
+            "pseudo_label_counts": counts.astype(int).tolist()}
+
+
+class PoolPseudoLabelMonitor(keras.callbacks.Callback):
+    """Once an epoch: the current pseudo-labels of the (un-augmented) pool images, as training would make
+    them (DASO-blended once past the warm-up), scored against the pool's true classes. Evaluation only:
+    nothing here feeds a gradient."""
+
+    def __init__(self, model: FixMatchModel, pool_images: tf.data.Dataset, pool_labels: np.ndarray, batch_size: int = 512):
+        super().__init__()
+        self.wrapper, self.labels = model, pool_labels
+        self.images = pool_images.batch(batch_size).prefetch(inputs.AUTOTUNE)
+        self.history = []
+
+    def probabilities(self) -> np.ndarray:
+        w = self.wrapper
+        features, logits = w.student.predict(self.images, verbose=0)
+        probs, _ = w.pseudo_labels(logits, features)
+        return ops.convert_to_numpy(probs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        scores = score_pseudo_labels(self.probabilities(), self.labels, self.wrapper.semi.semi_threshold,
+                                     self.wrapper.num_classes)
+        scores["epoch"] = epoch + 1
+        self.history.append(scores)
+        rec = " ".join("-" if r is None else f"{r:.2f}" for r in scores["pseudo_label_recall"])
+        print(f"[trainer:{self.wrapper.semi.semi}] epoch {epoch + 1} pool pseudo-labels: accuracy {scores['accuracy']:.3f}, "
+              f"mask rate {scores['overall_mask_rate']:.3f}, recall per class [{rec}]", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------------- training
+
+
+def train_semi(cfg, semi: SemiConfig, train_files, unlabeled_files, stats: dict, image_shape, model_run_dir: str,
+               backup_dir: str | None = None, pool_truth=None, pool_setting: dict | None = None, extra_callbacks=()):
+    """FixMatch / FixMatch+DASO training. Returns (EMA classifier, epoch history, semi summary).
+
+    ``cfg`` is the :class:`models.training.TrainConfig` (backbone, schedule, labeled loss, sampler);
+    ``pool_truth`` (images, true classes) from :func:`load_pool_truth`, or None (no scoring).
+    """
+    from models import training  # local: models.training dispatches here
+
+    if semi.semi not in ("fixmatch", "daso"):
+        raise ValueError(f"train_semi needs semi=fixmatch or daso, got {semi.semi!r}")
+    if cfg.drw_epoch is not None or cfg.decoupling != "none":
+        raise ValueError("deferred re-weighting and decoupling are supervised-only stages; not combined with semi=")
+    keras.utils.set_random_seed(cfg.seed)
+    num_classes = stats["num_classes"]
+    labeled, steps = training._dataset(cfg, train_files, stats, image_shape, cfg.sampler, cfg.epochs, drop_remainder=True)
+    labeled = labeled.repeat()  # a resampled stream is finite; dropping partial batches may leave it a batch short
+    pool = unlabeled_stream(unlabeled_files, image_shape, semi.semi_mu * cfg.batch_size, semi, cfg.seed)
+    ds = tf.data.Dataset.zip(labeled, pool).map(lambda lab, unl: ({"labeled": lab[0], "weak": unl[0], "strong": unl[1]}, lab[1]))
+    ds = ds.prefetch(inputs.AUTOTUNE)
+
+    total_steps = cfg.epochs * steps
+    warmup, warmup_rule = warmup_steps_for(semi, total_steps)
+    t_dist, t_dist_reason = dist_temperature_for(semi, pool_setting)
+    classifier = training.build_model(cfg, image_shape, num_classes)
+    ema = training.build_model(cfg, image_shape, num_classes)
+    ema.set_weights(classifier.get_weights())
+    weights = losses.class_weights_for(cfg.class_weighting, stats["class_counts"], cfg.effective_number_beta)
+    model = FixMatchModel(classifier, ema, losses.make_loss(cfg, stats, weights), semi, num_classes,
+                          warmup_steps=warmup if semi.semi == "daso" else 0, dist_temperature=t_dist)
+    dummy = np.zeros((1, *image_shape), np.float32)
+    model({"labeled": dummy, "weak": dummy, "strong": dummy})  # built before fit (BackupAndRestore needs that)
+    schedule = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, total_steps)
+    model.compile(keras.optimizers.SGD(schedule, momentum=cfg.momentum, weight_decay=cfg.weight_decay),
+                  jit_compile=cfg.jit_compile, steps_per_execution=cfg.steps_per_execution)
+    progress = training.EpochProgress(cfg.epochs, prefix=f"[trainer:{semi.semi}]")
+    callbacks = [progress, keras.callbacks.TensorBoard(log_dir=os.path.join(model_run_dir, "tensorboard"))]
+    monitor = None
+    if pool_truth is not None:
+        monitor = PoolPseudoLabelMonitor(model, *pool_truth)
+        callbacks.append(monitor)
+    if backup_dir:
+        callbacks.append(keras.callbacks.BackupAndRestore(backup_dir, save_freq="epoch", delete_checkpoint=True))
+    callbacks += list(extra_callbacks)
+    model.fit(ds, epochs=cfg.epochs, steps_per_epoch=steps, verbose=0, callbacks=callbacks, shuffle=False)
+    model.update_ema()  # the EMA after the last optimizer step
+
+    last = monitor.history[-1] if monitor and monitor.history else {}
+    summary = {
+        "method": semi.semi,
+        "pseudo_label_recall": last.get("pseudo_label_recall"),
+        "pseudo_label_precision": last.get("pseudo_label_precision"),
+        "mask_rate": last.get("mask_rate"),
+        "threshold": semi.semi_threshold,
+        "warmup_steps": warmup if semi.semi == "daso" else None,
+        "warmup_rule": warmup_rule if semi.semi == "daso" else "FixMatch: no DASO warm-up",
+        "dist_temperature": t_dist if semi.semi == "daso" else None,
+        "dist_temperature_reason": t_dist_reason if semi.semi == "daso" else None,
+        "total_steps": total_steps,
+        "labeled_batch": cfg.batch_size, "unlabeled_batch": semi.semi_mu * cfg.batch_size,
+        "labeled_loss": cfg.loss, "evaluated_model": "EMA",
+        "pool_scoring": ("pool images (un-augmented) scored against the evaluation-only true classes each epoch"
+                         if monitor else "no true classes for the pool: pseudo-labels not scored"),
+        "settings": dataclasses.asdict(semi),
+        "pool_history": monitor.history if monitor else [],
+    }
+    if model.use_daso:
+        summary["queue_filled_per_class"] = ops.convert_to_numpy(model.queue.filled).astype(int).tolist()
+    return ema, progress.history, summary
