@@ -261,7 +261,7 @@ def load_pool_truth(data_dir: str, manifest_entry: dict, image_shape, limit: int
 def score_pseudo_labels(probs: np.ndarray, true_labels: np.ndarray, threshold: float, num_classes: int) -> dict:
     """Per class (of the true class): recall and precision of argmax p (precision None for a class never
     predicted), and the mask rate (share of the class's pool images whose confidence reaches the
-    threshold). Images of unknown class (-1) are skipped."""
+    threshold). Images of unknown class (-1) or out of domain (-2) are skipped."""
     known = true_labels >= 0
     probs, true_labels = probs[known], true_labels[known]
     predicted = probs.argmax(1)
