@@ -8,6 +8,9 @@ custom_config keys (written by pipeline/ from the typed config):
   label_stats_path: the LabelStatsGen JSON (class counts, priors, groups), never a hard-coded list
   image_shape: [H, W, C]
   backup_dir: a folder stable across re-executions of the same training, for BackupAndRestore
+
+``fn_args.base_model`` (the self-supervised pre-training Trainer's Model artifact, when the pipeline has
+one): the backbone is warm-started from its backbone.weights.npz, strictly, and the head starts fresh.
 """
 
 from __future__ import annotations
@@ -113,8 +116,10 @@ def _fit(model, cfg, ds, steps, first_epoch, end_epoch, callbacks):
 
 
 def train(cfg: TrainConfig, train_files, stats: dict, image_shape, model_run_dir: str, backup_dir: str | None = None,
-          extra_callbacks=()):
+          extra_callbacks=(), backbone_weights: str | None = None):
     """Train and return (model, history). Resumes from ``backup_dir`` when a backup is there.
+    ``backbone_weights``: a folder with a pre-trained backbone.weights.npz to warm-start from (every
+    backbone variable loaded, a mismatch raises; the head is freshly initialised).
 
     Stage 1: the configured loss, class weights (fixed, or deferred re-weighting) and sampler.
     Stage 2 (decoupling != none): cRT or LWS on a class-balanced sample, or tau-normalisation.
@@ -123,6 +128,10 @@ def train(cfg: TrainConfig, train_files, stats: dict, image_shape, model_run_dir
     num_classes = stats["num_classes"]
     ds, steps = _dataset(cfg, train_files, stats, image_shape, cfg.sampler, cfg.epochs)
     model = build_model(cfg, image_shape, num_classes)
+    if backbone_weights:
+        loaded = backbones.load_backbone_weights(model, backbone_weights)
+        print(f"[trainer] warm start: {len(loaded)} backbone variables from {backbone_weights}; fresh head",
+              file=sys.stderr, flush=True)
     schedule = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, cfg.epochs * steps)
     optimizer = keras.optimizers.SGD(schedule, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     progress = EpochProgress(cfg.epochs)
@@ -181,7 +190,9 @@ def run_fn(fn_args) -> None:
         stats = json.load(f)
     image_shape = config["image_shape"]
     t0 = time.time()
-    model, history = train(cfg, fn_args.train_files, stats, image_shape, fn_args.model_run_dir, config.get("backup_dir"))
+    base_model = getattr(fn_args, "base_model", None)
+    model, history = train(cfg, fn_args.train_files, stats, image_shape, fn_args.model_run_dir, config.get("backup_dir"),
+                           backbone_weights=base_model)
     train_seconds = time.time() - t0
     logit_offset = None
     if config.get("post_hoc_logit_adjust_tau"):
@@ -190,6 +201,9 @@ def run_fn(fn_args) -> None:
     export_serving_model(model, fn_args.serving_model_dir, image_shape, logit_offset)
     model.save(os.path.join(fn_args.model_run_dir, "model.keras"))
     summary = {"train_seconds": train_seconds, "epochs": cfg.epochs, "history": history, "config": dataclasses.asdict(cfg),
-               "images_per_second": (stats["num_examples"] * cfg.epochs / train_seconds) if train_seconds else None}
+               "images_per_second": (stats["num_examples"] * cfg.epochs / train_seconds) if train_seconds else None,
+               # the load is strict, so every variable in the file was loaded
+               "warm_start": {"base_model": base_model, "variables": len(backbones.saved_backbone_names(base_model))}
+               if base_model else None}
     with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, "training_summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
