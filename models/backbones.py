@@ -7,6 +7,8 @@ net of ../shared/reference. Chosen by name through :data:`BACKBONES` (a registry
 
 from __future__ import annotations
 
+import io
+
 import keras
 import numpy as np
 from keras import layers
@@ -88,8 +90,10 @@ def save_backbone_weights(backbone: keras.Model, directory: str) -> list[str]:
     import tensorflow as tf
 
     variables = backbone_variables(backbone, head=None)
+    buffer = io.BytesIO()  # np.savez seeks; a GFile opened for writing cannot
+    np.savez(buffer, **{k: keras.ops.convert_to_numpy(v) for k, v in variables.items()})
     with tf.io.gfile.GFile(f"{directory.rstrip('/')}/{WEIGHTS_FILE}", "wb") as f:
-        np.savez(f, **{k: keras.ops.convert_to_numpy(v) for k, v in variables.items()})
+        f.write(buffer.getvalue())
     return sorted(variables)
 
 
@@ -100,7 +104,7 @@ def _read_weights(directory: str) -> dict:
     if not tf.io.gfile.exists(path):
         raise FileNotFoundError(f"warm start: no {WEIGHTS_FILE} in the base model {directory}")
     with tf.io.gfile.GFile(path, "rb") as f:
-        with np.load(f) as data:
+        with np.load(io.BytesIO(f.read())) as data:
             return {k: data[k] for k in data.files}
 
 

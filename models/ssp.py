@@ -235,12 +235,16 @@ def build_pretext_model(cfg: SSPConfig, backbone_name: str, image_shape, num_exa
     the same builder the supervised Trainer uses, so its layer names match for the warm start."""
     backbone = backbones.build_backbone(backbone_name, image_shape)
     if cfg.ssp == "rotation":
-        return RotationPretext(backbone, name="rotation_pretext"), backbone
-    if cfg.ssp == "moco":
+        model = RotationPretext(backbone, name="rotation_pretext")
+        model(np.zeros((1, *image_shape), "float32"))  # built before fit (BackupAndRestore needs it)
+    elif cfg.ssp == "moco":
         key = backbones.build_backbone(backbone_name, image_shape, model_name=f"{backbone.name}_key")
         k = queue_size_for(num_examples, cfg.ssp_batch_size, cfg.moco_queue_size)
-        return MoCo(backbone, key, cfg.moco_dim, k, cfg.moco_momentum, cfg.moco_temperature, cfg.ssp_seed, name="moco"), backbone
-    raise ValueError(f"no pretext model for ssp={cfg.ssp!r}")
+        model = MoCo(backbone, key, cfg.moco_dim, k, cfg.moco_momentum, cfg.moco_temperature, cfg.ssp_seed, name="moco")
+        model(np.zeros((1, 2, *image_shape), "float32"))
+    else:
+        raise ValueError(f"no pretext model for ssp={cfg.ssp!r}")
+    return model, backbone
 
 
 # ---------------------------------------------------------------------------------------------------

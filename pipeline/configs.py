@@ -12,6 +12,7 @@ import json
 import typing
 
 from components.gate import GateThresholds
+from models.ssp import SSPConfig
 from models.training import TrainConfig
 
 
@@ -45,6 +46,7 @@ class PipelineConfig:
     preset: str = "default"
     data: DataConfig = DataConfig()
     stats: StatsConfig = StatsConfig()
+    pretrain: SSPConfig = SSPConfig()  # self-supervised pre-training (ssp=none: none)
     train: TrainConfig = TrainConfig()
     gate: GateThresholds = GateThresholds()
     post_hoc_logit_adjust_tau: float = 0.0  # >0 adds -tau*log(prior) to the served logits
@@ -66,6 +68,7 @@ PRESETS: dict[str, dict] = {
         "data.n_max": 200, "data.val_per_class": 20, "data.unlabeled_size": 200,
         "train.backbone": "resnet8", "train.epochs": 1, "train.batch_size": 64, "train.max_steps_per_epoch": 4,
         "train.jit_compile": False,
+        "pretrain.ssp_epochs": 1, "pretrain.ssp_batch_size": 32, "pretrain.ssp_max_steps_per_epoch": 3,
         "gate.min_balanced_accuracy": 0.0, "gate.min_per_class_recall": 0.0,
         "gate.max_drop_balanced_accuracy": 1.0, "gate.max_drop_few_shot_accuracy": 1.0,
     },
@@ -79,7 +82,7 @@ PRESETS: dict[str, dict] = {
     "paper": {
         "name": "longtail-paper",
         "train.backbone": "resnet32", "train.epochs": 200, "train.learning_rate": 0.1, "train.weight_decay": 2e-4,
-        "train.loss": "logit_adjusted",
+        "train.loss": "logit_adjusted", "pretrain.ssp_epochs": 200,
         "gate.min_balanced_accuracy": 0.7, "gate.min_per_class_recall": 0.3,
     },
 }
