@@ -15,8 +15,12 @@ official code (YyzHarry/imbalanced-semi-self):
   at batch 128, weight decay 1e-4, cosine schedule, 200 epochs; views: random resized crop (scale
   0.2-1), colour jitter 0.4 with p=0.8, Gaussian blur sigma 0.1-2 with p=0.5, horizontal flip.
 
-One device here, so no shuffle-BN: the key encoder runs its BatchNorm on its (EMA) moving statistics,
-which leaks no information between the samples of a batch (the reason MoCo shuffles BN across GPUs).
+One device here, so MoCo's shuffle-BN across GPUs becomes: the key batch is randomly permuted and
+encoded in ``key_bn_groups`` separate sub-batches, each with its own BatchNorm statistics, then put
+back in order; a key's BN statistics then come from a random subset, not the query's batch (batch
+statistics shared by a query and its positive let the model find the positive without looking at
+the image). The key encoder keeps batch-statistics BN as in MoCo (its own moving statistics follow
+from its forward passes; the EMA covers the parameters, as MoCo's does).
 
 The queue and the key encoder are non-trainable variables assigned inside ``call(training=True)``, as
 BatchNormalization assigns its moving statistics: Keras's JAX trainer carries such assignments as
@@ -160,26 +164,29 @@ class MoCo(keras.Model):
     L = -1/B sum_i log( exp(q_i.k_i/T) / (exp(q_i.k_i/T) + sum_j exp(q_i.n_j/T)) ).
 
     In ``call(training=True)``, before the keys are computed: theta_k <- m theta_k + (1-m) theta_q for
-    every key-encoder variable (weights and BatchNorm statistics); after the logits: the batch's keys
-    replace the oldest B rows of the queue (FIFO, pointer advancing by B modulo K).
+    every key-encoder parameter; after the logits: the batch's keys replace the oldest B rows of the
+    queue (FIFO, pointer advancing by B modulo K).
     """
 
     def __init__(self, query_backbone: keras.Model, key_backbone: keras.Model, dim: int = 128, queue_size: int = 4096,
-                 momentum: float = 0.999, temperature: float = 0.2, seed: int = 0, **kwargs):
+                 momentum: float = 0.999, temperature: float = 0.2, seed: int = 0, key_bn_groups: int = 4, **kwargs):
         super().__init__(**kwargs)
         width = int(query_backbone.output.shape[-1])
         self.query_backbone, self.key_backbone = query_backbone, key_backbone
         self.query_head = projection_head(width, dim, "query_projection")
         self.key_head = projection_head(width, dim, "key_projection")
-        self.key_backbone.trainable = False
-        self.key_head.trainable = False
         self.momentum, self.temperature, self.queue_size, self.dim = float(momentum), float(temperature), int(queue_size), dim
-        self._pairs = list(zip(query_backbone.weights + self.query_head.weights, key_backbone.weights + self.key_head.weights,
-                               strict=True))
-        for q, k in self._pairs:
+        self.key_bn_groups = int(key_bn_groups)
+        pairs = list(zip(query_backbone.weights + self.query_head.weights, key_backbone.weights + self.key_head.weights,
+                         strict=True))
+        for q, k in pairs:
             if tuple(q.shape) != tuple(k.shape):
                 raise ValueError(f"query/key encoders differ: {q.path} {q.shape} vs {k.path} {k.shape}")
             k.assign(np.array(ops.convert_to_numpy(q)))  # the key encoder starts as a copy (own buffer: JAX donates both)
+            # No gradient reaches the key encoder; its layers stay trainable so its BatchNorm uses batch statistics.
+            k.trainable = False
+        self._pairs = [(q, k) for q, k in pairs if q.trainable]  # the EMA covers the parameters
+        self.seed_generator = keras.random.SeedGenerator(seed)
         rng = np.random.default_rng(seed)
         start = rng.standard_normal((self.queue_size, dim)).astype("float32")
         start /= np.linalg.norm(start, axis=1, keepdims=True)  # random unit vectors, as the official queue starts
@@ -206,14 +213,25 @@ class MoCo(keras.Model):
     def encode_query(self, images, training=False):
         return _l2_normalize(self.query_head(self.query_backbone(images, training=training), training=training))
 
-    def encode_key(self, images):
-        return ops.stop_gradient(_l2_normalize(self.key_head(self.key_backbone(images, training=False))))
+    def encode_key(self, images, training=False):
+        """Normalised keys; in training, BN statistics per random sub-batch (see the module docstring)."""
+        batch = images.shape[0]
+        groups = self.key_bn_groups if training and batch and batch % self.key_bn_groups == 0 and \
+            batch // self.key_bn_groups >= 8 else 1
+        if not training or groups == 1:
+            k = self.key_head(self.key_backbone(images, training=training), training=training)
+            return ops.stop_gradient(_l2_normalize(k))
+        order = keras.random.shuffle(ops.arange(batch), seed=self.seed_generator)
+        shuffled, size = ops.take(images, order, axis=0), batch // groups
+        k = ops.concatenate([self.key_head(self.key_backbone(shuffled[g * size:(g + 1) * size], training=True), training=True)
+                             for g in range(groups)], axis=0)
+        return ops.stop_gradient(_l2_normalize(ops.take(k, ops.argsort(order), axis=0)))
 
     def call(self, views, training=False):
         q = self.encode_query(views[:, 0], training=training)
         if training:
             self.momentum_update()
-        k = self.encode_key(views[:, 1])
+        k = self.encode_key(views[:, 1], training=training)
         negatives = self.queue.value  # read before this batch's keys enter it
         positive = ops.sum(q * k, axis=-1, keepdims=True)
         logits = ops.concatenate([positive, ops.matmul(q, ops.transpose(negatives))], axis=-1) / self.temperature

@@ -10,7 +10,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize("module", ["tests/test_losses.py", "tests/test_heads.py"])
+@pytest.mark.parametrize("module", ["tests/test_losses.py", "tests/test_heads.py", "tests/test_ssp.py"])
 def test_under_jax(module):
     env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", module, "-x"],
