@@ -152,7 +152,7 @@ def test_moco_loss_decreases_on_real_images(real_images):
                      dim=32, queue_size=64, momentum=0.9, temperature=0.2)
     model.compile(keras.optimizers.SGD(0.1, momentum=0.9))
     history = model.fit(views, batch_size=32, epochs=6, verbose=0).history  # 24 steps, the queue full after 2
-    assert history["loss"][-1] < history["loss"][0] - 0.4, history
+    assert history["loss"][-1] < 0.9 * history["loss"][0], history
     assert history["accuracy"][-1] > 0.5, history  # chance: 1 in 65
 
 
