@@ -4,7 +4,7 @@ ENV := tools/env exec
 PRESET ?= default
 PYTEST_ARGS ?=
 
-.PHONY: run test lint env data bench bench-methods clean-env
+.PHONY: run test lint env data bench bench-methods bench-ssp clean-env
 
 run:
 	$(ENV) python -m pipeline run --preset $(PRESET)
@@ -31,3 +31,7 @@ bench:
 bench-methods:
 	$(ENV) python bench/methods_bench.py --rho 100
 	$(ENV) python bench/methods_bench.py --rho 10
+
+# issue #6: CE / rotation+CE / MoCo+CE / logit-adjusted / best SSP+logit-adjusted at rho=100 (about 40 min on 2 cores)
+bench-ssp:
+	$(ENV) python bench/ssp_bench.py --rho 100

@@ -77,6 +77,13 @@ PRESETS: dict[str, dict] = {
         "train.backbone": "resnet8", "train.epochs": 30, "train.loss": "logit_adjusted",
         "gate.min_balanced_accuracy": 0.7, "gate.min_per_class_recall": 0.3,
     },
+    # the default run warm-started from a self-supervised (rotation) pre-training of the backbone
+    "ssp": {
+        "name": "longtail-ssp",
+        "train.backbone": "resnet8", "train.epochs": 30, "train.loss": "logit_adjusted",
+        "pretrain.ssp": "rotation", "pretrain.ssp_epochs": 15,
+        "gate.min_balanced_accuracy": 0.7, "gate.min_per_class_recall": 0.3,
+    },
     # the papers' schedule (LDAM / "Rethinking the Value of Labels" CIFAR-LT): ResNet-32, 200 epochs,
     # batch 128, lr 0.1, weight decay 2e-4 (cosine decay here instead of their step decay at 160/180).
     "paper": {
