@@ -4,7 +4,7 @@ ENV := tools/env exec
 PRESET ?= default
 PYTEST_ARGS ?=
 
-.PHONY: run test lint env data bench bench-methods bench-daso clean-env
+.PHONY: run test lint env data bench bench-methods bench-ssp bench-daso clean-env
 
 run:
 	$(ENV) python -m pipeline run --preset $(PRESET)
@@ -31,6 +31,10 @@ bench:
 bench-methods:
 	$(ENV) python bench/methods_bench.py --rho 100
 	$(ENV) python bench/methods_bench.py --rho 10
+
+# issue #6: CE / rotation+CE / MoCo+CE / logit-adjusted / best SSP+logit-adjusted at rho=100 (about 40 min on 2 cores)
+bench-ssp:
+	$(ENV) python bench/ssp_bench.py --rho 100
 
 # issue #8: supervised / FixMatch / FixMatch+DASO (each also logit-adjusted), pools rho_u=100 and rho_u=1, 900 steps a
 # method. Not yet run in full; estimated 45-60 min a pool setting on 2 cores (10-step timing: supervised 0.13 s a step,

@@ -3,7 +3,9 @@ LabelStatsGen artifact, whose JSON path is handed to run_fn in ``custom_config['
 so the Trainer reads class counts and priors from the data, never from a hard-coded list.
 
 Optional input ``unlabeled_examples`` (the validated pool, for semi-supervised training): its
-``unlabeled`` split's file pattern reaches run_fn in ``custom_config['unlabeled_files']``."""
+``unlabeled`` split's file pattern reaches run_fn in ``custom_config['unlabeled_files']``.
+
+SSPPretrainer: the self-supervised pre-training Trainer whose Model artifact is LongTailTrainer's base_model."""
 
 from __future__ import annotations
 
@@ -52,4 +54,40 @@ class LongTailTrainer(trainer_component.Trainer):
             model=types.Channel(type=standard_artifacts.Model),
             model_run=types.Channel(type=standard_artifacts.ModelRun))
         # Skip Trainer.__init__ (it builds its own spec); BaseComponent takes ours.
+        super(trainer_component.Trainer, self).__init__(spec=spec)
+
+
+class SSPPretrainerSpec(standard_component_specs.TrainerSpec):
+    INPUTS = {**standard_component_specs.TrainerSpec.INPUTS,
+              "unlabeled_examples": ChannelParameter(type=standard_artifacts.Examples, optional=True)}
+
+
+class PretrainExecutor(trainer_executor.GenericExecutor):
+    """Hands run_fn the unlabeled split's files in ``custom_config['unlabeled_files']`` (when wired)."""
+
+    def _GetFnArgs(self, input_dict, output_dict, exec_properties):
+        fn_args = super()._GetFnArgs(input_dict, output_dict, exec_properties)
+        unlabeled = input_dict.get("unlabeled_examples") or []
+        files = [os.path.join(artifact_utils.get_split_uri(unlabeled, "unlabeled"), "*")] if unlabeled else []
+        fn_args.custom_config = dict(fn_args.custom_config or {}, unlabeled_files=files)
+        return fn_args
+
+
+class SSPPretrainer(trainer_component.Trainer):
+    """The self-supervised pre-training Trainer (run_fn models.ssp.run_fn): reads the labeled examples'
+    images (never their labels, except the eval split's for the linear probe) and, when wired, the
+    unlabeled ones; its Model artifact holds the backbone weights that LongTailTrainer takes as
+    base_model. Its own class, so MLMD records its executions apart from the supervised Trainer's."""
+
+    SPEC_CLASS = SSPPretrainerSpec
+    EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(PretrainExecutor)
+
+    def __init__(self, examples, run_fn: str, custom_config: dict, unlabeled_examples=None, train_split: str = "train",
+                 eval_split: str = "eval"):
+        spec = SSPPretrainerSpec(
+            examples=examples, unlabeled_examples=unlabeled_examples,
+            train_args=trainer_pb2.TrainArgs(splits=[train_split]), eval_args=trainer_pb2.EvalArgs(splits=[eval_split]),
+            run_fn=run_fn, custom_config=json_utils.dumps(custom_config),
+            model=types.Channel(type=standard_artifacts.Model),
+            model_run=types.Channel(type=standard_artifacts.ModelRun))
         super(trainer_component.Trainer, self).__init__(spec=spec)

@@ -7,7 +7,10 @@ net of ../shared/reference. Chosen by name through :data:`BACKBONES` (a registry
 
 from __future__ import annotations
 
+import io
+
 import keras
+import numpy as np
 from keras import layers
 
 
@@ -40,17 +43,19 @@ def cifar_resnet(input_shape, blocks_per_stage: int, widths=(16, 32, 64), name="
     return keras.Model(inputs, features, name=name)
 
 
-BACKBONES = {
-    "resnet8": lambda shape: cifar_resnet(shape, 1, name="resnet8"),
-    "resnet20": lambda shape: cifar_resnet(shape, 3, name="resnet20"),
-    "resnet32": lambda shape: cifar_resnet(shape, 5, name="resnet32"),
+BACKBONES = {  # name -> blocks per stage
+    "resnet8": 1,
+    "resnet20": 3,
+    "resnet32": 5,
 }
 
 
-def build_backbone(name: str, input_shape) -> keras.Model:
+def build_backbone(name: str, input_shape, model_name: str | None = None) -> keras.Model:
+    """The backbone ``name``; its layers are named the same whatever ``model_name`` is (the warm start
+    matches weights by layer name)."""
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}")
-    return BACKBONES[name](tuple(input_shape))
+    return cifar_resnet(tuple(input_shape), BACKBONES[name], name=model_name or name)
 
 
 def build_classifier(backbone: keras.Model, num_classes: int, cosine: bool = False) -> keras.Model:
@@ -60,3 +65,72 @@ def build_classifier(backbone: keras.Model, num_classes: int, cosine: bool = Fal
     head = NormedLinear(num_classes, name="classifier") if cosine else layers.Dense(num_classes, name="classifier")
     logits = head(backbone.output)
     return keras.Model(backbone.input, logits, name=f"{backbone.name}_classifier")
+
+
+WEIGHTS_FILE = "backbone.weights.npz"
+
+
+def backbone_variables(model: keras.Model, head: str | None = "classifier") -> dict:
+    """{"<layer name>/<variable name>": variable} for every layer of ``model`` except ``head``: the
+    backbone's weights and BatchNorm statistics, keyed the same in a bare backbone and in a classifier."""
+    out = {}
+    for layer in model.layers:
+        if layer.name == head:
+            continue
+        for v in layer.weights:
+            key = f"{layer.name}/{v.name}"
+            if key in out:
+                raise ValueError(f"two variables named {key!r} in {model.name}")
+            out[key] = v
+    return out
+
+
+def save_backbone_weights(backbone: keras.Model, directory: str) -> list[str]:
+    """Write the backbone's variables to ``directory``/backbone.weights.npz; return their names."""
+    import tensorflow as tf
+
+    variables = backbone_variables(backbone, head=None)
+    buffer = io.BytesIO()  # np.savez seeks; a GFile opened for writing cannot
+    np.savez(buffer, **{k: keras.ops.convert_to_numpy(v) for k, v in variables.items()})
+    with tf.io.gfile.GFile(f"{directory.rstrip('/')}/{WEIGHTS_FILE}", "wb") as f:
+        f.write(buffer.getvalue())
+    return sorted(variables)
+
+
+def _read_weights(directory: str) -> dict:
+    import tensorflow as tf
+
+    path = f"{directory.rstrip('/')}/{WEIGHTS_FILE}"
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(f"warm start: no {WEIGHTS_FILE} in the base model {directory}")
+    with tf.io.gfile.GFile(path, "rb") as f:
+        with np.load(io.BytesIO(f.read())) as data:
+            return {k: data[k] for k in data.files}
+
+
+def saved_backbone_names(directory: str) -> list[str]:
+    return sorted(_read_weights(directory))
+
+
+def load_backbone_weights(model: keras.Model, directory: str, head: str = "classifier") -> list[str]:
+    """Warm start: assign ``model``'s every non-head variable from ``directory``/backbone.weights.npz.
+
+    Strict on purpose (a silent partial load is a classic reason for "pre-training did not help"): any
+    variable of the model missing from the file, any unexpected one in the file, or any shape mismatch
+    raises, naming them; the head is left as initialised. Returns the names loaded."""
+    path = f"{directory.rstrip('/')}/{WEIGHTS_FILE}"
+    saved = _read_weights(directory)
+    target = backbone_variables(model, head)
+    if head not in [layer.name for layer in model.layers]:
+        raise ValueError(f"warm start: {model.name} has no head layer {head!r}")
+    missing, unexpected = sorted(set(target) - set(saved)), sorted(set(saved) - set(target))
+    mismatched = [f"{k} {saved[k].shape} vs {tuple(target[k].shape)}" for k in sorted(set(saved) & set(target))
+                  if saved[k].shape != tuple(target[k].shape)]
+    if missing or unexpected or mismatched:
+        def show(items):
+            return f"{len(items)} {items[:6]}{' ...' if len(items) > 6 else ''}"
+        raise ValueError(f"warm start from {path} does not match {model.name}: missing from the file {show(missing)}; "
+                         f"unexpected in the file {show(unexpected)}; shape mismatches {show(mismatched)}")
+    for k, v in target.items():
+        v.assign(saved[k])
+    return sorted(target)

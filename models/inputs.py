@@ -59,3 +59,44 @@ def to_float(image):
 
 def eval_dataset(file_pattern, image_shape, batch_size: int = 512) -> tf.data.Dataset:
     return read_examples(file_pattern, image_shape).map(lambda x, y: (to_float(x), y)).batch(batch_size).prefetch(AUTOTUNE)
+
+
+def contrastive_view(image, min_area: float = 0.2, jitter: float = 0.4, jitter_p: float = 0.8, blur_p: float = 0.5,
+                     blur_sigma=(0.1, 2.0), flip: bool = True):
+    """One MoCo v2 view of a uint8 (H, W, C) image, as float32 in [0, 1]: random resized crop (area
+    min_area-1 of the image, aspect 3/4-4/3, resized back to H x W), brightness and contrast jitter
+    (factors in [1-jitter, 1+jitter], with probability jitter_p), Gaussian blur (sigma uniform in
+    blur_sigma, kernel about a tenth of the image side, with probability blur_p), horizontal flip.
+    Colour jitter is brightness/contrast only and there is no random grayscale: grayscale images."""
+    shape = tf.shape(image)
+    begin, size, _ = tf.image.sample_distorted_bounding_box(
+        shape, tf.zeros([0, 0, 4], tf.float32), min_object_covered=0.0, aspect_ratio_range=(3 / 4, 4 / 3),
+        area_range=(min_area, 1.0), max_attempts=10, use_image_if_no_bounding_boxes=True)
+    crop = tf.slice(to_float(image), begin, size)
+    x = tf.image.resize(crop[tf.newaxis], shape[:2], method="bilinear")[0]
+    if flip:
+        x = tf.image.random_flip_left_right(x)
+
+    def jittered(x):
+        x = x * tf.random.uniform([], 1 - jitter, 1 + jitter)  # brightness as a factor, like torchvision's
+        return tf.clip_by_value(tf.image.random_contrast(x, 1 - jitter, 1 + jitter), 0.0, 1.0)
+
+    x = tf.cond(tf.random.uniform([]) < jitter_p, lambda: jittered(x), lambda: x)
+    return tf.cond(tf.random.uniform([]) < blur_p, lambda: gaussian_blur(x, tf.random.uniform([], *blur_sigma)), lambda: x)
+
+
+def gaussian_blur(image, sigma, kernel_size: int | None = None):
+    """Separable Gaussian blur of a float (H, W, C) image with reflected borders. Hand-written: tf.image
+    has no Gaussian blur, and Keras's RandomGaussianBlur draws sigma per batch, not per image."""
+    if kernel_size is None:
+        kernel_size = max(3, (int(image.shape[0] or 32) // 10) | 1)  # odd, about a tenth of the side
+    half = kernel_size // 2
+    offsets = tf.range(-half, half + 1, dtype=tf.float32)
+    kernel = tf.exp(-0.5 * tf.square(offsets / sigma))
+    kernel /= tf.reduce_sum(kernel)
+    channels = tf.shape(image)[-1]
+    x = tf.pad(image[tf.newaxis], [[0, 0], [half, half], [half, half], [0, 0]], mode="REFLECT")
+    along_h = tf.tile(tf.reshape(kernel, [kernel_size, 1, 1, 1]), [1, 1, channels, 1])
+    along_w = tf.tile(tf.reshape(kernel, [1, kernel_size, 1, 1]), [1, 1, channels, 1])
+    x = tf.nn.depthwise_conv2d(x, along_h, [1, 1, 1, 1], "VALID")
+    return tf.nn.depthwise_conv2d(x, along_w, [1, 1, 1, 1], "VALID")[0]

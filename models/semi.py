@@ -34,7 +34,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from models import inputs, losses
+from models import backbones, inputs, losses
 from models.layers.daso import (
     BalancedFeatureQueue,
     PseudoLabelCountWindow,
@@ -309,11 +309,14 @@ class PoolPseudoLabelMonitor(keras.callbacks.Callback):
 
 
 def train_semi(cfg, semi: SemiConfig, train_files, unlabeled_files, stats: dict, image_shape, model_run_dir: str,
-               backup_dir: str | None = None, pool_truth=None, pool_setting: dict | None = None, extra_callbacks=()):
+               backup_dir: str | None = None, pool_truth=None, pool_setting: dict | None = None, extra_callbacks=(),
+               backbone_weights: str | None = None):
     """FixMatch / FixMatch+DASO training. Returns (EMA classifier, epoch history, semi summary).
 
     ``cfg`` is the :class:`models.training.TrainConfig` (backbone, schedule, labeled loss, sampler);
     ``pool_truth`` (images, true classes) from :func:`load_pool_truth`, or None (no scoring).
+    ``backbone_weights``: a self-supervised pre-training to warm-start the backbone from (strict, as in
+    :func:`models.training.train`); the EMA copy starts from the same weights.
     """
     from models import training  # local: models.training dispatches here
 
@@ -333,6 +336,10 @@ def train_semi(cfg, semi: SemiConfig, train_files, unlabeled_files, stats: dict,
     warmup, warmup_rule = warmup_steps_for(semi, total_steps)
     t_dist, t_dist_reason = dist_temperature_for(semi, pool_setting)
     classifier = training.build_model(cfg, image_shape, num_classes)
+    if backbone_weights:
+        loaded = backbones.load_backbone_weights(classifier, backbone_weights)
+        print(f"[trainer:{semi.semi}] warm start: {len(loaded)} backbone variables from {backbone_weights}; fresh head",
+              file=sys.stderr, flush=True)
     ema = training.build_model(cfg, image_shape, num_classes)
     ema.set_weights(classifier.get_weights())
     weights = losses.class_weights_for(cfg.class_weighting, stats["class_counts"], cfg.effective_number_beta)

@@ -11,6 +11,9 @@ custom_config keys (written by pipeline/ from the typed config):
   semi: dict of :class:`models.semi.SemiConfig` fields; semi != none trains FixMatch / DASO (models/semi.py)
   unlabeled_files: the pool's TFRecords (LongTailTrainer's unlabeled_examples input), for semi != none
   pool_setting, pool_truth: declared pool imbalance (DASO's T_dist) and the evaluation-only true classes
+
+``fn_args.base_model`` (the self-supervised pre-training Trainer's Model artifact, when the pipeline has
+one): the backbone is warm-started from its backbone.weights.npz, strictly, and the head starts fresh.
 """
 
 from __future__ import annotations
@@ -117,8 +120,10 @@ def _fit(model, cfg, ds, steps, first_epoch, end_epoch, callbacks):
 
 
 def train(cfg: TrainConfig, train_files, stats: dict, image_shape, model_run_dir: str, backup_dir: str | None = None,
-          extra_callbacks=()):
+          extra_callbacks=(), backbone_weights: str | None = None):
     """Train and return (model, history). Resumes from ``backup_dir`` when a backup is there.
+    ``backbone_weights``: a folder with a pre-trained backbone.weights.npz to warm-start from (every
+    backbone variable loaded, a mismatch raises; the head is freshly initialised).
 
     Stage 1: the configured loss, class weights (fixed, or deferred re-weighting) and sampler.
     Stage 2 (decoupling != none): cRT or LWS on a class-balanced sample, or tau-normalisation.
@@ -127,6 +132,10 @@ def train(cfg: TrainConfig, train_files, stats: dict, image_shape, model_run_dir
     num_classes = stats["num_classes"]
     ds, steps = _dataset(cfg, train_files, stats, image_shape, cfg.sampler, cfg.epochs)
     model = build_model(cfg, image_shape, num_classes)
+    if backbone_weights:
+        loaded = backbones.load_backbone_weights(model, backbone_weights)
+        print(f"[trainer] warm start: {len(loaded)} backbone variables from {backbone_weights}; fresh head",
+              file=sys.stderr, flush=True)
     schedule = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, cfg.epochs * steps)
     optimizer = keras.optimizers.SGD(schedule, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     progress = EpochProgress(cfg.epochs)
@@ -187,8 +196,10 @@ def run_fn(fn_args) -> None:
     semi_cfg = semi.SemiConfig.from_dict(config.get("semi") or {})
     semi_summary = None
     t0 = time.time()
+    base_model = getattr(fn_args, "base_model", None)
     if semi_cfg.semi == "none":
-        model, history = train(cfg, fn_args.train_files, stats, image_shape, fn_args.model_run_dir, config.get("backup_dir"))
+        model, history = train(cfg, fn_args.train_files, stats, image_shape, fn_args.model_run_dir, config.get("backup_dir"),
+                               backbone_weights=base_model)
         images_seen = stats["num_examples"] * cfg.epochs
     else:
         if not config.get("unlabeled_files"):
@@ -200,7 +211,8 @@ def run_fn(fn_args) -> None:
                                               semi_cfg.semi_eval_pool_size, cfg.seed)
         model, history, semi_summary = semi.train_semi(
             cfg, semi_cfg, fn_args.train_files, config["unlabeled_files"], stats, image_shape, fn_args.model_run_dir,
-            config.get("backup_dir"), pool_truth=pool_truth, pool_setting=config.get("pool_setting"))
+            config.get("backup_dir"), pool_truth=pool_truth, pool_setting=config.get("pool_setting"),
+            backbone_weights=base_model)
         # labeled + unlabeled images drawn (an unlabeled image counted once, though it passes the network in two views)
         images_seen = semi_summary["total_steps"] * (semi_summary["labeled_batch"] + semi_summary["unlabeled_batch"])
     train_seconds = time.time() - t0
@@ -211,6 +223,9 @@ def run_fn(fn_args) -> None:
     export_serving_model(model, fn_args.serving_model_dir, image_shape, logit_offset)
     model.save(os.path.join(fn_args.model_run_dir, "model.keras"))
     summary = {"train_seconds": train_seconds, "epochs": cfg.epochs, "history": history, "config": dataclasses.asdict(cfg),
-               "images_per_second": (images_seen / train_seconds) if train_seconds else None, "semi": semi_summary}
+               "images_per_second": (images_seen / train_seconds) if train_seconds else None, "semi": semi_summary,
+               # the load is strict, so every variable in the file was loaded
+               "warm_start": {"base_model": base_model, "variables": len(backbones.saved_backbone_names(base_model))}
+               if base_model else None}
     with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, "training_summary.json"), "w") as f:
         json.dump(summary, f, indent=2)

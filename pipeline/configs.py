@@ -13,6 +13,7 @@ import typing
 
 from components.gate import GateThresholds
 from models.semi import SemiConfig
+from models.ssp import SSPConfig
 from models.training import TrainConfig
 
 
@@ -46,6 +47,7 @@ class PipelineConfig:
     preset: str = "default"
     data: DataConfig = DataConfig()
     stats: StatsConfig = StatsConfig()
+    pretrain: SSPConfig = SSPConfig()  # self-supervised pre-training (ssp=none: none)
     train: TrainConfig = TrainConfig()
     semi_supervised: SemiConfig = SemiConfig()  # semi=none|fixmatch|daso and its semi_* / daso_* settings
     gate: GateThresholds = GateThresholds()
@@ -68,6 +70,7 @@ PRESETS: dict[str, dict] = {
         "data.n_max": 200, "data.val_per_class": 20, "data.unlabeled_size": 200,
         "train.backbone": "resnet8", "train.epochs": 1, "train.batch_size": 64, "train.max_steps_per_epoch": 4,
         "train.jit_compile": False,
+        "pretrain.ssp_epochs": 1, "pretrain.ssp_batch_size": 32, "pretrain.ssp_max_steps_per_epoch": 3,
         "gate.min_balanced_accuracy": 0.0, "gate.min_per_class_recall": 0.0,
         "gate.max_drop_balanced_accuracy": 1.0, "gate.max_drop_few_shot_accuracy": 1.0,
     },
@@ -76,12 +79,19 @@ PRESETS: dict[str, dict] = {
         "train.backbone": "resnet8", "train.epochs": 30, "train.loss": "logit_adjusted",
         "gate.min_balanced_accuracy": 0.7, "gate.min_per_class_recall": 0.3,
     },
+    # the default run warm-started from a self-supervised (rotation) pre-training of the backbone
+    "ssp": {
+        "name": "longtail-ssp",
+        "train.backbone": "resnet8", "train.epochs": 30, "train.loss": "logit_adjusted",
+        "pretrain.ssp": "rotation", "pretrain.ssp_epochs": 15,
+        "gate.min_balanced_accuracy": 0.7, "gate.min_per_class_recall": 0.3,
+    },
     # the papers' schedule (LDAM / "Rethinking the Value of Labels" CIFAR-LT): ResNet-32, 200 epochs,
     # batch 128, lr 0.1, weight decay 2e-4 (cosine decay here instead of their step decay at 160/180).
     "paper": {
         "name": "longtail-paper",
         "train.backbone": "resnet32", "train.epochs": 200, "train.learning_rate": 0.1, "train.weight_decay": 2e-4,
-        "train.loss": "logit_adjusted",
+        "train.loss": "logit_adjusted", "pretrain.ssp_epochs": 200,
         "gate.min_balanced_accuracy": 0.7, "gate.min_per_class_recall": 0.3,
     },
 }

@@ -65,7 +65,7 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | None = None) -> str:
     """Run the whole pipeline; write metrics.json, report.md and the plot; return the output dir."""
     from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 
-    from pipeline.outputs import run_results
+    from pipeline.outputs import PRETRAINER, TRAINER, run_results
     from pipeline.pipeline import create_pipeline
 
     t_start = time.time()
@@ -86,11 +86,15 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | None = None) -> str:
     pipeline_seconds = time.time() - t0
     results = run_results(metadata_path)
     train_seconds = (results["training"] or {}).get("train_seconds")
-    trained_now = results["executions"].get("components.trainer.LongTailTrainer") == "COMPLETE"
+    trained_now = results["executions"].get(TRAINER) == "COMPLETE"
+    pretrain_seconds = (results["ssp"] or {}).get("pretrain_seconds")
+    pretrained_now = results["executions"].get(PRETRAINER) == "COMPLETE"
     timings = {"pipeline_seconds": pipeline_seconds, "total_seconds": time.time() - t_start,
                "train_seconds": train_seconds if trained_now else 0.0,
                "train_cached": not trained_now,
-               "other_seconds": pipeline_seconds - (train_seconds if trained_now and train_seconds else 0.0)}
+               "pretrain_seconds": (pretrain_seconds or 0.0) if pretrained_now else 0.0,
+               "pretrain_cached": PRETRAINER in results["executions"] and not pretrained_now}
+    timings["other_seconds"] = pipeline_seconds - (timings["train_seconds"] or 0.0) - timings["pretrain_seconds"]
     metrics = report.build_metrics(dataclasses.asdict(cfg), manifest, data_dir, results, timings)
     if out_dir is None:
         out_dir = os.path.join(cfg.runs_root, f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")

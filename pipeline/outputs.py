@@ -9,6 +9,7 @@ from ml_metadata.proto import metadata_store_pb2
 from tfx.orchestration import metadata
 
 from components.artifacts import EVALUATION_FILE, LABEL_STATS_FILE, LabelStatistics
+from models.ssp import SUMMARY_FILE as SSP_SUMMARY_FILE
 
 OUTPUT_EVENTS = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
 
@@ -36,8 +37,14 @@ def latest_run_outputs(metadata_path: str) -> dict:
         return {"run_id": run.name, "executions": result}
 
 
-def find_output(run: dict, artifact_type: str):
-    for info in run["executions"].values():
+TRAINER = "components.trainer.LongTailTrainer"
+PRETRAINER = "components.trainer.SSPPretrainer"
+
+
+def find_output(run: dict, artifact_type: str, execution_type: str | None = None):
+    for name, info in run["executions"].items():
+        if execution_type is not None and name != execution_type:
+            continue
         if artifact_type in info["outputs"]:
             return info["outputs"][artifact_type][-1]
     return None
@@ -52,7 +59,8 @@ def run_results(metadata_path: str) -> dict:
     run = latest_run_outputs(metadata_path)
     evaluation = find_output(run, "ModelEvaluation")
     stats = find_output(run, LabelStatistics.TYPE_NAME)
-    model_run = find_output(run, "ModelRun")
+    model_run = find_output(run, "ModelRun", TRAINER)
+    pretrain_run = find_output(run, "ModelRun", PRETRAINER)
     pushed = find_output(run, "PushedModel")
     result = {
         "run_id": run["run_id"],
@@ -61,6 +69,7 @@ def run_results(metadata_path: str) -> dict:
         "label_stats": read_json_artifact(stats, LABEL_STATS_FILE) if stats else None,
         "training": read_json_artifact(model_run, "training_summary.json") if model_run else None,
         "model_run_dir": model_run.uri if model_run else None,
+        "ssp": read_json_artifact(pretrain_run, SSP_SUMMARY_FILE) if pretrain_run else None,
         "pushed": bool(pushed and pushed.custom_properties["pushed"].int_value == 1),
         "pushed_model_dir": (pushed.custom_properties["pushed_destination"].string_value
                              if pushed and "pushed_destination" in pushed.custom_properties else None),

@@ -4,6 +4,7 @@ labeled    -> ImportExampleGen -> StatisticsGen -> ExampleValidator (schemas/lab
 unlabeled  -> ImportExampleGen -> StatisticsGen -> ExampleValidator (schemas/unlabeled.pbtxt) -> AnomalyCheck
 labeled (+ unlabeled count) -> LabelStatsGen (Beam) -> LongTailTrainer (run_fn: models.training.run_fn)
                                unlabeled -> LongTailTrainer too when semi=fixmatch|daso (models/semi.py)
+labeled (+ unlabeled) images -> SSPPretrainer (run_fn: models.ssp.run_fn) -> LongTailTrainer's base_model  [pretrain.ssp != none]
 Resolver(latest blessed model) + trainer model -> PerClassEvaluator (gate) -> LongTailPusher (TF Serving layout;
   a model already serving is not copied again)
 
@@ -22,14 +23,16 @@ from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import La
 from tfx.proto import example_gen_pb2, pusher_pb2
 
 from components.anomaly_check import AnomalyCheck
+from components.errors import PipelineDataError
 from components.evaluator import PerClassEvaluator
 from components.label_stats_gen import LabelStatsGen
 from components.pusher import LongTailPusher
-from components.trainer import LongTailTrainer
+from components.trainer import LongTailTrainer, SSPPretrainer
 from pipeline.configs import PipelineConfig
 
 SCHEMA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "schemas")
 RUN_FN = "models.training.run_fn"
+PRETRAIN_RUN_FN = "models.ssp.run_fn"
 
 
 def _example_gen(data_dir: str, splits: dict[str, str], component_id: str):
@@ -52,12 +55,19 @@ def _validated(examples, schema_file: str, prefix: str, name: str):
     return [stats, schema, validator, check], schema, check
 
 
+def _key(payload: dict) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def training_custom_config(cfg: PipelineConfig, manifest: dict, pipeline_root: str, data_dir: str | None = None) -> dict:
     train = dataclasses.asdict(cfg.train)
     semi = dataclasses.asdict(cfg.semi_supervised)
-    # Stable across re-executions of the same training, so an interrupted Trainer resumes.
-    key = hashlib.sha256(json.dumps({"train": train, "semi": semi, "data": manifest.get("splits")}, sort_keys=True
-                                    ).encode()).hexdigest()[:16]
+    # Stable across re-executions of the same training, so an interrupted Trainer resumes; the
+    # pre-training settings are part of it because the warm start is.
+    payload = {"train": train, "semi": semi, "data": manifest.get("splits")}
+    if cfg.pretrain.ssp != "none":
+        payload["pretrain"] = dataclasses.asdict(cfg.pretrain)
+    key = _key(payload)
     config = {
         "train": train,
         "semi": semi,
@@ -72,6 +82,15 @@ def training_custom_config(cfg: PipelineConfig, manifest: dict, pipeline_root: s
         if data_dir:
             config["pool_truth"] = {"data_dir": data_dir, "unlabeled": manifest["splits"]["unlabeled"]}
     return config
+
+
+def pretrain_custom_config(cfg: PipelineConfig, manifest: dict, pipeline_root: str) -> dict:
+    """Only what the pre-training depends on (SSP settings, the backbone, the data), so that changing
+    supervised settings leaves the pre-training Trainer's cache key alone."""
+    pretrain = dataclasses.asdict(cfg.pretrain)
+    key = _key({"pretrain": pretrain, "backbone": cfg.train.backbone, "data": manifest.get("splits")})
+    return {"pretrain": pretrain, "backbone": cfg.train.backbone, "image_shape": manifest["image_shape"],
+            "backup_dir": os.path.join(pipeline_root, "_pretrainer_backup", key)}
 
 
 def create_pipeline(cfg: PipelineConfig, data_dir: str, manifest: dict, pipeline_root: str, metadata_path: str | None,
@@ -99,12 +118,25 @@ def create_pipeline(cfg: PipelineConfig, data_dir: str, manifest: dict, pipeline
     for check in upstream_checks:  # no statistics, hence no training, from data that failed validation
         stats_gen.add_upstream_node(check)
 
+    pretrainer = None
+    if cfg.pretrain.ssp != "none":
+        with_unlabeled = cfg.pretrain.ssp_data == "labeled+unlabeled"
+        if with_unlabeled and unlabeled_examples is None:
+            raise PipelineDataError("unlabeled", "pretrain.ssp_data=labeled+unlabeled but the unlabeled pool is empty", 0)
+        pretrainer = SSPPretrainer(
+            examples=labeled_gen.outputs["examples"], unlabeled_examples=unlabeled_examples if with_unlabeled else None,
+            run_fn=PRETRAIN_RUN_FN, custom_config=pretrain_custom_config(cfg, manifest, pipeline_root))
+        for check in upstream_checks:  # no pre-training on data that failed validation either
+            pretrainer.add_upstream_node(check)
+        components.append(pretrainer)
+
     if cfg.semi_supervised.semi != "none" and unlabeled_examples is None:
         raise ValueError(f"semi={cfg.semi_supervised.semi} needs an unlabeled pool, but {data_dir} has 0 unlabeled examples "
                          "(set data.unlabeled_size, or semi=none)")
     trainer = LongTailTrainer(
         examples=labeled_gen.outputs["examples"], label_stats=stats_gen.outputs["label_stats"],
         schema=labeled_schema.outputs["schema"], run_fn=RUN_FN,
+        base_model=pretrainer.outputs["model"] if pretrainer else None,
         custom_config=training_custom_config(cfg, manifest, pipeline_root, data_dir),
         unlabeled_examples=unlabeled_examples if cfg.semi_supervised.semi != "none" else None)
 

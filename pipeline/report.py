@@ -43,6 +43,7 @@ def build_metrics(cfg_dict: dict, manifest: dict, data_dir: str, results: dict, 
         "seed": cfg_dict["train"]["seed"],
         "config": cfg_dict,
         "training": results["training"],
+        "ssp": ssp_block(cfg_dict, results.get("ssp"), results["training"]),
         "timings": timings,
         "run_id": results["run_id"],
         "executions": results["executions"],
@@ -99,6 +100,25 @@ def _semi_md(metrics: dict) -> list[str]:
     return md + [""]
 
 
+def ssp_block(cfg_dict: dict, summary: dict | None, training: dict | None) -> dict:
+    """The self-supervised pre-training: what ran, on which images, how its features probe."""
+    p = cfg_dict["pretrain"]
+    if p["ssp"] == "none":
+        return {"method": "none", "epochs": 0, "data": None, "final_loss": None, "linear_probe_accuracy": None,
+                "random_init_probe_accuracy": None,
+                "note": "no self-supervised pre-training (pretrain.ssp=none): the backbone starts from random weights"}
+    s = summary or {}
+    keep = ("steps_per_epoch", "num_examples", "final_pretext_accuracy", "pretrain_seconds", "images_per_second",
+            "resolved", "queue_size", "backbone_variables", "history")
+    return {"method": p["ssp"], "epochs": s.get("epochs"), "data": p["ssp_data"], "final_loss": s.get("final_loss"),
+            "linear_probe_accuracy": s.get("linear_probe_accuracy"),
+            "random_init_probe_accuracy": s.get("random_init_probe_accuracy"),
+            **{k: s.get(k) for k in keep},
+            "warm_start": (training or {}).get("warm_start"),
+            "probe": "logistic regression on frozen features of the balanced validation split, half of each class to "
+                     "fit, the other half to score; the same for the backbone's random initial weights"}
+
+
 def _fmt(v, digits=3):
     return "-" if v is None else f"{v:.{digits}f}"
 
@@ -127,6 +147,11 @@ def console_table(metrics: dict) -> str:
     failed = [c for c in metrics["gate"]["checks"] or [] if not c["passed"]]
     decision = "BLESSED" if metrics["blessed"] else "NOT BLESSED: " + "; ".join(
         f"{c['check']} ({_fmt(c['value'])} vs {_fmt(c['threshold'])}{', ' + c['detail'] if c['detail'] else ''})" for c in failed)
+    ssp = metrics.get("ssp") or {}
+    if ssp.get("method", "none") != "none":
+        lines.append(f"self-supervised pre-training: {ssp['method']} ({ssp['data']}, {ssp['epochs']} epochs), final loss "
+                     f"{_fmt(ssp['final_loss'], 4)}, linear probe {_fmt(ssp['linear_probe_accuracy'])} "
+                     f"(random init {_fmt(ssp['random_init_probe_accuracy'])})")
     lines.append(f"gate: {decision}; pushed: {_pushed(metrics)}")
     return "\n".join(lines)
 
@@ -156,11 +181,55 @@ def plot_per_class(metrics: dict, path: str) -> None:
     plt.close(fig)
 
 
+def plot_ssp_loss(ssp: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    history = ssp["history"]
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(epochs, [h["loss"] for h in history], "o-", color="#36c", label="pretext loss")
+    ax.set_xlabel("pre-training epoch")
+    ax.set_ylabel("loss")
+    ax2 = ax.twinx()
+    ax2.plot(epochs, [h.get("accuracy", float("nan")) for h in history], "s--", color="#c63", label="pretext accuracy")
+    ax2.set_ylim(0, 1.02)
+    ax2.set_ylabel("pretext accuracy")
+    ax.set_title(f"Self-supervised pre-training ({ssp['method']}, {ssp['data']})")
+    fig.legend(loc="center right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def ssp_section(ssp: dict) -> list[str]:
+    md = ["## Self-supervised pre-training", ""]
+    if ssp["method"] == "none":
+        return md + [ssp["note"] + ".", ""]
+    warm = ssp.get("warm_start") or {}
+    md += [f"Method **{ssp['method']}** on the {ssp['data']} images (labels not read), {ssp['epochs']} epochs of "
+           f"{ssp.get('steps_per_epoch')} steps over {ssp.get('num_examples')} images; final pretext loss "
+           f"{_fmt(ssp['final_loss'], 4)}, pretext accuracy {_fmt(ssp.get('final_pretext_accuracy'))}; "
+           f"{_fmt(ssp.get('pretrain_seconds'), 1)} s ({_fmt(ssp.get('images_per_second'), 0)} images/s).", "",
+           f"Linear probe ({ssp['probe']}): pre-trained backbone {_fmt(ssp['linear_probe_accuracy'])}, random initial "
+           f"weights {_fmt(ssp['random_init_probe_accuracy'])}.", "",
+           f"Warm start of the supervised Trainer: {warm.get('variables', '-')} backbone variables loaded (all of them; "
+           "a missing or unexpected one stops the run), fresh classifier head.", ""]
+    if ssp.get("history"):
+        md += ["![pre-training loss](ssp_loss.png)", ""]
+    return md
+
+
 def write_report(metrics: dict, out_dir: str) -> None:
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
     plot_per_class(metrics, os.path.join(out_dir, "per_class.png"))
+    ssp = metrics.get("ssp") or {"method": "none", "note": "no self-supervised pre-training"}
+    if ssp.get("history"):
+        plot_ssp_loss(ssp, os.path.join(out_dir, "ssp_loss.png"))
     stats, cfg, gate = metrics["label_stats"], metrics["config"], metrics["gate"]
     t = metrics["timings"]
     md = [f"# Run {metrics['run_id']} ({cfg['preset']} preset)", "",
@@ -172,7 +241,8 @@ def write_report(metrics: dict, out_dir: str) -> None:
           f"{stats['shot_thresholds']['few_below']:.0f} training images; {stats['shot_thresholds']['source']}): "
           + ", ".join(f"{g}: {[stats['class_names'][c] for c in cs]}" for g, cs in stats["shot_groups"].items()), "",
           f"Training: {cfg['train']['backbone']}, loss {cfg['train']['loss']}, {cfg['train']['epochs']} epochs, "
-          f"batch {cfg['train']['batch_size']}, seed {metrics['seed']}, semi-supervised: {metrics['semi']['method']}.", "",
+          f"batch {cfg['train']['batch_size']}, seed {metrics['seed']}; self-supervised pre-training: {ssp['method']}; "
+          f"semi-supervised: {metrics['semi']['method']}.", "",
           "## Gate (validation split)", "",
           f"Decision: **{'BLESSED' if metrics['blessed'] else 'NOT BLESSED'}**; pushed: {_pushed(metrics, '`')}.", "",
           "| check | value | threshold | passed | detail |", "|---|---|---|---|---|"]
@@ -187,10 +257,11 @@ def write_report(metrics: dict, out_dir: str) -> None:
     for r in per_class_rows(metrics):
         md.append(f"| {r['class']} | {r['id']} | {r['train']} | {r['group']} | {_fmt(r['val_recall'])} | "
                   f"{_fmt(r['test_recall'])} | {_fmt(r['test_precision'])} |")
-    md += ["", "![training count vs test recall](per_class.png)", ""]
+    md += ["", "![training count vs test recall](per_class.png)", "", *ssp_section(ssp)]
     md += _semi_md(metrics)
     md += ["## Time", "",
            f"Pipeline wall time {t['pipeline_seconds']:.1f} s: training {_fmt(t.get('train_seconds'), 1)} s, "
+           f"pre-training {_fmt(t.get('pretrain_seconds'), 1)} s{' (cached)' if t.get('pretrain_cached') else ''}, "
            f"everything else {_fmt(t.get('other_seconds'), 1)} s.", ""]
     history = (metrics.get("training") or {}).get("history") or []
     if history:

@@ -12,6 +12,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.mark.parametrize("module,select", [
     ("tests/test_losses.py", None), ("tests/test_heads.py", None), ("tests/test_daso.py", None),
+    ("tests/test_ssp.py", None),
     # one FixMatch+DASO training run (queue, EMA, blending, jit-compiled train step) is enough on JAX's CPU build
     ("tests/test_semi.py", "daso_short_run or schedule_rules or score_pseudo_labels"),
 ])

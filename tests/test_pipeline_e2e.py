@@ -175,3 +175,42 @@ def test_semi_daso_run_pushes_and_reports_pseudo_labels(tmp_path, fashion_mnist_
     assert "## Semi-supervised training" in open(os.path.join(out, "report.md")).read()
     assert "pool pseudo-labels" in proc.stderr
     assert sum(semi["per_epoch"][0]["pseudo_label_counts"]) == 200  # every pool image scored against its true class
+
+
+def test_ssp_rotation_warm_starts_pushes_and_is_reused_when_only_training_changes(smoke):
+    tmp = smoke["tmp"]
+    none_block = load_metrics(str(tmp / "out1"))["ssp"]
+    assert none_block["method"] == "none" and none_block["linear_probe_accuracy"] is None
+    first = run_cli(tmp, "smoke", smoke["data"], str(tmp / "ssp1"), "ssp=rotation")
+    m = load_metrics(str(tmp / "ssp1"))
+    s = m["ssp"]
+    assert {"method", "epochs", "data", "final_loss", "linear_probe_accuracy", "random_init_probe_accuracy"} <= set(s)
+    assert (s["method"], s["epochs"], s["data"]) == ("rotation", 1, "labeled")
+    assert np.isfinite(s["final_loss"]) and 0.0 <= s["linear_probe_accuracy"] <= 1.0
+    assert 0.0 <= s["random_init_probe_accuracy"] <= 1.0
+    assert s["num_examples"] == sum(m["label_stats"]["class_counts"])  # the labeled images, labels unused
+    assert s["warm_start"]["variables"] == s["backbone_variables"] == 45  # every resnet8 backbone variable
+    assert m["executions"]["components.trainer.SSPPretrainer"] == "COMPLETE"
+    assert m["pushed"] is True and os.path.exists(os.path.join(m["pushed_model_dir"], "saved_model.pb"))
+    assert "self-supervised pre-training: rotation" in first.stdout
+    report = open(tmp / "ssp1" / "report.md").read()
+    assert "## Self-supervised pre-training" in report and "ssp_loss.png" in report
+    assert os.path.getsize(tmp / "ssp1" / "ssp_loss.png") > 1000
+    # a supervised-only change re-trains from the cached pre-training
+    run_cli(tmp, "smoke", smoke["data"], str(tmp / "ssp2"), "ssp=rotation", "train.learning_rate=0.02")
+    m2 = load_metrics(str(tmp / "ssp2"))
+    assert m2["executions"]["components.trainer.SSPPretrainer"] == "CACHED"
+    assert m2["executions"]["components.trainer.LongTailTrainer"] == "COMPLETE"
+    assert m2["timings"]["pretrain_cached"] is True
+    assert m2["ssp"]["warm_start"]["base_model"] == s["warm_start"]["base_model"]
+    assert m2["ssp"]["linear_probe_accuracy"] == s["linear_probe_accuracy"]
+
+
+def test_ssp_on_labeled_and_unlabeled_needs_an_unlabeled_pool(tmp_path, fashion_mnist_dir):
+    data = str(tmp_path / "data")
+    prepare_from_source("fashion_mnist", SplitSpec(rho=10, n_max=40, val_per_class=4, unlabeled_size=0, seed=4),
+                        data, fashion_mnist_dir)
+    proc = run_cli(tmp_path, "smoke-ssp-nopool", data, str(tmp_path / "out"), "ssp=rotation",
+                   "ssp_data=labeled+unlabeled", check=False)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "unlabeled: pretrain.ssp_data=labeled+unlabeled but the unlabeled pool is empty" in proc.stderr
