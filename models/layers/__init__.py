@@ -1,0 +1,1 @@
+"""Keras 3 layers of the methods the pipeline carries (keras.ops, TensorFlow and JAX backends)."""
