@@ -130,13 +130,16 @@ def _default(column: str):
 
 def parse_examples(serialized, columns) -> tuple[dict, dict]:
     """(values, present) of ``columns`` from a batch of serialized tf.Example: a missing or empty
-    value is NaN (float), -1 (int) or b'' (string) in ``values`` and False in ``present``."""
+    value is NaN (float, and int-stored numeric columns, read as float), -1 (int) or b'' (string) in
+    ``values`` and False in ``present``."""
     spec = {c: tf.io.RaggedFeature(_tf_dtype(c)) for c in columns}
     parsed = tf.io.parse_example(serialized, spec)
     values, present = {}, {}
     for c in columns:
         values[c] = parsed[c].to_tensor(default_value=_default(c), shape=[None, 1])[:, 0]
         present[c] = parsed[c].row_lengths() > 0
+        if c in NUMERIC and COLUMN_TYPES[c] == "int":  # an int-stored number (trip_seconds): float, NaN where missing
+            values[c] = tf.where(present[c], tf.cast(values[c], tf.float32), float("nan"))
     return values, present
 
 
