@@ -90,7 +90,7 @@ def plot_bins(metrics: dict, path: str) -> None:
     fig, ax = plt.subplots(figsize=(10, 4.5))
     ax.bar(x, [counts[b] for b in shown], width=width * 0.9, color="#9ab", label="training examples")
     ax.set_yscale("log")
-    ax.set_xlabel(f"{metrics['target']} (bins of {width:g}; the last bin is open-ended)")
+    ax.set_xlabel(f"{metrics['target']} (bins of {width:g}; the first {len(shown)} of {stats['num_bins']} shown)")
     ax.set_ylabel("training examples (log)")
     ax2 = ax.twinx()
     ax2.plot(x, [mae[b] if b < len(mae) and mae[b] is not None else float("nan") for b in shown], "o", ms=3,
@@ -112,7 +112,8 @@ def write_report(metrics: dict, out_dir: str) -> None:
     r = cfg["regression"]
     bad = metrics["bad_rows"]
     md = [f"# Run {metrics['run_id']} ({cfg['preset']} preset, task=regression, target {metrics['target']})", "",
-          f"Data: `{metrics['data']['csv_dir']}`; {metrics['data']['split']}. Rows per split: {bad['rows']}.", "",
+          f"Data: `{metrics['data']['csv_dir']}`; {metrics['data']['split']}. Rows per split: "
+          + ", ".join(f"{k} {v}" for k, v in (bad["rows"] or {}).items()) + ".", "",
           "## Bad rows and missing values", "",
           f"Policy: {bad['policy']}.", "",
           "| split | rows | dropped | reasons |", "|---|---|---|---|"]
