@@ -284,9 +284,9 @@ def train_regressor(cfg: RegressionConfig, train: TrainConfig, inputs: dict, tar
     progress = EpochProgress(train.epochs, prefix=verbose_prefix)
     callbacks = [progress, *extra_callbacks]
     if fds is not None:
-        plain = tf.data.Dataset.from_tensor_slices((inputs, bins.astype(np.int32))).batch(4096)
-        callbacks.append(FDSUpdate(fds, lambda b: encoder(b, training=False), plain))
-    model.fit(ds, epochs=train.epochs, steps_per_epoch=steps, verbose=0, callbacks=callbacks)
+        # The whole training set as one "batch", encoded by Keras' compiled predict rather than eager calls per batch.
+        callbacks.append(FDSUpdate(fds, lambda b: encoder.predict(b, batch_size=4096, verbose=0), [(inputs, bins)]))
+    model.fit(ds, epochs=train.epochs, steps_per_epoch=steps, verbose=0, callbacks=callbacks, shuffle=False)  # ds is shuffled
     return model, progress.history
 
 
