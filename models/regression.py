@@ -285,7 +285,8 @@ def train_regressor(cfg: RegressionConfig, train: TrainConfig, inputs: dict, tar
     callbacks = [progress, *extra_callbacks]
     if fds is not None:
         # The whole training set as one "batch", encoded by Keras' compiled predict rather than eager calls per batch.
-        callbacks.append(FDSUpdate(fds, lambda b: encoder.predict(b, batch_size=4096, verbose=0), [(inputs, bins)]))
+        rows = tf.data.Dataset.from_tensor_slices(inputs).batch(4096)  # a dataset: predict refuses NumPy string arrays
+        callbacks.append(FDSUpdate(fds, lambda ds: encoder.predict(ds, verbose=0), [(rows, bins)]))
     model.fit(ds, epochs=train.epochs, steps_per_epoch=steps, verbose=0, callbacks=callbacks, shuffle=False)  # ds is shuffled
     return model, progress.history
 
