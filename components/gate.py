@@ -44,3 +44,47 @@ def decide(candidate: dict, baseline: dict | None, t: GateThresholds, class_name
             check("few-shot accuracy drop vs last blessed", drop_few, t.max_drop_few_shot_accuracy,
                   drop_few <= t.max_drop_few_shot_accuracy, f"baseline {base_few:.4f}, candidate {cand_few:.4f}")
     return all(c["passed"] for c in checks), checks
+
+
+@dataclasses.dataclass(frozen=True)
+class RegressionGateThresholds:
+    """The regression gate: absolute ceilings on MAE overall and on the few-shot bins, and the most
+    the candidate's MAE may exceed the last blessed model's (absolute, in target units)."""
+
+    max_mae: float = 1e9
+    max_few_shot_mae: float = 1e9
+    max_mae_increase: float = 0.05
+    max_few_shot_mae_increase: float = 0.5
+
+
+def decide_regression(candidate: dict, baseline: dict | None, t: RegressionGateThresholds) -> tuple[bool, list[dict]]:
+    """Return (blessed, checks), checks as :func:`decide`'s. An empty few-shot group passes its checks
+    as not applicable."""
+    checks = []
+
+    def check(name, value, threshold, passed, detail=""):
+        checks.append({"check": name, "value": value, "threshold": threshold, "passed": bool(passed), "detail": detail})
+
+    mae, few = candidate["mae"], candidate.get("few_shot_mae")
+    check("mae <= ceiling", mae, t.max_mae, mae is not None and mae <= t.max_mae)
+    if few is None:
+        check("few-shot mae <= ceiling", None, t.max_few_shot_mae, True, "few-shot group empty: check not applicable")
+    else:
+        check("few-shot mae <= ceiling", few, t.max_few_shot_mae, few <= t.max_few_shot_mae,
+              f"{candidate.get('few_shot_count')} examples in few-shot bins")
+    if baseline is None:
+        check("no worse than last blessed model", None, None, True,
+              "no blessed model yet: first model is judged on ceilings only")
+        return all(c["passed"] for c in checks), checks
+    rise = mae - baseline["mae"]
+    check("mae increase vs last blessed", rise, t.max_mae_increase, rise <= t.max_mae_increase,
+          f"baseline {baseline['mae']:.4f}, candidate {mae:.4f}")
+    base_few = baseline.get("few_shot_mae")
+    if few is None or base_few is None:
+        check("few-shot mae increase vs last blessed", None, t.max_few_shot_mae_increase, True,
+              "few-shot group empty: check not applicable")
+    else:
+        rise_few = few - base_few
+        check("few-shot mae increase vs last blessed", rise_few, t.max_few_shot_mae_increase,
+              rise_few <= t.max_few_shot_mae_increase, f"baseline {base_few:.4f}, candidate {few:.4f}")
+    return all(c["passed"] for c in checks), checks

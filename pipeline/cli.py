@@ -16,7 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     data_cli.add_prepare_args(sub.add_parser("prepare-data", help="build the long-tailed TFRecord splits"))
     run = sub.add_parser("run", help="run the TFX pipeline locally (LocalDagRunner, MLMD on SQLite, Beam DirectRunner)")
-    run.add_argument("--preset", default="default", help="smoke | default | ssp | paper")
+    run.add_argument("--preset", default="default", help="smoke | default | ssp | paper | regression-smoke | regression")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a setting, e.g. --set train.epochs=5 --set loss=ce (repeatable)")
     run.add_argument("--out", default=None, help="output directory (default runs/<name>-<time>)")

@@ -11,7 +11,8 @@ import dataclasses
 import json
 import typing
 
-from components.gate import GateThresholds
+from components.gate import GateThresholds, RegressionGateThresholds
+from models.regression import RegressionConfig
 from models.semi import SemiConfig
 from models.ssp import SSPConfig
 from models.training import TrainConfig
@@ -45,12 +46,15 @@ class StatsConfig:
 class PipelineConfig:
     name: str = "longtail-fmnist"
     preset: str = "default"
+    task: str = "classification"  # classification (images, per-class gate) | regression (taxi CSV, LDS / FDS)
     data: DataConfig = DataConfig()
     stats: StatsConfig = StatsConfig()
     pretrain: SSPConfig = SSPConfig()  # self-supervised pre-training (ssp=none: none)
     train: TrainConfig = TrainConfig()
     semi_supervised: SemiConfig = SemiConfig()  # semi=none|fixmatch|daso and its semi_* / daso_* settings
     gate: GateThresholds = GateThresholds()
+    regression: RegressionConfig = RegressionConfig()  # task=regression only
+    regression_gate: RegressionGateThresholds = RegressionGateThresholds()
     post_hoc_logit_adjust_tau: float = 0.0  # >0 adds -tau*log(prior) to the served logits
     model_name: str = "longtail"
     runs_root: str = "runs"  # run outputs, pipeline root and MLMD live here
@@ -93,6 +97,17 @@ PRESETS: dict[str, dict] = {
         "train.backbone": "resnet32", "train.epochs": 200, "train.learning_rate": 0.1, "train.weight_decay": 2e-4,
         "train.loss": "logit_adjusted", "pretrain.ssp_epochs": 200,
         "gate.min_balanced_accuracy": 0.7, "gate.min_per_class_recall": 0.3,
+    },
+    # task=regression, seconds: the Chicago taxi fare through the whole pipeline (tests), FDS on, loose gate.
+    "regression-smoke": {
+        "name": "taxi-regression-smoke", "task": "regression", "model_name": "taxi",
+        "train.epochs": 2, "train.batch_size": 256, "train.max_steps_per_epoch": 10, "regression.fds": True,
+    },
+    # task=regression, about a minute of training on 2 cores: MLP, sqrt-inverse LDS weights + FDS, 30 epochs.
+    "regression": {
+        "name": "taxi-regression", "task": "regression", "model_name": "taxi",
+        "train.epochs": 30, "train.batch_size": 256, "regression.fds": True,
+        "regression_gate.max_mae": 3.0, "regression_gate.max_few_shot_mae": 60.0,
     },
 }
 

@@ -68,6 +68,10 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | None = None) -> str:
     from pipeline.outputs import PRETRAINER, TRAINER, run_results
     from pipeline.pipeline import create_pipeline
 
+    if cfg.task == "regression":
+        return run_regression_pipeline(cfg, out_dir)
+    if cfg.task != "classification":
+        raise ValueError(f"unknown task {cfg.task!r}; choose classification or regression")
     t_start = time.time()
     data_dir = ensure_data(cfg)
     manifest = load_manifest(data_dir)
@@ -101,4 +105,52 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | None = None) -> str:
     out_dir = os.path.abspath(out_dir)
     report.write_report(metrics, out_dir)
     print(report.console_table(metrics), flush=True)
+    return out_dir
+
+
+def regression_csv_dir(cfg: PipelineConfig) -> str:
+    """The folder CsvExampleGen reads: ``regression.csv_dir`` or the taxi CSV of the tfx package."""
+    from components.errors import PipelineDataError
+    from pipeline.pipeline import default_csv_dir
+
+    csv_dir = os.path.abspath(cfg.regression.csv_dir or default_csv_dir())
+    if not os.path.isdir(csv_dir) or not any(f.endswith(".csv") for f in os.listdir(csv_dir)):
+        raise PipelineDataError(f"regression.csv_dir {csv_dir}", "no .csv file there (CsvExampleGen reads every file of "
+                                "the folder; the default is tfx/examples/chicago_taxi_pipeline/data/simple in the tfx package)")
+    return csv_dir
+
+
+def run_regression_pipeline(cfg: PipelineConfig, out_dir: str | None = None) -> str:
+    """task=regression: the taxi CSV through CsvExampleGen .. Pusher; metrics.json and report.md."""
+    from tfx.orchestration.local.local_dag_runner import LocalDagRunner
+
+    from pipeline import regression_report
+    from pipeline.outputs import run_results
+    from pipeline.pipeline import create_regression_pipeline, regression_names
+
+    t_start = time.time()
+    csv_dir = regression_csv_dir(cfg)
+    pipeline_name, model_name = regression_names(cfg)
+    tfx_home = os.path.abspath(os.path.join(cfg.runs_root, "_tfx", pipeline_name))
+    metadata_path = os.path.join(tfx_home, "metadata.sqlite")
+    serving_dir = os.path.abspath(os.path.join(cfg.serving_root, model_name))
+    os.makedirs(tfx_home, exist_ok=True)
+    beam_args = [f"--direct_running_mode={cfg.beam_direct_running_mode}", f"--direct_num_workers={cfg.beam_num_workers}"]
+    pipeline = create_regression_pipeline(cfg, csv_dir, os.path.join(tfx_home, "root"), metadata_path, serving_dir, beam_args)
+    _show_progress()
+    t0 = time.time()
+    LocalDagRunner().run(pipeline)
+    pipeline_seconds = time.time() - t0
+    results = run_results(metadata_path)
+    train_seconds = (results["training"] or {}).get("train_seconds")
+    trained_now = results["executions"].get("components.trainer.LongTailTrainer") == "COMPLETE"
+    timings = {"pipeline_seconds": pipeline_seconds, "total_seconds": time.time() - t_start,
+               "train_seconds": train_seconds if trained_now else 0.0, "train_cached": not trained_now,
+               "other_seconds": pipeline_seconds - (train_seconds if trained_now and train_seconds else 0.0)}
+    metrics = regression_report.build_metrics(dataclasses.asdict(cfg), csv_dir, results, timings)
+    if out_dir is None:
+        out_dir = os.path.join(cfg.runs_root, f"{pipeline_name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    out_dir = os.path.abspath(out_dir)
+    regression_report.write_report(metrics, out_dir)
+    print(regression_report.console_table(metrics), flush=True)
     return out_dir

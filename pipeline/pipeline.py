@@ -166,3 +166,73 @@ def create_pipeline(cfg: PipelineConfig, data_dir: str, manifest: dict, pipeline
                                     if metadata_path else None),
         beam_pipeline_args=beam_pipeline_args or [],
     )
+
+
+# --- task=regression: the Chicago taxi CSV ---------------------------------------------------------
+#
+# csv folder -> CsvExampleGen (hash split train:eval:test) -> StatisticsGen -> ExampleValidator
+#   (schemas/chicago_taxi.pbtxt) -> AnomalyCheck -> RegressionLabelStatsGen (Beam: histogram, bad rows,
+#   LDS weights, bin groups) -> LongTailTrainer (run_fn: models.regression.run_fn)
+# Resolver(latest blessed model) + trainer model -> RegressionEvaluator (gate) -> Pusher
+
+REGRESSION_RUN_FN = "models.regression.run_fn"
+REGRESSION_SPLITS = ("train", "eval", "test")
+
+
+def default_csv_dir() -> str:
+    """The Chicago taxi trips CSV folder inside the installed tfx package (15,002 rows)."""
+    import tfx as tfx_package
+
+    return os.path.join(os.path.dirname(tfx_package.__file__), "examples", "chicago_taxi_pipeline", "data", "simple")
+
+
+def regression_names(cfg: PipelineConfig) -> tuple[str, str]:
+    """(pipeline name, served model name): per target, so the last blessed model is always one of
+    the same task and target."""
+    return f"{cfg.name}-{cfg.regression.target}", f"{cfg.model_name}-{cfg.regression.target}"
+
+
+def create_regression_pipeline(cfg: PipelineConfig, csv_dir: str, pipeline_root: str, metadata_path: str | None,
+                               serving_dir: str, beam_pipeline_args: list[str] | None = None) -> tfx.dsl.Pipeline:
+    from components.regression_evaluator import RegressionEvaluator
+    from components.regression_label_stats_gen import RegressionLabelStatsGen
+
+    buckets = [int(b) for b in cfg.regression.split_buckets.split(",")]
+    if len(buckets) != 3 or min(buckets) < 1:
+        raise ValueError(f"regression.split_buckets must be three positive integers (train,eval,test), got "
+                         f"{cfg.regression.split_buckets!r}")
+    output = example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(splits=[
+        example_gen_pb2.SplitConfig.Split(name=n, hash_buckets=b) for n, b in zip(REGRESSION_SPLITS, buckets)]))
+    example_gen = tfx.components.CsvExampleGen(input_base=csv_dir, output_config=output)
+    nodes, schema, check = _validated(example_gen.outputs["examples"], os.path.join(SCHEMA_DIR, "chicago_taxi.pbtxt"),
+                                      "", "taxi")
+    stats_gen = RegressionLabelStatsGen(examples=example_gen.outputs["examples"], regression=cfg.regression,
+                                        splits=REGRESSION_SPLITS)
+    stats_gen.add_upstream_node(check)
+    train = dataclasses.asdict(cfg.train)
+    trainer = LongTailTrainer(
+        examples=example_gen.outputs["examples"], label_stats=stats_gen.outputs["label_stats"],
+        schema=schema.outputs["schema"], run_fn=REGRESSION_RUN_FN,
+        custom_config={"train": train, "regression": dataclasses.asdict(cfg.regression)})
+    latest_blessed = tfx.dsl.Resolver(
+        strategy_class=LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id("LatestBlessedModelResolver")
+    evaluator = RegressionEvaluator(
+        examples=example_gen.outputs["examples"], model=trainer.outputs["model"],
+        baseline_model=latest_blessed.outputs["model"], label_stats=stats_gen.outputs["label_stats"],
+        thresholds=cfg.regression_gate, eval_split="eval", report_split="test")
+    pusher = LongTailPusher(
+        model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
+        push_destination=pusher_pb2.PushDestination(
+            filesystem=pusher_pb2.PushDestination.Filesystem(base_directory=serving_dir)))
+    return tfx.dsl.Pipeline(
+        pipeline_name=regression_names(cfg)[0],
+        pipeline_root=pipeline_root,
+        components=[example_gen, *nodes, stats_gen, trainer, latest_blessed, evaluator, pusher],
+        enable_cache=cfg.enable_cache,
+        metadata_connection_config=(tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path)
+                                    if metadata_path else None),
+        beam_pipeline_args=beam_pipeline_args or [],
+    )

@@ -51,7 +51,7 @@ def build_metrics(cfg_dict: dict, manifest: dict, data_dir: str, results: dict, 
     }
 
 
-def _pushed(metrics: dict, quote: str = "") -> str:
+def pushed_text(metrics: dict, quote: str = "") -> str:
     if not metrics["pushed"]:
         return "no"
     where = f"{quote}{metrics['pushed_model_dir']}{quote}"
@@ -152,7 +152,7 @@ def console_table(metrics: dict) -> str:
         lines.append(f"self-supervised pre-training: {ssp['method']} ({ssp['data']}, {ssp['epochs']} epochs), final loss "
                      f"{_fmt(ssp['final_loss'], 4)}, linear probe {_fmt(ssp['linear_probe_accuracy'])} "
                      f"(random init {_fmt(ssp['random_init_probe_accuracy'])})")
-    lines.append(f"gate: {decision}; pushed: {_pushed(metrics)}")
+    lines.append(f"gate: {decision}; pushed: {pushed_text(metrics)}")
     return "\n".join(lines)
 
 
@@ -244,7 +244,7 @@ def write_report(metrics: dict, out_dir: str) -> None:
           f"batch {cfg['train']['batch_size']}, seed {metrics['seed']}; self-supervised pre-training: {ssp['method']}; "
           f"semi-supervised: {metrics['semi']['method']}.", "",
           "## Gate (validation split)", "",
-          f"Decision: **{'BLESSED' if metrics['blessed'] else 'NOT BLESSED'}**; pushed: {_pushed(metrics, '`')}.", "",
+          f"Decision: **{'BLESSED' if metrics['blessed'] else 'NOT BLESSED'}**; pushed: {pushed_text(metrics, '`')}.", "",
           "| check | value | threshold | passed | detail |", "|---|---|---|---|---|"]
     for c in gate["checks"] or []:
         md.append(f"| {c['check']} | {_fmt(c['value'], 4)} | {_fmt(c['threshold'], 4)} | {'yes' if c['passed'] else 'NO'} "

@@ -1,0 +1,391 @@
+"""Imbalanced regression on tabular examples (the Chicago taxi trips): input, model, training, export.
+
+The Trainer's ``run_fn`` (dotted path ``models.regression.run_fn``) reads the CsvExampleGen
+TFRecords, drops the rows the bad-row policy names (counted by LabelStatsGen before training),
+builds an MLP whose preprocessing lives inside the model (Normalization, IntegerLookup,
+StringLookup: no tensorflow_transform), trains it with L1 (or MSE) loss weighted per target bin
+(LDS, :mod:`models.density`) and optionally Feature Distribution Smoothing
+(:mod:`models.layers.fds`), and exports a SavedModel with two signatures:
+
+  serving_default     one tensor per named feature, shape (batch,) -> prediction (batch,) float32
+                      (a JSON request {"instances": [{"trip_miles": 1.2, ...}]} maps onto it)
+  serving_tf_example  examples: serialized tf.train.Example (batch,) -> prediction
+
+models/ never imports tfx: ``fn_args`` is used only through its attributes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+from scipy.stats import gmean
+
+from models.density import BIN_GROUPS, bin_index
+from models.layers.fds import FDSUpdate, FeatureDistributionSmoothing
+from models.training import EpochProgress, TrainConfig
+
+# Column types of the CSV as CsvExampleGen infers them (mirrors schemas/chicago_taxi.pbtxt; a test checks).
+COLUMN_TYPES = {
+    "fare": "float", "tips": "float", "trip_miles": "float", "pickup_latitude": "float", "pickup_longitude": "float",
+    "dropoff_latitude": "float", "dropoff_longitude": "float", "trip_seconds": "int", "trip_start_month": "int",
+    "trip_start_hour": "int", "trip_start_day": "int", "trip_start_timestamp": "int", "pickup_community_area": "int",
+    "dropoff_community_area": "int", "pickup_census_tract": "int", "dropoff_census_tract": "int",
+    "payment_type": "bytes", "company": "bytes",
+}
+TARGETS = ("fare", "trip_seconds")
+# Features by how the model reads them. Not used: tips (paid on the fare: a leak), the census tracts
+# (pickup's is empty in all but 1 of 15,002 rows; the community areas carry the location) and the raw
+# timestamp (month, day and hour carry it). Of the two targets, the one not predicted is a feature.
+NUMERIC = ("trip_miles", "fare", "trip_seconds", "pickup_latitude", "pickup_longitude", "dropoff_latitude",
+           "dropoff_longitude")
+LOG_SCALED = ("trip_miles", "fare", "trip_seconds")  # long right tails: log1p before normalising
+INTEGER = ("trip_start_hour", "trip_start_day", "trip_start_month", "pickup_community_area", "dropoff_community_area")
+STRING = ("payment_type", "company")
+TARGET_BUCKET = "target_bucket"  # the extra training input FDS groups features by
+
+
+@dataclasses.dataclass(frozen=True)
+class RegressionConfig:
+    """Settings of the regression task (``--set regression.X=...``); the optimizer schedule
+    (epochs, batch size, seed) comes from ``train``."""
+
+    target: str = "fare"  # fare | trip_seconds
+    csv_dir: str | None = None  # a folder of CSV files; None: the Chicago taxi CSV in the tfx package
+    split_buckets: str = "8,1,1"  # CsvExampleGen hash split train:eval:test
+    bin_width: float = 1.0  # target bins [k w, (k+1) w); the last one open-ended
+    num_bins: int | None = None  # None: enough bins for the largest training target
+    max_target: float = 1000.0  # a target above this is an absurd outlier (a bad row)
+    max_bad_fraction: float = 0.01  # bad rows are dropped and counted; more than this fraction of a split stops the run
+    reweight: str = "sqrt_inv"  # none | sqrt_inv | inverse
+    lds: bool = True
+    lds_kernel: str = "gaussian"
+    lds_ks: int = 5
+    lds_sigma: float = 2.0
+    fds: bool = False
+    fds_kernel: str = "gaussian"
+    fds_ks: int = 5
+    fds_sigma: float = 2.0
+    fds_momentum: float = 0.9
+    fds_start_update: int = 0
+    fds_start_smooth: int = 1
+    many_shot_above: int = 100  # bin groups by training count, as the paper: many > 100, few < 20
+    few_shot_below: int = 20
+    objective: str = "l1"  # l1 | mse
+    hidden_units: str = "128,64"
+    adam_learning_rate: float = 1e-3  # Adam, as the paper's default
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RegressionConfig:
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown regression settings {sorted(unknown)}")
+        return cls(**d)
+
+    def features(self) -> dict[str, tuple[str, ...]]:
+        if self.target not in TARGETS:
+            raise ValueError(f"unknown regression target {self.target!r}; choose one of {TARGETS}")
+        return {"numeric": tuple(f for f in NUMERIC if f != self.target), "integer": INTEGER, "string": STRING}
+
+
+# --- the bad-row policy (one definition, used by LabelStatsGen's Beam job, the Trainer and the gate) ---
+
+PROBLEMS = ("missing target", "non-finite target", "negative target", "target above max_target")
+
+
+def target_problem(value: float | None, max_target: float) -> str | None:
+    """Why a row's target makes it a bad row (None: a good row)."""
+    if value is None:
+        return PROBLEMS[0]
+    if not np.isfinite(value):
+        return PROBLEMS[1]
+    if value < 0:
+        return PROBLEMS[2]
+    if value > max_target:
+        return PROBLEMS[3]
+    return None
+
+
+def valid_rows(target, present, max_target: float) -> np.ndarray:
+    """Vectorised :func:`target_problem` is None."""
+    target = np.asarray(target, np.float64)
+    with np.errstate(invalid="ignore"):
+        return np.asarray(present, bool) & np.isfinite(target) & (target >= 0) & (target <= max_target)
+
+
+# --- input ---
+
+def _tf_dtype(column: str):
+    return {"float": tf.float32, "int": tf.int64, "bytes": tf.string}[COLUMN_TYPES[column]]
+
+
+def _default(column: str):
+    return {"float": float("nan"), "int": -1, "bytes": b""}[COLUMN_TYPES[column]]
+
+
+def parse_examples(serialized, columns) -> tuple[dict, dict]:
+    """(values, present) of ``columns`` from a batch of serialized tf.Example: a missing or empty
+    value is NaN (float, and int-stored numeric columns, read as float), -1 (int) or b'' (string) in
+    ``values`` and False in ``present``."""
+    spec = {c: tf.io.RaggedFeature(_tf_dtype(c)) for c in columns}
+    parsed = tf.io.parse_example(serialized, spec)
+    values, present = {}, {}
+    for c in columns:
+        values[c] = parsed[c].to_tensor(default_value=_default(c), shape=[None, 1])[:, 0]
+        present[c] = parsed[c].row_lengths() > 0
+        if c in NUMERIC and COLUMN_TYPES[c] == "int":  # an int-stored number (trip_seconds): float, NaN where missing
+            values[c] = tf.where(present[c], tf.cast(values[c], tf.float32), float("nan"))
+    return values, present
+
+
+def _files(file_pattern) -> list[str]:
+    patterns = file_pattern if isinstance(file_pattern, (list, tuple)) else [file_pattern]
+    files = sorted(f for p in patterns for f in tf.io.gfile.glob(p))
+    if not files:
+        raise FileNotFoundError(f"no TFRecord files match {patterns}")
+    return files
+
+
+def read_split(file_pattern, columns, batch_size: int = 4096) -> tuple[dict, dict]:
+    """Every row of a split in memory as NumPy (the taxi splits are thousands of rows)."""
+    files = _files(file_pattern)
+    ds = tf.data.TFRecordDataset(files, compression_type="GZIP" if files[0].endswith(".gz") else "")
+    chunks = [parse_examples(batch, columns) for batch in ds.batch(batch_size)]
+    values = {c: np.concatenate([v[c].numpy() for v, _ in chunks]) for c in columns}
+    present = {c: np.concatenate([p[c].numpy() for _, p in chunks]) for c in columns}
+    return values, present
+
+
+def model_columns(cfg: RegressionConfig) -> list[str]:
+    return [c for kind in cfg.features().values() for c in kind]
+
+
+def to_model_inputs(values: dict, cfg: RegressionConfig) -> dict:
+    """Feature dict for the model: (n, 1) float32 numerics (NaN where missing), int64, strings."""
+    out = {}
+    for kind, cols in cfg.features().items():
+        for c in cols:
+            v = np.asarray(values[c])
+            if kind == "numeric":
+                v = v.astype(np.float32)
+            elif kind == "integer":
+                v = v.astype(np.int64)
+            else:
+                v = v.astype(object)
+            out[c] = v.reshape(-1, 1)
+    return out
+
+
+# --- model ---
+
+@keras.saving.register_keras_serializable(package="longtail")
+class Log1p(keras.layers.Layer):
+    """log(1 + max(x, 0)) for long-tailed non-negative numbers; NaN (missing) stays NaN."""
+
+    def call(self, x):
+        return keras.ops.log1p(keras.ops.maximum(x, 0.0))
+
+
+@keras.saving.register_keras_serializable(package="longtail")
+class MissingIndicator(keras.layers.Layer):
+    """[x, 0] where x is finite, [0, 1] where it is missing or non-finite: after Normalization,
+    0 is the training mean, so a missing value is imputed by the mean and flagged."""
+
+    def call(self, x):
+        finite = keras.ops.isfinite(x)
+        return keras.ops.concatenate([keras.ops.where(finite, x, 0.0), 1.0 - keras.ops.cast(finite, x.dtype)], axis=-1)
+
+
+def _numeric_stats(v: np.ndarray, log: bool) -> tuple[float, float]:
+    v = v[np.isfinite(v)]
+    if log:
+        v = np.log1p(np.maximum(v, 0))
+    if v.size == 0:
+        return 0.0, 1.0
+    return float(v.mean()), float(max(v.var(), 1e-6))
+
+
+def build_regressor(cfg: RegressionConfig, train_inputs: dict, train_target: np.ndarray, num_bins: int):
+    """(model, encoder, fds layer or None). Vocabularies and normalisation come from the training rows."""
+    inputs, parts = {}, []
+    kinds = cfg.features()
+    for c in kinds["numeric"]:
+        inputs[c] = x = keras.Input((1,), dtype="float32", name=c)
+        log = c in LOG_SCALED
+        if log:
+            x = Log1p(name=f"{c}_log1p")(x)
+        mean, var = _numeric_stats(train_inputs[c].reshape(-1), log)
+        x = keras.layers.Normalization(mean=mean, variance=var, name=f"{c}_norm")(x)
+        parts.append(MissingIndicator(name=f"{c}_missing")(x))
+    for c in kinds["integer"]:
+        inputs[c] = x = keras.Input((1,), dtype="int64", name=c)
+        vocab = sorted(int(v) for v in np.unique(train_inputs[c]) if v >= 0)  # -1 (missing) is the OOV token
+        parts.append(keras.layers.IntegerLookup(vocabulary=vocab, output_mode="one_hot", name=f"{c}_lookup")(x))
+    for c in kinds["string"]:
+        inputs[c] = x = keras.Input((1,), dtype="string", name=c)
+        vocab = sorted({v.decode() if isinstance(v, bytes) else str(v) for v in train_inputs[c].reshape(-1)} - {""})
+        parts.append(keras.layers.StringLookup(vocabulary=vocab, output_mode="one_hot", name=f"{c}_lookup")(x))
+    x = keras.layers.Concatenate(name="features")(parts)
+    for i, units in enumerate(int(u) for u in cfg.hidden_units.split(",") if u.strip()):
+        x = keras.layers.Dense(units, activation="relu", name=f"hidden{i}")(x)
+    encoder = keras.Model(inputs, x, name="encoder")
+    fds, all_inputs = None, dict(inputs)
+    if cfg.fds:
+        all_inputs[TARGET_BUCKET] = bucket = keras.Input((), dtype="int32", name=TARGET_BUCKET)
+        fds = FeatureDistributionSmoothing(x.shape[-1], num_bins, 0, cfg.fds_kernel, cfg.fds_ks, cfg.fds_sigma,
+                                           cfg.fds_momentum, cfg.fds_start_update, cfg.fds_start_smooth, name="fds")
+        x = fds(x, bucket)
+    # The output starts at the training median, so early steps fit the shape, not the offset.
+    out = keras.layers.Dense(1, bias_initializer=keras.initializers.Constant(float(np.median(train_target))),
+                             name="prediction")(x)
+    return keras.Model(all_inputs, out, name="regressor"), encoder, fds
+
+
+# --- training ---
+
+def example_weights(cfg: RegressionConfig, stats: dict, bins: np.ndarray) -> np.ndarray:
+    if cfg.reweight == "none":
+        return np.ones(len(bins), np.float32)
+    weights = np.asarray(stats["bin_weights"], np.float32)
+    if stats.get("reweight") != cfg.reweight or bool(stats.get("lds", {}).get("enabled")) != cfg.lds:
+        raise ValueError(f"label statistics were computed for reweight={stats.get('reweight')}, lds={stats.get('lds')}; "
+                         f"the trainer asks for reweight={cfg.reweight}, lds={cfg.lds}")
+    return weights[bins]
+
+
+def train_regressor(cfg: RegressionConfig, train: TrainConfig, inputs: dict, target: np.ndarray, stats: dict,
+                    extra_callbacks=(), verbose_prefix: str = "[trainer]"):
+    """Train on in-memory rows (already filtered by the bad-row policy); return (model, history)."""
+    keras.utils.set_random_seed(train.seed)
+    num_bins, width = stats["num_bins"], stats["bin_width"]
+    bins = bin_index(target, width, num_bins)
+    weights = example_weights(cfg, stats, bins)
+    model, encoder, fds = build_regressor(cfg, inputs, target, num_bins)
+    x = dict(inputs)
+    if fds is not None:
+        x[TARGET_BUCKET] = bins.astype(np.int32)
+    n = len(target)
+    ds = (tf.data.Dataset.from_tensor_slices((x, target.astype(np.float32).reshape(-1, 1), weights))
+          .shuffle(n, seed=train.seed, reshuffle_each_iteration=True).batch(train.batch_size).prefetch(tf.data.AUTOTUNE))
+    steps = -(-n // train.batch_size)
+    if train.max_steps_per_epoch:
+        steps = min(steps, train.max_steps_per_epoch)
+        ds = ds.repeat()
+    loss = {"l1": "mean_absolute_error", "mse": "mean_squared_error"}.get(cfg.objective)
+    if loss is None:
+        raise ValueError(f"unknown objective {cfg.objective!r}; choose l1 or mse")
+    model.compile(keras.optimizers.Adam(cfg.adam_learning_rate), loss=loss,
+                  metrics=[keras.metrics.MeanAbsoluteError(name="mae")])
+    progress = EpochProgress(train.epochs, prefix=verbose_prefix)
+    callbacks = [progress, *extra_callbacks]
+    if fds is not None:
+        # The whole training set as one "batch", encoded by Keras' compiled predict rather than eager calls per batch.
+        rows = tf.data.Dataset.from_tensor_slices(inputs).batch(4096)  # a dataset: predict refuses NumPy string arrays
+        callbacks.append(FDSUpdate(fds, lambda ds: encoder.predict(ds, verbose=0), [(rows, bins)]))
+    model.fit(ds, epochs=train.epochs, steps_per_epoch=steps, verbose=0, callbacks=callbacks, shuffle=False)  # ds is shuffled
+    return model, progress.history
+
+
+def predict(model: keras.Model, inputs: dict, batch_size: int = 4096) -> np.ndarray:
+    x = dict(inputs)
+    if TARGET_BUCKET in {i.name for i in model.inputs}:
+        x[TARGET_BUCKET] = np.zeros(len(next(iter(inputs.values()))), np.int32)  # ignored at inference
+    ds = tf.data.Dataset.from_tensor_slices(x).batch(batch_size)
+    return np.concatenate([keras.ops.convert_to_numpy(model(b, training=False)).reshape(-1) for b in ds])
+
+
+# --- metrics ---
+
+def _group_metrics(err: np.ndarray) -> dict:
+    if err.size == 0:
+        return {"mae": None, "mse": None, "gmean": None, "count": 0}
+    with np.errstate(divide="ignore"):
+        g = float(gmean(np.abs(err)))
+    return {"mae": float(np.abs(err).mean()), "mse": float((err**2).mean()), "gmean": g, "count": int(err.size)}
+
+
+def regression_metrics(target, prediction, stats: dict) -> dict:
+    """MAE, MSE and geometric-mean absolute error overall and per bin group (by the bin's training
+    count, as the paper's shot metrics), plus per-bin MAE and counts."""
+    target, prediction = np.asarray(target, np.float64), np.asarray(prediction, np.float64)
+    err = prediction - target
+    bins = bin_index(target, stats["bin_width"], stats["num_bins"])
+    groups = np.asarray(stats["bin_groups"])[bins] if len(bins) else np.asarray([], str)
+    overall = _group_metrics(err)
+    out = {"num_examples": overall["count"], "mae": overall["mae"], "mse": overall["mse"], "gmean": overall["gmean"]}
+    for g in BIN_GROUPS:
+        m = _group_metrics(err[groups == g])
+        for k in ("mae", "mse", "gmean"):
+            out[f"{g}_shot_{k}"] = m[k]
+        out[f"{g}_shot_count"] = m["count"]
+    per_bin_count = np.bincount(bins, minlength=stats["num_bins"])
+    per_bin_abs = np.bincount(bins, weights=np.abs(err), minlength=stats["num_bins"])
+    out["per_bin_count"] = per_bin_count.tolist()
+    out["per_bin_mae"] = [float(s / c) if c else None for s, c in zip(per_bin_abs, per_bin_count)]
+    return out
+
+
+# --- export ---
+
+def export_regressor(model: keras.Model, export_dir: str, cfg: RegressionConfig) -> None:
+    """SavedModel with a named-features signature (JSON) and a serialized tf.Example one."""
+    kinds = cfg.features()
+    dtypes = {**{c: tf.float32 for c in kinds["numeric"]}, **{c: tf.int64 for c in kinds["integer"]},
+              **{c: tf.string for c in kinds["string"]}}
+    with_bucket = TARGET_BUCKET in {i.name for i in model.inputs}
+
+    def predict_features(features):
+        x = {c: tf.reshape(tf.cast(features[c], dtypes[c]), [-1, 1]) for c in dtypes}
+        if with_bucket:  # FDS is the identity at inference: the bucket input is never read
+            x[TARGET_BUCKET] = tf.zeros_like(x[kinds["numeric"][0]][:, 0], tf.int32)
+        return {"prediction": tf.reshape(model(x, training=False), [-1])}
+
+    def from_examples(examples):
+        values, _ = parse_examples(examples, list(dtypes))
+        values = {c: tf.cast(v, dtypes[c]) for c, v in values.items()}  # int-stored numerics (trip_seconds) to float
+        return predict_features(values)
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serving_default", predict_features,
+                         input_signature=[{c: tf.TensorSpec([None], d, name=c) for c, d in dtypes.items()}])
+    archive.add_endpoint("serving_tf_example", from_examples,
+                         input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    archive.write_out(export_dir, verbose=False)
+
+
+# --- the Trainer entry point ---
+
+def load_training_rows(files, cfg: RegressionConfig, stats: dict) -> tuple[dict, np.ndarray]:
+    """Model inputs and targets of the rows the bad-row policy keeps (LabelStatsGen counted the rest)."""
+    values, present = read_split(files, [*model_columns(cfg), cfg.target])
+    keep = valid_rows(values[cfg.target], present[cfg.target], stats["max_target"])
+    inputs = to_model_inputs({c: v[keep] for c, v in values.items()}, cfg)
+    return inputs, values[cfg.target][keep].astype(np.float64)
+
+
+def run_fn(fn_args) -> None:
+    """TFX GenericExecutor entry point (dotted path models.regression.run_fn)."""
+    config = fn_args.custom_config
+    cfg = RegressionConfig.from_dict(config["regression"])
+    train = TrainConfig.from_dict(config["train"])
+    with open(config["label_stats_path"]) as f:
+        stats = json.load(f)
+    inputs, target = load_training_rows(fn_args.train_files, cfg, stats)
+    if len(target) != stats["num_examples"]:
+        raise RuntimeError(f"the Trainer kept {len(target)} training rows, LabelStatsGen counted {stats['num_examples']}")
+    t0 = time.time()
+    model, history = train_regressor(cfg, train, inputs, target, stats)
+    train_seconds = time.time() - t0
+    export_regressor(model, fn_args.serving_model_dir, cfg)
+    model.save(os.path.join(fn_args.model_run_dir, "model.keras"))
+    summary = {"train_seconds": train_seconds, "epochs": train.epochs, "history": history,
+               "config": {"train": dataclasses.asdict(train), "regression": dataclasses.asdict(cfg)},
+               "rows_per_second": len(target) * train.epochs / train_seconds if train_seconds else None}
+    with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, "training_summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
