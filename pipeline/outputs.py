@@ -70,6 +70,7 @@ def run_results(metadata_path: str) -> dict:
     model_run = find_output(run, "ModelRun", TRAINER)
     pretrain_run = find_output(run, "ModelRun", PRETRAINER)
     base_run = find_output(run, "ModelRun", BASE_TRAINER)
+    base_model = find_output(run, "Model", BASE_TRAINER)
     pl_stats = find_output(run, PseudoLabelStatistics.TYPE_NAME)
     pl_examples = find_output(run, "Examples", PSEUDO_LABELER)
     pushed = find_output(run, "PushedModel")
@@ -84,6 +85,7 @@ def run_results(metadata_path: str) -> dict:
         "base_training": read_json_artifact(base_run, "training_summary.json") if base_run else None,
         "pseudo_label_stats": read_json_artifact(pl_stats, PSEUDO_LABEL_STATS_FILE) if pl_stats else None,
         "pseudo_labeled_examples_uri": pl_examples.uri if pl_examples else None,
+        "base_model_uri": base_model.uri if base_model else None,
         "pushed": bool(pushed and pushed.custom_properties["pushed"].int_value == 1),
         "pushed_model_dir": (pushed.custom_properties["pushed_destination"].string_value
                              if pushed and "pushed_destination" in pushed.custom_properties else None),

@@ -41,7 +41,8 @@ def build_metrics(cfg_dict: dict, manifest: dict, data_dir: str, results: dict, 
                  "splits": {k: {kk: vv for kk, vv in v.items() if kk != "files"} for k, v in manifest["splits"].items()}},
         "semi": semi_block(results["training"], cfg_dict),
         "plan": plan_block(results["training"], cfg_dict),
-        "pseudo_labels": pseudo_labels_block(results["training"], results.get("pseudo_label_stats"), cfg_dict),
+        "pseudo_labels": pseudo_labels_block(results["training"], results.get("pseudo_label_stats"), cfg_dict,
+                                             results.get("pseudo_labeled_examples_uri"), results.get("base_model_uri")),
         "seed": cfg_dict["train"]["seed"],
         "config": cfg_dict,
         "training": results["training"],
@@ -94,17 +95,18 @@ def plan_block(training: dict | None, cfg_dict: dict) -> dict:
             "semi": semi, "trained_with": semi if semi in ("fixmatch", "daso") else "supervised"}
 
 
-def pseudo_labels_block(training: dict | None, pl_stats: dict | None, cfg_dict: dict) -> dict | None:
+def pseudo_labels_block(training: dict | None, pl_stats: dict | None, cfg_dict: dict, examples_uri: str | None = None,
+                        base_model_uri: str | None = None) -> dict | None:
     """metrics.json's ``pseudo_labels``: threshold, per-class predicted / accepted counts and the pool estimates
-    (None when no PseudoLabeler ran)."""
+    (None when no PseudoLabeler ran), and where the pseudo-labeled examples and the base model are."""
     block = (training or {}).get("pseudo_labels")
-    if block:
-        return block
-    if pl_stats:  # the final Trainer was cached from an older run without the block: read the statistics
+    if not block and pl_stats:  # a final Trainer cached from a run without the block: read the statistics
         from models.pseudo_label import pseudo_label_block
 
-        return pseudo_label_block(pl_stats, cfg_dict["semi_supervised"]["semi_pl_weight"], None)
-    return None
+        block = pseudo_label_block(pl_stats, cfg_dict["semi_supervised"]["semi_pl_weight"], None)
+    if not block:
+        return None
+    return {**block, "examples_uri": examples_uri, "base_model_uri": base_model_uri}
 
 
 def _plan_md(metrics: dict) -> list[str]:
@@ -210,6 +212,11 @@ def console_table(metrics: dict) -> str:
         lines.append(f"self-supervised pre-training: {ssp['method']} ({ssp['data']}, {ssp['epochs']} epochs), final loss "
                      f"{_fmt(ssp['final_loss'], 4)}, linear probe {_fmt(ssp['linear_probe_accuracy'])} "
                      f"(random init {_fmt(ssp['random_init_probe_accuracy'])})")
+    plan = metrics.get("plan") or {}
+    if plan.get("choice"):
+        from models.pseudo_label import explain
+
+        lines.append(f"plan (semi={plan['semi']}): {plan['choice']}, trained with {plan['trained_with']}. {explain(plan)}")
     lines.append(f"gate: {decision}; pushed: {_pushed(metrics)}")
     return "\n".join(lines)
 
