@@ -47,6 +47,7 @@ def decide(semi_cfg, stats: dict, pl_stats: dict | None, ssp: str = "none") -> d
             result["reasons"].append(f"self-supervised pre-training is already on (pretrain.ssp={ssp}): the final model "
                                      "is the supervised one warm-started from it")
         elif choice == planner.SSP:
+            result["reasons"][-1] = result["reasons"][-1].replace("is used instead", "is recommended instead")
             result["reasons"].append("self-supervised pre-training is recommended but not run inline: the final model is "
                                      "trained on the labeled images only; to follow the recommendation, run again with "
                                      "`--set ssp=rotation` (or ssp=moco)")
