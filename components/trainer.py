@@ -5,6 +5,13 @@ so the Trainer reads class counts and priors from the data, never from a hard-co
 Optional input ``unlabeled_examples`` (the validated pool, for semi-supervised training): its
 ``unlabeled`` split's file pattern reaches run_fn in ``custom_config['unlabeled_files']``.
 
+Optional inputs ``pseudo_labeled_examples`` and ``pseudo_label_stats`` (the PseudoLabeler's outputs, for
+semi=pseudo_label|auto): their ``train`` split's file pattern and the statistics JSON reach run_fn in
+``custom_config['pseudo_labeled_files']`` and ``custom_config['pseudo_label_stats_path']``.
+
+PseudoLabelBaseTrainer: the same Trainer, as its own class so MLMD records the base model's executions
+apart from the final Trainer's (the base model labels the pool).
+
 SSPPretrainer: the self-supervised pre-training Trainer whose Model artifact is LongTailTrainer's base_model."""
 
 from __future__ import annotations
@@ -20,13 +27,16 @@ from tfx.types import artifact_utils, standard_artifacts, standard_component_spe
 from tfx.types.component_spec import ChannelParameter
 from tfx.utils import json_utils
 
-from components.artifacts import LABEL_STATS_FILE, LabelStatistics
+from components.artifacts import LABEL_STATS_FILE, PSEUDO_LABEL_STATS_FILE, LabelStatistics, PseudoLabelStatistics
+from components.pseudo_labeler import OUTPUT_SPLIT as PSEUDO_LABEL_SPLIT
 
 
 class LongTailTrainerSpec(standard_component_specs.TrainerSpec):
     INPUTS = {**standard_component_specs.TrainerSpec.INPUTS,
               "label_stats": ChannelParameter(type=LabelStatistics),
-              "unlabeled_examples": ChannelParameter(type=standard_artifacts.Examples, optional=True)}
+              "unlabeled_examples": ChannelParameter(type=standard_artifacts.Examples, optional=True),
+              "pseudo_labeled_examples": ChannelParameter(type=standard_artifacts.Examples, optional=True),
+              "pseudo_label_stats": ChannelParameter(type=PseudoLabelStatistics, optional=True)}
 
 
 class Executor(trainer_executor.GenericExecutor):
@@ -37,6 +47,12 @@ class Executor(trainer_executor.GenericExecutor):
         if input_dict.get("unlabeled_examples"):
             pool_uri = artifact_utils.get_split_uri(input_dict["unlabeled_examples"], "unlabeled")
             fn_args.custom_config["unlabeled_files"] = [os.path.join(pool_uri, "*")]
+        if input_dict.get("pseudo_labeled_examples"):
+            uri = artifact_utils.get_split_uri(input_dict["pseudo_labeled_examples"], PSEUDO_LABEL_SPLIT)
+            fn_args.custom_config["pseudo_labeled_files"] = [os.path.join(uri, "*")]
+        if input_dict.get("pseudo_label_stats"):
+            uri = artifact_utils.get_single_uri(input_dict["pseudo_label_stats"])
+            fn_args.custom_config["pseudo_label_stats_path"] = os.path.join(uri, PSEUDO_LABEL_STATS_FILE)
         return fn_args
 
 
@@ -45,16 +61,22 @@ class LongTailTrainer(trainer_component.Trainer):
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(Executor)
 
     def __init__(self, examples, label_stats, run_fn: str, custom_config: dict, schema=None, base_model=None,
-                 train_split: str = "train", eval_split: str = "eval", unlabeled_examples=None):
+                 train_split: str = "train", eval_split: str = "eval", unlabeled_examples=None,
+                 pseudo_labeled_examples=None, pseudo_label_stats=None):
         spec = LongTailTrainerSpec(
             examples=examples, label_stats=label_stats, schema=schema, base_model=base_model,
-            unlabeled_examples=unlabeled_examples,
+            unlabeled_examples=unlabeled_examples, pseudo_labeled_examples=pseudo_labeled_examples,
+            pseudo_label_stats=pseudo_label_stats,
             train_args=trainer_pb2.TrainArgs(splits=[train_split]), eval_args=trainer_pb2.EvalArgs(splits=[eval_split]),
             run_fn=run_fn, custom_config=json_utils.dumps(custom_config),
             model=types.Channel(type=standard_artifacts.Model),
             model_run=types.Channel(type=standard_artifacts.ModelRun))
         # Skip Trainer.__init__ (it builds its own spec); BaseComponent takes ours.
         super(trainer_component.Trainer, self).__init__(spec=spec)
+
+
+class PseudoLabelBaseTrainer(LongTailTrainer):
+    """The base model of pseudo-label training (supervised, on the labeled set); the PseudoLabeler reads its model."""
 
 
 class SSPPretrainerSpec(standard_component_specs.TrainerSpec):

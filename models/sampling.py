@@ -40,13 +40,13 @@ def resampled(dataset: tf.data.Dataset, class_counts, sampler: str, epochs: int,
               first_epoch: int = 0) -> tf.data.Dataset:
     """An endless (image, label) stream drawn class by class with the sampler's per-epoch probabilities.
 
-    ``dataset`` yields (image, label) and should be cached; each class is its own shuffled, repeated
-    stream, and ``tf.data.Dataset.sample_from_datasets`` picks the class of every element from a
+    ``dataset`` yields (image, label) or (image, label, sample weight) and should be cached; each class
+    is its own shuffled, repeated stream, and ``tf.data.Dataset.sample_from_datasets`` picks the class of every element from a
     weight vector that changes with the epoch (element index // epoch_size).
     """
     probs = class_probabilities_per_epoch(sampler, class_counts, epochs).astype(np.float32)
     present = [c for c, n in enumerate(class_counts) if n > 0]
-    streams = [dataset.filter(lambda x, y, c=c: tf.equal(y, c)).shuffle(int(class_counts[c]), seed=seed + c,
+    streams = [dataset.filter(lambda x, y, *weight, c=c: tf.equal(y, c)).shuffle(int(class_counts[c]), seed=seed + c,
                                                                       reshuffle_each_iteration=True).repeat()
                for c in present]
     table = tf.constant(probs[:, present])

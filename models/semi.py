@@ -44,7 +44,8 @@ from models.layers.daso import (
 )
 from models.metrics import per_class_metrics
 
-METHODS = ("none", "fixmatch", "daso")
+METHODS = ("none", "fixmatch", "daso", "pseudo_label", "auto")
+ONLINE_METHODS = ("fixmatch", "daso")  # trained by train_semi; pseudo_label / auto go through models.pseudo_label
 # DASO's official configuration switches the blending on after 5000 of 250000 steps: 2 % of training.
 PAPER_WARMUP_FRACTION = 5000 / 250000
 
@@ -54,7 +55,7 @@ class SemiConfig:
     """Semi-supervised settings (`--set semi=daso`, `--set semi_threshold=0.9`, ...). Defaults: FixMatch's
     and the official DASO code's."""
 
-    semi: str = "none"  # none | fixmatch | daso
+    semi: str = "none"  # none | fixmatch | daso | pseudo_label | auto (the planner chooses; models/planner.py)
     semi_threshold: float = 0.95
     semi_mu: int = 2  # unlabeled images per labeled one in a step
     semi_lambda_u: float = 1.0
@@ -69,6 +70,17 @@ class SemiConfig:
     daso_dist_temperature: float | None = None  # None: 1.5, or 0.3 when the pool's declared imbalance differs
     daso_count_window: int = 100  # steps of pseudo-label counts
     daso_align_weight: float = 1.0
+    # Pseudo-label training (semi=pseudo_label | auto; Yang & Xu 2020): L(D_L) + semi_pl_weight * L(D_U).
+    semi_pl_weight: float = 1.0  # w; 1 as the paper
+    # 0: every pool image, as the paper (no confidence filter); bench/results/pool_estimates.md measured no
+    # threshold sweep, so nothing supports another default.
+    semi_pl_threshold: float = 0.0
+    semi_pl_top_k: int = 0  # >0: keep the k most confident pseudo-labels of each predicted class
+    # The planner's thresholds (models.planner.PlannerThresholds; semi=auto decides with them)
+    plan_min_relevance: float = 0.6
+    plan_min_in_domain_examples: int = 500
+    plan_min_pool_to_labeled_ratio: float = 0.25
+    plan_max_pool_imbalance: float | None = None
 
     @classmethod
     def from_dict(cls, d: dict) -> SemiConfig:
@@ -79,6 +91,9 @@ class SemiConfig:
         cfg = cls(**d)
         if cfg.semi not in METHODS:
             raise ValueError(f"unknown semi-supervised method {cfg.semi!r}; choose one of {list(METHODS)}")
+        if cfg.semi_pl_weight < 0 or not 0.0 <= cfg.semi_pl_threshold <= 1.0 or cfg.semi_pl_top_k < 0:
+            raise ValueError(f"semi_pl_weight must be >= 0 (got {cfg.semi_pl_weight}), semi_pl_threshold in [0, 1] "
+                             f"(got {cfg.semi_pl_threshold}), semi_pl_top_k >= 0 (got {cfg.semi_pl_top_k})")
         return cfg
 
 

@@ -8,7 +8,10 @@ custom_config keys (written by pipeline/ from the typed config):
   label_stats_path: the LabelStatsGen JSON (class counts, priors, groups), never a hard-coded list
   image_shape: [H, W, C]
   backup_dir: a folder stable across re-executions of the same training, for BackupAndRestore
-  semi: dict of :class:`models.semi.SemiConfig` fields; semi != none trains FixMatch / DASO (models/semi.py)
+  semi: dict of :class:`models.semi.SemiConfig` fields; semi=fixmatch|daso trains FixMatch / DASO (models/semi.py);
+        semi=pseudo_label|auto trains on labeled + pseudo-labeled examples when the plan says so (models/pseudo_label.py)
+  pseudo_labeled_files, pseudo_label_stats_path: the PseudoLabeler's outputs (LongTailTrainer's inputs), semi=pseudo_label|auto
+  ssp: pretrain.ssp, so the plan can say whether SSP already runs
   unlabeled_files: the pool's TFRecords (LongTailTrainer's unlabeled_examples input), for semi != none
   pool_setting, pool_truth: declared pool imbalance (DASO's T_dist) and the evaluation-only true classes
 
@@ -28,7 +31,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from models import backbones, heads, inputs, losses, sampling, semi
+from models import backbones, heads, inputs, losses, pseudo_label, sampling, semi
 from models.export import export_serving_model
 
 
@@ -97,21 +100,31 @@ def build_model(cfg: TrainConfig, image_shape, num_classes: int) -> keras.Model:
 
 
 def _dataset(cfg: TrainConfig, train_files, stats: dict, image_shape, sampler: str, epochs: int, first_epoch: int = 0,
-             drop_remainder: bool = False):
+             drop_remainder: bool = False, pseudo_files=None, pseudo_weight: float = 1.0):
     """(dataset, steps per epoch). Instance-balanced reads shuffled epochs; other samplers draw an
-    endless class-aware stream cut into epochs of the labeled set's size."""
+    endless class-aware stream cut into epochs of the training set's size.
+
+    ``pseudo_files``: pseudo-labeled examples (components/pseudo_labeler.py) appended to the labeled
+    ones; with ``pseudo_weight`` != 1 every element gets a sample weight (1 labeled, w pseudo-labeled)."""
     n = stats["num_examples"]
     steps = -(-n // cfg.batch_size)
     if cfg.max_steps_per_epoch:
         steps = min(steps, cfg.max_steps_per_epoch)
-    decoded = inputs.read_examples(train_files, image_shape).cache()
+    decoded = inputs.read_examples(train_files, image_shape)
+    if pseudo_files:
+        pseudo = inputs.read_examples(pseudo_files, image_shape)
+        if pseudo_weight != 1.0:
+            decoded = decoded.map(lambda x, y: (x, y, tf.constant(1.0)))
+            pseudo = pseudo.map(lambda x, y: (x, y, tf.constant(float(pseudo_weight))))
+        decoded = decoded.concatenate(pseudo)
+    decoded = decoded.cache()
     if sampler == "instance":
         ds = decoded.shuffle(50_000, seed=cfg.seed, reshuffle_each_iteration=True).repeat()
     else:
         ds = sampling.resampled(decoded, stats["class_counts"], sampler, epochs, n, cfg.seed, first_epoch)
     if cfg.augment:
-        ds = ds.map(lambda x, y: (inputs.augment(x), y), num_parallel_calls=inputs.AUTOTUNE)
-    ds = ds.map(lambda x, y: (inputs.to_float(x), y), num_parallel_calls=inputs.AUTOTUNE)
+        ds = ds.map(lambda x, *rest: (inputs.augment(x), *rest), num_parallel_calls=inputs.AUTOTUNE)
+    ds = ds.map(lambda x, *rest: (inputs.to_float(x), *rest), num_parallel_calls=inputs.AUTOTUNE)
     return ds.batch(cfg.batch_size, drop_remainder=drop_remainder).prefetch(inputs.AUTOTUNE), steps
 
 
@@ -120,8 +133,10 @@ def _fit(model, cfg, ds, steps, first_epoch, end_epoch, callbacks):
 
 
 def train(cfg: TrainConfig, train_files, stats: dict, image_shape, model_run_dir: str, backup_dir: str | None = None,
-          extra_callbacks=(), backbone_weights: str | None = None):
+          extra_callbacks=(), backbone_weights: str | None = None, pseudo_files=None, pseudo_weight: float = 1.0):
     """Train and return (model, history). Resumes from ``backup_dir`` when a backup is there.
+    ``pseudo_files`` / ``pseudo_weight``: pseudo-labeled examples added to the training set with weight w
+    (``stats`` must then count them: models.pseudo_label.combined_stats).
     ``backbone_weights``: a folder with a pre-trained backbone.weights.npz to warm-start from (every
     backbone variable loaded, a mismatch raises; the head is freshly initialised).
 
@@ -130,7 +145,8 @@ def train(cfg: TrainConfig, train_files, stats: dict, image_shape, model_run_dir
     """
     keras.utils.set_random_seed(cfg.seed)
     num_classes = stats["num_classes"]
-    ds, steps = _dataset(cfg, train_files, stats, image_shape, cfg.sampler, cfg.epochs)
+    ds, steps = _dataset(cfg, train_files, stats, image_shape, cfg.sampler, cfg.epochs, pseudo_files=pseudo_files,
+                         pseudo_weight=pseudo_weight)
     model = build_model(cfg, image_shape, num_classes)
     if backbone_weights:
         loaded = backbones.load_backbone_weights(model, backbone_weights)
@@ -160,12 +176,12 @@ def train(cfg: TrainConfig, train_files, stats: dict, image_shape, model_run_dir
         _fit(model, cfg, ds, steps, first, end, callbacks)
     history = progress.history
     if cfg.decoupling != "none":
-        model, stage2 = decouple(model, cfg, train_files, stats, image_shape)
+        model, stage2 = decouple(model, cfg, train_files, stats, image_shape, pseudo_files, pseudo_weight)
         history = history + stage2
     return model, history
 
 
-def decouple(model, cfg: TrainConfig, train_files, stats: dict, image_shape):
+def decouple(model, cfg: TrainConfig, train_files, stats: dict, image_shape, pseudo_files=None, pseudo_weight: float = 1.0):
     """Second stage of Kang et al.: cRT or LWS (class-balanced sampling, CE) or tau-normalisation."""
     if cfg.decoupling == "tau_norm":
         return heads.tau_normalized_model(model, cfg.decoupling_tau), []
@@ -176,7 +192,8 @@ def decouple(model, cfg: TrainConfig, train_files, stats: dict, image_shape):
     else:
         raise ValueError(f"unknown decoupling {cfg.decoupling!r}; choose none, crt, lws or tau_norm")
     epochs = cfg.decoupling_epochs
-    ds, steps = _dataset(cfg, train_files, stats, image_shape, "class_balanced", epochs)
+    ds, steps = _dataset(cfg, train_files, stats, image_shape, "class_balanced", epochs, pseudo_files=pseudo_files,
+                         pseudo_weight=pseudo_weight)
     schedule = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, epochs * steps)
     stage.compile(keras.optimizers.SGD(schedule, momentum=cfg.momentum, weight_decay=cfg.weight_decay),
                   losses.CrossEntropyLoss(), metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
@@ -197,10 +214,30 @@ def run_fn(fn_args) -> None:
     semi_summary = None
     t0 = time.time()
     base_model = getattr(fn_args, "base_model", None)
-    if semi_cfg.semi == "none":
-        model, history = train(cfg, fn_args.train_files, stats, image_shape, fn_args.model_run_dir, config.get("backup_dir"),
-                               backbone_weights=base_model)
-        images_seen = stats["num_examples"] * cfg.epochs
+    plan = pseudo_labels = None
+    pseudo_files, pseudo_weight, train_stats = None, 1.0, stats
+    if semi_cfg.semi in ("pseudo_label", "auto"):
+        pl_stats = None
+        if config.get("pseudo_label_stats_path"):
+            with tf.io.gfile.GFile(config["pseudo_label_stats_path"]) as f:
+                pl_stats = json.load(f)
+        elif semi_cfg.semi == "pseudo_label":
+            raise ValueError("semi=pseudo_label needs the Trainer's pseudo_labeled_examples and pseudo_label_stats inputs "
+                             "(the PseudoLabeler's outputs); none were given")
+        plan = pseudo_label.decide(semi_cfg, stats, pl_stats, config.get("ssp", "none"))
+        use = plan["trained_with"] == "pseudo_label"
+        if pl_stats is not None:
+            pseudo_labels = pseudo_label.pseudo_label_block(pl_stats, semi_cfg.semi_pl_weight, use)
+        print(f"[trainer] plan ({semi_cfg.semi}): {plan['choice']}; trained with {plan['trained_with']}: "
+              + "; ".join(plan["reasons"]), file=sys.stderr, flush=True)
+        if use:
+            pseudo_files, pseudo_weight = config["pseudo_labeled_files"], semi_cfg.semi_pl_weight
+            train_stats = pseudo_label.combined_stats(stats, pl_stats["per_class_accepted"], pseudo_weight)
+    if semi_cfg.semi not in semi.ONLINE_METHODS:
+        model, history = train(cfg, fn_args.train_files, train_stats, image_shape, fn_args.model_run_dir,
+                               config.get("backup_dir"), backbone_weights=base_model, pseudo_files=pseudo_files,
+                               pseudo_weight=pseudo_weight)
+        images_seen = train_stats["num_examples"] * cfg.epochs
     else:
         if not config.get("unlabeled_files"):
             raise ValueError(f"semi={semi_cfg.semi} needs the Trainer's unlabeled_examples input (the pool); none was given")
@@ -224,6 +261,9 @@ def run_fn(fn_args) -> None:
     model.save(os.path.join(fn_args.model_run_dir, "model.keras"))
     summary = {"train_seconds": train_seconds, "epochs": cfg.epochs, "history": history, "config": dataclasses.asdict(cfg),
                "images_per_second": (images_seen / train_seconds) if train_seconds else None, "semi": semi_summary,
+               "plan": plan, "pseudo_labels": pseudo_labels,
+               "training_files": {"labeled": list(fn_args.train_files), "pseudo_labeled": list(pseudo_files or [])},
+               "training_class_counts": train_stats["class_counts"],
                # the load is strict, so every variable in the file was loaded
                "warm_start": {"base_model": base_model, "variables": len(backbones.saved_backbone_names(base_model))}
                if base_model else None}

@@ -32,6 +32,7 @@ class DataConfig:
     rho_u: float = 1.0
     unlabeled_size: int | None = None
     unlabeled_order: str = "same"
+    pool_relevance: float = 1.0  # share of the pool kept in-domain; the rest replaced by MNIST digits (evaluation knob)
     seed: int = 0
 
 
@@ -51,7 +52,8 @@ class PipelineConfig:
     stats: StatsConfig = StatsConfig()
     pretrain: SSPConfig = SSPConfig()  # self-supervised pre-training (ssp=none: none)
     train: TrainConfig = TrainConfig()
-    semi_supervised: SemiConfig = SemiConfig()  # semi=none|fixmatch|daso and its semi_* / daso_* settings
+    # semi=none|fixmatch|daso|pseudo_label|auto and its semi_* / daso_* / plan_* settings
+    semi_supervised: SemiConfig = SemiConfig()
     gate: GateThresholds = GateThresholds()
     regression: RegressionConfig = RegressionConfig()  # task=regression only
     regression_gate: RegressionGateThresholds = RegressionGateThresholds()
@@ -78,9 +80,10 @@ PRESETS: dict[str, dict] = {
         "gate.min_balanced_accuracy": 0.0, "gate.min_per_class_recall": 0.0,
         "gate.max_drop_balanced_accuracy": 1.0, "gate.max_drop_few_shot_accuracy": 1.0,
     },
-    # minutes on a 2-core CPU: the reference's small ResNet, logit-adjusted loss, 30 epochs.
+    # minutes on a 2-core CPU: the reference's small ResNet, logit-adjusted loss, 30 epochs; the planner
+    # chooses pseudo-label training or supervised-only from the pool (semi=auto).
     "default": {
-        "train.backbone": "resnet8", "train.epochs": 30, "train.loss": "logit_adjusted",
+        "train.backbone": "resnet8", "train.epochs": 30, "train.loss": "logit_adjusted", "semi_supervised.semi": "auto",
         "gate.min_balanced_accuracy": 0.7, "gate.min_per_class_recall": 0.3,
     },
     # the default run warm-started from a self-supervised (rotation) pre-training of the backbone

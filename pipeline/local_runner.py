@@ -18,7 +18,8 @@ from pipeline.data_cli import default_data_dir, parse_order
 def split_spec(cfg: PipelineConfig) -> SplitSpec:
     d = cfg.data
     return SplitSpec(rho=d.rho, n_max=d.n_max, class_order=parse_order(d.class_order), val_per_class=d.val_per_class,
-                     rho_u=d.rho_u, unlabeled_size=d.unlabeled_size, unlabeled_order=parse_order(d.unlabeled_order), seed=d.seed)
+                     rho_u=d.rho_u, unlabeled_size=d.unlabeled_size, unlabeled_order=parse_order(d.unlabeled_order),
+                     pool_relevance=d.pool_relevance, seed=d.seed)
 
 
 def ensure_data(cfg: PipelineConfig) -> str:
@@ -65,7 +66,7 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | None = None) -> str:
     """Run the whole pipeline; write metrics.json, report.md and the plot; return the output dir."""
     from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 
-    from pipeline.outputs import PRETRAINER, TRAINER, run_results
+    from pipeline.outputs import BASE_TRAINER, PRETRAINER, TRAINER, run_results
     from pipeline.pipeline import create_pipeline
 
     if cfg.task == "regression":
@@ -98,7 +99,10 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | None = None) -> str:
                "train_cached": not trained_now,
                "pretrain_seconds": (pretrain_seconds or 0.0) if pretrained_now else 0.0,
                "pretrain_cached": PRETRAINER in results["executions"] and not pretrained_now}
-    timings["other_seconds"] = pipeline_seconds - (timings["train_seconds"] or 0.0) - timings["pretrain_seconds"]
+    base_now = results["executions"].get(BASE_TRAINER) == "COMPLETE"
+    timings["base_train_seconds"] = ((results["base_training"] or {}).get("train_seconds") or 0.0) if base_now else 0.0
+    timings["other_seconds"] = (pipeline_seconds - (timings["train_seconds"] or 0.0) - timings["pretrain_seconds"]
+                                - timings["base_train_seconds"])
     metrics = report.build_metrics(dataclasses.asdict(cfg), manifest, data_dir, results, timings)
     if out_dir is None:
         out_dir = os.path.join(cfg.runs_root, f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")

@@ -8,7 +8,13 @@ import os
 from ml_metadata.proto import metadata_store_pb2
 from tfx.orchestration import metadata
 
-from components.artifacts import EVALUATION_FILE, LABEL_STATS_FILE, LabelStatistics
+from components.artifacts import (
+    EVALUATION_FILE,
+    LABEL_STATS_FILE,
+    PSEUDO_LABEL_STATS_FILE,
+    LabelStatistics,
+    PseudoLabelStatistics,
+)
 from models.ssp import SUMMARY_FILE as SSP_SUMMARY_FILE
 
 OUTPUT_EVENTS = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
@@ -39,6 +45,8 @@ def latest_run_outputs(metadata_path: str) -> dict:
 
 TRAINER = "components.trainer.LongTailTrainer"
 PRETRAINER = "components.trainer.SSPPretrainer"
+BASE_TRAINER = "components.trainer.PseudoLabelBaseTrainer"
+PSEUDO_LABELER = "components.pseudo_labeler.PseudoLabeler"
 
 
 def find_output(run: dict, artifact_type: str, execution_type: str | None = None):
@@ -61,6 +69,10 @@ def run_results(metadata_path: str) -> dict:
     stats = find_output(run, LabelStatistics.TYPE_NAME)
     model_run = find_output(run, "ModelRun", TRAINER)
     pretrain_run = find_output(run, "ModelRun", PRETRAINER)
+    base_run = find_output(run, "ModelRun", BASE_TRAINER)
+    base_model = find_output(run, "Model", BASE_TRAINER)
+    pl_stats = find_output(run, PseudoLabelStatistics.TYPE_NAME)
+    pl_examples = find_output(run, "Examples", PSEUDO_LABELER)
     pushed = find_output(run, "PushedModel")
     result = {
         "run_id": run["run_id"],
@@ -70,6 +82,10 @@ def run_results(metadata_path: str) -> dict:
         "training": read_json_artifact(model_run, "training_summary.json") if model_run else None,
         "model_run_dir": model_run.uri if model_run else None,
         "ssp": read_json_artifact(pretrain_run, SSP_SUMMARY_FILE) if pretrain_run else None,
+        "base_training": read_json_artifact(base_run, "training_summary.json") if base_run else None,
+        "pseudo_label_stats": read_json_artifact(pl_stats, PSEUDO_LABEL_STATS_FILE) if pl_stats else None,
+        "pseudo_labeled_examples_uri": pl_examples.uri if pl_examples else None,
+        "base_model_uri": base_model.uri if base_model else None,
         "pushed": bool(pushed and pushed.custom_properties["pushed"].int_value == 1),
         "pushed_model_dir": (pushed.custom_properties["pushed_destination"].string_value
                              if pushed and "pushed_destination" in pushed.custom_properties else None),

@@ -4,11 +4,14 @@ labeled    -> ImportExampleGen -> StatisticsGen -> ExampleValidator (schemas/lab
 unlabeled  -> ImportExampleGen -> StatisticsGen -> ExampleValidator (schemas/unlabeled.pbtxt) -> AnomalyCheck
 labeled (+ unlabeled count) -> LabelStatsGen (Beam) -> LongTailTrainer (run_fn: models.training.run_fn)
                                unlabeled -> LongTailTrainer too when semi=fixmatch|daso (models/semi.py)
+semi=pseudo_label|auto (and a pool): BaseTrainer (supervised, the same train settings) -> PseudoLabeler (Beam;
+  pool + validation split) -> pseudo-labeled examples + statistics -> LongTailTrainer, whose run_fn takes the
+  planner's decision (models/planner.py, models/pseudo_label.py) and trains on labeled + pseudo-labeled or labeled only
 labeled (+ unlabeled) images -> SSPPretrainer (run_fn: models.ssp.run_fn) -> LongTailTrainer's base_model  [pretrain.ssp != none]
 Resolver(latest blessed model) + trainer model -> PerClassEvaluator (gate) -> LongTailPusher (TF Serving layout;
   a model already serving is not copied again)
 
-An empty unlabeled pool drops the unlabeled branch: the run is supervised-only and says so.
+An empty unlabeled pool drops the unlabeled branch (and the PseudoLabeler): the run is supervised-only and says so.
 """
 
 from __future__ import annotations
@@ -26,8 +29,10 @@ from components.anomaly_check import AnomalyCheck
 from components.errors import PipelineDataError
 from components.evaluator import PerClassEvaluator
 from components.label_stats_gen import LabelStatsGen
+from components.pseudo_labeler import PseudoLabeler
 from components.pusher import LongTailPusher
-from components.trainer import LongTailTrainer, SSPPretrainer
+from components.trainer import LongTailTrainer, PseudoLabelBaseTrainer, SSPPretrainer
+from models.semi import ONLINE_METHODS, SemiConfig
 from pipeline.configs import PipelineConfig
 
 SCHEMA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "schemas")
@@ -74,8 +79,9 @@ def training_custom_config(cfg: PipelineConfig, manifest: dict, pipeline_root: s
         "image_shape": manifest["image_shape"],
         "backup_dir": os.path.join(pipeline_root, "_trainer_backup", key),
         "post_hoc_logit_adjust_tau": cfg.post_hoc_logit_adjust_tau,
+        "ssp": cfg.pretrain.ssp,
     }
-    if cfg.semi_supervised.semi != "none":
+    if cfg.semi_supervised.semi in ONLINE_METHODS:
         # the declared pool setting chooses DASO's T_dist; the true pool classes are read only to score pseudo-labels
         config["pool_setting"] = {"rho": manifest["rho"], "rho_u": manifest["rho_u"],
                                   "same_order": manifest.get("unlabeled_class_order") == manifest.get("class_order")}
@@ -130,15 +136,30 @@ def create_pipeline(cfg: PipelineConfig, data_dir: str, manifest: dict, pipeline
             pretrainer.add_upstream_node(check)
         components.append(pretrainer)
 
-    if cfg.semi_supervised.semi != "none" and unlabeled_examples is None:
-        raise ValueError(f"semi={cfg.semi_supervised.semi} needs an unlabeled pool, but {data_dir} has 0 unlabeled examples "
-                         "(set data.unlabeled_size, or semi=none)")
+    semi = cfg.semi_supervised.semi
+    if semi not in ("none", "auto") and unlabeled_examples is None:
+        raise ValueError(f"semi={semi} needs an unlabeled pool, but {data_dir} has 0 unlabeled examples "
+                         "(set data.unlabeled_size, or semi=none|auto)")
+    base_model = pretrainer.outputs["model"] if pretrainer else None
+    pseudo_inputs = {}
+    if semi in ("pseudo_label", "auto") and unlabeled_examples is not None:
+        base_cfg = dataclasses.replace(cfg, semi_supervised=SemiConfig(semi="none"))
+        base_trainer = PseudoLabelBaseTrainer(
+            examples=labeled_gen.outputs["examples"], label_stats=stats_gen.outputs["label_stats"],
+            schema=labeled_schema.outputs["schema"], run_fn=RUN_FN, base_model=base_model,
+            custom_config=training_custom_config(base_cfg, manifest, pipeline_root, data_dir)).with_id("BaseTrainer")
+        labeler = PseudoLabeler(
+            model=base_trainer.outputs["model"], unlabeled_examples=unlabeled_examples, examples=labeled_gen.outputs["examples"],
+            num_classes=manifest["num_classes"], confidence_threshold=cfg.semi_supervised.semi_pl_threshold,
+            top_k_per_class=cfg.semi_supervised.semi_pl_top_k, eval_split="eval")
+        components += [base_trainer, labeler]
+        pseudo_inputs = {"pseudo_labeled_examples": labeler.outputs["pseudo_labeled_examples"],
+                         "pseudo_label_stats": labeler.outputs["statistics"]}
     trainer = LongTailTrainer(
         examples=labeled_gen.outputs["examples"], label_stats=stats_gen.outputs["label_stats"],
-        schema=labeled_schema.outputs["schema"], run_fn=RUN_FN,
-        base_model=pretrainer.outputs["model"] if pretrainer else None,
+        schema=labeled_schema.outputs["schema"], run_fn=RUN_FN, base_model=base_model,
         custom_config=training_custom_config(cfg, manifest, pipeline_root, data_dir),
-        unlabeled_examples=unlabeled_examples if cfg.semi_supervised.semi != "none" else None)
+        unlabeled_examples=unlabeled_examples if semi in ONLINE_METHODS else None, **pseudo_inputs)
 
     latest_blessed = tfx.dsl.Resolver(
         strategy_class=LatestBlessedModelStrategy,

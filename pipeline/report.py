@@ -39,7 +39,10 @@ def build_metrics(cfg_dict: dict, manifest: dict, data_dir: str, results: dict, 
         "data": {"data_dir": data_dir, "source": manifest["source"], "rho": manifest["rho"], "rho_u": manifest["rho_u"],
                  "seed": manifest["seed"], "class_order": manifest["class_order"],
                  "splits": {k: {kk: vv for kk, vv in v.items() if kk != "files"} for k, v in manifest["splits"].items()}},
-        "semi": semi_block(results["training"]),
+        "semi": semi_block(results["training"], cfg_dict),
+        "plan": plan_block(results["training"], cfg_dict),
+        "pseudo_labels": pseudo_labels_block(results["training"], results.get("pseudo_label_stats"), cfg_dict,
+                                             results.get("pseudo_labeled_examples_uri"), results.get("base_model_uri")),
         "seed": cfg_dict["train"]["seed"],
         "config": cfg_dict,
         "training": results["training"],
@@ -64,10 +67,15 @@ SEMI_KEYS = ("method", "pseudo_label_recall", "pseudo_label_precision", "mask_ra
              "labeled_loss", "evaluated_model", "pool_scoring", "queue_filled_per_class", "settings")
 
 
-def semi_block(training: dict | None) -> dict:
+def semi_block(training: dict | None, cfg_dict: dict | None = None) -> dict:
     """metrics.json's ``semi``: the pseudo-labels' per-class recall, precision and mask rate on the pool (last
-    epoch, against the evaluation-only true classes), the threshold and the DASO warm-up."""
+    epoch, against the evaluation-only true classes), the threshold and the DASO warm-up. For semi=pseudo_label
+    or auto: the setting and what the final Trainer trained with (details in ``plan`` and ``pseudo_labels``)."""
     summary = (training or {}).get("semi")
+    plan = (training or {}).get("plan")
+    if plan:
+        return {"method": plan["semi"], "trained_with": plan["trained_with"],
+                "note": f"semi={plan['semi']}: trained with {plan['trained_with']} (see plan and pseudo_labels)"}
     if not summary:
         return {"method": "none", "note": "supervised only (semi=none)"}
     block = {k: summary.get(k) for k in SEMI_KEYS}
@@ -76,8 +84,60 @@ def semi_block(training: dict | None) -> dict:
     return block
 
 
+def plan_block(training: dict | None, cfg_dict: dict) -> dict:
+    """metrics.json's ``plan``: the data-aware planner's {choice, reasons, estimates} (models/planner.py), the
+    setting (semi) and what the final Trainer trained with; a note when the planner did not run."""
+    plan = (training or {}).get("plan")
+    if plan:
+        return plan
+    semi = cfg_dict["semi_supervised"]["semi"]
+    return {"choice": None, "reasons": [f"planner not run: semi={semi} (semi=auto lets it choose)"], "estimates": None,
+            "semi": semi, "trained_with": semi if semi in ("fixmatch", "daso") else "supervised"}
+
+
+def pseudo_labels_block(training: dict | None, pl_stats: dict | None, cfg_dict: dict, examples_uri: str | None = None,
+                        base_model_uri: str | None = None) -> dict | None:
+    """metrics.json's ``pseudo_labels``: threshold, per-class predicted / accepted counts and the pool estimates
+    (None when no PseudoLabeler ran), and where the pseudo-labeled examples and the base model are."""
+    block = (training or {}).get("pseudo_labels")
+    if not block and pl_stats:  # a final Trainer cached from a run without the block: read the statistics
+        from models.pseudo_label import pseudo_label_block
+
+        block = pseudo_label_block(pl_stats, cfg_dict["semi_supervised"]["semi_pl_weight"], None)
+    if not block:
+        return None
+    return {**block, "examples_uri": examples_uri, "base_model_uri": base_model_uri}
+
+
+def _plan_md(metrics: dict) -> list[str]:
+    plan, pl = metrics.get("plan") or {}, metrics.get("pseudo_labels")
+    if not plan.get("choice"):
+        return []
+    from models.pseudo_label import explain
+
+    md = ["## Semi-supervised plan", "", f"**Decision:** {explain(plan)}", "",
+          f"Setting semi={plan['semi']}; planner's choice **{plan['choice']}**; the final model was trained with "
+          f"**{plan['trained_with']}**. Reasons:", ""]
+    md += [f"- {r}" for r in plan["reasons"]] + [""]
+    if pl:
+        names = metrics["label_stats"]["class_names"]
+        md += [f"Pseudo-labels: confidence threshold {pl['threshold']}, top-k per class {pl['top_k_per_class'] or 'off'}, "
+               f"{pl['num_accepted']} of {pl['num_pool_examples']} pool images accepted, weight w={pl['weight']}. "
+               f"Estimated pool: relevance {_fmt(pl['estimated_relevance'])} ({pl['relevance_score']}), "
+               f"rho_U {_fmt(pl['estimated_rho_u'], 1)} ({pl['class_distribution_method']}; raw counts "
+               f"{_fmt(pl['raw_rho_u'], 1)}).", "",
+               "| class | predicted | accepted | estimated pool share |", "|---|---|---|---|"]
+        dist = pl.get("estimated_class_distribution") or [None] * len(names)
+        for c, name in enumerate(names):
+            md.append(f"| {name} | {pl['per_class_predicted'][c]} | {pl['per_class_accepted'][c]} | {_fmt(dist[c])} |")
+        md.append("")
+    return md
+
+
 def _semi_md(metrics: dict) -> list[str]:
     semi, stats = metrics["semi"], metrics["label_stats"]
+    if semi["method"] in ("pseudo_label", "auto"):
+        return _plan_md(metrics)
     if semi["method"] == "none":
         return []
     md = ["## Semi-supervised training", "",
@@ -152,6 +212,11 @@ def console_table(metrics: dict) -> str:
         lines.append(f"self-supervised pre-training: {ssp['method']} ({ssp['data']}, {ssp['epochs']} epochs), final loss "
                      f"{_fmt(ssp['final_loss'], 4)}, linear probe {_fmt(ssp['linear_probe_accuracy'])} "
                      f"(random init {_fmt(ssp['random_init_probe_accuracy'])})")
+    plan = metrics.get("plan") or {}
+    if plan.get("choice"):
+        from models.pseudo_label import explain
+
+        lines.append(f"plan (semi={plan['semi']}): {plan['choice']}, trained with {plan['trained_with']}. {explain(plan)}")
     lines.append(f"gate: {decision}; pushed: {pushed_text(metrics)}")
     return "\n".join(lines)
 
@@ -242,7 +307,9 @@ def write_report(metrics: dict, out_dir: str) -> None:
           + ", ".join(f"{g}: {[stats['class_names'][c] for c in cs]}" for g, cs in stats["shot_groups"].items()), "",
           f"Training: {cfg['train']['backbone']}, loss {cfg['train']['loss']}, {cfg['train']['epochs']} epochs, "
           f"batch {cfg['train']['batch_size']}, seed {metrics['seed']}; self-supervised pre-training: {ssp['method']}; "
-          f"semi-supervised: {metrics['semi']['method']}.", "",
+          f"semi-supervised: {metrics['semi']['method']}"
+          + (f" (trained with {metrics['plan']['trained_with']})" if (metrics.get("plan") or {}).get("choice") else "")
+          + ".", "",
           "## Gate (validation split)", "",
           f"Decision: **{'BLESSED' if metrics['blessed'] else 'NOT BLESSED'}**; pushed: {pushed_text(metrics, '`')}.", "",
           "| check | value | threshold | passed | detail |", "|---|---|---|---|---|"]

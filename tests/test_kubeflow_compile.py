@@ -24,7 +24,8 @@ def test_compile_kfp_v2_pipeline_spec(tmp_path, fashion_mnist_dir):
     spec = json.load(open(out))
     tasks = spec["pipelineSpec"]["root"]["dag"]["tasks"]
     for name in ("LabeledExampleGen", "LabelStatsGen", "LongTailTrainer", "PerClassEvaluator", "Pusher",
-                 "UnlabeledExampleValidator", "LatestBlessedModelResolver"):
+                 "UnlabeledExampleValidator", "LatestBlessedModelResolver",
+                 "BaseTrainer", "PseudoLabeler"):  # the default preset's semi=auto with a pool
         assert any(name in t for t in tasks), (name, sorted(tasks))
     text = json.dumps(spec)
     assert "models.training.run_fn" in text and "example/longtail:1" in text

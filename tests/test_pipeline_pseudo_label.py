@@ -1,0 +1,93 @@
+"""End-to-end semi=pseudo_label and semi=auto runs (smoke preset, Beam in memory, the real CLI):
+BaseTrainer -> PseudoLabeler -> final Trainer -> gate -> push; and an empty pool under semi=auto."""
+
+import glob
+import os
+
+import numpy as np
+import pytest
+
+from components.data.longtail import SplitSpec
+from components.data.prepare import prepare_from_source
+from tests.test_pipeline_e2e import load_metrics, run_cli
+
+pytestmark = pytest.mark.slow
+BASE, LABELER = "components.trainer.PseudoLabelBaseTrainer", "components.pseudo_labeler.PseudoLabeler"
+TRAINER = "components.trainer.LongTailTrainer"
+
+
+@pytest.fixture(scope="module")
+def pseudo_run(tmp_path_factory, fashion_mnist_dir):
+    tmp = tmp_path_factory.mktemp("pl")
+    data = str(tmp / "data")
+    prepare_from_source("fashion_mnist", SplitSpec(rho=100, n_max=200, class_order="shuffle", val_per_class=20,
+                                                   unlabeled_size=200, seed=1), data, fashion_mnist_dir)
+    proc = run_cli(tmp, "pl", data, str(tmp / "out"), "semi=pseudo_label")
+    return {"tmp": tmp, "data": data, "proc": proc, "metrics": load_metrics(str(tmp / "out"))}
+
+
+def test_pseudo_label_run_pushes_and_writes_plan_and_pseudo_labels(pseudo_run):
+    m, out = pseudo_run["metrics"], str(pseudo_run["tmp"] / "out")
+    assert m["executions"][BASE] == "COMPLETE" and m["executions"][LABELER] == "COMPLETE"
+    assert m["executions"][TRAINER] == "COMPLETE"
+    assert m["blessed"] is True and m["pushed"] is True
+    assert os.path.exists(os.path.join(m["pushed_model_dir"], "saved_model.pb"))
+    plan, pl = m["plan"], m["pseudo_labels"]
+    assert set(plan) >= {"choice", "reasons", "estimates"} and plan["trained_with"] == "pseudo_label"
+    assert plan["semi"] == "pseudo_label" and plan["estimates"]["pool_size"] == 200
+    for key in ("threshold", "per_class_predicted", "per_class_accepted", "estimated_class_distribution",
+                "estimated_rho_u", "estimated_relevance"):
+        assert key in pl, key
+    assert pl["threshold"] == 0.0 and sum(pl["per_class_predicted"]) == 200 and pl["num_accepted"] == 200
+    assert pl["used_for_training"] is True and len(pl["estimated_class_distribution"]) == 10
+    # the final Trainer read the labeled split and the accepted pseudo-labels, counted per class
+    training = m["training"]
+    assert training["training_files"]["pseudo_labeled"] and training["training_class_counts"] == [
+        a + b for a, b in zip(m["label_stats"]["class_counts"], pl["per_class_accepted"])]
+    assert m["semi"]["method"] == "pseudo_label"
+    report = open(os.path.join(out, "report.md")).read()
+    assert "## Semi-supervised plan" in report and "**Decision:**" in report
+    assert "semi=pseudo_label was set" in report or "retrained on the labeled images plus" in report
+    assert "plan (semi=pseudo_label)" in pseudo_run["proc"].stdout
+
+
+def test_no_true_pool_label_reaches_a_training_example(pseudo_run):
+    """Every pseudo-labeled example holds only image, label, confidence, origin, and its label is the base
+    model's prediction (recomputed here), not the pool's evaluation-only true class; the final Trainer read
+    nothing but the labeled split and these examples."""
+    import tensorflow as tf
+
+    m = pseudo_run["metrics"]
+    pl = m["pseudo_labels"]
+    files = sorted(tf.io.gfile.glob(os.path.join(pl["examples_uri"], "Split-train", "*")))
+    records = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+    assert len(records) == pl["num_accepted"] == 200
+    examples = [tf.train.Example.FromString(r) for r in records]
+    assert all(sorted(e.features.feature.keys()) == ["confidence", "image", "label", "origin"] for e in examples)
+    labels = np.array([e.features.feature["label"].int64_list.value[0] for e in examples])
+    confidence = np.array([e.features.feature["confidence"].float_list.value[0] for e in examples])
+    base = tf.saved_model.load(os.path.join(pl["base_model_uri"], "Format-Serving"))
+    out = base.signatures["serving_tf_example"](examples=tf.constant(records))
+    np.testing.assert_array_equal(labels, out["class_id"].numpy())
+    np.testing.assert_allclose(confidence, out["probabilities"].numpy().max(axis=1), rtol=1e-5)
+    # the labeled split's and the pseudo-labeled artifact's files only: no pool split, no truth file
+    read = m["training"]["training_files"]
+    assert all(pl["examples_uri"] in f for f in read["pseudo_labeled"])
+    assert not any("unlabeled" in f.lower() or pseudo_run["data"] in f for f in read["labeled"] + read["pseudo_labeled"])
+
+
+def test_auto_with_an_empty_pool_runs_supervised_only_and_says_so(tmp_path, fashion_mnist_dir):
+    data = str(tmp_path / "data")
+    prepare_from_source("fashion_mnist", SplitSpec(rho=100, n_max=200, class_order="shuffle", val_per_class=20,
+                                                   unlabeled_size=0, seed=1), data, fashion_mnist_dir)
+    proc = run_cli(tmp_path, "auto-empty", data, str(tmp_path / "out"), "semi=auto")
+    m = load_metrics(str(tmp_path / "out"))
+    assert BASE not in m["executions"] and LABELER not in m["executions"]
+    assert not any("Unlabeled" in k for k in m["executions"])
+    assert m["plan"]["choice"] == "supervised" and m["plan"]["trained_with"] == "supervised"
+    assert "empty" in m["plan"]["reasons"][0] and m["pseudo_labels"] is None
+    assert m["pushed"] is True and not m["training"]["training_files"]["pseudo_labeled"]
+    report = open(os.path.join(tmp_path / "out", "report.md")).read()
+    assert "Trained on the labeled images only, because there is no unlabeled pool." in report
+    assert "supervised-only" in proc.stderr
+    assert glob.glob(os.path.join(m["model_run_dir"], "training_summary.json"))
