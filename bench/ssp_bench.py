@@ -8,7 +8,7 @@ test split. The linear probe is the pre-training's own check (logistic regressio
 of half the validation split, scored on the other half).
 
 Usage (inside the environment):
-  tools/env exec python bench/ssp_bench.py --rho 100 [--epochs 12] [--rotation-epochs 15] [--moco-epochs 40]
+  tools/env exec python bench/ssp_bench.py --rho 100 [--epochs 12] [--rotation-epochs 8] [--moco-epochs 20]
 Writes bench/results/ssp_rho<rho>.md (table, command, machine, date, settings) and prints the table.
 """
 
@@ -43,8 +43,8 @@ def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--rho", type=float, default=100.0)
     p.add_argument("--epochs", type=int, default=12, help="supervised epochs (all rows)")
-    p.add_argument("--rotation-epochs", type=int, default=15)
-    p.add_argument("--moco-epochs", type=int, default=40)
+    p.add_argument("--rotation-epochs", type=int, default=8)
+    p.add_argument("--moco-epochs", type=int, default=20)
     p.add_argument("--moco-momentum", type=float, default=0.99, help="key-encoder EMA (0.999 is for 200-epoch runs)")
     p.add_argument("--ssp-data", default="labeled", choices=list(ssp.DATA))
     p.add_argument("--seed", type=int, default=0)

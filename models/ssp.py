@@ -34,6 +34,7 @@ import json
 import os
 import sys
 import time
+import warnings
 
 import keras
 import numpy as np
@@ -318,7 +319,9 @@ def linear_probe_accuracy(backbone: keras.Model, eval_files, image_shape, seed: 
     if fit.all() or not fit.any():
         raise ValueError(f"linear probe needs at least 2 validation examples a class, got {np.bincount(labels).tolist()}")
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-    probe.fit(features[fit], labels[fit])
+    with warnings.catch_warnings():  # this scipy warns about an option sklearn 1.5 passes ("iprint"); harmless
+        warnings.filterwarnings("ignore", message="Unknown solver options")
+        probe.fit(features[fit], labels[fit])
     return float(probe.score(features[~fit], labels[~fit]))
 
 

@@ -17,15 +17,18 @@ def test_compile_kfp_v2_pipeline_spec(tmp_path, fashion_mnist_dir):
                         fashion_mnist_dir)
     out = str(tmp_path / "pipeline.json")
     proc = subprocess.run([sys.executable, "-m", "pipeline", "compile-kfp", "--preset", "default", "--data-dir", data,
-                           "--pipeline-root", "gs://bucket/longtail", "--image", "example/longtail:1", "--output", out],
+                           "--pipeline-root", "gs://bucket/longtail", "--image", "example/longtail:1", "--output", out,
+                           "--set", "ssp=moco", "--set", "ssp_data=labeled+unlabeled"],
                           cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == out
     spec = json.load(open(out))
     tasks = spec["pipelineSpec"]["root"]["dag"]["tasks"]
     for name in ("LabeledExampleGen", "LabelStatsGen", "LongTailTrainer", "PerClassEvaluator", "Pusher",
-                 "UnlabeledExampleValidator", "LatestBlessedModelResolver",
+                 "UnlabeledExampleValidator", "LatestBlessedModelResolver", "SSPPretrainer",
                  "BaseTrainer", "PseudoLabeler"):  # the default preset's semi=auto with a pool
         assert any(name in t for t in tasks), (name, sorted(tasks))
+    assert "base_model" in tasks["LongTailTrainer"]["inputs"]["artifacts"]  # the pre-trained backbone
+    assert sorted(tasks["SSPPretrainer"]["inputs"]["artifacts"]) == ["examples", "unlabeled_examples"]
     text = json.dumps(spec)
-    assert "models.training.run_fn" in text and "example/longtail:1" in text
+    assert "models.training.run_fn" in text and "models.ssp.run_fn" in text and "example/longtail:1" in text
