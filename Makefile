@@ -32,7 +32,7 @@ bench-methods:
 	$(ENV) python bench/methods_bench.py --rho 100
 	$(ENV) python bench/methods_bench.py --rho 10
 
-# issue #6: CE / rotation+CE / MoCo+CE / logit-adjusted / best SSP+logit-adjusted at rho=100 (8 rotation + 20 MoCo pre-training epochs, 12 supervised; under 50 min on 2 cores)
+# issue #6: CE / rotation+CE / MoCo+CE / logit-adjusted / best SSP+logit-adjusted at rho=100 (8 rotation + 20 MoCo pre-training epochs, 12 supervised; 32 min on 2 shared cores)
 bench-ssp:
 	$(ENV) python bench/ssp_bench.py --rho 100
 

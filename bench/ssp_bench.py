@@ -50,6 +50,7 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-steps-per-epoch", type=int, default=None, help="smoke-testing the script only")
     p.add_argument("--out", default=None, help="results file (default bench/results/ssp_rho<rho>.md)")
+    p.add_argument("--keep", default=None, help="keep the pre-trained backbones (pretrain-<method>/) in this folder")
     a = p.parse_args()
     t_start = time.time()
     cfg = load_config("default", {"data.rho": str(a.rho)})
@@ -139,6 +140,9 @@ def main() -> int:
                 f"{fmt(pre['moco']['random_init_probe_accuracy'])}. Images/s: source images per second (rotation shows "
                 f"each four times).\n\n{table}\n\n"
                 f"Pre-training details: `{json.dumps(pre)}`\n\nPre-training loss per epoch: `{json.dumps(curves)}`\n")
+    if a.keep:
+        for method, (run_dir, _) in pretrained.items():
+            shutil.copytree(run_dir, os.path.join(a.keep, f"pretrain-{method}"), dirs_exist_ok=True)
     shutil.rmtree(work, ignore_errors=True)
     print(path)
     return 0
