@@ -50,9 +50,28 @@ def evaluate_model(model_artifact_uri: str, examples, split: str, stats: dict) -
     return per_class_metrics(labels, preds, stats["num_classes"], stats["shot_groups"])
 
 
+def write_evaluation_and_blessing(output_dict, result: dict, model, baselines) -> None:
+    """The ModelEvaluation JSON and a ModelBlessing with TFMA's custom properties (``blessed``,
+    ``current_model_id``), which the Pusher and LatestBlessedModelStrategy read. Shared by the
+    classification and the regression evaluators; ``result`` holds ``blessed`` and ``checks``."""
+    blessed, checks = result["blessed"], result["checks"]
+    io_utils.write_string_file(os.path.join(artifact_utils.get_single_uri(output_dict["evaluation"]), EVALUATION_FILE),
+                               json.dumps(result, indent=2))
+    blessing = artifact_utils.get_single_instance(output_dict["blessing"])
+    io_utils.write_string_file(os.path.join(blessing.uri, "BLESSED" if blessed else "NOT_BLESSED"), "")
+    blessing.set_int_custom_property("blessed", 1 if blessed else 0)
+    blessing.set_int_custom_property("current_model_id", model.id)
+    blessing.set_string_custom_property("current_model", model.uri)
+    if baselines:
+        blessing.set_int_custom_property("baseline_model_id", baselines[0].id)
+        blessing.set_string_custom_property("baseline_model", baselines[0].uri)
+    failed = [c["check"] for c in checks if not c["passed"]]
+    blessing.set_string_custom_property("blessing_message", "blessed" if blessed else "failed: " + "; ".join(failed))
+
+
 class PerClassEvaluatorSpec(types.ComponentSpec):
     PARAMETERS = {
-        "thresholds": ExecutionParameter(type=str),  # JSON of GateThresholds
+        "thresholds": ExecutionParameter(type=str),  # JSON of GateThresholds (RegressionGateThresholds for regression)
         "eval_split": ExecutionParameter(type=str),
         "report_split": ExecutionParameter(type=str, optional=True),
     }
@@ -92,18 +111,7 @@ class Executor(base_executor.BaseExecutor):
         if report_split:
             result["report_split"] = report_split
             result["report"] = evaluate_model(model.uri, examples, report_split, stats)
-        io_utils.write_string_file(os.path.join(artifact_utils.get_single_uri(output_dict["evaluation"]), EVALUATION_FILE),
-                                   json.dumps(result, indent=2))
-        blessing = artifact_utils.get_single_instance(output_dict["blessing"])
-        io_utils.write_string_file(os.path.join(blessing.uri, "BLESSED" if blessed else "NOT_BLESSED"), "")
-        blessing.set_int_custom_property("blessed", 1 if blessed else 0)
-        blessing.set_int_custom_property("current_model_id", model.id)
-        blessing.set_string_custom_property("current_model", model.uri)
-        if baselines:
-            blessing.set_int_custom_property("baseline_model_id", baselines[0].id)
-            blessing.set_string_custom_property("baseline_model", baselines[0].uri)
-        failed = [c["check"] for c in checks if not c["passed"]]
-        blessing.set_string_custom_property("blessing_message", "blessed" if blessed else "failed: " + "; ".join(failed))
+        write_evaluation_and_blessing(output_dict, result, model, baselines)
 
 
 class PerClassEvaluator(base_component.BaseComponent):

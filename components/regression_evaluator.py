@@ -17,10 +17,10 @@ import tensorflow as tf
 from tfx import types
 from tfx.dsl.components.base import base_component, base_executor, executor_spec
 from tfx.types import artifact_utils, standard_artifacts
-from tfx.types.component_spec import ChannelParameter, ExecutionParameter
-from tfx.utils import io_utils, path_utils
+from tfx.utils import path_utils
 
-from components.artifacts import EVALUATION_FILE, LABEL_STATS_FILE, LabelStatistics
+from components.artifacts import LABEL_STATS_FILE
+from components.evaluator import PerClassEvaluatorSpec, write_evaluation_and_blessing
 from components.gate import RegressionGateThresholds, decide_regression
 from models.regression import parse_examples, regression_metrics, valid_rows
 
@@ -46,24 +46,6 @@ def evaluate_model(model_uri: str, examples, split: str, stats: dict) -> dict:
     return regression_metrics(y[keep], pred[keep], stats)
 
 
-class RegressionEvaluatorSpec(types.ComponentSpec):
-    PARAMETERS = {
-        "thresholds": ExecutionParameter(type=str),  # JSON of RegressionGateThresholds
-        "eval_split": ExecutionParameter(type=str),
-        "report_split": ExecutionParameter(type=str, optional=True),
-    }
-    INPUTS = {
-        "examples": ChannelParameter(type=standard_artifacts.Examples),
-        "model": ChannelParameter(type=standard_artifacts.Model),
-        "baseline_model": ChannelParameter(type=standard_artifacts.Model, optional=True),
-        "label_stats": ChannelParameter(type=LabelStatistics),
-    }
-    OUTPUTS = {
-        "evaluation": ChannelParameter(type=standard_artifacts.ModelEvaluation),
-        "blessing": ChannelParameter(type=standard_artifacts.ModelBlessing),
-    }
-
-
 class Executor(base_executor.BaseExecutor):
     def Do(self, input_dict, output_dict, exec_properties):
         thresholds = RegressionGateThresholds(**json.loads(exec_properties["thresholds"]))
@@ -82,27 +64,16 @@ class Executor(base_executor.BaseExecutor):
         if report_split:
             result["report_split"] = report_split
             result["report"] = evaluate_model(model.uri, examples, report_split, stats)
-        io_utils.write_string_file(os.path.join(artifact_utils.get_single_uri(output_dict["evaluation"]), EVALUATION_FILE),
-                                   json.dumps(result, indent=2))
-        blessing = artifact_utils.get_single_instance(output_dict["blessing"])
-        io_utils.write_string_file(os.path.join(blessing.uri, "BLESSED" if blessed else "NOT_BLESSED"), "")
-        blessing.set_int_custom_property("blessed", 1 if blessed else 0)
-        blessing.set_int_custom_property("current_model_id", model.id)
-        blessing.set_string_custom_property("current_model", model.uri)
-        if baselines:
-            blessing.set_int_custom_property("baseline_model_id", baselines[0].id)
-            blessing.set_string_custom_property("baseline_model", baselines[0].uri)
-        failed = [c["check"] for c in checks if not c["passed"]]
-        blessing.set_string_custom_property("blessing_message", "blessed" if blessed else "failed: " + "; ".join(failed))
+        write_evaluation_and_blessing(output_dict, result, model, baselines)
 
 
 class RegressionEvaluator(base_component.BaseComponent):
-    SPEC_CLASS = RegressionEvaluatorSpec
+    SPEC_CLASS = PerClassEvaluatorSpec  # same inputs, outputs and parameters
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(Executor)
 
     def __init__(self, examples, model, label_stats, thresholds: RegressionGateThresholds, baseline_model=None,
                  eval_split: str = "eval", report_split: str | None = "test"):
-        spec = RegressionEvaluatorSpec(
+        spec = PerClassEvaluatorSpec(
             examples=examples, model=model, baseline_model=baseline_model, label_stats=label_stats,
             thresholds=json.dumps(dataclasses.asdict(thresholds)), eval_split=eval_split, report_split=report_split,
             evaluation=types.Channel(type=standard_artifacts.ModelEvaluation),
