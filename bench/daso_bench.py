@@ -28,12 +28,10 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 
+from bench.common import evaluate  # noqa: E402
 from components.data.longtail import exponential_profile  # noqa: E402
-from models import inputs  # noqa: E402
 from models.label_stats import derive_label_stats  # noqa: E402
-from models.metrics import per_class_metrics  # noqa: E402
 from models.semi import SemiConfig, load_pool_truth, train_semi  # noqa: E402
 from models.training import TrainConfig, train  # noqa: E402
 from pipeline.configs import load_config  # noqa: E402
@@ -48,15 +46,6 @@ METHODS = {
     "daso": ("daso", "ce"),
     "daso_la": ("daso", "logit_adjusted"),
 }
-
-
-def evaluate(model, test_files, image_shape, stats):
-    logits, labels = [], []
-    for x, y in inputs.eval_dataset(test_files, image_shape):
-        logits.append(keras.ops.convert_to_numpy(model(x, training=False)))
-        labels.append(y.numpy())
-    return per_class_metrics(np.concatenate(labels), np.concatenate(logits).argmax(1), stats["num_classes"],
-                             stats["shot_groups"])
 
 
 def prepare_pool_setting(a, rho_u: float) -> str:

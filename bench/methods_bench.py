@@ -23,15 +23,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
 
-from bench.common import write_result  # noqa: E402
-from models import inputs  # noqa: E402
+from bench.common import evaluate, write_result  # noqa: E402
 from models.heads import tau_normalized_model  # noqa: E402
 from models.label_stats import derive_label_stats  # noqa: E402
 from models.losses import logit_adjust  # noqa: E402
-from models.metrics import per_class_metrics  # noqa: E402
 from models.training import TrainConfig, decouple, train  # noqa: E402
 from pipeline.configs import load_config  # noqa: E402
 from pipeline.local_runner import ensure_data  # noqa: E402
@@ -50,16 +46,6 @@ METHODS = {
     "crt": ({"decoupling": "crt"}, "ce"),
     "tau_norm": ({"decoupling": "tau_norm"}, "ce"),
 }
-
-
-def evaluate(model, test_files, image_shape, stats, logit_offset=None):
-    logits, labels = [], []
-    for x, y in inputs.eval_dataset(test_files, image_shape):
-        out = model(x, training=False)
-        logits.append(keras.ops.convert_to_numpy(out if logit_offset is None else logit_adjust(out, stats["class_priors"])))
-        labels.append(y.numpy())
-    preds = np.concatenate(logits).argmax(1)
-    return per_class_metrics(np.concatenate(labels), preds, stats["num_classes"], stats["shot_groups"])
 
 
 def main() -> int:
@@ -108,7 +94,8 @@ def main() -> int:
                     else:
                         model, _ = decouple(ce_model, cfg, files, stats, shape)
                     seconds = ce_seconds + (time.time() - t0)
-            m = evaluate(model, test_files, shape, stats, offset)
+            m = evaluate(model, test_files, shape, stats,
+                         (lambda out: logit_adjust(out, stats["class_priors"])) if offset else None)
             rows.append({"method": method, "seed": seed, "bal": m["balanced_accuracy"], "many": m["many_shot_accuracy"],
                          "medium": m["medium_shot_accuracy"], "few": m["few_shot_accuracy"],
                          "worst": stats["class_names"][m["worst_class"]], "worst_recall": m["worst_class_recall"],

@@ -19,7 +19,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.methods_bench import evaluate  # noqa: E402
+from bench.common import evaluate  # noqa: E402
 from models.label_stats import derive_label_stats  # noqa: E402
 from models.training import TrainConfig, train  # noqa: E402
 from pipeline.configs import load_config  # noqa: E402
