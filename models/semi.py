@@ -81,6 +81,10 @@ class SemiConfig:
     plan_min_in_domain_examples: int = 500
     plan_min_pool_to_labeled_ratio: float = 0.25
     plan_max_pool_imbalance: float | None = None
+    # semi=auto, when the planner chooses ssp and pretrain.ssp=none: the self-supervised pre-training the final
+    # Trainer runs itself on the labeled images (with the pretrain.* settings) before it trains from it;
+    # none: supervised only, SSP only recommended in the plan's reasons.
+    plan_ssp: str = "rotation"
 
     @classmethod
     def from_dict(cls, d: dict) -> SemiConfig:
@@ -91,6 +95,8 @@ class SemiConfig:
         cfg = cls(**d)
         if cfg.semi not in METHODS:
             raise ValueError(f"unknown semi-supervised method {cfg.semi!r}; choose one of {list(METHODS)}")
+        if cfg.plan_ssp not in ("none", "rotation", "moco"):
+            raise ValueError(f"unknown plan_ssp {cfg.plan_ssp!r}; choose none, rotation or moco")
         if cfg.semi_pl_weight < 0 or not 0.0 <= cfg.semi_pl_threshold <= 1.0 or cfg.semi_pl_top_k < 0:
             raise ValueError(f"semi_pl_weight must be >= 0 (got {cfg.semi_pl_weight}), semi_pl_threshold in [0, 1] "
                              f"(got {cfg.semi_pl_threshold}), semi_pl_top_k >= 0 (got {cfg.semi_pl_top_k})")

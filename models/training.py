@@ -203,6 +203,21 @@ def decouple(model, cfg: TrainConfig, train_files, stats: dict, image_shape, pse
     return stage, [dict(h, stage=cfg.decoupling) for h in progress.history]
 
 
+def _inline_ssp(fn_args, cfg: TrainConfig, semi_cfg, config: dict) -> tuple[dict, str]:
+    """semi=auto chose SSP: pre-train the backbone here on the labeled images (plan_ssp with the pretrain.*
+    settings) and return (its summary, the folder of its weights for the strict warm start)."""
+    from models import ssp
+
+    ssp_cfg = ssp.SSPConfig.from_dict({**(config.get("pretrain") or {}), "ssp": semi_cfg.plan_ssp, "ssp_data": "labeled"})
+    ssp_dir = os.path.join(fn_args.model_run_dir, "ssp")
+    backbone, summary = ssp.pretrain(ssp_cfg, cfg.backbone, config["image_shape"], [fn_args.train_files], ssp_dir,
+                                     getattr(fn_args, "eval_files", None))
+    weights = os.path.join(ssp_dir, "backbone")
+    tf.io.gfile.makedirs(weights)
+    summary["backbone_variables"] = len(backbones.save_backbone_weights(backbone, weights))
+    return summary, weights
+
+
 def run_fn(fn_args) -> None:
     """TFX GenericExecutor entry point (referred to by the dotted path models.training.run_fn)."""
     config = fn_args.custom_config
@@ -214,7 +229,7 @@ def run_fn(fn_args) -> None:
     semi_summary = None
     t0 = time.time()
     base_model = getattr(fn_args, "base_model", None)
-    plan = pseudo_labels = None
+    plan = pseudo_labels = inline_ssp = None
     pseudo_files, pseudo_weight, train_stats = None, 1.0, stats
     if semi_cfg.semi in ("pseudo_label", "auto"):
         pl_stats = None
@@ -233,6 +248,8 @@ def run_fn(fn_args) -> None:
         if use:
             pseudo_files, pseudo_weight = config["pseudo_labeled_files"], semi_cfg.semi_pl_weight
             train_stats = pseudo_label.combined_stats(stats, pl_stats["per_class_accepted"], pseudo_weight)
+        if plan["trained_with"] == "ssp":
+            inline_ssp, base_model = _inline_ssp(fn_args, cfg, semi_cfg, config)
     if semi_cfg.semi not in semi.ONLINE_METHODS:
         model, history = train(cfg, fn_args.train_files, train_stats, image_shape, fn_args.model_run_dir,
                                config.get("backup_dir"), backbone_weights=base_model, pseudo_files=pseudo_files,
@@ -261,7 +278,7 @@ def run_fn(fn_args) -> None:
     model.save(os.path.join(fn_args.model_run_dir, "model.keras"))
     summary = {"train_seconds": train_seconds, "epochs": cfg.epochs, "history": history, "config": dataclasses.asdict(cfg),
                "images_per_second": (images_seen / train_seconds) if train_seconds else None, "semi": semi_summary,
-               "plan": plan, "pseudo_labels": pseudo_labels,
+               "plan": plan, "pseudo_labels": pseudo_labels, "inline_ssp": inline_ssp,
                "training_files": {"labeled": list(fn_args.train_files), "pseudo_labeled": list(pseudo_files or [])},
                "training_class_counts": train_stats["class_counts"],
                # the load is strict, so every variable in the file was loaded

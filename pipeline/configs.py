@@ -81,9 +81,10 @@ PRESETS: dict[str, dict] = {
         "gate.max_drop_balanced_accuracy": 1.0, "gate.max_drop_few_shot_accuracy": 1.0,
     },
     # minutes on a 2-core CPU: the reference's small ResNet, logit-adjusted loss, 30 epochs; the planner
-    # chooses pseudo-label training or supervised-only from the pool (semi=auto).
+    # chooses pseudo-label training, rotation SSP or supervised-only from the pool (semi=auto).
     "default": {
         "train.backbone": "resnet8", "train.epochs": 30, "train.loss": "logit_adjusted", "semi_supervised.semi": "auto",
+        "pretrain.ssp_epochs": 8,  # only when the planner chooses SSP (bench/results/ssp_rho100.md)
         "gate.min_balanced_accuracy": 0.7, "gate.min_per_class_recall": 0.3,
     },
     # the default run warm-started from a self-supervised (rotation) pre-training of the backbone

@@ -70,7 +70,7 @@ def training_custom_config(cfg: PipelineConfig, manifest: dict, pipeline_root: s
     # Stable across re-executions of the same training, so an interrupted Trainer resumes; the
     # pre-training settings are part of it because the warm start is.
     payload = {"train": train, "semi": semi, "data": manifest.get("splits")}
-    if cfg.pretrain.ssp != "none":
+    if cfg.pretrain.ssp != "none" or cfg.semi_supervised.semi == "auto":  # auto may pre-train inside the Trainer
         payload["pretrain"] = dataclasses.asdict(cfg.pretrain)
     key = _key(payload)
     config = {
@@ -80,6 +80,7 @@ def training_custom_config(cfg: PipelineConfig, manifest: dict, pipeline_root: s
         "backup_dir": os.path.join(pipeline_root, "_trainer_backup", key),
         "post_hoc_logit_adjust_tau": cfg.post_hoc_logit_adjust_tau,
         "ssp": cfg.pretrain.ssp,
+        "pretrain": dataclasses.asdict(cfg.pretrain),  # semi=auto's SSP choice runs with these (models.training)
     }
     if cfg.semi_supervised.semi in ONLINE_METHODS:
         # the declared pool setting chooses DASO's T_dist; the true pool classes are read only to score pseudo-labels

@@ -163,7 +163,12 @@ def _semi_md(metrics: dict) -> list[str]:
 def ssp_block(cfg_dict: dict, summary: dict | None, training: dict | None) -> dict:
     """The self-supervised pre-training: what ran, on which images, how its features probe."""
     p = cfg_dict["pretrain"]
-    if p["ssp"] == "none":
+    inline = (training or {}).get("inline_ssp")
+    run_by = "SSPPretrainer"
+    if p["ssp"] == "none" and inline:  # semi=auto chose SSP: the final Trainer pre-trained (models.training)
+        summary, p = inline, {"ssp": inline["method"], "ssp_data": inline["data"]}
+        run_by = "the final Trainer (semi=auto chose SSP)"
+    elif p["ssp"] == "none":
         return {"method": "none", "epochs": 0, "data": None, "final_loss": None, "linear_probe_accuracy": None,
                 "random_init_probe_accuracy": None,
                 "note": "no self-supervised pre-training (pretrain.ssp=none): the backbone starts from random weights"}
@@ -175,6 +180,7 @@ def ssp_block(cfg_dict: dict, summary: dict | None, training: dict | None) -> di
             "random_init_probe_accuracy": s.get("random_init_probe_accuracy"),
             **{k: s.get(k) for k in keep},
             "warm_start": (training or {}).get("warm_start"),
+            "run_by": run_by,
             "probe": "logistic regression on frozen features of the balanced validation split, half of each class to "
                      "fit, the other half to score; the same for the backbone's random initial weights"}
 
@@ -274,7 +280,8 @@ def ssp_section(ssp: dict) -> list[str]:
     if ssp["method"] == "none":
         return md + [ssp["note"] + ".", ""]
     warm = ssp.get("warm_start") or {}
-    md += [f"Method **{ssp['method']}** on the {ssp['data']} images (labels not read), {ssp['epochs']} epochs of "
+    md += [f"Method **{ssp['method']}**, run by {ssp.get('run_by', 'SSPPretrainer')}, on the {ssp['data']} images "
+           f"(labels not read), {ssp['epochs']} epochs of "
            f"{ssp.get('steps_per_epoch')} steps over {ssp.get('num_examples')} images; final pretext loss "
            f"{_fmt(ssp['final_loss'], 4)}, pretext accuracy {_fmt(ssp.get('final_pretext_accuracy'))}; "
            f"{_fmt(ssp.get('pretrain_seconds'), 1)} s ({_fmt(ssp.get('images_per_second'), 0)} images/s).", "",

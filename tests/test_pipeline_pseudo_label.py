@@ -1,5 +1,6 @@
 """End-to-end semi=pseudo_label and semi=auto runs (smoke preset, Beam in memory, the real CLI):
-BaseTrainer -> PseudoLabeler -> final Trainer -> gate -> push; and an empty pool under semi=auto."""
+BaseTrainer -> PseudoLabeler -> final Trainer -> gate -> push; a small pool under semi=auto (the planner
+chooses SSP, which the final Trainer runs); and an empty pool under semi=auto."""
 
 import glob
 import os
@@ -91,3 +92,26 @@ def test_auto_with_an_empty_pool_runs_supervised_only_and_says_so(tmp_path, fash
     assert "Trained on the labeled images only, because there is no unlabeled pool." in report
     assert "supervised-only" in proc.stderr
     assert glob.glob(os.path.join(m["model_run_dir"], "training_summary.json"))
+
+
+def test_auto_with_a_small_pool_runs_ssp_inside_the_trainer_and_says_so(tmp_path, fashion_mnist_dir):
+    """200 pool images for about 500 labeled ones: too few in-domain images, so the planner chooses SSP;
+    the final Trainer pre-trains (rotation, smoke settings), warm-starts strictly and reports it."""
+    data = str(tmp_path / "data")
+    prepare_from_source("fashion_mnist", SplitSpec(rho=100, n_max=200, class_order="shuffle", val_per_class=20,
+                                                   unlabeled_size=200, seed=1), data, fashion_mnist_dir)
+    run_cli(tmp_path, "auto-ssp", data, str(tmp_path / "out"), "semi=auto")
+    m = load_metrics(str(tmp_path / "out"))
+    assert m["executions"][BASE] == "COMPLETE" and m["executions"][LABELER] == "COMPLETE"
+    plan = m["plan"]
+    assert plan["choice"] == "ssp" and plan["trained_with"] == "ssp" and plan["inline_ssp"] == "rotation"
+    assert m["pseudo_labels"]["used_for_training"] is False and not m["training"]["training_files"]["pseudo_labeled"]
+    ssp, warm = m["ssp"], m["training"]["warm_start"]
+    assert ssp["method"] == "rotation" and ssp["data"] == "labeled" and "final Trainer" in ssp["run_by"]
+    assert ssp["epochs"] == 1 and ssp["steps_per_epoch"] == 3 and ssp["linear_probe_accuracy"] is not None
+    # the strict warm start loaded every backbone variable the pre-training saved
+    assert warm["variables"] == ssp["backbone_variables"] > 0 and warm["base_model"].startswith(m["model_run_dir"])
+    assert m["pushed"] is True
+    report = open(os.path.join(tmp_path / "out", "report.md")).read()
+    assert "ran rotation self-supervised pre-training on the labeled images" in report
+    assert "run by the final Trainer (semi=auto chose SSP)" in report and "ssp_loss.png" in report

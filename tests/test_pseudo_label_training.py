@@ -25,9 +25,19 @@ def test_auto_follows_the_planner():
     assert "retrained on the labeled images plus these pseudo-labels" in explain(plan)
 
 
-def test_auto_with_a_small_or_irrelevant_pool_trains_supervised_and_recommends_ssp():
-    for pl in (_pl_stats(100), _pl_stats(5000, relevance=0.3)):
+def test_auto_with_a_small_or_irrelevant_pool_runs_ssp_in_the_trainer():
+    for pl, why in ((_pl_stats(100), "in-domain"), (_pl_stats(5000, relevance=0.3), "relevance")):
         plan = decide(SemiConfig(semi="auto"), STATS, pl)
+        assert plan["choice"] == planner.SSP and plan["trained_with"] == planner.SSP and plan["inline_ssp"] == "rotation"
+        assert "runs rotation self-supervised pre-training" in plan["reasons"][-1]
+        sentence = explain(plan)
+        assert "ran rotation self-supervised pre-training on the labeled images" in sentence and why in sentence
+    assert decide(SemiConfig(semi="auto", plan_ssp="moco"), STATS, _pl_stats(100))["inline_ssp"] == "moco"
+
+
+def test_auto_with_plan_ssp_none_trains_supervised_and_recommends_ssp():
+    for pl in (_pl_stats(100), _pl_stats(5000, relevance=0.3)):
+        plan = decide(SemiConfig(semi="auto", plan_ssp="none"), STATS, pl)
         assert plan["choice"] == planner.SSP and plan["trained_with"] == planner.SUPERVISED
         assert "--set ssp=rotation" in plan["reasons"][-1] and "--set ssp=rotation" in explain(plan)
     plan = decide(SemiConfig(semi="auto"), STATS, _pl_stats(100), ssp="rotation")
@@ -51,6 +61,8 @@ def test_pseudo_label_overrides_the_planner_and_zero_accepted_falls_back():
 def test_semi_config_validates():
     with pytest.raises(ValueError, match="unknown semi-supervised method"):
         SemiConfig.from_dict({"semi": "pseudo"})
+    with pytest.raises(ValueError, match="unknown plan_ssp"):
+        SemiConfig.from_dict({"semi": "auto", "plan_ssp": "simclr"})
     with pytest.raises(ValueError, match="semi_pl_weight"):
         SemiConfig.from_dict({"semi": "pseudo_label", "semi_pl_weight": -1.0})
     assert SemiConfig.from_dict({"semi": "auto"}).semi_pl_threshold == 0.0  # the paper: no confidence filter
