@@ -62,11 +62,32 @@ def _show_progress() -> None:
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
 
 
-def run_pipeline(cfg: PipelineConfig, out_dir: str | None = None) -> str:
-    """Run the whole pipeline; write metrics.json, report.md and the plot; return the output dir."""
+def _local_setup(cfg: PipelineConfig, pipeline_name: str, model_name: str) -> tuple[str, str, str, list[str]]:
+    """(pipeline root, MLMD SQLite path, serving folder, Beam DirectRunner args) of a local run."""
+    tfx_home = os.path.abspath(os.path.join(cfg.runs_root, "_tfx", pipeline_name))
+    os.makedirs(tfx_home, exist_ok=True)
+    beam_args = [f"--direct_running_mode={cfg.beam_direct_running_mode}", f"--direct_num_workers={cfg.beam_num_workers}"]
+    return (os.path.join(tfx_home, "root"), os.path.join(tfx_home, "metadata.sqlite"),
+            os.path.abspath(os.path.join(cfg.serving_root, model_name)), beam_args)
+
+
+def _run_local(pipeline, metadata_path: str) -> tuple[dict, float]:
+    """Run on LocalDagRunner with progress lines; (pipeline.outputs.run_results of the run, seconds)."""
     from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 
-    from pipeline.outputs import BASE_TRAINER, PRETRAINER, TRAINER, run_results
+    from pipeline.outputs import run_results
+
+    _show_progress()
+    t0 = time.time()
+    LocalDagRunner().run(pipeline)
+    seconds = time.time() - t0
+    return run_results(metadata_path), seconds
+
+
+def run_pipeline(cfg: PipelineConfig, out_dir: str | None = None) -> str:
+    """Run the whole pipeline; write metrics.json, report.md and the plot; return the output dir."""
+
+    from pipeline.outputs import BASE_TRAINER, PRETRAINER, TRAINER
     from pipeline.pipeline import create_pipeline
 
     if cfg.task == "regression":
@@ -76,20 +97,11 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | None = None) -> str:
     t_start = time.time()
     data_dir = ensure_data(cfg)
     manifest = load_manifest(data_dir)
-    tfx_home = os.path.abspath(os.path.join(cfg.runs_root, "_tfx", cfg.name))
-    pipeline_root = os.path.join(tfx_home, "root")
-    metadata_path = os.path.join(tfx_home, "metadata.sqlite")
-    serving_dir = os.path.abspath(os.path.join(cfg.serving_root, cfg.model_name))
-    os.makedirs(tfx_home, exist_ok=True)
-    beam_args = [f"--direct_running_mode={cfg.beam_direct_running_mode}", f"--direct_num_workers={cfg.beam_num_workers}"]
+    pipeline_root, metadata_path, serving_dir, beam_args = _local_setup(cfg, cfg.name, cfg.model_name)
     if manifest["splits"]["unlabeled"]["num_examples"] == 0:
         print("[run] the unlabeled pool is empty: running supervised-only (no unlabeled branch)", file=sys.stderr)
     pipeline = create_pipeline(cfg, data_dir, manifest, pipeline_root, metadata_path, serving_dir, beam_args)
-    _show_progress()
-    t0 = time.time()
-    LocalDagRunner().run(pipeline)
-    pipeline_seconds = time.time() - t0
-    results = run_results(metadata_path)
+    results, pipeline_seconds = _run_local(pipeline, metadata_path)
     train_seconds = (results["training"] or {}).get("train_seconds")
     trained_now = results["executions"].get(TRAINER) == "COMPLETE"
     pretrain_seconds = (results["ssp"] or {}).get("pretrain_seconds")
@@ -126,26 +138,16 @@ def regression_csv_dir(cfg: PipelineConfig) -> str:
 
 def run_regression_pipeline(cfg: PipelineConfig, out_dir: str | None = None) -> str:
     """task=regression: the taxi CSV through CsvExampleGen .. Pusher; metrics.json and report.md."""
-    from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 
     from pipeline import regression_report
-    from pipeline.outputs import run_results
     from pipeline.pipeline import create_regression_pipeline, regression_names
 
     t_start = time.time()
     csv_dir = regression_csv_dir(cfg)
     pipeline_name, model_name = regression_names(cfg)
-    tfx_home = os.path.abspath(os.path.join(cfg.runs_root, "_tfx", pipeline_name))
-    metadata_path = os.path.join(tfx_home, "metadata.sqlite")
-    serving_dir = os.path.abspath(os.path.join(cfg.serving_root, model_name))
-    os.makedirs(tfx_home, exist_ok=True)
-    beam_args = [f"--direct_running_mode={cfg.beam_direct_running_mode}", f"--direct_num_workers={cfg.beam_num_workers}"]
-    pipeline = create_regression_pipeline(cfg, csv_dir, os.path.join(tfx_home, "root"), metadata_path, serving_dir, beam_args)
-    _show_progress()
-    t0 = time.time()
-    LocalDagRunner().run(pipeline)
-    pipeline_seconds = time.time() - t0
-    results = run_results(metadata_path)
+    pipeline_root, metadata_path, serving_dir, beam_args = _local_setup(cfg, pipeline_name, model_name)
+    pipeline = create_regression_pipeline(cfg, csv_dir, pipeline_root, metadata_path, serving_dir, beam_args)
+    results, pipeline_seconds = _run_local(pipeline, metadata_path)
     train_seconds = (results["training"] or {}).get("train_seconds")
     trained_now = results["executions"].get("components.trainer.LongTailTrainer") == "COMPLETE"
     timings = {"pipeline_seconds": pipeline_seconds, "total_seconds": time.time() - t_start,

@@ -162,28 +162,35 @@ def create_pipeline(cfg: PipelineConfig, data_dir: str, manifest: dict, pipeline
         custom_config=training_custom_config(cfg, manifest, pipeline_root, data_dir),
         unlabeled_examples=unlabeled_examples if semi in ONLINE_METHODS else None, **pseudo_inputs)
 
+    components += [stats_gen, trainer, *_gate_and_push(PerClassEvaluator, labeled_gen.outputs["examples"], trainer,
+                                                       stats_gen, cfg.gate, serving_dir)]
+    return _pipeline(cfg.name, pipeline_root, components, cfg.enable_cache, metadata_path, beam_pipeline_args)
+
+
+def _gate_and_push(evaluator_class, examples, trainer, stats_gen, thresholds, serving_dir: str) -> list:
+    """Resolver(latest blessed model) -> the gate (eval split decides, test split reported) -> LongTailPusher."""
     latest_blessed = tfx.dsl.Resolver(
         strategy_class=LatestBlessedModelStrategy,
         model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
         model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
     ).with_id("LatestBlessedModelResolver")
-
-    evaluator = PerClassEvaluator(
-        examples=labeled_gen.outputs["examples"], model=trainer.outputs["model"],
-        baseline_model=latest_blessed.outputs["model"], label_stats=stats_gen.outputs["label_stats"],
-        thresholds=cfg.gate, eval_split="eval", report_split="test")
-
+    evaluator = evaluator_class(
+        examples=examples, model=trainer.outputs["model"], baseline_model=latest_blessed.outputs["model"],
+        label_stats=stats_gen.outputs["label_stats"], thresholds=thresholds, eval_split="eval", report_split="test")
     pusher = LongTailPusher(
         model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
         push_destination=pusher_pb2.PushDestination(
             filesystem=pusher_pb2.PushDestination.Filesystem(base_directory=serving_dir)))
+    return [latest_blessed, evaluator, pusher]
 
-    components += [stats_gen, trainer, latest_blessed, evaluator, pusher]
+
+def _pipeline(name: str, pipeline_root: str, components: list, enable_cache: bool, metadata_path: str | None,
+              beam_pipeline_args: list[str] | None) -> tfx.dsl.Pipeline:
     return tfx.dsl.Pipeline(
-        pipeline_name=cfg.name,
+        pipeline_name=name,
         pipeline_root=pipeline_root,
         components=components,
-        enable_cache=cfg.enable_cache,
+        enable_cache=enable_cache,
         metadata_connection_config=(tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path)
                                     if metadata_path else None),
         beam_pipeline_args=beam_pipeline_args or [],
@@ -236,25 +243,7 @@ def create_regression_pipeline(cfg: PipelineConfig, csv_dir: str, pipeline_root:
         examples=example_gen.outputs["examples"], label_stats=stats_gen.outputs["label_stats"],
         schema=schema.outputs["schema"], run_fn=REGRESSION_RUN_FN,
         custom_config={"train": train, "regression": dataclasses.asdict(cfg.regression)})
-    latest_blessed = tfx.dsl.Resolver(
-        strategy_class=LatestBlessedModelStrategy,
-        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
-    ).with_id("LatestBlessedModelResolver")
-    evaluator = RegressionEvaluator(
-        examples=example_gen.outputs["examples"], model=trainer.outputs["model"],
-        baseline_model=latest_blessed.outputs["model"], label_stats=stats_gen.outputs["label_stats"],
-        thresholds=cfg.regression_gate, eval_split="eval", report_split="test")
-    pusher = LongTailPusher(
-        model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
-        push_destination=pusher_pb2.PushDestination(
-            filesystem=pusher_pb2.PushDestination.Filesystem(base_directory=serving_dir)))
-    return tfx.dsl.Pipeline(
-        pipeline_name=regression_names(cfg)[0],
-        pipeline_root=pipeline_root,
-        components=[example_gen, *nodes, stats_gen, trainer, latest_blessed, evaluator, pusher],
-        enable_cache=cfg.enable_cache,
-        metadata_connection_config=(tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path)
-                                    if metadata_path else None),
-        beam_pipeline_args=beam_pipeline_args or [],
-    )
+    gate_and_push = _gate_and_push(RegressionEvaluator, example_gen.outputs["examples"], trainer, stats_gen,
+                                   cfg.regression_gate, serving_dir)
+    return _pipeline(regression_names(cfg)[0], pipeline_root, [example_gen, *nodes, stats_gen, trainer, *gate_and_push],
+                     cfg.enable_cache, metadata_path, beam_pipeline_args)
