@@ -79,7 +79,7 @@ def run_pool_setting(a, rho_u: float) -> tuple[list[dict], dict]:
                 model, history = train(cfg, files, stats, shape, run_dir)
                 summary, images_per_step = None, cfg.batch_size
             else:
-                semi = SemiConfig(semi=semi_method, semi_mu=a.mu)
+                semi = SemiConfig(semi=semi_method, semi_mu=a.mu, daso_warmup_steps=a.daso_warmup)
                 model, history, summary = train_semi(cfg, semi, files, pool_files, stats, shape, run_dir,
                                                      pool_truth=truth, pool_setting=pool_setting)
                 images_per_step = summary["labeled_batch"] + summary["unlabeled_batch"]
@@ -130,6 +130,7 @@ def main() -> int:
     p.add_argument("--pool-head", type=int, default=3000, help="unlabeled head class (the paper's M1)")
     p.add_argument("--epochs", type=int, default=30, help="passes over the labeled set (30 steps each at N1=1500, rho=100)")
     p.add_argument("--mu", type=int, default=2)
+    p.add_argument("--daso-warmup", type=int, default=None, help="DASO warm-up steps (default: 2%% of the steps)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument("--methods", default=",".join(METHODS))
@@ -159,8 +160,9 @@ def main() -> int:
                 f"{any_info['rarest']}. resnet8, batch 128 labeled (+ {a.mu}x128 unlabeled for FixMatch/DASO), "
                 f"{any_info['steps']} steps ({a.epochs} passes over the labeled set), SGD momentum 0.9, cosine from 0.05, "
                 f"weight decay 5e-4, seed {a.seed}. FixMatch: threshold {defaults.semi_threshold}, lambda_u "
-                f"{defaults.semi_lambda_u}, EMA {defaults.semi_ema_decay} (evaluated and exported). DASO: warm-up 2% of the "
-                f"steps, T_dist 1.5 (rho_u = rho) or 0.3 (rho_u != rho), T_proto {defaults.daso_proto_temperature}, queue "
+                f"{defaults.semi_lambda_u}, EMA {defaults.semi_ema_decay} (evaluated and exported). DASO: warm-up "
+                f"{'2% of the steps' if a.daso_warmup is None else f'{a.daso_warmup} steps'}, T_dist 1.5 (rho_u = rho) or "
+                f"0.3 (rho_u != rho), T_proto {defaults.daso_proto_temperature}, queue "
                 f"{defaults.daso_queue_size} a class. `_la`: logit-adjusted labeled loss (tau 1). Balanced test split "
                 f"(1000 a class); few-shot group {any_info['shot_groups']['few']}. Pseudo-label recall and mask rate: "
                 f"the last epoch's pseudo-labels of {a.eval_pool_size or 'all'} un-augmented pool images (a fixed random "
