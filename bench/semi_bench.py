@@ -142,6 +142,13 @@ def run_seed(a, seed: int, cells: dict, stats: dict, files, test_files, shape, w
     return rows
 
 
+def replan(stats: dict, row: dict) -> str:
+    """The planner's choice (semi=auto, current defaults) on a row's recorded pool estimates."""
+    pl = {"num_pool_examples": row["pool_size"], "estimated_relevance": row["estimated_relevance"],
+          "estimated_rho_u": row["corrected_rho_u"], "num_accepted": row["accepted"]}
+    return decide(SemiConfig(semi="auto"), stats, pl)["choice"]
+
+
 def fmt(v, d=3):
     return "-" if v is None else f"{v:.{d}f}"
 
@@ -193,6 +200,9 @@ def main() -> int:
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument("--max-steps-per-epoch", type=int, default=None, help="trying the script out only")
     p.add_argument("--out", default=None, help="results file (default bench/results/semi_rho<rho>.md)")
+    p.add_argument("--replan", action="store_true",
+                   help="train nothing: rewrite the table from the .jsonl, the planner's choice taken again with the "
+                        "current defaults on the recorded estimates")
     a = p.parse_args()
     cells = {(float(u), float(r)): prepare(a, float(u), float(r))
              for u in a.rho_u.split(",") for r in a.relevance.split(",")}
@@ -209,14 +219,22 @@ def main() -> int:
     path = a.out or f"bench/results/semi_rho{a.rho:g}.md"
     os.makedirs("runs", exist_ok=True)
     rows: list[dict] = []
-    for seed in [int(s) for s in a.seeds.split(",")]:
-        work = tempfile.mkdtemp(prefix="semi-bench-", dir="runs")
-        try:
-            rows += run_seed(a, seed, cells, stats, files, test_files, shape, work)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-        with open(path.replace(".md", ".jsonl"), "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
+    seeds = [int(s) for s in a.seeds.split(",")]
+    if a.replan:  # the recorded rows, with the planner's choice taken again with today's defaults
+        rows = [json.loads(line) for line in open(path.replace(".md", ".jsonl"))]
+        for r in rows:
+            if r["cell"] != "none":
+                r["planner"] = replan(stats, r)
+        seeds = [None]
+    for seed in seeds:
+        if seed is not None:
+            work = tempfile.mkdtemp(prefix="semi-bench-", dir="runs")
+            try:
+                rows += run_seed(a, seed, cells, stats, files, test_files, shape, work)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+            with open(path.replace(".md", ".jsonl"), "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in rows)
         sizes = "; ".join(f"rho_U={c[0]:g}, relevance={c[1]:g}: {m['splits']['unlabeled']['num_examples']}"
                           for c, m in manifests.items())
         thresholds = {f: getattr(SemiConfig(), f) for f in ("plan_min_relevance", "plan_min_in_domain_examples",
@@ -232,7 +250,8 @@ def main() -> int:
                      "Pseudo-label acc: argmax of that base model on the pool's in-domain images against their true "
                      "classes. rho_U: true (the manifest, in-domain images), raw (pseudo-label counts), corrected "
                      "(black-box shift estimation); relevance: true in-domain share vs the energy-score estimate. Planner: "
-                     f"models.planner on those estimates with the defaults {thresholds}. Seeds {seeds_done} (training "
+                     f"models.planner on those estimates with the defaults {thresholds}"
+                     f"{' (re-taken on the recorded estimates by --replan)' if a.replan else ''}. Seeds {seeds_done} (training "
                      "seed; one data draw): mean (min-max). Balanced test split, 1000 a class; few-shot group "
                      f"{stats['shot_groups']['few']}.", table(rows))
     return 0

@@ -80,7 +80,7 @@ class SemiConfig:
     plan_min_relevance: float = 0.6
     plan_min_in_domain_examples: int = 500
     plan_min_pool_to_labeled_ratio: float = 0.25
-    plan_max_pool_imbalance: float | None = None
+    plan_max_pool_imbalance: float | None = 10.0  # bench/results/semi_rho100.md: rho_U=100 pools cost accuracy
     # semi=auto, when the planner chooses ssp and pretrain.ssp=none: the self-supervised pre-training the final
     # Trainer runs itself on the labeled images (with the pretrain.* settings) before it trains from it;
     # none: supervised only, SSP only recommended in the plan's reasons.

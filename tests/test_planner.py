@@ -12,8 +12,9 @@ N = sum(COUNTS)
 
 
 @pytest.mark.parametrize("pool,thresholds,choice,last_reason", [
-    (PoolEstimates(7000, 0.98, 1.2), None, PSEUDO_LABEL, r"rho_U 1\.2 \(pseudo-labels help even on an imbalanced pool\)"),
-    (PoolEstimates(7000, 0.98, 95.0), None, PSEUDO_LABEL, r"rho_U 95\.0"),  # imbalanced pool: still pseudo-label
+    (PoolEstimates(7000, 0.98, 1.2), None, PSEUDO_LABEL, r"rho_U 1\.2 <= 10 \(balanced enough"),
+    (PoolEstimates(7000, 0.98, 95.0), None, SSP, r"rho_U 95\.0 > 10: pseudo-labels would mostly add head-class"),
+    (PoolEstimates(7000, 0.98, 95.0), PlannerThresholds(max_pool_imbalance=None), PSEUDO_LABEL, r"rho_U 95\.0 \("),
     (PoolEstimates(7000, 0.45, 1.0), None, SSP, r"relevance 0\.45 < 0\.60"),
     (PoolEstimates(7000, 0.60, 1.0), None, PSEUDO_LABEL, r"rho_U 1\.0"),  # at the threshold: relevant enough
     (PoolEstimates(400, 1.0, 1.0), None, SSP, r"about 400 in-domain pool images < 500"),
