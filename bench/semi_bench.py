@@ -240,6 +240,8 @@ def main() -> int:
         thresholds = {f: getattr(SemiConfig(), f) for f in ("plan_min_relevance", "plan_min_in_domain_examples",
                                                              "plan_min_pool_to_labeled_ratio", "plan_max_pool_imbalance")}
         seeds_done = sorted({r["seed"] for r in rows})
+        replanned = (" (re-taken on the recorded estimates by --replan; the rows were trained by `tools/env exec "
+                     f"python bench/semi_bench.py --seeds {a.seeds}`, i.e. make bench-semi)") if a.replan else ""
         write_result(path, f"Pseudo-label training with an unlabeled pool, Fashion-MNIST-LT rho={a.rho:g}",
                      f"Labeled: {counts} ({stats['num_examples']} images; N1={a.n_max}, rho={a.rho:g}); validation "
                      f"{m0['splits']['validation']['num_examples']} images; pools (unlabeled head {a.pool_head}): {sizes} "
@@ -251,7 +253,7 @@ def main() -> int:
                      "classes. rho_U: true (the manifest, in-domain images), raw (pseudo-label counts), corrected "
                      "(black-box shift estimation); relevance: true in-domain share vs the energy-score estimate. Planner: "
                      f"models.planner on those estimates with the defaults {thresholds}"
-                     f"{' (re-taken on the recorded estimates by --replan)' if a.replan else ''}. Seeds {seeds_done} (training "
+                     f"{replanned}. Seeds {seeds_done} (training "
                      "seed; one data draw): mean (min-max). Balanced test split, 1000 a class; few-shot group "
                      f"{stats['shot_groups']['few']}.", table(rows))
     return 0
