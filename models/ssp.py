@@ -375,6 +375,18 @@ def pretrain(cfg: SSPConfig, backbone_name: str, image_shape, file_groups, model
     return backbone, summary
 
 
+def pretrain_backbone(cfg: SSPConfig, backbone_name: str, image_shape, file_groups, model_run_dir: str,
+                      weights_dir: str, eval_files=None, backup_dir: str | None = None) -> dict:
+    """:func:`pretrain`, then the backbone's weights saved in ``weights_dir`` (what a strict warm start loads);
+    the summary, with ``backbone_variables`` (how many were saved)."""
+    import tensorflow as tf
+
+    backbone, summary = pretrain(cfg, backbone_name, image_shape, file_groups, model_run_dir, eval_files, backup_dir)
+    tf.io.gfile.makedirs(weights_dir)
+    summary["backbone_variables"] = len(backbones.save_backbone_weights(backbone, weights_dir))
+    return summary
+
+
 def run_fn(fn_args) -> None:
     """TFX entry point of the pre-training Trainer (components.trainer.SSPPretrainer), by the dotted path
     models.ssp.run_fn. custom_config: pretrain (SSPConfig fields), backbone, image_shape, backup_dir and,
@@ -389,11 +401,8 @@ def run_fn(fn_args) -> None:
         if not config.get("unlabeled_files"):
             raise ValueError("ssp_data=labeled+unlabeled but the pre-training Trainer got no unlabeled examples")
         groups.append(config["unlabeled_files"])
-    backbone, summary = pretrain(cfg, config["backbone"], config["image_shape"], groups, fn_args.model_run_dir,
-                                 fn_args.eval_files, config.get("backup_dir"))
-    tf.io.gfile.makedirs(fn_args.serving_model_dir)
-    names = backbones.save_backbone_weights(backbone, fn_args.serving_model_dir)
-    summary["backbone_variables"] = len(names)
+    summary = pretrain_backbone(cfg, config["backbone"], config["image_shape"], groups, fn_args.model_run_dir,
+                                fn_args.serving_model_dir, fn_args.eval_files, config.get("backup_dir"))
     with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, SUMMARY_FILE), "w") as f:
         json.dump(summary, f, indent=2)
 

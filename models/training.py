@@ -210,11 +210,9 @@ def _inline_ssp(fn_args, cfg: TrainConfig, semi_cfg, config: dict) -> tuple[dict
 
     ssp_cfg = ssp.SSPConfig.from_dict({**(config.get("pretrain") or {}), "ssp": semi_cfg.plan_ssp, "ssp_data": "labeled"})
     ssp_dir = os.path.join(fn_args.model_run_dir, "ssp")
-    backbone, summary = ssp.pretrain(ssp_cfg, cfg.backbone, config["image_shape"], [fn_args.train_files], ssp_dir,
-                                     getattr(fn_args, "eval_files", None))
     weights = os.path.join(ssp_dir, "backbone")
-    tf.io.gfile.makedirs(weights)
-    summary["backbone_variables"] = len(backbones.save_backbone_weights(backbone, weights))
+    summary = ssp.pretrain_backbone(ssp_cfg, cfg.backbone, config["image_shape"], [fn_args.train_files], ssp_dir,
+                                    weights, getattr(fn_args, "eval_files", None))
     return summary, weights
 
 
