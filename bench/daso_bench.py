@@ -35,7 +35,7 @@ from models.label_stats import derive_label_stats  # noqa: E402
 from models.semi import SemiConfig, load_pool_truth, train_semi  # noqa: E402
 from models.training import TrainConfig, train  # noqa: E402
 from pipeline.configs import load_config  # noqa: E402
-from pipeline.local_runner import ensure_data  # noqa: E402
+from pipeline.tasks import ensure_data  # noqa: E402
 
 # method -> (semi method, labeled loss)
 METHODS = {

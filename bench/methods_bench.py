@@ -30,7 +30,7 @@ from models.label_stats import derive_label_stats  # noqa: E402
 from models.losses import logit_adjust  # noqa: E402
 from models.training import TrainConfig, decouple, train  # noqa: E402
 from pipeline.configs import load_config  # noqa: E402
-from pipeline.local_runner import ensure_data  # noqa: E402
+from pipeline.tasks import ensure_data  # noqa: E402
 
 # method -> (TrainConfig overrides, how to get it: "train" or from the CE model)
 METHODS = {

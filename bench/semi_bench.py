@@ -49,7 +49,7 @@ from models.pseudo_label import combined_stats, decide  # noqa: E402
 from models.semi import SemiConfig, load_pool_truth  # noqa: E402
 from models.training import TrainConfig, train  # noqa: E402
 from pipeline.configs import load_config  # noqa: E402
-from pipeline.local_runner import ensure_data  # noqa: E402
+from pipeline.tasks import ensure_data  # noqa: E402
 
 LOSSES = {"ce": "CE", "logit_adjusted": "LA"}
 

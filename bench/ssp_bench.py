@@ -32,7 +32,7 @@ from models import backbones, ssp  # noqa: E402
 from models.label_stats import derive_label_stats  # noqa: E402
 from models.training import TrainConfig, train  # noqa: E402
 from pipeline.configs import load_config  # noqa: E402
-from pipeline.local_runner import ensure_data  # noqa: E402
+from pipeline.tasks import ensure_data  # noqa: E402
 
 
 def fmt(v, digits=3):

@@ -19,7 +19,7 @@ from components.data.prepare import load_manifest  # noqa: E402
 from models import training  # noqa: E402
 from models.label_stats import derive_label_stats  # noqa: E402
 from pipeline.configs import load_config  # noqa: E402
-from pipeline.local_runner import ensure_data  # noqa: E402
+from pipeline.tasks import ensure_data  # noqa: E402
 
 
 def main() -> int:

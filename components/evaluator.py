@@ -13,10 +13,10 @@ The candidate and the last blessed model (from the Resolver) are both scored on 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
-import numpy as np
 import tensorflow as tf
 from tfx import types
 from tfx.dsl.components.base import base_component, base_executor, executor_spec
@@ -27,20 +27,14 @@ from tfx.utils import io_utils, path_utils
 from components.artifacts import EVALUATION_FILE, LABEL_STATS_FILE, LabelStatistics
 from components.gate import GateThresholds, decide
 from models.metrics import per_class_metrics
+from models.predict import SavedModelPredictor, parse_labels
 
 
 def predict_split(saved_model_dir: str, file_pattern: str, batch_size: int = 512):
     """(labels, predicted class ids) of every example in the split, through serving_tf_example."""
-    model = tf.saved_model.load(saved_model_dir)
-    serve = model.signatures["serving_tf_example"]
-    files = sorted(tf.io.gfile.glob(file_pattern))
-    ds = tf.data.TFRecordDataset(files, compression_type="GZIP" if files[0].endswith(".gz") else "")
-    labels, preds = [], []
-    for batch in ds.batch(batch_size):
-        parsed = tf.io.parse_example(batch, {"label": tf.io.FixedLenFeature([], tf.int64)})
-        labels.append(parsed["label"].numpy())
-        preds.append(serve(examples=batch)["class_id"].numpy())
-    return np.concatenate(labels), np.concatenate(preds)
+    parsed, out = SavedModelPredictor(saved_model_dir).predict_files(tf.io.gfile.glob(file_pattern), parse_labels,
+                                                                     batch_size)
+    return parsed["label"], out["class_id"]
 
 
 def evaluate_model(model_artifact_uri: str, examples, split: str, stats: dict) -> dict:
@@ -120,8 +114,6 @@ class PerClassEvaluator(base_component.BaseComponent):
 
     def __init__(self, examples, model, label_stats, thresholds: GateThresholds, baseline_model=None,
                  eval_split: str = "eval", report_split: str | None = "test"):
-        import dataclasses
-
         spec = PerClassEvaluatorSpec(
             examples=examples, model=model, baseline_model=baseline_model, label_stats=label_stats,
             thresholds=json.dumps(dataclasses.asdict(thresholds)), eval_split=eval_split, report_split=report_split,

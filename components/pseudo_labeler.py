@@ -57,17 +57,12 @@ from models.pool_estimates import (
     relevance_from_fraction,
     summarise_pool,
 )
+from models.predict import SavedModelPredictor, parse_labels
 
 ORIGIN = b"pseudo"
 OUTPUT_SPLIT = "train"
-_SIGNATURE = "serving_tf_example"
 _PREDICTED, _ACCEPTED, _HISTOGRAM, _ABOVE = "predicted", "accepted", "histogram", "above"
 _PROBABILITY_SUMS = "probability_sums"
-
-
-def _serving(saved_model_dir: str):
-    model = tf.saved_model.load(saved_model_dir)
-    return model, model.signatures[_SIGNATURE]
 
 
 def _split_files(examples, split: str) -> list[str]:
@@ -79,17 +74,8 @@ def _split_files(examples, split: str) -> list[str]:
 
 def predict_labeled_split(saved_model_dir: str, files: list[str], batch_size: int = 512):
     """(labels, probabilities, logits or None) of a labeled split, through serving_tf_example."""
-    _, serve = _serving(saved_model_dir)
-    ds = tf.data.TFRecordDataset(files, compression_type="GZIP" if files[0].endswith(".gz") else "")
-    labels, probs, logits = [], [], []
-    for batch in ds.batch(batch_size):
-        parsed = tf.io.parse_example(batch, {"label": tf.io.FixedLenFeature([], tf.int64)})
-        out = serve(examples=batch)
-        labels.append(parsed["label"].numpy())
-        probs.append(out["probabilities"].numpy())
-        if "logits" in out:
-            logits.append(out["logits"].numpy())
-    return np.concatenate(labels), np.concatenate(probs), (np.concatenate(logits) if logits else None)
+    parsed, out = SavedModelPredictor(saved_model_dir).predict_files(files, parse_labels, batch_size)
+    return parsed["label"], out["probabilities"], out.get("logits")
 
 
 class _PseudoLabel(beam.DoFn):
@@ -97,18 +83,17 @@ class _PseudoLabel(beam.DoFn):
 
     def __init__(self, saved_model_dir: str, energy_temperature: float):
         self._dir, self._temperature = saved_model_dir, energy_temperature
-        self._model = self._serve = None
+        self._predict = None
 
     def setup(self):
-        self._model, self._serve = _serving(self._dir)  # keep the model referenced: the signature needs it alive
+        self._predict = SavedModelPredictor(self._dir)  # loaded once per worker
 
     def process(self, batch):
         records = tf.constant(batch)
         images = tf.io.parse_example(records, {"image": tf.io.FixedLenFeature([], tf.string)})["image"].numpy()
-        out = self._serve(examples=records)
-        probs = out["probabilities"].numpy()
-        labels = out["class_id"].numpy()
-        energy = energy_score(out["logits"].numpy(), self._temperature) if "logits" in out else None
+        out = self._predict(records)
+        probs, labels = out["probabilities"], out["class_id"]
+        energy = energy_score(out["logits"], self._temperature) if "logits" in out else None
         for i, image in enumerate(images):
             label = int(labels[i])
             yield {"image": image, "label": label, "confidence": float(probs[i, label]), "probabilities": probs[i],

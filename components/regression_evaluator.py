@@ -12,7 +12,6 @@ import dataclasses
 import json
 import os
 
-import numpy as np
 import tensorflow as tf
 from tfx import types
 from tfx.dsl.components.base import base_component, base_executor, executor_spec
@@ -22,21 +21,19 @@ from tfx.utils import path_utils
 from components.artifacts import LABEL_STATS_FILE
 from components.evaluator import PerClassEvaluatorSpec, write_evaluation_and_blessing
 from components.gate import RegressionGateThresholds, decide_regression
+from models.predict import SavedModelPredictor
 from models.regression import parse_examples, regression_metrics, valid_rows
 
 
 def predict_split(saved_model_dir: str, file_pattern: str, target: str, batch_size: int = 2048):
     """(targets, target present, predictions) of every row of the split, through serving_tf_example."""
-    serve = tf.saved_model.load(saved_model_dir).signatures["serving_tf_example"]
-    files = sorted(tf.io.gfile.glob(file_pattern))
-    ds = tf.data.TFRecordDataset(files, compression_type="GZIP" if files[0].endswith(".gz") else "")
-    ys, present, preds = [], [], []
-    for batch in ds.batch(batch_size):
+
+    def parse(batch):
         values, has = parse_examples(batch, [target])
-        ys.append(tf.cast(values[target], tf.float64).numpy())
-        present.append(has[target].numpy())
-        preds.append(serve(examples=batch)["prediction"].numpy())
-    return np.concatenate(ys), np.concatenate(present), np.concatenate(preds)
+        return {"target": tf.cast(values[target], tf.float64), "present": has[target]}
+
+    parsed, out = SavedModelPredictor(saved_model_dir).predict_files(tf.io.gfile.glob(file_pattern), parse, batch_size)
+    return parsed["target"], parsed["present"], out["prediction"]
 
 
 def evaluate_model(model_uri: str, examples, split: str, stats: dict) -> dict:

@@ -31,8 +31,9 @@ from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from components.artifacts import LABEL_STATS_FILE, LabelStatistics
 from components.errors import PipelineDataError
 from components.label_stats_gen import _CountAndSample
+from models.config import RegressionConfig, from_dict
 from models.density import derive_regression_stats
-from models.regression import COLUMN_TYPES, RegressionConfig, model_columns, target_problem
+from models.regression import COLUMN_TYPES, model_columns, target_problem
 
 _TOTAL = "rows"
 
@@ -95,7 +96,7 @@ class RegressionLabelStatsGenSpec(types.ComponentSpec):
 
 class Executor(base_beam_executor.BaseBeamExecutor):
     def Do(self, input_dict, output_dict, exec_properties):
-        cfg = RegressionConfig.from_dict(json.loads(exec_properties["regression"]))
+        cfg = from_dict(RegressionConfig, json.loads(exec_properties["regression"]), "regression.")
         splits = json.loads(exec_properties["splits"])
         out_dir = os.path.join(artifact_utils.get_single_uri(output_dict["label_stats"]), "beam")
         with self._make_beam_pipeline() as p:

@@ -12,6 +12,9 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+SERVING_DEFAULT = "serving_default"  # what TF Serving answers when a request names no signature
+SERVING_TF_EXAMPLE = "serving_tf_example"
+
 
 def export_serving_model(model: keras.Model, export_dir: str, image_shape, logit_offset=None) -> None:
     """Write ``model`` (logits out) as a SavedModel. ``logit_offset`` (C,) is added to the logits
@@ -34,7 +37,7 @@ def export_serving_model(model: keras.Model, export_dir: str, image_shape, logit
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint(
-        "serving_default", lambda images: predict(images),
+        SERVING_DEFAULT, lambda images: predict(images),
         input_signature=[tf.TensorSpec([None], tf.string, name="images")])
 
     def from_examples(examples):
@@ -42,6 +45,6 @@ def export_serving_model(model: keras.Model, export_dir: str, image_shape, logit
         return predict(parsed["image"])
 
     archive.add_endpoint(
-        "serving_tf_example", from_examples,
+        SERVING_TF_EXAMPLE, from_examples,
         input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     archive.write_out(export_dir, verbose=False)

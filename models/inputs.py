@@ -20,7 +20,8 @@ def _files(file_pattern) -> list[str]:
     return files
 
 
-def _compression(files) -> str:
+def compression_type(files) -> str:
+    """TFRecord compression by file name: GZIP for ``.gz`` (TFX writes those), none otherwise."""
     return "GZIP" if files[0].endswith(".gz") else ""
 
 
@@ -41,7 +42,7 @@ def read_examples(file_pattern, image_shape, with_labels: bool = True) -> tf.dat
         image = decode_image(ex["image"], image_shape)
         return (image, ex["label"]) if with_labels else (image,)
 
-    ds = tf.data.TFRecordDataset(files, compression_type=_compression(files), num_parallel_reads=AUTOTUNE)
+    ds = tf.data.TFRecordDataset(files, compression_type=compression_type(files), num_parallel_reads=AUTOTUNE)
     return ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=True)
 
 

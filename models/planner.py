@@ -9,8 +9,10 @@ SSP, which needs no extra data, is the better route when no good pool exists. Wi
 the run is supervised only.
 
 Pure Python: the planner reads the label statistics (LabelStatsGen) and the pool estimates
-(models/pool_estimates.py via the PseudoLabeler) and returns a JSON-ready plan
-``{choice, reasons, estimates}``; :func:`explain` says the decision in one sentence.
+(models/pool_estimates.py via the PseudoLabeler) and returns a JSON-ready decision
+``{choice, decided_by, reasons, estimates}`` whose reasons are data (``{"code": ..., values}``). This module
+is the one place that turns a decision into words: :func:`reason_text` for one reason (the planner's and
+the training mode's, models/pseudo_label.py), :func:`explain` for the whole decision in one sentence.
 
 Rules, in order (the first that fails decides):
   1. pool size 0                                         -> supervised
@@ -23,29 +25,69 @@ Rules, in order (the first that fails decides):
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
+
+from models.config import PlannerConfig
 
 SUPERVISED, PSEUDO_LABEL, SSP = "supervised", "pseudo_label", "ssp"
 CHOICES = (SUPERVISED, PSEUDO_LABEL, SSP)
+PlannerThresholds = PlannerConfig  # the thresholds (and the SSP the Trainer may run) live in the config section
+
+# The words for each reason code: "condition: why it matters". explain() quotes the condition part.
+REASONS = {
+    # the planner's rules
+    "pool_empty": "the unlabeled pool is empty (0 images)",
+    "relevance_not_estimated": "pool relevance was not estimated (no validation split to calibrate on): treated as "
+                               "fully in-domain",
+    "relevance_low": "estimated relevance {relevance:.2f} < {min_relevance:.2f}: pseudo-labels on a pool this far out of "
+                     "domain erode the gain and can hurt",
+    "relevance_ok": "estimated relevance {relevance:.2f} >= {min_relevance:.2f}",
+    "in_domain_too_few": "about {in_domain:.0f} in-domain pool images < {min_in_domain_examples}: too few to pseudo-label",
+    "pool_too_small": "in-domain pool / labeled = {ratio:.2f} < {min_pool_to_labeled_ratio:.2f}: too small next to the "
+                      "labeled set",
+    "pool_size_ok": "about {in_domain:.0f} in-domain pool images, {ratio:.2f}x the {num_labeled} labeled "
+                    "(>= {min_pool_to_labeled_ratio:.2f}x and >= {min_in_domain_examples})",
+    "rho_u_not_estimated": "pool imbalance rho_U was not estimated",
+    "rho_u_high": "estimated pool imbalance rho_U {rho_u:.1f} > {max_pool_imbalance:g}: pseudo-labels would mostly add "
+                  "head-class images",
+    "rho_u_ok": "estimated pool imbalance rho_U {rho_u:.1f}{bound} (balanced enough for its pseudo-labels to add "
+                "tail-class images)",
+    # what the training mode made of the choice (models/pseudo_label.py)
+    "mode_overrides": "semi.method={mode} overrides the planner's choice ({choice}): trained with pseudo-labels anyway",
+    "ssp_already_on": "self-supervised pre-training is already on (pretrain.method={ssp}): the final model is the "
+                      "supervised one warm-started from it",
+    "ssp_inline": "the final Trainer runs {ssp} self-supervised pre-training on the labeled images (pretrain.* settings) "
+                  "and trains the supervised model from it (semi.planner.ssp)",
+    "ssp_recommended": "self-supervised pre-training is recommended but not run (semi.planner.ssp=none): the final model "
+                       "is trained on the labeled images only; to follow the recommendation, run again with "
+                       "`--set ssp=rotation` (or ssp=moco)",
+    "none_accepted": "no pseudo-label was accepted (threshold/top-k left 0 pool images): supervised only",
+}
+CONSEQUENCE = {SUPERVISED: "supervised training on the labeled set only",
+               PSEUDO_LABEL: "pseudo-label training",
+               SSP: "self-supervised pre-training is chosen instead"}
 
 
-@dataclass(frozen=True)
-class PlannerThresholds:
-    """When a pool is worth pseudo-labelling; the defaults are checked by ``make bench-semi``."""
+def reason(code: str, **values) -> dict:
+    if code not in REASONS:
+        raise KeyError(f"no words for planner reason {code!r}")
+    return {"code": code, **values}
 
-    # The paper's gain shrinks as the pool's relevance falls and turns into a loss well before 50%;
-    # 0.6 keeps a margin above that.
-    min_relevance: float = 0.6
-    # Below a few hundred in-domain images the pool adds fewer images than one medium class holds.
-    min_in_domain_examples: int = 500
-    # A pool a quarter of the labeled set still adds ~25% images overall and far more to the tail
-    # (whose labeled classes hold a few percent); the paper used 5x, so this is a permissive floor.
-    min_pool_to_labeled_ratio: float = 0.25
-    # The paper found pseudo-labels help at every rho_U it tried (1 to 100); bench/results/semi_rho100.md did not:
-    # with the logit-adjusted base and final loss, a rho_U=1 pool helped (balanced and few-shot accuracy) and a
-    # rho_U=100 pool cost accuracy, and the corrected rho_U estimates (about 1.3 vs about 200) sit far either side of 10.
-    max_pool_imbalance: float | None = 10.0
+
+def reason_text(r: dict) -> str:
+    return REASONS[r["code"]].format(**{k: v for k, v in r.items() if k != "code"})
+
+
+def reasons_text(decision: dict) -> list[str]:
+    """Every reason of the decision in words, the deciding one with its consequence."""
+    out = []
+    for r in decision["reasons"]:
+        text = reason_text(r)
+        if r["code"] == decision.get("decided_by"):
+            text += f": {CONSEQUENCE[decision['choice']]}" if r["code"] == "pool_empty" else (
+                f", so {CONSEQUENCE[decision['choice']]}" if decision["choice"] == SSP else "")
+        out.append(text)
+    return out
 
 
 @dataclass(frozen=True)
@@ -62,76 +104,94 @@ class PoolEstimates:
         return cls(int(stats["num_pool_examples"]), stats.get("estimated_relevance"), stats.get("estimated_rho_u"))
 
 
-def plan(num_labeled: int, class_counts, pool: PoolEstimates, thresholds: PlannerThresholds | None = None) -> dict:
-    """{choice: supervised | pseudo_label | ssp, reasons: [str], estimates: {...}} from labels and pool."""
-    thresholds = thresholds or PlannerThresholds()
+def plan(num_labeled: int, class_counts, pool: PoolEstimates, thresholds: PlannerConfig | None = None) -> dict:
+    """{choice: supervised | pseudo_label | ssp, decided_by: the deciding reason's code, reasons: [{code, ...}],
+    estimates: {...}} from the labels and the pool."""
+    t = thresholds or PlannerConfig()
     if num_labeled <= 0:
         raise ValueError(f"planner: the labeled set is empty ({num_labeled} examples)")
     counts = [int(n) for n in class_counts]
     present = [n for n in counts if n > 0]
     relevance = pool.relevance
     in_domain = pool.size * (1.0 if relevance is None else relevance)
+    ratio = in_domain / num_labeled
     estimates = {
         "num_labeled": int(num_labeled),
         "labeled_imbalance_ratio": max(present) / min(present) if present else None,
         "pool_size": int(pool.size),
         "pool_relevance": relevance,
         "pool_in_domain_examples": round(in_domain, 1),
-        "pool_to_labeled_ratio": round(in_domain / num_labeled, 4),
+        "pool_to_labeled_ratio": round(ratio, 4),
         "pool_rho_u": pool.rho_u,
-        "thresholds": dataclasses.asdict(thresholds),
+        "thresholds": t.thresholds(),
     }
+    reasons = []
 
-    def decided(choice, reasons):
-        return {"choice": choice, "reasons": reasons, "estimates": estimates}
+    def decided(choice, code, **values):
+        reasons.append(reason(code, **values))
+        return {"choice": choice, "decided_by": code, "reasons": reasons, "estimates": estimates}
 
     if pool.size <= 0:
-        return decided(SUPERVISED, ["the unlabeled pool is empty (0 images): supervised training on the labeled set only"])
-
-    reasons = []
+        return decided(SUPERVISED, "pool_empty")
     if relevance is None:
-        reasons.append("pool relevance was not estimated (no validation split to calibrate on): treated as fully in-domain")
-    elif relevance < thresholds.min_relevance:
-        return decided(SSP, [f"estimated relevance {relevance:.2f} < {thresholds.min_relevance:.2f}: pseudo-labels on a "
-                             f"pool this far out of domain erode the gain and can hurt, so self-supervised "
-                             f"pre-training is used instead"])
+        reasons.append(reason("relevance_not_estimated"))
+    elif relevance < t.min_relevance:
+        return decided(SSP, "relevance_low", relevance=relevance, min_relevance=t.min_relevance)
     else:
-        reasons.append(f"estimated relevance {relevance:.2f} >= {thresholds.min_relevance:.2f}")
-
-    if in_domain < thresholds.min_in_domain_examples:
-        return decided(SSP, reasons + [f"about {in_domain:.0f} in-domain pool images < {thresholds.min_in_domain_examples}: "
-                                       f"too few to pseudo-label, so self-supervised pre-training is used instead"])
-    ratio = in_domain / num_labeled
-    if ratio < thresholds.min_pool_to_labeled_ratio:
-        return decided(SSP, reasons + [f"in-domain pool / labeled = {ratio:.2f} < {thresholds.min_pool_to_labeled_ratio:.2f}: "
-                                       f"too small next to the labeled set, so self-supervised pre-training is used instead"])
-    reasons.append(f"about {in_domain:.0f} in-domain pool images, {ratio:.2f}x the {num_labeled} labeled "
-                   f"(>= {thresholds.min_pool_to_labeled_ratio:.2f}x and >= {thresholds.min_in_domain_examples})")
-
+        reasons.append(reason("relevance_ok", relevance=relevance, min_relevance=t.min_relevance))
+    if in_domain < t.min_in_domain_examples:
+        return decided(SSP, "in_domain_too_few", in_domain=in_domain, min_in_domain_examples=t.min_in_domain_examples)
+    if ratio < t.min_pool_to_labeled_ratio:
+        return decided(SSP, "pool_too_small", ratio=ratio, min_pool_to_labeled_ratio=t.min_pool_to_labeled_ratio)
+    reasons.append(reason("pool_size_ok", in_domain=in_domain, ratio=ratio, num_labeled=int(num_labeled),
+                          min_pool_to_labeled_ratio=t.min_pool_to_labeled_ratio,
+                          min_in_domain_examples=t.min_in_domain_examples))
     if pool.rho_u is None:
-        reasons.append("pool imbalance rho_U was not estimated")
-    elif thresholds.max_pool_imbalance is not None and pool.rho_u > thresholds.max_pool_imbalance:
-        return decided(SSP, reasons + [f"estimated pool imbalance rho_U {pool.rho_u:.1f} > {thresholds.max_pool_imbalance:g}: "
-                                       f"pseudo-labels would mostly add head-class images, so self-supervised "
-                                       f"pre-training is used instead"])
-    else:
-        reasons.append(f"estimated pool imbalance rho_U {pool.rho_u:.1f}"
-                       + ("" if thresholds.max_pool_imbalance is None else f" <= {thresholds.max_pool_imbalance:g}")
-                       + " (balanced enough for its pseudo-labels to add tail-class images)")
-    return decided(PSEUDO_LABEL, reasons)
+        return decided(PSEUDO_LABEL, "rho_u_not_estimated")
+    if t.max_pool_imbalance is not None and pool.rho_u > t.max_pool_imbalance:
+        return decided(SSP, "rho_u_high", rho_u=pool.rho_u, max_pool_imbalance=t.max_pool_imbalance)
+    bound = "" if t.max_pool_imbalance is None else f" <= {t.max_pool_imbalance:g}"
+    return decided(PSEUDO_LABEL, "rho_u_ok", rho_u=pool.rho_u, bound=bound)
 
 
-def explain(result: dict) -> str:
-    """The plan in one sentence a user understands (for report.md)."""
-    e, choice = result["estimates"], result["choice"]
-    size = f"{e['pool_size']:,}-image"
-    relevance = "" if e["pool_relevance"] is None else f", about {e['pool_relevance']:.0%} of it like the labeled images"
-    if choice == SUPERVISED:
+def _deciding(decision: dict) -> str:
+    """The deciding reason's condition, the part of its words before the colon."""
+    r = next(r for r in decision["reasons"] if r["code"] == decision["decided_by"])
+    return reason_text(r).split(":")[0]
+
+
+def explain(decision: dict) -> str:
+    """The decision in one sentence a user understands (report.md). With ``trained_with`` (what the Trainer
+    did, models/pseudo_label.py) the sentence says what was done when it differs from the planner's choice."""
+    e, choice = decision["estimates"], decision["choice"]
+    trained = decision.get("trained_with", choice)
+    codes = [r["code"] for r in decision["reasons"]]
+    rel = "" if e["pool_relevance"] is None else f"about {e['pool_relevance']:.0%} of it like the labeled images"
+    pool = f"the {e['pool_size']:,}-image unlabeled pool"
+    pool_rel = pool + (f" ({rel})" if rel else "")
+    Pool_rel = pool_rel[0].upper() + pool_rel[1:]
+    if trained == SSP:
+        return (f"{Pool_rel} was not pseudo-labeled ({_deciding(decision)}); instead the Trainer ran "
+                f"{decision.get('inline_ssp', 'rotation')} self-supervised pre-training on the labeled images and trained "
+                "the model from it.")
+    if trained == PSEUDO_LABEL and "mode_overrides" in codes:
+        advice = "" if choice == PSEUDO_LABEL else f", although the planner would have chosen {choice}"
+        return (f"The model labeled {pool_rel} and was retrained on the labeled images plus these pseudo-labels, because "
+                f"semi.method={decision.get('semi', PSEUDO_LABEL)} was set{advice}.")
+    if choice == SUPERVISED and trained == SUPERVISED:
         return "Trained on the labeled images only, because there is no unlabeled pool."
-    if choice == PSEUDO_LABEL:
-        return (f"The model labeled the {size} unlabeled pool{relevance}, and was retrained on the labeled images "
-                f"plus these pseudo-labels, because the pool is large and relevant enough to help the rare classes.")
-    why = result["reasons"][-1].split(":")[0]
-    comma = "," if relevance else ""
-    return (f"The {size} unlabeled pool{relevance}{comma} was not pseudo-labeled ({why}); self-supervised "
-            f"pre-training on the images is used instead.")
+    if choice == PSEUDO_LABEL and trained == PSEUDO_LABEL:
+        size_rel = f"the {e['pool_size']:,}-image unlabeled pool" + (f", {rel}," if rel else "")
+        return (f"The model labeled {size_rel} and was retrained on the labeled images plus these pseudo-labels, "
+                f"because the pool is large and relevant enough to help the rare classes.")
+    if choice == SSP and "ssp_recommended" in codes:
+        return (f"{Pool_rel} was not pseudo-labeled ({_deciding(decision)}), so the model was trained on the labeled "
+                f"images only; self-supervised pre-training is recommended instead (run again with --set ssp=rotation).")
+    if choice == SSP and "ssp_already_on" in codes:
+        return (f"{Pool_rel} was not pseudo-labeled ({_deciding(decision)}); the model was trained on the labeled images, "
+                f"warm-started from the self-supervised pre-training.")
+    if choice == SSP:  # the planner alone (no Trainer outcome recorded)
+        size_rel = f"The {e['pool_size']:,}-image unlabeled pool" + (f", {rel}," if rel else "")
+        return (f"{size_rel} was not pseudo-labeled ({_deciding(decision)}); self-supervised pre-training on the images "
+                "is used instead.")
+    return f"The model was trained on the labeled images only: {reason_text(decision['reasons'][-1])}."

@@ -1,72 +1,110 @@
 """Pseudo-label training (Yang & Xu, NeurIPS 2020) inside the Trainer's run_fn: what to train on.
 
 The PseudoLabeler (components/pseudo_labeler.py) writes the pseudo-labeled pool and its statistics;
-here the final Trainer decides, at run time, whether to use them (the DAG is static):
+here the final Trainer decides, at run time, whether to use them (the DAG is static). The training
+mode (models/modes.py) says how the planner's choice is taken:
 
-  semi=pseudo_label: always (the planner's own choice is still recorded, as advice);
-  semi=auto:         when models.planner.plan chooses pseudo_label; when it chooses ssp, the final Trainer
-                     runs SSP (plan_ssp, on the labeled images) and trains from it, unless pretrain.ssp
-                     already ran or plan_ssp=none (then supervised only, SSP recommended in the reasons).
+  follows_plan=False (pseudo_label): always pseudo-labels (the planner's choice is still recorded, as advice);
+  follows_plan=True (auto):         pseudo-labels when models.planner.plan chooses them; when it chooses ssp,
+                     the final Trainer runs SSP (semi.planner.ssp, on the labeled images) and trains from it,
+                     unless pretrain.method already ran or semi.planner.ssp=none (then supervised only, SSP
+                     recommended in the reasons).
 
 Training on D_L + accepted D_U minimises L(D_L) + w * L(D_U): every pseudo-labeled example carries the
 sample weight w (no weights at all when w == 1). The loss's and sampler's class counts are those of the
 training set actually read, labeled + accepted pseudo-labels; the priors weigh the pseudo-labels by w.
-
-Pure Python / NumPy: no tfx.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
+import sys
+
 import numpy as np
+import tensorflow as tf
 
-from models import planner
-
-
-def thresholds_from(semi_cfg) -> planner.PlannerThresholds:
-    return planner.PlannerThresholds(
-        min_relevance=semi_cfg.plan_min_relevance, min_in_domain_examples=semi_cfg.plan_min_in_domain_examples,
-        min_pool_to_labeled_ratio=semi_cfg.plan_min_pool_to_labeled_ratio, max_pool_imbalance=semi_cfg.plan_max_pool_imbalance)
+from models import planner, ssp, toolkit, training
+from models.config import SemiConfig
+from models.planner import reason
 
 
-def decide(semi_cfg, stats: dict, pl_stats: dict | None, ssp: str = "none") -> dict:
-    """The plan, JSON-ready: {choice, reasons, estimates} of models.planner plus ``semi`` (the setting)
-    and ``trained_with`` (pseudo_label | ssp | supervised): what the final Trainer does (ssp: pre-trains
-    itself, then supervised from that backbone)."""
+def decide(semi_cfg: SemiConfig, stats: dict, pl_stats: dict | None, pretrain_method: str = "none") -> dict:
+    """The plan, JSON-ready: models.planner.plan's decision plus the mode's outcome reasons, ``semi`` (the
+    mode) and ``trained_with`` (pseudo_label | ssp | supervised): what the final Trainer does (ssp: pre-trains
+    itself, then supervised from that backbone); ``reasons_text`` has every reason in words."""
+    mode = semi_cfg.mode
+    if not mode.plans:
+        raise ValueError(f"decide() is for the planned modes, not semi.method={mode.name}")
     pool = (planner.PoolEstimates.from_pseudo_label_stats(pl_stats) if pl_stats is not None
             else planner.PoolEstimates(size=0))
-    result = planner.plan(stats["num_examples"], stats["class_counts"], pool, thresholds_from(semi_cfg))
-    result["reasons"] = list(result["reasons"])
+    result = planner.plan(stats["num_examples"], stats["class_counts"], pool, semi_cfg.planner)
     choice = result["choice"]
     accepted = int((pl_stats or {}).get("num_accepted") or 0)
-    if semi_cfg.semi == "pseudo_label":
+    if not mode.follows_plan:
         trained_with = planner.PSEUDO_LABEL
         if choice != planner.PSEUDO_LABEL:
-            result["reasons"].append(f"semi=pseudo_label overrides the planner's choice ({choice}): trained with "
-                                     "pseudo-labels anyway")
-    elif semi_cfg.semi == "auto":
-        trained_with = planner.PSEUDO_LABEL if choice == planner.PSEUDO_LABEL else planner.SUPERVISED
-        if choice == planner.SSP and ssp != "none":
-            result["reasons"].append(f"self-supervised pre-training is already on (pretrain.ssp={ssp}): the final model "
-                                     "is the supervised one warm-started from it")
-        elif choice == planner.SSP and semi_cfg.plan_ssp != "none":
-            trained_with = planner.SSP
-            result["inline_ssp"] = semi_cfg.plan_ssp
-            result["reasons"].append(f"the final Trainer runs {semi_cfg.plan_ssp} self-supervised pre-training on the "
-                                     "labeled images (pretrain.* settings) and trains the supervised model from it "
-                                     "(plan_ssp)")
-        elif choice == planner.SSP:
-            result["reasons"][-1] = result["reasons"][-1].replace("is used instead", "is recommended instead")
-            result["reasons"].append("self-supervised pre-training is recommended but not run (plan_ssp=none): the final "
-                                     "model is trained on the labeled images only; to follow the recommendation, run "
-                                     "again with `--set ssp=rotation` (or ssp=moco)")
+            result["reasons"].append(reason("mode_overrides", mode=mode.name, choice=choice))
     else:
-        raise ValueError(f"decide() is for semi=pseudo_label or auto, got {semi_cfg.semi!r}")
+        trained_with = planner.PSEUDO_LABEL if choice == planner.PSEUDO_LABEL else planner.SUPERVISED
+        if choice == planner.SSP and pretrain_method != "none":
+            result["reasons"].append(reason("ssp_already_on", ssp=pretrain_method))
+        elif choice == planner.SSP and mode.inline_ssp and semi_cfg.planner.ssp != "none":
+            trained_with = planner.SSP
+            result["inline_ssp"] = semi_cfg.planner.ssp
+            result["reasons"].append(reason("ssp_inline", ssp=semi_cfg.planner.ssp))
+        elif choice == planner.SSP:
+            result["reasons"].append(reason("ssp_recommended"))
     if trained_with == planner.PSEUDO_LABEL and accepted == 0:
         trained_with = planner.SUPERVISED
-        result["reasons"].append("no pseudo-label was accepted (threshold/top-k left 0 pool images): supervised only")
-    result["semi"] = semi_cfg.semi
+        result["reasons"].append(reason("none_accepted"))
+    result["semi"] = mode.name
     result["trained_with"] = trained_with
+    result["reasons_text"] = planner.reasons_text(result)
     return result
+
+
+def inline_ssp(job: toolkit.TrainingJob, method: str) -> tuple[dict, str]:
+    """The planner chose SSP: pre-train the backbone here on the labeled images (``method`` with the
+    pretrain.* settings) and return (its summary, the folder of its weights for the strict warm start)."""
+    cfg = dataclasses.replace(job.pretrain, method=method, data="labeled")
+    ssp_dir = os.path.join(job.model_run_dir, "ssp")
+    weights = os.path.join(ssp_dir, "backbone")
+    summary = ssp.pretrain_backbone(cfg, job.train.backbone, job.image_shape, [job.train_files], ssp_dir, weights,
+                                    job.eval_files)
+    return summary, weights
+
+
+def train_planned(job: toolkit.TrainingJob) -> toolkit.TrainResult:
+    """The ``pseudo_label`` and ``auto`` modes: plan from the PseudoLabeler's statistics, then train on the labeled
+    set plus the accepted pseudo-labels, or from an inline SSP, or on the labeled set only."""
+    pl_stats = None
+    if job.inputs.get("pseudo_label_stats_path"):
+        with tf.io.gfile.GFile(job.inputs["pseudo_label_stats_path"]) as f:
+            pl_stats = json.load(f)
+    elif job.mode.pool == "required":
+        job.require("pseudo_label_stats_path", "pseudo_labeled_examples and pseudo_label_stats inputs (the "
+                    "PseudoLabeler's outputs)")
+    weight = job.semi.pseudo_label.weight
+    plan = decide(job.semi, job.stats, pl_stats, job.pretrain.method)
+    use = plan["trained_with"] == planner.PSEUDO_LABEL
+    print(f"[trainer] plan ({job.mode.name}): {plan['choice']}; trained with {plan['trained_with']}: "
+          + "; ".join(plan["reasons_text"]), file=sys.stderr, flush=True)
+    pseudo_files, train_stats, backbone, ssp_summary = None, job.stats, job.base_model, None
+    if use:
+        pseudo_files = job.require("pseudo_labeled_files", "pseudo_labeled_examples input")
+        train_stats = combined_stats(job.stats, pl_stats["per_class_accepted"], weight)
+    if plan["trained_with"] == planner.SSP:
+        ssp_summary, backbone = inline_ssp(job, plan["inline_ssp"])
+    model, history = training.train(job.train, job.train_files, train_stats, job.image_shape, job.model_run_dir,
+                                    job.backup_dir, backbone_weights=backbone, pseudo_files=pseudo_files,
+                                    pseudo_weight=weight if use else 1.0)
+    summary = {"plan": plan, "inline_ssp": ssp_summary,
+               "pseudo_labels": pseudo_label_block(pl_stats, weight, use) if pl_stats is not None else None,
+               "training_files": {"labeled": list(job.train_files), "pseudo_labeled": list(pseudo_files or [])}}
+    return toolkit.TrainResult(model, history, train_stats["num_examples"] * job.train.epochs, train_stats,
+                               backbone_weights=backbone, summary=summary)
 
 
 def combined_stats(stats: dict, per_class_accepted, weight: float) -> dict:
@@ -99,29 +137,3 @@ def pseudo_label_block(pl_stats: dict, weight: float, used: bool) -> dict:
     return block
 
 
-def explain(result: dict) -> str:
-    """The decision in one sentence (report.md): models.planner.explain when the run did what the planner chose,
-    else what was done and why."""
-    choice, trained = result["choice"], result["trained_with"]
-    e = result["estimates"]
-    pool = f"the {e['pool_size']:,}-image unlabeled pool" + (
-        "" if e["pool_relevance"] is None else f" (about {e['pool_relevance']:.0%} of it like the labeled images)")
-    if trained == planner.SSP:
-        why = result["reasons"][-2].split(":")[0]
-        return (f"{pool[0].upper() + pool[1:]} was not pseudo-labeled ({why}); instead the Trainer ran "
-                f"{result.get('inline_ssp', 'rotation')} self-supervised pre-training on the labeled images and trained "
-                "the model from it.")
-    if result.get("semi") != "pseudo_label" and choice == trained:
-        return planner.explain(result)
-    if trained == planner.PSEUDO_LABEL:
-        advice = "" if choice == planner.PSEUDO_LABEL else f", although the planner would have chosen {choice}"
-        return (f"The model labeled {pool} and was retrained on the labeled images plus these pseudo-labels, because "
-                f"semi=pseudo_label was set{advice}.")
-    if choice == planner.SSP:
-        why = result["reasons"][-2].split(":")[0]
-        return (f"{pool[0].upper() + pool[1:]} was not pseudo-labeled ({why}), so the model was trained on the labeled "
-                f"images only; self-supervised pre-training is recommended instead (run again with --set ssp=rotation)."
-                if "recommended" in result["reasons"][-1] else
-                f"{pool[0].upper() + pool[1:]} was not pseudo-labeled ({why}); the model was trained on the labeled images, "
-                f"warm-started from the self-supervised pre-training.")
-    return f"The model was trained on the labeled images only: {result['reasons'][-1]}."

@@ -26,9 +26,12 @@ import numpy as np
 import tensorflow as tf
 from scipy.stats import gmean
 
+from models.config import RegressionConfig, TrainConfig, from_dict
 from models.density import BIN_GROUPS, bin_index
+from models.export import SERVING_DEFAULT, SERVING_TF_EXAMPLE
+from models.inputs import compression_type
 from models.layers.fds import FDSUpdate, FeatureDistributionSmoothing
-from models.training import EpochProgress, TrainConfig
+from models.toolkit import EpochProgress
 
 # Column types of the CSV as CsvExampleGen infers them (mirrors schemas/chicago_taxi.pbtxt; a test checks).
 COLUMN_TYPES = {
@@ -50,47 +53,11 @@ STRING = ("payment_type", "company")
 TARGET_BUCKET = "target_bucket"  # the extra training input FDS groups features by
 
 
-@dataclasses.dataclass(frozen=True)
-class RegressionConfig:
-    """Settings of the regression task (``--set regression.X=...``); the optimizer schedule
-    (epochs, batch size, seed) comes from ``train``."""
-
-    target: str = "fare"  # fare | trip_seconds
-    csv_dir: str | None = None  # a folder of CSV files; None: the Chicago taxi CSV in the tfx package
-    split_buckets: str = "8,1,1"  # CsvExampleGen hash split train:eval:test
-    bin_width: float = 1.0  # target bins [k w, (k+1) w); the last one open-ended
-    num_bins: int | None = None  # None: enough bins for the largest training target
-    max_target: float = 1000.0  # a target above this is an absurd outlier (a bad row)
-    max_bad_fraction: float = 0.01  # bad rows are dropped and counted; more than this fraction of a split stops the run
-    reweight: str = "sqrt_inv"  # none | sqrt_inv | inverse
-    lds: bool = True
-    lds_kernel: str = "gaussian"
-    lds_ks: int = 5
-    lds_sigma: float = 2.0
-    fds: bool = False
-    fds_kernel: str = "gaussian"
-    fds_ks: int = 5
-    fds_sigma: float = 2.0
-    fds_momentum: float = 0.9
-    fds_start_update: int = 0
-    fds_start_smooth: int = 1
-    many_shot_above: int = 100  # bin groups by training count, as the paper: many > 100, few < 20
-    few_shot_below: int = 20
-    objective: str = "l1"  # l1 | mse
-    hidden_units: str = "128,64"
-    adam_learning_rate: float = 1e-3  # Adam, as the paper's default
-
-    @classmethod
-    def from_dict(cls, d: dict) -> RegressionConfig:
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown regression settings {sorted(unknown)}")
-        return cls(**d)
-
-    def features(self) -> dict[str, tuple[str, ...]]:
-        if self.target not in TARGETS:
-            raise ValueError(f"unknown regression target {self.target!r}; choose one of {TARGETS}")
-        return {"numeric": tuple(f for f in NUMERIC if f != self.target), "integer": INTEGER, "string": STRING}
+def feature_columns(cfg: RegressionConfig) -> dict[str, tuple[str, ...]]:
+    """The model's input columns by kind; of the two targets, the one not predicted is a feature."""
+    if cfg.target not in TARGETS:
+        raise ValueError(f"unknown regression target regression.target={cfg.target!r}; choose one of {TARGETS}")
+    return {"numeric": tuple(f for f in NUMERIC if f != cfg.target), "integer": INTEGER, "string": STRING}
 
 
 # --- the bad-row policy (one definition, used by LabelStatsGen's Beam job, the Trainer and the gate) ---
@@ -154,7 +121,7 @@ def _files(file_pattern) -> list[str]:
 def read_split(file_pattern, columns, batch_size: int = 4096) -> tuple[dict, dict]:
     """Every row of a split in memory as NumPy (the taxi splits are thousands of rows)."""
     files = _files(file_pattern)
-    ds = tf.data.TFRecordDataset(files, compression_type="GZIP" if files[0].endswith(".gz") else "")
+    ds = tf.data.TFRecordDataset(files, compression_type=compression_type(files))
     chunks = [parse_examples(batch, columns) for batch in ds.batch(batch_size)]
     values = {c: np.concatenate([v[c].numpy() for v, _ in chunks]) for c in columns}
     present = {c: np.concatenate([p[c].numpy() for _, p in chunks]) for c in columns}
@@ -162,13 +129,13 @@ def read_split(file_pattern, columns, batch_size: int = 4096) -> tuple[dict, dic
 
 
 def model_columns(cfg: RegressionConfig) -> list[str]:
-    return [c for kind in cfg.features().values() for c in kind]
+    return [c for kind in feature_columns(cfg).values() for c in kind]
 
 
 def to_model_inputs(values: dict, cfg: RegressionConfig) -> dict:
     """Feature dict for the model: (n, 1) float32 numerics (NaN where missing), int64, strings."""
     out = {}
-    for kind, cols in cfg.features().items():
+    for kind, cols in feature_columns(cfg).items():
         for c in cols:
             v = np.asarray(values[c])
             if kind == "numeric":
@@ -213,7 +180,7 @@ def _numeric_stats(v: np.ndarray, log: bool) -> tuple[float, float]:
 def build_regressor(cfg: RegressionConfig, train_inputs: dict, train_target: np.ndarray, num_bins: int):
     """(model, encoder, fds layer or None). Vocabularies and normalisation come from the training rows."""
     inputs, parts = {}, []
-    kinds = cfg.features()
+    kinds = feature_columns(cfg)
     for c in kinds["numeric"]:
         inputs[c] = x = keras.Input((1,), dtype="float32", name=c)
         log = c in LOG_SCALED
@@ -334,7 +301,7 @@ def regression_metrics(target, prediction, stats: dict) -> dict:
 
 def export_regressor(model: keras.Model, export_dir: str, cfg: RegressionConfig) -> None:
     """SavedModel with a named-features signature (JSON) and a serialized tf.Example one."""
-    kinds = cfg.features()
+    kinds = feature_columns(cfg)
     dtypes = {**{c: tf.float32 for c in kinds["numeric"]}, **{c: tf.int64 for c in kinds["integer"]},
               **{c: tf.string for c in kinds["string"]}}
     with_bucket = TARGET_BUCKET in {i.name for i in model.inputs}
@@ -352,9 +319,9 @@ def export_regressor(model: keras.Model, export_dir: str, cfg: RegressionConfig)
 
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint("serving_default", predict_features,
+    archive.add_endpoint(SERVING_DEFAULT, predict_features,
                          input_signature=[{c: tf.TensorSpec([None], d, name=c) for c, d in dtypes.items()}])
-    archive.add_endpoint("serving_tf_example", from_examples,
+    archive.add_endpoint(SERVING_TF_EXAMPLE, from_examples,
                          input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     archive.write_out(export_dir, verbose=False)
 
@@ -372,8 +339,8 @@ def load_training_rows(files, cfg: RegressionConfig, stats: dict) -> tuple[dict,
 def run_fn(fn_args) -> None:
     """TFX GenericExecutor entry point (dotted path models.regression.run_fn)."""
     config = fn_args.custom_config
-    cfg = RegressionConfig.from_dict(config["regression"])
-    train = TrainConfig.from_dict(config["train"])
+    cfg = from_dict(RegressionConfig, config["regression"], "regression.")
+    train = from_dict(TrainConfig, config["train"], "train.")
     with open(config["label_stats_path"]) as f:
         stats = json.load(f)
     inputs, target = load_training_rows(fn_args.train_files, cfg, stats)

@@ -34,7 +34,8 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from models import backbones, inputs, losses
+from models import inputs, losses, toolkit
+from models.config import DasoConfig, FixMatchConfig, SemiConfig, TrainConfig
 from models.layers.daso import (
     BalancedFeatureQueue,
     PseudoLabelCountWindow,
@@ -44,79 +45,24 @@ from models.layers.daso import (
 )
 from models.metrics import per_class_metrics
 
-METHODS = ("none", "fixmatch", "daso", "pseudo_label", "auto")
-ONLINE_METHODS = ("fixmatch", "daso")  # trained by train_semi; pseudo_label / auto go through models.pseudo_label
 # DASO's official configuration switches the blending on after 5000 of 250000 steps: 2 % of training.
 PAPER_WARMUP_FRACTION = 5000 / 250000
 
 
-@dataclasses.dataclass(frozen=True)
-class SemiConfig:
-    """Semi-supervised settings (`--set semi=daso`, `--set semi_threshold=0.9`, ...). Defaults: FixMatch's
-    and the official DASO code's."""
-
-    semi: str = "none"  # none | fixmatch | daso | pseudo_label | auto (the planner chooses; models/planner.py)
-    semi_threshold: float = 0.95
-    semi_mu: int = 2  # unlabeled images per labeled one in a step
-    semi_lambda_u: float = 1.0
-    semi_ema_decay: float = 0.999
-    semi_randaugment_ops: int = 2
-    semi_randaugment_factor: float = 0.5  # keras.layers.RandAugment's magnitude factor
-    semi_cutout_max_area: float = 0.25  # cutout of up to a half-side square, as FixMatch's strong augmentation
-    semi_eval_pool_size: int | None = None  # pool images scored per epoch (None: all)
-    daso_warmup_steps: int | None = None  # None: the paper's 2 % of all training steps (5000 of 250000)
-    daso_queue_size: int = 256  # features a class in the balanced queue
-    daso_proto_temperature: float = 0.05
-    daso_dist_temperature: float | None = None  # None: 1.5, or 0.3 when the pool's declared imbalance differs
-    daso_count_window: int = 100  # steps of pseudo-label counts
-    daso_align_weight: float = 1.0
-    # Pseudo-label training (semi=pseudo_label | auto; Yang & Xu 2020): L(D_L) + semi_pl_weight * L(D_U).
-    semi_pl_weight: float = 1.0  # w; 1 as the paper
-    # 0: every pool image, as the paper (no confidence filter); bench/results/pool_estimates.md measured no
-    # threshold sweep, so nothing supports another default.
-    semi_pl_threshold: float = 0.0
-    semi_pl_top_k: int = 0  # >0: keep the k most confident pseudo-labels of each predicted class
-    # The planner's thresholds (models.planner.PlannerThresholds; semi=auto decides with them)
-    plan_min_relevance: float = 0.6
-    plan_min_in_domain_examples: int = 500
-    plan_min_pool_to_labeled_ratio: float = 0.25
-    plan_max_pool_imbalance: float | None = 10.0  # bench/results/semi_rho100.md: rho_U=100 pools cost accuracy
-    # semi=auto, when the planner chooses ssp and pretrain.ssp=none: the self-supervised pre-training the final
-    # Trainer runs itself on the labeled images (with the pretrain.* settings) before it trains from it;
-    # none: supervised only, SSP only recommended in the plan's reasons.
-    plan_ssp: str = "rotation"
-
-    @classmethod
-    def from_dict(cls, d: dict) -> SemiConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown semi-supervised settings {sorted(unknown)}")
-        cfg = cls(**d)
-        if cfg.semi not in METHODS:
-            raise ValueError(f"unknown semi-supervised method {cfg.semi!r}; choose one of {list(METHODS)}")
-        if cfg.plan_ssp not in ("none", "rotation", "moco"):
-            raise ValueError(f"unknown plan_ssp {cfg.plan_ssp!r}; choose none, rotation or moco")
-        if cfg.semi_pl_weight < 0 or not 0.0 <= cfg.semi_pl_threshold <= 1.0 or cfg.semi_pl_top_k < 0:
-            raise ValueError(f"semi_pl_weight must be >= 0 (got {cfg.semi_pl_weight}), semi_pl_threshold in [0, 1] "
-                             f"(got {cfg.semi_pl_threshold}), semi_pl_top_k >= 0 (got {cfg.semi_pl_top_k})")
-        return cfg
-
-
-def warmup_steps_for(semi: SemiConfig, total_steps: int) -> tuple[int, str]:
+def warmup_steps_for(daso: DasoConfig, total_steps: int) -> tuple[int, str]:
     """(DASO warm-up steps, how they were chosen)."""
-    if semi.daso_warmup_steps is not None:
-        return int(semi.daso_warmup_steps), "configured (daso_warmup_steps)"
+    if daso.warmup_steps is not None:
+        return int(daso.warmup_steps), "configured (semi.daso.warmup_steps)"
     steps = int(round(PAPER_WARMUP_FRACTION * total_steps))
     return steps, f"2% of the {total_steps} training steps, the paper's 5000 of 250000"
 
 
-def dist_temperature_for(semi: SemiConfig, pool_setting: dict | None) -> tuple[float, str]:
+def dist_temperature_for(daso: DasoConfig, pool_setting: dict | None) -> tuple[float, str]:
     """(T_dist, why): the paper's 1.5 when the pool is declared to follow the labeled set's imbalance,
     0.3 when it is declared different (rho_u != rho, or another class order). Uses the declared data
     settings only, never the pool's hidden true classes."""
-    if semi.daso_dist_temperature is not None:
-        return float(semi.daso_dist_temperature), "configured (daso_dist_temperature)"
+    if daso.dist_temperature is not None:
+        return float(daso.dist_temperature), "configured (semi.daso.dist_temperature)"
     if not pool_setting:
         return 1.5, "pool setting unknown: assumed to match the labeled set"
     rho, rho_u, same_order = pool_setting.get("rho"), pool_setting.get("rho_u"), pool_setting.get("same_order", True)
@@ -142,21 +88,22 @@ class FixMatchModel(keras.Model):
     Inputs: {"labeled", "weak", "strong"} float images; targets: the labeled classes.
     """
 
-    def __init__(self, classifier: keras.Model, ema_classifier: keras.Model, labeled_loss, semi: SemiConfig,
-                 num_classes: int, warmup_steps: int = 0, dist_temperature: float = 1.5, **kwargs):
+    def __init__(self, classifier: keras.Model, ema_classifier: keras.Model, labeled_loss, fixmatch: FixMatchConfig,
+                 num_classes: int, daso: DasoConfig | None = None, warmup_steps: int = 0, dist_temperature: float = 1.5,
+                 method: str = "fixmatch", **kwargs):
         super().__init__(**kwargs)
         head = classifier.get_layer("classifier")
         self.student = keras.Model(classifier.input, [head.input, classifier.output], name="student")
         ema_classifier.trainable = False
         self.ema_classifier = ema_classifier
         self.ema_features = keras.Model(ema_classifier.input, ema_classifier.get_layer("classifier").input, name="ema_features")
-        self.labeled_loss, self.semi, self.num_classes = labeled_loss, semi, int(num_classes)
-        self.use_daso = semi.semi == "daso"
+        self.labeled_loss, self.fixmatch, self.daso, self.num_classes = labeled_loss, fixmatch, daso, int(num_classes)
+        self.use_daso, self.method = daso is not None, method  # method: the mode's name, for progress lines
         self.warmup_steps, self.dist_temperature = int(warmup_steps), float(dist_temperature)
         self.step_counter = self.add_weight(shape=(), initializer="zeros", dtype="int32", trainable=False, name="step_counter")
         if self.use_daso:
-            self.queue = BalancedFeatureQueue(num_classes, int(head.input.shape[-1]), semi.daso_queue_size, name="daso_queue")
-            self.pl_counts = PseudoLabelCountWindow(num_classes, semi.daso_count_window, name="daso_pl_counts")
+            self.queue = BalancedFeatureQueue(num_classes, int(head.input.shape[-1]), daso.queue_size, name="daso_queue")
+            self.pl_counts = PseudoLabelCountWindow(num_classes, daso.count_window, name="daso_pl_counts")
         # Metric attributes are tracked by Keras: they appear in self.metrics and the fit logs
         self.trackers = {n: keras.metrics.Mean(name=n) for n in
                          ("labeled_loss", "consistency_loss", "alignment_loss", "mask_rate", "daso_on")}
@@ -169,7 +116,7 @@ class FixMatchModel(keras.Model):
         return {"features": features, "logits": logits}
 
     def update_ema(self):
-        decay = ema_decay_at(self.semi.semi_ema_decay, self.step_counter)
+        decay = ema_decay_at(self.fixmatch.ema_decay, self.step_counter)
         for ema_var, var in self._ema_pairs:
             value = ops.stop_gradient(ops.cast(var, ema_var.dtype))
             # BatchNorm statistics are copied, as the FixMatch reference implementations do
@@ -185,7 +132,7 @@ class FixMatchModel(keras.Model):
         if not self.use_daso:
             return probs, None
         sim_weak = cosine_similarity_logits(ops.stop_gradient(weak_features), self.queue.prototypes(),
-                                            self.semi.daso_proto_temperature)
+                                            self.daso.proto_temperature)
         blended = blend_pseudo_labels(probs, ops.softmax(sim_weak, axis=-1), self.pl_counts.counts(), self.dist_temperature)
         on = self.daso_active()
         return on * blended + (1.0 - on) * probs, sim_weak
@@ -201,17 +148,17 @@ class FixMatchModel(keras.Model):
                 self.queue.enqueue(self.ema_features(x["labeled"], training=False), y)
         probs, sim_weak = self.pseudo_labels(weak_logits, features[n_l:n_l + n_u])
         confidence, targets = ops.max(probs, axis=-1), ops.argmax(probs, axis=-1)
-        mask = ops.cast(confidence >= self.semi.semi_threshold, "float32")
+        mask = ops.cast(confidence >= self.fixmatch.threshold, "float32")
         strong_log_probs = ops.log_softmax(ops.cast(strong_logits, "float32"), axis=-1)
         ce = -ops.take_along_axis(strong_log_probs, ops.cast(targets, "int32")[:, None], axis=-1)[:, 0]
         consistency = ops.mean(mask * ce)  # averaged over all unlabeled images, masked ones count as 0
-        total = labeled_loss + self.semi.semi_lambda_u * consistency
+        total = labeled_loss + self.fixmatch.lambda_u * consistency
         alignment, on = ops.zeros(()), ops.zeros(())
         if self.use_daso:
             on = self.daso_active()
-            sim_strong = cosine_similarity_logits(features[n_l + n_u:], self.queue.prototypes(), self.semi.daso_proto_temperature)
+            sim_strong = cosine_similarity_logits(features[n_l + n_u:], self.queue.prototypes(), self.daso.proto_temperature)
             alignment = on * semantic_alignment_loss(sim_weak, sim_strong)
-            total = total + self.semi.daso_align_weight * alignment
+            total = total + self.daso.align_weight * alignment
             if training:
                 self.pl_counts.update(targets)
         if training:
@@ -228,11 +175,11 @@ class FixMatchModel(keras.Model):
 # ---------------------------------------------------------------------------------------------- data
 
 
-def strong_augmenter(semi: SemiConfig, seed: int):
+def strong_augmenter(fixmatch: FixMatchConfig, seed: int):
     """weak view -> RandAugment (2 ops) -> cutout, on uint8-range float images."""
-    rand_augment = keras.layers.RandAugment(value_range=(0, 255), num_ops=semi.semi_randaugment_ops,
-                                            factor=semi.semi_randaugment_factor, seed=seed)
-    cutout = keras.layers.RandomErasing(factor=1.0, scale=(0.02, semi.semi_cutout_max_area), fill_value=127.0,
+    rand_augment = keras.layers.RandAugment(value_range=(0, 255), num_ops=fixmatch.randaugment_ops,
+                                            factor=fixmatch.randaugment_factor, seed=seed)
+    cutout = keras.layers.RandomErasing(factor=1.0, scale=(0.02, fixmatch.cutout_max_area), fill_value=127.0,
                                         value_range=(0, 255), seed=seed + 1)
 
     def strong(image):
@@ -243,9 +190,9 @@ def strong_augmenter(semi: SemiConfig, seed: int):
     return strong
 
 
-def unlabeled_stream(unlabeled_files, image_shape, batch_size: int, semi: SemiConfig, seed: int) -> tf.data.Dataset:
+def unlabeled_stream(unlabeled_files, image_shape, batch_size: int, fixmatch: FixMatchConfig, seed: int) -> tf.data.Dataset:
     """Endless batches of (weak, strong) views of the pool's images (read without any label)."""
-    strong = strong_augmenter(semi, seed)
+    strong = strong_augmenter(fixmatch, seed)
     ds = inputs.read_examples(unlabeled_files, image_shape, with_labels=False).cache()
     ds = ds.shuffle(50_000, seed=seed, reshuffle_each_iteration=True).repeat()
     ds = ds.map(lambda x: (inputs.to_float(inputs.augment(x)), strong(x)), num_parallel_calls=inputs.AUTOTUNE)
@@ -317,91 +264,100 @@ class PoolPseudoLabelMonitor(keras.callbacks.Callback):
         return ops.convert_to_numpy(probs)
 
     def on_epoch_end(self, epoch, logs=None):
-        scores = score_pseudo_labels(self.probabilities(), self.labels, self.wrapper.semi.semi_threshold,
+        scores = score_pseudo_labels(self.probabilities(), self.labels, self.wrapper.fixmatch.threshold,
                                      self.wrapper.num_classes)
         scores["epoch"] = epoch + 1
         self.history.append(scores)
         rec = " ".join("-" if r is None else f"{r:.2f}" for r in scores["pseudo_label_recall"])
-        print(f"[trainer:{self.wrapper.semi.semi}] epoch {epoch + 1} pool pseudo-labels: accuracy {scores['accuracy']:.3f}, "
+        print(f"[trainer:{self.wrapper.method}] epoch {epoch + 1} pool pseudo-labels: accuracy {scores['accuracy']:.3f}, "
               f"mask rate {scores['overall_mask_rate']:.3f}, recall per class [{rec}]", file=sys.stderr, flush=True)
 
 
 # ------------------------------------------------------------------------------------------- training
 
 
-def train_semi(cfg, semi: SemiConfig, train_files, unlabeled_files, stats: dict, image_shape, model_run_dir: str,
-               backup_dir: str | None = None, pool_truth=None, pool_setting: dict | None = None, extra_callbacks=(),
-               backbone_weights: str | None = None):
-    """FixMatch / FixMatch+DASO training. Returns (EMA classifier, epoch history, semi summary).
+def train_semi(cfg: TrainConfig, semi: SemiConfig, train_files, unlabeled_files, stats: dict, image_shape,
+               model_run_dir: str, backup_dir: str | None = None, pool_truth=None, pool_setting: dict | None = None,
+               extra_callbacks=(), backbone_weights: str | None = None):
+    """FixMatch, or FixMatch + DASO when ``semi.mode.daso``. Returns (EMA classifier, epoch history, semi summary).
 
-    ``cfg`` is the :class:`models.training.TrainConfig` (backbone, schedule, labeled loss, sampler);
-    ``pool_truth`` (images, true classes) from :func:`load_pool_truth`, or None (no scoring).
-    ``backbone_weights``: a self-supervised pre-training to warm-start the backbone from (strict, as in
-    :func:`models.training.train`); the EMA copy starts from the same weights.
+    ``cfg`` the supervised settings (backbone, schedule, labeled loss, sampler); ``semi`` the mode
+    (``semi.method``) and its ``fixmatch`` / ``daso`` sections; ``pool_truth`` (images, true classes) from
+    :func:`load_pool_truth`, or None (no scoring). ``backbone_weights``: a self-supervised pre-training to
+    warm-start the backbone from (strict, models.toolkit.warm_start); the EMA copy starts from the same weights.
     """
-    from models import training  # local: models.training dispatches here
-
-    if semi.semi not in ("fixmatch", "daso"):
-        raise ValueError(f"train_semi needs semi=fixmatch or daso, got {semi.semi!r}")
+    mode, fixmatch = semi.mode, semi.fixmatch
+    if not mode.online_pool:
+        raise ValueError(f"train_semi trains the online semi-supervised modes, not semi.method={mode.name}")
     if cfg.drw_epoch is not None or cfg.decoupling != "none":
-        raise ValueError("deferred re-weighting and decoupling are supervised-only stages; not combined with semi=")
+        raise ValueError(f"train.drw_epoch and train.decoupling are supervised-only stages; not combined with "
+                         f"semi.method={mode.name}")
     keras.utils.set_random_seed(cfg.seed)
     num_classes = stats["num_classes"]
-    labeled, steps = training._dataset(cfg, train_files, stats, image_shape, cfg.sampler, cfg.epochs, drop_remainder=True)
+    labeled, steps = toolkit.labeled_dataset(cfg, train_files, stats, image_shape, cfg.sampler, cfg.epochs,
+                                             drop_remainder=True)
     labeled = labeled.repeat()  # a resampled stream is finite; dropping partial batches may leave it a batch short
-    pool = unlabeled_stream(unlabeled_files, image_shape, semi.semi_mu * cfg.batch_size, semi, cfg.seed)
+    pool = unlabeled_stream(unlabeled_files, image_shape, fixmatch.mu * cfg.batch_size, fixmatch, cfg.seed)
     ds = tf.data.Dataset.zip(labeled, pool).map(lambda lab, unl: ({"labeled": lab[0], "weak": unl[0], "strong": unl[1]}, lab[1]))
     ds = ds.prefetch(inputs.AUTOTUNE)
 
     total_steps = cfg.epochs * steps
-    warmup, warmup_rule = warmup_steps_for(semi, total_steps)
-    t_dist, t_dist_reason = dist_temperature_for(semi, pool_setting)
-    classifier = training.build_model(cfg, image_shape, num_classes)
-    if backbone_weights:
-        loaded = backbones.load_backbone_weights(classifier, backbone_weights)
-        print(f"[trainer:{semi.semi}] warm start: {len(loaded)} backbone variables from {backbone_weights}; fresh head",
-              file=sys.stderr, flush=True)
-    ema = training.build_model(cfg, image_shape, num_classes)
+    warmup, warmup_rule = warmup_steps_for(semi.daso, total_steps)
+    t_dist, t_dist_reason = dist_temperature_for(semi.daso, pool_setting)
+    prefix = f"[trainer:{mode.name}]"
+    classifier = toolkit.build_model(cfg, image_shape, num_classes)
+    toolkit.warm_start(classifier, backbone_weights, prefix)
+    ema = toolkit.build_model(cfg, image_shape, num_classes)
     ema.set_weights(classifier.get_weights())
     weights = losses.class_weights_for(cfg.class_weighting, stats["class_counts"], cfg.effective_number_beta)
-    model = FixMatchModel(classifier, ema, losses.make_loss(cfg, stats, weights), semi, num_classes,
-                          warmup_steps=warmup if semi.semi == "daso" else 0, dist_temperature=t_dist)
+    model = FixMatchModel(classifier, ema, losses.make_loss(cfg, stats, weights), fixmatch, num_classes,
+                          daso=semi.daso if mode.daso else None, warmup_steps=warmup if mode.daso else 0,
+                          dist_temperature=t_dist, method=mode.name)
     dummy = np.zeros((1, *image_shape), np.float32)
     model({"labeled": dummy, "weak": dummy, "strong": dummy})  # built before fit (BackupAndRestore needs that)
-    schedule = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, total_steps)
-    model.compile(keras.optimizers.SGD(schedule, momentum=cfg.momentum, weight_decay=cfg.weight_decay),
-                  jit_compile=cfg.jit_compile, steps_per_execution=cfg.steps_per_execution)
-    progress = training.EpochProgress(cfg.epochs, prefix=f"[trainer:{semi.semi}]")
-    callbacks = [progress, keras.callbacks.TensorBoard(log_dir=os.path.join(model_run_dir, "tensorboard"))]
-    monitor = None
-    if pool_truth is not None:
-        monitor = PoolPseudoLabelMonitor(model, *pool_truth)
-        callbacks.append(monitor)
-    if backup_dir:
-        callbacks.append(keras.callbacks.BackupAndRestore(backup_dir, save_freq="epoch", delete_checkpoint=True))
-    callbacks += list(extra_callbacks)
+    model.compile(toolkit.sgd_for(cfg, total_steps), jit_compile=cfg.jit_compile,
+                  steps_per_execution=cfg.steps_per_execution)
+    progress = toolkit.EpochProgress(cfg.epochs, prefix=prefix)
+    monitor = PoolPseudoLabelMonitor(model, *pool_truth) if pool_truth is not None else None
+    callbacks = toolkit.standard_callbacks(progress, model_run_dir, backup_dir,
+                                           extra=([monitor] if monitor else []) + list(extra_callbacks))
     model.fit(ds, epochs=cfg.epochs, steps_per_epoch=steps, verbose=0, callbacks=callbacks, shuffle=False)
     model.update_ema()  # the EMA after the last optimizer step
 
     last = monitor.history[-1] if monitor and monitor.history else {}
     summary = {
-        "method": semi.semi,
+        "method": mode.name,
         "pseudo_label_recall": last.get("pseudo_label_recall"),
         "pseudo_label_precision": last.get("pseudo_label_precision"),
         "mask_rate": last.get("mask_rate"),
-        "threshold": semi.semi_threshold,
-        "warmup_steps": warmup if semi.semi == "daso" else None,
-        "warmup_rule": warmup_rule if semi.semi == "daso" else "FixMatch: no DASO warm-up",
-        "dist_temperature": t_dist if semi.semi == "daso" else None,
-        "dist_temperature_reason": t_dist_reason if semi.semi == "daso" else None,
+        "threshold": fixmatch.threshold,
+        "warmup_steps": warmup if mode.daso else None,
+        "warmup_rule": warmup_rule if mode.daso else "FixMatch: no DASO warm-up",
+        "dist_temperature": t_dist if mode.daso else None,
+        "dist_temperature_reason": t_dist_reason if mode.daso else None,
         "total_steps": total_steps,
-        "labeled_batch": cfg.batch_size, "unlabeled_batch": semi.semi_mu * cfg.batch_size,
+        "labeled_batch": cfg.batch_size, "unlabeled_batch": fixmatch.mu * cfg.batch_size,
         "labeled_loss": cfg.loss, "evaluated_model": "EMA",
         "pool_scoring": ("pool images (un-augmented) scored against the evaluation-only true classes each epoch"
                          if monitor else "no true classes for the pool: pseudo-labels not scored"),
-        "settings": dataclasses.asdict(semi),
+        "settings": {"fixmatch": dataclasses.asdict(fixmatch), "daso": dataclasses.asdict(semi.daso) if mode.daso else None},
         "pool_history": monitor.history if monitor else [],
     }
     if model.use_daso:
         summary["queue_filled_per_class"] = ops.convert_to_numpy(model.queue.filled).astype(int).tolist()
     return ema, progress.history, summary
+
+
+def train_online(job: toolkit.TrainingJob) -> toolkit.TrainResult:
+    """The ``fixmatch`` and ``daso`` modes: the labeled set and the pool's images, read by the Trainer itself."""
+    unlabeled = job.require("unlabeled_files", "unlabeled_examples input (the pool)")
+    truth = job.inputs.get("pool_truth")
+    pool_truth = load_pool_truth(truth["data_dir"], truth["unlabeled"], job.image_shape,
+                                 job.semi.fixmatch.eval_pool_size, job.train.seed) if truth else None
+    model, history, summary = train_semi(job.train, job.semi, job.train_files, unlabeled, job.stats, job.image_shape,
+                                         job.model_run_dir, job.backup_dir, pool_truth=pool_truth,
+                                         pool_setting=job.inputs.get("pool_setting"), backbone_weights=job.base_model)
+    # labeled + unlabeled images drawn (an unlabeled image counted once, though it passes the network in two views)
+    seen = summary["total_steps"] * (summary["labeled_batch"] + summary["unlabeled_batch"])
+    return toolkit.TrainResult(model, history, seen, job.stats, backbone_weights=job.base_model,
+                               summary={"semi": summary})

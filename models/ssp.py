@@ -38,55 +38,14 @@ import warnings
 
 import keras
 import numpy as np
+import tensorflow as tf
 from keras import layers, ops
 
-from models import backbones
+from models import backbones, inputs, toolkit
+from models.config import SSP_METHODS, SSPConfig, from_dict
 
-METHODS = ("none", "rotation", "moco")
-DATA = ("labeled", "labeled+unlabeled")
-# official defaults by method: (learning rate at batch 128, weight decay, warm-up fraction of the schedule)
-METHOD_DEFAULTS = {"rotation": (0.1, 2e-4, 5 / 200), "moco": (0.015, 1e-4, 0.0)}
+METHODS = SSP_METHODS
 SUMMARY_FILE = "ssp_summary.json"
-
-
-@dataclasses.dataclass(frozen=True)
-class SSPConfig:
-    """The pre-training settings (the ``pretrain`` section of the pipeline config). Every name starts with
-    ``ssp_`` or ``moco_`` so bare ``--set`` keys never collide with the supervised ``train.*`` ones."""
-
-    ssp: str = "none"  # none | rotation | moco
-    ssp_data: str = "labeled"  # labeled | labeled+unlabeled (labels are never read either way)
-    ssp_epochs: int = 20
-    ssp_batch_size: int = 128
-    ssp_learning_rate: float | None = None  # None: the method's official default (rotation 0.1, MoCo 0.015)
-    ssp_momentum: float = 0.9
-    ssp_weight_decay: float | None = None  # None: rotation 2e-4, MoCo 1e-4
-    ssp_seed: int = 0
-    ssp_max_steps_per_epoch: int | None = None  # smoke runs only
-    moco_dim: int = 128
-    moco_queue_size: int | None = None  # None: scaled to the data (see queue_size_for)
-    moco_momentum: float = 0.999
-    moco_temperature: float = 0.2
-
-    def __post_init__(self):
-        if self.ssp not in METHODS:
-            raise ValueError(f"unknown ssp method {self.ssp!r}; choose one of {list(METHODS)}")
-        if self.ssp_data not in DATA:
-            raise ValueError(f"unknown ssp_data {self.ssp_data!r}; choose one of {list(DATA)}")
-
-    @classmethod
-    def from_dict(cls, d: dict) -> SSPConfig:
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown pre-training settings {sorted(unknown)}")
-        return cls(**d)
-
-    def resolved(self) -> dict:
-        """Learning rate, weight decay and warm-up actually used (the method defaults filled in)."""
-        lr, wd, warmup = METHOD_DEFAULTS.get(self.ssp, (0.0, 0.0, 0.0))
-        return {"learning_rate": lr if self.ssp_learning_rate is None else self.ssp_learning_rate,
-                "weight_decay": wd if self.ssp_weight_decay is None else self.ssp_weight_decay,
-                "warmup_fraction": warmup}
 
 
 def queue_size_for(num_examples: int, batch_size: int, requested: int | None = None) -> int:
@@ -95,7 +54,7 @@ def queue_size_for(num_examples: int, batch_size: int, requested: int | None = N
     keys replaces one whole block of the queue."""
     k = requested if requested is not None else max(batch_size, min(4096, num_examples // 2) // batch_size * batch_size)
     if k <= 0 or k % batch_size:
-        raise ValueError(f"moco_queue_size {k} must be a positive multiple of ssp_batch_size {batch_size}")
+        raise ValueError(f"pretrain.moco.queue_size {k} must be a positive multiple of pretrain.batch_size {batch_size}")
     return k
 
 
@@ -253,16 +212,16 @@ def build_pretext_model(cfg: SSPConfig, backbone_name: str, image_shape, num_exa
     """(pretext model, the backbone it trains). The backbone comes from models.backbones.build_backbone,
     the same builder the supervised Trainer uses, so its layer names match for the warm start."""
     backbone = backbones.build_backbone(backbone_name, image_shape)
-    if cfg.ssp == "rotation":
+    if cfg.method == "rotation":
         model = RotationPretext(backbone, name="rotation_pretext")
         model(np.zeros((1, *image_shape), "float32"))  # built before fit (BackupAndRestore needs it)
-    elif cfg.ssp == "moco":
+    elif cfg.method == "moco":
         key = backbones.build_backbone(backbone_name, image_shape, model_name=f"{backbone.name}_key")
-        k = queue_size_for(num_examples, cfg.ssp_batch_size, cfg.moco_queue_size)
-        model = MoCo(backbone, key, cfg.moco_dim, k, cfg.moco_momentum, cfg.moco_temperature, cfg.ssp_seed, name="moco")
+        k = queue_size_for(num_examples, cfg.batch_size, cfg.moco.queue_size)
+        model = MoCo(backbone, key, cfg.moco.dim, k, cfg.moco.momentum, cfg.moco.temperature, cfg.seed, name="moco")
         model(np.zeros((1, 2, *image_shape), "float32"))
     else:
-        raise ValueError(f"no pretext model for ssp={cfg.ssp!r}")
+        raise ValueError(f"no pretext model for ssp={cfg.method!r}")
     return model, backbone
 
 
@@ -272,8 +231,6 @@ def build_pretext_model(cfg: SSPConfig, backbone_name: str, image_shape, num_exa
 
 def image_dataset(file_groups, image_shape):
     """The decoded uint8 images of every file pattern in ``file_groups``, cached; labels are not parsed."""
-    from models import inputs
-
     ds = None
     for files in file_groups:
         part = inputs.read_examples(files, image_shape, with_labels=False).map(lambda image: image)
@@ -283,17 +240,14 @@ def image_dataset(file_groups, image_shape):
 
 def pretext_dataset(cfg: SSPConfig, images, image_shape):
     """Batches for the pretext task: crop+flip images (rotation) or two MoCo v2 views stacked on axis 1."""
-    import tensorflow as tf
 
-    from models import inputs
-
-    ds = images.shuffle(50_000, seed=cfg.ssp_seed, reshuffle_each_iteration=True).repeat()
-    if cfg.ssp == "rotation":
+    ds = images.shuffle(50_000, seed=cfg.seed, reshuffle_each_iteration=True).repeat()
+    if cfg.method == "rotation":
         ds = ds.map(lambda x: inputs.to_float(inputs.augment(x)), num_parallel_calls=inputs.AUTOTUNE)
     else:
         ds = ds.map(lambda x: tf.stack([inputs.contrastive_view(x), inputs.contrastive_view(x)]),
                     num_parallel_calls=inputs.AUTOTUNE)
-    return ds.batch(cfg.ssp_batch_size, drop_remainder=True).prefetch(inputs.AUTOTUNE)
+    return ds.batch(cfg.batch_size, drop_remainder=True).prefetch(inputs.AUTOTUNE)
 
 
 def linear_probe_accuracy(backbone: keras.Model, eval_files, image_shape, seed: int = 0) -> float:
@@ -303,8 +257,6 @@ def linear_probe_accuracy(backbone: keras.Model, eval_files, image_shape, seed: 
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
-
-    from models import inputs
 
     features, labels = [], []
     for x, y in inputs.eval_dataset(eval_files, image_shape):
@@ -328,47 +280,37 @@ def linear_probe_accuracy(backbone: keras.Model, eval_files, image_shape, seed: 
 def pretrain(cfg: SSPConfig, backbone_name: str, image_shape, file_groups, model_run_dir: str, eval_files=None,
              backup_dir: str | None = None, extra_callbacks=()):
     """Pre-train a backbone; return (backbone, summary dict)."""
-    import tensorflow as tf
-
-    from models.training import EpochProgress
-
-    keras.utils.set_random_seed(cfg.ssp_seed)
+    keras.utils.set_random_seed(cfg.seed)
     images = image_dataset(file_groups, image_shape)
     num_examples = int(images.reduce(np.int64(0), lambda n, _: n + 1))  # this pass also fills the cache
-    if num_examples < cfg.ssp_batch_size:
-        raise ValueError(f"pre-training set has {num_examples} images, fewer than one batch of {cfg.ssp_batch_size}")
-    steps = num_examples // cfg.ssp_batch_size
-    if cfg.ssp_max_steps_per_epoch:
-        steps = min(steps, cfg.ssp_max_steps_per_epoch)
+    if num_examples < cfg.batch_size:
+        raise ValueError(f"pre-training set has {num_examples} images, fewer than one batch of {cfg.batch_size}")
+    steps = num_examples // cfg.batch_size
+    if cfg.max_steps_per_epoch:
+        steps = min(steps, cfg.max_steps_per_epoch)
     model, backbone = build_pretext_model(cfg, backbone_name, image_shape, num_examples)
-    random_probe = linear_probe_accuracy(backbone, eval_files, image_shape, cfg.ssp_seed) if eval_files else None
+    random_probe = linear_probe_accuracy(backbone, eval_files, image_shape, cfg.seed) if eval_files else None
     hp = cfg.resolved()
-    total = cfg.ssp_epochs * steps
+    total = cfg.epochs * steps
     warmup = int(round(hp["warmup_fraction"] * total))
-    schedule = keras.optimizers.schedules.CosineDecay(
-        0.0 if warmup else hp["learning_rate"], max(total - warmup, 1),
-        warmup_target=hp["learning_rate"] if warmup else None, warmup_steps=warmup)
-    model.compile(keras.optimizers.SGD(schedule, momentum=cfg.ssp_momentum, weight_decay=hp["weight_decay"]))
-    progress = EpochProgress(cfg.ssp_epochs, prefix=f"[pretrain:{cfg.ssp}]")
-    callbacks = [progress, keras.callbacks.TensorBoard(log_dir=os.path.join(model_run_dir, "tensorboard"))]
-    if backup_dir:
-        callbacks.append(keras.callbacks.BackupAndRestore(backup_dir, save_freq="epoch", delete_checkpoint=True))
-    callbacks += list(extra_callbacks)
+    model.compile(toolkit.sgd_cosine(hp["learning_rate"], total, cfg.momentum, hp["weight_decay"], warmup_steps=warmup))
+    progress = toolkit.EpochProgress(cfg.epochs, prefix=f"[pretrain:{cfg.method}]")
+    callbacks = toolkit.standard_callbacks(progress, model_run_dir, backup_dir, extra=extra_callbacks)
     t0 = time.time()
-    model.fit(pretext_dataset(cfg, images, image_shape), epochs=cfg.ssp_epochs, steps_per_epoch=steps, verbose=0,
+    model.fit(pretext_dataset(cfg, images, image_shape), epochs=cfg.epochs, steps_per_epoch=steps, verbose=0,
               callbacks=callbacks)
     seconds = time.time() - t0
     history = progress.history
-    probe = linear_probe_accuracy(backbone, eval_files, image_shape, cfg.ssp_seed) if eval_files else None
-    print(f"[pretrain:{cfg.ssp}] linear probe {probe} (random init {random_probe})", file=sys.stderr, flush=True)
+    probe = linear_probe_accuracy(backbone, eval_files, image_shape, cfg.seed) if eval_files else None
+    print(f"[pretrain:{cfg.method}] linear probe {probe} (random init {random_probe})", file=sys.stderr, flush=True)
     summary = {
-        "method": cfg.ssp, "data": cfg.ssp_data, "epochs": cfg.ssp_epochs, "steps_per_epoch": steps,
+        "method": cfg.method, "data": cfg.data, "epochs": cfg.epochs, "steps_per_epoch": steps,
         "num_examples": num_examples, "backbone": backbone_name,
         "final_loss": history[-1]["loss"] if history else None,
         "final_pretext_accuracy": history[-1].get("accuracy") if history else None,
         "linear_probe_accuracy": probe, "random_init_probe_accuracy": random_probe,
         "pretrain_seconds": seconds,
-        "images_per_second": steps * cfg.ssp_batch_size * len(history) / seconds if seconds and history else None,
+        "images_per_second": steps * cfg.batch_size * len(history) / seconds if seconds and history else None,
         "resolved": hp, "queue_size": getattr(model, "queue_size", None),
         "config": dataclasses.asdict(cfg), "history": history, "tensorflow": tf.__version__,
     }
@@ -379,8 +321,6 @@ def pretrain_backbone(cfg: SSPConfig, backbone_name: str, image_shape, file_grou
                       weights_dir: str, eval_files=None, backup_dir: str | None = None) -> dict:
     """:func:`pretrain`, then the backbone's weights saved in ``weights_dir`` (what a strict warm start loads);
     the summary, with ``backbone_variables`` (how many were saved)."""
-    import tensorflow as tf
-
     backbone, summary = pretrain(cfg, backbone_name, image_shape, file_groups, model_run_dir, eval_files, backup_dir)
     tf.io.gfile.makedirs(weights_dir)
     summary["backbone_variables"] = len(backbones.save_backbone_weights(backbone, weights_dir))
@@ -392,14 +332,12 @@ def run_fn(fn_args) -> None:
     models.ssp.run_fn. custom_config: pretrain (SSPConfig fields), backbone, image_shape, backup_dir and,
     from the executor, unlabeled_files. Writes the backbone weights to the serving model dir (the Model
     artifact the supervised Trainer takes as base_model) and ssp_summary.json to the model run dir."""
-    import tensorflow as tf
-
     config = fn_args.custom_config
-    cfg = SSPConfig.from_dict(config["pretrain"])
+    cfg = from_dict(SSPConfig, config["pretrain"], "pretrain.")
     groups = [fn_args.train_files]
-    if cfg.ssp_data == "labeled+unlabeled":
+    if cfg.data == "labeled+unlabeled":
         if not config.get("unlabeled_files"):
-            raise ValueError("ssp_data=labeled+unlabeled but the pre-training Trainer got no unlabeled examples")
+            raise ValueError("pretrain.data=labeled+unlabeled but the pre-training Trainer got no unlabeled examples")
         groups.append(config["unlabeled_files"])
     summary = pretrain_backbone(cfg, config["backbone"], config["image_shape"], groups, fn_args.model_run_dir,
                                 fn_args.serving_model_dir, fn_args.eval_files, config.get("backup_dir"))

@@ -24,7 +24,10 @@ def build_parser() -> argparse.ArgumentParser:
     kfp = sub.add_parser("compile-kfp", help="compile the pipeline for Kubeflow Pipelines v2 (pipeline-spec JSON)")
     kfp.add_argument("--preset", default="default")
     kfp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    kfp.add_argument("--data-dir", required=True, help="prepared data folder as the cluster sees it (its manifest is read)")
+    kfp.add_argument("--data-dir", default=None,
+                     help="the data location as the cluster sees it: a prepared image folder (its manifest is read) or, "
+                          "for task=regression, a CSV folder; default: the preset's own (data.data_dir or the prepared "
+                          "default folder, regression.csv_dir or the taxi CSV)")
     kfp.add_argument("--pipeline-root", required=True, help="e.g. gs://bucket/longtail or a mounted volume path")
     kfp.add_argument("--image", default="longtail-tfx:latest", help="container image holding this checkout")
     kfp.add_argument("--output", default="pipeline.json")
@@ -41,30 +44,39 @@ def _parse_overrides(items: list[str]) -> dict[str, str]:
     return out
 
 
+def _config(args):
+    """The resolved config and its task (pipeline/tasks.py), every setting checked against the task and mode."""
+    from pipeline import tasks
+    from pipeline.configs import load_config
+
+    cfg = load_config(args.preset, _parse_overrides(args.overrides))
+    return cfg, tasks.for_config(cfg)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    cfg = None
+    if args.command in ("run", "compile-kfp"):
+        try:
+            cfg, _ = _config(args)
+        except (KeyError, ValueError) as e:
+            print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
+            return 2
     try:
         if args.command == "prepare-data":
             out = data_cli.run_prepare(args)
         elif args.command == "run":
-            from pipeline.configs import config_json, load_config
-
-            try:
-                cfg = load_config(args.preset, _parse_overrides(args.overrides))
-            except (KeyError, ValueError) as e:
-                print(f"error: {e}", file=sys.stderr)
-                return 2
             if args.print_config:
+                from pipeline.configs import config_json
+
                 print(config_json(cfg))
                 return 0
             from pipeline.local_runner import run_pipeline
 
             out = run_pipeline(cfg, args.out)
         elif args.command == "compile-kfp":
-            from pipeline.configs import load_config
             from pipeline.kubeflow_runner import compile_pipeline
 
-            cfg = load_config(args.preset, _parse_overrides(args.overrides))
             out = compile_pipeline(cfg, args.data_dir, args.pipeline_root, args.output, args.image)
         else:  # pragma: no cover - argparse rejects unknown commands
             raise AssertionError(args.command)

@@ -1,8 +1,16 @@
-"""Every knob of the pipeline in one typed object, and the presets (smoke, default, paper).
+"""Every knob of the pipeline in one typed object, and the presets (smoke, default, ssp, paper, regression-smoke,
+regression).
 
-``--set KEY=VALUE`` overrides a field by dotted path (``train.epochs=5``, ``gate.min_per_class_recall=0.5``,
-``data.rho=10``); a bare field name is looked up in every section (``epochs=5``, ``loss=ce``, ``semi=daso``).
-The same object drives local runs and Kubeflow compilation, and is written whole into metrics.json.
+``--set KEY=VALUE`` overrides a field by dotted path (``train.epochs=5``, ``semi.daso.warmup_steps=10``,
+``gate.min_per_class_recall=0.5``, ``data.rho=10``). A bare name is an explicit alias (:data:`ALIASES`: the
+names README and earlier releases used, ``epochs=5``, ``loss=ce``, ``semi=daso``, ``ssp=rotation``,
+``semi_threshold=0.9``) or a field name that exists in exactly one place (``backbone``, ``fds``); the
+older dotted paths (``semi_supervised.semi``, ``pretrain.ssp_epochs``) are aliases too. Whether a setting
+applies to the chosen task and training mode is the task's check (pipeline/tasks.py).
+
+The sections are plain dataclasses (models/config.py, components/gate.py): building, checking and printing
+a configuration imports neither Keras nor TensorFlow. The same object drives local runs and Kubeflow
+compilation, and is written whole into metrics.json.
 """
 
 from __future__ import annotations
@@ -12,10 +20,16 @@ import json
 import typing
 
 from components.gate import GateThresholds, RegressionGateThresholds
-from models.regression import RegressionConfig
-from models.semi import SemiConfig
-from models.ssp import SSPConfig
-from models.training import TrainConfig
+from models.config import (
+    RegressionConfig,
+    SemiConfig,
+    SSPConfig,
+    TrainConfig,
+    get_path,
+    leaf_paths,
+    parse_value,
+    replace_path,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,10 +64,9 @@ class PipelineConfig:
     task: str = "classification"  # classification (images, per-class gate) | regression (taxi CSV, LDS / FDS)
     data: DataConfig = DataConfig()
     stats: StatsConfig = StatsConfig()
-    pretrain: SSPConfig = SSPConfig()  # self-supervised pre-training (ssp=none: none)
+    pretrain: SSPConfig = SSPConfig()  # self-supervised pre-training (pretrain.method=none: none)
     train: TrainConfig = TrainConfig()
-    # semi=none|fixmatch|daso|pseudo_label|auto and its semi_* / daso_* / plan_* settings
-    semi_supervised: SemiConfig = SemiConfig()
+    semi: SemiConfig = SemiConfig()  # semi.method: the training mode (models/modes.py) and each method's settings
     gate: GateThresholds = GateThresholds()
     regression: RegressionConfig = RegressionConfig()  # task=regression only
     regression_gate: RegressionGateThresholds = RegressionGateThresholds()
@@ -76,22 +89,22 @@ PRESETS: dict[str, dict] = {
         "data.n_max": 200, "data.val_per_class": 20, "data.unlabeled_size": 200,
         "train.backbone": "resnet8", "train.epochs": 1, "train.batch_size": 64, "train.max_steps_per_epoch": 4,
         "train.jit_compile": False,
-        "pretrain.ssp_epochs": 1, "pretrain.ssp_batch_size": 32, "pretrain.ssp_max_steps_per_epoch": 3,
+        "pretrain.epochs": 1, "pretrain.batch_size": 32, "pretrain.max_steps_per_epoch": 3,
         "gate.min_balanced_accuracy": 0.0, "gate.min_per_class_recall": 0.0,
         "gate.max_drop_balanced_accuracy": 1.0, "gate.max_drop_few_shot_accuracy": 1.0,
     },
     # minutes on a 2-core CPU: the reference's small ResNet, logit-adjusted loss, 30 epochs; the planner
-    # chooses pseudo-label training, rotation SSP or supervised-only from the pool (semi=auto).
+    # chooses pseudo-label training, rotation SSP or supervised-only from the pool (semi.method=auto).
     "default": {
-        "train.backbone": "resnet8", "train.epochs": 30, "train.loss": "logit_adjusted", "semi_supervised.semi": "auto",
-        "pretrain.ssp_epochs": 8,  # only when the planner chooses SSP (bench/results/ssp_rho100.md)
+        "train.backbone": "resnet8", "train.epochs": 30, "train.loss": "logit_adjusted", "semi.method": "auto",
+        "pretrain.epochs": 8,  # only when the planner chooses SSP (bench/results/ssp_rho100.md)
         "gate.min_balanced_accuracy": 0.7, "gate.min_per_class_recall": 0.3,
     },
     # the default run warm-started from a self-supervised (rotation) pre-training of the backbone
     "ssp": {
         "name": "longtail-ssp",
         "train.backbone": "resnet8", "train.epochs": 30, "train.loss": "logit_adjusted",
-        "pretrain.ssp": "rotation", "pretrain.ssp_epochs": 8,  # bench/results/ssp_rho100.md
+        "pretrain.method": "rotation", "pretrain.epochs": 8,  # bench/results/ssp_rho100.md
         "gate.min_balanced_accuracy": 0.7, "gate.min_per_class_recall": 0.3,
     },
     # the papers' schedule (LDAM / "Rethinking the Value of Labels" CIFAR-LT): ResNet-32, 200 epochs,
@@ -99,7 +112,7 @@ PRESETS: dict[str, dict] = {
     "paper": {
         "name": "longtail-paper",
         "train.backbone": "resnet32", "train.epochs": 200, "train.learning_rate": 0.1, "train.weight_decay": 2e-4,
-        "train.loss": "logit_adjusted", "pretrain.ssp_epochs": 200,
+        "train.loss": "logit_adjusted", "pretrain.epochs": 200,
         "gate.min_balanced_accuracy": 0.7, "gate.min_per_class_recall": 0.3,
     },
     # task=regression, seconds: the Chicago taxi fare through the whole pipeline (tests), FDS on, loose gate.
@@ -115,57 +128,60 @@ PRESETS: dict[str, dict] = {
     },
 }
 
+# The names settings had before the sections were nested (flat, prefixed): each old dotted path, and its bare
+# field name, still works.
+_RENAMED = {
+    "semi_supervised.semi": "semi.method",
+    **{f"semi_supervised.semi_{k}": f"semi.fixmatch.{k}" for k in (
+        "threshold", "mu", "lambda_u", "ema_decay", "randaugment_ops", "randaugment_factor", "cutout_max_area",
+        "eval_pool_size")},
+    **{f"semi_supervised.daso_{k}": f"semi.daso.{k}" for k in (
+        "warmup_steps", "queue_size", "proto_temperature", "dist_temperature", "count_window", "align_weight")},
+    "semi_supervised.semi_pl_weight": "semi.pseudo_label.weight",
+    "semi_supervised.semi_pl_threshold": "semi.pseudo_label.threshold",
+    "semi_supervised.semi_pl_top_k": "semi.pseudo_label.top_k",
+    **{f"semi_supervised.plan_{k}": f"semi.planner.{k}" for k in (
+        "min_relevance", "min_in_domain_examples", "min_pool_to_labeled_ratio", "max_pool_imbalance", "ssp")},
+    "pretrain.ssp": "pretrain.method",
+    **{f"pretrain.ssp_{k}": f"pretrain.{k}" for k in (
+        "data", "epochs", "batch_size", "learning_rate", "momentum", "weight_decay", "seed", "max_steps_per_epoch")},
+    **{f"pretrain.moco_{k}": f"pretrain.moco.{k}" for k in ("dim", "queue_size", "momentum", "temperature")},
+}
+ALIASES: dict[str, str] = {
+    **_RENAMED,
+    **{old.split(".", 1)[1]: new for old, new in _RENAMED.items()},
+    # train.* names that were unique before pretrain.* lost its prefix
+    **{k: f"train.{k}" for k in ("epochs", "batch_size", "learning_rate", "momentum", "weight_decay",
+                                 "max_steps_per_epoch")},
+}
+LEAVES: dict[str, typing.Any] = leaf_paths(PipelineConfig)
 
-def _convert(text: str, annotation):
-    """Parse ``text`` as the field's declared type (int, float, bool, str, their Optional forms)."""
-    if isinstance(annotation, str):
-        annotation = eval(annotation, {"float": float, "int": int, "str": str, "bool": bool, "None": None})  # noqa: S307
-    args = typing.get_args(annotation)
-    if args and type(None) in args:
-        if text.lower() in ("none", "null"):
-            return None
-        annotation = next(a for a in args if a is not type(None))
-    if annotation is bool:
-        if text.lower() in ("1", "true", "yes", "on"):
-            return True
-        if text.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"not a boolean: {text!r}")
-    return annotation(text)
 
-
-def _sections(cfg) -> dict[str, typing.Any]:
-    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if dataclasses.is_dataclass(getattr(cfg, f.name))}
-
-
-def resolve_key(cfg: PipelineConfig, key: str) -> str:
-    """A dotted path for ``key``; a bare name must exist in exactly one place."""
-    if "." in key:
+def resolve_key(key: str) -> str:
+    """The dotted path of a ``--set`` key: an alias, a dotted path, or a field name found in one place only."""
+    if key in ALIASES:
+        return ALIASES[key]
+    if key in LEAVES:
         return key
-    hits = [f.name for f in dataclasses.fields(cfg) if f.name == key]
-    hits += [f"{s}.{key}" for s, sub in _sections(cfg).items() for f in dataclasses.fields(sub) if f.name == key]
-    if len(hits) != 1:
-        raise KeyError(f"setting {key!r} {'is ambiguous: ' + str(hits) if hits else 'does not exist'}")
-    return hits[0]
+    if "." not in key:
+        hits = [p for p in LEAVES if p.rsplit(".", 1)[-1] == key]
+        if len(hits) == 1:
+            return hits[0]
+        if hits:
+            raise KeyError(f"setting {key!r} is ambiguous: {sorted(hits)}; give its dotted path")
+    section = key.rsplit(".", 1)[0]
+    near = sorted(p for p in LEAVES if p.startswith(section + ".")) if "." in key else []
+    raise KeyError(f"setting {key!r} does not exist" + (f"; {section} has {near}" if near else ""))
 
 
 def apply_overrides(cfg: PipelineConfig, overrides: dict[str, typing.Any]) -> PipelineConfig:
     for key, value in overrides.items():
-        path = resolve_key(cfg, key).split(".")
-        if len(path) == 1:
-            fields = {f.name: f for f in dataclasses.fields(cfg)}
-            if path[0] not in fields or path[0] in _sections(cfg):
-                raise KeyError(f"setting {key!r} does not exist")
-            v = _convert(value, fields[path[0]].type) if isinstance(value, str) else value
-            cfg = dataclasses.replace(cfg, **{path[0]: v})
-        else:
-            section_name, field = path
-            section = _sections(cfg).get(section_name)
-            fields = {f.name: f for f in dataclasses.fields(section)} if section is not None else {}
-            if field not in fields:
-                raise KeyError(f"setting {key!r} does not exist")
-            v = _convert(value, fields[field].type) if isinstance(value, str) else value
-            cfg = dataclasses.replace(cfg, **{section_name: dataclasses.replace(section, **{field: v})})
+        path = resolve_key(key)
+        v = parse_value(value, LEAVES[path]) if isinstance(value, str) else value
+        try:
+            cfg = replace_path(cfg, path, v)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"setting {key}={value!r}: {e}") from e
     return cfg
 
 
@@ -174,6 +190,12 @@ def load_config(preset: str = "default", overrides: dict[str, str] | None = None
         raise KeyError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     cfg = apply_overrides(PipelineConfig(preset=preset), PRESETS[preset])
     return apply_overrides(cfg, overrides or {})
+
+
+def changed_paths(cfg: PipelineConfig) -> list[str]:
+    """The settings whose value differs from the preset's: what the user set (``--set``)."""
+    base = load_config(cfg.preset)
+    return [p for p in LEAVES if p != "preset" and get_path(cfg, p) != get_path(base, p)]
 
 
 def config_json(cfg: PipelineConfig) -> str:

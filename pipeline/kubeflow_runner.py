@@ -1,36 +1,37 @@
-"""Compile the same pipeline for Kubeflow Pipelines v2 (a pipeline-spec JSON), for scheduled retraining.
+"""Compile the same pipeline for Kubeflow Pipelines v2, for scheduled retraining. The task comes from the
+config through pipeline/tasks.py, as for the local runner: ``--preset regression`` compiles the regression
+DAG.
 
-The compiled JSON is submitted and scheduled with the KFP SDK on a machine that can reach the
-cluster, e.g.::
+The output file's suffix picks the format TFX writes: ``.json`` the PipelineJob wrapper (deprecated in
+kubeflow_v2_dag_runner), ``.yaml`` the bare pipeline spec.
 
-    kfp.Client(host=...).create_recurring_run(experiment_id=..., job_name="longtail-weekly",
-        pipeline_package_path="pipeline.json", cron_expression="0 0 3 * * 1")
-
-Each scheduled run re-ingests the data folder, retrains, and pushes only what passes the per-class
-gate against the last blessed model (the Resolver reads the cluster's MLMD).
+Each scheduled run re-ingests the data location, retrains, and pushes only what passes the gate against
+the last blessed model (the Resolver reads the cluster's MLMD).
 """
 
 from __future__ import annotations
 
 import os
 
-from components.data.prepare import load_manifest
+from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner
+
+from pipeline import tasks
 from pipeline.configs import PipelineConfig
-from pipeline.pipeline import create_pipeline
 
 DEFAULT_IMAGE = "longtail-tfx:latest"  # built from the Dockerfile at the top of the checkout
 
 
-def compile_pipeline(cfg: PipelineConfig, data_dir: str, pipeline_root: str, output_file: str,
+def compile_pipeline(cfg: PipelineConfig, data_dir: str | None, pipeline_root: str, output_file: str,
                      image: str = DEFAULT_IMAGE, serving_dir: str | None = None) -> str:
-    from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner
-
-    manifest = load_manifest(data_dir)
-    pipeline = create_pipeline(
-        cfg, data_dir, manifest, pipeline_root, metadata_path=None,
-        serving_dir=serving_dir or os.path.join(pipeline_root, "serving", cfg.model_name),
-        beam_pipeline_args=[f"--direct_running_mode={cfg.beam_direct_running_mode}",
-                            f"--direct_num_workers={cfg.beam_num_workers}"])
+    """Write the compiled pipeline of cfg's task to ``output_file``; ``data_dir`` is the data location as the
+    cluster sees it (None: the configured one, read here as it is)."""
+    task = tasks.for_config(cfg)
+    inputs = task.inputs(cfg, data_dir)
+    _, model_name = task.names(cfg)
+    pipeline = task.create_pipeline(
+        cfg, inputs, pipeline_root, metadata_path=None,
+        serving_dir=serving_dir or os.path.join(pipeline_root, "serving", model_name),
+        beam_args=[f"--direct_running_mode={cfg.beam_direct_running_mode}", f"--direct_num_workers={cfg.beam_num_workers}"])
     runner = kubeflow_v2_dag_runner.KubeflowV2DagRunner(
         config=kubeflow_v2_dag_runner.KubeflowV2DagRunnerConfig(default_image=image),
         output_dir=os.path.dirname(os.path.abspath(output_file)), output_filename=os.path.basename(output_file))

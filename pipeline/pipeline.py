@@ -2,16 +2,19 @@
 
 labeled    -> ImportExampleGen -> StatisticsGen -> ExampleValidator (schemas/labeled.pbtxt)   -> AnomalyCheck
 unlabeled  -> ImportExampleGen -> StatisticsGen -> ExampleValidator (schemas/unlabeled.pbtxt) -> AnomalyCheck
-labeled (+ unlabeled count) -> LabelStatsGen (Beam) -> LongTailTrainer (run_fn: models.training.run_fn)
-                               unlabeled -> LongTailTrainer too when semi=fixmatch|daso (models/semi.py)
-semi=pseudo_label|auto (and a pool): BaseTrainer (supervised, the same train settings) -> PseudoLabeler (Beam;
-  pool + validation split) -> pseudo-labeled examples + statistics -> LongTailTrainer, whose run_fn takes the
-  planner's decision (models/planner.py, models/pseudo_label.py) and trains on labeled + pseudo-labeled or labeled only
-labeled (+ unlabeled) images -> SSPPretrainer (run_fn: models.ssp.run_fn) -> LongTailTrainer's base_model  [pretrain.ssp != none]
+labeled (+ unlabeled count) -> LabelStatsGen (Beam) -> LongTailTrainer (run_fn: models.trainer.run_fn)
+                               unlabeled -> LongTailTrainer too when the mode reads the pool online (online_pool)
+a mode with pseudo_labels, and a pool: BaseTrainer (supervised, the same train settings)
+  -> PseudoLabeler (Beam; pool + validation split) -> pseudo-labeled examples + statistics -> LongTailTrainer,
+  whose run_fn takes the planner's decision (models/planner.py, models/pseudo_label.py) and trains on labeled + pseudo-labeled or labeled only
+labeled (+ unlabeled) images -> SSPPretrainer (run_fn: models.ssp.run_fn) -> LongTailTrainer's base_model
+  [pretrain.method != none]
 Resolver(latest blessed model) + trainer model -> PerClassEvaluator (gate) -> LongTailPusher (TF Serving layout;
   a model already serving is not copied again)
 
 An empty unlabeled pool drops the unlabeled branch (and the PseudoLabeler): the run is supervised-only and says so.
+Which of these a run has is read from the training mode (models/modes.py: pool, pseudo_labels, online_pool,
+inline_ssp); no mode is named here.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import hashlib
 import json
 import os
 
+import tfx as tfx_package
 from tfx import v1 as tfx
 from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import LatestBlessedModelStrategy
 from tfx.proto import example_gen_pb2, pusher_pb2
@@ -31,12 +35,15 @@ from components.evaluator import PerClassEvaluator
 from components.label_stats_gen import LabelStatsGen
 from components.pseudo_labeler import PseudoLabeler
 from components.pusher import LongTailPusher
+from components.regression_evaluator import RegressionEvaluator
+from components.regression_label_stats_gen import RegressionLabelStatsGen
 from components.trainer import LongTailTrainer, PseudoLabelBaseTrainer, SSPPretrainer
-from models.semi import ONLINE_METHODS, SemiConfig
+from models import modes
+from models.config import SemiConfig
 from pipeline.configs import PipelineConfig
 
 SCHEMA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "schemas")
-RUN_FN = "models.training.run_fn"
+RUN_FN = "models.trainer.run_fn"
 PRETRAIN_RUN_FN = "models.ssp.run_fn"
 
 
@@ -66,11 +73,12 @@ def _key(payload: dict) -> str:
 
 def training_custom_config(cfg: PipelineConfig, manifest: dict, pipeline_root: str, data_dir: str | None = None) -> dict:
     train = dataclasses.asdict(cfg.train)
-    semi = dataclasses.asdict(cfg.semi_supervised)
+    semi = dataclasses.asdict(cfg.semi)
+    mode = cfg.semi.mode
     # Stable across re-executions of the same training, so an interrupted Trainer resumes; the
     # pre-training settings are part of it because the warm start is.
     payload = {"train": train, "semi": semi, "data": manifest.get("splits")}
-    if cfg.pretrain.ssp != "none" or cfg.semi_supervised.semi == "auto":  # auto may pre-train inside the Trainer
+    if cfg.pretrain.method != "none" or mode.inline_ssp:  # the planner may pre-train inside the Trainer
         payload["pretrain"] = dataclasses.asdict(cfg.pretrain)
     key = _key(payload)
     config = {
@@ -79,10 +87,9 @@ def training_custom_config(cfg: PipelineConfig, manifest: dict, pipeline_root: s
         "image_shape": manifest["image_shape"],
         "backup_dir": os.path.join(pipeline_root, "_trainer_backup", key),
         "post_hoc_logit_adjust_tau": cfg.post_hoc_logit_adjust_tau,
-        "ssp": cfg.pretrain.ssp,
-        "pretrain": dataclasses.asdict(cfg.pretrain),  # semi=auto's SSP choice runs with these (models.training)
+        "pretrain": dataclasses.asdict(cfg.pretrain),  # a planned SSP runs with these (models.pseudo_label)
     }
-    if cfg.semi_supervised.semi in ONLINE_METHODS:
+    if mode.online_pool:
         # the declared pool setting chooses DASO's T_dist; the true pool classes are read only to score pseudo-labels
         config["pool_setting"] = {"rho": manifest["rho"], "rho_u": manifest["rho_u"],
                                   "same_order": manifest.get("unlabeled_class_order") == manifest.get("class_order")}
@@ -126,10 +133,10 @@ def create_pipeline(cfg: PipelineConfig, data_dir: str, manifest: dict, pipeline
         stats_gen.add_upstream_node(check)
 
     pretrainer = None
-    if cfg.pretrain.ssp != "none":
-        with_unlabeled = cfg.pretrain.ssp_data == "labeled+unlabeled"
+    if cfg.pretrain.method != "none":
+        with_unlabeled = cfg.pretrain.data == "labeled+unlabeled"
         if with_unlabeled and unlabeled_examples is None:
-            raise PipelineDataError("unlabeled", "pretrain.ssp_data=labeled+unlabeled but the unlabeled pool is empty", 0)
+            raise PipelineDataError("unlabeled", "pretrain.data=labeled+unlabeled but the unlabeled pool is empty", 0)
         pretrainer = SSPPretrainer(
             examples=labeled_gen.outputs["examples"], unlabeled_examples=unlabeled_examples if with_unlabeled else None,
             run_fn=PRETRAIN_RUN_FN, custom_config=pretrain_custom_config(cfg, manifest, pipeline_root))
@@ -137,22 +144,23 @@ def create_pipeline(cfg: PipelineConfig, data_dir: str, manifest: dict, pipeline
             pretrainer.add_upstream_node(check)
         components.append(pretrainer)
 
-    semi = cfg.semi_supervised.semi
-    if semi not in ("none", "auto") and unlabeled_examples is None:
-        raise ValueError(f"semi={semi} needs an unlabeled pool, but {data_dir} has 0 unlabeled examples "
-                         "(set data.unlabeled_size, or semi=none|auto)")
+    mode = cfg.semi.mode
+    if mode.pool == modes.POOL_REQUIRED and unlabeled_examples is None:
+        usable = sorted(m.name for m in modes.MODES.values() if m.pool != modes.POOL_REQUIRED)
+        raise ValueError(f"semi.method={mode.name} needs an unlabeled pool, but {data_dir} has 0 unlabeled examples "
+                         f"(set data.unlabeled_size, or semi.method={'|'.join(usable)})")
     base_model = pretrainer.outputs["model"] if pretrainer else None
     pseudo_inputs = {}
-    if semi in ("pseudo_label", "auto") and unlabeled_examples is not None:
-        base_cfg = dataclasses.replace(cfg, semi_supervised=SemiConfig(semi="none"))
+    if mode.pseudo_labels and unlabeled_examples is not None:
+        base_cfg = dataclasses.replace(cfg, semi=SemiConfig(method=modes.SUPERVISED))
         base_trainer = PseudoLabelBaseTrainer(
             examples=labeled_gen.outputs["examples"], label_stats=stats_gen.outputs["label_stats"],
             schema=labeled_schema.outputs["schema"], run_fn=RUN_FN, base_model=base_model,
             custom_config=training_custom_config(base_cfg, manifest, pipeline_root, data_dir)).with_id("BaseTrainer")
         labeler = PseudoLabeler(
             model=base_trainer.outputs["model"], unlabeled_examples=unlabeled_examples, examples=labeled_gen.outputs["examples"],
-            num_classes=manifest["num_classes"], confidence_threshold=cfg.semi_supervised.semi_pl_threshold,
-            top_k_per_class=cfg.semi_supervised.semi_pl_top_k, eval_split="eval")
+            num_classes=manifest["num_classes"], confidence_threshold=cfg.semi.pseudo_label.threshold,
+            top_k_per_class=cfg.semi.pseudo_label.top_k, eval_split="eval")
         components += [base_trainer, labeler]
         pseudo_inputs = {"pseudo_labeled_examples": labeler.outputs["pseudo_labeled_examples"],
                          "pseudo_label_stats": labeler.outputs["statistics"]}
@@ -160,7 +168,7 @@ def create_pipeline(cfg: PipelineConfig, data_dir: str, manifest: dict, pipeline
         examples=labeled_gen.outputs["examples"], label_stats=stats_gen.outputs["label_stats"],
         schema=labeled_schema.outputs["schema"], run_fn=RUN_FN, base_model=base_model,
         custom_config=training_custom_config(cfg, manifest, pipeline_root, data_dir),
-        unlabeled_examples=unlabeled_examples if semi in ONLINE_METHODS else None, **pseudo_inputs)
+        unlabeled_examples=unlabeled_examples if mode.online_pool else None, **pseudo_inputs)
 
     components += [stats_gen, trainer, *_gate_and_push(PerClassEvaluator, labeled_gen.outputs["examples"], trainer,
                                                        stats_gen, cfg.gate, serving_dir)]
@@ -210,22 +218,12 @@ REGRESSION_SPLITS = ("train", "eval", "test")
 
 def default_csv_dir() -> str:
     """The Chicago taxi trips CSV folder inside the installed tfx package (15,002 rows)."""
-    import tfx as tfx_package
-
     return os.path.join(os.path.dirname(tfx_package.__file__), "examples", "chicago_taxi_pipeline", "data", "simple")
 
 
-def regression_names(cfg: PipelineConfig) -> tuple[str, str]:
-    """(pipeline name, served model name): per target, so the last blessed model is always one of
-    the same task and target."""
-    return f"{cfg.name}-{cfg.regression.target}", f"{cfg.model_name}-{cfg.regression.target}"
-
-
 def create_regression_pipeline(cfg: PipelineConfig, csv_dir: str, pipeline_root: str, metadata_path: str | None,
-                               serving_dir: str, beam_pipeline_args: list[str] | None = None) -> tfx.dsl.Pipeline:
-    from components.regression_evaluator import RegressionEvaluator
-    from components.regression_label_stats_gen import RegressionLabelStatsGen
-
+                               serving_dir: str, beam_pipeline_args: list[str] | None = None,
+                               pipeline_name: str | None = None) -> tfx.dsl.Pipeline:
     buckets = [int(b) for b in cfg.regression.split_buckets.split(",")]
     if len(buckets) != 3 or min(buckets) < 1:
         raise ValueError(f"regression.split_buckets must be three positive integers (train,eval,test), got "
@@ -245,5 +243,6 @@ def create_regression_pipeline(cfg: PipelineConfig, csv_dir: str, pipeline_root:
         custom_config={"train": train, "regression": dataclasses.asdict(cfg.regression)})
     gate_and_push = _gate_and_push(RegressionEvaluator, example_gen.outputs["examples"], trainer, stats_gen,
                                    cfg.regression_gate, serving_dir)
-    return _pipeline(regression_names(cfg)[0], pipeline_root, [example_gen, *nodes, stats_gen, trainer, *gate_and_push],
+    components = [example_gen, *nodes, stats_gen, trainer, *gate_and_push]
+    return _pipeline(pipeline_name or f"{cfg.name}-{cfg.regression.target}", pipeline_root, components,
                      cfg.enable_cache, metadata_path, beam_pipeline_args)

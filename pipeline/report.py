@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import os
 
+from models import modes, planner
+from models.pseudo_label import pseudo_label_block
+
 
 def build_metrics(cfg_dict: dict, manifest: dict, data_dir: str, results: dict, timings: dict) -> dict:
     ev = results["evaluation"] or {}
@@ -75,9 +78,10 @@ def semi_block(training: dict | None, cfg_dict: dict | None = None) -> dict:
     plan = (training or {}).get("plan")
     if plan:
         return {"method": plan["semi"], "trained_with": plan["trained_with"],
-                "note": f"semi={plan['semi']}: trained with {plan['trained_with']} (see plan and pseudo_labels)"}
+                "note": f"semi.method={plan['semi']}: trained with {plan['trained_with']} (see plan and pseudo_labels)"}
     if not summary:
-        return {"method": "none", "note": "supervised only (semi=none)"}
+        method = modes.get(cfg_dict["semi"]["method"]).name if cfg_dict else modes.SUPERVISED
+        return {"method": method, "note": f"no semi-supervised training (semi.method={method})"}
     block = {k: summary.get(k) for k in SEMI_KEYS}
     block["per_epoch"] = [{k: h.get(k) for k in ("epoch", "accuracy", "overall_mask_rate", "pseudo_label_counts")}
                           for h in summary.get("pool_history") or []]
@@ -90,9 +94,10 @@ def plan_block(training: dict | None, cfg_dict: dict) -> dict:
     plan = (training or {}).get("plan")
     if plan:
         return plan
-    semi = cfg_dict["semi_supervised"]["semi"]
-    return {"choice": None, "reasons": [f"planner not run: semi={semi} (semi=auto lets it choose)"], "estimates": None,
-            "semi": semi, "trained_with": semi if semi in ("fixmatch", "daso") else "supervised"}
+    mode = modes.get(cfg_dict["semi"]["method"])
+    return {"choice": None, "reasons": [], "estimates": None, "semi": mode.name,
+            "reasons_text": [f"planner not run: semi.method={mode.name} (semi.method=auto lets it choose)"],
+            "trained_with": mode.name if mode.online_pool else planner.SUPERVISED}
 
 
 def pseudo_labels_block(training: dict | None, pl_stats: dict | None, cfg_dict: dict, examples_uri: str | None = None,
@@ -101,9 +106,7 @@ def pseudo_labels_block(training: dict | None, pl_stats: dict | None, cfg_dict: 
     (None when no PseudoLabeler ran), and where the pseudo-labeled examples and the base model are."""
     block = (training or {}).get("pseudo_labels")
     if not block and pl_stats:  # a final Trainer cached from a run without the block: read the statistics
-        from models.pseudo_label import pseudo_label_block
-
-        block = pseudo_label_block(pl_stats, cfg_dict["semi_supervised"]["semi_pl_weight"], None)
+        block = pseudo_label_block(pl_stats, cfg_dict["semi"]["pseudo_label"]["weight"], None)
     if not block:
         return None
     return {**block, "examples_uri": examples_uri, "base_model_uri": base_model_uri}
@@ -113,12 +116,10 @@ def _plan_md(metrics: dict) -> list[str]:
     plan, pl = metrics.get("plan") or {}, metrics.get("pseudo_labels")
     if not plan.get("choice"):
         return []
-    from models.pseudo_label import explain
-
-    md = ["## Semi-supervised plan", "", f"**Decision:** {explain(plan)}", "",
-          f"Setting semi={plan['semi']}; planner's choice **{plan['choice']}**; the final model was trained with "
+    md = ["## Semi-supervised plan", "", f"**Decision:** {planner.explain(plan)}", "",
+          f"Setting semi.method={plan['semi']}; planner's choice **{plan['choice']}**; the final model was trained with "
           f"**{plan['trained_with']}**. Reasons:", ""]
-    md += [f"- {r}" for r in plan["reasons"]] + [""]
+    md += [f"- {r}" for r in plan["reasons_text"]] + [""]
     if pl:
         names = metrics["label_stats"]["class_names"]
         md += [f"Pseudo-labels: confidence threshold {pl['threshold']}, top-k per class {pl['top_k_per_class'] or 'off'}, "
@@ -136,16 +137,17 @@ def _plan_md(metrics: dict) -> list[str]:
 
 def _semi_md(metrics: dict) -> list[str]:
     semi, stats = metrics["semi"], metrics["label_stats"]
-    if semi["method"] in ("pseudo_label", "auto"):
+    mode = modes.get(semi["method"])
+    if mode.plans:
         return _plan_md(metrics)
-    if semi["method"] == "none":
+    if not mode.online_pool:
         return []
     md = ["## Semi-supervised training", "",
-          f"Method **{semi['method']}** (FixMatch{' + DASO' if semi['method'] == 'daso' else ''}): confidence threshold "
+          f"Method **{mode.name}** ({mode.title}): confidence threshold "
           f"{semi['threshold']}, {semi['labeled_batch']} labeled + {semi['unlabeled_batch']} unlabeled images a step, "
           f"{semi['total_steps']} steps, labeled loss {semi['labeled_loss']}; the exported model is the "
           f"{semi['evaluated_model']} copy."]
-    if semi["method"] == "daso":
+    if mode.daso:
         md += ["", f"DASO warm-up: {semi['warmup_steps']} steps ({semi['warmup_rule']}); T_dist {semi['dist_temperature']} "
                    f"({semi['dist_temperature_reason']})."]
     md += ["", f"Pseudo-labels on the pool: {semi['pool_scoring']}. Mask rate: share of the class's pool images whose "
@@ -165,17 +167,17 @@ def ssp_block(cfg_dict: dict, summary: dict | None, training: dict | None) -> di
     p = cfg_dict["pretrain"]
     inline = (training or {}).get("inline_ssp")
     run_by = "SSPPretrainer"
-    if p["ssp"] == "none" and inline:  # semi=auto chose SSP: the final Trainer pre-trained (models.training)
-        summary, p = inline, {"ssp": inline["method"], "ssp_data": inline["data"]}
-        run_by = "the final Trainer (semi=auto chose SSP)"
-    elif p["ssp"] == "none":
+    if p["method"] == "none" and inline:  # the planner chose SSP: the final Trainer pre-trained (models.pseudo_label)
+        summary, p = inline, {"method": inline["method"], "data": inline["data"]}
+        run_by = "the final Trainer (the planner chose SSP)"
+    elif p["method"] == "none":
         return {"method": "none", "epochs": 0, "data": None, "final_loss": None, "linear_probe_accuracy": None,
                 "random_init_probe_accuracy": None,
-                "note": "no self-supervised pre-training (pretrain.ssp=none): the backbone starts from random weights"}
+                "note": "no self-supervised pre-training (pretrain.method=none): the backbone starts from random weights"}
     s = summary or {}
     keep = ("steps_per_epoch", "num_examples", "final_pretext_accuracy", "pretrain_seconds", "images_per_second",
             "resolved", "queue_size", "backbone_variables", "history")
-    return {"method": p["ssp"], "epochs": s.get("epochs"), "data": p["ssp_data"], "final_loss": s.get("final_loss"),
+    return {"method": p["method"], "epochs": s.get("epochs"), "data": p["data"], "final_loss": s.get("final_loss"),
             "linear_probe_accuracy": s.get("linear_probe_accuracy"),
             "random_init_probe_accuracy": s.get("random_init_probe_accuracy"),
             **{k: s.get(k) for k in keep},
@@ -220,9 +222,8 @@ def console_table(metrics: dict) -> str:
                      f"(random init {_fmt(ssp['random_init_probe_accuracy'])})")
     plan = metrics.get("plan") or {}
     if plan.get("choice"):
-        from models.pseudo_label import explain
-
-        lines.append(f"plan (semi={plan['semi']}): {plan['choice']}, trained with {plan['trained_with']}. {explain(plan)}")
+        lines.append(f"plan (semi.method={plan['semi']}): {plan['choice']}, trained with {plan['trained_with']}. "
+                     f"{planner.explain(plan)}")
     lines.append(f"gate: {decision}; pushed: {pushed_text(metrics)}")
     return "\n".join(lines)
 

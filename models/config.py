@@ -1,0 +1,307 @@
+"""The settings that models/ reads, as plain frozen dataclasses: this module imports neither Keras nor
+TensorFlow, so the pipeline, the CLI and the Kubeflow compiler can build, check and print a configuration
+without loading either.
+
+A section that holds several methods has one nested section each (``semi.method`` picks the training
+mode; ``semi.fixmatch``, ``semi.daso``, ``semi.pseudo_label``, ``semi.planner`` hold their settings), so
+field names need no prefixes. :func:`from_dict` builds any section from JSON (the Trainer's
+custom_config) by its type hints; :func:`parse_value` converts one ``--set`` string.
+
+The converters read each field's type with ``typing.get_type_hints`` (so sections declared elsewhere with
+postponed annotations, components/gate.py, work too); no setting's text is ever evaluated.
+"""
+
+import dataclasses
+import types
+import typing
+
+from models import modes
+
+
+def _choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"unknown {name} {value!r}; choose one of {list(allowed)}")
+
+# ---------------------------------------------------------------------------------------- supervised
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Supervised training (``train.*``) and the schedule every classification mode shares."""
+
+    backbone: str = "resnet8"
+    epochs: int = 12
+    batch_size: int = 128
+    learning_rate: float = 0.05  # SGD momentum 0.9, cosine decay, as the reference and LDAM code
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    loss: str = "ce"  # ce | focal | ldam | logit_adjusted | balanced_softmax
+    logit_adjust_tau: float = 1.0
+    focal_gamma: float = 1.0
+    ldam_max_margin: float = 0.5
+    ldam_scale: float = 30.0
+    head: str = "auto"  # linear | cosine; auto: cosine for LDAM (its official code's NormedLinear), else linear
+    class_weighting: str = "none"  # none | effective_number | inverse | sqrt_inverse (from the first epoch)
+    drw_epoch: int | None = None  # deferred re-weighting: effective-number weights from this epoch (0-based)
+    effective_number_beta: float = 0.9999
+    sampler: str = "instance"  # instance | class_balanced | sqrt | progressive
+    decoupling: str = "none"  # none | crt | lws | tau_norm (a second stage on the trained backbone)
+    decoupling_epochs: int = 10  # cRT / LWS epochs (class-balanced sampling, cosine from learning_rate)
+    decoupling_tau: float = 1.0  # tau-normalisation exponent
+    augment: bool = True
+    seed: int = 0
+    # XLA on this CPU was slower than TF's oneDNN kernels (7.9 vs 10.1 s/epoch for resnet8, 12.4k images).
+    jit_compile: bool = False
+    steps_per_execution: int = 1  # >1 runs several steps per tf.function call (less Python overhead)
+    max_steps_per_epoch: int | None = None  # smoke runs only
+
+
+# ------------------------------------------------------------------------ self-supervised pre-training
+
+SSP_METHODS = ("none", "rotation", "moco")
+SSP_DATA = ("labeled", "labeled+unlabeled")
+# official defaults by method: (learning rate at batch 128, weight decay, warm-up fraction of the schedule)
+SSP_METHOD_DEFAULTS = {"rotation": (0.1, 2e-4, 5 / 200), "moco": (0.015, 1e-4, 0.0)}
+
+
+@dataclasses.dataclass(frozen=True)
+class MocoConfig:
+    """MoCo v2's own settings (``pretrain.moco.*``)."""
+
+    dim: int = 128
+    queue_size: int | None = None  # None: scaled to the data (models.ssp.queue_size_for)
+    momentum: float = 0.999
+    temperature: float = 0.2
+
+
+@dataclasses.dataclass(frozen=True)
+class SSPConfig:
+    """Self-supervised pre-training of the backbone (``pretrain.*``); method=none: none."""
+
+    method: str = "none"  # none | rotation | moco
+    data: str = "labeled"  # labeled | labeled+unlabeled (labels are never read either way)
+    epochs: int = 20
+    batch_size: int = 128
+    learning_rate: float | None = None  # None: the method's official default (rotation 0.1, MoCo 0.015)
+    momentum: float = 0.9
+    weight_decay: float | None = None  # None: rotation 2e-4, MoCo 1e-4
+    seed: int = 0
+    max_steps_per_epoch: int | None = None  # smoke runs only
+    moco: MocoConfig = MocoConfig()
+
+    def __post_init__(self):
+        _choice("pretrain.method", self.method, SSP_METHODS)
+        _choice("pretrain.data", self.data, SSP_DATA)
+
+    def resolved(self) -> dict:
+        """Learning rate, weight decay and warm-up actually used (the method defaults filled in)."""
+        lr, wd, warmup = SSP_METHOD_DEFAULTS.get(self.method, (0.0, 0.0, 0.0))
+        return {"learning_rate": lr if self.learning_rate is None else self.learning_rate,
+                "weight_decay": wd if self.weight_decay is None else self.weight_decay,
+                "warmup_fraction": warmup}
+
+
+# --------------------------------------------------------------------------------- semi-supervised
+
+
+@dataclasses.dataclass(frozen=True)
+class FixMatchConfig:
+    """FixMatch (Sohn et al. 2020), also DASO's base (``semi.fixmatch.*``); defaults FixMatch's."""
+
+    threshold: float = 0.95
+    mu: int = 2  # unlabeled images per labeled one in a step
+    lambda_u: float = 1.0
+    ema_decay: float = 0.999
+    randaugment_ops: int = 2
+    randaugment_factor: float = 0.5  # keras.layers.RandAugment's magnitude factor
+    cutout_max_area: float = 0.25  # cutout of up to a half-side square, as FixMatch's strong augmentation
+    eval_pool_size: int | None = None  # pool images scored per epoch (None: all)
+
+
+@dataclasses.dataclass(frozen=True)
+class DasoConfig:
+    """DASO (Oh et al. 2022) on top of FixMatch (``semi.daso.*``); defaults the official code's."""
+
+    warmup_steps: int | None = None  # None: the paper's 2 % of all training steps (5000 of 250000)
+    queue_size: int = 256  # features a class in the balanced queue
+    proto_temperature: float = 0.05
+    dist_temperature: float | None = None  # None: 1.5, or 0.3 when the pool's declared imbalance differs
+    count_window: int = 100  # steps of pseudo-label counts
+    align_weight: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class PseudoLabelConfig:
+    """Offline pseudo-labels (Yang & Xu 2020): L(D_L) + weight * L(D_U) (``semi.pseudo_label.*``)."""
+
+    weight: float = 1.0  # w; 1 as the paper
+    # 0: every pool image, as the paper (no confidence filter); bench/results/pool_estimates.md measured no
+    # threshold sweep, so nothing supports another default.
+    threshold: float = 0.0
+    top_k: int = 0  # >0: keep the k most confident pseudo-labels of each predicted class
+
+    def __post_init__(self):
+        if self.weight < 0 or not 0.0 <= self.threshold <= 1.0 or self.top_k < 0:
+            raise ValueError(f"semi.pseudo_label.weight must be >= 0 (got {self.weight}), threshold in [0, 1] "
+                             f"(got {self.threshold}), top_k >= 0 (got {self.top_k})")
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannerConfig:
+    """When a pool is worth pseudo-labelling (models/planner.py; ``semi.planner.*``); the defaults are
+    checked by ``make bench-semi``."""
+
+    # The paper's gain shrinks as the pool's relevance falls and turns into a loss well before 50%;
+    # 0.6 keeps a margin above that.
+    min_relevance: float = 0.6
+    # Below a few hundred in-domain images the pool adds fewer images than one medium class holds.
+    min_in_domain_examples: int = 500
+    # A pool a quarter of the labeled set still adds ~25% images overall and far more to the tail
+    # (whose labeled classes hold a few percent); the paper used 5x, so this is a permissive floor.
+    min_pool_to_labeled_ratio: float = 0.25
+    # The paper found pseudo-labels help at every rho_U it tried (1 to 100); bench/results/semi_rho100.md did not:
+    # with the logit-adjusted base and final loss, a rho_U=1 pool helped (balanced and few-shot accuracy) and a
+    # rho_U=100 pool cost accuracy, and the corrected rho_U estimates (about 1.3 vs about 200) sit far either side of 10.
+    max_pool_imbalance: float | None = 10.0
+    # When the planner chooses SSP and pretrain.method=none: the pre-training the final Trainer runs itself on
+    # the labeled images (with the pretrain.* settings) before it trains from it; none: only recommended.
+    ssp: str = "rotation"
+
+    def __post_init__(self):
+        _choice("semi.planner.ssp", self.ssp, SSP_METHODS)
+
+    def thresholds(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "ssp"}
+
+
+@dataclasses.dataclass(frozen=True)
+class SemiConfig:
+    """The training mode (``semi.method``, one of models.modes.MODES) and each method's settings."""
+
+    method: str = modes.SUPERVISED
+    fixmatch: FixMatchConfig = FixMatchConfig()
+    daso: DasoConfig = DasoConfig()
+    pseudo_label: PseudoLabelConfig = PseudoLabelConfig()
+    planner: PlannerConfig = PlannerConfig()
+
+    def __post_init__(self):
+        object.__setattr__(self, "method", modes.get(self.method).name)  # an alias (none) becomes its mode's name
+
+    @property
+    def mode(self) -> modes.TrainingMode:
+        return modes.get(self.method)
+
+
+# ------------------------------------------------------------------------------------- regression
+
+
+@dataclasses.dataclass(frozen=True)
+class RegressionConfig:
+    """Settings of the regression task (``regression.*``); the schedule (epochs, batch size, seed) comes
+    from ``train``, the optimizer is Adam at ``adam_learning_rate`` (the paper's)."""
+
+    target: str = "fare"  # fare | trip_seconds
+    csv_dir: str | None = None  # a folder of CSV files; None: the Chicago taxi CSV in the tfx package
+    split_buckets: str = "8,1,1"  # CsvExampleGen hash split train:eval:test
+    bin_width: float = 1.0  # target bins [k w, (k+1) w); the last one open-ended
+    num_bins: int | None = None  # None: enough bins for the largest training target
+    max_target: float = 1000.0  # a target above this is an absurd outlier (a bad row)
+    max_bad_fraction: float = 0.01  # bad rows are dropped and counted; more than this fraction of a split stops the run
+    reweight: str = "sqrt_inv"  # none | sqrt_inv | inverse
+    lds: bool = True
+    lds_kernel: str = "gaussian"
+    lds_ks: int = 5
+    lds_sigma: float = 2.0
+    fds: bool = False
+    fds_kernel: str = "gaussian"
+    fds_ks: int = 5
+    fds_sigma: float = 2.0
+    fds_momentum: float = 0.9
+    fds_start_update: int = 0
+    fds_start_smooth: int = 1
+    many_shot_above: int = 100  # bin groups by training count, as the paper: many > 100, few < 20
+    few_shot_below: int = 20
+    objective: str = "l1"  # l1 | mse
+    hidden_units: str = "128,64"
+    adam_learning_rate: float = 1e-3  # Adam, as the paper's default
+
+
+# ------------------------------------------------------------------------------------- converters
+
+
+def _optional_inner(tp):
+    """(inner type, True) for ``X | None``; (tp, False) otherwise."""
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def from_dict(cls, d: dict | None, path: str = ""):
+    """``cls`` (a config dataclass) from a JSON-like dict: nested sections from nested dicts, every key
+    checked (an unknown one names its dotted path and the known ones), ints accepted for floats."""
+    d = dict(d or {})
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(d) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown settings {[path + k for k in unknown]}; {path or cls.__name__ + ' '}has "
+                         f"{sorted(fields)}")
+    kwargs = {}
+    for name, value in d.items():
+        tp, _ = _optional_inner(hints[name])
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = value if isinstance(value, tp) else from_dict(tp, value, f"{path}{name}.")
+        elif tp is float and isinstance(value, int) and not isinstance(value, bool):
+            kwargs[name] = float(value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def parse_value(text: str, tp):
+    """One ``--set`` string as the field's type (int, float, bool, str and their ``| None`` forms)."""
+    tp, optional = _optional_inner(tp)
+    if optional and text.lower() in ("none", "null"):
+        return None
+    if tp is bool:
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"not a boolean: {text!r}")
+    if tp in (int, float, str):
+        return tp(text)
+    raise ValueError(f"cannot set a value of type {tp} from the command line")
+
+
+def leaf_paths(cls, prefix: str = "") -> dict[str, typing.Any]:
+    """{dotted path: type} of every non-section field of ``cls``, nested sections flattened."""
+    out = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp, _ = _optional_inner(hints[f.name])
+        if dataclasses.is_dataclass(tp):
+            out.update(leaf_paths(tp, f"{prefix}{f.name}."))
+        else:
+            out[f"{prefix}{f.name}"] = hints[f.name]
+    return out
+
+
+def get_path(cfg, path: str):
+    for part in path.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def replace_path(cfg, path: str, value):
+    """A copy of ``cfg`` with the field at the dotted ``path`` set (frozen sections rebuilt)."""
+    head, _, rest = path.partition(".")
+    if not rest:
+        return dataclasses.replace(cfg, **{head: value})
+    return dataclasses.replace(cfg, **{head: replace_path(getattr(cfg, head), rest, value)})

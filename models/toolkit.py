@@ -1,0 +1,190 @@
+"""The training toolkit every method module imports: the Trainer's job (config, statistics, files), the
+labeled dataset, the model builder, progress lines, SGD with a cosine schedule, the standard callbacks
+and the strict warm start. It imports no method module (training, semi, ssp, pseudo_label), so those can
+import it and each other without a cycle.
+
+models/ never imports tfx: ``fn_args`` is read only through its attributes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+
+import keras
+import tensorflow as tf
+
+from models import backbones, config, inputs, modes, sampling
+
+# --------------------------------------------------------------------------------------------- the job
+
+
+@dataclasses.dataclass
+class TrainingJob:
+    """What one classification Trainer execution trains on, parsed once from TFX's fn_args.
+
+    custom_config keys (written by pipeline/ from the typed config; the executor adds the input paths):
+      train, semi, pretrain: the config sections (models.config), as dicts
+      label_stats_path: the LabelStatsGen JSON (class counts, priors, groups), never a hard-coded list
+      image_shape: [H, W, C]
+      backup_dir: a folder stable across re-executions of the same training, for BackupAndRestore
+      unlabeled_files: the pool's TFRecords (modes with online_pool)
+      pseudo_labeled_files, pseudo_label_stats_path: the PseudoLabeler's outputs (modes with pseudo_labels)
+      pool_setting, pool_truth: declared pool imbalance (DASO's T_dist) and the evaluation-only true classes
+    ``fn_args.base_model``: a pre-trained backbone (the SSPPretrainer's Model artifact) to warm-start from.
+    """
+
+    train: config.TrainConfig
+    semi: config.SemiConfig
+    pretrain: config.SSPConfig
+    stats: dict
+    image_shape: list
+    train_files: list
+    eval_files: list | None
+    model_run_dir: str
+    backup_dir: str | None = None
+    base_model: str | None = None
+    inputs: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def mode(self) -> modes.TrainingMode:
+        return self.semi.mode
+
+    @classmethod
+    def from_fn_args(cls, fn_args) -> TrainingJob:
+        c = dict(fn_args.custom_config)
+        with tf.io.gfile.GFile(c["label_stats_path"]) as f:
+            stats = json.load(f)
+        return cls(train=config.from_dict(config.TrainConfig, c.get("train"), "train."),
+                   semi=config.from_dict(config.SemiConfig, c.get("semi"), "semi."),
+                   pretrain=config.from_dict(config.SSPConfig, c.get("pretrain"), "pretrain."),
+                   stats=stats, image_shape=c["image_shape"], train_files=list(fn_args.train_files),
+                   eval_files=list(getattr(fn_args, "eval_files", None) or []) or None,
+                   model_run_dir=fn_args.model_run_dir, backup_dir=c.get("backup_dir"),
+                   base_model=getattr(fn_args, "base_model", None) or None,
+                   inputs={k: c[k] for k in ("unlabeled_files", "pseudo_labeled_files", "pseudo_label_stats_path",
+                                             "pool_setting", "pool_truth") if c.get(k)})
+
+    def require(self, key: str, what: str):
+        """An executor-provided input the mode needs; a clear error naming it when the DAG did not wire it."""
+        if not self.inputs.get(key):
+            raise ValueError(f"semi.method={self.semi.method} needs the Trainer's {what}; none was given")
+        return self.inputs[key]
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What a mode's train function returns to run_fn: the model to export and what the summary records."""
+
+    model: keras.Model
+    history: list
+    images_seen: int  # for images/s: images drawn from the training data (an unlabeled image counted once)
+    training_stats: dict  # the label statistics the loss and sampler used (labeled + accepted pseudo-labels)
+    backbone_weights: str | None = None  # the folder the backbone was warm-started from
+    summary: dict = dataclasses.field(default_factory=dict)  # the mode's own blocks (semi, plan, pseudo_labels, ...)
+
+
+# ----------------------------------------------------------------------------------- model and data
+
+
+class EpochProgress(keras.callbacks.Callback):
+    """One line per epoch on stderr: the pipeline's progress for the long step."""
+
+    def __init__(self, epochs: int, prefix: str = "[trainer]"):
+        super().__init__()
+        self.epochs, self.prefix, self.history = epochs, prefix, []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._t0 = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        seconds = time.time() - self._t0
+        logs = {k: float(v) for k, v in (logs or {}).items()}
+        self.history.append({"epoch": epoch + 1, "seconds": seconds, **logs})
+        shown = " ".join(f"{k}={v:.4f}" for k, v in logs.items() if k != "learning_rate")
+        print(f"{self.prefix} epoch {epoch + 1}/{self.epochs} {shown} ({seconds:.1f} s)", file=sys.stderr, flush=True)
+
+
+def head_kind(cfg: config.TrainConfig) -> str:
+    return ("cosine" if cfg.loss == "ldam" else "linear") if cfg.head == "auto" else cfg.head
+
+
+def build_model(cfg: config.TrainConfig, image_shape, num_classes: int) -> keras.Model:
+    return backbones.build_classifier(backbones.build_backbone(cfg.backbone, image_shape), num_classes,
+                                      cosine=head_kind(cfg) == "cosine")
+
+
+def labeled_dataset(cfg: config.TrainConfig, train_files, stats: dict, image_shape, sampler: str, epochs: int,
+                    first_epoch: int = 0, drop_remainder: bool = False, pseudo_files=None, pseudo_weight: float = 1.0):
+    """(dataset, steps per epoch). Instance-balanced reads shuffled epochs; other samplers draw an
+    endless class-aware stream cut into epochs of the training set's size.
+
+    ``pseudo_files``: pseudo-labeled examples (components/pseudo_labeler.py) appended to the labeled
+    ones; with ``pseudo_weight`` != 1 every element gets a sample weight (1 labeled, w pseudo-labeled)."""
+    n = stats["num_examples"]
+    steps = -(-n // cfg.batch_size)
+    if cfg.max_steps_per_epoch:
+        steps = min(steps, cfg.max_steps_per_epoch)
+    decoded = inputs.read_examples(train_files, image_shape)
+    if pseudo_files:
+        pseudo = inputs.read_examples(pseudo_files, image_shape)
+        if pseudo_weight != 1.0:
+            decoded = decoded.map(lambda x, y: (x, y, tf.constant(1.0)))
+            pseudo = pseudo.map(lambda x, y: (x, y, tf.constant(float(pseudo_weight))))
+        decoded = decoded.concatenate(pseudo)
+    decoded = decoded.cache()
+    if sampler == "instance":
+        ds = decoded.shuffle(50_000, seed=cfg.seed, reshuffle_each_iteration=True).repeat()
+    else:
+        ds = sampling.resampled(decoded, stats["class_counts"], sampler, epochs, n, cfg.seed, first_epoch)
+    if cfg.augment:
+        ds = ds.map(lambda x, *rest: (inputs.augment(x), *rest), num_parallel_calls=inputs.AUTOTUNE)
+    ds = ds.map(lambda x, *rest: (inputs.to_float(x), *rest), num_parallel_calls=inputs.AUTOTUNE)
+    return ds.batch(cfg.batch_size, drop_remainder=drop_remainder).prefetch(inputs.AUTOTUNE), steps
+
+
+# ----------------------------------------------------------------------------- optimizer and callbacks
+
+
+def sgd_cosine(learning_rate: float, total_steps: int, momentum: float, weight_decay: float,
+               warmup_steps: int = 0) -> keras.optimizers.SGD:
+    """SGD with momentum and decoupled weight decay on a cosine schedule (with an optional linear warm-up
+    from 0): the schedule of the reference scripts, the LDAM and SSP official code."""
+    if warmup_steps:
+        schedule = keras.optimizers.schedules.CosineDecay(0.0, max(total_steps - warmup_steps, 1),
+                                                          warmup_target=learning_rate, warmup_steps=warmup_steps)
+    else:
+        schedule = keras.optimizers.schedules.CosineDecay(learning_rate, max(total_steps, 1))
+    return keras.optimizers.SGD(schedule, momentum=momentum, weight_decay=weight_decay)
+
+
+def sgd_for(cfg: config.TrainConfig, total_steps: int) -> keras.optimizers.SGD:
+    return sgd_cosine(cfg.learning_rate, total_steps, cfg.momentum, cfg.weight_decay)
+
+
+def standard_callbacks(progress: EpochProgress, model_run_dir: str, backup_dir: str | None = None,
+                       checkpoints: bool = False, extra=()) -> list:
+    """Progress, TensorBoard under the run dir, per-epoch weight checkpoints (optional) and, with a
+    ``backup_dir``, BackupAndRestore: an interrupted run re-executed with the same inputs resumes at its
+    last epoch."""
+    callbacks = [progress, keras.callbacks.TensorBoard(log_dir=os.path.join(model_run_dir, "tensorboard"))]
+    if checkpoints:
+        callbacks.append(keras.callbacks.ModelCheckpoint(
+            os.path.join(model_run_dir, "checkpoints", "epoch-{epoch:03d}.weights.h5"), save_weights_only=True))
+    if backup_dir:
+        callbacks.append(keras.callbacks.BackupAndRestore(backup_dir, save_freq="epoch", delete_checkpoint=True))
+    return callbacks + list(extra)
+
+
+def warm_start(model: keras.Model, weights_dir: str | None, prefix: str = "[trainer]") -> int:
+    """Load a pre-trained backbone into ``model`` strictly (every backbone variable, a missing or unexpected
+    one raises; models.backbones.load_backbone_weights), the head left fresh; the number loaded."""
+    if not weights_dir:
+        return 0
+    loaded = backbones.load_backbone_weights(model, weights_dir)
+    print(f"{prefix} warm start: {len(loaded)} backbone variables from {weights_dir}; fresh head",
+          file=sys.stderr, flush=True)
+    return len(loaded)

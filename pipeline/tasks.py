@@ -1,0 +1,243 @@
+"""The tasks: the one registry every runner (local, Kubeflow) and command resolves ``cfg.task`` through.
+
+A Task owns what differs between image classification and imbalanced regression: which settings apply
+(a setting that does not is an error naming it), where the data is, the pipeline wiring, the gate
+thresholds, the pipeline and served-model names, and the metrics.json / report.md / console writer.
+Runners call the same methods and never test the task's name.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import os
+import sys
+
+from components.data.longtail import SplitSpec
+from components.data.prepare import MANIFEST, load_manifest, prepare_from_source
+from components.errors import PipelineDataError
+from pipeline import regression_report, report
+from pipeline.configs import PipelineConfig, changed_paths
+from pipeline.data_cli import default_data_dir, parse_order
+from pipeline.outputs import BASE_TRAINER, PRETRAINER, TRAINER
+from pipeline.pipeline import create_pipeline, create_regression_pipeline, default_csv_dir
+
+# Settings every task reads: naming, where outputs go, the embedded runner's Beam settings, caching.
+COMMON = ("name", "preset", "task", "model_name", "runs_root", "serving_root", "beam_direct_running_mode",
+          "beam_num_workers", "enable_cache")
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskInputs:
+    """Where a run's data is (as the runner sees it) and, for a prepared image folder, its manifest."""
+
+    location: str
+    manifest: dict | None = None
+
+
+class Task(abc.ABC):
+    name: str
+
+    # ---- settings
+    @abc.abstractmethod
+    def reads(self, cfg: PipelineConfig) -> tuple[str, ...]:
+        """The settings (dotted paths or section prefixes) this task, with cfg's training mode, reads."""
+
+    def check_settings(self, cfg: PipelineConfig) -> None:
+        """Every setting the user changed from the preset must be one the run reads: nothing is silently ignored."""
+        reads = self.reads(cfg)
+        unused = [p for p in changed_paths(cfg) if not any(p == r or p.startswith(r + ".") for r in reads)]
+        if unused:
+            raise ValueError(f"{', '.join(unused)} {'does' if len(unused) == 1 else 'do'} not apply to task={self.name}"
+                             f"{self.mode_note(cfg)}: this run reads {', '.join(sorted(reads))}")
+
+    def mode_note(self, cfg: PipelineConfig) -> str:
+        return ""
+
+    # ---- data and names
+    @abc.abstractmethod
+    def inputs(self, cfg: PipelineConfig, location: str | None = None) -> TaskInputs:
+        """The run's data: ``location`` as given (the cluster's path for Kubeflow), else the configured one."""
+
+    @abc.abstractmethod
+    def names(self, cfg: PipelineConfig) -> tuple[str, str]:
+        """(pipeline name, served model name)."""
+
+    @abc.abstractmethod
+    def gate_thresholds(self, cfg: PipelineConfig):
+        """The gate's thresholds section for this task (components/gate.py)."""
+
+    # ---- wiring
+    @abc.abstractmethod
+    def create_pipeline(self, cfg: PipelineConfig, inputs: TaskInputs, pipeline_root: str, metadata_path: str | None,
+                        serving_dir: str, beam_args: list[str]):
+        """The TFX pipeline (pipeline/pipeline.py)."""
+
+    # ---- outputs
+    @abc.abstractmethod
+    def timings(self, results: dict, pipeline_seconds: float) -> dict:
+        """Seconds by stage, from the run's MLMD results (cached stages count 0)."""
+
+    @abc.abstractmethod
+    def build_metrics(self, cfg: PipelineConfig, inputs: TaskInputs, results: dict, timings: dict) -> dict:
+        """metrics.json."""
+
+    @abc.abstractmethod
+    def write_report(self, metrics: dict, out_dir: str) -> None:
+        """metrics.json, report.md and the plots in ``out_dir``."""
+
+    @abc.abstractmethod
+    def console_table(self, metrics: dict) -> str:
+        """The summary the CLI prints before the output folder."""
+
+
+def _seconds_if_run(results: dict, execution: str, block: str, key: str) -> float:
+    """A stage's seconds when it ran in this run; 0 when it was cached or absent."""
+    if results["executions"].get(execution) != "COMPLETE":
+        return 0.0
+    return float((results.get(block) or {}).get(key) or 0.0)
+
+
+class ClassificationTask(Task):
+    """Images (a prepared long-tailed folder), per-class gate; the training mode picks the semi-supervised path."""
+
+    name = "classification"
+
+    def reads(self, cfg):
+        mode = cfg.semi.mode
+        reads = [*COMMON, "data", "stats", "train", "gate", "post_hoc_logit_adjust_tau", "semi.method", "pretrain.method",
+                 *mode.settings]
+        if cfg.pretrain.method != "none" or (mode.inline_ssp and cfg.semi.planner.ssp != "none"):
+            reads.append("pretrain")
+        return tuple(reads)
+
+    def mode_note(self, cfg):
+        mode = cfg.semi.mode
+        ssp = "" if cfg.pretrain.method != "none" else ", pretrain.method=none"
+        return f" with semi.method={mode.name}{ssp}"
+
+    def inputs(self, cfg, location=None):
+        if location:
+            return TaskInputs(location, load_manifest(location))
+        data_dir = ensure_data(cfg)
+        return TaskInputs(data_dir, load_manifest(data_dir))
+
+    def names(self, cfg):
+        return cfg.name, cfg.model_name
+
+    def gate_thresholds(self, cfg):
+        return cfg.gate
+
+    def create_pipeline(self, cfg, inputs, pipeline_root, metadata_path, serving_dir, beam_args):
+        if inputs.manifest["splits"]["unlabeled"]["num_examples"] == 0:
+            print("[run] the unlabeled pool is empty: running supervised-only (no unlabeled branch)", file=sys.stderr)
+        return create_pipeline(cfg, inputs.location, inputs.manifest, pipeline_root, metadata_path, serving_dir,
+                               beam_args)
+
+    def timings(self, results, pipeline_seconds):
+        trained_now = results["executions"].get(TRAINER) == "COMPLETE"
+        pretrained_now = results["executions"].get(PRETRAINER) == "COMPLETE"
+        t = {"pipeline_seconds": pipeline_seconds,
+             "train_seconds": _seconds_if_run(results, TRAINER, "training", "train_seconds"),
+             "train_cached": not trained_now,
+             "pretrain_seconds": _seconds_if_run(results, PRETRAINER, "ssp", "pretrain_seconds"),
+             "pretrain_cached": PRETRAINER in results["executions"] and not pretrained_now,
+             "base_train_seconds": _seconds_if_run(results, BASE_TRAINER, "base_training", "train_seconds")}
+        t["other_seconds"] = pipeline_seconds - t["train_seconds"] - t["pretrain_seconds"] - t["base_train_seconds"]
+        return t
+
+    def build_metrics(self, cfg, inputs, results, timings):
+        return report.build_metrics(dataclasses.asdict(cfg), inputs.manifest, inputs.location, results, timings)
+
+    def write_report(self, metrics, out_dir):
+        report.write_report(metrics, out_dir)
+
+    def console_table(self, metrics):
+        return report.console_table(metrics)
+
+
+# The schedule settings the regression Trainer takes from train.*; its optimizer is Adam at
+# regression.adam_learning_rate (the paper's), so train.learning_rate and the rest do not apply.
+REGRESSION_TRAIN = ("train.epochs", "train.batch_size", "train.seed", "train.max_steps_per_epoch")
+
+
+class RegressionTask(Task):
+    """A CSV folder (default: the Chicago taxi trips in the tfx package), LDS / FDS, MAE gate by shot region."""
+
+    name = "regression"
+
+    def reads(self, cfg):
+        return (*COMMON, *REGRESSION_TRAIN, "regression", "regression_gate")
+
+    def inputs(self, cfg, location=None):
+        return TaskInputs(location or regression_csv_dir(cfg))
+
+    def names(self, cfg):
+        """Per target, so the last blessed model is always one of the same task and target."""
+        return f"{cfg.name}-{cfg.regression.target}", f"{cfg.model_name}-{cfg.regression.target}"
+
+    def gate_thresholds(self, cfg):
+        return cfg.regression_gate
+
+    def create_pipeline(self, cfg, inputs, pipeline_root, metadata_path, serving_dir, beam_args):
+        return create_regression_pipeline(cfg, inputs.location, pipeline_root, metadata_path, serving_dir, beam_args,
+                                          pipeline_name=self.names(cfg)[0])
+
+    def timings(self, results, pipeline_seconds):
+        train_seconds = _seconds_if_run(results, TRAINER, "training", "train_seconds")
+        return {"pipeline_seconds": pipeline_seconds, "train_seconds": train_seconds,
+                "train_cached": results["executions"].get(TRAINER) != "COMPLETE",
+                "other_seconds": pipeline_seconds - train_seconds}
+
+    def build_metrics(self, cfg, inputs, results, timings):
+        return regression_report.build_metrics(dataclasses.asdict(cfg), inputs.location, results, timings)
+
+    def write_report(self, metrics, out_dir):
+        regression_report.write_report(metrics, out_dir)
+
+    def console_table(self, metrics):
+        return regression_report.console_table(metrics)
+
+
+TASKS: dict[str, Task] = {t.name: t for t in (ClassificationTask(), RegressionTask())}
+
+
+def for_config(cfg: PipelineConfig) -> Task:
+    """The config's task, with its settings checked (an unknown task or a setting that does not apply raises)."""
+    task = TASKS.get(cfg.task)
+    if task is None:
+        raise ValueError(f"unknown task {cfg.task!r}; choose one of {sorted(TASKS)}")
+    task.check_settings(cfg)
+    return task
+
+
+# --------------------------------------------------------------------------------------- data locations
+
+
+def split_spec(cfg: PipelineConfig) -> SplitSpec:
+    d = cfg.data
+    return SplitSpec(rho=d.rho, n_max=d.n_max, class_order=parse_order(d.class_order), val_per_class=d.val_per_class,
+                     rho_u=d.rho_u, unlabeled_size=d.unlabeled_size, unlabeled_order=parse_order(d.unlabeled_order),
+                     pool_relevance=d.pool_relevance, seed=d.seed)
+
+
+def ensure_data(cfg: PipelineConfig) -> str:
+    """The prepared data folder; prepared now when missing."""
+    if cfg.data.data_dir:
+        load_manifest(cfg.data.data_dir)  # raises a named error if it is not a prepared dataset
+        return os.path.abspath(cfg.data.data_dir)
+    spec = split_spec(cfg)
+    out = default_data_dir(cfg.data.source, spec)
+    if not os.path.exists(os.path.join(out, MANIFEST)):
+        print(f"[run] preparing data in {out}", file=sys.stderr, flush=True)
+        prepare_from_source(cfg.data.source, spec, out, cfg.data.source_dir)
+    return os.path.abspath(out)
+
+
+def regression_csv_dir(cfg: PipelineConfig) -> str:
+    """The folder CsvExampleGen reads: ``regression.csv_dir`` or the taxi CSV of the tfx package."""
+    csv_dir = os.path.abspath(cfg.regression.csv_dir or default_csv_dir())
+    if not os.path.isdir(csv_dir) or not any(f.endswith(".csv") for f in os.listdir(csv_dir)):
+        raise PipelineDataError(f"regression.csv_dir {csv_dir}", "no .csv file there (CsvExampleGen reads every file of "
+                                "the folder; the default is tfx/examples/chicago_taxi_pipeline/data/simple in the tfx package)")
+    return csv_dir
