@@ -31,16 +31,18 @@ import keras  # noqa: E402
 
 from bench.common import evaluate  # noqa: E402
 from components.data.longtail import exponential_profile  # noqa: E402
+from models import modes  # noqa: E402
+from models.config import DasoConfig, FixMatchConfig, SemiConfig, TrainConfig  # noqa: E402
 from models.label_stats import derive_label_stats  # noqa: E402
-from models.semi import SemiConfig, load_pool_truth, train_semi  # noqa: E402
-from models.training import TrainConfig, train  # noqa: E402
+from models.semi import load_pool_truth, train_semi  # noqa: E402
+from models.training import train  # noqa: E402
 from pipeline.configs import load_config  # noqa: E402
 from pipeline.tasks import ensure_data  # noqa: E402
 
-# method -> (semi method, labeled loss)
+# method -> (semi.method, labeled loss)
 METHODS = {
-    "supervised": ("none", "ce"),
-    "supervised_la": ("none", "logit_adjusted"),
+    "supervised": (modes.SUPERVISED, "ce"),
+    "supervised_la": (modes.SUPERVISED, "logit_adjusted"),
     "fixmatch": ("fixmatch", "ce"),
     "fixmatch_la": ("fixmatch", "logit_adjusted"),
     "daso": ("daso", "ce"),
@@ -75,11 +77,12 @@ def run_pool_setting(a, rho_u: float) -> tuple[list[dict], dict]:
         print(f"[bench-daso] rho={a.rho:g} rho_u={rho_u:g} {method}", file=sys.stderr, flush=True)
         t0 = time.time()
         with tempfile.TemporaryDirectory() as run_dir:
-            if semi_method == "none":
+            if semi_method == modes.SUPERVISED:
                 model, history = train(cfg, files, stats, shape, run_dir)
                 summary, images_per_step = None, cfg.batch_size
             else:
-                semi = SemiConfig(semi=semi_method, semi_mu=a.mu, daso_warmup_steps=a.daso_warmup)
+                semi = SemiConfig(method=semi_method, fixmatch=FixMatchConfig(mu=a.mu),
+                                  daso=DasoConfig(warmup_steps=a.daso_warmup))
                 model, history, summary = train_semi(cfg, semi, files, pool_files, stats, shape, run_dir,
                                                      pool_truth=truth, pool_setting=pool_setting)
                 images_per_step = summary["labeled_batch"] + summary["unlabeled_batch"]
@@ -159,11 +162,11 @@ def main() -> int:
                 f"Labeled: {any_info['labeled']} (N1={a.n_max}, rho={a.rho:g}); {settings}. Rarest three labeled classes: "
                 f"{any_info['rarest']}. resnet8, batch 128 labeled (+ {a.mu}x128 unlabeled for FixMatch/DASO), "
                 f"{any_info['steps']} steps ({a.epochs} passes over the labeled set), SGD momentum 0.9, cosine from 0.05, "
-                f"weight decay 5e-4, seed {a.seed}. FixMatch: threshold {defaults.semi_threshold}, lambda_u "
-                f"{defaults.semi_lambda_u}, EMA {defaults.semi_ema_decay} (evaluated and exported). DASO: warm-up "
+                f"weight decay 5e-4, seed {a.seed}. FixMatch: threshold {defaults.fixmatch.threshold}, lambda_u "
+                f"{defaults.fixmatch.lambda_u}, EMA {defaults.fixmatch.ema_decay} (evaluated and exported). DASO: warm-up "
                 f"{'2% of the steps' if a.daso_warmup is None else f'{a.daso_warmup} steps'}, T_dist 1.5 (rho_u = rho) or "
-                f"0.3 (rho_u != rho), T_proto {defaults.daso_proto_temperature}, queue "
-                f"{defaults.daso_queue_size} a class. `_la`: logit-adjusted labeled loss (tau 1). Balanced test split "
+                f"0.3 (rho_u != rho), T_proto {defaults.daso.proto_temperature}, queue "
+                f"{defaults.daso.queue_size} a class. `_la`: logit-adjusted labeled loss (tau 1). Balanced test split "
                 f"(1000 a class); few-shot group {any_info['shot_groups']['few']}. Pseudo-label recall and mask rate: "
                 f"the last epoch's pseudo-labels of {a.eval_pool_size or 'all'} un-augmented pool images (a fixed random "
                 f"subset) against their true classes. images/s: "

@@ -25,10 +25,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 from bench.common import evaluate, write_result  # noqa: E402
+from models.config import TrainConfig  # noqa: E402
 from models.heads import tau_normalized_model  # noqa: E402
 from models.label_stats import derive_label_stats  # noqa: E402
 from models.losses import logit_adjust  # noqa: E402
-from models.training import TrainConfig, decouple, train  # noqa: E402
+from models.training import decouple, train  # noqa: E402
 from pipeline.configs import load_config  # noqa: E402
 from pipeline.tasks import ensure_data  # noqa: E402
 

@@ -14,7 +14,6 @@ Writes bench/results/pool_estimates.md and prints the table.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import shutil
@@ -29,10 +28,11 @@ import numpy as np  # noqa: E402
 from bench.common import write_result  # noqa: E402
 from components.data.longtail import SplitSpec  # noqa: E402
 from components.data.prepare import MANIFEST, prepare_from_source  # noqa: E402
+from models.config import PlannerConfig, TrainConfig  # noqa: E402
 from models.label_stats import derive_label_stats  # noqa: E402
-from models.planner import PlannerThresholds, PoolEstimates, plan  # noqa: E402
+from models.planner import PoolEstimates, plan  # noqa: E402
 from models.pool_estimates import imbalance_ratio  # noqa: E402
-from models.training import TrainConfig, train  # noqa: E402
+from models.training import train  # noqa: E402
 from pipeline.data_cli import default_data_dir  # noqa: E402
 
 POOLS = [(1.0, 1.0), (1.0, 0.5), (100.0, 1.0), (100.0, 0.5)]  # (rho_U, relevance)
@@ -155,7 +155,7 @@ def main() -> int:
                  "validation scores' 5th percentile, FPR assumed 0; best bin: the smallest pool/validation ratio of "
                  "the fractions above thresholds at TPR 0.95, 0.8, 0.6, 0.4, 0.2, 0.1 (the headline estimate, "
                  "energy's). Planner (on the headline estimates) with its "
-                 f"default thresholds {dataclasses.asdict(PlannerThresholds())}.",
+                 f"default thresholds {PlannerConfig().thresholds()}.",
                  "\n".join(lines))
     return 0
 

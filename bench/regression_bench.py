@@ -35,10 +35,10 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from models.config import RegressionConfig, TrainConfig  # noqa: E402
 from models.density import derive_regression_stats  # noqa: E402
 from models.regression import (  # noqa: E402
     COLUMN_TYPES,
-    RegressionConfig,
     model_columns,
     predict,
     regression_metrics,
@@ -46,7 +46,6 @@ from models.regression import (  # noqa: E402
     train_regressor,
     valid_rows,
 )
-from models.training import TrainConfig  # noqa: E402
 
 METHODS = {  # name -> RegressionConfig overrides
     "vanilla": {"reweight": "none", "lds": False, "fds": False},

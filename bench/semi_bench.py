@@ -42,12 +42,13 @@ import tensorflow as tf  # noqa: E402
 from bench.common import evaluate, write_result  # noqa: E402
 from bench.pool_estimates_bench import pseudo_label  # noqa: E402
 from components.data.longtail import exponential_profile  # noqa: E402
+from models.config import SemiConfig, TrainConfig  # noqa: E402
 from models.export import export_serving_model  # noqa: E402
 from models.label_stats import derive_label_stats  # noqa: E402
 from models.pool_estimates import imbalance_ratio  # noqa: E402
 from models.pseudo_label import combined_stats, decide  # noqa: E402
-from models.semi import SemiConfig, load_pool_truth  # noqa: E402
-from models.training import TrainConfig, train  # noqa: E402
+from models.semi import load_pool_truth  # noqa: E402
+from models.training import train  # noqa: E402
 from pipeline.configs import load_config  # noqa: E402
 from pipeline.tasks import ensure_data  # noqa: E402
 
@@ -111,7 +112,7 @@ def run_seed(a, seed: int, cells: dict, stats: dict, files, test_files, shape, w
             pl_dir = f"{work}/pl-{loss}-{seed}-{rho_u:g}-{relevance:g}"
             s = pseudo_label(base_dir, data, pl_dir)
             pl_acc, ood_share = in_domain_pseudo_label_accuracy(model, data, entry, shape)
-            plan = decide(SemiConfig(semi="auto"), stats, s)
+            plan = decide(SemiConfig(method="auto"), stats, s)
             pool = {"pool_size": s["num_pool_examples"], "true_rho_u": imbalance_ratio(hidden / hidden.sum()),
                     "raw_rho_u": s["raw_rho_u"], "corrected_rho_u": s["estimated_rho_u"],
                     "true_relevance": comp["relevance"], "estimated_relevance": s["estimated_relevance"],
@@ -143,10 +144,10 @@ def run_seed(a, seed: int, cells: dict, stats: dict, files, test_files, shape, w
 
 
 def replan(stats: dict, row: dict) -> str:
-    """The planner's choice (semi=auto, current defaults) on a row's recorded pool estimates."""
+    """The planner's choice (semi.method=auto, current defaults) on a row's recorded pool estimates."""
     pl = {"num_pool_examples": row["pool_size"], "estimated_relevance": row["estimated_relevance"],
           "estimated_rho_u": row["corrected_rho_u"], "num_accepted": row["accepted"]}
-    return decide(SemiConfig(semi="auto"), stats, pl)["choice"]
+    return decide(SemiConfig(method="auto"), stats, pl)["choice"]
 
 
 def fmt(v, d=3):
@@ -237,8 +238,7 @@ def main() -> int:
                 f.writelines(json.dumps(r) + "\n" for r in rows)
         sizes = "; ".join(f"rho_U={c[0]:g}, relevance={c[1]:g}: {m['splits']['unlabeled']['num_examples']}"
                           for c, m in manifests.items())
-        thresholds = {f: getattr(SemiConfig(), f) for f in ("plan_min_relevance", "plan_min_in_domain_examples",
-                                                             "plan_min_pool_to_labeled_ratio", "plan_max_pool_imbalance")}
+        thresholds = SemiConfig().planner.thresholds()
         seeds_done = sorted({r["seed"] for r in rows})
         replanned = (" (re-taken on the recorded estimates by --replan; the rows were trained by `tools/env exec "
                      f"python bench/semi_bench.py --seeds {a.seeds}`, i.e. make bench-semi)") if a.replan else ""

@@ -29,8 +29,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import evaluate  # noqa: E402
 from models import backbones, ssp  # noqa: E402
+from models.config import SSP_DATA, MocoConfig, SSPConfig, TrainConfig  # noqa: E402
 from models.label_stats import derive_label_stats  # noqa: E402
-from models.training import TrainConfig, train  # noqa: E402
+from models.training import train  # noqa: E402
 from pipeline.configs import load_config  # noqa: E402
 from pipeline.tasks import ensure_data  # noqa: E402
 
@@ -46,7 +47,7 @@ def main() -> int:
     p.add_argument("--rotation-epochs", type=int, default=8)
     p.add_argument("--moco-epochs", type=int, default=20)
     p.add_argument("--moco-momentum", type=float, default=0.99, help="key-encoder EMA (0.999 is for 200-epoch runs)")
-    p.add_argument("--ssp-data", default="labeled", choices=list(ssp.DATA))
+    p.add_argument("--ssp-data", default="labeled", choices=list(SSP_DATA))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-steps-per-epoch", type=int, default=None, help="smoke-testing the script only")
     p.add_argument("--out", default=None, help="results file (default bench/results/ssp_rho<rho>.md)")
@@ -68,8 +69,8 @@ def main() -> int:
 
     pretrained = {}
     for method, epochs in (("rotation", a.rotation_epochs), ("moco", a.moco_epochs)):
-        scfg = ssp.SSPConfig(ssp=method, ssp_data=a.ssp_data, ssp_epochs=epochs, ssp_seed=a.seed, moco_momentum=a.moco_momentum,
-                             ssp_max_steps_per_epoch=a.max_steps_per_epoch)
+        scfg = SSPConfig(method=method, data=a.ssp_data, epochs=epochs, seed=a.seed,
+                         max_steps_per_epoch=a.max_steps_per_epoch, moco=MocoConfig(momentum=a.moco_momentum))
         print(f"[bench] pre-training {method}, {epochs} epochs", file=sys.stderr, flush=True)
         run_dir = os.path.join(work, f"pretrain-{method}")
         os.makedirs(run_dir)

@@ -20,8 +20,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import evaluate  # noqa: E402
+from models.config import TrainConfig  # noqa: E402
 from models.label_stats import derive_label_stats  # noqa: E402
-from models.training import TrainConfig, train  # noqa: E402
+from models.training import train  # noqa: E402
 from pipeline.configs import load_config  # noqa: E402
 from pipeline.tasks import ensure_data  # noqa: E402
 

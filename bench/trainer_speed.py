@@ -1,6 +1,7 @@
 """Trainer throughput alone (no pipeline): models.training.train on the prepared TFRecords of PNG bytes.
 
 Run inside the environment: tools/env exec python bench/trainer_speed.py --epochs 4 [--set key=value ...]
+(keys: models.config.TrainConfig fields, optionally as train.<field>)
 Prints one JSON line: images/s and s/epoch, counting every epoch (the first one decodes the PNGs).
 """
 
@@ -16,7 +17,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from components.data.prepare import load_manifest  # noqa: E402
-from models import training  # noqa: E402
+from models import config, training  # noqa: E402
 from models.label_stats import derive_label_stats  # noqa: E402
 from pipeline.configs import load_config  # noqa: E402
 from pipeline.tasks import ensure_data  # noqa: E402
@@ -32,12 +33,15 @@ def main() -> int:
     manifest = load_manifest(data)
     counts = manifest["splits"]["labeled"]["per_class_counts"]
     stats = derive_label_stats(counts, manifest["class_names"])
+    fields = config.leaf_paths(config.TrainConfig)
     settings = {"epochs": a.epochs}
     for o in a.overrides:
         k, v = o.split("=", 1)
-        settings[k] = type(getattr(training.TrainConfig(), k))(v) if not isinstance(getattr(training.TrainConfig(), k), bool) \
-            else v.lower() in ("1", "true")
-    cfg = training.TrainConfig(**settings)
+        k = k.removeprefix("train.")
+        if k not in fields:
+            p.error(f"--set {o}: TrainConfig has no field {k!r}; choose one of {sorted(fields)}")
+        settings[k] = config.parse_value(v, fields[k])
+    cfg = config.from_dict(config.TrainConfig, settings, "train.")
     files = [os.path.join(data, f) for f in manifest["splits"]["labeled"]["files"]]
     t0 = time.time()
     with tempfile.TemporaryDirectory() as run_dir:

@@ -164,7 +164,7 @@ def explain(decision: dict) -> str:
     """The decision in one sentence a user understands (report.md). With ``trained_with`` (what the Trainer
     did, models/pseudo_label.py) the sentence says what was done when it differs from the planner's choice."""
     e, choice = decision["estimates"], decision["choice"]
-    trained = decision.get("trained_with", choice)
+    trained = decision.get("trained_with")  # None: the planner's decision alone, nothing trained yet
     codes = [r["code"] for r in decision["reasons"]]
     rel = "" if e["pool_relevance"] is None else f"about {e['pool_relevance']:.0%} of it like the labeled images"
     pool = f"the {e['pool_size']:,}-image unlabeled pool"
@@ -178,6 +178,8 @@ def explain(decision: dict) -> str:
         advice = "" if choice == PSEUDO_LABEL else f", although the planner would have chosen {choice}"
         return (f"The model labeled {pool_rel} and was retrained on the labeled images plus these pseudo-labels, because "
                 f"semi.method={decision.get('semi', PSEUDO_LABEL)} was set{advice}.")
+    if trained is None:
+        trained = choice if choice != SSP else None
     if choice == SUPERVISED and trained == SUPERVISED:
         return "Trained on the labeled images only, because there is no unlabeled pool."
     if choice == PSEUDO_LABEL and trained == PSEUDO_LABEL:

@@ -5,8 +5,9 @@ unlabeled  -> ImportExampleGen -> StatisticsGen -> ExampleValidator (schemas/unl
 labeled (+ unlabeled count) -> LabelStatsGen (Beam) -> LongTailTrainer (run_fn: models.trainer.run_fn)
                                unlabeled -> LongTailTrainer too when the mode reads the pool online (online_pool)
 a mode with pseudo_labels, and a pool: BaseTrainer (supervised, the same train settings)
-  -> PseudoLabeler (Beam; pool + validation split) -> pseudo-labeled examples + statistics -> LongTailTrainer,
-  whose run_fn takes the planner's decision (models/planner.py, models/pseudo_label.py) and trains on labeled + pseudo-labeled or labeled only
+  -> PseudoLabeler (Beam; pool + validation split) -> pseudo-labeled examples + statistics
+  -> LongTailTrainer, whose run_fn takes the planner's decision (models/planner.py, models/pseudo_label.py) and
+  trains on labeled + pseudo-labeled or labeled only
 labeled (+ unlabeled) images -> SSPPretrainer (run_fn: models.ssp.run_fn) -> LongTailTrainer's base_model
   [pretrain.method != none]
 Resolver(latest blessed model) + trainer model -> PerClassEvaluator (gate) -> LongTailPusher (TF Serving layout;

@@ -31,4 +31,4 @@ def test_compile_kfp_v2_pipeline_spec(tmp_path, fashion_mnist_dir):
     assert "base_model" in tasks["LongTailTrainer"]["inputs"]["artifacts"]  # the pre-trained backbone
     assert sorted(tasks["SSPPretrainer"]["inputs"]["artifacts"]) == ["examples", "unlabeled_examples"]
     text = json.dumps(spec)
-    assert "models.training.run_fn" in text and "models.ssp.run_fn" in text and "example/longtail:1" in text
+    assert "models.trainer.run_fn" in text and "models.ssp.run_fn" in text and "example/longtail:1" in text

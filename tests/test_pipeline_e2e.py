@@ -171,7 +171,7 @@ def test_semi_daso_run_pushes_and_reports_pseudo_labels(tmp_path, fashion_mnist_
     for key in ("pseudo_label_recall", "pseudo_label_precision", "mask_rate"):
         assert len(semi[key]) == 10, key
     assert len(semi["per_epoch"]) == 1 and semi["unlabeled_batch"] == 2 * m["config"]["train"]["batch_size"]
-    assert m["config"]["semi_supervised"]["semi"] == "daso"
+    assert m["config"]["semi"]["method"] == "daso"
     assert "## Semi-supervised training" in open(os.path.join(out, "report.md")).read()
     assert "pool pseudo-labels" in proc.stderr
     assert sum(semi["per_epoch"][0]["pseudo_label_counts"]) == 200  # every pool image scored against its true class
@@ -213,4 +213,4 @@ def test_ssp_on_labeled_and_unlabeled_needs_an_unlabeled_pool(tmp_path, fashion_
     proc = run_cli(tmp_path, "smoke-ssp-nopool", data, str(tmp_path / "out"), "ssp=rotation",
                    "ssp_data=labeled+unlabeled", check=False)
     assert proc.returncode == 2, proc.stderr[-3000:]
-    assert "unlabeled: pretrain.ssp_data=labeled+unlabeled but the unlabeled pool is empty" in proc.stderr
+    assert "unlabeled: pretrain.data=labeled+unlabeled but the unlabeled pool is empty" in proc.stderr

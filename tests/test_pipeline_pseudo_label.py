@@ -48,8 +48,8 @@ def test_pseudo_label_run_pushes_and_writes_plan_and_pseudo_labels(pseudo_run):
     assert m["semi"]["method"] == "pseudo_label"
     report = open(os.path.join(out, "report.md")).read()
     assert "## Semi-supervised plan" in report and "**Decision:**" in report
-    assert "semi=pseudo_label was set" in report or "retrained on the labeled images plus" in report
-    assert "plan (semi=pseudo_label)" in pseudo_run["proc"].stdout
+    assert "semi.method=pseudo_label was set" in report or "retrained on the labeled images plus" in report
+    assert "plan (semi.method=pseudo_label)" in pseudo_run["proc"].stdout
 
 
 def test_no_true_pool_label_reaches_a_training_example(pseudo_run):
@@ -86,7 +86,7 @@ def test_auto_with_an_empty_pool_runs_supervised_only_and_says_so(tmp_path, fash
     assert BASE not in m["executions"] and LABELER not in m["executions"]
     assert not any("Unlabeled" in k for k in m["executions"])
     assert m["plan"]["choice"] == "supervised" and m["plan"]["trained_with"] == "supervised"
-    assert "empty" in m["plan"]["reasons"][0] and m["pseudo_labels"] is None
+    assert "empty" in m["plan"]["reasons_text"][0] and m["plan"]["reasons"][0]["code"] == "pool_empty" and m["pseudo_labels"] is None
     assert m["pushed"] is True and not m["training"]["training_files"]["pseudo_labeled"]
     report = open(os.path.join(tmp_path / "out", "report.md")).read()
     assert "Trained on the labeled images only, because there is no unlabeled pool." in report
@@ -114,4 +114,4 @@ def test_auto_with_a_small_pool_runs_ssp_inside_the_trainer_and_says_so(tmp_path
     assert m["pushed"] is True
     report = open(os.path.join(tmp_path / "out", "report.md")).read()
     assert "ran rotation self-supervised pre-training on the labeled images" in report
-    assert "run by the final Trainer (semi=auto chose SSP)" in report and "ssp_loss.png" in report
+    assert "run by the final Trainer (the planner chose SSP)" in report and "ssp_loss.png" in report

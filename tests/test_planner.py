@@ -5,7 +5,17 @@ import re
 
 import pytest
 
-from models.planner import PSEUDO_LABEL, SSP, SUPERVISED, PlannerThresholds, PoolEstimates, explain, plan
+from models.planner import (
+    PSEUDO_LABEL,
+    SSP,
+    SUPERVISED,
+    PlannerThresholds,
+    PoolEstimates,
+    explain,
+    plan,
+    reason_text,
+    reasons_text,
+)
 
 COUNTS = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]  # Fashion-MNIST-LT rho=100: 12,406 labeled
 N = sum(COUNTS)
@@ -29,7 +39,8 @@ def test_decision_table(pool, thresholds, choice, last_reason):
     assert result["choice"] == choice
 
 
-    assert re.search(last_reason, result["reasons"][-1]), result["reasons"]
+    assert result["reasons"][-1]["code"] == result["decided_by"]  # reasons are data; the deciding one last
+    assert re.search(last_reason, reasons_text(result)[-1]), reasons_text(result)
     json.dumps(result)  # JSON-ready for metrics.json
 
 
@@ -37,9 +48,11 @@ def test_empty_pool_is_supervised_and_says_so():
     result = plan(N, COUNTS, PoolEstimates(0))
     assert result == {
         "choice": SUPERVISED,
-        "reasons": ["the unlabeled pool is empty (0 images): supervised training on the labeled set only"],
+        "decided_by": "pool_empty",
+        "reasons": [{"code": "pool_empty"}],
         "estimates": result["estimates"],
     }
+    assert reasons_text(result) == ["the unlabeled pool is empty (0 images): supervised training on the labeled set only"]
     assert result["estimates"]["pool_size"] == 0 and result["estimates"]["num_labeled"] == N
     assert explain(result) == "Trained on the labeled images only, because there is no unlabeled pool."
 
@@ -51,7 +64,8 @@ def test_estimates_and_reasons_carry_the_numbers():
     assert e["pool_in_domain_examples"] == 6300.0
     assert e["pool_to_labeled_ratio"] == pytest.approx(6300 / N, abs=1e-4)
     assert e["thresholds"]["min_relevance"] == 0.6
-    assert result["reasons"][:2] == ["estimated relevance 0.90 >= 0.60",
+    assert result["reasons"][0] == {"code": "relevance_ok", "relevance": 0.9, "min_relevance": 0.6}
+    assert [reason_text(r) for r in result["reasons"][:2]] == ["estimated relevance 0.90 >= 0.60",
                                      f"about 6300 in-domain pool images, 0.51x the {N} labeled (>= 0.25x and >= 500)"]
 
 

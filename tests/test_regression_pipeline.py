@@ -17,7 +17,8 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from components.gate import RegressionGateThresholds, decide_regression
 from components.regression_label_stats_gen import check_split
-from models.regression import COLUMN_TYPES, RegressionConfig, regression_metrics, target_problem, valid_rows
+from models.config import RegressionConfig, from_dict
+from models.regression import COLUMN_TYPES, regression_metrics, target_problem, valid_rows
 from pipeline.pipeline import SCHEMA_DIR, default_csv_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -247,7 +248,7 @@ def test_pushed_savedmodel_serves_json_and_tf_examples_like_keras_and_does_no_fd
     from models.regression import model_columns, predict, read_split, to_model_inputs
 
     m = load_metrics(str(taxi["tmp"] / "out1"))
-    cfg = RegressionConfig.from_dict(m["config"]["regression"])
+    cfg = from_dict(RegressionConfig, m["config"]["regression"])
     root = os.path.join(taxi["tmp"], "runs", "_tfx", "taxi-regression-smoke-fare", "root")
     files = sorted(glob.glob(os.path.join(root, "CsvExampleGen", "examples", "*", "Split-test", "*")))
     records = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP").take(16)]

@@ -12,8 +12,8 @@ from keras import ops
 from components.data.longtail import SplitSpec
 from components.data.prepare import prepare_from_source
 from models.label_stats import derive_label_stats
+from models.config import DasoConfig, FixMatchConfig, SemiConfig, TrainConfig, from_dict
 from models.semi import (
-    SemiConfig,
     dist_temperature_for,
     ema_decay_at,
     load_pool_truth,
@@ -21,7 +21,6 @@ from models.semi import (
     train_semi,
     warmup_steps_for,
 )
-from models.training import TrainConfig
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +45,7 @@ def test_daso_50_steps_finite_losses_and_falling_consistency(tiny, tmp_path):
     # the strong view with the weak view's pseudo-label (at 0.95 it starts at 0 and rises as images pass the threshold).
     # A small learning rate: at 0.05 the labeled loss moves the targets so fast in 50 steps that the term oscillates.
     cfg = TrainConfig(epochs=5, batch_size=32, max_steps_per_epoch=10, learning_rate=0.003)
-    semi = SemiConfig(semi="daso", semi_threshold=0.0, daso_warmup_steps=0)
+    semi = SemiConfig(method="daso", fixmatch=FixMatchConfig(threshold=0.0), daso=DasoConfig(warmup_steps=0))
     ema, history, summary = _train(tiny, tmp_path, cfg, semi)
     assert len(history) == 5
     for h in history:
@@ -64,7 +63,7 @@ def test_fixmatch_short_run_exports_ema_and_reports(tiny, tmp_path):
     out, manifest, _ = tiny
     cfg = TrainConfig(epochs=2, batch_size=16, max_steps_per_epoch=3, loss="logit_adjusted",
                       jit_compile=keras.backend.backend() == "jax")
-    ema, history, summary = _train(tiny, tmp_path, cfg, SemiConfig(semi="fixmatch"), backup_dir=str(tmp_path / "backup"),
+    ema, history, summary = _train(tiny, tmp_path, cfg, SemiConfig(method="fixmatch"), backup_dir=str(tmp_path / "backup"),
                                    pool_setting={"rho": manifest["rho"], "rho_u": manifest["rho_u"]})
     assert [h["epoch"] for h in history] == [1, 2]
     assert all(math.isfinite(h[k]) for h in history for k in ("loss", "labeled_loss", "consistency_loss"))
@@ -79,25 +78,27 @@ def test_fixmatch_short_run_exports_ema_and_reports(tiny, tmp_path):
 
 def test_daso_short_run_switches_on_after_warmup(tiny, tmp_path):
     cfg = TrainConfig(epochs=2, batch_size=16, max_steps_per_epoch=3, jit_compile=keras.backend.backend() == "jax")
-    _, history, summary = _train(tiny, tmp_path, cfg, SemiConfig(semi="daso", daso_warmup_steps=3))
+    _, history, summary = _train(tiny, tmp_path, cfg, SemiConfig(method="daso", daso=DasoConfig(warmup_steps=3)))
     assert [h["daso_on"] for h in history] == [0.0, 1.0]
     assert history[0]["alignment_loss"] == 0.0 and history[1]["alignment_loss"] > 0
     assert summary["warmup_steps"] == 3 and summary["dist_temperature"] == 1.5  # no pool setting given
 
 
 def test_schedule_rules():
-    assert warmup_steps_for(SemiConfig(), 250_000)[0] == 5000  # the paper's schedule
-    assert warmup_steps_for(SemiConfig(), 1200)[0] == 24
-    assert warmup_steps_for(SemiConfig(daso_warmup_steps=7), 1200)[0] == 7
-    assert dist_temperature_for(SemiConfig(), {"rho": 100, "rho_u": 100})[0] == 1.5
-    assert dist_temperature_for(SemiConfig(), {"rho": 100, "rho_u": 1})[0] == 0.3
-    assert dist_temperature_for(SemiConfig(), {"rho": 100, "rho_u": 100, "same_order": False})[0] == 0.3
-    assert dist_temperature_for(SemiConfig(daso_dist_temperature=2.0), {"rho": 100, "rho_u": 1})[0] == 2.0
+    assert warmup_steps_for(DasoConfig(), 250_000)[0] == 5000  # the paper's schedule
+    assert warmup_steps_for(DasoConfig(), 1200)[0] == 24
+    assert warmup_steps_for(DasoConfig(warmup_steps=7), 1200)[0] == 7
+    assert dist_temperature_for(DasoConfig(), {"rho": 100, "rho_u": 100})[0] == 1.5
+    assert dist_temperature_for(DasoConfig(), {"rho": 100, "rho_u": 1})[0] == 0.3
+    assert dist_temperature_for(DasoConfig(), {"rho": 100, "rho_u": 100, "same_order": False})[0] == 0.3
+    assert dist_temperature_for(DasoConfig(dist_temperature=2.0), {"rho": 100, "rho_u": 1})[0] == 2.0
     np.testing.assert_allclose(ops.convert_to_numpy(ema_decay_at(0.999, 0)), 0.1, rtol=1e-6)
     np.testing.assert_allclose(ops.convert_to_numpy(ema_decay_at(0.999, 90)), 0.91, rtol=1e-6)
     np.testing.assert_allclose(ops.convert_to_numpy(ema_decay_at(0.999, 100_000)), 0.999, rtol=1e-6)
-    with pytest.raises(ValueError, match="unknown semi-supervised method"):
-        SemiConfig.from_dict({"semi": "mixmatch"})
+    with pytest.raises(ValueError, match="unknown training mode semi.method='mixmatch'"):
+        from_dict(SemiConfig, {"method": "mixmatch"})
+    with pytest.raises(ValueError, match=r"unknown settings \['semi.fixmatch.thresh'\]"):
+        from_dict(SemiConfig, {"method": "fixmatch", "fixmatch": {"thresh": 0.9}}, "semi.")
 
 
 def test_score_pseudo_labels_by_hand():
@@ -116,7 +117,7 @@ def test_pool_truth_never_reaches_the_training_stream(tiny):
     from models.semi import unlabeled_stream
 
     out, manifest, _ = tiny
-    ds = unlabeled_stream(os.path.join(out, "unlabeled", "*"), manifest["image_shape"], 8, SemiConfig(), seed=0)
+    ds = unlabeled_stream(os.path.join(out, "unlabeled", "*"), manifest["image_shape"], 8, FixMatchConfig(), seed=0)
     weak, strong = ds.element_spec  # two image views, nothing else
     assert weak.shape == strong.shape == (8, 28, 28, 1)
     with open(os.path.join(out, manifest["splits"]["unlabeled"]["true_labels_file"])) as f:
@@ -128,12 +129,13 @@ def test_pipeline_settings_resolve_by_bare_name():
     from pipeline.pipeline import training_custom_config
 
     cfg = load_config("smoke", {"semi": "daso", "semi_threshold": "0.9", "daso_warmup_steps": "none"})
-    assert cfg.semi_supervised.semi == "daso" and cfg.semi_supervised.semi_threshold == 0.9
-    assert load_config("smoke").semi_supervised.semi == "none"
+    assert cfg.semi.method == "daso" and cfg.semi.fixmatch.threshold == 0.9 and cfg.semi.daso.warmup_steps is None
+    assert load_config("smoke").semi.method == "supervised"
+    assert load_config("smoke", {"semi_supervised.semi": "none"}).semi.method == "supervised"  # old name and value
     manifest = {"image_shape": [28, 28, 1], "rho": 100.0, "rho_u": 1.0, "class_order": [0, 1], "unlabeled_class_order": [0, 1],
                 "splits": {"unlabeled": {"num_examples": 5, "files": ["unlabeled/u.tfrecord"]}}}
     config = training_custom_config(cfg, manifest, "/root", "/data")
-    assert config["semi"]["semi"] == "daso" and config["pool_setting"] == {"rho": 100.0, "rho_u": 1.0, "same_order": True}
+    assert config["semi"]["method"] == "daso" and config["pool_setting"] == {"rho": 100.0, "rho_u": 1.0, "same_order": True}
     assert config["pool_truth"]["data_dir"] == "/data"
     supervised = training_custom_config(load_config("smoke"), manifest, "/root", "/data")
     assert "pool_truth" not in supervised and supervised["backup_dir"] != config["backup_dir"]

@@ -8,7 +8,8 @@ import pytest
 from keras import layers, ops
 
 from models import backbones, ssp
-from models.training import TrainConfig, build_model
+from models.config import TrainConfig
+from models.toolkit import build_model
 
 
 def tiny_encoder(name="tiny"):
@@ -82,7 +83,7 @@ def test_moco_queue_is_fifo_with_a_wrapping_pointer():
 def test_moco_rejects_a_batch_that_does_not_tile_the_queue():
     with pytest.raises(ValueError, match="not a multiple of the batch 4"):
         tiny_moco(queue_size=6).enqueue(ops.zeros((4, 3)))
-    with pytest.raises(ValueError, match="multiple of ssp_batch_size 32"):
+    with pytest.raises(ValueError, match="multiple of pretrain.batch_size 32"):
         ssp.queue_size_for(1000, 32, requested=100)
     assert ssp.queue_size_for(12_406, 128) == 4096 and ssp.queue_size_for(492, 32) == 224
 
@@ -216,10 +217,12 @@ def test_config_keys_and_method_defaults():
     from pipeline.configs import load_config
 
     cfg = load_config("smoke", {"ssp": "moco", "ssp_data": "labeled+unlabeled", "moco_queue_size": "64"})
-    assert (cfg.pretrain.ssp, cfg.pretrain.ssp_data, cfg.pretrain.moco_queue_size) == ("moco", "labeled+unlabeled", 64)
+    assert (cfg.pretrain.method, cfg.pretrain.data, cfg.pretrain.moco.queue_size) == ("moco", "labeled+unlabeled", 64)
+    assert load_config("smoke", {"pretrain.moco.queue_size": "64"}).pretrain == load_config(
+        "smoke", {"pretrain.moco_queue_size": "64"}).pretrain  # the new path and the old one
     assert cfg.pretrain.resolved() == {"learning_rate": 0.015, "weight_decay": 1e-4, "warmup_fraction": 0.0}
-    assert ssp.SSPConfig(ssp="rotation").resolved()["learning_rate"] == 0.1
-    with pytest.raises(ValueError, match="unknown ssp method 'simclr'"):
+    assert ssp.SSPConfig(method="rotation").resolved()["learning_rate"] == 0.1
+    with pytest.raises(ValueError, match="unknown pretrain.method 'simclr'"):
         load_config("smoke", {"ssp": "simclr"})
-    with pytest.raises(ValueError, match="unknown ssp_data"):
+    with pytest.raises(ValueError, match="unknown pretrain.data"):
         load_config("smoke", {"ssp_data": "unlabeled"})

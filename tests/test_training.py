@@ -10,9 +10,10 @@ import tensorflow as tf
 
 from components.data.longtail import SplitSpec
 from components.data.prepare import prepare_from_source
+from models.config import TrainConfig
 from models.heads import LearnableWeightScaling, NormedLinear
 from models.label_stats import derive_label_stats
-from models.training import TrainConfig, train
+from models.training import train
 
 
 @pytest.fixture(scope="module")
