@@ -13,6 +13,8 @@ import keras
 import numpy as np
 from keras import layers
 
+from models.heads import NormedLinear
+
 
 def _conv_bn(x, filters, stride, name, relu=True):
     x = layers.Conv2D(filters, 3, stride, padding="same", use_bias=False, kernel_initializer="he_normal",
@@ -60,8 +62,6 @@ def build_backbone(name: str, input_shape, model_name: str | None = None) -> ker
 
 def build_classifier(backbone: keras.Model, num_classes: int, cosine: bool = False) -> keras.Model:
     """Backbone + a linear (or cosine, :class:`models.heads.NormedLinear`) head producing raw logits."""
-    from models.heads import NormedLinear
-
     head = NormedLinear(num_classes, name="classifier") if cosine else layers.Dense(num_classes, name="classifier")
     logits = head(backbone.output)
     return keras.Model(backbone.input, logits, name=f"{backbone.name}_classifier")

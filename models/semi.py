@@ -35,7 +35,7 @@ import tensorflow as tf
 from keras import ops
 
 from models import inputs, losses, toolkit
-from models.config import DasoConfig, FixMatchConfig, SemiConfig, TrainConfig
+from models.config import DasoConfig, FixMatchConfig, SemiConfig, TrainConfig, get_path
 from models.layers.daso import (
     BalancedFeatureQueue,
     PseudoLabelCountWindow,
@@ -90,7 +90,7 @@ class FixMatchModel(keras.Model):
 
     def __init__(self, classifier: keras.Model, ema_classifier: keras.Model, labeled_loss, fixmatch: FixMatchConfig,
                  num_classes: int, daso: DasoConfig | None = None, warmup_steps: int = 0, dist_temperature: float = 1.5,
-                 method: str = "fixmatch", **kwargs):
+                 method: str = "semi", **kwargs):
         super().__init__(**kwargs)
         head = classifier.get_layer("classifier")
         self.student = keras.Model(classifier.input, [head.input, classifier.output], name="student")
@@ -340,7 +340,7 @@ def train_semi(cfg: TrainConfig, semi: SemiConfig, train_files, unlabeled_files,
         "labeled_loss": cfg.loss, "evaluated_model": "EMA",
         "pool_scoring": ("pool images (un-augmented) scored against the evaluation-only true classes each epoch"
                          if monitor else "no true classes for the pool: pseudo-labels not scored"),
-        "settings": {"fixmatch": dataclasses.asdict(fixmatch), "daso": dataclasses.asdict(semi.daso) if mode.daso else None},
+        "settings": {section: dataclasses.asdict(get_path(semi, section.split(".", 1)[1])) for section in mode.settings},
         "pool_history": monitor.history if monitor else [],
     }
     if model.use_daso:

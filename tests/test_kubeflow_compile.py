@@ -32,3 +32,32 @@ def test_compile_kfp_v2_pipeline_spec(tmp_path, fashion_mnist_dir):
     assert sorted(tasks["SSPPretrainer"]["inputs"]["artifacts"]) == ["examples", "unlabeled_examples"]
     text = json.dumps(spec)
     assert "models.trainer.run_fn" in text and "models.ssp.run_fn" in text and "example/longtail:1" in text
+
+
+def test_compile_kfp_regression_preset_compiles_the_regression_dag(tmp_path):
+    """The Kubeflow compiler resolves the task through pipeline/tasks.py, as the local runner does: the regression
+    preset compiles CsvExampleGen .. RegressionEvaluator (not the image DAG), from the taxi CSV by default."""
+    out = str(tmp_path / "taxi.json")
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "compile-kfp", "--preset", "regression",
+                           "--pipeline-root", "gs://bucket/taxi", "--output", out],
+                          cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    spec = json.load(open(out))
+    tasks = spec["pipelineSpec"]["root"]["dag"]["tasks"]
+    for name in ("CsvExampleGen", "StatisticsGen", "ExampleValidator", "RegressionLabelStatsGen", "LongTailTrainer",
+                 "RegressionEvaluator", "Pusher", "LatestBlessedModelResolver"):
+        assert any(name in t for t in tasks), (name, sorted(tasks))
+    assert not any(t in ("LabelStatsGen", "PerClassEvaluator", "PseudoLabeler") or "Unlabeled" in t for t in tasks), \
+        sorted(tasks)
+    text = json.dumps(spec)
+    assert "models.regression.run_fn" in text and "models.trainer.run_fn" not in text
+    assert spec["pipelineSpec"]["pipelineInfo"]["name"] == "taxi-regression-fare"
+    assert "chicago_taxi_pipeline/data/simple" in text  # the preset's own data: the taxi CSV of the tfx package
+
+
+def test_compile_kfp_refuses_a_setting_the_task_does_not_read(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "compile-kfp", "--preset", "regression", "--pipeline-root",
+                           "gs://b/t", "--output", str(tmp_path / "t.json"), "--set", "train.learning_rate=0.1"],
+                          cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert proc.returncode == 2 and "train.learning_rate does not apply to task=regression" in proc.stderr
+    assert not (tmp_path / "t.json").exists()

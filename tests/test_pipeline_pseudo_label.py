@@ -86,7 +86,8 @@ def test_auto_with_an_empty_pool_runs_supervised_only_and_says_so(tmp_path, fash
     assert BASE not in m["executions"] and LABELER not in m["executions"]
     assert not any("Unlabeled" in k for k in m["executions"])
     assert m["plan"]["choice"] == "supervised" and m["plan"]["trained_with"] == "supervised"
-    assert "empty" in m["plan"]["reasons_text"][0] and m["plan"]["reasons"][0]["code"] == "pool_empty" and m["pseudo_labels"] is None
+    assert "empty" in m["plan"]["reasons_text"][0] and m["plan"]["reasons"][0]["code"] == "pool_empty"
+    assert m["pseudo_labels"] is None
     assert m["pushed"] is True and not m["training"]["training_files"]["pseudo_labeled"]
     report = open(os.path.join(tmp_path / "out", "report.md")).read()
     assert "Trained on the labeled images only, because there is no unlabeled pool." in report

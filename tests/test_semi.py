@@ -11,8 +11,8 @@ from keras import ops
 
 from components.data.longtail import SplitSpec
 from components.data.prepare import prepare_from_source
-from models.label_stats import derive_label_stats
 from models.config import DasoConfig, FixMatchConfig, SemiConfig, TrainConfig, from_dict
+from models.label_stats import derive_label_stats
 from models.semi import (
     dist_temperature_for,
     ema_decay_at,

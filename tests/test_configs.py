@@ -1,0 +1,112 @@
+"""The typed configuration (models/config.py, pipeline/configs.py), the training-mode registry (models/modes.py)
+and the task registry's settings check (pipeline/tasks.py)."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from models import config, modes
+from pipeline.configs import ALIASES, LEAVES, PRESETS, PipelineConfig, changed_paths, load_config, resolve_key
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_config_modules_import_neither_keras_nor_tensorflow():
+    code = ("import sys; import pipeline.configs, models.config, models.modes; "
+            "print([m for m in ('keras', 'tensorflow', 'jax', 'tfx') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
+                         env=dict(os.environ, PYTHONPATH=ROOT)).stdout
+    assert out.strip() == "[]"
+
+
+def test_from_dict_builds_nested_sections_and_names_unknown_keys():
+    semi = config.from_dict(config.SemiConfig, {"method": "daso", "daso": {"warmup_steps": 7}, "fixmatch": {"mu": 3}})
+    assert (semi.method, semi.daso.warmup_steps, semi.fixmatch.mu, semi.fixmatch.threshold) == ("daso", 7, 3, 0.95)
+    assert config.from_dict(config.TrainConfig, {"learning_rate": 1}).learning_rate == 1.0  # JSON ints for floats
+    with pytest.raises(ValueError, match=r"unknown settings \['train.lr'\]"):
+        config.from_dict(config.TrainConfig, {"lr": 0.1}, "train.")
+    with pytest.raises(ValueError, match=r"unknown settings \['pretrain.moco.k'\]"):
+        config.from_dict(config.SSPConfig, {"moco": {"k": 64}}, "pretrain.")
+    full = load_config("default")
+    assert config.from_dict(PipelineConfig, json.loads(json.dumps(dataclasses.asdict(full)))) == full  # round trip
+
+
+def test_parse_value_by_type_hint():
+    assert config.parse_value("none", int | None) is None
+    assert config.parse_value("3", int | None) == 3
+    assert config.parse_value("off", bool) is False
+    with pytest.raises(ValueError, match="not a boolean"):
+        config.parse_value("maybe", bool)
+
+
+def test_aliases_keep_the_old_names_working():
+    assert resolve_key("semi") == "semi.method" and resolve_key("semi_threshold") == "semi.fixmatch.threshold"
+    assert resolve_key("semi_supervised.daso_warmup_steps") == "semi.daso.warmup_steps"
+    assert resolve_key("ssp") == "pretrain.method" and resolve_key("pretrain.ssp_epochs") == "pretrain.epochs"
+    assert resolve_key("plan_ssp") == "semi.planner.ssp" and resolve_key("semi_pl_top_k") == "semi.pseudo_label.top_k"
+    assert resolve_key("epochs") == "train.epochs" and resolve_key("loss") == "train.loss"  # README's bare names
+    assert resolve_key("fds") == "regression.fds"  # unique anywhere: found by name
+    assert all(target in LEAVES for target in ALIASES.values())
+    with pytest.raises(KeyError, match="ambiguous"):
+        resolve_key("threshold")
+    with pytest.raises(KeyError, match="does not exist"):
+        resolve_key("semi.daso.nope")
+
+
+def test_presets_load_and_changed_paths_are_what_the_user_set():
+    for name in PRESETS:
+        assert changed_paths(load_config(name)) == [], name
+    cfg = load_config("smoke", {"semi": "daso", "daso_warmup_steps": "3", "loss": "ce"})
+    assert sorted(changed_paths(cfg)) == ["semi.daso.warmup_steps", "semi.method"]  # loss=ce is the smoke default
+    assert load_config("smoke", {"semi": "none"}).semi.method == modes.SUPERVISED  # the old name of the mode
+
+
+def test_every_mode_resolves_its_trainer_and_names_real_sections():
+    for mode in modes.MODES.values():
+        assert callable(mode.trainer()), mode.name
+        for section in mode.settings:
+            assert any(p.startswith(section + ".") for p in LEAVES), (mode.name, section)
+    with pytest.raises(ValueError, match="unknown training mode"):
+        modes.get("mixmatch")
+
+
+@pytest.mark.parametrize("preset,overrides,message", [
+    ("regression-smoke", {"loss": "focal"}, "train.loss does not apply to task=regression"),
+    ("regression-smoke", {"train.learning_rate": "0.1"}, "train.learning_rate does not apply to task=regression"),
+    ("regression-smoke", {"semi": "daso"}, "semi.method does not apply to task=regression"),
+    ("smoke", {"regression.fds": "false"}, "regression.fds does not apply to task=classification"),
+    ("smoke", {"semi": "fixmatch", "daso_warmup_steps": "3"},
+     "semi.daso.warmup_steps does not apply to task=classification with semi.method=fixmatch"),
+    ("smoke", {"semi_pl_weight": "0.5"}, "semi.pseudo_label.weight does not apply"),
+    ("smoke", {"ssp_epochs": "4"}, "pretrain.epochs does not apply to task=classification with semi.method=supervised, "
+                                   "pretrain.method=none"),
+])
+def test_a_setting_that_does_not_apply_is_an_error_naming_it(preset, overrides, message):
+    from pipeline import tasks
+
+    with pytest.raises(ValueError, match=message):
+        tasks.for_config(load_config(preset, overrides))
+
+
+@pytest.mark.parametrize("preset,overrides", [
+    ("regression-smoke", {"epochs": "3", "train.seed": "2", "regression.fds": "false"}),
+    ("smoke", {"semi": "daso", "daso_warmup_steps": "3", "semi_threshold": "0.9"}),
+    ("smoke", {"ssp": "rotation", "ssp_epochs": "2"}),
+    ("default", {"pretrain.epochs": "2", "plan_min_relevance": "0.5"}),  # auto may pre-train: pretrain.* applies
+])
+def test_settings_that_apply_are_accepted(preset, overrides):
+    from pipeline import tasks
+
+    cfg = load_config(preset, overrides)
+    assert tasks.for_config(cfg).name == cfg.task
+
+
+def test_cli_reports_a_setting_that_does_not_apply_and_exits_2():
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "run", "--preset", "regression-smoke", "--set", "loss=focal",
+                           "--print-config"], cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert proc.returncode == 2 and "error: train.loss does not apply to task=regression" in proc.stderr
+    assert "regression.adam_learning_rate" not in proc.stdout
