@@ -78,7 +78,7 @@ def test_every_mode_resolves_its_trainer_and_names_real_sections():
     ("regression-smoke", {"loss": "focal"}, "train.loss does not apply to task=regression"),
     ("regression-smoke", {"train.learning_rate": "0.1"}, "train.learning_rate does not apply to task=regression"),
     ("regression-smoke", {"semi": "daso"}, "semi.method does not apply to task=regression"),
-    ("smoke", {"regression.fds": "false"}, "regression.fds does not apply to task=classification"),
+    ("smoke", {"regression.fds": "true"}, "regression.fds does not apply to task=classification"),
     ("smoke", {"semi": "fixmatch", "daso_warmup_steps": "3"},
      "semi.daso.warmup_steps does not apply to task=classification with semi.method=fixmatch"),
     ("smoke", {"semi_pl_weight": "0.5"}, "semi.pseudo_label.weight does not apply"),
