@@ -2,7 +2,7 @@
 
 "Rethinking the Value of Labels for Improving Class-Imbalanced Learning" (Yang & Xu, NeurIPS 2020):
 pre-train the backbone on the training images WITHOUT their labels, then train any supervised method
-from it (models.training warm-starts the backbone and starts a fresh head). Settings taken from the
+from it (models.toolkit.warm_start loads the backbone strictly and the head starts fresh). Settings taken from the
 official code (YyzHarry/imbalanced-semi-self):
 
 * rotation (its pretrain_rot.py): a 4-way linear head on the pooled backbone features, cross-entropy;
