@@ -1,9 +1,10 @@
-"""The one CLI: ``python -m pipeline {prepare-data,run} ...``. The last printed line of each
-command is its output directory."""
+"""The one CLI: ``python -m pipeline {prepare-data,run,compile-kfp,schedule} ...``. The last printed line of each
+command is its output (a folder, or the Kubeflow package)."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from components.data.errors import DataError
@@ -30,7 +31,25 @@ def build_parser() -> argparse.ArgumentParser:
                           "default folder, regression.csv_dir or the taxi CSV)")
     kfp.add_argument("--pipeline-root", required=True, help="e.g. gs://bucket/longtail or a mounted volume path")
     kfp.add_argument("--image", default="longtail-tfx:latest", help="container image holding this checkout")
-    kfp.add_argument("--output", default="pipeline.json")
+    kfp.add_argument("--output", default="pipeline.yaml", help="the package (.yaml/.yml: the bare pipeline spec)")
+    sched = sub.add_parser("schedule", help="upload the Kubeflow package and create a recurring run (or one run)")
+    sched.add_argument("--package", default=None, help="a package from compile-kfp; default: compile the preset now")
+    sched.add_argument("--preset", default="default")
+    sched.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    sched.add_argument("--data-dir", default=None, help="as for compile-kfp, when the package is compiled here")
+    sched.add_argument("--image", default="longtail-tfx:latest", help="as for compile-kfp")
+    sched.add_argument("--pipeline-root", required=True, help="passed to the run as kfp.Client's pipeline_root")
+    sched.add_argument("--cron", default="0 0 3 * * 1", help="KFP's 6-field cron (seconds first), or a Unix 5-field one")
+    sched.add_argument("--once", action="store_true", help="one run now instead of a recurring run")
+    sched.add_argument("--catchup", action="store_true", help="run missed intervals after a downtime (default: no)")
+    sched.add_argument("--experiment", default="longtail-retraining")
+    sched.add_argument("--job-name", default=None)
+    # kfp.Client's own arguments; each falls back to kfp.Client's environment variables (KF_PIPELINES_ENDPOINT, ...)
+    sched.add_argument("--host", default=None)
+    sched.add_argument("--namespace", default=None)
+    for flag in ("client-id", "other-client-id", "other-client-secret", "existing-token", "cookies", "proxy",
+                 "ssl-ca-cert", "kube-context", "ui-host"):
+        sched.add_argument(f"--{flag}", default=None)
     return parser
 
 
@@ -53,10 +72,35 @@ def _config(args):
     return cfg, tasks.for_config(cfg)
 
 
+def _schedule(args, cfg) -> str | None:
+    """Compile (unless --package is given), upload or reuse, schedule; print the ids; return the package's path
+    (None after an error, already printed)."""
+    from pipeline import tasks
+    from pipeline.kfp_schedule import Schedule, ScheduleError, schedule, to_json
+    from pipeline.kubeflow_runner import compile_pipeline
+
+    package = args.package
+    if package is None:
+        name, _ = tasks.for_config(cfg).names(cfg)
+        package = compile_pipeline(cfg, args.data_dir, args.pipeline_root,
+                                   os.path.join(cfg.runs_root, "_kfp", f"{name}.yaml"), args.image)
+    plan = Schedule(cron=args.cron, once=args.once, experiment=args.experiment, job_name=args.job_name,
+                    catchup=args.catchup)
+    client_args = {k: getattr(args, k) for k in ("client_id", "other_client_id", "other_client_secret", "existing_token",
+                                                 "cookies", "proxy", "ssl_ca_cert", "kube_context", "ui_host")}
+    try:
+        result = schedule(package, args.pipeline_root, plan, args.host, args.namespace, **client_args)
+    except ScheduleError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return None
+    print(to_json(result))
+    return os.path.abspath(package)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cfg = None
-    if args.command in ("run", "compile-kfp"):
+    if args.command in ("run", "compile-kfp") or (args.command == "schedule" and not args.package):
         try:
             cfg, _ = _config(args)
         except (KeyError, ValueError) as e:
@@ -77,7 +121,15 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "compile-kfp":
             from pipeline.kubeflow_runner import compile_pipeline
 
-            out = compile_pipeline(cfg, args.data_dir, args.pipeline_root, args.output, args.image)
+            try:
+                out = compile_pipeline(cfg, args.data_dir, args.pipeline_root, args.output, args.image)
+            except ValueError as e:  # the package name, or a mode that needs data the folder lacks
+                print(f"error: {e}", file=sys.stderr)
+                return 2
+        elif args.command == "schedule":
+            out = _schedule(args, cfg)
+            if out is None:
+                return 2
         else:  # pragma: no cover - argparse rejects unknown commands
             raise AssertionError(args.command)
     except (DataError, PipelineDataError) as e:

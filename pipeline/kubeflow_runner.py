@@ -2,8 +2,10 @@
 config through pipeline/tasks.py, as for the local runner: ``--preset regression`` compiles the regression
 DAG.
 
-The output file's suffix picks the format TFX writes: ``.json`` the PipelineJob wrapper (deprecated in
-kubeflow_v2_dag_runner), ``.yaml`` the bare pipeline spec.
+The package is YAML (``.yaml``/``.yml``): TFX then writes the bare pipeline spec, the one form kfp 2.16's client
+uploads and runs (it refuses ``.json`` names, and TFX's PipelineJob JSON wrapper, deprecated in
+kubeflow_v2_dag_runner, whatever its name). ``python -m pipeline schedule`` (pipeline/kfp_schedule.py)
+uploads it and creates the recurring run.
 
 Each scheduled run re-ingests the data location, retrains, and pushes only what passes the gate against
 the last blessed model (the Resolver reads the cluster's MLMD).
@@ -17,14 +19,18 @@ from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner
 
 from pipeline import tasks
 from pipeline.configs import PipelineConfig
+from pipeline.kfp_schedule import PACKAGE_SUFFIXES
 
 DEFAULT_IMAGE = "longtail-tfx:latest"  # built from the Dockerfile at the top of the checkout
 
 
 def compile_pipeline(cfg: PipelineConfig, data_dir: str | None, pipeline_root: str, output_file: str,
                      image: str = DEFAULT_IMAGE, serving_dir: str | None = None) -> str:
-    """Write the compiled pipeline of cfg's task to ``output_file``; ``data_dir`` is the data location as the
-    cluster sees it (None: the configured one, read here as it is)."""
+    """Write the compiled pipeline of cfg's task to ``output_file`` (.yaml/.yml); ``data_dir`` is the data location
+    as the cluster sees it (None: the configured one, read here as it is)."""
+    if not output_file.endswith(PACKAGE_SUFFIXES):
+        raise ValueError(f"--output {output_file}: a Kubeflow package must end in .yaml or .yml (TFX then writes the bare "
+                         "pipeline spec, which kfp's client uploads; it refuses .json and TFX's PipelineJob wrapper)")
     task = tasks.for_config(cfg)
     inputs = task.inputs(cfg, data_dir)
     _, model_name = task.names(cfg)

@@ -1,11 +1,33 @@
-"""The same pipeline compiles for Kubeflow Pipelines v2."""
+"""The same pipeline compiles for Kubeflow Pipelines v2, to a YAML package that kfp's own loaders accept."""
 
 import json
 import os
 import subprocess
 import sys
 
+from google.protobuf import json_format
+from kfp.client.client import _extract_pipeline_yaml
+from kfp.pipeline_spec import pipeline_spec_pb2
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_package(path: str) -> dict:
+    """The package as kfp 2.16's client reads it before a run (a PipelineSpec proto, every field known to it, which
+    refuses TFX's PipelineJob wrapper), as a dict."""
+    spec = _extract_pipeline_yaml(path).pipeline_spec
+    assert isinstance(spec, pipeline_spec_pb2.PipelineSpec)
+    return json_format.MessageToDict(spec)
+
+
+def custom_executors(spec: dict) -> dict:
+    """{executor class path: container} of every executor run through TFX's Kubeflow v2 entrypoint."""
+    out = {}
+    for ex in spec["deploymentSpec"]["executors"].values():
+        container = ex.get("container")
+        if container and "--executor_class_path" in container["args"]:
+            out[container["args"][container["args"].index("--executor_class_path") + 1]] = container
+    return out
 
 
 def test_compile_kfp_v2_pipeline_spec(tmp_path, fashion_mnist_dir):
@@ -15,15 +37,15 @@ def test_compile_kfp_v2_pipeline_spec(tmp_path, fashion_mnist_dir):
     data = str(tmp_path / "data")
     prepare_from_source("fashion_mnist", SplitSpec(rho=10, n_max=60, val_per_class=5, unlabeled_size=20), data,
                         fashion_mnist_dir)
-    out = str(tmp_path / "pipeline.json")
+    out = str(tmp_path / "pipeline.yaml")
     proc = subprocess.run([sys.executable, "-m", "pipeline", "compile-kfp", "--preset", "default", "--data-dir", data,
                            "--pipeline-root", "gs://bucket/longtail", "--image", "example/longtail:1", "--output", out,
                            "--set", "ssp=moco", "--set", "ssp_data=labeled+unlabeled"],
                           cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == out
-    spec = json.load(open(out))
-    tasks = spec["pipelineSpec"]["root"]["dag"]["tasks"]
+    spec = load_package(out)
+    tasks = spec["root"]["dag"]["tasks"]
     for name in ("LabeledExampleGen", "LabelStatsGen", "LongTailTrainer", "PerClassEvaluator", "Pusher",
                  "UnlabeledExampleValidator", "LatestBlessedModelResolver", "SSPPretrainer",
                  "BaseTrainer", "PseudoLabeler"):  # the default preset's semi=auto with a pool
@@ -31,19 +53,27 @@ def test_compile_kfp_v2_pipeline_spec(tmp_path, fashion_mnist_dir):
     assert "base_model" in tasks["LongTailTrainer"]["inputs"]["artifacts"]  # the pre-trained backbone
     assert sorted(tasks["SSPPretrainer"]["inputs"]["artifacts"]) == ["examples", "unlabeled_examples"]
     text = json.dumps(spec)
-    assert "models.trainer.run_fn" in text and "models.ssp.run_fn" in text and "example/longtail:1" in text
+    assert "models.trainer.run_fn" in text and "models.ssp.run_fn" in text
+    executors = custom_executors(spec)
+    for path in ("components.label_stats_gen.Executor", "components.evaluator.Executor", "components.pusher.Executor",
+                 "components.pseudo_labeler.Executor", "components.trainer.Executor"):
+        assert path in executors, sorted(executors)
+    for container in executors.values():
+        assert container["image"] == "example/longtail:1"
+        assert container["command"] == ["python", "-m", "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"]
+        assert "{{$}}" in container["args"]  # the launcher's ExecutorInput placeholder
 
 
 def test_compile_kfp_regression_preset_compiles_the_regression_dag(tmp_path):
     """The Kubeflow compiler resolves the task through pipeline/tasks.py, as the local runner does: the regression
     preset compiles CsvExampleGen .. RegressionEvaluator (not the image DAG), from the taxi CSV by default."""
-    out = str(tmp_path / "taxi.json")
+    out = str(tmp_path / "taxi.yaml")
     proc = subprocess.run([sys.executable, "-m", "pipeline", "compile-kfp", "--preset", "regression",
                            "--pipeline-root", "gs://bucket/taxi", "--output", out],
                           cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    spec = json.load(open(out))
-    tasks = spec["pipelineSpec"]["root"]["dag"]["tasks"]
+    spec = load_package(out)
+    tasks = spec["root"]["dag"]["tasks"]
     for name in ("CsvExampleGen", "StatisticsGen", "ExampleValidator", "RegressionLabelStatsGen", "LongTailTrainer",
                  "RegressionEvaluator", "Pusher", "LatestBlessedModelResolver"):
         assert any(name in t for t in tasks), (name, sorted(tasks))
@@ -51,13 +81,22 @@ def test_compile_kfp_regression_preset_compiles_the_regression_dag(tmp_path):
         sorted(tasks)
     text = json.dumps(spec)
     assert "models.regression.run_fn" in text and "models.trainer.run_fn" not in text
-    assert spec["pipelineSpec"]["pipelineInfo"]["name"] == "taxi-regression-fare"
+    assert spec["pipelineInfo"]["name"] == "taxi-regression-fare"
+    executors = custom_executors(spec)
+    assert {"components.regression_label_stats_gen.Executor", "components.regression_evaluator.Executor"} <= set(executors)
     assert "chicago_taxi_pipeline/data/simple" in text  # the preset's own data: the taxi CSV of the tfx package
 
 
 def test_compile_kfp_refuses_a_setting_the_task_does_not_read(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "pipeline", "compile-kfp", "--preset", "regression", "--pipeline-root",
-                           "gs://b/t", "--output", str(tmp_path / "t.json"), "--set", "train.learning_rate=0.1"],
+                           "gs://b/t", "--output", str(tmp_path / "t.yaml"), "--set", "train.learning_rate=0.1"],
                           cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT))
     assert proc.returncode == 2 and "train.learning_rate does not apply to task=regression" in proc.stderr
-    assert not (tmp_path / "t.json").exists()
+    assert not (tmp_path / "t.yaml").exists()
+
+
+def test_compile_kfp_refuses_a_json_package_name(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "compile-kfp", "--preset", "regression", "--pipeline-root",
+                           "gs://b/t", "--output", str(tmp_path / "t.json")],
+                          cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert proc.returncode == 2 and "must end in .yaml or .yml" in proc.stderr
