@@ -7,7 +7,9 @@ class LabelStatistics(types.Artifact):
     """A folder holding ``label_stats.json``: per-class counts, priors, imbalance ratio, shot groups
     and class weights of the labeled split (see models/label_stats.py), plus the unlabeled count."""
 
-    TYPE_NAME = "longtail.LabelStatistics"  # <namespace>.<Name>: the form KFP v2 accepts for custom types
+    # KFP v2 takes a custom type's name as its schema title, <namespace>.<Name>, and TFX's container entrypoint
+    # imports that title as the class path: components.LabelStatistics (components/__init__.py) is this class.
+    TYPE_NAME = "components.LabelStatistics"
 
 
 class PseudoLabelStatistics(types.Artifact):
@@ -15,7 +17,7 @@ class PseudoLabelStatistics(types.Artifact):
     a confidence histogram and the pool estimates (class distribution, rho_U, relevance); see
     components/pseudo_labeler.py."""
 
-    TYPE_NAME = "longtail.PseudoLabelStatistics"
+    TYPE_NAME = "components.PseudoLabelStatistics"  # importable as a class path, as LabelStatistics
 
 
 LABEL_STATS_FILE = "label_stats.json"
