@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shlex
 import typing
 
 from components.gate import GateThresholds, RegressionGateThresholds
@@ -58,6 +59,47 @@ class StatsConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class BeamConfig:
+    """How every Beam job of the pipeline runs (TFX's components and ours; the Kubeflow package compiles them in).
+
+    The runner is pinned: Beam's default ("DirectRunner") first tries to download the Prism runner binary
+    from the web for every job. FnApiRunner is Beam's own in-SDK runner and reads the two direct_* settings;
+    PortableRunner (Flink, Spark, a local job service) takes job_endpoint / environment_*; anything else
+    (Dataflow's project, region, temp_location, ...) goes in extra_args."""
+
+    runner: str = "FnApiRunner"
+    direct_running_mode: str = "multi_processing"  # in_memory | multi_threading | multi_processing (FnApiRunner)
+    direct_num_workers: int = 2
+    job_endpoint: str | None = None  # PortableRunner / FlinkRunner / SparkRunner: host:port of the job service
+    environment_type: str | None = None  # DOCKER | PROCESS | EXTERNAL | LOOPBACK (portable runners)
+    environment_config: str | None = None  # e.g. host:port of an external SDK worker pool
+    extra_args: str = ""  # more pipeline options, shell-quoted: "--project=p --region=r --temp_location=gs://b/t"
+
+    def __post_init__(self):
+        if self.runner in DIRECT_RUNNERS and self.direct_running_mode not in DIRECT_RUNNING_MODES:
+            raise ValueError(f"unknown beam.direct_running_mode {self.direct_running_mode!r}; choose one of "
+                             f"{list(DIRECT_RUNNING_MODES)}")
+        if self.runner == "DirectRunner":
+            raise ValueError("beam.runner=DirectRunner downloads the Prism runner binary from the web at run time; "
+                             "use FnApiRunner (the same in-process execution, pinned)")
+        shlex.split(self.extra_args)  # a quoting error names itself here, not in the middle of a run
+
+    def args(self) -> list[str]:
+        """The Beam pipeline arguments every component gets (pipeline-level beam_pipeline_args)."""
+        out = [f"--runner={self.runner}"]
+        if self.runner in DIRECT_RUNNERS:
+            out += [f"--direct_running_mode={self.direct_running_mode}", f"--direct_num_workers={self.direct_num_workers}"]
+        for flag in ("job_endpoint", "environment_type", "environment_config"):
+            if getattr(self, flag):
+                out.append(f"--{flag}={getattr(self, flag)}")
+        return out + shlex.split(self.extra_args)
+
+
+DIRECT_RUNNERS = ("FnApiRunner",)
+DIRECT_RUNNING_MODES = ("in_memory", "multi_threading", "multi_processing")
+
+
+@dataclasses.dataclass(frozen=True)
 class PipelineConfig:
     name: str = "longtail-fmnist"
     preset: str = "default"
@@ -74,8 +116,7 @@ class PipelineConfig:
     model_name: str = "longtail"
     runs_root: str = "runs"  # run outputs, pipeline root and MLMD live here
     serving_root: str = "serving"  # TF Serving layout: serving/<model_name>/<version>/
-    beam_direct_running_mode: str = "multi_processing"  # in_memory for tests
-    beam_num_workers: int = 2
+    beam: BeamConfig = BeamConfig()  # in_memory for tests: --set beam.direct_running_mode=in_memory
     enable_cache: bool = True
 
     def to_dict(self) -> dict:
@@ -150,6 +191,8 @@ _RENAMED = {
 ALIASES: dict[str, str] = {
     **_RENAMED,
     **{old.split(".", 1)[1]: new for old, new in _RENAMED.items()},
+    "beam_direct_running_mode": "beam.direct_running_mode",
+    "beam_num_workers": "beam.direct_num_workers",
     # train.* names that were unique before pretrain.* lost its prefix
     **{k: f"train.{k}" for k in ("epochs", "batch_size", "learning_rate", "momentum", "weight_decay",
                                  "max_steps_per_epoch")},

@@ -37,7 +37,7 @@ def compile_pipeline(cfg: PipelineConfig, data_dir: str | None, pipeline_root: s
     pipeline = task.create_pipeline(
         cfg, inputs, pipeline_root, metadata_path=None,
         serving_dir=serving_dir or os.path.join(pipeline_root, "serving", model_name),
-        beam_args=[f"--direct_running_mode={cfg.beam_direct_running_mode}", f"--direct_num_workers={cfg.beam_num_workers}"])
+        beam_args=cfg.beam.args())  # the config's beam section, compiled into every Beam task's arguments
     runner = kubeflow_v2_dag_runner.KubeflowV2DagRunner(
         config=kubeflow_v2_dag_runner.KubeflowV2DagRunnerConfig(default_image=image),
         output_dir=os.path.dirname(os.path.abspath(output_file)), output_filename=os.path.basename(output_file))

@@ -1,4 +1,5 @@
-"""Run the pipeline locally: LocalDagRunner, MLMD on SQLite, Beam in-process. The task (pipeline/tasks.py)
+"""Run the pipeline locally: LocalDagRunner, MLMD on SQLite, Beam on the configured runner (FnApiRunner in-process
+by default; PortableRunner for a job service). The task (pipeline/tasks.py)
 says what runs; this module only runs it and writes what the task reports."""
 
 from __future__ import annotations
@@ -42,10 +43,10 @@ def _show_progress() -> None:
 
 
 def local_setup(cfg: PipelineConfig, pipeline_name: str, model_name: str) -> tuple[str, str, str, list[str]]:
-    """(pipeline root, MLMD SQLite path, serving folder, Beam DirectRunner args) of a local run."""
+    """(pipeline root, MLMD SQLite path, serving folder, Beam pipeline args) of a local run."""
     tfx_home = os.path.abspath(os.path.join(cfg.runs_root, "_tfx", pipeline_name))
     os.makedirs(tfx_home, exist_ok=True)
-    beam_args = [f"--direct_running_mode={cfg.beam_direct_running_mode}", f"--direct_num_workers={cfg.beam_num_workers}"]
+    beam_args = cfg.beam.args()
     return (os.path.join(tfx_home, "root"), os.path.join(tfx_home, "metadata.sqlite"),
             os.path.abspath(os.path.join(cfg.serving_root, model_name)), beam_args)
 

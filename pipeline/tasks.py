@@ -22,9 +22,8 @@ from pipeline.data_cli import default_data_dir, parse_order
 from pipeline.outputs import BASE_TRAINER, PRETRAINER, TRAINER
 from pipeline.pipeline import create_pipeline, create_regression_pipeline, default_csv_dir
 
-# Settings every task reads: naming, where outputs go, the embedded runner's Beam settings, caching.
-COMMON = ("name", "preset", "task", "model_name", "runs_root", "serving_root", "beam_direct_running_mode",
-          "beam_num_workers", "enable_cache")
+# Settings every task reads: naming, where outputs go, the Beam settings, caching.
+COMMON = ("name", "preset", "task", "model_name", "runs_root", "serving_root", "beam", "enable_cache")
 
 
 @dataclasses.dataclass(frozen=True)

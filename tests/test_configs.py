@@ -110,3 +110,24 @@ def test_cli_reports_a_setting_that_does_not_apply_and_exits_2():
                            "--print-config"], cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT))
     assert proc.returncode == 2 and "error: train.loss does not apply to task=regression" in proc.stderr
     assert "regression.adam_learning_rate" not in proc.stdout
+
+
+def test_beam_runner_is_pinned_and_its_args_come_from_the_config():
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    cfg = load_config("smoke", {"beam_direct_running_mode": "in_memory"})  # the old flat name is an alias
+    assert cfg.beam.args() == ["--runner=FnApiRunner", "--direct_running_mode=in_memory", "--direct_num_workers=2"]
+    with beam.Pipeline(options=PipelineOptions(cfg.beam.args())) as p:
+        assert isinstance(p.runner, FnApiRunner)  # never Beam's default, which first downloads Prism from the web
+        _ = p | beam.Create([1, 2, 3]) | beam.combiners.Count.Globally()
+    portable = load_config("smoke", {"beam.runner": "PortableRunner", "beam.job_endpoint": "localhost:8099",
+                                     "beam.environment_type": "EXTERNAL", "beam.environment_config": "localhost:50000",
+                                     "beam.extra_args": "--max_num_workers=4 --job_name='a b'"}).beam
+    assert portable.args() == ["--runner=PortableRunner", "--job_endpoint=localhost:8099", "--environment_type=EXTERNAL",
+                               "--environment_config=localhost:50000", "--max_num_workers=4", "--job_name=a b"]
+    with pytest.raises(ValueError, match="downloads the Prism runner binary"):
+        load_config("smoke", {"beam.runner": "DirectRunner"})
+    with pytest.raises(ValueError, match="unknown beam.direct_running_mode"):
+        load_config("smoke", {"beam.direct_running_mode": "threads"})

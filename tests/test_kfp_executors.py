@@ -94,7 +94,7 @@ def classification(tmp_path_factory, fashion_mnist_dir):
     data = str(tmp / "data")
     prepare_from_source("fashion_mnist", SplitSpec(rho=10, n_max=100, val_per_class=10, unlabeled_size=40), data,
                         fashion_mnist_dir)
-    common = ["--preset", "smoke", "--set", f"data.data_dir={data}", "--set", "beam_direct_running_mode=in_memory",
+    common = ["--preset", "smoke", "--set", f"data.data_dir={data}", "--set", "beam.direct_running_mode=in_memory",
               "--set", f"runs_root={tmp / 'runs'}", "--set", f"serving_root={tmp / 'serving'}"]
     _cli("run", *common, "--out", str(tmp / "out"))
     package = str(tmp / "pipeline.yaml")
@@ -144,7 +144,7 @@ def test_compiled_label_stats_evaluator_and_pusher_run_and_match_the_local_run(c
 
 
 def test_compiled_regression_stats_and_evaluator_run_and_match_the_local_run(tmp_path):
-    common = ["--preset", "regression-smoke", "--set", "beam_direct_running_mode=in_memory",
+    common = ["--preset", "regression-smoke", "--set", "beam.direct_running_mode=in_memory",
               "--set", f"runs_root={tmp_path / 'runs'}", "--set", f"serving_root={tmp_path / 'serving'}"]
     _cli("run", *common, "--out", str(tmp_path / "out"))
     package = str(tmp_path / "taxi.yaml")

@@ -62,6 +62,7 @@ def test_compile_kfp_v2_pipeline_spec(tmp_path, fashion_mnist_dir):
         assert container["image"] == "example/longtail:1"
         assert container["command"] == ["python", "-m", "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"]
         assert "{{$}}" in container["args"]  # the launcher's ExecutorInput placeholder
+        assert "--runner=FnApiRunner" in container["args"]  # the config's beam section, compiled in (pinned runner)
 
 
 def test_compile_kfp_regression_preset_compiles_the_regression_dag(tmp_path):

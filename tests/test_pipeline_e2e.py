@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 def run_cli(tmp, name, data_dir, out, *sets, check=True):
     args = [sys.executable, "-m", "pipeline", "run", "--preset", "smoke",
             "--set", f"name={name}", "--set", f"data.data_dir={data_dir}", "--set", f"runs_root={tmp}/runs",
-            "--set", f"serving_root={tmp}/serving", "--set", "beam_direct_running_mode=in_memory", "--out", out]
+            "--set", f"serving_root={tmp}/serving", "--set", "beam.direct_running_mode=in_memory", "--out", out]
     for s in sets:
         args += ["--set", s]
     proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT))

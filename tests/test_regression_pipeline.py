@@ -122,7 +122,7 @@ BAD_FARES = ("", "-5.0", "5000.0")  # missing, negative, absurd (max_target 1000
 def run_cli(tmp, csv_dir, out, *sets, check=True):
     args = [sys.executable, "-m", "pipeline", "run", "--preset", "regression-smoke",
             "--set", f"regression.csv_dir={csv_dir}", "--set", f"runs_root={tmp}/runs", "--set", f"serving_root={tmp}/serving",
-            "--set", "beam_direct_running_mode=in_memory", "--set", "regression.max_bad_fraction=0.05", "--out", out]
+            "--set", "beam.direct_running_mode=in_memory", "--set", "regression.max_bad_fraction=0.05", "--out", out]
     for s in sets:
         args += ["--set", s]
     proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT))
