@@ -4,7 +4,7 @@ ENV := tools/env exec
 PRESET ?= default
 PYTEST_ARGS ?=
 
-.PHONY: run test lint env data bench bench-methods bench-ssp bench-daso bench-semi bench-regression clean-env
+.PHONY: run test lint env data container-smoke bench bench-methods bench-ssp bench-daso bench-semi bench-regression clean-env
 
 run:
 	$(ENV) python -m pipeline run --preset $(PRESET)
@@ -23,6 +23,11 @@ data:
 
 clean-env:
 	tools/env gc
+
+# the OCI image built with podman from the tools/env root filesystem (no registry), and the smoke pipeline in it
+# (bench/results/container_smoke.md; needs root; about 3 min the first time, 1 min after)
+container-smoke:
+	tools/container smoke
 
 bench:
 	$(ENV) python bench/pipeline_bench.py --preset default --losses ce,logit_adjusted
