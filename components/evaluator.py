@@ -17,7 +17,6 @@ import dataclasses
 import json
 import os
 
-import tensorflow as tf
 from tfx import types
 from tfx.dsl.components.base import base_component, base_executor, executor_spec
 from tfx.types import artifact_utils, standard_artifacts
@@ -32,8 +31,7 @@ from models.predict import SavedModelPredictor, parse_labels
 
 def predict_split(saved_model_dir: str, file_pattern: str, batch_size: int = 512):
     """(labels, predicted class ids) of every example in the split, through serving_tf_example."""
-    parsed, out = SavedModelPredictor(saved_model_dir).predict_files(tf.io.gfile.glob(file_pattern), parse_labels,
-                                                                     batch_size)
+    parsed, out = SavedModelPredictor(saved_model_dir).predict_files(file_pattern, parse_labels, batch_size)
     return parsed["label"], out["class_id"]
 
 

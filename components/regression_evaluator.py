@@ -32,7 +32,7 @@ def predict_split(saved_model_dir: str, file_pattern: str, target: str, batch_si
         values, has = parse_examples(batch, [target])
         return {"target": tf.cast(values[target], tf.float64), "present": has[target]}
 
-    parsed, out = SavedModelPredictor(saved_model_dir).predict_files(tf.io.gfile.glob(file_pattern), parse, batch_size)
+    parsed, out = SavedModelPredictor(saved_model_dir).predict_files(file_pattern, parse, batch_size)
     return parsed["target"], parsed["present"], out["prediction"]
 
 

@@ -12,7 +12,8 @@ import tensorflow as tf
 AUTOTUNE = tf.data.AUTOTUNE
 
 
-def _files(file_pattern) -> list[str]:
+def tfrecord_files(file_pattern) -> list[str]:
+    """The sorted files matching a pattern (or a list of patterns); a named error when none does."""
     patterns = file_pattern if isinstance(file_pattern, (list, tuple)) else [file_pattern]
     files = sorted(f for p in patterns for f in tf.io.gfile.glob(p))
     if not files:
@@ -32,7 +33,7 @@ def decode_image(encoded, image_shape):
 
 def read_examples(file_pattern, image_shape, with_labels: bool = True) -> tf.data.Dataset:
     """Decoded (uint8 image, label) or (uint8 image,) pairs, in file order."""
-    files = _files(file_pattern)
+    files = tfrecord_files(file_pattern)
     spec = {"image": tf.io.FixedLenFeature([], tf.string)}
     if with_labels:
         spec["label"] = tf.io.FixedLenFeature([], tf.int64)

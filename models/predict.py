@@ -8,7 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from models.export import SERVING_TF_EXAMPLE
-from models.inputs import compression_type
+from models.inputs import compression_type, tfrecord_files
 
 
 class SavedModelPredictor:
@@ -26,12 +26,11 @@ class SavedModelPredictor:
         """Outputs (name -> array) for a batch of serialized examples (a list of bytes or a string tensor)."""
         return {k: v.numpy() for k, v in self._serve(examples=tf.convert_to_tensor(serialized)).items()}
 
-    def predict_files(self, files, parse=None, batch_size: int = 512) -> tuple[dict, dict]:
-        """(parsed, outputs) over every record of ``files``, in file order, each a dict of concatenated
-        arrays; ``parse`` maps a batch of serialized records to a dict of tensors (the labels, say)."""
-        files = sorted(files)
-        if not files:
-            raise FileNotFoundError(f"no TFRecord file to predict for {self.saved_model_dir}")
+    def predict_files(self, file_pattern, parse=None, batch_size: int = 512) -> tuple[dict, dict]:
+        """(parsed, outputs) over every record of the files matching ``file_pattern`` (a pattern or a list), in
+        file order, each a dict of concatenated arrays; ``parse`` maps a batch of serialized records to a dict of
+        tensors (the labels, say)."""
+        files = tfrecord_files(file_pattern)
         parsed, outputs = {}, {}
         for batch in tf.data.TFRecordDataset(files, compression_type=compression_type(files)).batch(batch_size):
             for k, v in (parse(batch) if parse else {}).items():

@@ -29,7 +29,7 @@ from scipy.stats import gmean
 from models.config import RegressionConfig, TrainConfig, from_dict
 from models.density import BIN_GROUPS, bin_index
 from models.export import SERVING_DEFAULT, SERVING_TF_EXAMPLE
-from models.inputs import compression_type
+from models.inputs import compression_type, tfrecord_files
 from models.layers.fds import FDSUpdate, FeatureDistributionSmoothing
 from models.toolkit import EpochProgress
 
@@ -110,17 +110,9 @@ def parse_examples(serialized, columns) -> tuple[dict, dict]:
     return values, present
 
 
-def _files(file_pattern) -> list[str]:
-    patterns = file_pattern if isinstance(file_pattern, (list, tuple)) else [file_pattern]
-    files = sorted(f for p in patterns for f in tf.io.gfile.glob(p))
-    if not files:
-        raise FileNotFoundError(f"no TFRecord files match {patterns}")
-    return files
-
-
 def read_split(file_pattern, columns, batch_size: int = 4096) -> tuple[dict, dict]:
     """Every row of a split in memory as NumPy (the taxi splits are thousands of rows)."""
-    files = _files(file_pattern)
+    files = tfrecord_files(file_pattern)
     ds = tf.data.TFRecordDataset(files, compression_type=compression_type(files))
     chunks = [parse_examples(batch, columns) for batch in ds.batch(batch_size)]
     values = {c: np.concatenate([v[c].numpy() for v, _ in chunks]) for c in columns}
