@@ -63,9 +63,10 @@ REASONS = {
                        "`--set ssp=rotation` (or ssp=moco)",
     "none_accepted": "no pseudo-label was accepted (threshold/top-k left 0 pool images): supervised only",
 }
-CONSEQUENCE = {SUPERVISED: "supervised training on the labeled set only",
-               PSEUDO_LABEL: "pseudo-label training",
-               SSP: "self-supervised pre-training is chosen instead"}
+# What the deciding reason's words end with, by the planner's choice.
+CONSEQUENCE = {SUPERVISED: ": supervised training on the labeled set only",
+               PSEUDO_LABEL: "",
+               SSP: ", so self-supervised pre-training is chosen instead"}
 
 
 def reason(code: str, **values) -> dict:
@@ -83,10 +84,7 @@ def reasons_text(decision: dict) -> list[str]:
     out = []
     for r in decision["reasons"]:
         text = reason_text(r)
-        if r["code"] == decision.get("decided_by"):
-            text += f": {CONSEQUENCE[decision['choice']]}" if r["code"] == "pool_empty" else (
-                f", so {CONSEQUENCE[decision['choice']]}" if decision["choice"] == SSP else "")
-        out.append(text)
+        out.append(text + CONSEQUENCE[decision["choice"]] if r["code"] == decision.get("decided_by") else text)
     return out
 
 
@@ -178,8 +176,11 @@ def explain(decision: dict) -> str:
         advice = "" if choice == PSEUDO_LABEL else f", although the planner would have chosen {choice}"
         return (f"The model labeled {pool_rel} and was retrained on the labeled images plus these pseudo-labels, because "
                 f"semi.method={decision.get('semi', PSEUDO_LABEL)} was set{advice}.")
-    if trained is None:
-        trained = choice if choice != SSP else None
+    if trained is None and choice == SSP:  # the planner alone (no Trainer outcome recorded)
+        size_rel = f"The {e['pool_size']:,}-image unlabeled pool" + (f", {rel}," if rel else "")
+        return (f"{size_rel} was not pseudo-labeled ({_deciding(decision)}); self-supervised pre-training on the images "
+                "is used instead.")
+    trained = trained or choice
     if choice == SUPERVISED and trained == SUPERVISED:
         return "Trained on the labeled images only, because there is no unlabeled pool."
     if choice == PSEUDO_LABEL and trained == PSEUDO_LABEL:
@@ -192,8 +193,4 @@ def explain(decision: dict) -> str:
     if choice == SSP and "ssp_already_on" in codes:
         return (f"{Pool_rel} was not pseudo-labeled ({_deciding(decision)}); the model was trained on the labeled images, "
                 f"warm-started from the self-supervised pre-training.")
-    if choice == SSP:  # the planner alone (no Trainer outcome recorded)
-        size_rel = f"The {e['pool_size']:,}-image unlabeled pool" + (f", {rel}," if rel else "")
-        return (f"{size_rel} was not pseudo-labeled ({_deciding(decision)}); self-supervised pre-training on the images "
-                "is used instead.")
     return f"The model was trained on the labeled images only: {reason_text(decision['reasons'][-1])}."

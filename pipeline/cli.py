@@ -72,18 +72,21 @@ def _config(args):
     return cfg, tasks.for_config(cfg)
 
 
-def _schedule(args, cfg) -> str | None:
+def _schedule(args, cfg, task) -> str | None:
     """Compile (unless --package is given), upload or reuse, schedule; print the ids; return the package's path
     (None after an error, already printed)."""
-    from pipeline import tasks
     from pipeline.kfp_schedule import Schedule, ScheduleError, schedule, to_json
     from pipeline.kubeflow_runner import compile_pipeline
 
     package = args.package
     if package is None:
-        name, _ = tasks.for_config(cfg).names(cfg)
-        package = compile_pipeline(cfg, args.data_dir, args.pipeline_root,
-                                   os.path.join(cfg.runs_root, "_kfp", f"{name}.yaml"), args.image)
+        name, _ = task.names(cfg)
+        try:
+            package = compile_pipeline(cfg, args.data_dir, args.pipeline_root,
+                                       os.path.join(cfg.runs_root, "_kfp", f"{name}.yaml"), args.image)
+        except ValueError as e:  # as compile-kfp: a mode that needs data the folder lacks
+            print(f"error: {e}", file=sys.stderr)
+            return None
     plan = Schedule(cron=args.cron, once=args.once, experiment=args.experiment, job_name=args.job_name,
                     catchup=args.catchup)
     client_args = {k: getattr(args, k) for k in ("client_id", "other_client_id", "other_client_secret", "existing_token",
@@ -99,10 +102,10 @@ def _schedule(args, cfg) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    cfg = None
+    cfg = task = None
     if args.command in ("run", "compile-kfp") or (args.command == "schedule" and not args.package):
         try:
-            cfg, _ = _config(args)
+            cfg, task = _config(args)
         except (KeyError, ValueError) as e:
             print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
             return 2
@@ -127,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"error: {e}", file=sys.stderr)
                 return 2
         elif args.command == "schedule":
-            out = _schedule(args, cfg)
+            out = _schedule(args, cfg, task)
             if out is None:
                 return 2
         else:  # pragma: no cover - argparse rejects unknown commands

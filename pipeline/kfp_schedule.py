@@ -34,7 +34,7 @@ class Schedule:
     cron: str | None = "0 0 3 * * 1"  # KFP's cron has six fields (seconds first): Mondays at 03:00
     once: bool = False
     experiment: str = "longtail-retraining"
-    job_name: str | None = None  # default: the pipeline's name + "-weekly" / "-once"
+    job_name: str | None = None  # default: the pipeline's name + "-scheduled" / "-once"
     max_concurrency: int = 1  # a retraining never overlaps the previous one (the gate compares against it)
     catchup: bool = False  # missed intervals (cluster down) are not run afterwards
     enable_caching: bool | None = None  # None: as compiled (the config's enable_cache)
