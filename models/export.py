@@ -5,20 +5,45 @@ Signatures:
                       probabilities (batch, C) float32, class_id (batch,) int64, logits (batch, C) float32
                       (after the logit offset; the PseudoLabeler's energy OOD score needs them)
   serving_tf_example  examples: serialized tf.train.Example with an ``image`` bytes feature -> same
+
+Beside the graph, ``assets.extra/longtail_serving.json`` (TF Serving's folder for extra files, which loaders
+ignore) says what a model server needs to validate a request and name its answer: the task, the class
+names, the image shape, or the regression target and its feature types (:func:`serving_metadata`).
 """
 
 from __future__ import annotations
+
+import json
+import os
 
 import keras
 import tensorflow as tf
 
 SERVING_DEFAULT = "serving_default"  # what TF Serving answers when a request names no signature
 SERVING_TF_EXAMPLE = "serving_tf_example"
+SERVING_METADATA = os.path.join("assets.extra", "longtail_serving.json")
 
 
-def export_serving_model(model: keras.Model, export_dir: str, image_shape, logit_offset=None) -> None:
+def write_serving_metadata(export_dir: str, metadata: dict) -> None:
+    tf.io.gfile.makedirs(os.path.dirname(os.path.join(export_dir, SERVING_METADATA)))
+    with tf.io.gfile.GFile(os.path.join(export_dir, SERVING_METADATA), "w") as f:
+        json.dump(metadata, f, indent=2)
+
+
+def serving_metadata(export_dir: str) -> dict | None:
+    """The metadata a pushed SavedModel carries, or None for a model exported before it existed."""
+    path = os.path.join(export_dir, SERVING_METADATA)
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f)
+
+
+def export_serving_model(model: keras.Model, export_dir: str, image_shape, logit_offset=None,
+                         class_names=None) -> None:
     """Write ``model`` (logits out) as a SavedModel. ``logit_offset`` (C,) is added to the logits
-    before the softmax (post-hoc logit adjustment); None serves the raw logits."""
+    before the softmax (post-hoc logit adjustment); None serves the raw logits. ``class_names`` go
+    into the serving metadata (class_0.. when not given)."""
     image_shape = [int(d) for d in image_shape]
     offset = None if logit_offset is None else tf.constant(logit_offset, tf.float32)
 
@@ -48,3 +73,7 @@ def export_serving_model(model: keras.Model, export_dir: str, image_shape, logit
         SERVING_TF_EXAMPLE, from_examples,
         input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     archive.write_out(export_dir, verbose=False)
+    num_classes = int(model.output_shape[-1])
+    write_serving_metadata(export_dir, {
+        "task": "classification", "input": "images", "image_shape": image_shape,
+        "class_names": list(class_names) if class_names else [f"class_{c}" for c in range(num_classes)]})

@@ -28,7 +28,7 @@ from scipy.stats import gmean
 
 from models.config import RegressionConfig, TrainConfig, from_dict
 from models.density import BIN_GROUPS, bin_index
-from models.export import SERVING_DEFAULT, SERVING_TF_EXAMPLE
+from models.export import SERVING_DEFAULT, SERVING_TF_EXAMPLE, write_serving_metadata
 from models.inputs import compression_type, tfrecord_files
 from models.layers.fds import FDSUpdate, FeatureDistributionSmoothing
 from models.toolkit import EpochProgress
@@ -316,6 +316,8 @@ def export_regressor(model: keras.Model, export_dir: str, cfg: RegressionConfig)
     archive.add_endpoint(SERVING_TF_EXAMPLE, from_examples,
                          input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     archive.write_out(export_dir, verbose=False)
+    write_serving_metadata(export_dir, {"task": "regression", "target": cfg.target,
+                                        "features": {c: d.name for c, d in dtypes.items()}})
 
 
 # --- the Trainer entry point ---

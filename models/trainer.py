@@ -29,7 +29,8 @@ def run_fn(fn_args) -> None:
     train_seconds = time.time() - t0
     tau = fn_args.custom_config.get("post_hoc_logit_adjust_tau")
     logit_offset = -tau * np.log(np.asarray(job.stats["class_priors"], np.float32)) if tau else None
-    export_serving_model(result.model, fn_args.serving_model_dir, job.image_shape, logit_offset)
+    export_serving_model(result.model, fn_args.serving_model_dir, job.image_shape, logit_offset,
+                         class_names=job.stats.get("class_names"))
     result.model.save(os.path.join(job.model_run_dir, "model.keras"))
     write_summary(job, result, train_seconds)
 

@@ -1,4 +1,4 @@
-"""The one CLI: ``python -m pipeline {prepare-data,run,compile-kfp,schedule} ...``. The last printed line of each
+"""The one CLI: ``python -m pipeline {prepare-data,run,compile-kfp,schedule,serve} ...``. The last printed line of each
 command is its output (a folder, or the Kubeflow package)."""
 
 from __future__ import annotations
@@ -50,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     for flag in ("client-id", "other-client-id", "other-client-secret", "existing-token", "cookies", "proxy",
                  "ssl-ca-cert", "kube-context", "ui-host"):
         sched.add_argument(f"--{flag}", default=None)
+    serve = sub.add_parser("serve", help="serve the pushed model with KServe (TF Serving's V1 REST and the V2 protocol)")
+    serve.add_argument("--model-dir", required=True, help="the push folder, e.g. serving/longtail (its newest version is "
+                                                          "served; the folder's name is the model's name)")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--poll-seconds", type=float, default=5.0, help="how often to look for a newly pushed version")
+    serve.add_argument("--max-request-mb", type=float, default=4.0, help="larger request bodies get 413")
     return parser
 
 
@@ -133,6 +139,11 @@ def main(argv: list[str] | None = None) -> int:
             out = _schedule(args, cfg, task)
             if out is None:
                 return 2
+        elif args.command == "serve":
+            from pipeline.serve import serve
+
+            serve(args.model_dir, args.port, args.poll_seconds, args.max_request_mb)
+            return 0
         else:  # pragma: no cover - argparse rejects unknown commands
             raise AssertionError(args.command)
     except (DataError, PipelineDataError) as e:
