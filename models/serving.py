@@ -113,7 +113,7 @@ class ServedVersion:
             raise RequestError("each instance must be an object of named features, e.g. {\"trip_miles\": 1.2, ...}")
         columns = {}
         for name, spec in self.input_specs.items():
-            missing = [i for i, r in enumerate(rows) if r.get(name) is None]
+            missing = [i for i, r in enumerate(rows) if name not in r]
             if missing:
                 raise RequestError(f"feature {name!r} ({spec.dtype.name}) is missing: {_count(missing)}")
             columns[name] = self.column(name, [r[name] for r in rows])
@@ -124,6 +124,11 @@ class ServedVersion:
 
     def column(self, name: str, values) -> np.ndarray:
         dtype = self.input_specs[name].dtype
+        if dtype.is_floating:  # a missing number (JSON null or NaN) is NaN, as the training reader gives it
+            values = [np.nan if v is None else v for v in values]
+        nulls = [i for i, v in enumerate(values) if v is None]
+        if nulls:
+            raise RequestError(f"feature {name!r} ({dtype.name}) is null: {_count(nulls)}")
         try:
             if dtype == tf.string:
                 return np.asarray([v if isinstance(v, bytes) else str(v).encode() for v in values], dtype=object)
