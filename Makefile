@@ -4,7 +4,7 @@ ENV := tools/env exec
 PRESET ?= default
 PYTEST_ARGS ?=
 
-.PHONY: run test lint env data container-smoke bench bench-methods bench-ssp bench-daso bench-semi bench-regression clean-env
+.PHONY: run test lint env data container-smoke bench bench-methods bench-ssp bench-daso bench-semi bench-regression bench-serve clean-env
 
 run:
 	$(ENV) python -m pipeline run --preset $(PRESET)
@@ -54,3 +54,8 @@ bench-semi:
 # the imbalanced-regression table of issue #9 (8 methods x 5 seeds, 25 epochs each; 33 min on 2 busy cores)
 bench-regression:
 	$(ENV) nice -n 10 python bench/regression_bench.py --epochs 25 --seeds 0,1,2,3,4
+
+# issue #18: concurrent clients against `python -m pipeline serve` on localhost (V1 batch 1 and 32, 1 and 8 clients, and
+# one V2 cell; 20 s a cell) on the model `make run` pushed (serving/longtail)
+bench-serve:
+	$(ENV) python bench/serve_bench.py

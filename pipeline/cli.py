@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="serve the pushed model with KServe (TF Serving's V1 REST and the V2 protocol)")
     serve.add_argument("--model-dir", required=True, help="the push folder, e.g. serving/longtail (its newest version is "
                                                           "served; the folder's name is the model's name)")
+    serve.add_argument("--model-name", default=None, help="the name in the URLs (default: the folder's name; under "
+                                                           "KServe's storage initializer the folder is /mnt/models)")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--poll-seconds", type=float, default=5.0, help="how often to look for a newly pushed version")
     serve.add_argument("--max-request-mb", type=float, default=4.0, help="larger request bodies get 413")
@@ -142,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "serve":
             from pipeline.serve import serve
 
-            serve(args.model_dir, args.port, args.poll_seconds, args.max_request_mb)
+            serve(args.model_dir, args.port, args.poll_seconds, args.max_request_mb, args.model_name)
             return 0
         else:  # pragma: no cover - argparse rejects unknown commands
             raise AssertionError(args.command)

@@ -104,13 +104,13 @@ def v1_answer(served: ServedVersion, payload) -> dict:
     return {"predictions": [{target: float(v)} for v in values]}
 
 
-def make_model(model_dir: str, poll_seconds: float):
+def make_model(model_dir: str, poll_seconds: float, name: str | None = None):
     """The KServe predictor of a push folder (a ``kserve.Model``; defined here so kserve loads only to serve)."""
     kserve, _, InvalidInput, ModelMissingError, InferOutput, InferRequest, InferResponse = _kserve()
 
     class PushedModel(kserve.Model):
         def __init__(self):
-            super().__init__(os.path.basename(os.path.normpath(model_dir)))
+            super().__init__(name or os.path.basename(os.path.normpath(model_dir)))
             self.model_dir = model_dir
             self.served: ServedVersion | None = None
             self._stop = threading.Event()
@@ -240,14 +240,15 @@ class BodyLimit:
 
 
 def serve(model_dir: str, port: int = 8080, poll_seconds: float = 5.0,
-          max_request_mb: float = DEFAULT_MAX_REQUEST_MB) -> None:
-    """Load the newest version under ``model_dir`` and serve it until SIGINT/SIGTERM (blocking)."""
+          max_request_mb: float = DEFAULT_MAX_REQUEST_MB, name: str | None = None) -> None:
+    """Load the newest version under ``model_dir`` and serve it as ``name`` (default: the folder's name) until
+    SIGINT/SIGTERM (blocking)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if newest_version(model_dir) is None:
         raise SystemExit(f"error: {model_dir} holds no model version (<version>/saved_model.pb); run the pipeline first")
     kserve, model_server, *_ = _kserve()
     model_server.app.add_middleware(BodyLimit, limit=int(max_request_mb * 1024 * 1024))
-    model = make_model(model_dir, poll_seconds)
+    model = make_model(model_dir, poll_seconds, name)
     model.load()
     t0 = time.time()
     kserve.ModelServer(http_port=port, enable_grpc=False, enable_latency_logging=False).start([model])

@@ -177,7 +177,7 @@ class Server:
 
     def __init__(self, model_dir: str, log_path, *args):
         self.port = free_port()
-        self.name = os.path.basename(model_dir)
+        self.name = args[args.index("--model-name") + 1] if "--model-name" in args else os.path.basename(model_dir)
         self.log = open(log_path, "w")
         self.proc = subprocess.Popen([sys.executable, "-m", "pipeline", "serve", "--model-dir", model_dir,
                                       "--port", str(self.port), "--poll-seconds", "0.5", *args],
@@ -333,7 +333,7 @@ def test_server_answers_the_taxi_model_with_named_features(pushed, tmp_path):
     meta = serving_metadata(version)
     rows = taxi_rows(version, pushed["taxi_records"])
     expected = in_process(version, SERVING_TF_EXAMPLE, examples=tf.constant(pushed["taxi_records"]))["prediction"]
-    server = Server(os.path.dirname(version), tmp_path / "taxi.log")
+    server = Server(os.path.dirname(version), tmp_path / "taxi.log", "--model-name", "fare")  # as under /mnt/models
     try:
         status, body = server.post(f"/v1/models/{server.name}:predict", {"instances": rows})
         assert status == 200, body
