@@ -72,7 +72,7 @@ def run_pool_setting(a, rho_u: float) -> tuple[list[dict], dict]:
     rows = []
     for method in a.methods.split(","):
         semi_method, loss = METHODS[method]
-        cfg = TrainConfig(backbone="resnet8", epochs=a.epochs, batch_size=128, loss=loss, seed=a.seed,
+        cfg = TrainConfig(backbone="resnet8", augment="crop,flip", epochs=a.epochs, batch_size=128, loss=loss, seed=a.seed,
                           max_steps_per_epoch=a.max_steps_per_epoch)
         print(f"[bench-daso] rho={a.rho:g} rho_u={rho_u:g} {method}", file=sys.stderr, flush=True)
         t0 = time.time()

@@ -66,8 +66,8 @@ def main() -> int:
     shape = manifest["image_shape"]
     rows = []
     for seed in [int(s) for s in a.seeds.split(",")]:
-        base = TrainConfig(backbone="resnet8", epochs=a.epochs, seed=seed, decoupling_epochs=a.decoupling_epochs,
-                           max_steps_per_epoch=a.max_steps_per_epoch)
+        base = TrainConfig(backbone="resnet8", augment="crop,flip", epochs=a.epochs, seed=seed,
+                           decoupling_epochs=a.decoupling_epochs, max_steps_per_epoch=a.max_steps_per_epoch)
         ce_model, ce_seconds = None, None
         for method in a.methods.split(","):
             overrides, how = METHODS[method]

@@ -91,7 +91,7 @@ def main() -> int:
     stats = derive_label_stats(labeled_counts, manifest["class_names"])
     shape = manifest["image_shape"]
     files = [os.path.join(data[POOLS[0]], f) for f in manifest["splits"]["labeled"]["files"]]
-    cfg = TrainConfig(backbone="resnet8", epochs=a.epochs, max_steps_per_epoch=a.max_steps_per_epoch)
+    cfg = TrainConfig(backbone="resnet8", augment="crop,flip", epochs=a.epochs, max_steps_per_epoch=a.max_steps_per_epoch)
     os.makedirs("runs", exist_ok=True)
     work = tempfile.mkdtemp(prefix="pool-bench-", dir="runs")
     try:

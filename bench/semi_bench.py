@@ -92,7 +92,7 @@ def row_of(method, cell, seed, m, stats, extra=None):
 def run_seed(a, seed: int, cells: dict, stats: dict, files, test_files, shape, work: str) -> list[dict]:
     rows = []
     for loss in a.losses.split(","):
-        cfg = TrainConfig(backbone="resnet8", epochs=a.epochs, batch_size=128, loss=loss, seed=seed,
+        cfg = TrainConfig(backbone="resnet8", augment="crop,flip", epochs=a.epochs, batch_size=128, loss=loss, seed=seed,
                           max_steps_per_epoch=a.max_steps_per_epoch)
         base_steps = cfg.epochs * min(-(-stats["num_examples"] // cfg.batch_size), a.max_steps_per_epoch or 10**9)
         print(f"[bench-semi] seed {seed} base {loss}", file=sys.stderr, flush=True)

@@ -64,7 +64,8 @@ def main() -> int:
 
     shape = manifest["image_shape"]
     groups = [files("labeled")] + ([files("unlabeled")] if a.ssp_data == "labeled+unlabeled" else [])
-    base = TrainConfig(backbone="resnet8", epochs=a.epochs, seed=a.seed, max_steps_per_epoch=a.max_steps_per_epoch)
+    base = TrainConfig(backbone="resnet8", augment="crop,flip", epochs=a.epochs, seed=a.seed,
+                       max_steps_per_epoch=a.max_steps_per_epoch)
     work = tempfile.mkdtemp(prefix="ssp-bench-", dir="runs" if os.path.isdir("runs") else None)
 
     pretrained = {}

@@ -10,7 +10,6 @@ Usage: tools/env exec python bench/ssp_finetune_lr.py --backbone-dir DIR [--lrs 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -45,7 +44,8 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|---|")
     for lr in [float(x) for x in a.lrs.split(",")]:
         for init in ("random", "pre-trained"):
-            cfg = dataclasses.replace(TrainConfig(backbone="resnet8", epochs=a.epochs, seed=a.seed), learning_rate=lr)
+            cfg = TrainConfig(backbone="resnet8", augment="crop,flip", epochs=a.epochs, seed=a.seed,
+                              learning_rate=lr)
             t0 = time.time()
             with tempfile.TemporaryDirectory() as run_dir:
                 model, _ = train(cfg, labeled, stats, shape, run_dir,

@@ -48,12 +48,34 @@ class TrainConfig:
     decoupling: str = "none"  # none | crt | lws | tau_norm (a second stage on the trained backbone)
     decoupling_epochs: int = 10  # cRT / LWS epochs (class-balanced sampling, cosine from learning_rate)
     decoupling_tau: float = 1.0  # tau-normalisation exponent
-    augment: bool = True
+    # training augmentation: "auto" (resolved by the pipeline from the data source, see AUGMENT_OPS), "none", or a
+    # comma list of AUGMENT_OPS applied in that order, e.g. "crop,flip" or "crop,rand_augment,erase"
+    augment: str = "auto"
     seed: int = 0
     # XLA on this CPU was slower than TF's oneDNN kernels (7.9 vs 10.1 s/epoch for resnet8, 12.4k images).
     jit_compile: bool = False
     steps_per_execution: int = 1  # >1 runs several steps per tf.function call (less Python overhead)
     max_steps_per_epoch: int | None = None  # smoke runs only
+
+
+# What train.augment may name (models/inputs.py:augmenter applies them): crop = zero-pad by about an eighth of the side
+# and crop back at a random offset; flip = random horizontal mirror (only for data whose mirror image is the same class);
+# rand_augment = keras.layers.RandAugment (2 ops, factor 0.5); erase = keras.layers.RandomErasing (up to a quarter).
+AUGMENT_OPS = ("crop", "flip", "rand_augment", "erase")
+
+
+def augment_ops(spec: str) -> tuple[str, ...]:
+    """train.augment as a tuple of ops ("none" -> ()); an unknown op or an unresolved "auto" is an error naming it."""
+    text = str(spec).strip().lower()
+    if text in ("none", "false", "0", ""):
+        return ()
+    if text == "auto":  # the pipeline resolves it from the data source (pipeline/configs.py); alone, no mirror assumed
+        return ("crop",)
+    ops = tuple(o.strip() for o in text.split(",") if o.strip())
+    unknown = [o for o in ops if o not in AUGMENT_OPS]
+    if unknown:
+        raise ValueError(f"train.augment: unknown augmentation {unknown}; choose from {list(AUGMENT_OPS)} or none")
+    return ops
 
 
 # ------------------------------------------------------------------------ self-supervised pre-training

@@ -55,6 +55,34 @@ def augment(image, pad: int = 4, flip: bool = True):
     return tf.image.random_flip_left_right(image) if flip else image
 
 
+def augmenter(ops, image_shape, seed: int = 0):
+    """uint8 (H, W, C) image -> the same, augmented by ``ops`` (models.config.AUGMENT_OPS) in order; None when no op."""
+    if not ops:
+        return None
+    import keras  # local: only augmentations with Keras layers need it
+
+    pad = max(1, (int(image_shape[0]) + 4) // 8)  # 4 for 28 and 32 pixels, as in the CIFAR ResNet papers
+    layers = {}
+    if "rand_augment" in ops:
+        layers["rand_augment"] = keras.layers.RandAugment(value_range=(0, 255), num_ops=2, factor=0.5, seed=seed)
+    if "erase" in ops:
+        layers["erase"] = keras.layers.RandomErasing(factor=1.0, scale=(0.02, 0.25), fill_value=127.0,
+                                                     value_range=(0, 255), seed=seed + 1)
+
+    def apply(image):
+        dtype = image.dtype
+        for op in ops:
+            if op == "crop":
+                image = augment(image, pad=pad, flip=False)
+            elif op == "flip":
+                image = tf.image.random_flip_left_right(image)
+            else:
+                image = tf.cast(tf.clip_by_value(layers[op](tf.cast(image, tf.float32)), 0.0, 255.0), dtype)
+        return image
+
+    return apply
+
+
 def to_float(image):
     return tf.cast(image, tf.float32) / 255.0
 

@@ -35,7 +35,7 @@ import tensorflow as tf
 from keras import ops
 
 from models import inputs, losses, toolkit
-from models.config import DasoConfig, FixMatchConfig, SemiConfig, TrainConfig, get_path
+from models.config import DasoConfig, FixMatchConfig, SemiConfig, TrainConfig, augment_ops, get_path
 from models.layers.daso import (
     BalancedFeatureQueue,
     PseudoLabelCountWindow,
@@ -175,7 +175,14 @@ class FixMatchModel(keras.Model):
 # ---------------------------------------------------------------------------------------------- data
 
 
-def strong_augmenter(fixmatch: FixMatchConfig, seed: int):
+def weak_augmenter(augment: str, image_shape):
+    """FixMatch's weak view: train.augment's crop and flip (a setting without flip, for data that is not mirror
+    symmetric, has none here either); the identity when it names neither."""
+    ops = tuple(o for o in augment_ops(augment) if o in ("crop", "flip"))
+    return inputs.augmenter(ops, image_shape) or (lambda image: image)
+
+
+def strong_augmenter(fixmatch: FixMatchConfig, seed: int, weak=inputs.augment):
     """weak view -> RandAugment (2 ops) -> cutout, on uint8-range float images."""
     rand_augment = keras.layers.RandAugment(value_range=(0, 255), num_ops=fixmatch.randaugment_ops,
                                             factor=fixmatch.randaugment_factor, seed=seed)
@@ -183,19 +190,21 @@ def strong_augmenter(fixmatch: FixMatchConfig, seed: int):
                                         value_range=(0, 255), seed=seed + 1)
 
     def strong(image):
-        x = tf.cast(inputs.augment(image), tf.float32)
+        x = tf.cast(weak(image), tf.float32)
         x = cutout(rand_augment(x))
         return tf.clip_by_value(x, 0.0, 255.0) / 255.0
 
     return strong
 
 
-def unlabeled_stream(unlabeled_files, image_shape, batch_size: int, fixmatch: FixMatchConfig, seed: int) -> tf.data.Dataset:
+def unlabeled_stream(unlabeled_files, image_shape, batch_size: int, fixmatch: FixMatchConfig, seed: int,
+                     augment: str = "crop,flip") -> tf.data.Dataset:
     """Endless batches of (weak, strong) views of the pool's images (read without any label)."""
-    strong = strong_augmenter(fixmatch, seed)
+    weak = weak_augmenter(augment, image_shape)
+    strong = strong_augmenter(fixmatch, seed, weak)
     ds = inputs.read_examples(unlabeled_files, image_shape, with_labels=False).cache()
     ds = ds.shuffle(50_000, seed=seed, reshuffle_each_iteration=True).repeat()
-    ds = ds.map(lambda x: (inputs.to_float(inputs.augment(x)), strong(x)), num_parallel_calls=inputs.AUTOTUNE)
+    ds = ds.map(lambda x: (inputs.to_float(weak(x)), strong(x)), num_parallel_calls=inputs.AUTOTUNE)
     return ds.batch(batch_size, drop_remainder=True)
 
 
@@ -297,7 +306,7 @@ def train_semi(cfg: TrainConfig, semi: SemiConfig, train_files, unlabeled_files,
     labeled, steps = toolkit.labeled_dataset(cfg, train_files, stats, image_shape, cfg.sampler, cfg.epochs,
                                              drop_remainder=True)
     labeled = labeled.repeat()  # a resampled stream is finite; dropping partial batches may leave it a batch short
-    pool = unlabeled_stream(unlabeled_files, image_shape, fixmatch.mu * cfg.batch_size, fixmatch, cfg.seed)
+    pool = unlabeled_stream(unlabeled_files, image_shape, fixmatch.mu * cfg.batch_size, fixmatch, cfg.seed, cfg.augment)
     ds = tf.data.Dataset.zip(labeled, pool).map(lambda lab, unl: ({"labeled": lab[0], "weak": unl[0], "strong": unl[1]}, lab[1]))
     ds = ds.prefetch(inputs.AUTOTUNE)
 

@@ -140,8 +140,9 @@ def labeled_dataset(cfg: config.TrainConfig, train_files, stats: dict, image_sha
         ds = decoded.shuffle(50_000, seed=cfg.seed, reshuffle_each_iteration=True).repeat()
     else:
         ds = sampling.resampled(decoded, stats["class_counts"], sampler, epochs, n, cfg.seed, first_epoch)
-    if cfg.augment:
-        ds = ds.map(lambda x, *rest: (inputs.augment(x), *rest), num_parallel_calls=inputs.AUTOTUNE)
+    augment = inputs.augmenter(config.augment_ops(cfg.augment), image_shape, cfg.seed)
+    if augment is not None:
+        ds = ds.map(lambda x, *rest: (augment(x), *rest), num_parallel_calls=inputs.AUTOTUNE)
     ds = ds.map(lambda x, *rest: (inputs.to_float(x), *rest), num_parallel_calls=inputs.AUTOTUNE)
     return ds.batch(cfg.batch_size, drop_remainder=drop_remainder).prefetch(inputs.AUTOTUNE), steps
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shlex
 import typing
 
@@ -26,6 +27,7 @@ from models.config import (
     SemiConfig,
     SSPConfig,
     TrainConfig,
+    augment_ops,
     get_path,
     leaf_paths,
     parse_value,
@@ -232,7 +234,35 @@ def load_config(preset: str = "default", overrides: dict[str, str] | None = None
     if preset not in PRESETS:
         raise KeyError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     cfg = apply_overrides(PipelineConfig(preset=preset), PRESETS[preset])
-    return apply_overrides(cfg, overrides or {})
+    return resolve_augment(apply_overrides(cfg, overrides or {}))
+
+
+# Sources whose images are the same class mirrored (clothes); any other source, a user's own folder first, is not
+# assumed to be (a mirrored digit or letter is another class or none), so its "auto" augmentation has no flip.
+MIRROR_SYMMETRIC_SOURCES = ("fashion_mnist",)
+
+
+def data_source(cfg: PipelineConfig) -> str:
+    """Where the images come from: a prepared folder's manifest says (data.data_dir), else data.source."""
+    if cfg.data.data_dir:
+        try:
+            with open(os.path.join(cfg.data.data_dir, "manifest.json")) as f:
+                return json.load(f).get("source", cfg.data.source)
+        except (OSError, ValueError):  # not prepared (yet): the run itself names that error
+            pass
+    return cfg.data.source
+
+
+def resolve_augment(cfg: PipelineConfig) -> PipelineConfig:
+    """train.augment=auto (or true) -> "crop,flip" for a mirror-symmetric source, "crop" for any other; false -> none.
+    The resolved value is what metrics.json records; a bad op list is an error naming it."""
+    value = str(cfg.train.augment).strip().lower()
+    if value in ("auto", "true", "1", "yes"):
+        value = "crop,flip" if data_source(cfg) in MIRROR_SYMMETRIC_SOURCES else "crop"
+    elif value in ("false", "0", "no", ""):
+        value = "none"
+    augment_ops(value)  # raises ValueError naming an unknown op
+    return replace_path(cfg, "train.augment", value)
 
 
 def changed_paths(cfg: PipelineConfig) -> list[str]:

@@ -253,6 +253,14 @@ def plot_per_class(metrics: dict, path: str) -> None:
     plt.close(fig)
 
 
+def augmentation_text(cfg: dict) -> str:
+    """train.augment as the run resolved it, and why when it was the source's default (pipeline/configs.py)."""
+    ops = cfg["train"].get("augment", "none")
+    if ops == "none":
+        return "none"
+    return ops.replace(",", " + ") + ("" if "flip" in ops else " (no mirror flip)")
+
+
 def plot_ssp_loss(ssp: dict, path: str) -> None:
     import matplotlib
 
@@ -314,7 +322,8 @@ def write_report(metrics: dict, out_dir: str) -> None:
           f"{stats['shot_thresholds']['few_below']:.0f} training images; {stats['shot_thresholds']['source']}): "
           + ", ".join(f"{g}: {[stats['class_names'][c] for c in cs]}" for g, cs in stats["shot_groups"].items()), "",
           f"Training: {cfg['train']['backbone']}, loss {cfg['train']['loss']}, {cfg['train']['epochs']} epochs, "
-          f"batch {cfg['train']['batch_size']}, seed {metrics['seed']}; self-supervised pre-training: {ssp['method']}; "
+          f"batch {cfg['train']['batch_size']}, seed {metrics['seed']}, augmentation {augmentation_text(cfg)}; "
+          f"self-supervised pre-training: {ssp['method']}; "
           f"semi-supervised: {metrics['semi']['method']}"
           + (f" (trained with {metrics['plan']['trained_with']})" if (metrics.get("plan") or {}).get("choice") else "")
           + ".", "",

@@ -131,3 +131,18 @@ def test_beam_runner_is_pinned_and_its_args_come_from_the_config():
         load_config("smoke", {"beam.runner": "DirectRunner"})
     with pytest.raises(ValueError, match="unknown beam.direct_running_mode"):
         load_config("smoke", {"beam.direct_running_mode": "threads"})
+
+
+def test_augmentation_auto_flips_only_a_mirror_symmetric_source(tmp_path):
+    assert load_config("default").train.augment == "crop,flip"  # Fashion-MNIST: a mirrored garment is the same class
+    assert load_config("default", {"data.source": "folder:/data/digits"}).train.augment == "crop"
+    assert load_config("default", {"data.source": "tfrecord:/data/x"}).train.augment == "crop"
+    prepared = tmp_path / "own"
+    prepared.mkdir()
+    (prepared / "manifest.json").write_text(json.dumps({"source": "folder:/data/digits"}))
+    assert load_config("default", {"data.data_dir": str(prepared)}).train.augment == "crop"  # the manifest's source
+    assert load_config("default", {"train.augment": "false"}).train.augment == "none"
+    assert load_config("default", {"train.augment": "crop,rand_augment,erase"}).train.augment == "crop,rand_augment,erase"
+    assert config.augment_ops("none") == () and config.augment_ops("auto") == ("crop",)  # alone: no mirror assumed
+    with pytest.raises(ValueError, match=r"train.augment: unknown augmentation \['spin'\]"):
+        load_config("default", {"train.augment": "crop,spin"})

@@ -81,3 +81,22 @@ def test_interrupted_training_resumes_from_its_last_epoch(tiny, tmp_path):
     _, history = train(cfg, files, stats, [28, 28, 1], str(tmp_path / "run2"), backup)
     assert [h["epoch"] for h in history] == [3]  # epochs 1-2 were not redone
     assert not os.path.exists(backup) or not os.listdir(backup)  # a finished run removes its backup
+
+
+def test_augmenter_applies_only_the_named_ops():
+    from models.inputs import augmenter
+
+    image = tf.constant(np.tile(np.arange(28, dtype=np.uint8)[None, :, None] * 9, (28, 1, 1)))  # a left-right ramp
+    mirrored = tf.reverse(image, axis=[1])
+    flip = augmenter(("flip",), (28, 28, 1))
+    outs = [flip(image) for _ in range(40)]
+    assert any(bool(tf.reduce_all(o == mirrored)) for o in outs) and any(bool(tf.reduce_all(o == image)) for o in outs)
+    crop = augmenter(("crop",), (28, 28, 1))
+    for _ in range(40):  # shifted, never mirrored: the ramp still rises left to right where it is not padding
+        row = crop(image).numpy()[14, :, 0].astype(int)
+        nonzero = row[row > 0]
+        assert np.all(np.diff(nonzero) > 0)
+    every = augmenter(("crop", "flip", "rand_augment", "erase"), (28, 28, 1), seed=3)
+    out = every(image)
+    assert out.shape == image.shape and out.dtype == tf.uint8
+    assert augmenter((), (28, 28, 1)) is None
