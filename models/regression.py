@@ -218,8 +218,10 @@ def example_weights(cfg: RegressionConfig, stats: dict, bins: np.ndarray) -> np.
 
 
 def train_regressor(cfg: RegressionConfig, train: TrainConfig, inputs: dict, target: np.ndarray, stats: dict,
-                    extra_callbacks=(), verbose_prefix: str = "[trainer]"):
-    """Train on in-memory rows (already filtered by the bad-row policy); return (model, history)."""
+                    extra_callbacks=(), verbose_prefix: str = "[trainer]", backup_dir: str | None = None):
+    """Train on in-memory rows (already filtered by the bad-row policy); return (model, history). With a
+    ``backup_dir`` (BackupAndRestore, after FDS's epoch-end update so its statistics are in the backup), a training
+    killed mid-way and run again with the same inputs resumes after its last finished epoch."""
     keras.utils.set_random_seed(train.seed)
     num_bins, width = stats["num_bins"], stats["bin_width"]
     bins = bin_index(target, width, num_bins)
@@ -241,11 +243,14 @@ def train_regressor(cfg: RegressionConfig, train: TrainConfig, inputs: dict, tar
     model.compile(keras.optimizers.Adam(cfg.adam_learning_rate), loss=loss,
                   metrics=[keras.metrics.MeanAbsoluteError(name="mae")])
     progress = EpochProgress(train.epochs, prefix=verbose_prefix)
-    callbacks = [progress, *extra_callbacks]
+    callbacks = [progress]
     if fds is not None:
         # The whole training set as one "batch", encoded by Keras' compiled predict rather than eager calls per batch.
         rows = tf.data.Dataset.from_tensor_slices(inputs).batch(4096)  # a dataset: predict refuses NumPy string arrays
         callbacks.append(FDSUpdate(fds, lambda ds: encoder.predict(ds, verbose=0), [(rows, bins)]))
+    if backup_dir:
+        callbacks.append(keras.callbacks.BackupAndRestore(backup_dir, save_freq="epoch", delete_checkpoint=True))
+    callbacks += list(extra_callbacks)
     model.fit(ds, epochs=train.epochs, steps_per_epoch=steps, verbose=0, callbacks=callbacks, shuffle=False)  # ds is shuffled
     return model, progress.history
 
@@ -341,7 +346,7 @@ def run_fn(fn_args) -> None:
     if len(target) != stats["num_examples"]:
         raise RuntimeError(f"the Trainer kept {len(target)} training rows, LabelStatsGen counted {stats['num_examples']}")
     t0 = time.time()
-    model, history = train_regressor(cfg, train, inputs, target, stats)
+    model, history = train_regressor(cfg, train, inputs, target, stats, backup_dir=config.get("backup_dir"))
     train_seconds = time.time() - t0
     export_regressor(model, fn_args.serving_model_dir, cfg)
     model.save(os.path.join(fn_args.model_run_dir, "model.keras"))

@@ -72,6 +72,14 @@ def _key(payload: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _listing(folder: str) -> list:
+    """(name, size, mtime) of a data folder's files where it can be listed here (the folder's path alone elsewhere)."""
+    try:
+        return [folder] + sorted((e.name, e.stat().st_size, int(e.stat().st_mtime)) for e in os.scandir(folder) if e.is_file())
+    except OSError:
+        return [folder]
+
+
 def training_custom_config(cfg: PipelineConfig, manifest: dict, pipeline_root: str, data_dir: str | None = None) -> dict:
     train = dataclasses.asdict(cfg.train)
     semi = dataclasses.asdict(cfg.semi)
@@ -237,11 +245,14 @@ def create_regression_pipeline(cfg: PipelineConfig, csv_dir: str, pipeline_root:
     stats_gen = RegressionLabelStatsGen(examples=example_gen.outputs["examples"], regression=cfg.regression,
                                         splits=REGRESSION_SPLITS)
     stats_gen.add_upstream_node(check)
-    train = dataclasses.asdict(cfg.train)
+    train, regression = dataclasses.asdict(cfg.train), dataclasses.asdict(cfg.regression)
+    # as the classification Trainer's: stable across re-executions of the same training on the same files
+    key = _key({"train": train, "regression": regression, "csv": _listing(csv_dir)})
     trainer = LongTailTrainer(
         examples=example_gen.outputs["examples"], label_stats=stats_gen.outputs["label_stats"],
         schema=schema.outputs["schema"], run_fn=REGRESSION_RUN_FN,
-        custom_config={"train": train, "regression": dataclasses.asdict(cfg.regression)})
+        custom_config={"train": train, "regression": regression,
+                       "backup_dir": os.path.join(pipeline_root, "_trainer_backup", key)})
     gate_and_push = _gate_and_push(RegressionEvaluator, example_gen.outputs["examples"], trainer, stats_gen,
                                    cfg.regression_gate, serving_dir)
     components = [example_gen, *nodes, stats_gen, trainer, *gate_and_push]
