@@ -4,13 +4,22 @@ A re-run with unchanged data and settings takes the Trainer's model from the cac
 blesses it again (it is its own baseline), and the stock Pusher would copy it to a new version
 folder: TF Serving would then reload an identical model. This executor compares the candidate's
 SavedModel bytes with the versions already under the destination; on a match it records that
-version as the push (``already_serving=1``) and copies nothing. Everything else is TFX's Pusher.
+version as the push (``already_serving=1``) and copies nothing.
+
+A filesystem push is atomic: the model is copied to ``<version>.partial`` beside the versions and renamed to
+``<version>`` only when complete (TFX's Pusher copies into ``<version>`` directly, so a run killed mid-copy leaves a
+half-written version that a server polling the folder could try to load). A ``*.partial`` folder left by a killed
+push is removed by the next push and counted on its PushedModel (``removed_partial_pushes``). The rename is atomic
+on a local or mounted filesystem; on an object store (gs://) it is a copy, after which saved_model.pb is still
+written last, as TFX's Pusher does, so TF Serving and ``python -m pipeline serve`` never see a version without it.
+Any other destination is TFX's Pusher.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import time
 
 from absl import logging
 from tfx import types
@@ -20,7 +29,7 @@ from tfx.dsl.components.base import executor_spec
 from tfx.dsl.io import fileio
 from tfx.proto import pusher_pb2
 from tfx.types import artifact_utils, standard_component_specs
-from tfx.utils import proto_utils
+from tfx.utils import io_utils, proto_utils
 
 
 def saved_model_digest(model_dir: str) -> str:
@@ -36,23 +45,58 @@ def saved_model_digest(model_dir: str) -> str:
     return h.hexdigest()
 
 
+PARTIAL = ".partial"
+
+
+def remove_partial_pushes(base: str) -> list[str]:
+    """Remove the ``*.partial`` folders a killed push left under ``base``; their names."""
+    removed = []
+    for name in sorted(fileio.listdir(base)) if fileio.exists(base) else []:
+        name = name.rstrip("/")
+        if name.endswith(PARTIAL):
+            fileio.rmtree(os.path.join(base, name))
+            logging.warning("removed %s, left by a push that did not finish", os.path.join(base, name))
+            removed.append(name)
+    return removed
+
+
+def copy_model(model_path: str, destination: str) -> None:
+    """Every file but saved_model.pb, then saved_model.pb (a loader treats a folder without it as no model)."""
+    io_utils.copy_dir(model_path, destination, deny_regex_patterns=[r"saved_model\.pb"])
+    io_utils.copy_file(os.path.join(model_path, "saved_model.pb"), os.path.join(destination, "saved_model.pb"))
+
+
 class Executor(pusher_executor.Executor):
     def Do(self, input_dict: dict[str, list[types.Artifact]], output_dict, exec_properties) -> None:
         destination = pusher_pb2.PushDestination()
         proto_utils.json_to_proto(exec_properties[standard_component_specs.PUSH_DESTINATION_KEY], destination)
-        if destination.WhichOneof("destination") == "filesystem" and self.CheckBlessing(input_dict):
-            base = destination.filesystem.base_directory
-            if fileio.exists(base):
-                digest = saved_model_digest(self.GetModelPath(input_dict))
-                for version in sorted(fileio.listdir(base), reverse=True):
-                    version = version.rstrip("/")
-                    if saved_model_digest(os.path.join(base, version)) == digest:
-                        model_push = artifact_utils.get_single_instance(output_dict[standard_component_specs.PUSHED_MODEL_KEY])
-                        logging.info("Model is already serving as version %s; nothing copied", version)
-                        self._MarkPushed(model_push, pushed_destination=os.path.join(base, version), pushed_version=version)
-                        model_push.set_int_custom_property("already_serving", 1)
-                        return
-        super().Do(input_dict, output_dict, exec_properties)
+        if destination.WhichOneof("destination") != "filesystem" or not self.CheckBlessing(input_dict):
+            return super().Do(input_dict, output_dict, exec_properties)  # not blessed: TFX marks it not pushed
+        self._log_startup(input_dict, output_dict, exec_properties)
+        model_push = artifact_utils.get_single_instance(output_dict[standard_component_specs.PUSHED_MODEL_KEY])
+        model_path = self.GetModelPath(input_dict)
+        base = destination.filesystem.base_directory
+        removed = remove_partial_pushes(base)
+        model_push.set_int_custom_property("removed_partial_pushes", len(removed))
+        if fileio.exists(base):
+            digest = saved_model_digest(model_path)
+            for version in sorted(fileio.listdir(base), reverse=True):
+                version = version.rstrip("/")
+                if saved_model_digest(os.path.join(base, version)) == digest:
+                    logging.info("Model is already serving as version %s; nothing copied", version)
+                    self._MarkPushed(model_push, pushed_destination=os.path.join(base, version), pushed_version=version)
+                    model_push.set_int_custom_property("already_serving", 1)
+                    return
+        version = int(time.time())  # TFX's UNIX_TIMESTAMP versioning; never reuse a taken number
+        while fileio.exists(os.path.join(base, str(version))):
+            version += 1
+        serving_path = os.path.join(base, str(version))
+        partial = serving_path + PARTIAL
+        copy_model(model_path, partial)
+        fileio.rename(partial, serving_path)
+        logging.info("Model written to serving path %s", serving_path)
+        io_utils.copy_dir(model_path, model_push.uri)
+        self._MarkPushed(model_push, pushed_destination=serving_path, pushed_version=str(version))
 
 
 class LongTailPusher(pusher_component.Pusher):

@@ -126,9 +126,13 @@ def main(argv: list[str] | None = None) -> int:
 
                 print(config_json(cfg))
                 return 0
-            from pipeline.local_runner import run_pipeline
+            from pipeline.local_runner import PipelineBusy, run_pipeline
 
-            out = run_pipeline(cfg, args.out)
+            try:
+                out = run_pipeline(cfg, args.out)
+            except PipelineBusy as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 3
         elif args.command == "compile-kfp":
             from pipeline.kubeflow_runner import compile_pipeline
 

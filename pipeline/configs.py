@@ -45,7 +45,7 @@ class DataConfig:
     rho: float | None = 100.0
     n_max: int | None = 5000
     class_order: str = "index"
-    val_per_class: int = 300
+    val_per_class: int | None = 300  # None: a fifth of the smallest class, at most 300 (a user's data's default)
     rho_u: float = 1.0
     unlabeled_size: int | None = None
     unlabeled_order: str = "same"
@@ -234,7 +234,24 @@ def load_config(preset: str = "default", overrides: dict[str, str] | None = None
     if preset not in PRESETS:
         raise KeyError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     cfg = apply_overrides(PipelineConfig(preset=preset), PRESETS[preset])
-    return resolve_augment(apply_overrides(cfg, overrides or {}))
+    cfg = apply_overrides(cfg, overrides or {})
+    given = {resolve_key(k) for k in [*PRESETS[preset], *(overrides or {})]}
+    return resolve_augment(resolve_own_data(cfg, given))
+
+
+OWN_DATA_DEFAULTS = {"data.rho": None, "data.val_per_class": None}
+
+
+def resolve_own_data(cfg: PipelineConfig, given: set[str]) -> PipelineConfig:
+    """A user's own data (data.source folder:, tfrecord:, tfds:) keeps its own class distribution (data.rho=none) and
+    gets a validation split sized to it (data.val_per_class=none), unless the preset or the command line sets them:
+    the Fashion-MNIST benchmark's long tail (rho 100, 300 a class) is not applied to data it was not made for."""
+    if cfg.data.source == "fashion_mnist" or cfg.data.data_dir:
+        return cfg
+    for path, value in OWN_DATA_DEFAULTS.items():
+        if path not in given:
+            cfg = replace_path(cfg, path, value)
+    return cfg
 
 
 # Sources whose images are the same class mirrored (clothes); any other source, a user's own folder first, is not

@@ -21,7 +21,19 @@ def parse_order(text: str):
 
 
 def _rho(text: str):
+    if text.lower() == "auto":
+        return "auto"
     return None if text.lower() in ("none", "natural") else float(text)
+
+
+def _val(text: str):
+    return text.lower() if text.lower() in ("auto", "none") else int(text)
+
+
+# What "auto" means: the Fashion-MNIST benchmark's long tail (rho 100, 300 validation images a class) for the benchmark
+# source; a user's own data (folder:, tfrecord:, tfds:) keeps its class distribution and gets a validation split sized
+# to its smallest class (components/data/longtail.py:validation_per_class).
+BENCHMARK_SOURCES = ("fashion_mnist",)
 
 
 def add_prepare_args(p: argparse.ArgumentParser) -> None:
@@ -29,11 +41,14 @@ def add_prepare_args(p: argparse.ArgumentParser) -> None:
                    help="fashion_mnist | folder:PATH | tfrecord:PATH | tfds:NAME (default: fashion_mnist)")
     p.add_argument("--source-dir", default=None, help="where the source's files are (Fashion-MNIST IDX dir, TFDS data dir)")
     p.add_argument("--out", default=None, help="output directory (default: data/<source>-rho<rho>-<settings hash>)")
-    p.add_argument("--rho", type=_rho, default=100.0, help="labeled imbalance ratio; 'none' keeps the source's own (default 100)")
+    p.add_argument("--rho", type=_rho, default="auto", help="labeled imbalance ratio; 'none' keeps the source's own "
+                                                          "(default auto: 100 for fashion_mnist, none for a user's data)")
     p.add_argument("--n-max", type=int, default=5000, help="labeled count of the head class (default 5000)")
     p.add_argument("--class-order", type=parse_order, default="index",
                    help="head-to-tail class order: index | shuffle | comma-separated ids (default index)")
-    p.add_argument("--val-per-class", type=int, default=300, help="balanced validation images per class (default 300)")
+    p.add_argument("--val-per-class", type=_val, default="auto",
+                   help="balanced validation images per class; none: a fifth of the smallest class, at most 300 "
+                        "(default auto: 300 for fashion_mnist, none for a user's data)")
     p.add_argument("--rho-u", type=float, default=1.0, help="imbalance ratio of the unlabeled pool (default 1: balanced)")
     p.add_argument("--unlabeled-size", type=int, default=None, help="pool size cap (default: as many as available)")
     p.add_argument("--unlabeled-order", type=parse_order, default="same", help="same | reversed | comma-separated ids")
@@ -45,7 +60,10 @@ def add_prepare_args(p: argparse.ArgumentParser) -> None:
 
 
 def spec_from_args(a: argparse.Namespace) -> SplitSpec:
-    return SplitSpec(rho=a.rho, n_max=a.n_max, class_order=a.class_order, val_per_class=a.val_per_class,
+    benchmark = a.source in BENCHMARK_SOURCES
+    rho = (100.0 if benchmark else None) if a.rho == "auto" else a.rho
+    val = (300 if benchmark else None) if a.val_per_class == "auto" else (None if a.val_per_class == "none" else a.val_per_class)
+    return SplitSpec(rho=rho, n_max=a.n_max, class_order=a.class_order, val_per_class=val,
                      rho_u=a.rho_u, unlabeled_size=a.unlabeled_size, unlabeled_order=a.unlabeled_order, seed=a.seed,
                      pool_relevance=a.pool_relevance)
 

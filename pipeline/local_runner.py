@@ -4,6 +4,8 @@ says what runs; this module only runs it and writes what the task reports."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import sys
@@ -51,6 +53,37 @@ def local_setup(cfg: PipelineConfig, pipeline_name: str, model_name: str) -> tup
             os.path.abspath(os.path.join(cfg.serving_root, model_name)), beam_args)
 
 
+class PipelineBusy(RuntimeError):
+    """Another run of the same pipeline holds its lock."""
+
+
+@contextlib.contextmanager
+def pipeline_lock(metadata_path: str, pipeline_name: str):
+    """One run at a time per pipeline: its MLMD is one SQLite file, and two LocalDagRunners on it would race for
+    the same executions. An OS lock (flock) on ``run.lock`` beside it, so a killed run never leaves it held; a second
+    run stops at once naming the holder."""
+    path = os.path.join(os.path.dirname(metadata_path), "run.lock")
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise PipelineBusy(f"pipeline {pipeline_name!r} is already running ({holder}); its MLMD "
+                               f"({metadata_path}) is one SQLite file, so runs of one pipeline go one at a time: wait "
+                               "for it, or give this run another name (--set name=...)") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        f.flush()
+        try:
+            yield
+        finally:
+            f.seek(0)
+            f.truncate()
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def run_pipeline(cfg: PipelineConfig, out_dir: str | None = None) -> str:
     """Run the config's task end to end; write metrics.json, report.md and the plots; return the output dir."""
     task = tasks.for_config(cfg)
@@ -58,11 +91,12 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | None = None) -> str:
     inputs = task.inputs(cfg)
     pipeline_name, model_name = task.names(cfg)
     pipeline_root, metadata_path, serving_dir, beam_args = local_setup(cfg, pipeline_name, model_name)
-    pipeline = task.create_pipeline(cfg, inputs, pipeline_root, metadata_path, serving_dir, beam_args)
-    _show_progress()
-    t0 = time.time()
-    LocalDagRunner().run(pipeline)
-    results = run_results(metadata_path)
+    with pipeline_lock(metadata_path, pipeline_name):
+        pipeline = task.create_pipeline(cfg, inputs, pipeline_root, metadata_path, serving_dir, beam_args)
+        _show_progress()
+        t0 = time.time()
+        LocalDagRunner().run(pipeline)
+        results = run_results(metadata_path)
     timings = task.timings(results, time.time() - t0)
     timings["total_seconds"] = time.time() - t_start
     metrics = task.build_metrics(cfg, inputs, results, timings)

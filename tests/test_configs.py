@@ -146,3 +146,13 @@ def test_augmentation_auto_flips_only_a_mirror_symmetric_source(tmp_path):
     assert config.augment_ops("none") == () and config.augment_ops("auto") == ("crop",)  # alone: no mirror assumed
     with pytest.raises(ValueError, match=r"train.augment: unknown augmentation \['spin'\]"):
         load_config("default", {"train.augment": "crop,spin"})
+
+
+def test_own_data_keeps_its_distribution_and_a_validation_split_sized_to_it():
+    own = load_config("default", {"data.source": "folder:/data/digits"}).data
+    assert (own.rho, own.val_per_class) == (None, None)
+    bench = load_config("default").data
+    assert (bench.rho, bench.val_per_class) == (100.0, 300)  # the Fashion-MNIST benchmark's long tail
+    given = load_config("default", {"data.source": "folder:/data/digits", "data.rho": "10", "data.val_per_class": "5"}).data
+    assert (given.rho, given.val_per_class) == (10.0, 5)
+    assert load_config("smoke", {"data.source": "tfrecord:/x"}).data.val_per_class == 20  # the preset sets it

@@ -89,3 +89,19 @@ def test_plan_errors_name_the_problem_and_count():
         plan_splits(labels, 10, SplitSpec(val_per_class=200))
     with pytest.raises(DataError, match=r"profile asks for \[500, 387.*only \[50, 50.*remain.*\(1540 examples affected\)"):
         plan_splits(labels, 10, SplitSpec(rho=10, n_max=500, val_per_class=50))
+
+
+def test_validation_sized_to_the_data_and_errors_name_the_class_count_and_setting():
+    from components.data.longtail import validation_per_class
+
+    names = [f"c{i}" for i in range(3)]
+    assert validation_per_class([6000, 6000, 6000], SplitSpec(val_per_class=None)) == 300  # the cap
+    assert validation_per_class([400, 120, 37], SplitSpec(val_per_class=None)) == 7  # a fifth of the smallest
+    assert validation_per_class([400, 120, 3], SplitSpec(val_per_class=None)) == 1  # the floor
+    with pytest.raises(DataError, match=r"classes \['c2'\] have \[1\] images: too few"):
+        validation_per_class([400, 120, 1], SplitSpec(val_per_class=None), names)
+    with pytest.raises(DataError, match=r"classes \['c1', 'c2'\] have fewer than val_per_class=300 images \(counts "
+                                        r"\[120, 37\]\); lower data.val_per_class, or set it to none"):
+        validation_per_class([400, 120, 37], SplitSpec(val_per_class=300), names)
+    plan = plan_splits(np.repeat(np.arange(3), [400, 120, 37]), 3, SplitSpec(rho=None, val_per_class=None), names)
+    assert plan.val_per_class == 7 and len(plan.validation) == 21 and plan.labeled_counts == [393, 113, 30]

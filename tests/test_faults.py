@@ -81,3 +81,84 @@ def test_a_sigkilled_trainer_resumes_from_its_last_finished_epoch(kind, tiny, tm
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert json.loads(rerun.stdout.strip().splitlines()[-1]) == [3]  # epochs 1 and 2 were not trained again
     assert not os.path.exists(backup) or not os.listdir(backup)  # a finished training removes its backup
+
+
+# One blessed push in a fresh process: argv = model dir, blessing dir, push dir, destination. With HANG_BEFORE_RENAME
+# set, the copy completes and the process waits just before the rename, where the test kills it.
+PUSH_SCRIPT = r"""
+import json, os, sys, time
+from tfx.dsl.io import fileio
+from tfx.proto import pusher_pb2
+from tfx.types import standard_artifacts
+from tfx.utils import proto_utils
+from components import pusher
+
+model_dir, blessing_dir, push_dir, base = sys.argv[1:5]
+if os.environ.get("HANG_BEFORE_RENAME"):
+    def hang(src, dst, overwrite=False):
+        print("copied", src, flush=True)
+        time.sleep(600)
+    fileio.rename = hang
+model, blessing, pushed = standard_artifacts.Model(), standard_artifacts.ModelBlessing(), standard_artifacts.PushedModel()
+model.uri, blessing.uri, pushed.uri = model_dir, blessing_dir, push_dir
+blessing.set_int_custom_property("blessed", 1)
+destination = pusher_pb2.PushDestination(filesystem=pusher_pb2.PushDestination.Filesystem(base_directory=base))
+pusher.Executor().Do({"model": [model], "model_blessing": [blessing]}, {"pushed_model": [pushed]},
+                     {"push_destination": proto_utils.proto_to_json(destination)})
+print(json.dumps({k: pushed.get_custom_property(k) for k in ("pushed", "pushed_version", "removed_partial_pushes")}))
+"""
+
+
+def test_a_push_killed_before_its_rename_leaves_no_version_and_the_next_push_cleans_up(tmp_path):
+    from models.serving import newest_version
+
+    model = tmp_path / "model" / "Format-Serving"  # a Trainer's model artifact: the SavedModel under Format-Serving
+    (model / "variables").mkdir(parents=True)
+    (model / "saved_model.pb").write_bytes(b"graph" * 1000)
+    (model / "variables" / "variables.data-00000-of-00001").write_bytes(os.urandom(1 << 20))
+    (model / "variables" / "variables.index").write_bytes(b"index")
+    base = tmp_path / "serving" / "longtail"
+    args = [sys.executable, "-c", PUSH_SCRIPT, str(tmp_path / "model"), str(tmp_path / "blessing"), str(tmp_path / "push1"),
+            str(base)]
+    proc = subprocess.Popen(args, cwd=ROOT, env=dict(ENV, HANG_BEFORE_RENAME="1"), stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().startswith("copied"), "the push did not reach its rename"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    partials = os.listdir(base)
+    assert len(partials) == 1 and partials[0].endswith(".partial"), partials
+    assert newest_version(str(base)) is None  # nothing a server would load
+    args[-2] = str(tmp_path / "push2")
+    done = subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["pushed"] == 1 and result["removed_partial_pushes"] == 1
+    assert os.listdir(base) == [result["pushed_version"]]
+    pushed = base / result["pushed_version"]
+    assert sorted(os.listdir(pushed)) == ["saved_model.pb", "variables"]
+    assert (pushed / "variables" / "variables.data-00000-of-00001").read_bytes() == \
+        (model / "variables" / "variables.data-00000-of-00001").read_bytes()
+
+
+def test_a_second_run_of_the_same_pipeline_stops_at_once_with_a_message(tiny, tmp_path):
+    import time
+
+    from pipeline.local_runner import pipeline_lock
+
+    data_dir = os.path.dirname(os.path.dirname(tiny["files"][0]))
+    home = tmp_path / "runs" / "_tfx" / "busy"
+    home.mkdir(parents=True)
+    with pipeline_lock(str(home / "metadata.sqlite"), "busy"):
+        t0 = time.time()
+        proc = subprocess.run([sys.executable, "-m", "pipeline", "run", "--preset", "smoke", "--set", "name=busy",
+                               "--set", f"data.data_dir={data_dir}", "--set", f"runs_root={tmp_path / 'runs'}",
+                               "--set", f"serving_root={tmp_path / 'serving'}"],
+                              cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+        seconds = time.time() - t0
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    assert f"pipeline 'busy' is already running (pid {os.getpid()} since " in proc.stderr
+    assert "--set name=" in proc.stderr
+    assert not os.path.exists(home / "metadata.sqlite") and seconds < 120  # stopped before any component ran

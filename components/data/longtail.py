@@ -54,7 +54,7 @@ class SplitSpec:
     rho: float | None = 100.0
     n_max: int | None = 5000
     class_order: tuple[int, ...] | str = "index"  # "index", "shuffle" (seeded) or explicit ids
-    val_per_class: int = 300
+    val_per_class: int | None = 300  # None: sized to the data (validation_per_class)
     rho_u: float = 1.0
     unlabeled_size: int | None = None  # None: as many as available
     unlabeled_order: tuple[int, ...] | str = "same"  # "same", "reversed" or explicit ids
@@ -103,20 +103,45 @@ class SplitPlan:
     unlabeled_order: list[int]
     labeled_counts: list[int]
     unlabeled_counts: list[int]  # true (hidden) class counts of the pool, for the manifest only
+    val_per_class: int = 0  # the validation split's size per class, as drawn
 
 
-def plan_splits(labels: np.ndarray, num_classes: int, spec: SplitSpec) -> SplitPlan:
+# val_per_class=None (a user's own data): a fifth of the smallest class, at least 1 and at most 300 a class (300 is
+# what the Fashion-MNIST presets use); every class keeps at least as many training images as it gives validation.
+VAL_SHARE, VAL_CAP = 0.2, 300
+
+
+def validation_per_class(have, spec: SplitSpec, class_names=None) -> int:
+    """The balanced validation split's size per class; a class too small for it is an error naming the class (by
+    name), its count and the setting to change."""
+    have = np.asarray(have)
+    names = list(class_names) if class_names else [str(c) for c in range(len(have))]
+    if spec.val_per_class is None:
+        val = int(min(VAL_CAP, max(1, np.floor(VAL_SHARE * have.min()))))
+        short = [c for c in range(len(have)) if have[c] < 2]
+        if short:
+            raise DataError("train split", f"classes {[names[c] for c in short]} have {have[short].tolist()} images: "
+                            "too few for a validation and a training image (at least 2 a class; add images or drop "
+                            "the class)", len(short), unit="class")
+        return val
+    short = [c for c in range(len(have)) if have[c] < spec.val_per_class]
+    if short:
+        raise DataError("train split", f"classes {[names[c] for c in short]} have fewer than val_per_class="
+                        f"{spec.val_per_class} images (counts {have[short].tolist()}); lower data.val_per_class, or set "
+                        "it to none to size it to the data (a fifth of the smallest class)",
+                        int((spec.val_per_class - have[short]).sum()))
+    return spec.val_per_class
+
+
+def plan_splits(labels: np.ndarray, num_classes: int, spec: SplitSpec, class_names=None) -> SplitPlan:
     """Draw disjoint validation / labeled / unlabeled index sets from ``labels``."""
     rng = np.random.default_rng(spec.seed)
     labels = np.asarray(labels)
     pools = [rng.permutation(np.flatnonzero(labels == c)) for c in range(num_classes)]
     have = np.array([len(p) for p in pools])
-    short = [c for c in range(num_classes) if have[c] < spec.val_per_class]
-    if short:
-        raise DataError("train split", f"classes {short} have fewer than val_per_class={spec.val_per_class} images "
-                        f"(counts {have[short].tolist()})", int((spec.val_per_class - have[short]).sum()))
-    validation = [p[: spec.val_per_class] for p in pools]
-    pools = [p[spec.val_per_class:] for p in pools]
+    val_per_class = validation_per_class(have, spec, class_names)
+    validation = [p[:val_per_class] for p in pools]
+    pools = [p[val_per_class:] for p in pools]
     available = np.array([len(p) for p in pools])
 
     order = resolve_order(spec.class_order, num_classes, rng)
@@ -151,4 +176,5 @@ def plan_splits(labels: np.ndarray, num_classes: int, spec: SplitSpec) -> SplitP
         labeled=mix(labeled), unlabeled=mix(unlabeled), validation=mix(validation),
         class_order=order, unlabeled_order=unlabeled_order,
         labeled_counts=[int(n) for n in labeled_counts], unlabeled_counts=[int(m) for m in unlabeled_counts],
+        val_per_class=val_per_class,
     )

@@ -129,7 +129,7 @@ def prepare(raw: RawData, spec: SplitSpec, out_dir: str, shard_size: int = 10000
     """Draw the splits from ``raw`` and write them to ``out_dir``; returns the manifest."""
     if len(raw.test_images) == 0:
         raise DataError(f"{raw.name}/test", "test split is empty", 0)
-    plan = plan_splits(raw.train_labels, raw.num_classes, spec)
+    plan = plan_splits(raw.train_labels, raw.num_classes, spec, raw.class_names)
     absent = [raw.class_names[c] for c, n in enumerate(plan.labeled_counts) if n == 0]
     if absent:
         raise DataError(f"{raw.name}/labeled", f"classes with no labeled example: {absent}", len(absent), unit="class")
@@ -167,7 +167,8 @@ def prepare(raw: RawData, spec: SplitSpec, out_dir: str, shard_size: int = 10000
         "n_max": spec.n_max,
         "rho_u": spec.rho_u,
         "unlabeled_size_requested": spec.unlabeled_size,
-        "val_per_class": spec.val_per_class,
+        "val_per_class": plan.val_per_class,
+        "val_per_class_setting": spec.val_per_class,  # None: sized to the data (components/data/longtail.py)
         "class_order": plan.class_order,
         "unlabeled_class_order": plan.unlabeled_order,
         "unlabeled_from_source_extra": 0 if raw.extra_unlabeled is None else int(len(raw.extra_unlabeled)),
