@@ -65,7 +65,9 @@ def _write_records(path, items):
     with tf.io.TFRecordWriter(str(path)) as w:
         for image_bytes, label in items:
             feature = {"image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image_bytes]))}
-            if label is not None:
+            if isinstance(label, bytes):  # a class id stored as text: the wrong type
+                feature["label"] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[label]))
+            elif label is not None:
                 feature["label"] = tf.train.Feature(int64_list=tf.train.Int64List(value=[label]))
             w.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
 
@@ -94,6 +96,12 @@ def test_tfrecords_out_of_range_labels_are_counted(tmp_path):
 def test_tfrecords_labeled_example_without_label(tmp_path):
     make_tfrecords(tmp_path, [0, None, 1, None, None])
     with pytest.raises(DataError, match=r"without a 'label' feature.*\(3 examples affected\)"):
+        read_tfrecords(str(tmp_path))
+
+
+def test_tfrecords_label_of_the_wrong_type_is_named_with_its_type(tmp_path):
+    make_tfrecords(tmp_path, [0, b"1", 1, b"2"])
+    with pytest.raises(DataError, match=r"label is bytes, expected int64 \(a class id\).*\(2 examples affected\)"):
         read_tfrecords(str(tmp_path))
 
 

@@ -197,7 +197,7 @@ def _read_tfrecords(pattern: str, need_label: bool, num_classes: int | None):
     files = sorted(glob.glob(pattern))
     if not files:
         raise DataError(pattern, "no files match")
-    blobs, names, labels, missing = [], [], [], []
+    blobs, names, labels, missing, wrong = [], [], [], [], {}
     for path in files:
         try:
             for i, raw in enumerate(tf.data.TFRecordDataset(path).as_numpy_iterator()):
@@ -211,18 +211,31 @@ def _read_tfrecords(pattern: str, need_label: bool, num_classes: int | None):
                 if need_label:
                     vals = feats["label"].int64_list.value if "label" in feats else []
                     if not vals:
-                        missing.append(name)
+                        kind = label_kind(feats)
+                        (missing if kind is None else wrong.setdefault(kind, [])).append(name)
                         labels.append(-1)
                     else:
                         labels.append(vals[0])
         except tf.errors.DataLossError as e:
             raise DataError(path, f"corrupt TFRecord file ({e.message.splitlines()[0]})") from e
+    for kind, names_ in wrong.items():
+        raise DataError(pattern, f"label is {kind}, expected int64 (a class id), e.g. {names_[:3]}", len(names_))
     if missing:
         raise DataError(pattern, f"labeled examples without a 'label' feature, e.g. {missing[:3]}", len(missing))
     images = _decode_all(blobs, names, pattern)
     if not need_label:
         return images, None
     return images, check_labels(np.asarray(labels), num_classes, pattern)
+
+
+def label_kind(feats) -> str | None:
+    """The type a 'label' feature that holds no int64 has ("bytes", "float"), or None when there is none at all."""
+    if "label" not in feats:
+        return None
+    kind = feats["label"].WhichOneof("kind")
+    if kind is None or not getattr(feats["label"], kind).value:
+        return None
+    return {"bytes_list": "bytes", "float_list": "float", "int64_list": "int64"}[kind]
 
 
 def read_tfrecords(root: str) -> RawData:
