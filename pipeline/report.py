@@ -247,15 +247,67 @@ def plot_per_class(metrics: dict, path: str) -> None:
     ax2.set_ylim(0, 1.02)
     ax2.set_ylabel("test recall")
     ax.set_title(f"Training count vs test recall per class (balanced acc {_fmt(metrics['balanced_accuracy'], 3)})")
-    fig.legend(loc="lower left")
+    fig.tight_layout()
+    fig.legend(loc="upper right", bbox_to_anchor=(1, 1), bbox_transform=fig.transFigure, ncols=2, fontsize="small",
+               frameon=False)  # above the axes, so it covers no class name or bar
+    fig.subplots_adjust(top=0.82)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_confusion(metrics: dict, path: str) -> bool:
+    """The test confusion matrix, rows = true class (ranked by training count, head first), each row normalised to
+    the class's test images, so which classes take a tail class's images is one row to read. False when absent."""
+    cm = (metrics.get("test") or {}).get("confusion_matrix")
+    if not cm:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    order = [r["id"] for r in per_class_rows(metrics)]
+    names = [metrics["label_stats"]["class_names"][c] for c in order]
+    m = np.asarray(cm, dtype=float)[np.ix_(order, order)]
+    rates = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(7.5, 6.5))
+    im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(order)):
+        for j in range(len(order)):
+            if rates[i, j] >= 0.01:
+                ax.text(j, i, f"{rates[i, j]:.2f}".lstrip("0"), ha="center", va="center", fontsize=7,
+                        color="white" if rates[i, j] > 0.5 else "black")
+    ax.set_xticks(range(len(order)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(order)), names)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class (head first)")
+    ax.set_title("Test confusion matrix (share of each true class)")
+    fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return True
+
+
+def top_confusions(metrics: dict, k: int = 3) -> list[str]:
+    """The k largest off-diagonal shares of the test confusion matrix, as 'shirt -> t-shirt/top 0.21'."""
+    cm = (metrics.get("test") or {}).get("confusion_matrix")
+    if not cm:
+        return []
+    names = metrics["label_stats"]["class_names"]
+    pairs = []
+    for i, row in enumerate(cm):
+        total = sum(row) or 1
+        pairs += [(row[j] / total, i, j) for j in range(len(row)) if j != i and row[j]]
+    return [f"{names[i]} -> {names[j]} {share:.2f}" for share, i, j in sorted(pairs, reverse=True)[:k]]
 
 
 def augmentation_text(cfg: dict) -> str:
     """train.augment as the run resolved it, and why when it was the source's default (pipeline/configs.py)."""
     ops = cfg["train"].get("augment", "none")
+    if isinstance(ops, bool):  # a run from before train.augment was a list
+        ops = "crop,flip" if ops else "none"
     if ops == "none":
         return "none"
     return ops.replace(",", " + ") + ("" if "flip" in ops else " (no mirror flip)")
@@ -341,7 +393,11 @@ def write_report(metrics: dict, out_dir: str) -> None:
     for r in per_class_rows(metrics):
         md.append(f"| {r['class']} | {r['id']} | {r['train']} | {r['group']} | {_fmt(r['val_recall'])} | "
                   f"{_fmt(r['test_recall'])} | {_fmt(r['test_precision'])} |")
-    md += ["", "![training count vs test recall](per_class.png)", "", *ssp_section(ssp)]
+    md += ["", "![training count vs test recall](per_class.png)", ""]
+    if plot_confusion(metrics, os.path.join(out_dir, "confusion.png")):
+        md += ["Largest confusions (share of the true class's test images taken by another class): "
+               + "; ".join(top_confusions(metrics)) + ".", "", "![test confusion matrix](confusion.png)", ""]
+    md += ssp_section(ssp)
     md += _semi_md(metrics)
     md += ["## Time", "",
            f"Pipeline wall time {t['pipeline_seconds']:.1f} s: training {_fmt(t.get('train_seconds'), 1)} s, "

@@ -62,7 +62,9 @@ def test_run_writes_metrics_report_and_pushes(smoke):
     assert os.path.dirname(pushed) == str(smoke["tmp"] / "serving" / "longtail")  # serving/<model>/<version>/
     assert os.path.basename(pushed).isdigit()
     assert os.path.exists(os.path.join(out, "report.md")) and os.path.getsize(os.path.join(out, "per_class.png")) > 1000
-    assert "BLESSED" in open(os.path.join(out, "report.md")).read()
+    report = open(os.path.join(out, "report.md")).read()
+    assert "BLESSED" in report and "augmentation crop + flip" in report  # Fashion-MNIST's auto augmentation
+    assert os.path.getsize(os.path.join(out, "confusion.png")) > 1000 and "![test confusion matrix](confusion.png)" in report
     assert m["label_stats"]["class_counts"] == json.load(open(os.path.join(smoke["data"], "manifest.json")))[
         "splits"]["labeled"]["per_class_counts"]
     assert m["unlabeled"]["examples"] == 200
