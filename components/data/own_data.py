@@ -1,0 +1,249 @@
+"""A user's own images (``folder:PATH``, ``tfrecord:PATH``) as a plan of file locators, for streaming ingestion.
+
+The OwnDataExampleGen component (components/own_data_example_gen.py) reads, decodes and checks the images one
+file at a time in Beam; what it needs first is known without decoding anything:
+
+  * image folders: the listing gives every file's class, so the split plan is
+    :func:`components.data.longtail.plan_splits` on the label list, exactly as ``prepare-data`` draws it
+    (same seed, same order of files: classes sorted, files sorted within a class);
+  * TFRecords: one pass over the ``train*`` records reads only their ``label`` (no image is decoded or
+    kept) and the plan is drawn the same way; ``test*`` records all go to the test split.
+
+Memory is O(number of files) for the locators and labels (tens of bytes an image), never the pixels.
+Files in a class folder that are not images (``.DS_Store``, ``Thumbs.db``, sub-folders) are counted and listed,
+never dropped silently. Every problem raises :class:`DataError` naming the folder or class, the problem and the
+count, with class names rather than indices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+
+from components.data.errors import DataError
+from components.data.longtail import SplitSpec, plan_splits
+from components.data.sources import IMAGE_SUFFIXES, decode_image
+
+# Output split of the ExampleGen -> the split of prepare-data's layout it holds.
+SPLIT_OF_OUTPUT = {"train": "labeled", "eval": "validation", "test": "test", "unlabeled": "unlabeled"}
+OWN_DATA_KINDS = ("folder", "tfrecord")
+
+
+def is_own_data(source: str) -> bool:
+    return source.partition(":")[0] in OWN_DATA_KINDS
+
+
+@dataclasses.dataclass
+class OwnDataPlan:
+    """Which file (or record) goes to which split, with its label; nothing decoded.
+
+    ``items[split]``: (locator, label) pairs; a locator is a file path (folders) or ``(file, record index)``
+    (TFRecords); label -1 for the pool. ``record_splits``: for TFRecords, file -> one split name per record.
+    """
+
+    source: str
+    kind: str
+    root: str
+    class_names: list[str]
+    items: dict[str, list]
+    non_image_files: list[str]
+    class_order: list[int]
+    unlabeled_order: list[int]
+    first_image: str | None = None  # the locator whose shape every image must have (sorted first train image)
+
+    def per_class_counts(self, split: str) -> list[int]:
+        labels = [label for _, label in self.items[split] if label >= 0]
+        return np.bincount(np.asarray(labels, np.int64), minlength=len(self.class_names)).astype(int).tolist()
+
+
+def _gfile():
+    import tensorflow as tf  # local: gfile reads gs:// and other filesystems a cluster's data may live on
+
+    return tf.io.gfile
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_SUFFIXES)
+
+
+def _list_class_folders(split_dir: str, class_names: list[str] | None, non_images: list[str]):
+    gfile = _gfile()
+    entries = sorted(e.rstrip("/") for e in gfile.listdir(split_dir))
+    dirs = [e for e in entries if gfile.isdir(os.path.join(split_dir, e))]
+    non_images += [os.path.join(split_dir, e) for e in entries if e not in dirs]  # loose files beside the classes
+    if class_names is not None:
+        unknown = sorted(set(dirs) - set(class_names))
+        if unknown:
+            raise DataError(split_dir, f"class folders not in train/: {unknown[:5]}", len(unknown), unit="class")
+    files = {}
+    for name in dirs:
+        folder = os.path.join(split_dir, name)
+        listed = sorted(e.rstrip("/") for e in gfile.listdir(folder))
+        files[name] = [os.path.join(folder, e) for e in listed if _is_image(e)]
+        non_images += [os.path.join(folder, e) for e in listed if not _is_image(e)]
+    return dirs, files
+
+
+def _draw(train_labels: np.ndarray, class_names: list[str], spec: SplitSpec, where: str):
+    """plan_splits, with the classes that cannot be drawn named first."""
+    counts = np.bincount(train_labels, minlength=len(class_names)) if len(train_labels) else np.zeros(len(class_names))
+    empty = [class_names[c] for c, n in enumerate(counts) if n == 0]
+    if empty:
+        raise DataError(where, f"class folders with no image: {empty}", len(empty), unit="class")
+    short = [c for c, n in enumerate(counts) if n < spec.val_per_class]
+    if short:
+        raise DataError(where, f"classes {[class_names[c] for c in short]} have fewer than val_per_class="
+                        f"{spec.val_per_class} images (counts {[int(counts[c]) for c in short]})",
+                        int(sum(spec.val_per_class - counts[c] for c in short)))
+    return plan_splits(train_labels, len(class_names), spec)
+
+
+def plan_folder(root: str, spec: SplitSpec) -> OwnDataPlan:
+    """``root/train/<class>/*``, ``root/test/<class>/*``, optional flat ``root/unlabeled/``."""
+    gfile = _gfile()
+    train_dir = os.path.join(root, "train")
+    if not gfile.isdir(train_dir):
+        raise DataError(root, "no train/ folder (expected train/<class>/*, test/<class>/*, optional unlabeled/)")
+    non_images: list[str] = []
+    class_names, train_files = _list_class_folders(train_dir, None, non_images)
+    if not class_names:
+        raise DataError(train_dir, "no class sub-folders")
+    test_dir = os.path.join(root, "test")
+    if not gfile.isdir(test_dir):
+        raise DataError(root, "no test/ folder")
+    _, test_files = _list_class_folders(test_dir, class_names, non_images)
+    paths = [p for name in class_names for p in train_files[name]]
+    labels = np.asarray([c for c, name in enumerate(class_names) for _ in train_files[name]], np.int64)
+    plan = _draw(labels, class_names, spec, train_dir)
+    items = {split: [(paths[i], int(labels[i])) for i in getattr(plan, split)]
+             for split in ("labeled", "validation")}
+    items["unlabeled"] = [(paths[i], -1) for i in plan.unlabeled]
+    items["test"] = [(p, c) for c, name in enumerate(class_names) for p in test_files.get(name, [])]
+    if not items["test"]:
+        raise DataError(test_dir, "no images")
+    unl_dir = os.path.join(root, "unlabeled")
+    if gfile.isdir(unl_dir):
+        listed = sorted(e.rstrip("/") for e in gfile.listdir(unl_dir))
+        items["unlabeled"] += [(os.path.join(unl_dir, e), -1) for e in listed if _is_image(e)]
+        non_images += [os.path.join(unl_dir, e) for e in listed if not _is_image(e)]
+    return OwnDataPlan(f"folder:{root}", "folder", root, class_names, items, non_images, plan.class_order,
+                       plan.unlabeled_order, first_image=paths[0])
+
+
+def _scan_labels(files: list[str], num_classes: int | None, where: str) -> tuple[list[tuple[str, int]], list[int]]:
+    """(file, index) of every record and its label, reading only the labels; missing labels are counted."""
+    import tensorflow as tf
+
+    locators, labels, missing = [], [], []
+    for path in files:
+        try:
+            for i, raw in enumerate(tf.data.TFRecordDataset(path).as_numpy_iterator()):
+                feats = tf.train.Example.FromString(raw).features.feature
+                vals = feats["label"].int64_list.value if "label" in feats else []
+                if not vals:
+                    missing.append(f"{path}#{i}")
+                locators.append((path, i))
+                labels.append(int(vals[0]) if vals else -1)
+        except tf.errors.DataLossError as e:
+            raise DataError(path, f"corrupt TFRecord file ({e.message.splitlines()[0]})") from e
+    if missing:
+        raise DataError(where, f"labeled examples without a 'label' feature, e.g. {missing[:3]}", len(missing))
+    if num_classes is not None:
+        bad = [f"{p}#{i} (label {v})" for (p, i), v in zip(locators, labels) if not 0 <= v < num_classes]
+        if bad:
+            raise DataError(where, f"label outside [0, {num_classes}), e.g. {bad[:3]}", len(bad))
+    return locators, labels
+
+
+def _count_records(files: list[str]) -> list[tuple[str, int]]:
+    import tensorflow as tf
+
+    return [(path, i) for path in files for i, _ in enumerate(tf.data.TFRecordDataset(path))]
+
+
+def plan_tfrecords(root: str, spec: SplitSpec) -> OwnDataPlan:
+    """``root/train*.tfrecord*``, ``root/test*.tfrecord*``, optional ``root/unlabeled*.tfrecord*``, ``classes.txt``."""
+    gfile = _gfile()
+    train_files = sorted(gfile.glob(os.path.join(root, "train*.tfrecord*")))
+    test_files = sorted(gfile.glob(os.path.join(root, "test*.tfrecord*")))
+    for pattern, files in (("train*.tfrecord*", train_files), ("test*.tfrecord*", test_files)):
+        if not files:
+            raise DataError(os.path.join(root, pattern), "no files match")
+    classes_file = os.path.join(root, "classes.txt")
+    class_names = None
+    if gfile.exists(classes_file):
+        with gfile.GFile(classes_file) as f:
+            class_names = [line.strip() for line in f if line.strip()]
+    where = os.path.join(root, "train*.tfrecord*")
+    locators, labels = _scan_labels(train_files, len(class_names) if class_names else None, where)
+    if class_names is None:  # C from the largest training label, as prepare-data
+        class_names = [f"class_{i}" for i in range(max(labels) + 1)] if labels else []
+    label_array = np.asarray(labels, np.int64)
+    plan = _draw(label_array, class_names, spec, where)
+    items = {split: [(locators[i], int(label_array[i])) for i in getattr(plan, split)]
+             for split in ("labeled", "validation")}
+    items["unlabeled"] = [(locators[i], -1) for i in plan.unlabeled]
+    # test labels are checked where the records are decoded; -2: "read the record's own label"
+    items["test"] = [(loc, -2) for loc in _count_records(test_files)]
+    unl = sorted(gfile.glob(os.path.join(root, "unlabeled*.tfrecord*")))
+    items["unlabeled"] += [(loc, -1) for loc in _count_records(unl)]
+    return OwnDataPlan(f"tfrecord:{root}", "tfrecord", root, class_names, items, [], plan.class_order,
+                       plan.unlabeled_order, first_image=None)
+
+
+def plan_own_data(source: str, spec: SplitSpec) -> OwnDataPlan:
+    kind, _, root = source.partition(":")
+    if kind == "folder":
+        return plan_folder(root, spec)
+    if kind == "tfrecord":
+        return plan_tfrecords(root, spec)
+    raise DataError(source, f"not a user's own data source (use {' or '.join(k + ':PATH' for k in OWN_DATA_KINDS)})")
+
+
+def read_image_bytes(locator) -> bytes:
+    """The encoded image of one locator: a file's bytes, or one record's ``image`` feature."""
+    gfile = _gfile()
+    if isinstance(locator, str):
+        with gfile.GFile(locator, "rb") as f:
+            return f.read()
+    raise TypeError(f"not a file locator: {locator!r}")
+
+
+def first_image_shape(plan: OwnDataPlan) -> list[int]:
+    """[H, W, C] of the first training image (sorted order): the shape every image must have."""
+    if plan.kind == "folder":
+        where, data = plan.first_image, read_image_bytes(plan.first_image)
+    else:
+        import tensorflow as tf
+
+        (path, index), _ = plan.items["labeled"][0] if plan.items["labeled"] else plan.items["test"][0]
+        where = f"{path}#{index}"
+        for i, raw in enumerate(tf.data.TFRecordDataset(path).as_numpy_iterator()):
+            if i == index:
+                feats = tf.train.Example.FromString(raw).features.feature
+                data = feats["image"].bytes_list.value[0] if "image" in feats and feats["image"].bytes_list.value else b""
+                break
+    try:
+        return list(decode_image(data).shape)
+    except Exception as e:  # PIL raises several types for corrupt data
+        raise DataError(where, f"the first image does not decode ({type(e).__name__}: {e})", 1) from e
+
+
+def describe(plan: OwnDataPlan, spec: SplitSpec, image_shape: list[int]) -> dict:
+    """A manifest in prepare-data's form (what the pipeline wiring reads), from the plan; no file is written."""
+    splits = {}
+    for name in ("labeled", "unlabeled", "validation", "test"):
+        entry = {"num_examples": len(plan.items[name]), "has_label": name != "unlabeled"}
+        if name != "unlabeled" and not (plan.kind == "tfrecord" and name == "test"):
+            entry["per_class_counts"] = plan.per_class_counts(name)
+        splits[name] = entry
+    return {
+        "format_version": "own-data-1", "source": plan.source, "ingestion": "OwnDataExampleGen",
+        "class_names": plan.class_names, "num_classes": len(plan.class_names), "image_shape": list(image_shape),
+        "seed": spec.seed, "rho": spec.rho, "n_max": spec.n_max, "rho_u": spec.rho_u,
+        "unlabeled_size_requested": spec.unlabeled_size, "val_per_class": spec.val_per_class,
+        "class_order": plan.class_order, "unlabeled_class_order": plan.unlabeled_order,
+        "pool_relevance": spec.pool_relevance, "non_image_files": len(plan.non_image_files), "splits": splits,
+    }
