@@ -172,3 +172,54 @@ def test_empty_class_folder_is_named(tmp_path):
     root2 = make_folder(str(tmp_path / "imgs2"), per_class=(10, 6, 5, 1), unlabeled=0)
     with pytest.raises(DataError, match=r"classes \['doe'\] have fewer than val_per_class=2"):
         plan_own_data(f"folder:{root2}", SplitSpec(rho=None, val_per_class=2))
+
+
+def test_pipeline_wires_the_component_for_own_data(tmp_path):
+    """data.source=folder:... compiles to OwnDataExampleGen (no ImportExampleGen); one artifact feeds both branches."""
+    from pipeline import tasks
+    from pipeline.configs import load_config
+
+    root = make_folder(str(tmp_path / "imgs"))
+    cfg = load_config("smoke", {"data.source": f"folder:{root}", "data.rho": "none", "data.val_per_class": "4"})
+    task = tasks.for_config(cfg)
+    inputs = task.inputs(cfg)
+    assert inputs.manifest["ingestion"] == "OwnDataExampleGen" and inputs.manifest["image_shape"] == [8, 8, 1]
+    p = task.create_pipeline(cfg, inputs, str(tmp_path / "root"), None, str(tmp_path / "serving"), [])
+    ids = {c.id for c in p.components}
+    assert "OwnDataExampleGen" in ids and not ids & {"LabeledExampleGen", "UnlabeledExampleGen"}
+    gen = next(c for c in p.components if c.id == "OwnDataExampleGen")
+    splits = json.loads(gen.exec_properties["input_config"])["splits"]
+    assert [s["name"] for s in splits] == ["train", "eval", "test", "unlabeled"]
+    # the relevance knob (MNIST digits mixed into the pool) keeps the prepare-data path
+    assert not tasks.ingests_own_data(load_config("smoke", {"data.source": f"folder:{root}", "data.pool_relevance": "0.5"}))
+
+
+@pytest.mark.slow
+def test_smoke_run_on_an_image_folder_goes_through_the_component(tmp_path):
+    """`python -m pipeline run --preset smoke --set data.source=folder:...`: ingested, trained, gated, pushed."""
+    import subprocess
+    import sys
+
+    root_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    rng = np.random.default_rng(5)
+    root = str(tmp_path / "imgs")
+    for split, counts in (("train", (40, 25, 15, 12)), ("test", (5, 5, 5, 5))):
+        for name, n in zip(CLASSES, counts):
+            os.makedirs(os.path.join(root, split, name))
+            for i in range(n):
+                with open(os.path.join(root, split, name, f"{i}.png"), "wb") as f:
+                    f.write(encode_png(_img(rng, (28, 28, 1))))
+    with open(os.path.join(root, "train", "ant", ".DS_Store"), "wb") as f:
+        f.write(b"\0")
+    out = str(tmp_path / "out")
+    args = [sys.executable, "-m", "pipeline", "run", "--preset", "smoke", "--set", f"data.source=folder:{root}",
+            "--set", "data.rho=none", "--set", "data.val_per_class=4", "--set", f"runs_root={tmp_path}/runs",
+            "--set", f"serving_root={tmp_path}/serving", "--set", "beam.direct_running_mode=in_memory", "--out", out]
+    proc = subprocess.run(args, cwd=root_dir, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=root_dir))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    assert metrics["data"]["ingestion"] == "OwnDataExampleGen" and metrics["data"]["non_image_files"] == 1
+    assert metrics["label_stats"]["class_counts"] == [36, 21, 11, 8]
+    assert "1 file that is not an image skipped" in open(os.path.join(out, "report.md")).read()
+    (report,) = glob.glob(os.path.join(tmp_path, "runs", "_tfx", "*", "root", "OwnDataExampleGen", "examples", "*", REPORT_FILE))
+    assert json.load(open(report))["non_image_files"] == 1

@@ -29,6 +29,7 @@ from components.data.sources import IMAGE_SUFFIXES, decode_image
 # Output split of the ExampleGen -> the split of prepare-data's layout it holds.
 SPLIT_OF_OUTPUT = {"train": "labeled", "eval": "validation", "test": "test", "unlabeled": "unlabeled"}
 OWN_DATA_KINDS = ("folder", "tfrecord")
+OWN_DATA_INGESTION = "OwnDataExampleGen"  # a manifest's ``ingestion``: the pipeline ingests the source itself
 
 
 def is_own_data(source: str) -> bool:
@@ -52,6 +53,7 @@ class OwnDataPlan:
     class_order: list[int]
     unlabeled_order: list[int]
     first_image: str | None = None  # the locator whose shape every image must have (sorted first train image)
+    pool_from_source: bool = False  # the source has its own unlabeled/ (unlabeled*.tfrecord*) images
 
     def per_class_counts(self, split: str) -> list[int]:
         labels = [label for _, label in self.items[split] if label >= 0]
@@ -124,12 +126,13 @@ def plan_folder(root: str, spec: SplitSpec) -> OwnDataPlan:
     if not items["test"]:
         raise DataError(test_dir, "no images")
     unl_dir = os.path.join(root, "unlabeled")
-    if gfile.isdir(unl_dir):
+    pool_from_source = gfile.isdir(unl_dir)
+    if pool_from_source:
         listed = sorted(e.rstrip("/") for e in gfile.listdir(unl_dir))
         items["unlabeled"] += [(os.path.join(unl_dir, e), -1) for e in listed if _is_image(e)]
         non_images += [os.path.join(unl_dir, e) for e in listed if not _is_image(e)]
     return OwnDataPlan(f"folder:{root}", "folder", root, class_names, items, non_images, plan.class_order,
-                       plan.unlabeled_order, first_image=paths[0])
+                       plan.unlabeled_order, first_image=paths[0], pool_from_source=pool_from_source)
 
 
 def _scan_labels(files: list[str], num_classes: int | None, where: str) -> tuple[list[tuple[str, int]], list[int]]:
@@ -190,7 +193,7 @@ def plan_tfrecords(root: str, spec: SplitSpec) -> OwnDataPlan:
     unl = sorted(gfile.glob(os.path.join(root, "unlabeled*.tfrecord*")))
     items["unlabeled"] += [(loc, -1) for loc in _count_records(unl)]
     return OwnDataPlan(f"tfrecord:{root}", "tfrecord", root, class_names, items, [], plan.class_order,
-                       plan.unlabeled_order, first_image=None)
+                       plan.unlabeled_order, first_image=None, pool_from_source=bool(unl))
 
 
 def plan_own_data(source: str, spec: SplitSpec) -> OwnDataPlan:
@@ -240,10 +243,11 @@ def describe(plan: OwnDataPlan, spec: SplitSpec, image_shape: list[int]) -> dict
             entry["per_class_counts"] = plan.per_class_counts(name)
         splits[name] = entry
     return {
-        "format_version": "own-data-1", "source": plan.source, "ingestion": "OwnDataExampleGen",
+        "format_version": "own-data-1", "source": plan.source, "ingestion": OWN_DATA_INGESTION,
         "class_names": plan.class_names, "num_classes": len(plan.class_names), "image_shape": list(image_shape),
         "seed": spec.seed, "rho": spec.rho, "n_max": spec.n_max, "rho_u": spec.rho_u,
         "unlabeled_size_requested": spec.unlabeled_size, "val_per_class": spec.val_per_class,
         "class_order": plan.class_order, "unlabeled_class_order": plan.unlabeled_order,
         "pool_relevance": spec.pool_relevance, "non_image_files": len(plan.non_image_files), "splits": splits,
+        "pool_from_source": plan.pool_from_source,
     }
