@@ -4,7 +4,7 @@ ENV := tools/env exec
 PRESET ?= default
 PYTEST_ARGS ?=
 
-.PHONY: run test lint env data container-smoke bench bench-methods bench-ssp bench-daso bench-semi bench-regression clean-env
+.PHONY: run test lint env data container-smoke bench bench-methods bench-ssp bench-daso bench-semi bench-regression bench-scale clean-env
 
 run:
 	$(ENV) python -m pipeline run --preset $(PRESET)
@@ -54,3 +54,9 @@ bench-semi:
 # the imbalanced-regression table of issue #9 (8 methods x 5 seeds, 25 epochs each; 33 min on 2 busy cores)
 bench-regression:
 	$(ENV) nice -n 10 python bench/regression_bench.py --epochs 25 --seeds 0,1,2,3,4
+
+# issue #16: OwnDataExampleGen and LabelStatsGen on a synthetic 28x28 PNG folder at 1x/4x/16x, 1 and 2 Beam workers:
+# peak RSS and images/s (bench/results/scale.md). BENCH_SCALE_BASE: train images at 1x
+BENCH_SCALE_BASE ?= 2500
+bench-scale:
+	$(ENV) python bench/scale_bench.py --base $(BENCH_SCALE_BASE)
