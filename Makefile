@@ -57,6 +57,6 @@ bench-regression:
 
 # issue #16: OwnDataExampleGen and LabelStatsGen on a synthetic 28x28 PNG folder at 1x/4x/16x, 1 and 2 Beam workers:
 # peak RSS and images/s (bench/results/scale.md). BENCH_SCALE_BASE: train images at 1x
-BENCH_SCALE_BASE ?= 2500
+BENCH_SCALE_BASE ?= 10000
 bench-scale:
 	$(ENV) python bench/scale_bench.py --base $(BENCH_SCALE_BASE)

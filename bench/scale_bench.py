@@ -157,7 +157,7 @@ def main():
 
     rows = []
     for scale in [int(s) for s in a.scales.split(",")]:
-        folder = os.path.join(a.work, f"folder_{scale}x")
+        folder = os.path.join(a.work, f"folder_{a.base * scale}")
         t0 = time.time()
         n_train = make_folder(folder, a.base * scale)
         print(f"[scale] {scale}x: {n_train} train images ({time.time() - t0:.0f} s to write)", flush=True)
