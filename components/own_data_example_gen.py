@@ -25,8 +25,10 @@ import tempfile
 
 import apache_beam as beam
 import tensorflow as tf
-from tfx.components.example_gen import base_example_gen_executor
+from tfx.components.example_gen import base_example_gen_executor, write_split
+from tfx.components.example_gen import utils as example_gen_utils
 from tfx.components.example_gen.component import FileBasedExampleGen
+from tfx.components.util import examples_utils
 from tfx.dsl.components.base import base_beam_component, executor_spec
 from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, channel, standard_artifacts, standard_component_specs
@@ -202,9 +204,23 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
         return pipeline | "Ingest" >> IngestOwnData(config, plan, wanted, side)
 
     def Do(self, input_dict, output_dict, exec_properties):
+        """BaseExampleGenExecutor.Do, except the write: TFX's WriteSplit reshuffles every serialized example before
+        writing, and on FnApiRunner a shuffle holds the whole split in the runner's memory (O(data set)); here the
+        file locators were already spread (one small Reshuffle of locators), so each worker writes its own shards."""
         examples = artifact_utils.get_single_instance(output_dict[standard_component_specs.EXAMPLES_KEY])
         self._side_dir = os.path.join(examples.uri, "_ingest")
-        super().Do(input_dict, output_dict, exec_properties)
+        self._log_startup(input_dict, output_dict, exec_properties)
+        input_config, output_config = example_gen_pb2.Input(), example_gen_pb2.Output()
+        proto_utils.json_to_proto(exec_properties[standard_component_specs.INPUT_CONFIG_KEY], input_config)
+        proto_utils.json_to_proto(exec_properties[standard_component_specs.OUTPUT_CONFIG_KEY], output_config)
+        examples.split_names = artifact_utils.encode_split_names(
+            example_gen_utils.generate_output_split_names(input_config, output_config))
+        with self._make_beam_pipeline() as pipeline:
+            for split, records in self.GenerateExamplesByBeam(pipeline, exec_properties).items():
+                path = os.path.join(artifact_utils.get_split_uri([examples], split), write_split.DEFAULT_FILE_NAME)
+                records | f"WriteSplit[{split}]" >> beam.io.WriteToTFRecord(path, file_name_suffix=".gz")
+        examples_utils.set_payload_format(examples, example_gen_pb2.FORMAT_TF_EXAMPLE)
+        examples_utils.set_file_format(examples, write_split.to_file_format_str(example_gen_pb2.FORMAT_TFRECORDS_GZIP))
 
         def read_lines(name):
             path = os.path.join(self._side_dir, name)

@@ -223,3 +223,26 @@ def test_smoke_run_on_an_image_folder_goes_through_the_component(tmp_path):
     assert "1 file that is not an image skipped" in open(os.path.join(out, "report.md")).read()
     (report,) = glob.glob(os.path.join(tmp_path, "runs", "_tfx", "*", "root", "OwnDataExampleGen", "examples", "*", REPORT_FILE))
     assert json.load(open(report))["non_image_files"] == 1
+
+
+def test_kubeflow_package_runs_the_component_through_tfx_file_based_driver(tmp_path):
+    """compile-kfp with own data: the package's ExampleGen is OwnDataExampleGen's executor behind TFX's Kubeflow v2
+    file-based driver (the cluster re-fingerprints and re-ingests the compiled location every run)."""
+    import subprocess
+    import sys
+
+    from kfp.client.client import _extract_pipeline_yaml
+
+    root_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = make_folder(str(tmp_path / "imgs"))
+    out = str(tmp_path / "pipeline.yaml")
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "compile-kfp", "--preset", "smoke", "--data-dir", root,
+                           "--pipeline-root", "gs://bucket/own", "--image", "example/longtail:1", "--output", out,
+                           "--set", f"data.source=folder:{root}", "--set", "data.rho=none",
+                           "--set", "data.val_per_class=4"],
+                          cwd=root_dir, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=root_dir))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = str(_extract_pipeline_yaml(out).pipeline_spec)  # the spec as kfp's client reads it
+    assert "components.own_data_example_gen.Executor" in text
+    assert "tfx.orchestration.kubeflow.v2.file_based_example_gen.driver" in text
+    assert root in text and "ImportExampleGen" not in text
