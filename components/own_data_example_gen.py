@@ -37,13 +37,13 @@ from tfx.utils import proto_utils
 
 from components.data.errors import DataError
 from components.data.longtail import SplitSpec
-from components.data.own_data import SPLIT_OF_OUTPUT, OwnDataPlan, plan_own_data
+from components.data.own_data import CODE_OF_SPLIT, SPLIT_OF_OUTPUT, OwnDataPlan, image_files, plan_own_data
 from components.data.prepare import encode_png
 from components.data.sources import decode_image
 from components.label_stats_gen import _CountAndSample
 
 INGEST_CONFIG_KEY = "ingest_config"
-FILES_PER_TASK = 256  # image files a Beam work item reads, one after another
+FILES_PER_TASK = 1024  # image files a Beam work item reads, one after another
 REPORT_FILE = "ingest_report.json"
 _BAD_IMAGE, _BAD_SHAPE, _NO_IMAGE = "image does not decode", "image shape differs", "record has no 'image' bytes feature"
 _NO_LABEL, _BAD_LABEL, _UNREADABLE = "labeled example without a 'label' feature", "label outside range", "file unreadable"
@@ -105,6 +105,22 @@ class _ReadFile(beam.DoFn):
         yield split, path, data, label
 
 
+class _FilesOfTask(beam.DoFn):
+    """(folder, label, first position, split codes, {code: output split}) -> (split, path, label) per wanted file."""
+
+    def process(self, element):
+        folder, label, start, codes, out_of_code = element
+        names, _ = image_files(folder)
+        if len(names) < start + len(codes):
+            yield beam.pvalue.TaggedOutput(_DecodeAndCheck.PROBLEMS, (
+                "folder changed during ingestion (fewer image files than planned)", folder))
+            return
+        for name, code in zip(names[start:start + len(codes)], codes):
+            split = out_of_code.get(chr(code))
+            if split is not None:
+                yield split, os.path.join(folder, name), label
+
+
 class _ReadShard(beam.DoFn):
     """(file, {record index: (split, label)}) -> (split, file#index, image bytes, label), one shard streamed."""
 
@@ -131,23 +147,28 @@ def _split_spec(config: dict) -> SplitSpec:
 
 
 def _elements(pipeline, plan: OwnDataPlan, wanted_splits: dict[str, str]):
-    """The (split, where, bytes, label) elements of the wanted output splits, read lazily by the workers."""
+    """The (split, where, bytes, label) elements of the wanted output splits, read lazily by the workers, and the
+    PCollections of the problems met reading them."""
     if plan.kind == "folder":
-        # Batches of file locators, not one element a file: what the runner holds and shuffles is ~N / FILES_PER_TASK
-        # elements (a shuffle of one element a file held ~3 KB a file in FnApiRunner's memory).
-        work = [(out, path, label) for out, part in wanted_splits.items() for path, label in plan.items[part]]
-        tasks = [tuple(work[i:i + FILES_PER_TASK]) for i in range(0, len(work), FILES_PER_TASK)]
-        return (pipeline | "FileBatches" >> beam.Create(tasks, reshuffle=False)
-                | "Spread" >> beam.Reshuffle()
-                | "Files" >> beam.FlatMap(lambda batch: batch)
-                | "Read" >> beam.ParDo(_ReadFile()).with_outputs(_DecodeAndCheck.PROBLEMS, main="read"))
+        # Work items of FILES_PER_TASK file positions of one folder: the pipeline carries split codes (a byte a
+        # file), not file names; each worker lists the folder again and reads its positions.
+        out_of_code = {CODE_OF_SPLIT[part]: out for out, part in wanted_splits.items()}
+        tasks = [(g.folder, g.label, start, g.codes[start:start + FILES_PER_TASK], out_of_code)
+                 for g in plan.groups for start in range(0, len(g.codes), FILES_PER_TASK)
+                 if any(chr(c) in out_of_code for c in g.codes[start:start + FILES_PER_TASK])]
+        files = (pipeline | "FolderTasks" >> beam.Create(tasks, reshuffle=False)
+                 | "Spread" >> beam.Reshuffle()
+                 | "Files" >> beam.ParDo(_FilesOfTask()).with_outputs(_DecodeAndCheck.PROBLEMS, main="files"))
+        read = files.files | "Read" >> beam.ParDo(_ReadFile()).with_outputs(_DecodeAndCheck.PROBLEMS, main="read")
+        return read.read, [files[_DecodeAndCheck.PROBLEMS], read[_DecodeAndCheck.PROBLEMS]]
     by_file: dict[str, dict[int, tuple]] = {}
     for out, part in wanted_splits.items():
         for (path, index), label in plan.items[part]:
             by_file.setdefault(path, {})[index] = (out, label)
-    return (pipeline | "Shards" >> beam.Create(sorted(by_file.items()), reshuffle=False)
+    read = (pipeline | "Shards" >> beam.Create(sorted(by_file.items()), reshuffle=False)
             | "Spread" >> beam.Reshuffle()
             | "Read" >> beam.ParDo(_ReadShard()).with_outputs(_DecodeAndCheck.PROBLEMS, main="read"))
+    return read.read, [read[_DecodeAndCheck.PROBLEMS]]
 
 
 @beam.ptransform_fn
@@ -156,11 +177,11 @@ def IngestOwnData(pipeline, config: dict, plan: OwnDataPlan, wanted: dict[str, s
 
     Returns {output split: PCollection of serialized tf.Examples}; per (split, class) counts and the problems
     (count and up to 3 samples each) are written as JSON lines to ``side_dir``."""
-    read = _elements(pipeline, plan, wanted)
-    checked = (read.read | "DecodeAndCheck" >> beam.ParDo(
+    read, read_problems = _elements(pipeline, plan, wanted)
+    checked = (read | "DecodeAndCheck" >> beam.ParDo(
         _DecodeAndCheck(config["image_shape"], len(plan.class_names))).with_outputs(_DecodeAndCheck.PROBLEMS,
                                                                                    main="examples"))
-    problems = ((read[_DecodeAndCheck.PROBLEMS], checked[_DecodeAndCheck.PROBLEMS])
+    problems = ((*read_problems, checked[_DecodeAndCheck.PROBLEMS])
                 | "AllProblems" >> beam.Flatten() | "CountProblems" >> beam.CombinePerKey(_CountAndSample()))
     counts = (checked.examples | "SplitLabel" >> beam.Map(lambda e: (f"{e[0]}/{e[1]}", 1))
               | "CountPerSplitClass" >> beam.CombinePerKey(sum))

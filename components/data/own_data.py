@@ -3,13 +3,15 @@
 The OwnDataExampleGen component (components/own_data_example_gen.py) reads, decodes and checks the images one
 file at a time in Beam; what it needs first is known without decoding anything:
 
-  * image folders: the listing gives every file's class, so the split plan is
-    :func:`components.data.longtail.plan_splits` on the label list, exactly as ``prepare-data`` draws it
-    (same seed, same order of files: classes sorted, files sorted within a class);
+  * image folders: the listing gives the number of image files of every class, and prepare-data's plan
+    (:func:`components.data.longtail.plan_splits`, same seed) permutes positions within each class (classes
+    sorted, files sorted within a class), so the plan is one split code (a byte) a file position; the workers
+    list each folder again and read the files of their positions;
   * TFRecords: one pass over the ``train*`` records reads only their ``label`` (no image is decoded or
-    kept) and the plan is drawn the same way; ``test*`` records all go to the test split.
+    kept) and the plan is drawn the same way; ``test*`` records all go to the test split. The plan keeps a
+    (file, record index) locator a record.
 
-Memory is O(number of files) for the locators and labels (tens of bytes an image), never the pixels.
+Memory: a byte a file (folders) or a locator a record (TFRecords, tens of bytes), never the pixels.
 Files in a class folder that are not images (``.DS_Store``, ``Thumbs.db``, sub-folders) are counted and listed,
 never dropped silently. Every problem raises :class:`DataError` naming the folder or class, the problem and the
 count, with class names rather than indices.
@@ -36,28 +38,61 @@ def is_own_data(source: str) -> bool:
     return source.partition(":")[0] in OWN_DATA_KINDS
 
 
+# A folder's files, by position in the sorted listing of its image files -> split: one byte a file.
+CODE_OF_SPLIT = {"labeled": "L", "validation": "V", "unlabeled": "U", "test": "T"}
+SPLIT_OF_CODE = {v: k for k, v in CODE_OF_SPLIT.items()}
+UNUSED = "-"  # a training image the profile (rho) does not draw, as prepare-data leaves it out
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderGroup:
+    """One folder's image files (sorted listing): their label (-1: none) and one split code a file."""
+
+    folder: str
+    label: int
+    codes: bytes
+
+
 @dataclasses.dataclass
 class OwnDataPlan:
     """Which file (or record) goes to which split, with its label; nothing decoded.
 
-    ``items[split]``: (locator, label) pairs; a locator is a file path (folders) or ``(file, record index)``
-    (TFRecords); label -1 for the pool. ``record_splits``: for TFRecords, file -> one split name per record.
+    Folders: ``groups``, one :class:`FolderGroup` a class folder (and test/, unlabeled/ folder), one byte a file;
+    the workers list each folder again and read the files. TFRecords: ``items[split]``, ((file, record index),
+    label) pairs (label -1: the pool, -2: the record's own, read when it is decoded).
     """
 
     source: str
     kind: str
     root: str
     class_names: list[str]
-    items: dict[str, list]
     non_image_files: list[str]
     class_order: list[int]
     unlabeled_order: list[int]
-    first_image: str | None = None  # the locator whose shape every image must have (sorted first train image)
+    groups: list[FolderGroup] = dataclasses.field(default_factory=list)
+    items: dict[str, list] = dataclasses.field(default_factory=dict)
+    first_image: str | None = None  # the file whose shape every image must have (the sorted first train image)
     pool_from_source: bool = False  # the source has its own unlabeled/ (unlabeled*.tfrecord*) images
 
-    def per_class_counts(self, split: str) -> list[int]:
-        labels = [label for _, label in self.items[split] if label >= 0]
-        return np.bincount(np.asarray(labels, np.int64), minlength=len(self.class_names)).astype(int).tolist()
+    def split_counts(self, split: str) -> tuple[int, list[int] | None]:
+        """(examples, per-class counts or None where labels are unknown until decoding) of a split."""
+        per_class = np.zeros(len(self.class_names), np.int64)
+        n, known = 0, True
+        if self.kind == "folder":
+            code = ord(CODE_OF_SPLIT[split])
+            for g in self.groups:
+                k = np.frombuffer(g.codes, np.uint8).__eq__(code).sum()
+                n += int(k)
+                if g.label >= 0:
+                    per_class[g.label] += k
+        else:
+            for _, label in self.items[split]:
+                n += 1
+                if label >= 0:
+                    per_class[label] += 1
+                elif label == -2:
+                    known = False
+        return n, (per_class.astype(int).tolist() if known and split != "unlabeled" else None)
 
 
 def _gfile():
@@ -70,7 +105,14 @@ def _is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_SUFFIXES)
 
 
+def image_files(folder: str) -> tuple[list[str], list[str]]:
+    """(image file names, other entry names) of one folder, sorted: the order a FolderGroup's codes follow."""
+    listed = sorted(e.rstrip("/") for e in _gfile().listdir(folder))
+    return [e for e in listed if _is_image(e)], [e for e in listed if not _is_image(e)]
+
+
 def _list_class_folders(split_dir: str, class_names: list[str] | None, non_images: list[str]):
+    """(class folder names, {name: number of image files}); the names of non-image entries join ``non_images``."""
     gfile = _gfile()
     entries = sorted(e.rstrip("/") for e in gfile.listdir(split_dir))
     dirs = [e for e in entries if gfile.isdir(os.path.join(split_dir, e))]
@@ -79,13 +121,13 @@ def _list_class_folders(split_dir: str, class_names: list[str] | None, non_image
         unknown = sorted(set(dirs) - set(class_names))
         if unknown:
             raise DataError(split_dir, f"class folders not in train/: {unknown[:5]}", len(unknown), unit="class")
-    files = {}
+    counts, first = {}, {}
     for name in dirs:
-        folder = os.path.join(split_dir, name)
-        listed = sorted(e.rstrip("/") for e in gfile.listdir(folder))
-        files[name] = [os.path.join(folder, e) for e in listed if _is_image(e)]
-        non_images += [os.path.join(folder, e) for e in listed if not _is_image(e)]
-    return dirs, files
+        images, others = image_files(os.path.join(split_dir, name))
+        counts[name] = len(images)
+        first[name] = os.path.join(split_dir, name, images[0]) if images else None
+        non_images += [os.path.join(split_dir, name, e) for e in others]
+    return dirs, counts, first
 
 
 def _draw(train_labels: np.ndarray, class_names: list[str], spec: SplitSpec, where: str):
@@ -103,36 +145,44 @@ def _draw(train_labels: np.ndarray, class_names: list[str], spec: SplitSpec, whe
 
 
 def plan_folder(root: str, spec: SplitSpec) -> OwnDataPlan:
-    """``root/train/<class>/*``, ``root/test/<class>/*``, optional flat ``root/unlabeled/``."""
+    """``root/train/<class>/*``, ``root/test/<class>/*``, optional flat ``root/unlabeled/``.
+
+    Only the number of image files a class is needed: prepare-data's plan permutes each class's positions
+    (classes sorted, files sorted within a class), so the plan is one split code a file position."""
     gfile = _gfile()
     train_dir = os.path.join(root, "train")
     if not gfile.isdir(train_dir):
         raise DataError(root, "no train/ folder (expected train/<class>/*, test/<class>/*, optional unlabeled/)")
     non_images: list[str] = []
-    class_names, train_files = _list_class_folders(train_dir, None, non_images)
+    class_names, train_counts, first = _list_class_folders(train_dir, None, non_images)
     if not class_names:
         raise DataError(train_dir, "no class sub-folders")
     test_dir = os.path.join(root, "test")
     if not gfile.isdir(test_dir):
         raise DataError(root, "no test/ folder")
-    _, test_files = _list_class_folders(test_dir, class_names, non_images)
-    paths = [p for name in class_names for p in train_files[name]]
-    labels = np.asarray([c for c, name in enumerate(class_names) for _ in train_files[name]], np.int64)
+    test_classes, test_counts, _ = _list_class_folders(test_dir, class_names, non_images)
+    counts = np.asarray([train_counts[name] for name in class_names], np.int64)
+    labels = np.repeat(np.arange(len(class_names)), counts)
     plan = _draw(labels, class_names, spec, train_dir)
-    items = {split: [(paths[i], int(labels[i])) for i in getattr(plan, split)]
-             for split in ("labeled", "validation")}
-    items["unlabeled"] = [(paths[i], -1) for i in plan.unlabeled]
-    items["test"] = [(p, c) for c, name in enumerate(class_names) for p in test_files.get(name, [])]
-    if not items["test"]:
+    codes = np.full(len(labels), ord(UNUSED), np.uint8)
+    for split in ("labeled", "validation", "unlabeled"):
+        codes[getattr(plan, split)] = ord(CODE_OF_SPLIT[split])
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    groups = [FolderGroup(os.path.join(train_dir, name), c, codes[offsets[c]:offsets[c + 1]].tobytes())
+              for c, name in enumerate(class_names)]
+    groups += [FolderGroup(os.path.join(test_dir, name), class_names.index(name), b"T" * test_counts[name])
+               for name in test_classes if test_counts[name]]
+    if not any(test_counts.values()):
         raise DataError(test_dir, "no images")
     unl_dir = os.path.join(root, "unlabeled")
     pool_from_source = gfile.isdir(unl_dir)
     if pool_from_source:
-        listed = sorted(e.rstrip("/") for e in gfile.listdir(unl_dir))
-        items["unlabeled"] += [(os.path.join(unl_dir, e), -1) for e in listed if _is_image(e)]
-        non_images += [os.path.join(unl_dir, e) for e in listed if not _is_image(e)]
-    return OwnDataPlan(f"folder:{root}", "folder", root, class_names, items, non_images, plan.class_order,
-                       plan.unlabeled_order, first_image=paths[0], pool_from_source=pool_from_source)
+        images, others = image_files(unl_dir)
+        groups.append(FolderGroup(unl_dir, -1, b"U" * len(images)))
+        non_images += [os.path.join(unl_dir, e) for e in others]
+    first_image = next(first[name] for name in class_names if first[name])
+    return OwnDataPlan(f"folder:{root}", "folder", root, class_names, non_images, plan.class_order,
+                       plan.unlabeled_order, groups=groups, first_image=first_image, pool_from_source=pool_from_source)
 
 
 def _scan_labels(files: list[str], num_classes: int | None, where: str) -> tuple[list[tuple[str, int]], list[int]]:
@@ -192,8 +242,8 @@ def plan_tfrecords(root: str, spec: SplitSpec) -> OwnDataPlan:
     items["test"] = [(loc, -2) for loc in _count_records(test_files)]
     unl = sorted(gfile.glob(os.path.join(root, "unlabeled*.tfrecord*")))
     items["unlabeled"] += [(loc, -1) for loc in _count_records(unl)]
-    return OwnDataPlan(f"tfrecord:{root}", "tfrecord", root, class_names, items, [], plan.class_order,
-                       plan.unlabeled_order, first_image=None, pool_from_source=bool(unl))
+    return OwnDataPlan(f"tfrecord:{root}", "tfrecord", root, class_names, [], plan.class_order,
+                       plan.unlabeled_order, items=items, pool_from_source=bool(unl))
 
 
 def plan_own_data(source: str, spec: SplitSpec) -> OwnDataPlan:
@@ -238,9 +288,10 @@ def describe(plan: OwnDataPlan, spec: SplitSpec, image_shape: list[int]) -> dict
     """A manifest in prepare-data's form (what the pipeline wiring reads), from the plan; no file is written."""
     splits = {}
     for name in ("labeled", "unlabeled", "validation", "test"):
-        entry = {"num_examples": len(plan.items[name]), "has_label": name != "unlabeled"}
-        if name != "unlabeled" and not (plan.kind == "tfrecord" and name == "test"):
-            entry["per_class_counts"] = plan.per_class_counts(name)
+        n, per_class = plan.split_counts(name)
+        entry = {"num_examples": n, "has_label": name != "unlabeled"}
+        if per_class is not None:
+            entry["per_class_counts"] = per_class
         splits[name] = entry
     return {
         "format_version": "own-data-1", "source": plan.source, "ingestion": OWN_DATA_INGESTION,
