@@ -4,7 +4,7 @@ ENV := tools/env exec
 PRESET ?= default
 PYTEST_ARGS ?=
 
-.PHONY: run test lint env data container-smoke bench bench-methods bench-ssp bench-daso bench-semi bench-regression bench-serve clean-env
+.PHONY: run test lint env data container-smoke bench bench-methods bench-ssp bench-daso bench-semi bench-regression bench-serve bench-scale clean-env
 
 run:
 	$(ENV) python -m pipeline run --preset $(PRESET)
@@ -59,3 +59,9 @@ bench-regression:
 # one V2 cell; 20 s a cell) on the model `make run` pushed (serving/longtail)
 bench-serve:
 	$(ENV) python bench/serve_bench.py
+
+# issue #16: OwnDataExampleGen and LabelStatsGen on a synthetic 28x28 PNG folder at 1x/4x/16x, 1 and 2 Beam workers:
+# peak RSS and images/s (bench/results/scale.md). BENCH_SCALE_BASE: train images at 1x
+BENCH_SCALE_BASE ?= 10000
+bench-scale:
+	$(ENV) python bench/scale_bench.py --base $(BENCH_SCALE_BASE)

@@ -26,9 +26,10 @@ def build_parser() -> argparse.ArgumentParser:
     kfp.add_argument("--preset", default="default")
     kfp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     kfp.add_argument("--data-dir", default=None,
-                     help="the data location as the cluster sees it: a prepared image folder (its manifest is read) or, "
-                          "for task=regression, a CSV folder; default: the preset's own (data.data_dir or the prepared "
-                          "default folder, regression.csv_dir or the taxi CSV)")
+                     help="the data location as the cluster sees it: a prepared image folder (its manifest is read), "
+                          "a user's own folder or TFRecords root (data.source=folder:/tfrecord:, ingested by "
+                          "OwnDataExampleGen every run) or, for task=regression, a CSV folder; default: the preset's "
+                          "own (data.data_dir or the prepared default folder, regression.csv_dir or the taxi CSV)")
     kfp.add_argument("--pipeline-root", required=True, help="e.g. gs://bucket/longtail or a mounted volume path")
     kfp.add_argument("--image", default="longtail-tfx:latest", help="container image holding this checkout")
     kfp.add_argument("--output", default="pipeline.yaml", help="the package (.yaml/.yml: the bare pipeline spec)")

@@ -31,9 +31,12 @@ from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import La
 from tfx.proto import example_gen_pb2, pusher_pb2
 
 from components.anomaly_check import AnomalyCheck
+from components.data.longtail import SplitSpec
+from components.data.own_data import OWN_DATA_INGESTION
 from components.errors import PipelineDataError
 from components.evaluator import PerClassEvaluator
 from components.label_stats_gen import LabelStatsGen
+from components.own_data_example_gen import OwnDataExampleGen
 from components.pseudo_labeler import PseudoLabeler
 from components.pusher import LongTailPusher
 from components.regression_evaluator import RegressionEvaluator
@@ -59,8 +62,8 @@ def _example_gen(data_dir: str, splits: dict[str, str], component_id: str):
                                            ).with_id(component_id)
 
 
-def _validated(examples, schema_file: str, prefix: str, name: str):
-    stats = tfx.components.StatisticsGen(examples=examples).with_id(f"{prefix}StatisticsGen")
+def _validated(examples, schema_file: str, prefix: str, name: str, exclude_splits: list[str] | None = None):
+    stats = tfx.components.StatisticsGen(examples=examples, exclude_splits=exclude_splits).with_id(f"{prefix}StatisticsGen")
     schema = tfx.components.ImportSchemaGen(schema_file=schema_file).with_id(f"{prefix}SchemaGen")
     validator = tfx.components.ExampleValidator(statistics=stats.outputs["statistics"], schema=schema.outputs["schema"]
                                                 ).with_id(f"{prefix}ExampleValidator")
@@ -117,20 +120,38 @@ def pretrain_custom_config(cfg: PipelineConfig, manifest: dict, pipeline_root: s
 
 
 def create_pipeline(cfg: PipelineConfig, data_dir: str, manifest: dict, pipeline_root: str, metadata_path: str | None,
-                    serving_dir: str, beam_pipeline_args: list[str] | None = None) -> tfx.dsl.Pipeline:
-    labeled_gen = _example_gen(data_dir, {"train": "labeled/*", "eval": "validation/*", "test": "test/*"},
-                               "LabeledExampleGen")
+                    serving_dir: str, beam_pipeline_args: list[str] | None = None,
+                    own_data_spec: SplitSpec | None = None) -> tfx.dsl.Pipeline:
+    """The classification DAG. ``manifest``: a prepared folder's (ImportExampleGen reads ``data_dir``), or, with
+    ``ingestion`` = OwnDataExampleGen, the plan of a user's folder / TFRecords, which the pipeline ingests itself
+    from ``manifest["source"]`` with ``own_data_spec``'s split settings."""
+    has_pool = manifest["splits"]["unlabeled"]["num_examples"] > 0
+    own_data = manifest.get("ingestion") == OWN_DATA_INGESTION
+    if own_data:  # a user's folder / TFRecords, ingested by the pipeline itself every run (one artifact, all splits)
+        labeled_gen = OwnDataExampleGen(
+            source=manifest["source"], split_spec=own_data_spec, class_names=manifest["class_names"],
+            image_shape=manifest["image_shape"], with_pool=has_pool,
+            pool_from_source=manifest.get("pool_from_source", False))
+        labeled_examples = labeled_gen.outputs["examples"]
+        unlabeled_gens, unlabeled_source = [], labeled_examples if has_pool else None
+    else:  # a prepared folder (prepare-data)
+        labeled_gen = _example_gen(data_dir, {"train": "labeled/*", "eval": "validation/*", "test": "test/*"},
+                                   "LabeledExampleGen")
+        labeled_examples = labeled_gen.outputs["examples"]
+        unlabeled_gens = [_example_gen(data_dir, {"unlabeled": "unlabeled/*"}, "UnlabeledExampleGen")] if has_pool else []
+        unlabeled_source = unlabeled_gens[0].outputs["examples"] if has_pool else None
     labeled_nodes, labeled_schema, labeled_check = _validated(
-        labeled_gen.outputs["examples"], os.path.join(SCHEMA_DIR, "labeled.pbtxt"), "Labeled", "labeled")
+        labeled_examples, os.path.join(SCHEMA_DIR, "labeled.pbtxt"), "Labeled", "labeled",
+        exclude_splits=["unlabeled"] if own_data and has_pool else None)
     components = [labeled_gen, *labeled_nodes]
 
     unlabeled_examples, upstream_checks = None, [labeled_check]
-    if manifest["splits"]["unlabeled"]["num_examples"] > 0:
-        unlabeled_gen = _example_gen(data_dir, {"unlabeled": "unlabeled/*"}, "UnlabeledExampleGen")
+    if has_pool:
         unlabeled_nodes, _, unlabeled_check = _validated(
-            unlabeled_gen.outputs["examples"], os.path.join(SCHEMA_DIR, "unlabeled.pbtxt"), "Unlabeled", "unlabeled")
-        components += [unlabeled_gen, *unlabeled_nodes]
-        unlabeled_examples = unlabeled_gen.outputs["examples"]
+            unlabeled_source, os.path.join(SCHEMA_DIR, "unlabeled.pbtxt"), "Unlabeled", "unlabeled",
+            exclude_splits=["train", "eval", "test"] if own_data else None)
+        components += [*unlabeled_gens, *unlabeled_nodes]
+        unlabeled_examples = unlabeled_source
         upstream_checks.append(unlabeled_check)
 
     stats_gen = LabelStatsGen(
@@ -154,6 +175,7 @@ def create_pipeline(cfg: PipelineConfig, data_dir: str, manifest: dict, pipeline
         components.append(pretrainer)
 
     mode = cfg.semi.mode
+    truth_dir = None if own_data else data_dir  # the pool's true classes exist only in a prepared folder
     if mode.pool == modes.POOL_REQUIRED and unlabeled_examples is None:
         usable = sorted(m.name for m in modes.MODES.values() if m.pool != modes.POOL_REQUIRED)
         raise ValueError(f"semi.method={mode.name} needs an unlabeled pool, but {data_dir} has 0 unlabeled examples "
@@ -165,7 +187,7 @@ def create_pipeline(cfg: PipelineConfig, data_dir: str, manifest: dict, pipeline
         base_trainer = PseudoLabelBaseTrainer(
             examples=labeled_gen.outputs["examples"], label_stats=stats_gen.outputs["label_stats"],
             schema=labeled_schema.outputs["schema"], run_fn=RUN_FN, base_model=base_model,
-            custom_config=training_custom_config(base_cfg, manifest, pipeline_root, data_dir)).with_id("BaseTrainer")
+            custom_config=training_custom_config(base_cfg, manifest, pipeline_root, truth_dir)).with_id("BaseTrainer")
         labeler = PseudoLabeler(
             model=base_trainer.outputs["model"], unlabeled_examples=unlabeled_examples, examples=labeled_gen.outputs["examples"],
             num_classes=manifest["num_classes"], confidence_threshold=cfg.semi.pseudo_label.threshold,
@@ -176,7 +198,7 @@ def create_pipeline(cfg: PipelineConfig, data_dir: str, manifest: dict, pipeline
     trainer = LongTailTrainer(
         examples=labeled_gen.outputs["examples"], label_stats=stats_gen.outputs["label_stats"],
         schema=labeled_schema.outputs["schema"], run_fn=RUN_FN, base_model=base_model,
-        custom_config=training_custom_config(cfg, manifest, pipeline_root, data_dir),
+        custom_config=training_custom_config(cfg, manifest, pipeline_root, truth_dir),
         unlabeled_examples=unlabeled_examples if mode.online_pool else None, **pseudo_inputs)
 
     components += [stats_gen, trainer, *_gate_and_push(PerClassEvaluator, labeled_gen.outputs["examples"], trainer,

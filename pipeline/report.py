@@ -9,6 +9,16 @@ from models import modes, planner
 from models.pseudo_label import pseudo_label_block
 
 
+def _ingestion_note(data: dict) -> str:
+    """report.md's sentence on a user's own data: ingested by the pipeline, and the files that are not images."""
+    if data.get("ingestion") != "OwnDataExampleGen":
+        return ""
+    n = data.get("non_image_files") or 0
+    return (" Ingested by OwnDataExampleGen from the source this run; "
+            + (f"{n} file{'s' if n != 1 else ''} that {'are' if n != 1 else 'is'} not an image skipped "
+               "(listed in the ExampleGen's ingest_report.json)." if n else "no file that is not an image."))
+
+
 def build_metrics(cfg_dict: dict, manifest: dict, data_dir: str, results: dict, timings: dict) -> dict:
     ev = results["evaluation"] or {}
     test = ev.get("report") or {}
@@ -41,6 +51,7 @@ def build_metrics(cfg_dict: dict, manifest: dict, data_dir: str, results: dict, 
                       "unlabeled pool is empty: supervised-only run, unlabeled branch skipped"},
         "data": {"data_dir": data_dir, "source": manifest["source"], "rho": manifest["rho"], "rho_u": manifest["rho_u"],
                  "seed": manifest["seed"], "class_order": manifest["class_order"],
+                 "ingestion": manifest.get("ingestion", "prepare-data"), "non_image_files": manifest.get("non_image_files"),
                  "splits": {k: {kk: vv for kk, vv in v.items() if kk != "files"} for k, v in manifest["splits"].items()}},
         "semi": semi_block(results["training"], cfg_dict),
         "plan": plan_block(results["training"], cfg_dict),
@@ -369,7 +380,7 @@ def write_report(metrics: dict, out_dir: str) -> None:
           f"Data: `{metrics['data']['data_dir']}` ({metrics['data']['source']}, rho={metrics['data']['rho']}, "
           f"rho_u={metrics['data']['rho_u']}, seed {metrics['data']['seed']}). Labeled {stats['num_examples']} examples, "
           f"imbalance ratio {stats['imbalance_ratio']:.1f}. Unlabeled: {metrics['unlabeled']['examples']} "
-          f"({metrics['unlabeled']['note']}).", "",
+          f"({metrics['unlabeled']['note']})." + _ingestion_note(metrics["data"]), "",
           f"Shot groups (many >= {stats['shot_thresholds']['many_at_least']:.0f}, few < "
           f"{stats['shot_thresholds']['few_below']:.0f} training images; {stats['shot_thresholds']['source']}): "
           + ", ".join(f"{g}: {[stats['class_names'][c] for c in cs]}" for g, cs in stats["shot_groups"].items()), "",

@@ -14,6 +14,7 @@ import os
 import sys
 
 from components.data.longtail import SplitSpec
+from components.data.own_data import describe, first_image_shape, is_own_data, plan_own_data
 from components.data.prepare import MANIFEST, load_manifest, prepare_from_source
 from components.errors import PipelineDataError
 from pipeline import regression_report, report
@@ -116,6 +117,10 @@ class ClassificationTask(Task):
         return f" with semi.method={mode.name}{ssp}"
 
     def inputs(self, cfg, location=None):
+        if ingests_own_data(cfg):  # the pipeline ingests the user's source itself (OwnDataExampleGen), every run
+            kind, _, root = cfg.data.source.partition(":")
+            source = f"{kind}:{location or os.path.abspath(root)}"
+            return TaskInputs(source.partition(":")[2], own_data_manifest(source, split_spec(cfg)))
         if location:
             return TaskInputs(location, load_manifest(location))
         data_dir = ensure_data(cfg)
@@ -131,7 +136,7 @@ class ClassificationTask(Task):
         if inputs.manifest["splits"]["unlabeled"]["num_examples"] == 0:
             print("[run] the unlabeled pool is empty: running supervised-only (no unlabeled branch)", file=sys.stderr)
         return create_pipeline(cfg, inputs.location, inputs.manifest, pipeline_root, metadata_path, serving_dir,
-                               beam_args)
+                               beam_args, own_data_spec=split_spec(cfg) if ingests_own_data(cfg) else None)
 
     def timings(self, results, pipeline_seconds):
         trained_now = results["executions"].get(TRAINER) == "COMPLETE"
@@ -218,6 +223,18 @@ def split_spec(cfg: PipelineConfig) -> SplitSpec:
     return SplitSpec(rho=d.rho, n_max=d.n_max, class_order=parse_order(d.class_order), val_per_class=d.val_per_class,
                      rho_u=d.rho_u, unlabeled_size=d.unlabeled_size, unlabeled_order=parse_order(d.unlabeled_order),
                      pool_relevance=d.pool_relevance, seed=d.seed)
+
+
+def ingests_own_data(cfg: PipelineConfig) -> bool:
+    """A user's folder:/tfrecord: source goes through OwnDataExampleGen; the pool relevance knob (MNIST digits
+    mixed into the pool, an evaluation device) and an explicit data.data_dir keep the prepare-data path."""
+    return is_own_data(cfg.data.source) and not cfg.data.data_dir and cfg.data.pool_relevance == 1.0
+
+
+def own_data_manifest(source: str, spec: SplitSpec) -> dict:
+    """What the wiring needs (classes, image shape, planned split sizes), from the listing and the first image."""
+    plan = plan_own_data(source, spec)
+    return describe(plan, spec, first_image_shape(plan))
 
 
 def ensure_data(cfg: PipelineConfig) -> str:

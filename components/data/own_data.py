@@ -1,0 +1,304 @@
+"""A user's own images (``folder:PATH``, ``tfrecord:PATH``) as a plan of file locators, for streaming ingestion.
+
+The OwnDataExampleGen component (components/own_data_example_gen.py) reads, decodes and checks the images one
+file at a time in Beam; what it needs first is known without decoding anything:
+
+  * image folders: the listing gives the number of image files of every class, and prepare-data's plan
+    (:func:`components.data.longtail.plan_splits`, same seed) permutes positions within each class (classes
+    sorted, files sorted within a class), so the plan is one split code (a byte) a file position; the workers
+    list each folder again and read the files of their positions;
+  * TFRecords: one pass over the ``train*`` records reads only their ``label`` (no image is decoded or
+    kept) and the plan is drawn the same way; ``test*`` records all go to the test split. The plan keeps a
+    (file, record index) locator a record.
+
+Memory: a byte a file (folders) or a locator a record (TFRecords, tens of bytes), never the pixels.
+Files in a class folder that are not images (``.DS_Store``, ``Thumbs.db``, sub-folders) are counted and listed,
+never dropped silently. Every problem raises :class:`DataError` naming the folder or class, the problem and the
+count, with class names rather than indices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+
+from components.data.errors import DataError
+from components.data.longtail import SplitSpec, plan_splits
+from components.data.sources import IMAGE_SUFFIXES, decode_image
+
+# Output split of the ExampleGen -> the split of prepare-data's layout it holds.
+SPLIT_OF_OUTPUT = {"train": "labeled", "eval": "validation", "test": "test", "unlabeled": "unlabeled"}
+OWN_DATA_KINDS = ("folder", "tfrecord")
+OWN_DATA_INGESTION = "OwnDataExampleGen"  # a manifest's ``ingestion``: the pipeline ingests the source itself
+
+
+def is_own_data(source: str) -> bool:
+    return source.partition(":")[0] in OWN_DATA_KINDS
+
+
+# A folder's files, by position in the sorted listing of its image files -> split: one byte a file.
+CODE_OF_SPLIT = {"labeled": "L", "validation": "V", "unlabeled": "U", "test": "T"}
+SPLIT_OF_CODE = {v: k for k, v in CODE_OF_SPLIT.items()}
+UNUSED = "-"  # a training image the profile (rho) does not draw, as prepare-data leaves it out
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderGroup:
+    """One folder's image files (sorted listing): their label (-1: none) and one split code a file."""
+
+    folder: str
+    label: int
+    codes: bytes
+
+
+@dataclasses.dataclass
+class OwnDataPlan:
+    """Which file (or record) goes to which split, with its label; nothing decoded.
+
+    Folders: ``groups``, one :class:`FolderGroup` a class folder (and test/, unlabeled/ folder), one byte a file;
+    the workers list each folder again and read the files. TFRecords: ``items[split]``, ((file, record index),
+    label) pairs (label -1: the pool, -2: the record's own, read when it is decoded).
+    """
+
+    source: str
+    kind: str
+    root: str
+    class_names: list[str]
+    non_image_files: list[str]
+    class_order: list[int]
+    unlabeled_order: list[int]
+    groups: list[FolderGroup] = dataclasses.field(default_factory=list)
+    items: dict[str, list] = dataclasses.field(default_factory=dict)
+    first_image: str | None = None  # the file whose shape every image must have (the sorted first train image)
+    pool_from_source: bool = False  # the source has its own unlabeled/ (unlabeled*.tfrecord*) images
+
+    def split_counts(self, split: str) -> tuple[int, list[int] | None]:
+        """(examples, per-class counts or None where labels are unknown until decoding) of a split."""
+        per_class = np.zeros(len(self.class_names), np.int64)
+        n, known = 0, True
+        if self.kind == "folder":
+            code = ord(CODE_OF_SPLIT[split])
+            for g in self.groups:
+                k = np.frombuffer(g.codes, np.uint8).__eq__(code).sum()
+                n += int(k)
+                if g.label >= 0:
+                    per_class[g.label] += k
+        else:
+            for _, label in self.items[split]:
+                n += 1
+                if label >= 0:
+                    per_class[label] += 1
+                elif label == -2:
+                    known = False
+        return n, (per_class.astype(int).tolist() if known and split != "unlabeled" else None)
+
+
+def _gfile():
+    import tensorflow as tf  # local: gfile reads gs:// and other filesystems a cluster's data may live on
+
+    return tf.io.gfile
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_SUFFIXES)
+
+
+def image_files(folder: str) -> tuple[list[str], list[str]]:
+    """(image file names, other entry names) of one folder, sorted: the order a FolderGroup's codes follow."""
+    listed = sorted(e.rstrip("/") for e in _gfile().listdir(folder))
+    return [e for e in listed if _is_image(e)], [e for e in listed if not _is_image(e)]
+
+
+def _list_class_folders(split_dir: str, class_names: list[str] | None, non_images: list[str]):
+    """(class folder names, {name: number of image files}); the names of non-image entries join ``non_images``."""
+    gfile = _gfile()
+    entries = sorted(e.rstrip("/") for e in gfile.listdir(split_dir))
+    dirs = [e for e in entries if gfile.isdir(os.path.join(split_dir, e))]
+    non_images += [os.path.join(split_dir, e) for e in entries if e not in dirs]  # loose files beside the classes
+    if class_names is not None:
+        unknown = sorted(set(dirs) - set(class_names))
+        if unknown:
+            raise DataError(split_dir, f"class folders not in train/: {unknown[:5]}", len(unknown), unit="class")
+    counts, first = {}, {}
+    for name in dirs:
+        images, others = image_files(os.path.join(split_dir, name))
+        counts[name] = len(images)
+        first[name] = os.path.join(split_dir, name, images[0]) if images else None
+        non_images += [os.path.join(split_dir, name, e) for e in others]
+    return dirs, counts, first
+
+
+def _draw(train_labels: np.ndarray, class_names: list[str], spec: SplitSpec, where: str):
+    """plan_splits, with the classes that cannot be drawn named first."""
+    counts = np.bincount(train_labels, minlength=len(class_names)) if len(train_labels) else np.zeros(len(class_names))
+    empty = [class_names[c] for c, n in enumerate(counts) if n == 0]
+    if empty:
+        raise DataError(where, f"class folders with no image: {empty}", len(empty), unit="class")
+    short = [c for c, n in enumerate(counts) if n < spec.val_per_class]
+    if short:
+        raise DataError(where, f"classes {[class_names[c] for c in short]} have fewer than val_per_class="
+                        f"{spec.val_per_class} images (counts {[int(counts[c]) for c in short]})",
+                        int(sum(spec.val_per_class - counts[c] for c in short)))
+    return plan_splits(train_labels, len(class_names), spec)
+
+
+def plan_folder(root: str, spec: SplitSpec) -> OwnDataPlan:
+    """``root/train/<class>/*``, ``root/test/<class>/*``, optional flat ``root/unlabeled/``.
+
+    Only the number of image files a class is needed: prepare-data's plan permutes each class's positions
+    (classes sorted, files sorted within a class), so the plan is one split code a file position."""
+    gfile = _gfile()
+    train_dir = os.path.join(root, "train")
+    if not gfile.isdir(train_dir):
+        raise DataError(root, "no train/ folder (expected train/<class>/*, test/<class>/*, optional unlabeled/)")
+    non_images: list[str] = []
+    class_names, train_counts, first = _list_class_folders(train_dir, None, non_images)
+    if not class_names:
+        raise DataError(train_dir, "no class sub-folders")
+    test_dir = os.path.join(root, "test")
+    if not gfile.isdir(test_dir):
+        raise DataError(root, "no test/ folder")
+    test_classes, test_counts, _ = _list_class_folders(test_dir, class_names, non_images)
+    counts = np.asarray([train_counts[name] for name in class_names], np.int64)
+    labels = np.repeat(np.arange(len(class_names)), counts)
+    plan = _draw(labels, class_names, spec, train_dir)
+    codes = np.full(len(labels), ord(UNUSED), np.uint8)
+    for split in ("labeled", "validation", "unlabeled"):
+        codes[getattr(plan, split)] = ord(CODE_OF_SPLIT[split])
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    groups = [FolderGroup(os.path.join(train_dir, name), c, codes[offsets[c]:offsets[c + 1]].tobytes())
+              for c, name in enumerate(class_names)]
+    groups += [FolderGroup(os.path.join(test_dir, name), class_names.index(name), b"T" * test_counts[name])
+               for name in test_classes if test_counts[name]]
+    if not any(test_counts.values()):
+        raise DataError(test_dir, "no images")
+    unl_dir = os.path.join(root, "unlabeled")
+    pool_from_source = gfile.isdir(unl_dir)
+    if pool_from_source:
+        images, others = image_files(unl_dir)
+        groups.append(FolderGroup(unl_dir, -1, b"U" * len(images)))
+        non_images += [os.path.join(unl_dir, e) for e in others]
+    first_image = next(first[name] for name in class_names if first[name])
+    return OwnDataPlan(f"folder:{root}", "folder", root, class_names, non_images, plan.class_order,
+                       plan.unlabeled_order, groups=groups, first_image=first_image, pool_from_source=pool_from_source)
+
+
+def _scan_labels(files: list[str], num_classes: int | None, where: str) -> tuple[list[tuple[str, int]], list[int]]:
+    """(file, index) of every record and its label, reading only the labels; missing labels are counted."""
+    import tensorflow as tf
+
+    locators, labels, missing = [], [], []
+    for path in files:
+        try:
+            for i, raw in enumerate(tf.data.TFRecordDataset(path).as_numpy_iterator()):
+                feats = tf.train.Example.FromString(raw).features.feature
+                vals = feats["label"].int64_list.value if "label" in feats else []
+                if not vals:
+                    missing.append(f"{path}#{i}")
+                locators.append((path, i))
+                labels.append(int(vals[0]) if vals else -1)
+        except tf.errors.DataLossError as e:
+            raise DataError(path, f"corrupt TFRecord file ({e.message.splitlines()[0]})") from e
+    if missing:
+        raise DataError(where, f"labeled examples without a 'label' feature, e.g. {missing[:3]}", len(missing))
+    if num_classes is not None:
+        bad = [f"{p}#{i} (label {v})" for (p, i), v in zip(locators, labels) if not 0 <= v < num_classes]
+        if bad:
+            raise DataError(where, f"label outside [0, {num_classes}), e.g. {bad[:3]}", len(bad))
+    return locators, labels
+
+
+def _count_records(files: list[str]) -> list[tuple[str, int]]:
+    import tensorflow as tf
+
+    return [(path, i) for path in files for i, _ in enumerate(tf.data.TFRecordDataset(path))]
+
+
+def plan_tfrecords(root: str, spec: SplitSpec) -> OwnDataPlan:
+    """``root/train*.tfrecord*``, ``root/test*.tfrecord*``, optional ``root/unlabeled*.tfrecord*``, ``classes.txt``."""
+    gfile = _gfile()
+    train_files = sorted(gfile.glob(os.path.join(root, "train*.tfrecord*")))
+    test_files = sorted(gfile.glob(os.path.join(root, "test*.tfrecord*")))
+    for pattern, files in (("train*.tfrecord*", train_files), ("test*.tfrecord*", test_files)):
+        if not files:
+            raise DataError(os.path.join(root, pattern), "no files match")
+    classes_file = os.path.join(root, "classes.txt")
+    class_names = None
+    if gfile.exists(classes_file):
+        with gfile.GFile(classes_file) as f:
+            class_names = [line.strip() for line in f if line.strip()]
+    where = os.path.join(root, "train*.tfrecord*")
+    locators, labels = _scan_labels(train_files, len(class_names) if class_names else None, where)
+    if class_names is None:  # C from the largest training label, as prepare-data
+        class_names = [f"class_{i}" for i in range(max(labels) + 1)] if labels else []
+    label_array = np.asarray(labels, np.int64)
+    plan = _draw(label_array, class_names, spec, where)
+    items = {split: [(locators[i], int(label_array[i])) for i in getattr(plan, split)]
+             for split in ("labeled", "validation")}
+    items["unlabeled"] = [(locators[i], -1) for i in plan.unlabeled]
+    # test labels are checked where the records are decoded; -2: "read the record's own label"
+    items["test"] = [(loc, -2) for loc in _count_records(test_files)]
+    unl = sorted(gfile.glob(os.path.join(root, "unlabeled*.tfrecord*")))
+    items["unlabeled"] += [(loc, -1) for loc in _count_records(unl)]
+    return OwnDataPlan(f"tfrecord:{root}", "tfrecord", root, class_names, [], plan.class_order,
+                       plan.unlabeled_order, items=items, pool_from_source=bool(unl))
+
+
+def plan_own_data(source: str, spec: SplitSpec) -> OwnDataPlan:
+    kind, _, root = source.partition(":")
+    if kind == "folder":
+        return plan_folder(root, spec)
+    if kind == "tfrecord":
+        return plan_tfrecords(root, spec)
+    raise DataError(source, f"not a user's own data source (use {' or '.join(k + ':PATH' for k in OWN_DATA_KINDS)})")
+
+
+def read_image_bytes(locator) -> bytes:
+    """The encoded image of one locator: a file's bytes, or one record's ``image`` feature."""
+    gfile = _gfile()
+    if isinstance(locator, str):
+        with gfile.GFile(locator, "rb") as f:
+            return f.read()
+    raise TypeError(f"not a file locator: {locator!r}")
+
+
+def first_image_shape(plan: OwnDataPlan) -> list[int]:
+    """[H, W, C] of the first training image (sorted order): the shape every image must have."""
+    if plan.kind == "folder":
+        where, data = plan.first_image, read_image_bytes(plan.first_image)
+    else:
+        import tensorflow as tf
+
+        (path, index), _ = plan.items["labeled"][0] if plan.items["labeled"] else plan.items["test"][0]
+        where = f"{path}#{index}"
+        for i, raw in enumerate(tf.data.TFRecordDataset(path).as_numpy_iterator()):
+            if i == index:
+                feats = tf.train.Example.FromString(raw).features.feature
+                data = feats["image"].bytes_list.value[0] if "image" in feats and feats["image"].bytes_list.value else b""
+                break
+    try:
+        return list(decode_image(data).shape)
+    except Exception as e:  # PIL raises several types for corrupt data
+        raise DataError(where, f"the first image does not decode ({type(e).__name__}: {e})", 1) from e
+
+
+def describe(plan: OwnDataPlan, spec: SplitSpec, image_shape: list[int]) -> dict:
+    """A manifest in prepare-data's form (what the pipeline wiring reads), from the plan; no file is written."""
+    splits = {}
+    for name in ("labeled", "unlabeled", "validation", "test"):
+        n, per_class = plan.split_counts(name)
+        entry = {"num_examples": n, "has_label": name != "unlabeled"}
+        if per_class is not None:
+            entry["per_class_counts"] = per_class
+        splits[name] = entry
+    return {
+        "format_version": "own-data-1", "source": plan.source, "ingestion": OWN_DATA_INGESTION,
+        "class_names": plan.class_names, "num_classes": len(plan.class_names), "image_shape": list(image_shape),
+        "seed": spec.seed, "rho": spec.rho, "n_max": spec.n_max, "rho_u": spec.rho_u,
+        "unlabeled_size_requested": spec.unlabeled_size, "val_per_class": spec.val_per_class,
+        "class_order": plan.class_order, "unlabeled_class_order": plan.unlabeled_order,
+        "pool_relevance": spec.pool_relevance, "non_image_files": len(plan.non_image_files), "splits": splits,
+        "pool_from_source": plan.pool_from_source,
+    }
