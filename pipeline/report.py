@@ -19,6 +19,26 @@ def _ingestion_note(data: dict) -> str:
                "(listed in the ExampleGen's ingest_report.json)." if n else "no file that is not an image."))
 
 
+def duplicates_warning(data: dict) -> list[str]:
+    """report.md's data-section lines on images found in two splits: a loud warning when a training or validation
+    image is also a test image (the test score is then not on unseen images)."""
+    dups = data.get("duplicates_across_splits")
+    if dups is None:
+        return ["Duplicates across splits: not checked for this ingestion (OwnDataExampleGen does not compare "
+                "images yet)."] if data.get("ingestion") == "OwnDataExampleGen" else []
+    if not dups:
+        return ["Duplicates across splits: none (pixel-identical images compared across every pair of splits)."]
+    examples = data.get("duplicate_examples") or {}
+    text = "; ".join(f"{pair}: {n}" + (f" (e.g. records {examples[pair]})" if examples.get(pair) else "")
+                     for pair, n in sorted(dups.items()))
+    test = sum(n for pair, n in dups.items() if "test" in pair.split("/"))
+    lines = [f"Duplicates across splits (pixel-identical images): {text}."]
+    if test:
+        lines.insert(0, f"**WARNING: {test} test image{'s are' if test != 1 else ' is'} also in another split: the test "
+                        "score is contaminated by images the model saw or was selected on.**")
+    return lines
+
+
 def build_metrics(cfg_dict: dict, manifest: dict, data_dir: str, results: dict, timings: dict) -> dict:
     ev = results["evaluation"] or {}
     test = ev.get("report") or {}
@@ -52,6 +72,8 @@ def build_metrics(cfg_dict: dict, manifest: dict, data_dir: str, results: dict, 
         "data": {"data_dir": data_dir, "source": manifest["source"], "rho": manifest["rho"], "rho_u": manifest["rho_u"],
                  "seed": manifest["seed"], "class_order": manifest["class_order"],
                  "ingestion": manifest.get("ingestion", "prepare-data"), "non_image_files": manifest.get("non_image_files"),
+                 "duplicates_across_splits": manifest.get("duplicates_across_splits"),
+                 "duplicate_examples": manifest.get("duplicate_examples"),
                  "splits": {k: {kk: vv for kk, vv in v.items() if kk != "files"} for k, v in manifest["splits"].items()}},
         "semi": semi_block(results["training"], cfg_dict),
         "plan": plan_block(results["training"], cfg_dict),
@@ -381,6 +403,7 @@ def write_report(metrics: dict, out_dir: str) -> None:
           f"rho_u={metrics['data']['rho_u']}, seed {metrics['data']['seed']}). Labeled {stats['num_examples']} examples, "
           f"imbalance ratio {stats['imbalance_ratio']:.1f}. Unlabeled: {metrics['unlabeled']['examples']} "
           f"({metrics['unlabeled']['note']})." + _ingestion_note(metrics["data"]), "",
+          *[x for line in duplicates_warning(metrics["data"]) for x in (line, "")],
           f"Shot groups (many >= {stats['shot_thresholds']['many_at_least']:.0f}, few < "
           f"{stats['shot_thresholds']['few_below']:.0f} training images; {stats['shot_thresholds']['source']}): "
           + ", ".join(f"{g}: {[stats['class_names'][c] for c in cs]}" for g, cs in stats["shot_groups"].items()), "",

@@ -156,3 +156,19 @@ def test_cli_prints_output_dir_last_and_fails_cleanly(tmp_path, fashion_mnist_di
     bad = subprocess.run(bad_args, cwd=ROOT, env=env, capture_output=True, text=True)
     assert bad.returncode == 2
     assert "file not found" in bad.stderr and "dataset-fashion-mnist" in bad.stderr
+
+
+def test_duplicates_across_splits_are_counted_with_examples_and_a_test_overlap_is_a_loud_warning():
+    from components.data.prepare import cross_split_duplicates
+    from pipeline.report import duplicates_warning
+
+    a = np.arange(4 * 9, dtype=np.uint8).reshape(4, 3, 3, 1)
+    test = np.stack([a[2], a[0] + 100, a[3]])
+    examples = {}
+    found = cross_split_duplicates({"labeled": a, "validation": a[:1], "test": test}, examples)
+    assert found == {"labeled/validation": 1, "labeled/test": 2}
+    assert examples == {"labeled/validation": [(0, 0)], "labeled/test": [(2, 0), (3, 2)]}
+    lines = duplicates_warning({"duplicates_across_splits": found, "duplicate_examples": examples})
+    assert lines[0].startswith("**WARNING: 2 test images are also in another split: the test score is contaminated")
+    assert "labeled/test: 2 (e.g. records [(2, 0), (3, 2)])" in lines[1]
+    assert duplicates_warning({"duplicates_across_splits": {}})[0].startswith("Duplicates across splits: none")

@@ -48,16 +48,22 @@ def image_digest(image: np.ndarray) -> str:
     return hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest()
 
 
-def cross_split_duplicates(split_images: dict[str, np.ndarray]) -> dict[str, int]:
-    """Pixel-identical images shared by two splits (the source's own duplicates; recorded, not hidden)."""
-    digests = {name: {image_digest(x) for x in images} for name, images in split_images.items()}
+def cross_split_duplicates(split_images: dict[str, np.ndarray], examples: dict | None = None) -> dict[str, int]:
+    """Pixel-identical images shared by two splits (the source's own duplicates; recorded, not hidden). With an
+    ``examples`` dict, up to 3 (index in a, index in b) record pairs of each are put in it, in the splits' order."""
+    digests = {name: {} for name in split_images}
+    for name, images in split_images.items():
+        for i, x in enumerate(images):
+            digests[name].setdefault(image_digest(x), i)
     names = list(digests)
     found = {}
     for i, a in enumerate(names):
         for b in names[i + 1:]:
-            n = len(digests[a] & digests[b])
-            if n:
-                found[f"{a}/{b}"] = n
+            shared = digests[a].keys() & digests[b].keys()
+            if shared:
+                found[f"{a}/{b}"] = len(shared)
+                if examples is not None:
+                    examples[f"{a}/{b}"] = sorted((digests[a][d], digests[b][d]) for d in shared)[:3]
     return found
 
 
@@ -176,7 +182,9 @@ def prepare(raw: RawData, spec: SplitSpec, out_dir: str, shard_size: int = 10000
         "unlabeled_composition": composition,  # evaluation only: never read for training or planning
         "splits": {},
     }
-    manifest["duplicates_across_splits"] = cross_split_duplicates({k: v[0] for k, v in split_data.items()})
+    examples = {}
+    manifest["duplicates_across_splits"] = cross_split_duplicates({k: v[0] for k, v in split_data.items()}, examples)
+    manifest["duplicate_examples"] = {k: [list(p) for p in v] for k, v in examples.items()}  # (record in a, in b)
     for pair, n in manifest["duplicates_across_splits"].items():
         log(f"[prepare-data] warning: {n} images of the source appear in both {pair} (identical pixels)")
     for name in SPLITS:
