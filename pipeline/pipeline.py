@@ -1,6 +1,6 @@
 """create_pipeline(): wiring only. Every number comes from the typed config or from artifacts.
 
-labeled    -> ImportExampleGen -> StatisticsGen -> ExampleValidator (schemas/labeled.pbtxt)   -> AnomalyCheck
+labeled    -> ImportExampleGen -> StatisticsGen -> ExampleValidator (schemas/labeled.pbtxt, label in [0, C-1]) -> AnomalyCheck
 unlabeled  -> ImportExampleGen -> StatisticsGen -> ExampleValidator (schemas/unlabeled.pbtxt) -> AnomalyCheck
 labeled (+ unlabeled count) -> LabelStatsGen (Beam) -> LongTailTrainer (run_fn: models.trainer.run_fn)
                                unlabeled -> LongTailTrainer too when the mode reads the pool online (online_pool)
@@ -41,6 +41,7 @@ from components.pseudo_labeler import PseudoLabeler
 from components.pusher import LongTailPusher
 from components.regression_evaluator import RegressionEvaluator
 from components.regression_label_stats_gen import RegressionLabelStatsGen
+from components.schema_gen import LabelDomainSchemaGen
 from components.trainer import LongTailTrainer, PseudoLabelBaseTrainer, SSPPretrainer
 from models import modes
 from models.config import SemiConfig
@@ -62,9 +63,19 @@ def _example_gen(data_dir: str, splits: dict[str, str], component_id: str):
                                            ).with_id(component_id)
 
 
-def _validated(examples, schema_file: str, prefix: str, name: str, exclude_splits: list[str] | None = None):
-    stats = tfx.components.StatisticsGen(examples=examples, exclude_splits=exclude_splits).with_id(f"{prefix}StatisticsGen")
-    schema = tfx.components.ImportSchemaGen(schema_file=schema_file).with_id(f"{prefix}SchemaGen")
+def _validated(examples, schema_file: str, prefix: str, name: str, exclude_splits: list[str] | None = None,
+               num_classes: int | None = None):
+    """StatisticsGen -> ExampleValidator against the schema -> AnomalyCheck. With ``num_classes`` the schema's label
+    gets the domain [0, C-1], categorical (LabelDomainSchemaGen), and StatisticsGen reads it: per-class counts."""
+    if num_classes is None:
+        schema = tfx.components.ImportSchemaGen(schema_file=schema_file).with_id(f"{prefix}SchemaGen")
+        stats = tfx.components.StatisticsGen(examples=examples, exclude_splits=exclude_splits)
+    else:
+        with open(schema_file) as f:
+            schema = LabelDomainSchemaGen(schema_text=f.read(), num_classes=num_classes).with_id(f"{prefix}SchemaGen")
+        stats = tfx.components.StatisticsGen(examples=examples, schema=schema.outputs["schema"],
+                                             exclude_splits=exclude_splits)
+    stats = stats.with_id(f"{prefix}StatisticsGen")
     validator = tfx.components.ExampleValidator(statistics=stats.outputs["statistics"], schema=schema.outputs["schema"]
                                                 ).with_id(f"{prefix}ExampleValidator")
     check = AnomalyCheck(anomalies=validator.outputs["anomalies"], examples_name=name).with_id(f"{prefix}AnomalyCheck")
@@ -142,7 +153,7 @@ def create_pipeline(cfg: PipelineConfig, data_dir: str, manifest: dict, pipeline
         unlabeled_source = unlabeled_gens[0].outputs["examples"] if has_pool else None
     labeled_nodes, labeled_schema, labeled_check = _validated(
         labeled_examples, os.path.join(SCHEMA_DIR, "labeled.pbtxt"), "Labeled", "labeled",
-        exclude_splits=["unlabeled"] if own_data and has_pool else None)
+        exclude_splits=["unlabeled"] if own_data and has_pool else None, num_classes=int(manifest["num_classes"]))
     components = [labeled_gen, *labeled_nodes]
 
     unlabeled_examples, upstream_checks = None, [labeled_check]

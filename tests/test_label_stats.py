@@ -115,3 +115,14 @@ def test_label_stats_gen_stops_on_bad_data(tmp_path, items, message):
 
     with pytest.raises(PipelineDataError, match=r"labeled examples \(Split-train\).*" + message):
         _run_label_stats(tmp_path, items)
+
+
+def test_labeled_schema_gets_the_label_domain_of_the_data_at_hand():
+    from components.schema_gen import label_domain_schema
+
+    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "schemas", "labeled.pbtxt")) as f:
+        text = f.read()
+    label = next(f for f in label_domain_schema(text, 7).feature if f.name == "label")
+    assert (label.int_domain.min, label.int_domain.max, label.int_domain.is_categorical) == (0, 6, True)
+    with pytest.raises(ValueError, match="no feature 'label'"):
+        label_domain_schema('feature { name: "image" type: BYTES }', 3)

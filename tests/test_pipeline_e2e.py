@@ -62,6 +62,9 @@ def test_run_writes_metrics_report_and_pushes(smoke):
     assert os.path.dirname(pushed) == str(smoke["tmp"] / "serving" / "longtail")  # serving/<model>/<version>/
     assert os.path.basename(pushed).isdigit()
     assert os.path.exists(os.path.join(out, "report.md")) and os.path.getsize(os.path.join(out, "per_class.png")) > 1000
+    schema_files = glob.glob(os.path.join(smoke["tmp"], "runs", "_tfx", "smoke", "root", "LabeledSchemaGen", "schema",
+                                          "*", "schema.pbtxt"))
+    assert schema_files and "max: 9" in open(schema_files[0]).read() and "is_categorical: true" in open(schema_files[0]).read()
     report = open(os.path.join(out, "report.md")).read()
     assert "BLESSED" in report and "augmentation crop + flip" in report  # Fashion-MNIST's auto augmentation
     assert os.path.getsize(os.path.join(out, "confusion.png")) > 1000 and "![test confusion matrix](confusion.png)" in report
