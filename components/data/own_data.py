@@ -25,8 +25,8 @@ import os
 import numpy as np
 
 from components.data.errors import DataError
-from components.data.longtail import SplitSpec, plan_splits
-from components.data.sources import IMAGE_SUFFIXES, decode_image
+from components.data.longtail import SplitSpec, plan_splits, validation_per_class
+from components.data.sources import IMAGE_SUFFIXES, decode_image, label_kind
 
 # Output split of the ExampleGen -> the split of prepare-data's layout it holds.
 SPLIT_OF_OUTPUT = {"train": "labeled", "eval": "validation", "test": "test", "unlabeled": "unlabeled"}
@@ -136,12 +136,8 @@ def _draw(train_labels: np.ndarray, class_names: list[str], spec: SplitSpec, whe
     empty = [class_names[c] for c, n in enumerate(counts) if n == 0]
     if empty:
         raise DataError(where, f"class folders with no image: {empty}", len(empty), unit="class")
-    short = [c for c, n in enumerate(counts) if n < spec.val_per_class]
-    if short:
-        raise DataError(where, f"classes {[class_names[c] for c in short]} have fewer than val_per_class="
-                        f"{spec.val_per_class} images (counts {[int(counts[c]) for c in short]})",
-                        int(sum(spec.val_per_class - counts[c] for c in short)))
-    return plan_splits(train_labels, len(class_names), spec)
+    validation_per_class(counts, spec, class_names)  # a class too small: named, with its count and the setting
+    return plan_splits(train_labels, len(class_names), spec, class_names)
 
 
 def plan_folder(root: str, spec: SplitSpec) -> OwnDataPlan:
@@ -189,18 +185,21 @@ def _scan_labels(files: list[str], num_classes: int | None, where: str) -> tuple
     """(file, index) of every record and its label, reading only the labels; missing labels are counted."""
     import tensorflow as tf
 
-    locators, labels, missing = [], [], []
+    locators, labels, missing, wrong = [], [], [], {}
     for path in files:
         try:
             for i, raw in enumerate(tf.data.TFRecordDataset(path).as_numpy_iterator()):
                 feats = tf.train.Example.FromString(raw).features.feature
                 vals = feats["label"].int64_list.value if "label" in feats else []
                 if not vals:
-                    missing.append(f"{path}#{i}")
+                    kind = label_kind(feats)
+                    (missing if kind is None else wrong.setdefault(kind, [])).append(f"{path}#{i}")
                 locators.append((path, i))
                 labels.append(int(vals[0]) if vals else -1)
         except tf.errors.DataLossError as e:
             raise DataError(path, f"corrupt TFRecord file ({e.message.splitlines()[0]})") from e
+    for kind, names in wrong.items():
+        raise DataError(where, f"label is {kind}, expected int64 (a class id), e.g. {names[:3]}", len(names))
     if missing:
         raise DataError(where, f"labeled examples without a 'label' feature, e.g. {missing[:3]}", len(missing))
     if num_classes is not None:
@@ -297,7 +296,9 @@ def describe(plan: OwnDataPlan, spec: SplitSpec, image_shape: list[int]) -> dict
         "format_version": "own-data-1", "source": plan.source, "ingestion": OWN_DATA_INGESTION,
         "class_names": plan.class_names, "num_classes": len(plan.class_names), "image_shape": list(image_shape),
         "seed": spec.seed, "rho": spec.rho, "n_max": spec.n_max, "rho_u": spec.rho_u,
-        "unlabeled_size_requested": spec.unlabeled_size, "val_per_class": spec.val_per_class,
+        "unlabeled_size_requested": spec.unlabeled_size,
+        "val_per_class": (splits["validation"].get("per_class_counts") or [spec.val_per_class])[0],
+        "val_per_class_setting": spec.val_per_class,  # None: sized to the data (components/data/longtail.py)
         "class_order": plan.class_order, "unlabeled_class_order": plan.unlabeled_order,
         "pool_relevance": spec.pool_relevance, "non_image_files": len(plan.non_image_files), "splits": splits,
         "pool_from_source": plan.pool_from_source,
