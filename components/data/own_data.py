@@ -26,7 +26,7 @@ import numpy as np
 
 from components.data.errors import DataError
 from components.data.longtail import SplitSpec, plan_splits, validation_per_class
-from components.data.sources import IMAGE_SUFFIXES, decode_image, label_kind
+from components.data.sources import IMAGE_SUFFIXES, LabelProblems, decode_image
 
 # Output split of the ExampleGen -> the split of prepare-data's layout it holds.
 SPLIT_OF_OUTPUT = {"train": "labeled", "eval": "validation", "test": "test", "unlabeled": "unlabeled"}
@@ -185,23 +185,16 @@ def _scan_labels(files: list[str], num_classes: int | None, where: str) -> tuple
     """(file, index) of every record and its label, reading only the labels; missing labels are counted."""
     import tensorflow as tf
 
-    locators, labels, missing, wrong = [], [], [], {}
+    locators, labels, problems = [], [], LabelProblems()
     for path in files:
         try:
             for i, raw in enumerate(tf.data.TFRecordDataset(path).as_numpy_iterator()):
                 feats = tf.train.Example.FromString(raw).features.feature
-                vals = feats["label"].int64_list.value if "label" in feats else []
-                if not vals:
-                    kind = label_kind(feats)
-                    (missing if kind is None else wrong.setdefault(kind, [])).append(f"{path}#{i}")
                 locators.append((path, i))
-                labels.append(int(vals[0]) if vals else -1)
+                labels.append(problems.read(feats, f"{path}#{i}"))
         except tf.errors.DataLossError as e:
             raise DataError(path, f"corrupt TFRecord file ({e.message.splitlines()[0]})") from e
-    for kind, names in wrong.items():
-        raise DataError(where, f"label is {kind}, expected int64 (a class id), e.g. {names[:3]}", len(names))
-    if missing:
-        raise DataError(where, f"labeled examples without a 'label' feature, e.g. {missing[:3]}", len(missing))
+    problems.raise_if_any(where)
     if num_classes is not None:
         bad = [f"{p}#{i} (label {v})" for (p, i), v in zip(locators, labels) if not 0 <= v < num_classes]
         if bad:

@@ -197,7 +197,7 @@ def _read_tfrecords(pattern: str, need_label: bool, num_classes: int | None):
     files = sorted(glob.glob(pattern))
     if not files:
         raise DataError(pattern, "no files match")
-    blobs, names, labels, missing, wrong = [], [], [], [], {}
+    blobs, names, labels, problems = [], [], [], LabelProblems()
     for path in files:
         try:
             for i, raw in enumerate(tf.data.TFRecordDataset(path).as_numpy_iterator()):
@@ -209,33 +209,44 @@ def _read_tfrecords(pattern: str, need_label: bool, num_classes: int | None):
                 blobs.append(feats["image"].bytes_list.value[0])
                 names.append(name)
                 if need_label:
-                    vals = feats["label"].int64_list.value if "label" in feats else []
-                    if not vals:
-                        kind = label_kind(feats)
-                        (missing if kind is None else wrong.setdefault(kind, [])).append(name)
-                        labels.append(-1)
-                    else:
-                        labels.append(vals[0])
+                    labels.append(problems.read(feats, name))
         except tf.errors.DataLossError as e:
             raise DataError(path, f"corrupt TFRecord file ({e.message.splitlines()[0]})") from e
-    for kind, names_ in wrong.items():
-        raise DataError(pattern, f"label is {kind}, expected int64 (a class id), e.g. {names_[:3]}", len(names_))
-    if missing:
-        raise DataError(pattern, f"labeled examples without a 'label' feature, e.g. {missing[:3]}", len(missing))
+    problems.raise_if_any(pattern)
     images = _decode_all(blobs, names, pattern)
     if not need_label:
         return images, None
     return images, check_labels(np.asarray(labels), num_classes, pattern)
 
 
-def label_kind(feats) -> str | None:
-    """The type a 'label' feature that holds no int64 has ("bytes", "float"), or None when there is none at all."""
-    if "label" not in feats:
-        return None
-    kind = feats["label"].WhichOneof("kind")
-    if kind is None or not getattr(feats["label"], kind).value:
-        return None
-    return {"bytes_list": "bytes", "float_list": "float", "int64_list": "int64"}[kind]
+class LabelProblems:
+    """The int64 ``label`` of labeled records, read one record at a time; a record whose label is absent or of another
+    type is collected (not dropped) and :meth:`raise_if_any` names them all, the wrong types first."""
+
+    KINDS = {"bytes_list": "bytes", "float_list": "float", "int64_list": "int64"}
+
+    def __init__(self):
+        self.missing: list[str] = []
+        self.wrong: dict[str, list[str]] = {}
+
+    def read(self, feats, name: str) -> int:
+        """The record's label, or -1 after noting why there is none."""
+        vals = feats["label"].int64_list.value if "label" in feats else []
+        if vals:
+            return int(vals[0])
+        kind = feats["label"].WhichOneof("kind") if "label" in feats else None
+        if kind is not None and getattr(feats["label"], kind).value:
+            self.wrong.setdefault(self.KINDS[kind], []).append(name)
+        else:
+            self.missing.append(name)
+        return -1
+
+    def raise_if_any(self, where: str) -> None:
+        for kind, names in self.wrong.items():
+            raise DataError(where, f"label is {kind}, expected int64 (a class id), e.g. {names[:3]}", len(names))
+        if self.missing:
+            raise DataError(where, f"labeled examples without a 'label' feature, e.g. {self.missing[:3]}",
+                            len(self.missing))
 
 
 def read_tfrecords(root: str) -> RawData:
