@@ -56,6 +56,14 @@ class TrainConfig:
     jit_compile: bool = False
     steps_per_execution: int = 1  # >1 runs several steps per tf.function call (less Python overhead)
     max_steps_per_epoch: int | None = None  # smoke runs only
+    # training beyond one process (models/distribute.py): none | mirrored | multi_worker (TF_CONFIG) | auto (a cluster in
+    # TF_CONFIG or train.local_workers > 1: multi_worker; several GPUs: mirrored; else none, as on this CPU machine)
+    distribute: str = "auto"
+    local_workers: int = 1  # >1: the Trainer starts this many workers on localhost (multi_worker, a one-host cluster)
+    batch_scaling: str = "global"  # global: batch_size is the global batch, split across replicas | per_replica
+    lr_scaling: str = "none"  # none | linear | sqrt: learning rate x (global batch / batch_size) or its root
+    data_sharding: str = "auto"  # auto | examples (worker i reads every n-th example) | seeds (all, own order)
+    mixed_precision: str = "none"  # none | mixed_float16 | mixed_bfloat16 (losses in float32, export in float32)
 
 
 # What train.augment may name (models/inputs.py:augmenter applies them): crop = zero-pad by about an eighth of the side

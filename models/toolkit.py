@@ -48,6 +48,8 @@ class TrainingJob:
     backup_dir: str | None = None
     base_model: str | None = None
     inputs: dict = dataclasses.field(default_factory=dict)
+    strategy: object = None  # a tf.distribute strategy when train.distribute resolves to more than one process/device
+    plan: object = None  # its models.distribute.Plan (batch, learning rate, sharding, chief), recorded in the summary
 
     @property
     def mode(self) -> modes.TrainingMode:
@@ -118,16 +120,22 @@ def build_model(cfg: config.TrainConfig, image_shape, num_classes: int) -> keras
 
 
 def labeled_dataset(cfg: config.TrainConfig, train_files, stats: dict, image_shape, sampler: str, epochs: int,
-                    first_epoch: int = 0, drop_remainder: bool = False, pseudo_files=None, pseudo_weight: float = 1.0):
+                    first_epoch: int = 0, drop_remainder: bool = False, pseudo_files=None, pseudo_weight: float = 1.0,
+                    batch_size: int | None = None, shard: tuple[int, int] | None = None, seed_offset: int = 0):
     """(dataset, steps per epoch). Instance-balanced reads shuffled epochs; other samplers draw an
     endless class-aware stream cut into epochs of the training set's size.
 
     ``pseudo_files``: pseudo-labeled examples (components/pseudo_labeler.py) appended to the labeled
-    ones; with ``pseudo_weight`` != 1 every element gets a sample weight (1 labeled, w pseudo-labeled)."""
+    ones; with ``pseudo_weight`` != 1 every element gets a sample weight (1 labeled, w pseudo-labeled).
+    Distributed training (models/distribute.py): ``batch_size`` the replica's batch (default train.batch_size),
+    ``shard`` (n, i) keeps every n-th example from the i-th, ``seed_offset`` shifts the shuffle, sampler and
+    augmentation seeds (a worker's own order)."""
     n = stats["num_examples"]
-    steps = -(-n // cfg.batch_size)
+    batch_size = batch_size or cfg.batch_size
+    steps = -(-n // batch_size)
     if cfg.max_steps_per_epoch:
         steps = min(steps, cfg.max_steps_per_epoch)
+    seed = cfg.seed + seed_offset
     decoded = inputs.read_examples(train_files, image_shape)
     if pseudo_files:
         pseudo = inputs.read_examples(pseudo_files, image_shape)
@@ -135,16 +143,18 @@ def labeled_dataset(cfg: config.TrainConfig, train_files, stats: dict, image_sha
             decoded = decoded.map(lambda x, y: (x, y, tf.constant(1.0)))
             pseudo = pseudo.map(lambda x, y: (x, y, tf.constant(float(pseudo_weight))))
         decoded = decoded.concatenate(pseudo)
+    if shard is not None:
+        decoded = decoded.shard(*shard)
     decoded = decoded.cache()
     if sampler == "instance":
-        ds = decoded.shuffle(50_000, seed=cfg.seed, reshuffle_each_iteration=True).repeat()
+        ds = decoded.shuffle(50_000, seed=seed, reshuffle_each_iteration=True).repeat()
     else:
-        ds = sampling.resampled(decoded, stats["class_counts"], sampler, epochs, n, cfg.seed, first_epoch)
-    augment = inputs.augmenter(config.augment_ops(cfg.augment), image_shape, cfg.seed)
+        ds = sampling.resampled(decoded, stats["class_counts"], sampler, epochs, n, seed, first_epoch)
+    augment = inputs.augmenter(config.augment_ops(cfg.augment), image_shape, seed)
     if augment is not None:
         ds = ds.map(lambda x, *rest: (augment(x), *rest), num_parallel_calls=inputs.AUTOTUNE)
     ds = ds.map(lambda x, *rest: (inputs.to_float(x), *rest), num_parallel_calls=inputs.AUTOTUNE)
-    return ds.batch(cfg.batch_size, drop_remainder=drop_remainder).prefetch(inputs.AUTOTUNE), steps
+    return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(inputs.AUTOTUNE), steps
 
 
 # ----------------------------------------------------------------------------- optimizer and callbacks

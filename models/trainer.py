@@ -11,12 +11,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import time
+import types
 
 import numpy as np
 import tensorflow as tf
 
-from models import backbones, toolkit
+from models import backbones, distribute, modes, toolkit
 from models.export import export_serving_model
 
 SUMMARY_FILE = "training_summary.json"
@@ -24,14 +26,86 @@ SUMMARY_FILE = "training_summary.json"
 
 def run_fn(fn_args) -> None:
     job = toolkit.TrainingJob.from_fn_args(fn_args)
+    tf_config = distribute.read_tf_config()
+    kind = distribute.resolve(job.train.distribute, job.train.local_workers, tf_config,
+                              gpus=len(tf.config.list_physical_devices("GPU")))
+    if kind != "none" and job.mode.name != modes.SUPERVISED and job.train.distribute == "auto":
+        print(f"[trainer] train.distribute=auto: semi.method={job.mode.name} trains in one process (only the supervised "
+              f"Trainer is data-parallel), not {kind}", file=sys.stderr, flush=True)
+        kind = "none"
+    if kind != "none" and job.mode.name != modes.SUPERVISED:
+        raise ValueError(f"train.distribute={job.train.distribute} resolved to {kind}, but semi.method={job.mode.name} "
+                         "trains in one process (only the supervised Trainer is data-parallel); set "
+                         "train.distribute=none")
+    if kind == "multi_worker":  # fresh processes: a multi-worker strategy must come before any TensorFlow op
+        configs = distribute.local_cluster(job.train.local_workers) if job.train.local_workers > 1 else [tf_config]
+        print(f"[trainer] multi-worker training: {len(configs)} local worker process(es) of a "
+              f"{distribute.cluster_workers(configs[0])}-worker cluster", file=sys.stderr, flush=True)
+        distribute.launch({"fn_args": fn_args_dict(fn_args)}, configs, worker_scratch(job.model_run_dir))
+        return
+    train_and_export(fn_args, job, distribute.make_strategy(kind), tf_config)
+
+
+def fn_args_dict(fn_args) -> dict:
+    """The fn_args attributes a worker process needs (models.toolkit.TrainingJob.from_fn_args), as JSON."""
+    return {"train_files": list(fn_args.train_files), "eval_files": list(getattr(fn_args, "eval_files", None) or []),
+            "serving_model_dir": fn_args.serving_model_dir, "model_run_dir": fn_args.model_run_dir,
+            "custom_config": dict(fn_args.custom_config), "base_model": getattr(fn_args, "base_model", None)}
+
+
+def worker_scratch(model_run_dir: str) -> str:
+    return os.path.join(model_run_dir, distribute.WORKER_DIR)
+
+
+def run_worker(job: dict, strategy, tf_config: dict) -> None:
+    """One worker process of a multi-worker training (models.distribute.main)."""
+    fn_args = types.SimpleNamespace(**job["fn_args"])
+    train_and_export(fn_args, toolkit.TrainingJob.from_fn_args(fn_args), strategy, tf_config)
+
+
+def train_and_export(fn_args, job: toolkit.TrainingJob, strategy, tf_config: dict) -> None:
+    """Train with the job's mode (data-parallel under ``strategy`` when given); the chief exports the SavedModel
+    and writes the summary, every worker writes its final weights to the scratch folder."""
+    distribute.set_mixed_precision(job.train.mixed_precision)
+    try:
+        _train_and_export(fn_args, job, strategy, tf_config)
+    finally:  # the policy is global: later components in this process (LocalDagRunner) build float32 models
+        distribute.set_mixed_precision("none")
+
+
+def _train_and_export(fn_args, job: toolkit.TrainingJob, strategy, tf_config: dict) -> None:
+    cfg = job.train
+    chief = distribute.is_chief(tf_config)
+    if strategy is not None:
+        replicas = strategy.num_replicas_in_sync
+        global_batch, per_replica, lr = distribute.batch_and_lr(cfg.batch_size, cfg.learning_rate, replicas,
+                                                                cfg.batch_scaling, cfg.lr_scaling)
+        job.strategy = strategy
+        job.plan = distribute.Plan(
+            strategy=("MultiWorkerMirroredStrategy" if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+                      else type(strategy).__name__), workers=max(distribute.cluster_workers(tf_config), 1), replicas=replicas,
+            worker_index=distribute.worker_index(tf_config), chief=chief, global_batch_size=global_batch,
+            per_replica_batch_size=per_replica, batch_scaling=cfg.batch_scaling, learning_rate=lr,
+            lr_scaling=cfg.lr_scaling, data_sharding=distribute.data_sharding_for(cfg.data_sharding, cfg.sampler),
+            mixed_precision=cfg.mixed_precision, local_workers=cfg.local_workers)
+        print(f"[trainer] {job.plan.strategy}: worker {job.plan.worker_index} of {job.plan.workers}, {replicas} "
+              f"replica(s), global batch {global_batch} ({per_replica} a replica), learning rate {lr:g}, "
+              f"data sharding {job.plan.data_sharding}", file=sys.stderr, flush=True)
     t0 = time.time()
     result = job.mode.trainer()(job)
     train_seconds = time.time() - t0
+    model = distribute.float32_copy(result.model) if strategy is None else distribute.plain_copy(result.model)
+    if strategy is not None:
+        scratch = os.path.join(worker_scratch(job.model_run_dir), f"worker-{job.plan.worker_index}")
+        os.makedirs(scratch, exist_ok=True)
+        np.savez(os.path.join(scratch, "final.weights.npz"), *model.get_weights())
+    if not chief:  # TF's multi-worker rule: one writer; the others' weights stay in their scratch folder
+        return
     tau = fn_args.custom_config.get("post_hoc_logit_adjust_tau")
     logit_offset = -tau * np.log(np.asarray(job.stats["class_priors"], np.float32)) if tau else None
-    export_serving_model(result.model, fn_args.serving_model_dir, job.image_shape, logit_offset,
+    export_serving_model(model, fn_args.serving_model_dir, job.image_shape, logit_offset,
                          class_names=job.stats.get("class_names"))
-    result.model.save(os.path.join(job.model_run_dir, "model.keras"))
+    model.save(os.path.join(job.model_run_dir, "model.keras"))
     write_summary(job, result, train_seconds)
 
 
@@ -41,6 +115,8 @@ def write_summary(job: toolkit.TrainingJob, result: toolkit.TrainResult, train_s
     summary = {"train_seconds": train_seconds, "epochs": job.train.epochs, "history": result.history,
                "config": dataclasses.asdict(job.train), "mode": job.mode.name,
                "images_per_second": (result.images_seen / train_seconds) if train_seconds else None,
+               "distribute": job.plan.as_dict() if job.plan is not None else
+               {"strategy": "none", "workers": 1, "replicas": 1, "mixed_precision": job.train.mixed_precision},
                "semi": None, "plan": None, "pseudo_labels": None, "inline_ssp": None,
                "training_files": {"labeled": list(job.train_files), "pseudo_labeled": []},
                "training_class_counts": result.training_stats["class_counts"],

@@ -5,9 +5,11 @@ second stage (Kang et al., ICLR 2020).
 
 from __future__ import annotations
 
+import sys
+
 import keras
 
-from models import heads, losses, toolkit
+from models import distribute, heads, losses, toolkit
 from models.config import TrainConfig
 
 
@@ -17,8 +19,10 @@ def _compile(model, optimizer, loss, cfg: TrainConfig) -> None:
 
 
 def train(cfg: TrainConfig, train_files, stats: dict, image_shape, model_run_dir: str, backup_dir: str | None = None,
-          extra_callbacks=(), backbone_weights: str | None = None, pseudo_files=None, pseudo_weight: float = 1.0):
+          extra_callbacks=(), backbone_weights: str | None = None, pseudo_files=None, pseudo_weight: float = 1.0,
+          strategy=None, plan: distribute.Plan | None = None):
     """Train and return (model, history). Resumes from ``backup_dir`` when a backup is there.
+    ``strategy`` / ``plan`` (models/distribute.py): the same training, data-parallel, with the custom loop.
     ``pseudo_files`` / ``pseudo_weight``: pseudo-labeled examples added to the training set with weight w
     (``stats`` must then count them: models.pseudo_label.combined_stats).
     ``backbone_weights``: a folder with a pre-trained backbone.weights.npz to warm-start from (every
@@ -27,6 +31,9 @@ def train(cfg: TrainConfig, train_files, stats: dict, image_shape, model_run_dir
     Stage 1: the configured loss, class weights (fixed, or deferred re-weighting) and sampler.
     Stage 2 (decoupling != none): cRT or LWS on a class-balanced sample, or tau-normalisation.
     """
+    if strategy is not None:
+        return train_distributed(cfg, train_files, stats, image_shape, backup_dir, strategy, plan, backbone_weights,
+                                 pseudo_files, pseudo_weight)
     keras.utils.set_random_seed(cfg.seed)
     ds, steps = toolkit.labeled_dataset(cfg, train_files, stats, image_shape, cfg.sampler, cfg.epochs,
                                         pseudo_files=pseudo_files, pseudo_weight=pseudo_weight)
@@ -70,9 +77,84 @@ def decouple(model, cfg: TrainConfig, train_files, stats: dict, image_shape, pse
     return stage, [dict(h, stage=cfg.decoupling) for h in progress.history]
 
 
+def _print_epoch(prefix: str, epochs: int):
+    def show(entry):
+        shown = " ".join(f"{k}={v:.4f}" for k, v in entry.items() if k not in ("epoch", "seconds"))
+        print(f"{prefix} epoch {entry['epoch']}/{epochs} {shown} ({entry['seconds']:.1f} s)", file=sys.stderr,
+              flush=True)
+    return show
+
+
+def train_distributed(cfg: TrainConfig, train_files, stats: dict, image_shape, backup_dir, strategy,
+                      plan: distribute.Plan, backbone_weights=None, pseudo_files=None, pseudo_weight: float = 1.0):
+    """:func:`train` under a tf.distribute strategy: the same stages, sampler, loss, class weights and DRW switch,
+    with the custom loop (models.distribute.fit) and one global batch of ``plan.global_batch_size`` a step."""
+    keras.utils.set_random_seed(cfg.seed)
+    n = stats["num_examples"]
+    steps = -(-n // plan.global_batch_size)
+    if cfg.max_steps_per_epoch:
+        steps = min(steps, cfg.max_steps_per_epoch)
+
+    def dataset_fn(sampler: str, epochs: int, first_epoch: int, sharding: str):
+        def make(context):
+            shard = None
+            if sharding == "examples" and context.num_input_pipelines > 1:
+                shard = (context.num_input_pipelines, context.input_pipeline_id)
+            ds, _ = toolkit.labeled_dataset(cfg, train_files, stats, image_shape, sampler, epochs, first_epoch,
+                                            drop_remainder=True, pseudo_files=pseudo_files, pseudo_weight=pseudo_weight,
+                                            batch_size=context.get_per_replica_batch_size(plan.global_batch_size),
+                                            shard=shard, seed_offset=context.input_pipeline_id)
+            return ds
+        return make
+
+    with strategy.scope():
+        model = toolkit.build_model(cfg, image_shape, stats["num_classes"])
+        toolkit.warm_start(model, backbone_weights)
+        optimizer = toolkit.sgd_cosine(plan.learning_rate, cfg.epochs * steps, cfg.momentum, cfg.weight_decay)
+        if cfg.mixed_precision == "mixed_float16":
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        optimizer.build(model.trainable_variables)
+    backup = distribute.Backup(backup_dir, plan.chief) if backup_dir else None
+    first = backup.restore(model, optimizer) if backup else 0
+    fixed_weights = losses.class_weights_for(cfg.class_weighting, stats["class_counts"], cfg.effective_number_beta)
+    if cfg.drw_epoch is not None:
+        phases = losses.DeferredReweighting(stats["class_counts"], cfg.drw_epoch, cfg.effective_number_beta).phases(cfg.epochs)
+    else:
+        phases = [(0, cfg.epochs, fixed_weights)]
+    focal = cfg.loss == "focal"  # the focal loss weights inside its power; the others' weights are applied by fit
+    history = []
+    for start, end, weights in phases:  # same optimizer (and its state) across the DRW switch
+        if end <= first:
+            continue
+        begin = max(start, first)
+        history += distribute.fit(strategy, model, optimizer, losses.make_loss(cfg, stats, weights if focal else None),
+                                  dataset_fn(cfg.sampler, cfg.epochs, begin, plan.data_sharding), end, steps, begin,
+                                  class_weights=weights, weights_in_loss=focal,
+                                  progress=_print_epoch("[trainer]", cfg.epochs), backup=backup)
+    if cfg.decoupling in ("crt", "lws"):
+        with strategy.scope():
+            stage = (heads.classifier_retraining_model(model, stats["num_classes"]) if cfg.decoupling == "crt"
+                     else heads.lws_model(model))
+            epochs = cfg.decoupling_epochs
+            stage_optimizer = toolkit.sgd_cosine(plan.learning_rate, epochs * steps, cfg.momentum, cfg.weight_decay)
+            stage_optimizer.build(stage.trainable_variables)
+        stage2 = distribute.fit(strategy, stage, stage_optimizer, losses.CrossEntropyLoss(),
+                                dataset_fn("class_balanced", epochs, 0, distribute.data_sharding_for("auto",
+                                                                                                     "class_balanced")),
+                                epochs, steps, progress=_print_epoch(f"[trainer:{cfg.decoupling}]", epochs))
+        model, history = stage, history + [dict(h, stage=cfg.decoupling) for h in stage2]
+    elif cfg.decoupling == "tau_norm":
+        model = heads.tau_normalized_model(model, cfg.decoupling_tau)
+    elif cfg.decoupling != "none":
+        raise ValueError(f"unknown decoupling {cfg.decoupling!r}; choose none, crt, lws or tau_norm")
+    if backup is not None:
+        backup.remove()
+    return model, history
+
+
 def train_supervised(job: toolkit.TrainingJob) -> toolkit.TrainResult:
     """The ``supervised`` mode: the labeled set only, warm-started from the pre-training when there is one."""
     model, history = train(job.train, job.train_files, job.stats, job.image_shape, job.model_run_dir, job.backup_dir,
-                           backbone_weights=job.base_model)
+                           backbone_weights=job.base_model, strategy=job.strategy, plan=job.plan)
     return toolkit.TrainResult(model, history, job.stats["num_examples"] * job.train.epochs, job.stats,
                                backbone_weights=job.base_model)

@@ -22,6 +22,7 @@ import shlex
 import typing
 
 from components.gate import GateThresholds, RegressionGateThresholds
+from models import distribute, modes
 from models.config import (
     RegressionConfig,
     SemiConfig,
@@ -236,7 +237,9 @@ def load_config(preset: str = "default", overrides: dict[str, str] | None = None
     cfg = apply_overrides(PipelineConfig(preset=preset), PRESETS[preset])
     cfg = apply_overrides(cfg, overrides or {})
     given = {resolve_key(k) for k in [*PRESETS[preset], *(overrides or {})]}
-    return resolve_augment(resolve_own_data(cfg, given))
+    cfg = resolve_augment(resolve_own_data(cfg, given))
+    distribute.check_config(cfg.train, modes.get(cfg.semi.method).name, cfg.task)
+    return cfg
 
 
 OWN_DATA_DEFAULTS = {"data.rho": None, "data.val_per_class": None}

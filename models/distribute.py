@@ -1,0 +1,476 @@
+"""Training beyond one process (``train.distribute``): the strategy, the cluster, the data-parallel loop.
+
+- ``none``: one process, one device, Keras' own ``model.fit`` (models/training.py).
+- ``mirrored``: ``tf.distribute.MirroredStrategy`` over this host's devices (several GPUs), in the Trainer's process.
+- ``multi_worker``: ``tf.distribute.MultiWorkerMirroredStrategy`` over the workers ``TF_CONFIG`` names, as
+  Kubeflow's training operator (TFJob) and Vertex AI set it; ``train.local_workers=N`` makes the Trainer start N
+  workers on localhost itself (a cluster of one host, for tests and benchmarks).
+- ``auto``: multi_worker when TF_CONFIG names several workers or train.local_workers > 1, mirrored when this host
+  has several GPUs, else none.
+
+Keras 3's ``model.fit`` under MultiWorkerMirroredStrategy fails before the first step (Keras' TF trainer reduces a
+PerReplica batch with ``strategy.reduce("MEAN")``: "Invalid reduction dimension 0 for input with 0 dimensions",
+tensorflow/tensorflow#72388, keras-team/keras#20585), so every strategy trains with :func:`fit`, a custom loop as
+TF's own custom-training-loop guide writes it: the model and optimizer built under the strategy's scope, the data
+from ``distribute_datasets_from_function``, ``strategy.run`` per step, each replica's loss divided by the global
+batch's size (or class-weight sum), gradients summed across replicas by the Keras optimizer.
+
+A multi-worker strategy must exist before the process runs any TensorFlow op, and the Trainer's process (TFX's
+executor, LocalDagRunner's in-process components) has run many, so workers always train in fresh child processes
+(``python -m models.distribute JOB``): :func:`launch` starts them, streams the chief's progress and stops every
+worker when one fails.
+
+models/ never imports tfx.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+DISTRIBUTE = ("none", "mirrored", "multi_worker", "auto")
+MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16")
+LR_SCALING = ("none", "linear", "sqrt")
+BATCH_SCALING = ("global", "per_replica")
+DATA_SHARDING = ("auto", "examples", "seeds")
+BACKUP_FILE = "distributed_backup.npz"
+WORKER_DIR = "distributed"
+
+
+# ------------------------------------------------------------------------------------------ the cluster
+
+
+def read_tf_config(environ=None) -> dict:
+    """TF_CONFIG as a dict ({} when unset); a malformed one is an error that shows it."""
+    text = (os.environ if environ is None else environ).get("TF_CONFIG", "").strip()
+    if not text:
+        return {}
+    try:
+        tf_config = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"TF_CONFIG is not JSON ({err}): {text[:200]!r}") from None
+    if not isinstance(tf_config, dict) or not isinstance(tf_config.get("cluster", {}), dict):
+        raise ValueError(f"TF_CONFIG must be an object with a 'cluster' object, got {text[:200]!r}")
+    return tf_config
+
+
+def cluster_workers(tf_config: dict) -> int:
+    """How many training tasks TF_CONFIG names (chief + workers; parameter servers and evaluators do not train)."""
+    cluster = tf_config.get("cluster", {})
+    return len(cluster.get("chief", [])) + len(cluster.get("worker", []))
+
+
+def task_of(tf_config: dict) -> tuple[str, int]:
+    task = tf_config.get("task", {})
+    return str(task.get("type", "worker")), int(task.get("index", 0))
+
+
+def is_chief(tf_config: dict) -> bool:
+    """The chief task, or worker 0 when the cluster has no chief (TF's multi-worker guide's rule)."""
+    if not tf_config:
+        return True
+    kind, index = task_of(tf_config)
+    return kind == "chief" or (kind == "worker" and index == 0 and not tf_config.get("cluster", {}).get("chief"))
+
+
+def worker_index(tf_config: dict) -> int:
+    """The task's rank among the training tasks: the chief 0, worker i then i + (1 if there is a chief)."""
+    if not tf_config:
+        return 0
+    kind, index = task_of(tf_config)
+    if kind == "chief":
+        return 0
+    return index + (1 if tf_config.get("cluster", {}).get("chief") else 0)
+
+
+def resolve(setting: str, local_workers: int = 1, tf_config: dict | None = None, gpus: int = 0) -> str:
+    """train.distribute as the strategy to use: none, mirrored or multi_worker (auto resolved)."""
+    setting = str(setting).strip().lower()
+    if setting not in DISTRIBUTE:
+        raise ValueError(f"train.distribute={setting!r}: choose one of {list(DISTRIBUTE)}")
+    if int(local_workers) < 1:
+        raise ValueError(f"train.local_workers={local_workers}: needs at least 1 worker")
+    tf_config = tf_config or {}
+    workers = cluster_workers(tf_config)
+    if tf_config and int(local_workers) > 1:
+        raise ValueError(f"train.local_workers={local_workers} starts its own cluster, but TF_CONFIG already names "
+                         f"{workers} worker(s); unset one of the two")
+    if setting == "auto":
+        if workers > 1 or int(local_workers) > 1:
+            return "multi_worker"
+        return "mirrored" if gpus > 1 else "none"
+    if setting == "multi_worker" and workers < 1 and int(local_workers) < 2:
+        raise ValueError("train.distribute=multi_worker needs a cluster: TF_CONFIG (set by Kubeflow's TFJob or "
+                         "Vertex AI) or train.local_workers >= 2; neither is set")
+    if setting != "multi_worker" and int(local_workers) > 1:
+        raise ValueError(f"train.local_workers={local_workers} needs train.distribute=multi_worker or auto, "
+                         f"got {setting}")
+    return setting
+
+
+def check_config(train, mode: str, task: str = "classification") -> None:
+    """The distribute / mixed precision settings, checked when the run is configured (not when the Trainer starts):
+    each value known, and anything beyond one float32 process only where it is built: the supervised mode's
+    Trainer (every loss, class weighting, DRW, sampler and decoupling stage). The semi-supervised trainers
+    (FixMatch, DASO, the pseudo-label base and final Trainers), the SSP pre-training Trainer and the regression
+    task train in one process; asking them for more is an error naming the mode, not a silent single process."""
+    resolve(train.distribute if train.distribute != "multi_worker" or train.local_workers > 1 else "none",
+            train.local_workers)
+    batch_and_lr(train.batch_size, train.learning_rate, 1, train.batch_scaling, train.lr_scaling)
+    data_sharding_for(train.data_sharding, train.sampler if train.data_sharding != "examples" else "instance")
+    if train.mixed_precision not in MIXED_PRECISION:
+        raise ValueError(f"train.mixed_precision={train.mixed_precision!r}: choose one of {list(MIXED_PRECISION)}")
+    asked = [f"train.{k}={getattr(train, k)}" for k, plain in (("distribute", "none"), ("local_workers", 1),
+                                                              ("mixed_precision", "none"))
+             if getattr(train, k) != plain and not (k == "distribute" and getattr(train, k) == "auto")]
+    if asked and (task != "classification" or mode != "supervised"):
+        what = f"task={task}" if task != "classification" else f"semi.method={mode}"
+        raise ValueError(f"{', '.join(asked)}: training beyond one float32 process is built for the supervised "
+                         f"classification Trainer only; {what} trains in one process. Set semi.method=supervised "
+                         f"or leave {', '.join(a.split('=')[0] for a in asked)} at its default")
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct free TCP ports on localhost (bound, read, released)."""
+    sockets = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("localhost", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def local_cluster(n: int) -> list[dict]:
+    """TF_CONFIG for each of n workers on localhost (worker 0 is the chief)."""
+    workers = [f"localhost:{p}" for p in free_ports(n)]
+    return [{"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}} for i in range(n)]
+
+
+def make_strategy(kind: str):
+    """The tf.distribute strategy for a resolved kind (None for none). Multi-worker: ring all-reduce on CPU
+    (NCCL needs GPUs; AUTO picks it there)."""
+    import tensorflow as tf
+
+    if kind == "none":
+        return None
+    if kind == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if kind == "multi_worker":
+        gpus = tf.config.list_physical_devices("GPU")
+        implementation = (tf.distribute.experimental.CommunicationImplementation.AUTO if gpus
+                          else tf.distribute.experimental.CommunicationImplementation.RING)
+        return tf.distribute.MultiWorkerMirroredStrategy(
+            communication_options=tf.distribute.experimental.CommunicationOptions(implementation=implementation))
+    raise ValueError(f"unresolved train.distribute={kind!r}")
+
+
+# ------------------------------------------------------------------------------------------ the plan
+
+
+@dataclasses.dataclass
+class Plan:
+    """What a distributed training uses, recorded in training_summary.json's ``distribute`` block."""
+
+    strategy: str
+    workers: int
+    replicas: int
+    worker_index: int
+    chief: bool
+    global_batch_size: int
+    per_replica_batch_size: int
+    batch_scaling: str
+    learning_rate: float
+    lr_scaling: str
+    data_sharding: str
+    mixed_precision: str
+    local_workers: int = 1
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def batch_and_lr(batch_size: int, learning_rate: float, replicas: int, batch_scaling: str = "global",
+                 lr_scaling: str = "none") -> tuple[int, int, float]:
+    """(global batch, per-replica batch, learning rate).
+
+    batch_scaling=global: train.batch_size is the global batch, split across replicas (it must divide); the
+    run is the single-process run's. per_replica: every replica takes train.batch_size, the global batch grows
+    with the replicas, and lr_scaling (linear: Goyal et al. 2017; sqrt) scales the rate by global / batch_size.
+    """
+    if batch_scaling not in BATCH_SCALING:
+        raise ValueError(f"train.batch_scaling={batch_scaling!r}: choose one of {list(BATCH_SCALING)}")
+    if lr_scaling not in LR_SCALING:
+        raise ValueError(f"train.lr_scaling={lr_scaling!r}: choose one of {list(LR_SCALING)}")
+    if batch_scaling == "global":
+        if batch_size % replicas:
+            raise ValueError(f"train.batch_size={batch_size} (the global batch) does not split across {replicas} "
+                             f"replicas; choose a multiple of {replicas} or train.batch_scaling=per_replica")
+        global_batch, per_replica = batch_size, batch_size // replicas
+    else:
+        global_batch, per_replica = batch_size * replicas, batch_size
+    factor = global_batch / batch_size
+    lr = learning_rate * {"none": 1.0, "linear": factor, "sqrt": math.sqrt(factor)}[lr_scaling]
+    return global_batch, per_replica, lr
+
+
+def data_sharding_for(setting: str, sampler: str) -> str:
+    """examples: worker i of n reads every n-th example (each epoch sees the data once across workers);
+    seeds: every worker reads all examples in its own order (worker seed = seed + index). auto: examples for
+    the instance sampler; seeds for the class-aware samplers, whose per-class streams need the class counts
+    of what they read (a shard's counts would have to be recounted)."""
+    if setting not in DATA_SHARDING:
+        raise ValueError(f"train.data_sharding={setting!r}: choose one of {list(DATA_SHARDING)}")
+    if setting == "auto":
+        return "examples" if sampler == "instance" else "seeds"
+    if setting == "examples" and sampler != "instance":
+        raise ValueError(f"train.data_sharding=examples with train.sampler={sampler}: the class-aware sampler draws "
+                         "from every class's full count; use data_sharding=seeds (or auto)")
+    return setting
+
+
+def set_mixed_precision(policy: str) -> None:
+    """Keras' global dtype policy: none -> float32; mixed_float16 / mixed_bfloat16 compute in 16 bits with
+    float32 variables (the losses cast logits to float32; exports are float32 copies, :func:`float32_copy`)."""
+    import keras
+
+    if policy not in MIXED_PRECISION:
+        raise ValueError(f"train.mixed_precision={policy!r}: choose one of {list(MIXED_PRECISION)}")
+    keras.config.set_dtype_policy("float32" if policy == "none" else policy)
+
+
+def float32_copy(model):
+    """``model`` itself when every layer computes in float32, else :func:`plain_copy` (for export)."""
+    if all(layer.dtype_policy.compute_dtype == "float32" for layer in model._flatten_layers()):
+        return model
+    return plain_copy(model)
+
+
+def plain_copy(model):
+    """A float32 clone of ``model`` with its weights, built outside any strategy (plain variables): what is
+    exported after a distributed or mixed-precision training (Keras' clone_model; every layer's config with
+    dtype float32)."""
+    import keras
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float32")
+    try:
+        def as_float32(layer):
+            config = layer.get_config()
+            config["dtype"] = "float32"
+            return layer.__class__.from_config(config)
+
+        copy = keras.models.clone_model(model, clone_function=as_float32, recursive=True)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+# ------------------------------------------------------------------------------------------ the loop
+
+
+def fit(strategy, model, optimizer, loss, dataset_fn, epochs: int, steps: int, first_epoch: int = 0,
+        class_weights=None, weights_in_loss: bool = False, progress=None, backup=None, seed: int = 0) -> list:
+    """Data-parallel training with a custom loop; returns the per-epoch history.
+
+    ``loss``: a Keras loss whose ``call`` gives per-example terms; ``class_weights`` (C,) weight example i by
+    w_{y_i} and the replica's loss is sum_i w_i s_i l_i / sum over the global batch of w_i (the single-process
+    weighted mean, s the sample weights); ``weights_in_loss`` (the focal loss, which puts w inside its power):
+    the loss already weights, and the mean is over the global batch's examples. ``dataset_fn(input_context)``
+    builds a replica's batches. ``backup``: a :class:`Backup` written after each epoch (the chief writes it).
+    """
+    import keras
+    import tensorflow as tf
+
+    cw = None if class_weights is None or weights_in_loss else tf.constant(np.asarray(class_weights, np.float32))
+    scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+    data = iter(strategy.distribute_datasets_from_function(dataset_fn))
+
+    def replica_step(batch):
+        x, y, *rest = batch
+        y = tf.reshape(tf.cast(y, tf.int32), [-1])
+        s = tf.reshape(tf.cast(rest[0], tf.float32), [-1]) if rest else tf.ones_like(y, tf.float32)
+        w = tf.gather(cw, y) if cw is not None else tf.ones_like(y, tf.float32)
+        context = tf.distribute.get_replica_context()
+        denominator = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.reduce_sum(w))
+        with tf.GradientTape() as tape:
+            logits = model(x, training=True)
+            terms = tf.cast(loss.call(y, logits), tf.float32)
+            value = tf.reduce_sum(terms * w * s) / tf.maximum(denominator, 1e-12)
+            scaled = optimizer.scale_loss(value) if scaling else value
+        grads = tape.gradient(scaled, model.trainable_variables)
+        optimizer.apply(grads, model.trainable_variables)
+        correct = tf.reduce_sum(tf.cast(tf.equal(tf.cast(tf.argmax(logits, -1), tf.int32), y), tf.float32))
+        return value, correct, tf.cast(tf.size(y), tf.float32)
+
+    @tf.function
+    def train_step(iterator):
+        value, correct, count = strategy.run(replica_step, args=(next(iterator),))
+        return tuple(strategy.reduce(tf.distribute.ReduceOp.SUM, t, axis=None) for t in (value, correct, count))
+
+    variables = [v for v in model.non_trainable_variables if v.trainable is False]
+
+    @tf.function
+    def mean_across_replicas():
+        def replica():
+            return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.MEAN,
+                                                                   [tf.identity(v.value) for v in variables])
+        return strategy.run(replica)
+
+    def sync_statistics():
+        """Each replica's BatchNorm moving statistics are its own (Keras 3 variables aggregate "none", and the
+        layer normalises by its local batch, as PyTorch's DDP without SyncBatchNorm): average them across replicas
+        at each epoch's end, so every worker holds the same model, and the backup and the export are one model."""
+        if not variables or strategy.num_replicas_in_sync == 1:
+            return
+        means = mean_across_replicas()
+        for v, mean in zip(variables, means):
+            v.assign(strategy.experimental_local_results(mean)[0])
+
+    history = []
+    for epoch in range(first_epoch, epochs):
+        t0 = time.time()
+        total_loss = total_correct = total_count = 0.0
+        for _ in range(steps):
+            value, correct, count = train_step(data)
+            total_loss += float(value)
+            total_correct += float(correct)
+            total_count += float(count)
+        sync_statistics()
+        logs = {"accuracy": total_correct / max(total_count, 1.0), "loss": total_loss / max(steps, 1)}
+        entry = {"epoch": epoch + 1, "seconds": time.time() - t0, **logs}
+        history.append(entry)
+        if progress is not None:
+            progress(entry)
+        if backup is not None:
+            backup.save(model, optimizer, epoch + 1)
+    return history
+
+
+class Backup:
+    """BackupAndRestore for :func:`fit`: after each epoch the model's and optimizer's variables and the epoch,
+    in one ``.npz`` written atomically (a temporary name, then a rename) by the chief only; every worker reads
+    the chief's file on resume (``backup_dir`` is shared storage on a cluster, as Keras' BackupAndRestore needs)."""
+
+    def __init__(self, backup_dir: str, chief: bool, stage: str = "train"):
+        self.path = os.path.join(backup_dir, f"{stage}-{BACKUP_FILE}")
+        self.chief = chief
+
+    def save(self, model, optimizer, epoch: int) -> None:
+        # every worker reads the variables (a distributed read may be a collective); only the chief writes
+        values = {f"m{i}": np.asarray(v) for i, v in enumerate(model.get_weights())}
+        values.update({f"o{i}": np.asarray(v.numpy()) for i, v in enumerate(optimizer.variables)})
+        if not self.chief:
+            return
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        partial = self.path + ".partial.npz"
+        np.savez(partial, epoch=np.int64(epoch), **values)
+        os.replace(partial, self.path)
+
+    def restore(self, model, optimizer) -> int:
+        """The epoch to start at (0 without a backup); a backup that does not fit the model is an error."""
+        if not os.path.exists(self.path):
+            return 0
+        with np.load(self.path) as saved:
+            model_values = [saved[f"m{i}"] for i in range(len(model.get_weights()))]
+            optimizer_values = [saved[k] for k in sorted((k for k in saved.files if k.startswith("o")),
+                                                         key=lambda k: int(k[1:]))]
+            epoch = int(saved["epoch"])
+        if len(optimizer_values) != len(optimizer.variables):
+            raise ValueError(f"{self.path}: {len(optimizer_values)} optimizer variables, the optimizer has "
+                             f"{len(optimizer.variables)}; remove the backup to start over")
+        model.set_weights(model_values)
+        for variable, value in zip(optimizer.variables, optimizer_values):
+            variable.assign(value)
+        print(f"[trainer] resumed from {self.path} at epoch {epoch}", file=sys.stderr, flush=True)
+        return epoch
+
+    def remove(self) -> None:
+        if self.chief and os.path.exists(self.path):
+            os.remove(self.path)
+
+
+# ------------------------------------------------------------------------------------------ the workers
+
+
+def launch(job: dict, tf_configs: list[dict], scratch_dir: str, timeout_s: float | None = None) -> None:
+    """Run ``python -m models.distribute`` once per TF_CONFIG (the job as JSON in ``scratch_dir``) and wait.
+
+    The chief's output goes to this process's stderr; every other worker's to ``worker-<i>.log`` in
+    ``scratch_dir``. When one worker fails the others (blocked in a collective) are stopped, and the error
+    names the worker and shows the end of its log."""
+    os.makedirs(scratch_dir, exist_ok=True)
+    job_path = os.path.join(scratch_dir, "job.json")
+    with open(job_path, "w") as f:
+        json.dump(job, f, indent=2)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    procs, logs = [], []
+    for tf_config in tf_configs:
+        env = dict(os.environ, TF_CONFIG=json.dumps(tf_config),
+                   PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
+        index = worker_index(tf_config)
+        log_path = os.path.join(scratch_dir, f"worker-{index}.log")
+        log = open(log_path, "w")
+        logs.append((index, log_path, log))
+        stderr = None if is_chief(tf_config) else log
+        procs.append(subprocess.Popen([sys.executable, "-m", "models.distribute", job_path], env=env, cwd=root,
+                                      stdout=stderr if stderr is not None else None, stderr=stderr))
+    deadline = None if timeout_s is None else time.time() + timeout_s
+    try:
+        while True:
+            codes = [p.poll() for p in procs]
+            failed = [i for i, c in enumerate(codes) if c not in (None, 0)]
+            if failed or all(c == 0 for c in codes):
+                break
+            if deadline is not None and time.time() > deadline:
+                failed = [i for i, c in enumerate(codes) if c is None]
+                break
+            time.sleep(0.5)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        for _, _, log in logs:
+            log.close()
+    if failed:
+        lines = []
+        for i in failed:
+            index, log_path, _ = logs[i]
+            with open(log_path) as f:
+                tail = f.read()[-3000:]
+            code = procs[i].returncode
+            lines.append(f"worker {index} ({'timed out' if code is None or code < 0 else f'exit {code}'}); "
+                         f"log {log_path}:\n{tail}")
+        raise RuntimeError(f"distributed training failed on {len(failed)} of {len(procs)} workers: "
+                           + "\n".join(lines))
+
+
+def main(argv=None) -> int:
+    """One worker: ``python -m models.distribute JOB.json`` with TF_CONFIG set. The strategy is created first,
+    before any other TensorFlow op, then models.trainer trains (and, on the chief, exports)."""
+    argv = sys.argv[1:] if argv is None else argv
+    with open(argv[0]) as f:
+        job = json.load(f)
+    tf_config = read_tf_config()
+    strategy = make_strategy("multi_worker")
+    from models import trainer
+
+    trainer.run_worker(job, strategy, tf_config)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

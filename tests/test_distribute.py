@@ -1,0 +1,276 @@
+"""Training beyond one process (models/distribute.py): the settings' rules, two real worker processes on
+localhost (TF_CONFIG, two ports, MultiWorkerMirroredStrategy with ring all-reduce) against one process on the
+union of their shards, the Trainer's run_fn starting its own peer worker and exporting one SavedModel, resume
+under a strategy, and mixed precision with a float32 export."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import types
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from components.data.longtail import SplitSpec
+from components.data.prepare import prepare_from_source
+from models import distribute
+from models.config import TrainConfig
+from models.label_stats import derive_label_stats
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ----------------------------------------------------------------------------------------- the rules
+
+
+def test_auto_resolves_from_the_cluster_the_local_workers_and_the_gpus():
+    two = {"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 1}}
+    assert distribute.resolve("auto", 1, two) == "multi_worker"
+    assert distribute.resolve("auto", 2, {}) == "multi_worker"
+    assert distribute.resolve("auto", 1, {}, gpus=2) == "mirrored"
+    assert distribute.resolve("auto", 1, {}, gpus=1) == "none"
+    assert distribute.resolve("multi_worker", 1, two) == "multi_worker"
+
+
+@pytest.mark.parametrize("setting,workers,tf_config,needle", [
+    ("multi_worker", 1, {}, "needs a cluster: TF_CONFIG"),
+    ("mirrored", 2, {}, "train.local_workers=2 needs train.distribute=multi_worker or auto"),
+    ("auto", 2, {"cluster": {"worker": ["a:1"]}}, "TF_CONFIG already names 1 worker"),
+    ("horovod", 1, {}, "train.distribute='horovod'"),
+    ("auto", 0, {}, "train.local_workers=0"),
+])
+def test_a_setting_that_cannot_run_is_an_error_naming_it(setting, workers, tf_config, needle):
+    with pytest.raises(ValueError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+        distribute.resolve(setting, workers, tf_config)
+
+
+def test_chief_and_worker_ranks_follow_tf_config():
+    with_chief = {"cluster": {"chief": ["c:1"], "worker": ["w:1", "w:2"]}}
+    assert distribute.is_chief({**with_chief, "task": {"type": "chief", "index": 0}})
+    assert not distribute.is_chief({**with_chief, "task": {"type": "worker", "index": 0}})
+    assert distribute.worker_index({**with_chief, "task": {"type": "worker", "index": 1}}) == 2
+    assert distribute.cluster_workers(with_chief) == 3
+    plain = {"cluster": {"worker": ["w:1", "w:2"]}, "task": {"type": "worker", "index": 0}}
+    assert distribute.is_chief(plain) and distribute.is_chief({})
+    with pytest.raises(ValueError, match="TF_CONFIG is not JSON"):
+        distribute.read_tf_config({"TF_CONFIG": "{cluster"})
+
+
+def test_global_batch_learning_rate_scaling_and_sharding():
+    assert distribute.batch_and_lr(128, 0.05, 2) == (128, 64, 0.05)
+    assert distribute.batch_and_lr(128, 0.05, 2, "per_replica", "linear") == (256, 128, 0.1)
+    assert distribute.batch_and_lr(128, 0.05, 4, "per_replica", "sqrt")[2] == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="does not split across 3 replicas"):
+        distribute.batch_and_lr(128, 0.05, 3)
+    assert distribute.data_sharding_for("auto", "instance") == "examples"
+    assert distribute.data_sharding_for("auto", "class_balanced") == "seeds"
+    with pytest.raises(ValueError, match="data_sharding=examples with train.sampler=sqrt"):
+        distribute.data_sharding_for("examples", "sqrt")
+
+
+def test_configuring_a_run_refuses_what_is_not_data_parallel():
+    from pipeline.configs import load_config
+
+    cfg = load_config("smoke", {"train.local_workers": "2", "train.mixed_precision": "mixed_bfloat16"})
+    assert cfg.train.local_workers == 2
+    with pytest.raises(ValueError, match="semi.method=fixmatch trains in one process"):
+        load_config("smoke", {"semi.method": "fixmatch", "train.local_workers": "2"})
+    with pytest.raises(ValueError, match="task=regression trains in one process"):
+        load_config("regression-smoke", {"train.distribute": "mirrored"})
+    with pytest.raises(ValueError, match="train.mixed_precision='fp8'"):
+        load_config("smoke", {"train.mixed_precision": "fp8"})
+
+
+# ----------------------------------------------------------------------------------------- real workers
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, fashion_mnist_dir):
+    out = str(tmp_path_factory.mktemp("dist") / "data")
+    manifest = prepare_from_source("fashion_mnist", SplitSpec(rho=10, n_max=60, class_order="shuffle", val_per_class=5,
+                                                              unlabeled_size=0, seed=3), out, fashion_mnist_dir)
+    files = sorted(glob.glob(os.path.join(out, "labeled", "*.tfrecord")))
+    return files, derive_label_stats(manifest["splits"]["labeled"]["per_class_counts"], manifest["class_names"])
+
+
+# One process of the loop test: the same seed, model and data; worker i of n reads every n-th example in order (no
+# shuffle), so the two workers' first batches are together the single process's first batch.
+LOOP = textwrap.dedent("""
+    import json, os, sys
+    import numpy as np
+    from models import distribute
+    tf_config = distribute.read_tf_config()
+    strategy = distribute.make_strategy("multi_worker" if tf_config else "mirrored")  # before any other TF op
+    import keras, tensorflow as tf
+    from models import backbones, losses
+    data = np.load(sys.argv[1])
+    keras.utils.set_random_seed(0)
+    with strategy.scope():
+        model = backbones.build_classifier(backbones.build_backbone("resnet8", (28, 28, 1)), 10)
+        optimizer = keras.optimizers.SGD(0.05, momentum=0.9)
+        optimizer.build(model.trainable_variables)
+    def dataset_fn(context):
+        ds = tf.data.Dataset.from_tensor_slices((data["x"], data["y"]))
+        ds = ds.shard(context.num_input_pipelines, context.input_pipeline_id)
+        return ds.repeat().batch(context.get_per_replica_batch_size(32), drop_remainder=True)
+    history = distribute.fit(strategy, model, optimizer, losses.CrossEntropyLoss(), dataset_fn, 2, 3,
+                             class_weights=np.linspace(0.5, 2.0, 10))
+    index = distribute.worker_index(tf_config)
+    np.savez(sys.argv[2] + f"-{index}.npz", *model.get_weights())
+    json.dump(history, open(sys.argv[2] + f"-{index}.json", "w"))
+""")
+
+
+def _env(tf_config=None):
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    env.pop("TF_CONFIG", None)
+    if tf_config is not None:
+        env["TF_CONFIG"] = json.dumps(tf_config)
+    return env
+
+
+def test_two_workers_on_localhost_train_identical_weights_with_the_loss_of_one_process(tiny, tmp_path):
+    files, _ = tiny
+    images, labels = [], []
+    for record in tf.data.TFRecordDataset(files):
+        ex = tf.io.parse_single_example(record, {"image": tf.io.FixedLenFeature([], tf.string),
+                                                 "label": tf.io.FixedLenFeature([], tf.int64)})
+        images.append(tf.io.decode_png(ex["image"], 1).numpy().astype(np.float32) / 255.0)
+        labels.append(int(ex["label"]))
+    np.savez(tmp_path / "data.npz", x=np.stack(images), y=np.asarray(labels))
+    script = tmp_path / "loop.py"
+    script.write_text(LOOP)
+    args = [sys.executable, str(script), str(tmp_path / "data.npz")]
+    workers = [subprocess.Popen(args + [str(tmp_path / "two")], env=_env(c), cwd=ROOT)
+               for c in distribute.local_cluster(2)]
+    assert [p.wait(timeout=300) for p in workers] == [0, 0]
+    subprocess.run(args + [str(tmp_path / "one")], env=_env(), cwd=ROOT, check=True, timeout=300)
+
+    w0, w1, single = (np.load(tmp_path / f"{name}.npz") for name in ("two-0", "two-1", "one-0"))
+    assert len(w0.files) == len(single.files) > 40
+    for key in w0.files:  # every variable, the BatchNorm statistics included
+        np.testing.assert_array_equal(w0[key], w1[key])
+    h0, h1, h_single = (json.load(open(tmp_path / f"{name}.json")) for name in ("two-0", "two-1", "one-0"))
+    assert [h["loss"] for h in h0] == [h["loss"] for h in h1]
+    # the union of the shards is the single process's batch; only BatchNorm's batch statistics (16 vs 32 images)
+    # differ, so the losses agree closely, not bit for bit
+    np.testing.assert_allclose([h["loss"] for h in h0], [h["loss"] for h in h_single], rtol=0.03)
+    assert h0[-1]["loss"] < h0[0]["loss"]
+
+
+def _fn_args(tmp_path, files, stats, **train):
+    stats_path = tmp_path / "label_stats.json"
+    stats_path.write_text(json.dumps(stats))
+    config = {"train": {"epochs": 2, "batch_size": 32, "max_steps_per_epoch": 3, **train}, "semi": {}, "pretrain": {},
+              "label_stats_path": str(stats_path), "image_shape": [28, 28, 1], "backup_dir": str(tmp_path / "backup")}
+    os.makedirs(tmp_path / "serving", exist_ok=True)
+    os.makedirs(tmp_path / "run", exist_ok=True)
+    return types.SimpleNamespace(train_files=files, eval_files=None, serving_model_dir=str(tmp_path / "serving"),
+                                 model_run_dir=str(tmp_path / "run"), custom_config=config, base_model=None)
+
+
+PREDICT = textwrap.dedent("""
+    import json, sys
+    import numpy as np, tensorflow as tf
+    model = tf.saved_model.load(sys.argv[1])
+    pngs = [tf.io.encode_png(tf.cast(tf.fill([28, 28, 1], v), tf.uint8)) for v in (0, 90, 200)]
+    out = model.signatures["serving_default"](images=tf.stack(pngs))
+    print(json.dumps({k: v.numpy().tolist() for k, v in out.items()}))
+""")
+
+
+@pytest.mark.parametrize("settings", [{"loss": "ldam", "drw_epoch": 1},  # DRW's switch mid-training, cosine head
+                                      {"loss": "focal", "class_weighting": "inverse", "mixed_precision": "mixed_float16"}])
+def test_the_trainer_starts_its_peer_worker_and_only_the_chief_exports(tiny, tmp_path, settings):
+    from models import trainer
+
+    files, stats = tiny
+    fn_args = _fn_args(tmp_path, files, stats, local_workers=2, **settings)  # train.distribute=auto, the default
+    trainer.run_fn(fn_args)
+
+    scratch = os.path.join(fn_args.model_run_dir, distribute.WORKER_DIR)
+    w0, w1 = (np.load(os.path.join(scratch, f"worker-{i}", "final.weights.npz")) for i in (0, 1))
+    for key in w0.files:
+        np.testing.assert_array_equal(w0[key], w1[key])
+    assert glob.glob(os.path.join(fn_args.serving_model_dir, "saved_model.pb"))
+    summary = json.load(open(os.path.join(fn_args.model_run_dir, "training_summary.json")))
+    d = summary["distribute"]
+    assert (d["strategy"], d["workers"], d["replicas"], d["chief"]) == ("MultiWorkerMirroredStrategy", 2, 2, True)
+    assert (d["global_batch_size"], d["per_replica_batch_size"], d["data_sharding"]) == (32, 16, "examples")
+    assert [h["epoch"] for h in summary["history"]] == [1, 2] and all(np.isfinite(h["loss"]) for h in summary["history"])
+    assert d["mixed_precision"] == settings.get("mixed_precision", "none")
+    assert not os.listdir(tmp_path / "backup"), "the backup outlived a finished training"
+    # the one SavedModel, in a fresh process, equals the chief's Keras model
+    import keras
+
+    model = keras.models.load_model(os.path.join(fn_args.model_run_dir, "model.keras"), compile=False)
+    proc = subprocess.run([sys.executable, "-c", PREDICT, fn_args.serving_model_dir], capture_output=True, text=True,
+                          cwd=ROOT, env=_env(), check=True, timeout=300)
+    served = json.loads(proc.stdout.strip().splitlines()[-1])
+    pixels = np.stack([np.full([28, 28, 1], v, np.uint8) for v in (0, 90, 200)]).astype(np.float32) / 255.0
+    np.testing.assert_allclose(served["logits"], model(pixels, training=False).numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(w0[w0.files[0]], model.get_weights()[0])
+
+
+def test_a_failing_worker_stops_the_others_and_is_named(tiny, tmp_path):
+    files, stats = tiny
+    fn_args = _fn_args(tmp_path, files, stats, local_workers=2, distribute="multi_worker")
+    job = {"fn_args": {**vars(fn_args), "train_files": [str(tmp_path / "missing-*.tfrecord")]}}
+    with pytest.raises(RuntimeError, match=r"failed on \d of 2 workers: worker \d"):
+        distribute.launch(job, distribute.local_cluster(2), str(tmp_path / "scratch"), timeout_s=240)
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_training_under_a_strategy_resumes_from_its_backup(tiny, tmp_path, monkeypatch):
+    from models import training
+
+    files, stats = tiny
+    cfg = TrainConfig(epochs=3, batch_size=32, max_steps_per_epoch=2, sampler="sqrt", class_weighting="inverse")
+    strategy = distribute.make_strategy("mirrored")
+    plan = distribute.Plan("MirroredStrategy", 1, 1, 0, True, 32, 32, "global", 0.05, "none", "seeds", "none")
+    backup = str(tmp_path / "backup")
+    real_save = distribute.Backup.save
+
+    def save_then_stop(self, model, optimizer, epoch):
+        real_save(self, model, optimizer, epoch)
+        if epoch == 2:
+            raise _Stop("simulated kill after epoch 2")
+
+    monkeypatch.setattr(distribute.Backup, "save", save_then_stop)
+    with pytest.raises(_Stop):
+        training.train(cfg, files, stats, [28, 28, 1], str(tmp_path / "run1"), backup, strategy=strategy, plan=plan)
+    monkeypatch.setattr(distribute.Backup, "save", real_save)
+    saved = np.load(os.path.join(backup, f"train-{distribute.BACKUP_FILE}"))
+    assert int(saved["epoch"]) == 2
+    model, history = training.train(cfg, files, stats, [28, 28, 1], str(tmp_path / "run2"), backup,
+                                    strategy=strategy, plan=plan)
+    assert [h["epoch"] for h in history] == [3]  # epochs 1 and 2 came from the backup
+    assert not os.listdir(backup)
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_trains_and_exports_float32(tiny, tmp_path, policy):
+    import keras
+
+    from models import trainer
+
+    files, stats = tiny
+    fn_args = _fn_args(tmp_path, files, stats, mixed_precision=policy, loss="logit_adjusted")
+    trainer.run_fn(fn_args)
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is put back
+    summary = json.load(open(os.path.join(fn_args.model_run_dir, "training_summary.json")))
+    assert summary["distribute"]["mixed_precision"] == policy
+    assert all(np.isfinite(h["loss"]) for h in summary["history"])
+    proc = subprocess.run([sys.executable, "-c", PREDICT, fn_args.serving_model_dir], capture_output=True, text=True,
+                          cwd=ROOT, env=_env(), check=True, timeout=300)
+    served = json.loads(proc.stdout.strip().splitlines()[-1])
+    np.testing.assert_allclose(np.sum(served["probabilities"], axis=1), 1.0, rtol=1e-5)
+    exported = keras.models.load_model(os.path.join(fn_args.model_run_dir, "model.keras"), compile=False)
+    assert {layer.dtype_policy.compute_dtype for layer in exported.layers} == {"float32"}
