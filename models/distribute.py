@@ -17,7 +17,7 @@ batch's size (or class-weight sum), gradients summed across replicas by the Kera
 
 A multi-worker strategy must exist before the process runs any TensorFlow op, and the Trainer's process (TFX's
 executor, LocalDagRunner's in-process components) has run many, so workers always train in fresh child processes
-(``python -m models.distribute JOB``): :func:`launch` starts them, streams the chief's progress and stops every
+(``python -m models.trainer JOB``): :func:`launch` starts them, streams the chief's progress and stops every
 worker when one fails.
 
 models/ never imports tfx.
@@ -406,7 +406,7 @@ class Backup:
 
 
 def launch(job: dict, tf_configs: list[dict], scratch_dir: str, timeout_s: float | None = None) -> None:
-    """Run ``python -m models.distribute`` once per TF_CONFIG (the job as JSON in ``scratch_dir``) and wait.
+    """Run ``python -m models.trainer`` (one worker) once per TF_CONFIG (the job as JSON in ``scratch_dir``) and wait.
 
     The chief's output goes to this process's stderr; every other worker's to ``worker-<i>.log`` in
     ``scratch_dir``. When one worker fails the others (blocked in a collective) are stopped, and the error
@@ -425,7 +425,7 @@ def launch(job: dict, tf_configs: list[dict], scratch_dir: str, timeout_s: float
         log = open(log_path, "w")
         logs.append((index, log_path, log))
         stderr = None if is_chief(tf_config) else log
-        procs.append(subprocess.Popen([sys.executable, "-m", "models.distribute", job_path], env=env, cwd=root,
+        procs.append(subprocess.Popen([sys.executable, "-m", "models.trainer", job_path], env=env, cwd=root,
                                       stdout=stderr if stderr is not None else None, stderr=stderr))
     deadline = None if timeout_s is None else time.time() + timeout_s
     try:
@@ -456,21 +456,3 @@ def launch(job: dict, tf_configs: list[dict], scratch_dir: str, timeout_s: float
                          f"log {log_path}:\n{tail}")
         raise RuntimeError(f"distributed training failed on {len(failed)} of {len(procs)} workers: "
                            + "\n".join(lines))
-
-
-def main(argv=None) -> int:
-    """One worker: ``python -m models.distribute JOB.json`` with TF_CONFIG set. The strategy is created first,
-    before any other TensorFlow op, then models.trainer trains (and, on the chief, exports)."""
-    argv = sys.argv[1:] if argv is None else argv
-    with open(argv[0]) as f:
-        job = json.load(f)
-    tf_config = read_tf_config()
-    strategy = make_strategy("multi_worker")
-    from models import trainer
-
-    trainer.run_worker(job, strategy, tf_config)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -58,7 +58,7 @@ def worker_scratch(model_run_dir: str) -> str:
 
 
 def run_worker(job: dict, strategy, tf_config: dict) -> None:
-    """One worker process of a multi-worker training (models.distribute.main)."""
+    """One worker process of a multi-worker training (:func:`main`)."""
     fn_args = types.SimpleNamespace(**job["fn_args"])
     train_and_export(fn_args, toolkit.TrainingJob.from_fn_args(fn_args), strategy, tf_config)
 
@@ -127,3 +127,19 @@ def write_summary(job: toolkit.TrainingJob, result: toolkit.TrainResult, train_s
     with tf.io.gfile.GFile(os.path.join(job.model_run_dir, SUMMARY_FILE), "w") as f:
         json.dump(summary, f, indent=2)
     return summary
+
+
+def main(argv=None) -> int:
+    """One worker: ``python -m models.trainer JOB.json`` with TF_CONFIG set (models.distribute.launch). The strategy
+    is created before any TensorFlow op runs (importing TensorFlow runs none), then the job trains (and, on the
+    chief, exports)."""
+    argv = sys.argv[1:] if argv is None else argv
+    with open(argv[0]) as f:
+        job = json.load(f)
+    tf_config = distribute.read_tf_config()
+    run_worker(job, distribute.make_strategy("multi_worker"), tf_config)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
