@@ -336,6 +336,19 @@ def top_confusions(metrics: dict, k: int = 3) -> list[str]:
     return [f"{names[i]} -> {names[j]} {share:.2f}" for share, i, j in sorted(pairs, reverse=True)[:k]]
 
 
+def distribute_text(training: dict | None) -> str:
+    """How the Trainer ran (training_summary.json's distribute block): one process, or the strategy and its cluster."""
+    d = (training or {}).get("distribute") or {}
+    precision = d.get("mixed_precision") or "none"
+    precision = "float32" if precision == "none" else f"{precision} (float32 export)"
+    if d.get("strategy", "none") == "none":
+        return f"one process, {precision}"
+    return (f"{d['strategy']}: {d['workers']} worker(s), {d['replicas']} replica(s), global batch "
+            f"{d['global_batch_size']} ({d['per_replica_batch_size']} a replica, batch_scaling {d['batch_scaling']}), "
+            f"learning rate {d['learning_rate']:g} (lr_scaling {d['lr_scaling']}), data sharding {d['data_sharding']}, "
+            f"{precision}")
+
+
 def augmentation_text(cfg: dict) -> str:
     """train.augment as the run resolved it, and why when it was the source's default (pipeline/configs.py)."""
     ops = cfg["train"].get("augment", "none")
@@ -409,6 +422,7 @@ def write_report(metrics: dict, out_dir: str) -> None:
           + ", ".join(f"{g}: {[stats['class_names'][c] for c in cs]}" for g, cs in stats["shot_groups"].items()), "",
           f"Training: {cfg['train']['backbone']}, loss {cfg['train']['loss']}, {cfg['train']['epochs']} epochs, "
           f"batch {cfg['train']['batch_size']}, seed {metrics['seed']}, augmentation {augmentation_text(cfg)}; "
+          f"trainer: {distribute_text(metrics.get('training'))}; "
           f"self-supervised pre-training: {ssp['method']}; "
           f"semi-supervised: {metrics['semi']['method']}"
           + (f" (trained with {metrics['plan']['trained_with']})" if (metrics.get("plan") or {}).get("choice") else "")

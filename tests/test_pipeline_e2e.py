@@ -219,3 +219,20 @@ def test_ssp_on_labeled_and_unlabeled_needs_an_unlabeled_pool(tmp_path, fashion_
                    "ssp_data=labeled+unlabeled", check=False)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "unlabeled: pretrain.data=labeled+unlabeled but the unlabeled pool is empty" in proc.stderr
+
+
+def test_two_local_workers_train_the_model_the_gate_blesses(smoke):
+    """train.local_workers=2: the Trainer's run_fn starts both workers (MultiWorkerMirroredStrategy on localhost), the
+    chief exports, and the pipeline evaluates, gates and pushes that one model; only the Trainer and what follows
+    it re-run."""
+    tmp = smoke["tmp"]
+    proc = run_cli(tmp, "smoke", smoke["data"], str(tmp / "dist"), "train.local_workers=2",
+                   f"serving_root={tmp}/serving-dist")
+    m = load_metrics(str(tmp / "dist"))
+    d = m["training"]["distribute"]
+    assert (d["strategy"], d["workers"], d["replicas"], d["chief"]) == ("MultiWorkerMirroredStrategy", 2, 2, True)
+    assert m["executions"]["components.trainer.LongTailTrainer"] == "COMPLETE"
+    assert m["blessed"] is True and m["pushed"] is True
+    assert os.path.exists(os.path.join(m["pushed_model_dir"], "saved_model.pb"))
+    assert "multi-worker training: 2 local worker process(es)" in proc.stderr
+    assert "trainer: MultiWorkerMirroredStrategy: 2 worker(s), 2 replica(s)" in open(tmp / "dist" / "report.md").read()
