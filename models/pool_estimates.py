@@ -26,7 +26,7 @@ NeurIPS 2020). Two estimators, both "best bin" mixture-proportion estimates (:fu
 - global (:func:`estimate_relevance_best_bin`): one threshold per TPR, calibrated on the whole
   (balanced) validation split. It assumes the pool's in-domain images score like the validation's,
   which fails when the pool's class mix differs: a long-tailed model scores its tail classes lower,
-  so a tail-heavy in-domain pool looks out-of-domain (bench: relevance 0.13 for a fully in-domain
+  so a tail-heavy in-domain pool looks out-of-domain (bench: relevance 0.08-0.13 for a fully in-domain
   tail-heavy pool) and a head-heavy one looks more in-domain than it is.
 - class-conditional (:class:`ClassConditionalCalibration`, the headline): thresholds per predicted
   class, calibrated on the validation images predicted as that class, each weighted by
