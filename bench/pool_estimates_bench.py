@@ -1,14 +1,15 @@
-"""How well the pool estimates recover what the pool really holds (issue #7), and what the planner picks.
+"""How well the pool estimates recover what the pool really holds (issues #7, #19 item 5), and what the planner picks.
 
-One CE base model (resnet8) trained on Fashion-MNIST-LT rho=100; the same labeled and validation
-splits (same seed) with four unlabeled pools: rho_U in {1, 100} x relevance in {1.0, 0.5} (the rest of
-the pool MNIST digits). For each pool the real PseudoLabeler executor (Beam, in memory) labels the
-pool and estimates it; the table sets the estimates beside the truth from the manifest (which nothing
-but this evaluation reads).
+A CE base model (resnet8) trained on Fashion-MNIST-LT rho=100, one per model seed; the same labeled and
+validation splits (data seed 0) with nine unlabeled pools: three class mixes of the in-domain images,
+uniform (rho_U=1), head-heavy (rho_U=100, the labeled set's order) and tail-heavy (rho_U=100, the order
+reversed, 7000 images), each at relevance 1, 0.5 and 0.25 (the rest of the pool MNIST digits). For each
+pool the real PseudoLabeler executor (Beam, in memory) labels the pool and estimates it; the tables set
+the estimates beside the truth from the manifest (which nothing but this evaluation reads).
 
 Usage (inside the environment):
-  tools/env exec python bench/pool_estimates_bench.py [--epochs 5] [--max-steps-per-epoch N]
-Writes bench/results/pool_estimates.md and prints the table.
+  tools/env exec python bench/pool_estimates_bench.py [--epochs 5] [--seeds 0,1,2] [--max-steps-per-epoch N]
+Writes bench/results/pool_estimates.md and prints the tables.
 """
 
 from __future__ import annotations
@@ -35,11 +36,20 @@ from models.pool_estimates import imbalance_ratio  # noqa: E402
 from models.training import train  # noqa: E402
 from pipeline.data_cli import default_data_dir  # noqa: E402
 
-POOLS = [(1.0, 1.0), (1.0, 0.5), (100.0, 1.0), (100.0, 0.5)]  # (rho_U, relevance)
+# the in-domain pool's class mix -> its SplitSpec settings
+MIXES = {"uniform": {"rho_u": 1.0}, "head-heavy": {"rho_u": 100.0},
+         "tail-heavy": {"rho_u": 100.0, "unlabeled_order": "reversed", "unlabeled_size": 7000}}
+RELEVANCES = (1.0, 0.5, 0.25)
+POOLS = [(mix, rel) for mix in MIXES for rel in RELEVANCES]
+# (column, score, estimator): the old headline first (global energy), the new one last
+ESTIMATES = [("max-softmax global", "max_softmax", "global"), ("energy global (old)", "energy", "global"),
+             ("energy class-cond.", "energy", "class_conditional"), ("Mahalanobis global", "mahalanobis", "global"),
+             ("Mahalanobis class-cond. (new)", "mahalanobis", "class_conditional")]
+OLD, NEW = "energy global (old)", "Mahalanobis class-cond. (new)"
 
 
-def prepared(rho_u: float, relevance: float) -> str:
-    spec = SplitSpec(rho_u=rho_u, pool_relevance=relevance)
+def prepared(mix: str, relevance: float) -> str:
+    spec = SplitSpec(pool_relevance=relevance, **MIXES[mix])
     out = default_data_dir("fashion_mnist", spec)
     if not os.path.exists(os.path.join(out, MANIFEST)):
         prepare_from_source("fashion_mnist", spec, out)
@@ -80,83 +90,119 @@ def pseudo_label(model_uri: str, data: str, work: str) -> dict:
     return json.load(open(os.path.join(stats.uri, PSEUDO_LABEL_STATS_FILE)))
 
 
+def estimate(s: dict, score: str, estimator: str) -> float:
+    entry = s["relevance"][score]
+    return entry["class_conditional"]["relevance"] if estimator == "class_conditional" else entry["relevance"]
+
+
+def base_model(cfg: TrainConfig, files, stats, shape, work: str) -> tuple[str, float]:
+    """The trained base model's folder (kept under runs/, which is ignored, so a rerun skips training) and its seconds."""
+    model_dir = f"runs/pool-bench-model-e{cfg.epochs}-s{cfg.max_steps_per_epoch}-seed{cfg.seed}"
+    if not os.path.exists(f"{model_dir}/Format-Serving/saved_model.pb"):
+        from models.export import export_serving_model
+
+        t0 = time.time()
+        model, _ = train(cfg, files, stats, shape, f"{work}/train-{cfg.seed}")
+        export_serving_model(model, f"{model_dir}/Format-Serving", shape)
+        json.dump({"train_seconds": time.time() - t0}, open(f"{model_dir}/train.json", "w"))
+    return model_dir, json.load(open(f"{model_dir}/train.json"))["train_seconds"]
+
+
+def planner(labeled_counts, size: int, relevance, rho_u) -> str:
+    d = plan(sum(labeled_counts), labeled_counts, PoolEstimates(size, relevance, rho_u))
+    return f"{d['choice']} ({d['decided_by']})"
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--seeds", default="0", help="comma list of base-model seeds (the data split stays seed 0)")
     p.add_argument("--max-steps-per-epoch", type=int, default=None, help="smoke-testing the script only")
     a = p.parse_args()
+    seeds = [int(x) for x in a.seeds.split(",")]
     data = {pool: prepared(*pool) for pool in POOLS}
     manifest = json.load(open(os.path.join(data[POOLS[0]], MANIFEST)))
     labeled_counts = manifest["splits"]["labeled"]["per_class_counts"]
     stats = derive_label_stats(labeled_counts, manifest["class_names"])
     shape = manifest["image_shape"]
     files = [os.path.join(data[POOLS[0]], f) for f in manifest["splits"]["labeled"]["files"]]
-    cfg = TrainConfig(backbone="resnet8", augment="crop,flip", epochs=a.epochs, max_steps_per_epoch=a.max_steps_per_epoch)
     os.makedirs("runs", exist_ok=True)
     work = tempfile.mkdtemp(prefix="pool-bench-", dir="runs")
+    rows, train_seconds, conds = [], {}, {}
     try:
-        # the trained base model is kept (runs/ is ignored) so a rerun of the estimates skips training
-        model_dir = f"runs/pool-bench-model-e{a.epochs}-s{a.max_steps_per_epoch}"
-        train_seconds = None
-        if not os.path.exists(f"{model_dir}/Format-Serving/saved_model.pb"):
-            from models.export import export_serving_model
+        for seed in seeds:
+            cfg = TrainConfig(backbone="resnet8", augment="crop,flip", epochs=a.epochs, seed=seed,
+                              max_steps_per_epoch=a.max_steps_per_epoch)
+            model_dir, train_seconds[seed] = base_model(cfg, files, stats, shape, work)
+            for pool in POOLS:
+                truth = json.load(open(os.path.join(data[pool], MANIFEST)))
+                pool_entry, comp = truth["splits"]["unlabeled"], truth["unlabeled_composition"]
+                hidden = np.asarray(pool_entry["hidden_per_class_counts_from_train"], np.float64)
+                true_q = hidden / hidden.sum()
+                t0 = time.time()
+                s = pseudo_label(model_dir, data[pool], f"{work}/pl-{seed}-{pool[0]}-{pool[1]:g}")
+                conds[seed] = (s["bbse_soft_condition_number"], s["bbse_condition_number"])
 
-            t0 = time.time()
-            model, _ = train(cfg, files, stats, shape, f"{work}/train")
-            train_seconds = time.time() - t0
-            export_serving_model(model, f"{model_dir}/Format-Serving", shape)
-            json.dump({"train_seconds": train_seconds}, open(f"{model_dir}/train.json", "w"))
-        train_seconds = json.load(open(f"{model_dir}/train.json"))["train_seconds"]
-        rows = []
-        for pool in POOLS:
-            truth = json.load(open(os.path.join(data[pool], MANIFEST)))
-            pool_entry, comp = truth["splits"]["unlabeled"], truth["unlabeled_composition"]
-            hidden = np.asarray(pool_entry["hidden_per_class_counts_from_train"], np.float64)
-            true_q = hidden / hidden.sum()
-            t0 = time.time()
-            s = pseudo_label(model_dir, data[pool], f"{work}/pl-{pool[0]:g}-{pool[1]:g}")
-            decision = plan(sum(labeled_counts), labeled_counts,
-                            PoolEstimates(s["num_pool_examples"], s["estimated_relevance"], s["estimated_rho_u"]))
-            rows.append({
-                "pool": f"rho_U={pool[0]:g}, relevance={pool[1]:g}", "size": pool_entry["num_examples"],
-                "true_rho_u": imbalance_ratio(true_q), "raw_rho_u": s["raw_rho_u"], "bbse_rho_u": s["estimated_rho_u"],
-                "raw_l1": float(np.abs(np.asarray(s["raw_class_distribution"]) - true_q).sum()),
-                "bbse_l1": float(np.abs(np.asarray(s["estimated_class_distribution"]) - true_q).sum()),
-                "method": s["class_distribution_method"].split(" ")[0], "cond": s["bbse_soft_condition_number"],
-                "cond_hard": s["bbse_condition_number"], "true_rel": comp["relevance"],
-                "msp_fixed": s["relevance"]["max_softmax"]["at_tpr"]["relevance"],
-                "energy_fixed": s["relevance"]["energy"]["at_tpr"]["relevance"],
-                "msp_best": s["relevance"]["max_softmax"]["relevance"], "energy_best": s["relevance"]["energy"]["relevance"],
-                "choice": decision["choice"], "seconds": time.time() - t0})
-            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+                row = {"pool": f"{pool[0]}, relevance {pool[1]:g}", "mix": pool[0], "seed": seed,
+                       "size": pool_entry["num_examples"], "true_rho_u": imbalance_ratio(true_q),
+                       "raw_rho_u": s["raw_rho_u"], "bbse_rho_u": s["estimated_rho_u"],
+                       "raw_l1": float(np.abs(np.asarray(s["raw_class_distribution"]) - true_q).sum()),
+                       "bbse_l1": float(np.abs(np.asarray(s["estimated_class_distribution"]) - true_q).sum()),
+                       "method": s["class_distribution_method"].split(" ")[0], "true_rel": comp["relevance"],
+                       "headline": (s["relevance_score"], s["relevance_estimator"]),
+                       "estimates": {col: estimate(s, score, est) for col, score, est in ESTIMATES},
+                       "seconds": time.time() - t0}
+                assert row["estimates"][NEW] == s["estimated_relevance"], "the headline is the new estimate"
+                for key, relevance in (("new", row["estimates"][NEW]), ("old", row["estimates"][OLD]),
+                                       ("truth", row["true_rel"])):
+                    row[f"planner_{key}"] = planner(labeled_counts, s["num_pool_examples"], relevance, s["estimated_rho_u"])
+                rows.append(row)
+                print(json.dumps(row), file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     def f(v, d=2):
         return "-" if v is None else f"{v:.{d}f}"
 
-    lines = ["| pool | size | true rho_U | raw rho_U | corrected rho_U | L1 raw | L1 corrected | method | "
-             "true relevance | max-softmax @TPR 0.95 | energy @TPR 0.95 | max-softmax best bin | energy best bin | "
-             "planner | PseudoLabeler s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    cols = [c for c, *_ in ESTIMATES]
+    detail = ["| pool | seed | size | true rho_U | raw rho_U | corrected rho_U | L1 raw | L1 corrected | true relevance | "
+              + " | ".join(cols) + " | planner (new) | planner (old) | planner (true relevance) | PseudoLabeler s |",
+              "|" + "---|" * (13 + len(cols))]
     for r in rows:
-        lines.append(f"| {r['pool']} | {r['size']} | {f(r['true_rho_u'], 1)} | {f(r['raw_rho_u'], 1)} | "
-                     f"{f(r['bbse_rho_u'], 1)} | {f(r['raw_l1'], 3)} | {f(r['bbse_l1'], 3)} | {r['method']} | "
-                     f"{f(r['true_rel'])} | {f(r['msp_fixed'])} | {f(r['energy_fixed'])} | {f(r['msp_best'])} | "
-                     f"{f(r['energy_best'])} | {r['choice']} | {r['seconds']:.0f} |")
-    cond, cond_hard = rows[0]["cond"], rows[0]["cond_hard"]
+        ests = " | ".join(f"{f(r['estimates'][c])} ({r['estimates'][c] - r['true_rel']:+.2f})" for c in cols)
+        detail.append(f"| {r['pool']} | {r['seed']} | {r['size']} | {f(r['true_rho_u'], 1)} | {f(r['raw_rho_u'], 1)} | "
+                      f"{f(r['bbse_rho_u'], 1)} | {f(r['raw_l1'], 3)} | {f(r['bbse_l1'], 3)} | {f(r['true_rel'])} | "
+                      f"{ests} | {r['planner_new']} | {r['planner_old']} | {r['planner_truth']} | {r['seconds']:.0f} |")
+    # per estimator: absolute error over every pool and seed, the worst per class mix, and the min-relevance decision
+    t = PlannerConfig().min_relevance
+    summary = ["| estimator | mean abs error | max abs error | max abs error uniform / head-heavy / tail-heavy | "
+               f"spread over seeds (max of max - min per pool) | relevance >= {t:g} exactly when truth is 1 |",
+               "|---|---|---|---|---|---|"]
+    for c in cols:
+        err = np.array([abs(r["estimates"][c] - r["true_rel"]) for r in rows])
+        by_mix = " / ".join(f(max(abs(r["estimates"][c] - r["true_rel"]) for r in rows if r["mix"] == m)) for m in MIXES)
+        spread = max(np.ptp([r["estimates"][c] for r in rows if r["pool"] == pr]) for pr in {r["pool"] for r in rows})
+        right = sum((r["estimates"][c] >= t) == (r["true_rel"] == 1.0) for r in rows)
+        summary.append(f"| {c} | {f(err.mean())} | {f(err.max())} | {by_mix} | {f(spread)} | {right} of {len(rows)} |")
+    conds_text = "; ".join(f"seed {k}: soft {f(v[0])}, hard {f(v[1]) if v[1] else 'inf (singular)'}"
+                           for k, v in conds.items())
+    secs = ", ".join(f"{train_seconds[k]:.0f} s" for k in seeds)
     write_result("bench/results/pool_estimates.md", "Pool estimates against the truth, Fashion-MNIST-LT rho=100",
-                 f"Base model: CE, resnet8, {a.epochs} epochs ({train_seconds:.0f} s), on the labeled split "
+                 f"Base models: CE, resnet8, {a.epochs} epochs, seeds {seeds} ({secs}), on the labeled split "
                  f"({sum(labeled_counts)} images, {labeled_counts}); validation 300 a class. Condition number of the "
-                 f"validation confusion matrix: soft {f(cond)}, hard {f(cond_hard) if cond_hard else 'inf (singular)'}. "
+                 f"validation confusion matrix: {conds_text}. "
                  "Truth from the manifest: rho_U and the class distribution of the in-domain pool images, relevance "
                  "= in-domain share. L1 = sum |q_est - q_true| over the 10 classes (raw = pseudo-label counts, "
-                 "corrected = the method column: bbse_soft / bbse / raw). Relevance @TPR 0.95: threshold at the "
-                 "validation scores' 5th percentile, FPR assumed 0; best bin: the smallest pool/validation ratio of "
-                 "the fractions above thresholds at TPR 0.95, 0.8, 0.6, 0.4, 0.2, 0.1 (the headline estimate, "
-                 "energy's). Planner (on the headline estimates) with its "
-                 f"default thresholds {PlannerConfig().thresholds()}.",
-                 "\n".join(lines))
+                 "corrected = BBSE-soft). Relevance estimates (error in brackets): global = the best bin (smallest "
+                 "pool/validation ratio) of the fractions above one threshold per TPR 0.95, 0.8, 0.6, 0.4, 0.2, 0.1 "
+                 "calibrated on the whole validation split (the old headline is energy's); class-conditional = "
+                 "thresholds per predicted class on the validation reweighted by the BBSE class distribution, best "
+                 "bin per class, summed (models/pool_estimates.py ClassConditionalCalibration); Mahalanobis = "
+                 "tied-covariance class Gaussians on the logits (LogitGaussian). The new headline, what the planner "
+                 "reads, is Mahalanobis class-conditional. Planner with its default thresholds "
+                 f"{PlannerConfig().thresholds()}, on the new headline, on the old one and on the true relevance, each "
+                 "with the corrected rho_U; in brackets the deciding rule.",
+                 "\n".join(summary) + "\n\n" + "\n".join(detail))
     return 0
 
 

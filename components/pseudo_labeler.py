@@ -23,10 +23,13 @@ as skewed as the base model's predictions.
 
 Pool estimates (models/pool_estimates.py), when the labeled Examples are given: the model predicts
 the ``eval`` split in-process (thousands of images; like PerClassEvaluator), which gives the
-(soft and hard) confusion matrices for black-box shift estimation and calibrates max-softmax and
-energy thresholds at ``ood_tpr`` and at the best-bin grid of TPRs; Beam sums the pool's
-probabilities and counts the pool images at or above each threshold. Only these sums and counts
-leave the workers.
+(soft and hard) confusion matrices for black-box shift estimation, fits the Mahalanobis score on the
+logits, and calibrates each score (Mahalanobis, energy, max-softmax): global thresholds at ``ood_tpr``
+and at the best-bin grid of TPRs, and per predicted class the bin edges of the class-conditional
+estimate (its distinct validation scores); Beam sums the pool's probabilities, counts the pool images
+at or above each global threshold and in each (predicted-class group, bin). Only these sums and
+counts leave the workers; the class-conditional estimate is reweighted by the estimated class
+distribution afterwards.
 
 Outputs: ``pseudo_labeled_examples`` (split ``train``, GZIP TFRecords) and ``statistics``
 (``pseudo_label_stats.json``).
@@ -51,6 +54,8 @@ from components.artifacts import PSEUDO_LABEL_STATS_FILE, PseudoLabelStatistics
 from components.errors import PipelineDataError
 from models.pool_estimates import (
     DEFAULT_TPR_GRID,
+    ClassConditionalCalibration,
+    LogitGaussian,
     energy_score,
     in_domain_threshold,
     relevance_best_bin,
@@ -61,7 +66,7 @@ from models.predict import SavedModelPredictor, parse_labels
 
 ORIGIN = b"pseudo"
 OUTPUT_SPLIT = "train"
-_PREDICTED, _ACCEPTED, _HISTOGRAM, _ABOVE = "predicted", "accepted", "histogram", "above"
+_PREDICTED, _ACCEPTED, _HISTOGRAM, _ABOVE, _BINNED = "predicted", "accepted", "histogram", "above", "binned"
 _PROBABILITY_SUMS = "probability_sums"
 
 
@@ -81,8 +86,8 @@ def predict_labeled_split(saved_model_dir: str, files: list[str], batch_size: in
 class _PseudoLabel(beam.DoFn):
     """A batch of serialized pool Examples -> one dict per image: image, label, confidence, OOD scores."""
 
-    def __init__(self, saved_model_dir: str, energy_temperature: float):
-        self._dir, self._temperature = saved_model_dir, energy_temperature
+    def __init__(self, saved_model_dir: str, energy_temperature: float, logit_gaussian: LogitGaussian | None = None):
+        self._dir, self._temperature, self._gaussian = saved_model_dir, energy_temperature, logit_gaussian
         self._predict = None
 
     def setup(self):
@@ -94,10 +99,12 @@ class _PseudoLabel(beam.DoFn):
         out = self._predict(records)
         probs, labels = out["probabilities"], out["class_id"]
         energy = energy_score(out["logits"], self._temperature) if "logits" in out else None
+        mahalanobis = self._gaussian(out["logits"]) if "logits" in out and self._gaussian is not None else None
         for i, image in enumerate(images):
             label = int(labels[i])
             yield {"image": image, "label": label, "confidence": float(probs[i, label]), "probabilities": probs[i],
                    "max_softmax": float(probs[i].max()), "energy": None if energy is None else float(energy[i]),
+                   "mahalanobis": None if mahalanobis is None else float(mahalanobis[i]),
                    "digest": hashlib.sha1(image).hexdigest()}
 
 
@@ -121,6 +128,13 @@ def _above(item: dict, thresholds: dict):
     for name, by_tpr in thresholds.items():
         for tpr, t in by_tpr.items():
             yield (name, tpr), int(item[name] is not None and item[name] >= t)
+
+
+def _binned(item: dict, calibrations: dict):
+    """((score, predicted-class group, bin), 1) for every class-conditional calibration (models/pool_estimates.py)."""
+    for name, calibration in calibrations.items():
+        if item[name] is not None:
+            yield (name, *calibration.bin_of(item["label"], item[name])), 1
 
 
 class _VectorSum(beam.CombineFn):
@@ -177,7 +191,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
 
         # Validation (in-domain, labeled): the confusion matrix and the OOD thresholds.
         val_labels = val_preds = val_probs = None
-        val_scores, ood_thresholds = {}, {}
+        val_scores, ood_thresholds, calibrations, gaussian = {}, {}, {}, None
         if input_dict.get("examples"):
             val_labels, val_probs, val_logits = predict_labeled_split(serving_dir, _split_files(input_dict["examples"],
                                                                                                   eval_split))
@@ -185,8 +199,12 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             val_scores["max_softmax"] = val_probs.max(axis=1)
             if val_logits is not None:
                 val_scores["energy"] = energy_score(val_logits, temperature)
+                gaussian = LogitGaussian(val_labels, val_logits, num_classes)
+                val_scores["mahalanobis"] = gaussian(val_logits)
             tprs = sorted(set(DEFAULT_TPR_GRID) | {tpr}, reverse=True)
             ood_thresholds = {name: {t: in_domain_threshold(s, t) for t in tprs} for name, s in val_scores.items()}
+            calibrations = {name: ClassConditionalCalibration(val_labels, val_preds, s, num_classes)
+                            for name, s in val_scores.items()}
 
         out_examples = artifact_utils.get_single_instance(output_dict["pseudo_labeled_examples"])
         out_examples.split_names = artifact_utils.encode_split_names([OUTPUT_SPLIT])
@@ -197,7 +215,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         with self._make_beam_pipeline() as p:
             items = (p | "ReadPool" >> beam.io.ReadFromTFRecord(pool_pattern, coder=beam.coders.BytesCoder())
                      | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=256)
-                     | "Predict" >> beam.ParDo(_PseudoLabel(serving_dir, temperature)))
+                     | "Predict" >> beam.ParDo(_PseudoLabel(serving_dir, temperature, gaussian)))
             accepted = items | "Threshold" >> beam.Filter(lambda it: it["confidence"] >= threshold)
             if top_k > 0:
                 accepted = (accepted | "ByClass" >> beam.Map(lambda it: (it["label"], it))
@@ -212,6 +230,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                 _ACCEPTED: accepted | "AcceptedKey" >> beam.Map(lambda it: (it["label"], 1)),
                 _HISTOGRAM: items | "BinKey" >> beam.Map(lambda it: (_histogram_bin(it["confidence"], bins), 1)),
                 _ABOVE: items | "AboveKey" >> beam.FlatMap(_above, ood_thresholds),
+                _BINNED: items | "BinnedKey" >> beam.FlatMap(_binned, calibrations),
             }
             for name, keyed in counts.items():
                 (keyed | f"Count{name}" >> beam.CombinePerKey(sum) | f"Json{name}" >> beam.Map(json.dumps)
@@ -241,12 +260,20 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             fractions = {t: above.get((name, t), 0) / num_pool for t in by_tpr}
             best = relevance_best_bin({t: fractions[t] for t in DEFAULT_TPR_GRID})
             relevance[name] = {
-                "relevance": best["relevance"],  # the headline: best bin over the TPR grid
+                "relevance": best["relevance"],  # the global best bin over the TPR grid (class-conditional: summarise_pool)
                 "best_bin": best,
                 "thresholds": {f"{t:g}": v for t, v in by_tpr.items()},
                 "at_tpr": {"tpr": tpr, "threshold": by_tpr[tpr], "fraction_above": fractions[tpr], "fpr": 0.0,
                            "relevance": relevance_from_fraction(fractions[tpr], tpr)},
             }
+        binned = read_counts(_BINNED)
+        class_conditional = {}
+        for name, calibration in calibrations.items():
+            by_group = {g: [0] * (len(edges) + 1) for g, edges in calibration.edges.items()}
+            for (score, g, b), n in binned.items():
+                if score == name:
+                    by_group[g][b] = n
+            class_conditional[name] = (calibration, by_group)
         sums_path = os.path.join(beam_dir, _PROBABILITY_SUMS)
         sums_lines = open(sums_path).read().splitlines() if os.path.exists(sums_path) else []
         probability_sums = json.loads(sums_lines[0]) if sums_lines else None
@@ -263,7 +290,8 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         stats["num_accepted"] = sum(stats["per_class_accepted"])
         stats.update(summarise_pool(num_classes, predicted, val_labels, val_preds, relevance,
                                     validation_probabilities=val_probs if val_labels is not None else None,
-                                    pool_probability_sums=probability_sums))
+                                    pool_probability_sums=probability_sums,
+                                    class_conditional=class_conditional if num_pool else None))
         io_utils.write_string_file(os.path.join(stats_uri, PSEUDO_LABEL_STATS_FILE), json.dumps(stats, indent=2))
 
 

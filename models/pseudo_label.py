@@ -125,7 +125,8 @@ def combined_stats(stats: dict, per_class_accepted, weight: float) -> dict:
 PSEUDO_LABEL_KEYS = ("confidence_threshold", "top_k_per_class", "per_class_predicted", "per_class_accepted", "num_accepted",
                      "num_pool_examples", "confidence_histogram", "raw_class_distribution", "raw_rho_u",
                      "estimated_class_distribution", "estimated_rho_u", "class_distribution_method",
-                     "estimated_relevance", "relevance_score", "validation_split", "validation_examples")
+                     "estimated_relevance", "relevance_score", "relevance_estimator", "validation_split",
+                     "validation_examples")
 
 
 def pseudo_label_block(pl_stats: dict, weight: float, used: bool) -> dict:

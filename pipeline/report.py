@@ -157,7 +157,8 @@ def _plan_md(metrics: dict) -> list[str]:
         names = metrics["label_stats"]["class_names"]
         md += [f"Pseudo-labels: confidence threshold {pl['threshold']}, top-k per class {pl['top_k_per_class'] or 'off'}, "
                f"{pl['num_accepted']} of {pl['num_pool_examples']} pool images accepted, weight w={pl['weight']}. "
-               f"Estimated pool: relevance {_fmt(pl['estimated_relevance'])} ({pl['relevance_score']}), "
+               f"Estimated pool: relevance {_fmt(pl['estimated_relevance'])} ({pl['relevance_score']}"
+               f"{', ' + pl['relevance_estimator'].replace('_', '-') if pl.get('relevance_estimator') else ''}), "
                f"rho_U {_fmt(pl['estimated_rho_u'], 1)} ({pl['class_distribution_method']}; raw counts "
                f"{_fmt(pl['raw_rho_u'], 1)}).", "",
                "| class | predicted | accepted | estimated pool share |", "|---|---|---|---|"]

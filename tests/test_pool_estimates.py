@@ -158,3 +158,110 @@ def test_best_bin_relevance_where_ood_scores_overlap():
     assert relevance_best_bin({0.9: 0.9, 0.5: 0.3, 0.1: 0.04}) == {
         "relevance": pytest.approx(0.4), "tpr": 0.1, "ratios": {"0.9": 1.0, "0.5": 0.6, "0.1": 0.4}}
     assert relevance_best_bin({0.95: 0.99, 0.5: 0.6})["relevance"] == 1.0  # clipped
+
+
+def test_class_conditional_relevance_by_hand():
+    from models.pool_estimates import ClassConditionalCalibration
+
+    # one group (every class pooled is not needed: min_examples=1), validation scores 1..4
+    cal = ClassConditionalCalibration([0, 0, 0, 0], [0, 0, 0, 0], [1.0, 2.0, 3.0, 4.0], 1, min_examples=1)
+    np.testing.assert_allclose(cal.edges[0], [1, 2, 3, 4])
+    assert cal.bin_of(0, 0.5) == (0, 0) and cal.bin_of(0, 3.0) == (0, 3) and cal.bin_of(0, 9.0) == (0, 4)
+    counts = cal.count_pool([0, 0, 0, 0], [0.0, 2.5, 3.0, 5.0])
+    np.testing.assert_array_equal(counts[0], [1, 0, 1, 1, 1])
+    # TPR 1: threshold 1, 3 pool images at or above -> 3 / 1; TPR 0.5: threshold 3 (2 of 4 at or above), 2 pool
+    # images -> 2 / 0.5 = 4; the best bin is 3 in-domain images of 4
+    out = cal.relevance(counts, 4, tprs=(1.0, 0.5), min_above=1)
+    assert out["relevance"] == pytest.approx(0.75)
+    assert out["groups"]["0"]["ratios"] == {"1": 3.0, "0.5": 4.0} and out["groups"]["0"]["tpr"] == 1.0
+    # min_above: TPR 0.5 keeps 2 validation images, fewer than 3, so only the first TPR is tried
+    assert cal.relevance(counts, 4, tprs=(1.0, 0.5), min_above=3)["groups"]["0"]["ratios"] == {"1": 3.0}
+
+
+def _two_class_validation(n=500):
+    """Class 0 (head) scores in [2, 4], class 1 (tail) in [-1, 1]; the model predicts both right."""
+    scores = np.concatenate([np.linspace(2, 4, n), np.linspace(-1, 1, n)])
+    labels = np.repeat([0, 1], n)
+    return labels, labels.copy(), scores
+
+
+def test_class_conditional_holds_on_a_tail_heavy_pool_where_the_global_estimate_fails():
+    from models.pool_estimates import estimate_relevance_best_bin, estimate_relevance_class_conditional
+
+    labels, preds, scores = _two_class_validation()
+    pool_preds = np.repeat([0, 1], [100, 900])  # in-domain, 90% tail
+    pool_scores = np.concatenate([np.linspace(2, 4, 100), np.linspace(-1, 1, 900)])
+    assert estimate_relevance_best_bin(scores, pool_scores)["relevance"] < 0.3  # the tail looks out-of-domain
+    cc = estimate_relevance_class_conditional(labels, preds, scores, pool_preds, pool_scores, 2)
+    assert cc["relevance"] == pytest.approx(1.0, abs=0.02) and cc["pooled_classes"] == []
+    # half of it replaced by out-of-domain images the model calls class 1, scoring below the tail's
+    ood = np.linspace(-3, -1.5, 1000)
+    mixed = estimate_relevance_class_conditional(labels, preds, scores, np.concatenate([pool_preds, np.ones(1000, int)]),
+                                                 np.concatenate([pool_scores, ood]), 2)
+    assert mixed["relevance"] == pytest.approx(0.5, abs=0.02)
+    assert mixed["groups"]["1"]["pool_examples"] == 1900 and mixed["groups"]["1"]["in_domain_estimate"] <= 910
+
+
+def test_class_conditional_reweights_a_predicted_class_by_the_pool_class_mix():
+    from models.pool_estimates import estimate_relevance_class_conditional
+
+    # class 2 is always predicted as class 0 and scores lower than the true class 0
+    n = 300
+    labels = np.repeat([0, 1, 2], n)
+    preds = np.array([0] * n + [1] * n + [0] * n)
+    scores = np.concatenate([np.linspace(2, 4, n), np.linspace(2, 4, n), np.linspace(0, 1, n)])
+    pool_preds = np.zeros(1000, int)  # in-domain: 100 of class 0, 900 of class 2
+    pool_scores = np.concatenate([np.linspace(2, 4, 100), np.linspace(0, 1, 900)])
+    q = np.array([0.1, 0.0, 0.9])
+    plain = estimate_relevance_class_conditional(labels, preds, scores, pool_preds, pool_scores, 3)
+    weighted = estimate_relevance_class_conditional(labels, preds, scores, pool_preds, pool_scores, 3, q)
+    assert plain["relevance"] < 0.8  # calibrated on a 50/50 mix of classes 0 and 2, the pool's 10/90 looks low
+    assert weighted["relevance"] == pytest.approx(1.0, abs=0.03)
+    assert weighted["weighting"].startswith("pool class distribution")
+    with pytest.raises(ValueError, match="must be 3 shares"):
+        estimate_relevance_class_conditional(labels, preds, scores, pool_preds, pool_scores, 3, [1.0, 0.0])
+
+
+def test_class_conditional_pools_rarely_predicted_classes():
+    from models.pool_estimates import POOLED, ClassConditionalCalibration
+
+    labels = np.repeat([0, 1, 2], 40)
+    preds = np.array([0] * 40 + [1] * 40 + [0] * 35 + [2] * 5)  # class 2 predicted 5 times: pooled
+    cal = ClassConditionalCalibration(labels, preds, np.arange(120.0), 3, min_examples=30)
+    assert cal.pooled_classes == [2] and cal.group_of == [0, 1, POOLED]
+    assert cal.pooled_source == "whole validation split"  # 5 < 30: the group uses all 120 images
+    assert len(cal.edges[POOLED]) == 120 and cal.bin_of(2, 4.5)[0] == POOLED
+    cal = ClassConditionalCalibration(labels, preds, np.arange(120.0), 3, min_examples=5)
+    assert cal.pooled_classes == [] and cal.pooled_source == "none"
+    with pytest.raises(ValueError, match="3 labels, 2 predictions and 3 scores"):
+        ClassConditionalCalibration([0, 1, 2], [0, 1], [1.0, 2.0, 3.0], 3)
+
+
+def test_logit_gaussian_mahalanobis_by_hand():
+    from models.pool_estimates import LogitGaussian
+
+    # class means (0, 0) and (4, 0); every point 1 from its mean along y: Sigma = [[0, 0], [0, 1]] (singular)
+    g = LogitGaussian([0, 0, 1, 1], [[0, 1], [0, -1], [4, 1], [4, -1]], 2)
+    np.testing.assert_allclose(g.means, [[0, 0], [4, 0]])
+    np.testing.assert_allclose(g.precision, [[0, 0], [0, 1]], atol=1e-12)  # the pseudo-inverse
+    np.testing.assert_allclose(g([[0, 0], [2, 3], [4, -2]]), [0.0, -9.0, -4.0])
+    with pytest.raises(ValueError, match=r"classes \[2\] have no example"):
+        LogitGaussian([0, 1], [[0, 0, 0], [1, 1, 1]], 3)
+
+
+def test_summarise_pool_headline_is_class_conditional_mahalanobis():
+    from models.pool_estimates import ClassConditionalCalibration, summarise_pool
+
+    labels = np.repeat([0, 1], 10)
+    preds = np.array([0] * 10 + [0] * 2 + [1] * 8)
+    cal = ClassConditionalCalibration(labels, preds, np.arange(20.0), 2, min_examples=1)
+    counts = cal.count_pool(np.array([0] * 60 + [1] * 40), np.full(100, 100.0))  # every pool image scores top
+    global_ = {"mahalanobis": {"relevance": 0.3}, "energy": {"relevance": 0.8}}
+    out = summarise_pool(2, [60, 40], labels, preds, global_, class_conditional={"mahalanobis": (cal, counts)})
+    cc = out["relevance"]["mahalanobis"]["class_conditional"]
+    assert (out["relevance_score"], out["relevance_estimator"]) == ("mahalanobis", "class_conditional")
+    assert out["estimated_relevance"] == cc["relevance"] == 1.0 and out["relevance"]["mahalanobis"]["relevance"] == 0.3
+    assert cc["weighting"].startswith("pool class distribution")  # BBSE gave q = (0.5, 0.5)
+    assert global_["mahalanobis"] == {"relevance": 0.3}  # the caller's dict is not changed
+    confused = summarise_pool(2, [60, 40], labels, np.zeros(20, int), class_conditional={"mahalanobis": (cal, counts)})
+    assert confused["relevance"]["mahalanobis"]["class_conditional"]["weighting"].startswith("none: raw pseudo-label")
