@@ -4,7 +4,7 @@ ENV := tools/env exec
 PRESET ?= default
 PYTEST_ARGS ?=
 
-.PHONY: run test lint env data container-smoke bench bench-methods bench-ssp bench-daso bench-semi bench-regression bench-serve bench-scale clean-env
+.PHONY: run test lint env data container-smoke bench bench-methods bench-ssp bench-daso bench-semi bench-regression bench-serve bench-scale bench-distribute clean-env
 
 run:
 	$(ENV) python -m pipeline run --preset $(PRESET)
@@ -65,3 +65,8 @@ bench-serve:
 BENCH_SCALE_BASE ?= 10000
 bench-scale:
 	$(ENV) python bench/scale_bench.py --base $(BENCH_SCALE_BASE)
+
+# issue #17: the Trainer on the default preset's data in one process and on two local workers (global and
+# per-replica batch): images/s, wall time, test balanced accuracy (bench/results/distribute.md)
+bench-distribute:
+	$(ENV) python bench/distribute_bench.py --epochs 4

@@ -359,6 +359,22 @@ def fit(strategy, model, optimizer, loss, dataset_fn, epochs: int, steps: int, f
     return history
 
 
+def barrier(strategy) -> None:
+    """Every worker waits here until all have arrived (one all-reduce): a worker that left while the chief still
+    exports would be reported to the chief's coordination service as crashed ("tasks are unhealthy")."""
+    import tensorflow as tf
+
+    if strategy is None or strategy.num_replicas_in_sync == 1:
+        return
+
+    @tf.function
+    def meet():
+        return strategy.run(lambda: tf.distribute.get_replica_context().all_reduce(
+            tf.distribute.ReduceOp.SUM, tf.constant(1.0)))
+
+    meet()
+
+
 class Backup:
     """BackupAndRestore for :func:`fit`: after each epoch the model's and optimizer's variables and the epoch,
     in one ``.npz`` written atomically (a temporary name, then a rename) by the chief only; every worker reads

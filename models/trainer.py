@@ -100,6 +100,7 @@ def _train_and_export(fn_args, job: toolkit.TrainingJob, strategy, tf_config: di
         os.makedirs(scratch, exist_ok=True)
         np.savez(os.path.join(scratch, "final.weights.npz"), *model.get_weights())
     if not chief:  # TF's multi-worker rule: one writer; the others' weights stay in their scratch folder
+        distribute.barrier(strategy)  # leave when the chief has exported
         return
     tau = fn_args.custom_config.get("post_hoc_logit_adjust_tau")
     logit_offset = -tau * np.log(np.asarray(job.stats["class_priors"], np.float32)) if tau else None
@@ -107,6 +108,7 @@ def _train_and_export(fn_args, job: toolkit.TrainingJob, strategy, tf_config: di
                          class_names=job.stats.get("class_names"))
     model.save(os.path.join(job.model_run_dir, "model.keras"))
     write_summary(job, result, train_seconds)
+    distribute.barrier(strategy)
 
 
 def write_summary(job: toolkit.TrainingJob, result: toolkit.TrainResult, train_seconds: float) -> dict:
