@@ -74,7 +74,8 @@ def run(data: str, manifest: dict, stats: dict, settings: dict, epochs: int, see
         scores = evaluate(model, test, manifest["image_shape"], stats)
     steady = [h["seconds"] for h in summary["history"][1:]]
     n = stats["num_examples"]
-    return {"epochs": epochs, "wall_s": wall, "epoch1_s": summary["history"][0]["seconds"], "steady_s_per_epoch": float(np.mean(steady)),
+    return {"epochs": epochs, "wall_s": wall, "epoch1_s": summary["history"][0]["seconds"],
+            "steady_s_per_epoch": float(np.mean(steady)),
             "images_per_s": n * len(steady) / sum(steady), "final_loss": summary["history"][-1]["loss"],
             "balanced_accuracy": scores["balanced_accuracy"], "distribute": summary["distribute"]}
 
