@@ -19,7 +19,8 @@ Rules, in order (the first that fails decides):
   2. estimated relevance < min_relevance                 -> ssp
   3. in-domain pool images (size x relevance) < min_in_domain_examples, or
      in-domain pool / labeled < min_pool_to_labeled_ratio -> ssp
-  4. estimated rho_U > max_pool_imbalance (when set)     -> ssp
+  4. estimated rho_U > max_pool_imbalance (when set)     -> ssp (the reason says whether the pool's imbalance runs
+     the labeled set's way or is reversed, from its estimated class distribution)
   otherwise                                              -> pseudo_label
 """
 
@@ -50,6 +51,10 @@ REASONS = {
     "rho_u_not_estimated": "pool imbalance rho_U was not estimated",
     "rho_u_high": "estimated pool imbalance rho_U {rho_u:.1f} > {max_pool_imbalance:g}: pseudo-labels would mostly add "
                   "head-class images",
+    "rho_u_high_reversed": "estimated pool imbalance rho_U {rho_u:.1f} > {max_pool_imbalance:g}, its frequent classes the "
+                           "labeled set's rare ones (the labeled head classes hold {head_share:.2f} of it): there the base "
+                           "model's pseudo-labels are least accurate and pulled toward the head classes (the reversed "
+                           "pools of DASO, Oh et al. 2022); no benchmark here has shown pseudo-labels helping on one",
     "rho_u_ok": "estimated pool imbalance rho_U {rho_u:.1f}{bound} (balanced enough for its pseudo-labels to add "
                 "tail-class images)",
     # what the training mode made of the choice (models/pseudo_label.py)
@@ -95,11 +100,26 @@ class PoolEstimates:
     size: int
     relevance: float | None = None
     rho_u: float | None = None
+    class_distribution: tuple | None = None  # estimated (BBSE) share of each class in the pool
 
     @classmethod
     def from_pseudo_label_stats(cls, stats: dict) -> PoolEstimates:
         """From the PseudoLabeler's ``pseudo_label_stats.json`` (components/pseudo_labeler.py)."""
-        return cls(int(stats["num_pool_examples"]), stats.get("estimated_relevance"), stats.get("estimated_rho_u"))
+        q = stats.get("estimated_class_distribution")
+        return cls(int(stats["num_pool_examples"]), stats.get("estimated_relevance"), stats.get("estimated_rho_u"),
+                   tuple(float(v) for v in q) if q else None)
+
+
+def head_share(class_counts, class_distribution) -> float | None:
+    """The pool's share in the labeled set's head classes: the half of the classes with the most labeled images
+    (ranked by count, never by index; an odd middle class counts as tail). Above 1/2 the pool's imbalance runs the
+    labeled set's way; below, it is reversed."""
+    counts = [int(n) for n in class_counts]
+    if not class_distribution or len(class_distribution) != len(counts):
+        return None
+    head = sorted(range(len(counts)), key=lambda c: -counts[c])[:max(len(counts) // 2, 1)]
+    total = sum(class_distribution)
+    return float(sum(class_distribution[c] for c in head) / total) if total > 0 else None
 
 
 def plan(num_labeled: int, class_counts, pool: PoolEstimates, thresholds: PlannerConfig | None = None) -> dict:
@@ -121,6 +141,7 @@ def plan(num_labeled: int, class_counts, pool: PoolEstimates, thresholds: Planne
         "pool_in_domain_examples": round(in_domain, 1),
         "pool_to_labeled_ratio": round(ratio, 4),
         "pool_rho_u": pool.rho_u,
+        "pool_head_share": head_share(counts, pool.class_distribution),
         "thresholds": t.thresholds(),
     }
     reasons = []
@@ -147,6 +168,10 @@ def plan(num_labeled: int, class_counts, pool: PoolEstimates, thresholds: Planne
     if pool.rho_u is None:
         return decided(PSEUDO_LABEL, "rho_u_not_estimated")
     if t.max_pool_imbalance is not None and pool.rho_u > t.max_pool_imbalance:
+        share = estimates["pool_head_share"]
+        if share is not None and share < 0.5:
+            return decided(SSP, "rho_u_high_reversed", rho_u=pool.rho_u, max_pool_imbalance=t.max_pool_imbalance,
+                           head_share=share)
         return decided(SSP, "rho_u_high", rho_u=pool.rho_u, max_pool_imbalance=t.max_pool_imbalance)
     bound = "" if t.max_pool_imbalance is None else f" <= {t.max_pool_imbalance:g}"
     return decided(PSEUDO_LABEL, "rho_u_ok", rho_u=pool.rho_u, bound=bound)

@@ -33,6 +33,10 @@ N = sum(COUNTS)
     (PoolEstimates(7000, None, None), None, PSEUDO_LABEL, "rho_U was not estimated"),
     (PoolEstimates(7000, 0.9, 1.0), PlannerThresholds(min_relevance=0.95), SSP, r"relevance 0\.90 < 0\.95"),
     (PoolEstimates(0, None, None), None, SUPERVISED, r"pool is empty \(0 images\)"),
+    # the same rho_U with the labeled set's head first, and reversed (its tail classes most of the pool)
+    (PoolEstimates(7000, 0.9, 95.0, tuple(c / sum(COUNTS) for c in COUNTS)), None, SSP, r"mostly add head-class"),
+    (PoolEstimates(7000, 0.9, 95.0, tuple(c / sum(COUNTS) for c in COUNTS[::-1])), None, SSP,
+     r"rho_U 95\.0 > 10, its frequent classes the labeled set's rare ones \(the labeled head classes hold 0\.07"),
 ])
 def test_decision_table(pool, thresholds, choice, last_reason):
     result = plan(N, COUNTS, pool, thresholds)
@@ -89,4 +93,13 @@ def test_thresholds_are_frozen_and_labeled_set_required():
 def test_pool_estimates_from_pseudo_label_stats():
     stats = {"num_pool_examples": 7000, "estimated_relevance": 0.5, "estimated_rho_u": 2.0, "per_class_predicted": [1]}
     assert PoolEstimates.from_pseudo_label_stats(stats) == PoolEstimates(7000, 0.5, 2.0)
+    with_q = PoolEstimates.from_pseudo_label_stats({**stats, "estimated_class_distribution": [0.25, 0.75]})
+    assert with_q.class_distribution == (0.25, 0.75)
+
+
+def test_head_share_ranks_classes_by_count_not_by_index():
+    from models.planner import head_share
+
+    assert head_share([10, 500, 40, 1000], [0.4, 0.1, 0.4, 0.1]) == pytest.approx(0.2)  # heads: classes 1 and 3
+    assert head_share([10, 500], None) is None
     assert PoolEstimates.from_pseudo_label_stats({"num_pool_examples": 0}) == PoolEstimates(0)
