@@ -274,3 +274,24 @@ def test_mixed_precision_trains_and_exports_float32(tiny, tmp_path, policy):
     np.testing.assert_allclose(np.sum(served["probabilities"], axis=1), 1.0, rtol=1e-5)
     exported = keras.models.load_model(os.path.join(fn_args.model_run_dir, "model.keras"), compile=False)
     assert {layer.dtype_policy.compute_dtype for layer in exported.layers} == {"float32"}
+
+
+@pytest.mark.parametrize("decoupling", ["crt", "lws", "tau_norm"])
+def test_decoupling_stages_train_under_a_strategy_and_export_a_plain_copy(tiny, tmp_path, decoupling):
+    import keras
+
+    from models import training
+    from models.export import export_serving_model
+
+    files, stats = tiny
+    cfg = TrainConfig(epochs=1, batch_size=32, max_steps_per_epoch=2, decoupling=decoupling, decoupling_epochs=1)
+    strategy = distribute.make_strategy("mirrored")
+    plan = distribute.Plan("MirroredStrategy", 1, 1, 0, True, 32, 32, "global", 0.05, "none", "examples", "none")
+    model, history = training.train(cfg, files, stats, [28, 28, 1], str(tmp_path), strategy=strategy, plan=plan)
+    assert [h.get("stage") for h in history] == [None] + ([decoupling] if decoupling != "tau_norm" else [])
+    copy = distribute.plain_copy(model)
+    x = np.random.default_rng(0).random((4, 28, 28, 1)).astype(np.float32)
+    np.testing.assert_allclose(copy(x, training=False), model(x, training=False), rtol=1e-5, atol=1e-5)
+    export_serving_model(copy, str(tmp_path / "export"), [28, 28, 1])
+    assert tf.saved_model.load(str(tmp_path / "export")).signatures["serving_default"] is not None
+    assert isinstance(copy, keras.Model)
