@@ -38,7 +38,7 @@ from tfx.utils import proto_utils
 from components.data.errors import DataError
 from components.data.longtail import SplitSpec
 from components.data.own_data import CODE_OF_SPLIT, SPLIT_OF_OUTPUT, OwnDataPlan, image_files, plan_own_data
-from components.data.prepare import encode_png
+from components.data.prepare import encode_png, image_digest
 from components.data.sources import decode_image
 from components.label_stats_gen import _CountAndSample
 
@@ -60,6 +60,7 @@ class _DecodeAndCheck(beam.DoFn):
     """(split, where, encoded image, label) -> (split, serialized tf.Example), or a tagged (problem, where)."""
 
     PROBLEMS = "problems"
+    DIGESTS = "digests"  # (SHA-1 of the decoded pixels, (split, where)): duplicates across splits
 
     def __init__(self, image_shape: list[int], num_classes: int):
         self._shape, self._num_classes = list(image_shape), num_classes
@@ -88,7 +89,25 @@ class _DecodeAndCheck(beam.DoFn):
                 return
         if split == "unlabeled":
             label = None
+        yield beam.pvalue.TaggedOutput(self.DIGESTS, (image_digest(pixels), (split, where)))
         yield split, -1 if label is None else label, _example(encode_png(pixels), label)
+
+
+_SPLIT_RANK = {"labeled": 0, "unlabeled": 1, "validation": 2, "test": 3}  # prepare-data's order of its splits
+
+
+def _split_pairs(element):
+    """(digest, [(output split, where), ...]) -> ("a/b", "where in a = where in b") for each pair of splits sharing
+    the image, named and ordered as prepare-data's manifest names them (labeled, unlabeled, validation, test)."""
+    _, places = element
+    first = {}
+    named = ((SPLIT_OF_OUTPUT.get(split, split), where) for split, where in places)
+    for split, where in sorted(named, key=lambda p: (_SPLIT_RANK.get(p[0], 99), p[1])):
+        first.setdefault(split, where)
+    names = list(first)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            yield f"{a}/{b}", f"{first[a]} = {first[b]}"
 
 
 class _ReadFile(beam.DoFn):
@@ -179,13 +198,16 @@ def IngestOwnData(pipeline, config: dict, plan: OwnDataPlan, wanted: dict[str, s
     (count and up to 3 samples each) are written as JSON lines to ``side_dir``."""
     read, read_problems = _elements(pipeline, plan, wanted)
     checked = (read | "DecodeAndCheck" >> beam.ParDo(
-        _DecodeAndCheck(config["image_shape"], len(plan.class_names))).with_outputs(_DecodeAndCheck.PROBLEMS,
-                                                                                   main="examples"))
+        _DecodeAndCheck(config["image_shape"], len(plan.class_names))).with_outputs(
+            _DecodeAndCheck.PROBLEMS, _DecodeAndCheck.DIGESTS, main="examples"))
+    # one (40-byte digest, locator) pair per image through a GroupByKey: small beside the images themselves
+    duplicates = (checked[_DecodeAndCheck.DIGESTS] | "ByDigest" >> beam.GroupByKey()
+                  | "SplitPairs" >> beam.FlatMap(_split_pairs) | "CountDuplicates" >> beam.CombinePerKey(_CountAndSample()))
     problems = ((*read_problems, checked[_DecodeAndCheck.PROBLEMS])
                 | "AllProblems" >> beam.Flatten() | "CountProblems" >> beam.CombinePerKey(_CountAndSample()))
     counts = (checked.examples | "SplitLabel" >> beam.Map(lambda e: (f"{e[0]}/{e[1]}", 1))
               | "CountPerSplitClass" >> beam.CombinePerKey(sum))
-    for name, pcoll in (("problems", problems), ("counts", counts)):
+    for name, pcoll in (("problems", problems), ("counts", counts), ("duplicates", duplicates)):
         (pcoll | f"Json{name}" >> beam.Map(json.dumps)
          | f"Write{name}" >> beam.io.WriteToText(os.path.join(side_dir, name), shard_name_template=""))
     names = list(wanted)
@@ -255,7 +277,7 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
             with tf.io.gfile.GFile(path) as f:
                 return [json.loads(line) for line in f if line.strip()]
 
-        problems, counts = read_lines("problems"), read_lines("counts")
+        problems, counts, duplicates = read_lines("problems"), read_lines("counts"), read_lines("duplicates")
         tf.io.gfile.rmtree(self._side_dir)
         plan = self._plan
         class_names = plan.class_names
@@ -269,13 +291,19 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
         report = {"source": plan.source, "class_names": class_names, "image_shape": json.loads(
             exec_properties[INGEST_CONFIG_KEY])["image_shape"], "splits": per_split,
             "non_image_files": len(plan.non_image_files), "non_image_file_samples": plan.non_image_files[:20],
-            "problems": {p: {"count": c, "samples": s} for p, (c, s) in problems}}
+            "problems": {p: {"count": c, "samples": s} for p, (c, s) in problems},
+            # pixel-identical images in two splits, as prepare-data's manifest names them (samples: file / record pairs)
+            "duplicates_across_splits": {pair: c for pair, (c, _) in sorted(duplicates)},
+            "duplicate_examples": {pair: s for pair, (_, s) in sorted(duplicates)}}
         with tf.io.gfile.GFile(os.path.join(examples.uri, REPORT_FILE), "w") as f:
             json.dump(report, f, indent=2)
         examples.set_int_custom_property("non_image_files", len(plan.non_image_files))
         examples.set_int_custom_property("ingested_examples", sum(e["num_examples"] for e in per_split.values()))
         for problem, (count, samples) in sorted(problems, key=lambda p: -p[1][0]):
             raise DataError(f"{plan.source} ({examples.uri})", f"{problem}, e.g. {samples}", count)
+        for pair, n in report["duplicates_across_splits"].items():
+            print(f"[OwnDataExampleGen] warning: {n} images are in both {pair.replace('/', ' and ')} (pixel-identical), "
+                  f"e.g. {report['duplicate_examples'][pair][:2]}", flush=True)
         if plan.non_image_files:
             print(f"[OwnDataExampleGen] {len(plan.non_image_files)} files that are not images were not ingested, "
                   f"e.g. {plan.non_image_files[:3]} (all in {REPORT_FILE})", flush=True)

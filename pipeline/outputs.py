@@ -47,6 +47,7 @@ TRAINER = "components.trainer.LongTailTrainer"
 PRETRAINER = "components.trainer.SSPPretrainer"
 BASE_TRAINER = "components.trainer.PseudoLabelBaseTrainer"
 PSEUDO_LABELER = "components.pseudo_labeler.PseudoLabeler"
+OWN_DATA_GEN = "components.own_data_example_gen.OwnDataExampleGen"
 
 
 def find_output(run: dict, artifact_type: str, execution_type: str | None = None):
@@ -74,6 +75,8 @@ def run_results(metadata_path: str) -> dict:
     pl_stats = find_output(run, PseudoLabelStatistics.TYPE_NAME)
     pl_examples = find_output(run, "Examples", PSEUDO_LABELER)
     pushed = find_output(run, "PushedModel")
+    own_data = find_output(run, "Examples", OWN_DATA_GEN)
+    own_data_report = os.path.join(own_data.uri, "ingest_report.json") if own_data else None
     result = {
         "run_id": run["run_id"],
         "executions": {k: v["state"] for k, v in run["executions"].items()},
@@ -85,6 +88,9 @@ def run_results(metadata_path: str) -> dict:
         "base_training": read_json_artifact(base_run, "training_summary.json") if base_run else None,
         "pseudo_label_stats": read_json_artifact(pl_stats, PSEUDO_LABEL_STATS_FILE) if pl_stats else None,
         "pseudo_labeled_examples_uri": pl_examples.uri if pl_examples else None,
+        # OwnDataExampleGen's own account of what it ingested (duplicates across splits, problems, non-images)
+        "ingest_report": read_json_artifact(own_data, "ingest_report.json")
+        if own_data_report and os.path.exists(own_data_report) else None,
         "base_model_uri": base_model.uri if base_model else None,
         "pushed": bool(pushed and pushed.custom_properties["pushed"].int_value == 1),
         "pushed_model_dir": (pushed.custom_properties["pushed_destination"].string_value

@@ -10,11 +10,14 @@ from models.pseudo_label import pseudo_label_block
 
 
 def _ingestion_note(data: dict) -> str:
-    """report.md's sentence on a user's own data: ingested by the pipeline, and the files that are not images."""
+    """report.md's sentence on a user's own data: ingested by the pipeline, and the files that are not images; and
+    where the validation split came from when the source gave its own."""
+    given = data.get("validation_source") or ""
+    note = f" Validation split: {given}." if given.startswith("the source's own") else ""
     if data.get("ingestion") != "OwnDataExampleGen":
-        return ""
+        return note
     n = data.get("non_image_files") or 0
-    return (" Ingested by OwnDataExampleGen from the source this run; "
+    return note + (" Ingested by OwnDataExampleGen from the source this run; "
             + (f"{n} file{'s' if n != 1 else ''} that {'are' if n != 1 else 'is'} not an image skipped "
                "(listed in the ExampleGen's ingest_report.json)." if n else "no file that is not an image."))
 
@@ -24,12 +27,15 @@ def duplicates_warning(data: dict) -> list[str]:
     image is also a test image (the test score is then not on unseen images)."""
     dups = data.get("duplicates_across_splits")
     if dups is None:
-        return ["Duplicates across splits: not checked for this ingestion (OwnDataExampleGen does not compare "
-                "images yet)."] if data.get("ingestion") == "OwnDataExampleGen" else []
+        return []
     if not dups:
         return ["Duplicates across splits: none (pixel-identical images compared across every pair of splits)."]
     examples = data.get("duplicate_examples") or {}
-    text = "; ".join(f"{pair}: {n}" + (f" (e.g. records {examples[pair]})" if examples.get(pair) else "")
+    def sample(pairs):  # prepare-data's are record indices; OwnDataExampleGen's are file / record locators
+        indices = all(isinstance(p, (list, tuple)) and all(isinstance(i, int) for i in p) for p in pairs)
+        return f" (e.g. {'records ' if indices else ''}{pairs})"
+
+    text = "; ".join(f"{pair}: {n}" + (sample(examples[pair]) if examples.get(pair) else "")
                      for pair, n in sorted(dups.items()))
     test = sum(n for pair, n in dups.items() if "test" in pair.split("/"))
     lines = [f"Duplicates across splits (pixel-identical images): {text}."]
@@ -72,8 +78,9 @@ def build_metrics(cfg_dict: dict, manifest: dict, data_dir: str, results: dict, 
         "data": {"data_dir": data_dir, "source": manifest["source"], "rho": manifest["rho"], "rho_u": manifest["rho_u"],
                  "seed": manifest["seed"], "class_order": manifest["class_order"],
                  "ingestion": manifest.get("ingestion", "prepare-data"), "non_image_files": manifest.get("non_image_files"),
-                 "duplicates_across_splits": manifest.get("duplicates_across_splits"),
-                 "duplicate_examples": manifest.get("duplicate_examples"),
+                 "duplicates_across_splits": (results.get("ingest_report") or manifest).get("duplicates_across_splits"),
+                 "duplicate_examples": (results.get("ingest_report") or manifest).get("duplicate_examples"),
+                 "validation_source": manifest.get("validation_source"),
                  "splits": {k: {kk: vv for kk, vv in v.items() if kk != "files"} for k, v in manifest["splits"].items()}},
         "semi": semi_block(results["training"], cfg_dict),
         "plan": plan_block(results["training"], cfg_dict),

@@ -9,6 +9,7 @@ import collections
 import glob
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -99,11 +100,12 @@ def _records(pattern, compression):
 def _same_as_prepare(tmp_path, source, spec, uri):
     """Each output split equals prepare-data's split of the same source and settings, as a multiset."""
     prepared = str(tmp_path / "prepared")
-    prepare(read_source(source), spec, prepared, log=lambda m: None)
+    manifest = prepare(read_source(source), spec, prepared, log=lambda m: None)
     for out, split in (("train", "labeled"), ("eval", "validation"), ("test", "test"), ("unlabeled", "unlabeled")):
         ours = _records(os.path.join(uri, f"Split-{out}", "*"), "GZIP")
         theirs = _records(os.path.join(prepared, split, "*.tfrecord"), "")
         assert ours == theirs, f"split {out}: {sum(ours.values())} examples vs prepare-data's {sum(theirs.values())}"
+    return manifest
 
 
 def test_folder_ingestion_equals_prepare_data_and_counts_non_images(tmp_path):
@@ -111,15 +113,21 @@ def test_folder_ingestion_equals_prepare_data_and_counts_non_images(tmp_path):
     for junk in ("train/bee/.DS_Store", "train/cow/Thumbs.db", "unlabeled/notes.txt"):
         with open(os.path.join(root, junk), "wb") as f:
             f.write(b"\0junk")
+    for copy in ("train/ant/dup.png", "unlabeled/dup.png"):  # one test image in two other splits
+        shutil.copy(os.path.join(root, "test", "ant", "000.png"), os.path.join(root, copy))
     spec = SplitSpec(rho=None, val_per_class=4, seed=3)
     uri, manifest = ingest(tmp_path, f"folder:{root}", spec)
-    _same_as_prepare(tmp_path, f"folder:{root}", spec, uri)
+    prepared = _same_as_prepare(tmp_path, f"folder:{root}", spec, uri)
     report = json.load(open(os.path.join(uri, REPORT_FILE)))
     assert report["non_image_files"] == 3 and manifest["non_image_files"] == 3
     assert any(p.endswith(".DS_Store") for p in report["non_image_file_samples"])
-    assert report["splits"]["train"]["per_class_counts"] == [56, 26, 11, 4]
+    # the same pairs and counts as prepare-data's manifest, with the files named
+    assert report["duplicates_across_splits"] == prepared["duplicates_across_splits"]
+    assert sum(report["duplicates_across_splits"].values()) == 3 and "unlabeled/test" in report["duplicates_across_splits"]
+    assert any("test/ant/000.png" in p for p in report["duplicate_examples"]["unlabeled/test"])
+    assert report["splits"]["train"]["per_class_counts"] == [57, 26, 11, 4]
     assert report["splits"]["eval"]["per_class_counts"] == [4, 4, 4, 4]
-    assert report["splits"]["unlabeled"]["num_examples"] == 6
+    assert report["splits"]["unlabeled"]["num_examples"] == 7
 
 
 def test_folder_rho_resampling_streams_the_same_splits_as_prepare_data(tmp_path):
@@ -220,7 +228,9 @@ def test_smoke_run_on_an_image_folder_goes_through_the_component(tmp_path):
     metrics = json.load(open(os.path.join(out, "metrics.json")))
     assert metrics["data"]["ingestion"] == "OwnDataExampleGen" and metrics["data"]["non_image_files"] == 1
     assert metrics["label_stats"]["class_counts"] == [36, 21, 11, 8]
-    assert "1 file that is not an image skipped" in open(os.path.join(out, "report.md")).read()
+    report_md = open(os.path.join(out, "report.md")).read()
+    assert "1 file that is not an image skipped" in report_md
+    assert metrics["data"]["duplicates_across_splits"] == {} and "Duplicates across splits: none" in report_md
     (report,) = glob.glob(os.path.join(tmp_path, "runs", "_tfx", "*", "root", "OwnDataExampleGen", "examples", "*", REPORT_FILE))
     assert json.load(open(report))["non_image_files"] == 1
 
@@ -255,3 +265,54 @@ def test_own_data_default_validation_is_sized_to_the_smallest_class(tmp_path):
     assert manifest["val_per_class"] == 1 and manifest["val_per_class_setting"] is None  # a fifth of 5, at least 1
     assert manifest["splits"]["validation"]["per_class_counts"] == [1, 1, 1, 1]
     assert manifest["splits"]["labeled"]["per_class_counts"] == [9, 5, 4, 10]
+
+
+def _write_pngs(folder, n, rng):
+    os.makedirs(folder, exist_ok=True)
+    for i in range(n):
+        with open(os.path.join(folder, f"v{i:03d}.png"), "wb") as f:
+            f.write(encode_png(_img(rng)))
+
+
+def test_a_val_folder_is_the_validation_split_and_nothing_is_carved_from_train(tmp_path):
+    root = make_folder(str(tmp_path / "imgs"), per_class=(20, 12, 7, 5), unlabeled=0)
+    rng = np.random.default_rng(9)
+    for name, n in zip(CLASSES, (3, 2, 2, 1)):  # not balanced: the user's split, as given
+        _write_pngs(os.path.join(root, "val", name), n, rng)
+    spec = SplitSpec(rho=None, val_per_class=None, seed=2)
+    uri, manifest = ingest(tmp_path, f"folder:{root}", spec)
+    assert manifest["splits"]["validation"]["per_class_counts"] == [3, 2, 2, 1]
+    assert manifest["splits"]["labeled"]["per_class_counts"] == [20, 12, 7, 5]  # every train image trains
+    assert manifest["validation_source"].startswith("the source's own") and manifest["val_per_class"] == 1
+    prepared = _same_as_prepare(tmp_path, f"folder:{root}", spec, uri)
+    assert prepared["validation_source"] == manifest["validation_source"]
+    assert prepared["splits"]["validation"]["per_class_counts"] == [3, 2, 2, 1]
+    report = json.load(open(os.path.join(uri, REPORT_FILE)))
+    assert report["splits"]["eval"]["per_class_counts"] == [3, 2, 2, 1]
+
+
+def test_a_val_folder_missing_a_class_is_named(tmp_path):
+    root = make_folder(str(tmp_path / "imgs"), per_class=(20, 12, 7, 5), unlabeled=0)
+    rng = np.random.default_rng(9)
+    for name in CLASSES[:3]:
+        _write_pngs(os.path.join(root, "val", name), 2, rng)
+    with pytest.raises(DataError, match=r"classes \['doe'\] have no validation image") as err:
+        plan_own_data(f"folder:{root}", SplitSpec(rho=None))
+    assert "val" in str(err.value)
+    with pytest.raises(DataError, match=r"classes \['doe'\] have no validation image"):
+        read_source(f"folder:{root}")
+
+
+def test_val_tfrecords_are_the_validation_split(tmp_path):
+    root = make_tfrecords(str(tmp_path / "recs"))
+    rng = np.random.default_rng(4)
+    with tf.io.TFRecordWriter(os.path.join(root, "val-00000-of-00001.tfrecord")) as w:
+        for label in (0, 1, 2, 3, 3):
+            feature = {"image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[encode_png(_img(rng))])),
+                       "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label]))}
+            w.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+    spec = SplitSpec(rho=None, val_per_class=3, seed=0)  # ignored: the source gives its validation split
+    uri, manifest = ingest(tmp_path, f"tfrecord:{root}", spec)
+    assert manifest["splits"]["validation"]["per_class_counts"] == [1, 1, 1, 2]
+    assert manifest["splits"]["labeled"]["per_class_counts"] == [40, 20, 10, 6]
+    _same_as_prepare(tmp_path, f"tfrecord:{root}", spec, uri)

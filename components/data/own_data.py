@@ -26,7 +26,15 @@ import numpy as np
 
 from components.data.errors import DataError
 from components.data.longtail import SplitSpec, plan_splits, validation_per_class
-from components.data.sources import IMAGE_SUFFIXES, LabelProblems, decode_image
+from components.data.prepare import VALIDATION_CARVED, VALIDATION_GIVEN
+from components.data.sources import (
+    IMAGE_SUFFIXES,
+    VALIDATION_RECORDS,
+    LabelProblems,
+    check_validation_classes,
+    decode_image,
+    validation_folder,
+)
 
 # Output split of the ExampleGen -> the split of prepare-data's layout it holds.
 SPLIT_OF_OUTPUT = {"train": "labeled", "eval": "validation", "test": "test", "unlabeled": "unlabeled"}
@@ -73,6 +81,7 @@ class OwnDataPlan:
     items: dict[str, list] = dataclasses.field(default_factory=dict)
     first_image: str | None = None  # the file whose shape every image must have (the sorted first train image)
     pool_from_source: bool = False  # the source has its own unlabeled/ (unlabeled*.tfrecord*) images
+    given_validation: bool = False  # the source has its own validation split (val/ folder, val*.tfrecord files)
 
     def split_counts(self, split: str) -> tuple[int, list[int] | None]:
         """(examples, per-class counts or None where labels are unknown until decoding) of a split."""
@@ -157,6 +166,15 @@ def plan_folder(root: str, spec: SplitSpec) -> OwnDataPlan:
     if not gfile.isdir(test_dir):
         raise DataError(root, "no test/ folder")
     test_classes, test_counts, _ = _list_class_folders(test_dir, class_names, non_images)
+    val_dir = validation_folder(root, gfile.isdir)
+    val_groups = []
+    if val_dir:  # the source's own validation split: nothing is carved from train
+        val_classes, val_counts, _ = _list_class_folders(val_dir, class_names, non_images)
+        check_validation_classes(np.repeat([class_names.index(n) for n in val_classes],
+                                           [val_counts[n] for n in val_classes]).astype(np.int64), class_names, val_dir)
+        val_groups = [FolderGroup(os.path.join(val_dir, name), class_names.index(name), b"V" * val_counts[name])
+                      for name in val_classes if val_counts[name]]
+        spec = dataclasses.replace(spec, val_per_class=0)
     counts = np.asarray([train_counts[name] for name in class_names], np.int64)
     labels = np.repeat(np.arange(len(class_names)), counts)
     plan = _draw(labels, class_names, spec, train_dir)
@@ -166,6 +184,7 @@ def plan_folder(root: str, spec: SplitSpec) -> OwnDataPlan:
     offsets = np.concatenate([[0], np.cumsum(counts)])
     groups = [FolderGroup(os.path.join(train_dir, name), c, codes[offsets[c]:offsets[c + 1]].tobytes())
               for c, name in enumerate(class_names)]
+    groups += val_groups
     groups += [FolderGroup(os.path.join(test_dir, name), class_names.index(name), b"T" * test_counts[name])
                for name in test_classes if test_counts[name]]
     if not any(test_counts.values()):
@@ -178,7 +197,8 @@ def plan_folder(root: str, spec: SplitSpec) -> OwnDataPlan:
         non_images += [os.path.join(unl_dir, e) for e in others]
     first_image = next(first[name] for name in class_names if first[name])
     return OwnDataPlan(f"folder:{root}", "folder", root, class_names, non_images, plan.class_order,
-                       plan.unlabeled_order, groups=groups, first_image=first_image, pool_from_source=pool_from_source)
+                       plan.unlabeled_order, groups=groups, first_image=first_image, pool_from_source=pool_from_source,
+                       given_validation=bool(val_dir))
 
 
 def _scan_labels(files: list[str], num_classes: int | None, where: str) -> tuple[list[tuple[str, int]], list[int]]:
@@ -226,16 +246,24 @@ def plan_tfrecords(root: str, spec: SplitSpec) -> OwnDataPlan:
     if class_names is None:  # C from the largest training label, as prepare-data
         class_names = [f"class_{i}" for i in range(max(labels) + 1)] if labels else []
     label_array = np.asarray(labels, np.int64)
+    val_files = sorted(gfile.glob(os.path.join(root, VALIDATION_RECORDS)))
+    if val_files:  # the source's own validation split: nothing is carved from train
+        val_where = os.path.join(root, VALIDATION_RECORDS)
+        val_locators, val_labels = _scan_labels(val_files, len(class_names), val_where)
+        check_validation_classes(val_labels, class_names, val_where)
+        spec = dataclasses.replace(spec, val_per_class=0)
     plan = _draw(label_array, class_names, spec, where)
     items = {split: [(locators[i], int(label_array[i])) for i in getattr(plan, split)]
              for split in ("labeled", "validation")}
+    if val_files:
+        items["validation"] = list(zip(val_locators, (int(v) for v in val_labels)))
     items["unlabeled"] = [(locators[i], -1) for i in plan.unlabeled]
     # test labels are checked where the records are decoded; -2: "read the record's own label"
     items["test"] = [(loc, -2) for loc in _count_records(test_files)]
     unl = sorted(gfile.glob(os.path.join(root, "unlabeled*.tfrecord*")))
     items["unlabeled"] += [(loc, -1) for loc in _count_records(unl)]
     return OwnDataPlan(f"tfrecord:{root}", "tfrecord", root, class_names, [], plan.class_order,
-                       plan.unlabeled_order, items=items, pool_from_source=bool(unl))
+                       plan.unlabeled_order, items=items, pool_from_source=bool(unl), given_validation=bool(val_files))
 
 
 def plan_own_data(source: str, spec: SplitSpec) -> OwnDataPlan:
@@ -290,8 +318,9 @@ def describe(plan: OwnDataPlan, spec: SplitSpec, image_shape: list[int]) -> dict
         "class_names": plan.class_names, "num_classes": len(plan.class_names), "image_shape": list(image_shape),
         "seed": spec.seed, "rho": spec.rho, "n_max": spec.n_max, "rho_u": spec.rho_u,
         "unlabeled_size_requested": spec.unlabeled_size,
-        "val_per_class": (splits["validation"].get("per_class_counts") or [spec.val_per_class])[0],
+        "val_per_class": min(splits["validation"].get("per_class_counts") or [spec.val_per_class]),
         "val_per_class_setting": spec.val_per_class,  # None: sized to the data (components/data/longtail.py)
+        "validation_source": VALIDATION_GIVEN if plan.given_validation else VALIDATION_CARVED,
         "class_order": plan.class_order, "unlabeled_class_order": plan.unlabeled_order,
         "pool_relevance": spec.pool_relevance, "non_image_files": len(plan.non_image_files), "splits": splits,
         "pool_from_source": plan.pool_from_source,

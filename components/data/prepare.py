@@ -15,6 +15,7 @@ directory is written under a temporary name and renamed when complete.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -131,11 +132,18 @@ def _write_pool_truth(path: str, files: list[str], labels: list[int]) -> None:
                    "files": files, "labels": labels}, f)
 
 
+VALIDATION_GIVEN = "the source's own (val/ folder or val*.tfrecord files)"
+VALIDATION_CARVED = "carved from train, balanced (data.val_per_class a class)"
+
+
 def prepare(raw: RawData, spec: SplitSpec, out_dir: str, shard_size: int = 10000, log=print) -> dict:
     """Draw the splits from ``raw`` and write them to ``out_dir``; returns the manifest."""
     if len(raw.test_images) == 0:
         raise DataError(f"{raw.name}/test", "test split is empty", 0)
-    plan = plan_splits(raw.train_labels, raw.num_classes, spec, raw.class_names)
+    given_validation = raw.val_images is not None
+    # the source's own validation split replaces the one carved from train (val_per_class is then unused)
+    plan = plan_splits(raw.train_labels, raw.num_classes, dataclasses.replace(spec, val_per_class=0)
+                       if given_validation else spec, raw.class_names)
     absent = [raw.class_names[c] for c, n in enumerate(plan.labeled_counts) if n == 0]
     if absent:
         raise DataError(f"{raw.name}/labeled", f"classes with no labeled example: {absent}", len(absent), unit="class")
@@ -150,7 +158,8 @@ def prepare(raw: RawData, spec: SplitSpec, out_dir: str, shard_size: int = 10000
     split_data = {
         "labeled": (raw.train_images[plan.labeled], raw.train_labels[plan.labeled]),
         "unlabeled": (unlabeled_images, None),
-        "validation": (raw.train_images[plan.validation], raw.train_labels[plan.validation]),
+        "validation": ((raw.val_images, raw.val_labels) if given_validation
+                       else (raw.train_images[plan.validation], raw.train_labels[plan.validation])),
         "test": (raw.test_images, raw.test_labels),
     }
     # evaluation only: the pool's true classes in record order; -1: the source's own unlabeled images (class
@@ -173,8 +182,10 @@ def prepare(raw: RawData, spec: SplitSpec, out_dir: str, shard_size: int = 10000
         "n_max": spec.n_max,
         "rho_u": spec.rho_u,
         "unlabeled_size_requested": spec.unlabeled_size,
-        "val_per_class": plan.val_per_class,
+        "val_per_class": (int(np.bincount(raw.val_labels, minlength=raw.num_classes).min()) if given_validation
+                          else plan.val_per_class),  # the smallest class's when the source gives its own
         "val_per_class_setting": spec.val_per_class,  # None: sized to the data (components/data/longtail.py)
+        "validation_source": VALIDATION_GIVEN if given_validation else VALIDATION_CARVED,
         "class_order": plan.class_order,
         "unlabeled_class_order": plan.unlabeled_order,
         "unlabeled_from_source_extra": 0 if raw.extra_unlabeled is None else int(len(raw.extra_unlabeled)),

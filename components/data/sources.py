@@ -58,6 +58,8 @@ class RawData:
     test_images: np.ndarray
     test_labels: np.ndarray
     extra_unlabeled: np.ndarray | None = None  # images with no labels at all (e.g. SVHN extra)
+    val_images: np.ndarray | None = None  # the source's own validation split (a val/ folder, val*.tfrecord files)
+    val_labels: np.ndarray | None = None
 
     @property
     def num_classes(self) -> int:
@@ -151,6 +153,27 @@ def read_fashion_mnist(source_dir: str = FASHION_MNIST_DIR) -> RawData:
 
 
 # ------------------------------------------------------------------------- image folders
+VALIDATION_FOLDERS = ("val", "validation")  # a folder source's own validation split, used instead of carving one
+
+
+def validation_folder(root: str, isdir=os.path.isdir) -> str | None:
+    """The source's own validation folder (val/ or validation/, class sub-folders as in test/), or None."""
+    found = [name for name in VALIDATION_FOLDERS if isdir(os.path.join(root, name))]
+    if len(found) > 1:
+        raise DataError(root, f"both {found[0]}/ and {found[1]}/ folders: keep one as the validation split", 2)
+    return os.path.join(root, found[0]) if found else None
+
+
+def check_validation_classes(labels, class_names: list[str], where: str) -> None:
+    """A given validation split must hold every class (the gate's per-class recall is measured on it)."""
+    counts = np.bincount(np.asarray(labels, np.int64), minlength=len(class_names))
+    empty = [class_names[c] for c, n in enumerate(counts) if n == 0]
+    if empty:
+        raise DataError(where, f"classes {empty} have no validation image; the gate measures every class's recall "
+                        "on this split (add images, or remove the folder to carve validation from train)", len(empty),
+                        unit="class")
+
+
 def _list_images(folder: str) -> list[str]:
     return sorted(p for p in glob.glob(os.path.join(folder, "*")) if p.lower().endswith(IMAGE_SUFFIXES))
 
@@ -182,12 +205,17 @@ def read_image_folder(root: str) -> RawData:
 
     xtr, ytr = labeled("train")
     xte, yte = labeled("test")
+    xva = yva = None
+    val_dir = validation_folder(root)
+    if val_dir:
+        xva, yva = labeled(os.path.basename(val_dir))
+        check_validation_classes(yva, class_names, val_dir)
     extra = None
     unl_dir = os.path.join(root, "unlabeled")
     if os.path.isdir(unl_dir):
         paths = _list_images(unl_dir)
         extra = _decode_all([open(p, "rb").read() for p in paths], paths, unl_dir) if paths else None
-    return RawData(f"folder:{root}", class_names, xtr, ytr, xte, yte, extra)
+    return RawData(f"folder:{root}", class_names, xtr, ytr, xte, yte, extra, xva, yva)
 
 
 # ------------------------------------------------------------------------- TFRecords
@@ -249,6 +277,9 @@ class LabelProblems:
                             len(self.missing))
 
 
+VALIDATION_RECORDS = "val*.tfrecord*"  # a TFRecord source's own validation split (val-*, validation-*)
+
+
 def read_tfrecords(root: str) -> RawData:
     classes_file = os.path.join(root, "classes.txt")
     if os.path.exists(classes_file):
@@ -269,10 +300,14 @@ def read_tfrecords(root: str) -> RawData:
         class_names = [f"class_{i}" for i in range(num_classes)]
     xtr, ytr = _read_tfrecords(os.path.join(root, "train*.tfrecord*"), True, num_classes)
     xte, yte = _read_tfrecords(os.path.join(root, "test*.tfrecord*"), True, num_classes)
+    xva = yva = None
+    if glob.glob(os.path.join(root, VALIDATION_RECORDS)):
+        xva, yva = _read_tfrecords(os.path.join(root, VALIDATION_RECORDS), True, num_classes)
+        check_validation_classes(yva, class_names, os.path.join(root, VALIDATION_RECORDS))
     extra = None
     if glob.glob(os.path.join(root, "unlabeled*.tfrecord*")):
         extra, _ = _read_tfrecords(os.path.join(root, "unlabeled*.tfrecord*"), False, None)
-    return RawData(f"tfrecord:{root}", class_names, xtr, ytr, xte, yte, extra)
+    return RawData(f"tfrecord:{root}", class_names, xtr, ytr, xte, yte, extra, xva, yva)
 
 
 # ------------------------------------------------------------------------- TFDS
