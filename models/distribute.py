@@ -424,9 +424,9 @@ class Backup:
 def launch(job: dict, tf_configs: list[dict], scratch_dir: str, timeout_s: float | None = None) -> None:
     """Run ``python -m models.trainer`` (one worker) once per TF_CONFIG (the job as JSON in ``scratch_dir``) and wait.
 
-    The chief's output goes to this process's stderr; every other worker's to ``worker-<i>.log`` in
-    ``scratch_dir``. When one worker fails the others (blocked in a collective) are stopped, and the error
-    names the worker and shows the end of its log."""
+    The chief's output (and a single worker's, as in a TFJob pod) goes to this process's stderr; every other
+    worker's to ``worker-<i>.log`` in ``scratch_dir``. When one worker fails the others (blocked in a collective)
+    are stopped, and the error names the worker and shows the end of its log."""
     os.makedirs(scratch_dir, exist_ok=True)
     job_path = os.path.join(scratch_dir, "job.json")
     with open(job_path, "w") as f:
@@ -440,7 +440,8 @@ def launch(job: dict, tf_configs: list[dict], scratch_dir: str, timeout_s: float
         log_path = os.path.join(scratch_dir, f"worker-{index}.log")
         log = open(log_path, "w")
         logs.append((index, log_path, log))
-        stderr = None if is_chief(tf_config) else log
+        # the chief's output (or a pod's only worker's, under a TFJob) to this process's; the others' to their logs
+        stderr = None if is_chief(tf_config) or len(tf_configs) == 1 else log
         procs.append(subprocess.Popen([sys.executable, "-m", "models.trainer", job_path], env=env, cwd=root,
                                       stdout=stderr if stderr is not None else None, stderr=stderr))
     deadline = None if timeout_s is None else time.time() + timeout_s
@@ -466,7 +467,7 @@ def launch(job: dict, tf_configs: list[dict], scratch_dir: str, timeout_s: float
         for i in failed:
             index, log_path, _ = logs[i]
             with open(log_path) as f:
-                tail = f.read()[-3000:]
+                tail = f.read()[-3000:] or "(empty: this worker wrote to the Trainer's own stderr, above)"
             code = procs[i].returncode
             lines.append(f"worker {index} ({'timed out' if code is None or code < 0 else f'exit {code}'}); "
                          f"log {log_path}:\n{tail}")
