@@ -46,3 +46,19 @@ def fashion_mnist_dir():
     if not os.path.isdir(FASHION_MNIST_DIR):
         pytest.fail(f"{FASHION_MNIST_DIR} missing: run the tests through tools/env, which installs dataset-fashion-mnist")
     return FASHION_MNIST_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory, fashion_mnist_dir):
+    """A tiny real labeled set (Fashion-MNIST-LT, rho 10, at most 60 a class): its TFRecords and label statistics."""
+    import glob
+
+    from components.data.longtail import SplitSpec
+    from components.data.prepare import prepare_from_source
+    from models.label_stats import derive_label_stats
+
+    out = str(tmp_path_factory.mktemp("tiny") / "data")
+    manifest = prepare_from_source("fashion_mnist", SplitSpec(rho=10, n_max=60, class_order="shuffle", val_per_class=5,
+                                                              unlabeled_size=0, seed=3), out, fashion_mnist_dir)
+    files = sorted(glob.glob(os.path.join(out, "labeled", "*.tfrecord")))
+    return files, derive_label_stats(manifest["splits"]["labeled"]["per_class_counts"], manifest["class_names"])

@@ -15,11 +15,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components.data.longtail import SplitSpec
-from components.data.prepare import prepare_from_source
 from models import distribute
 from models.config import TrainConfig
-from models.label_stats import derive_label_stats
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -86,15 +83,6 @@ def test_configuring_a_run_refuses_what_is_not_data_parallel():
 
 
 # ----------------------------------------------------------------------------------------- real workers
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory, fashion_mnist_dir):
-    out = str(tmp_path_factory.mktemp("dist") / "data")
-    manifest = prepare_from_source("fashion_mnist", SplitSpec(rho=10, n_max=60, class_order="shuffle", val_per_class=5,
-                                                              unlabeled_size=0, seed=3), out, fashion_mnist_dir)
-    files = sorted(glob.glob(os.path.join(out, "labeled", "*.tfrecord")))
-    return files, derive_label_stats(manifest["splits"]["labeled"]["per_class_counts"], manifest["class_names"])
 
 
 # One process of the loop test: the same seed, model and data; worker i of n reads every n-th example in order (no

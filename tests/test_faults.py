@@ -2,7 +2,6 @@
 finished epoch when run again; a push killed before its rename leaves no half-written version; a second run of
 the same pipeline while one is running stops at once with a message."""
 
-import glob
 import json
 import os
 import signal
@@ -10,10 +9,6 @@ import subprocess
 import sys
 
 import pytest
-
-from components.data.longtail import SplitSpec
-from components.data.prepare import prepare_from_source
-from models.label_stats import derive_label_stats
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, PYTHONPATH=ROOT)
@@ -60,20 +55,10 @@ print(json.dumps([h["epoch"] for h in history]))
 """
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory, fashion_mnist_dir):
-    out = str(tmp_path_factory.mktemp("faults") / "data")
-    manifest = prepare_from_source("fashion_mnist", SplitSpec(rho=10, n_max=60, class_order="shuffle", val_per_class=5,
-                                                              unlabeled_size=0, seed=3), out, fashion_mnist_dir)
-    files = sorted(glob.glob(os.path.join(out, "labeled", "*.tfrecord")))
-    stats = derive_label_stats(manifest["splits"]["labeled"]["per_class_counts"], manifest["class_names"])
-    return {"files": files, "stats": stats}
-
-
 @pytest.mark.parametrize("kind", ["classification", "regression", "ssp"])
 def test_a_sigkilled_trainer_resumes_from_its_last_finished_epoch(kind, tiny, tmp_path):
     backup = str(tmp_path / "backup")
-    args = [sys.executable, "-c", TRAIN_SCRIPT, kind, json.dumps(tiny)]
+    args = [sys.executable, "-c", TRAIN_SCRIPT, kind, json.dumps({"files": tiny[0], "stats": tiny[1]})]
     killed = subprocess.run([*args, str(tmp_path / "run1"), backup, "2"], cwd=ROOT, env=ENV, capture_output=True, text=True)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert os.listdir(backup), "no backup was written before the kill"
@@ -148,7 +133,7 @@ def test_a_second_run_of_the_same_pipeline_stops_at_once_with_a_message(tiny, tm
 
     from pipeline.local_runner import pipeline_lock
 
-    data_dir = os.path.dirname(os.path.dirname(tiny["files"][0]))
+    data_dir = os.path.dirname(os.path.dirname(tiny[0][0]))
     home = tmp_path / "runs" / "_tfx" / "busy"
     home.mkdir(parents=True)
     with pipeline_lock(str(home / "metadata.sqlite"), "busy"):

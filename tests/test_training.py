@@ -1,6 +1,5 @@
 """The Trainer's stages on a tiny real dataset: samplers, DRW, LDAM's cosine head, decoupling, export."""
 
-import glob
 import os
 
 import keras
@@ -8,22 +7,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components.data.longtail import SplitSpec
-from components.data.prepare import prepare_from_source
 from models.config import TrainConfig
 from models.heads import LearnableWeightScaling, NormedLinear
-from models.label_stats import derive_label_stats
 from models.training import train
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory, fashion_mnist_dir):
-    out = str(tmp_path_factory.mktemp("tiny") / "data")
-    manifest = prepare_from_source("fashion_mnist", SplitSpec(rho=10, n_max=60, class_order="shuffle", val_per_class=5,
-                                                              unlabeled_size=0, seed=3), out, fashion_mnist_dir)
-    files = sorted(glob.glob(os.path.join(out, "labeled", "*.tfrecord")))
-    return files, derive_label_stats(manifest["splits"]["labeled"]["per_class_counts"], manifest["class_names"])
-
 
 BASE = {"epochs": 2, "batch_size": 32, "max_steps_per_epoch": 3}
 
