@@ -122,9 +122,11 @@ def check_config(train, mode: str, task: str = "classification") -> None:
     Trainer (every loss, class weighting, DRW, sampler and decoupling stage). The semi-supervised trainers
     (FixMatch, DASO, the pseudo-label base and final Trainers), the SSP pre-training Trainer and the regression
     task train in one process; asking them for more is an error naming the mode, not a silent single process."""
+    # multi_worker's cluster (TF_CONFIG) exists only in the training pods, so it is not required here
     resolve(train.distribute if train.distribute != "multi_worker" or train.local_workers > 1 else "none",
             train.local_workers)
     batch_and_lr(train.batch_size, train.learning_rate, 1, train.batch_scaling, train.lr_scaling)
+    # the name only: examples with a class-aware sampler is refused where a strategy uses it (one process never does)
     data_sharding_for(train.data_sharding, train.sampler if train.data_sharding != "examples" else "instance")
     if train.mixed_precision not in MIXED_PRECISION:
         raise ValueError(f"train.mixed_precision={train.mixed_precision!r}: choose one of {list(MIXED_PRECISION)}")
@@ -282,7 +284,7 @@ def plain_copy(model):
 
 
 def fit(strategy, model, optimizer, loss, dataset_fn, epochs: int, steps: int, first_epoch: int = 0,
-        class_weights=None, weights_in_loss: bool = False, progress=None, backup=None, seed: int = 0) -> list:
+        class_weights=None, weights_in_loss: bool = False, progress=None, backup=None) -> list:
     """Data-parallel training with a custom loop; returns the per-epoch history.
 
     ``loss``: a Keras loss whose ``call`` gives per-example terms; ``class_weights`` (C,) weight example i by

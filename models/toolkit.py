@@ -103,11 +103,16 @@ class EpochProgress(keras.callbacks.Callback):
         self._t0 = time.time()
 
     def on_epoch_end(self, epoch, logs=None):
-        seconds = time.time() - self._t0
         logs = {k: float(v) for k, v in (logs or {}).items()}
-        self.history.append({"epoch": epoch + 1, "seconds": seconds, **logs})
-        shown = " ".join(f"{k}={v:.4f}" for k, v in logs.items() if k != "learning_rate")
-        print(f"{self.prefix} epoch {epoch + 1}/{self.epochs} {shown} ({seconds:.1f} s)", file=sys.stderr, flush=True)
+        self.report({"epoch": epoch + 1, "seconds": time.time() - self._t0, **logs})
+
+    def report(self, entry: dict) -> None:
+        """Record and print one epoch's entry ({"epoch", "seconds", metrics...}); also the custom loop's
+        (models.distribute.fit) progress callback."""
+        self.history.append(entry)
+        shown = " ".join(f"{k}={v:.4f}" for k, v in entry.items() if k not in ("epoch", "seconds", "learning_rate"))
+        print(f"{self.prefix} epoch {entry['epoch']}/{self.epochs} {shown} ({entry['seconds']:.1f} s)", file=sys.stderr,
+              flush=True)
 
 
 def head_kind(cfg: config.TrainConfig) -> str:
@@ -117,6 +122,12 @@ def head_kind(cfg: config.TrainConfig) -> str:
 def build_model(cfg: config.TrainConfig, image_shape, num_classes: int) -> keras.Model:
     return backbones.build_classifier(backbones.build_backbone(cfg.backbone, image_shape), num_classes,
                                       cosine=head_kind(cfg) == "cosine")
+
+
+def steps_per_epoch(cfg: config.TrainConfig, num_examples: int, batch_size: int) -> int:
+    """Batches of ``batch_size`` (the global batch) in one pass over the examples, capped by max_steps_per_epoch."""
+    steps = -(-num_examples // batch_size)
+    return min(steps, cfg.max_steps_per_epoch) if cfg.max_steps_per_epoch else steps
 
 
 def labeled_dataset(cfg: config.TrainConfig, train_files, stats: dict, image_shape, sampler: str, epochs: int,
@@ -132,9 +143,7 @@ def labeled_dataset(cfg: config.TrainConfig, train_files, stats: dict, image_sha
     augmentation seeds (a worker's own order)."""
     n = stats["num_examples"]
     batch_size = batch_size or cfg.batch_size
-    steps = -(-n // batch_size)
-    if cfg.max_steps_per_epoch:
-        steps = min(steps, cfg.max_steps_per_epoch)
+    steps = steps_per_epoch(cfg, n, batch_size)
     seed = cfg.seed + seed_offset
     decoded = inputs.read_examples(train_files, image_shape)
     if pseudo_files:

@@ -29,14 +29,14 @@ def run_fn(fn_args) -> None:
     tf_config = distribute.read_tf_config()
     kind = distribute.resolve(job.train.distribute, job.train.local_workers, tf_config,
                               gpus=len(tf.config.list_physical_devices("GPU")))
-    if kind != "none" and job.mode.name != modes.SUPERVISED and job.train.distribute == "auto":
+    if kind != "none" and job.mode.name != modes.SUPERVISED:  # only the supervised Trainer is data-parallel
+        if job.train.distribute != "auto":
+            raise ValueError(f"train.distribute={job.train.distribute} resolved to {kind}, but semi.method="
+                             f"{job.mode.name} trains in one process (only the supervised Trainer is data-parallel); "
+                             "set train.distribute=none")
         print(f"[trainer] train.distribute=auto: semi.method={job.mode.name} trains in one process (only the supervised "
               f"Trainer is data-parallel), not {kind}", file=sys.stderr, flush=True)
         kind = "none"
-    if kind != "none" and job.mode.name != modes.SUPERVISED:
-        raise ValueError(f"train.distribute={job.train.distribute} resolved to {kind}, but semi.method={job.mode.name} "
-                         "trains in one process (only the supervised Trainer is data-parallel); set "
-                         "train.distribute=none")
     if kind == "multi_worker":  # fresh processes: a multi-worker strategy must come before any TensorFlow op
         configs = distribute.local_cluster(job.train.local_workers) if job.train.local_workers > 1 else [tf_config]
         print(f"[trainer] multi-worker training: {len(configs)} local worker process(es) of a "

@@ -5,8 +5,6 @@ second stage (Kang et al., ICLR 2020).
 
 from __future__ import annotations
 
-import sys
-
 import keras
 
 from models import distribute, heads, losses, toolkit
@@ -42,12 +40,7 @@ def train(cfg: TrainConfig, train_files, stats: dict, image_shape, model_run_dir
     optimizer = toolkit.sgd_for(cfg, cfg.epochs * steps)
     progress = toolkit.EpochProgress(cfg.epochs)
     callbacks = toolkit.standard_callbacks(progress, model_run_dir, backup_dir, checkpoints=True, extra=extra_callbacks)
-    fixed_weights = losses.class_weights_for(cfg.class_weighting, stats["class_counts"], cfg.effective_number_beta)
-    if cfg.drw_epoch is not None:
-        phases = losses.DeferredReweighting(stats["class_counts"], cfg.drw_epoch, cfg.effective_number_beta).phases(cfg.epochs)
-    else:
-        phases = [(0, cfg.epochs, fixed_weights)]
-    for first, end, weights in phases:  # same optimizer (and its state) across the DRW switch
+    for first, end, weights in _phases(cfg, stats):  # same optimizer (and its state) across the DRW switch
         _compile(model, optimizer, losses.make_loss(cfg, stats, weights), cfg)
         model.fit(ds, epochs=end, initial_epoch=first, steps_per_epoch=steps, verbose=0, callbacks=callbacks)
     history = progress.history
@@ -57,16 +50,31 @@ def train(cfg: TrainConfig, train_files, stats: dict, image_shape, model_run_dir
     return model, history
 
 
+def _phases(cfg: TrainConfig, stats: dict) -> list:
+    """(first epoch, end epoch, class weights) per stage-1 phase: one with the fixed weighting, or DRW's two."""
+    if cfg.drw_epoch is not None:
+        return losses.DeferredReweighting(stats["class_counts"], cfg.drw_epoch,
+                                          cfg.effective_number_beta).phases(cfg.epochs)
+    return [(0, cfg.epochs, losses.class_weights_for(cfg.class_weighting, stats["class_counts"],
+                                                     cfg.effective_number_beta))]
+
+
+def _stage_model(model, cfg: TrainConfig, num_classes: int):
+    """(the second-stage model, whether it trains): cRT's or LWS's model to train, or the tau-normalised one."""
+    if cfg.decoupling == "tau_norm":
+        return heads.tau_normalized_model(model, cfg.decoupling_tau), False
+    if cfg.decoupling == "crt":
+        return heads.classifier_retraining_model(model, num_classes), True
+    if cfg.decoupling == "lws":
+        return heads.lws_model(model), True
+    raise ValueError(f"unknown decoupling {cfg.decoupling!r}; choose none, crt, lws or tau_norm")
+
+
 def decouple(model, cfg: TrainConfig, train_files, stats: dict, image_shape, pseudo_files=None, pseudo_weight: float = 1.0):
     """Second stage of Kang et al.: cRT or LWS (class-balanced sampling, CE) or tau-normalisation."""
-    if cfg.decoupling == "tau_norm":
-        return heads.tau_normalized_model(model, cfg.decoupling_tau), []
-    if cfg.decoupling == "crt":
-        stage = heads.classifier_retraining_model(model, stats["num_classes"])
-    elif cfg.decoupling == "lws":
-        stage = heads.lws_model(model)
-    else:
-        raise ValueError(f"unknown decoupling {cfg.decoupling!r}; choose none, crt, lws or tau_norm")
+    stage, trains = _stage_model(model, cfg, stats["num_classes"])
+    if not trains:
+        return stage, []
     epochs = cfg.decoupling_epochs
     ds, steps = toolkit.labeled_dataset(cfg, train_files, stats, image_shape, "class_balanced", epochs,
                                         pseudo_files=pseudo_files, pseudo_weight=pseudo_weight)
@@ -77,23 +85,12 @@ def decouple(model, cfg: TrainConfig, train_files, stats: dict, image_shape, pse
     return stage, [dict(h, stage=cfg.decoupling) for h in progress.history]
 
 
-def _print_epoch(prefix: str, epochs: int):
-    def show(entry):
-        shown = " ".join(f"{k}={v:.4f}" for k, v in entry.items() if k not in ("epoch", "seconds"))
-        print(f"{prefix} epoch {entry['epoch']}/{epochs} {shown} ({entry['seconds']:.1f} s)", file=sys.stderr,
-              flush=True)
-    return show
-
-
 def train_distributed(cfg: TrainConfig, train_files, stats: dict, image_shape, backup_dir, strategy,
                       plan: distribute.Plan, backbone_weights=None, pseudo_files=None, pseudo_weight: float = 1.0):
     """:func:`train` under a tf.distribute strategy: the same stages, sampler, loss, class weights and DRW switch,
     with the custom loop (models.distribute.fit) and one global batch of ``plan.global_batch_size`` a step."""
     keras.utils.set_random_seed(cfg.seed)
-    n = stats["num_examples"]
-    steps = -(-n // plan.global_batch_size)
-    if cfg.max_steps_per_epoch:
-        steps = min(steps, cfg.max_steps_per_epoch)
+    steps = toolkit.steps_per_epoch(cfg, stats["num_examples"], plan.global_batch_size)
 
     def dataset_fn(sampler: str, epochs: int, first_epoch: int, sharding: str):
         def make(context):
@@ -116,37 +113,30 @@ def train_distributed(cfg: TrainConfig, train_files, stats: dict, image_shape, b
         optimizer.build(model.trainable_variables)
     backup = distribute.Backup(backup_dir, plan.chief) if backup_dir else None
     first = backup.restore(model, optimizer) if backup else 0
-    fixed_weights = losses.class_weights_for(cfg.class_weighting, stats["class_counts"], cfg.effective_number_beta)
-    if cfg.drw_epoch is not None:
-        phases = losses.DeferredReweighting(stats["class_counts"], cfg.drw_epoch, cfg.effective_number_beta).phases(cfg.epochs)
-    else:
-        phases = [(0, cfg.epochs, fixed_weights)]
     focal = cfg.loss == "focal"  # the focal loss weights inside its power; the others' weights are applied by fit
-    history = []
-    for start, end, weights in phases:  # same optimizer (and its state) across the DRW switch
+    progress = toolkit.EpochProgress(cfg.epochs)
+    for start, end, weights in _phases(cfg, stats):  # same optimizer (and its state) across the DRW switch
         if end <= first:
             continue
         begin = max(start, first)
-        history += distribute.fit(strategy, model, optimizer, losses.make_loss(cfg, stats, weights if focal else None),
-                                  dataset_fn(cfg.sampler, cfg.epochs, begin, plan.data_sharding), end, steps, begin,
-                                  class_weights=weights, weights_in_loss=focal,
-                                  progress=_print_epoch("[trainer]", cfg.epochs), backup=backup)
-    if cfg.decoupling in ("crt", "lws"):
+        distribute.fit(strategy, model, optimizer, losses.make_loss(cfg, stats, weights if focal else None),
+                       dataset_fn(cfg.sampler, cfg.epochs, begin, plan.data_sharding), end, steps, begin,
+                       class_weights=weights, weights_in_loss=focal, progress=progress.report, backup=backup)
+    history = progress.history
+    if cfg.decoupling != "none":
         with strategy.scope():
-            stage = (heads.classifier_retraining_model(model, stats["num_classes"]) if cfg.decoupling == "crt"
-                     else heads.lws_model(model))
+            stage, trains = _stage_model(model, cfg, stats["num_classes"])
             epochs = cfg.decoupling_epochs
-            stage_optimizer = toolkit.sgd_cosine(plan.learning_rate, epochs * steps, cfg.momentum, cfg.weight_decay)
-            stage_optimizer.build(stage.trainable_variables)
-        stage2 = distribute.fit(strategy, stage, stage_optimizer, losses.CrossEntropyLoss(),
-                                dataset_fn("class_balanced", epochs, 0, distribute.data_sharding_for("auto",
-                                                                                                     "class_balanced")),
-                                epochs, steps, progress=_print_epoch(f"[trainer:{cfg.decoupling}]", epochs))
-        model, history = stage, history + [dict(h, stage=cfg.decoupling) for h in stage2]
-    elif cfg.decoupling == "tau_norm":
-        model = heads.tau_normalized_model(model, cfg.decoupling_tau)
-    elif cfg.decoupling != "none":
-        raise ValueError(f"unknown decoupling {cfg.decoupling!r}; choose none, crt, lws or tau_norm")
+            if trains:
+                stage_optimizer = toolkit.sgd_cosine(plan.learning_rate, epochs * steps, cfg.momentum, cfg.weight_decay)
+                stage_optimizer.build(stage.trainable_variables)
+        if trains:
+            stage_progress = toolkit.EpochProgress(epochs, prefix=f"[trainer:{cfg.decoupling}]")
+            distribute.fit(strategy, stage, stage_optimizer, losses.CrossEntropyLoss(),
+                           dataset_fn("class_balanced", epochs, 0, distribute.data_sharding_for("auto", "class_balanced")),
+                           epochs, steps, progress=stage_progress.report)
+            history = history + [dict(h, stage=cfg.decoupling) for h in stage_progress.history]
+        model = stage
     if backup is not None:
         backup.remove()
     return model, history
