@@ -71,11 +71,16 @@ def conditional_confusion(labels, predictions, num_classes: int) -> np.ndarray:
     Raises ValueError naming the classes that have no example (their column is undefined)."""
     counts = confusion_matrix(labels, predictions, num_classes).T.astype(np.float64)  # [pred, true]
     support = counts.sum(axis=0)
-    missing = [int(c) for c in np.flatnonzero(support == 0)]
-    if missing:
-        raise ValueError(f"validation split: classes {missing} have no example, so their column of the confusion "
-                         f"matrix is undefined ({len(missing)} of {num_classes} classes)")
+    _require_every_class(support, num_classes, "their column of the confusion matrix is undefined")
     return counts / support
+
+
+def _require_every_class(support, num_classes: int, consequence: str) -> None:
+    """A ValueError naming the validation classes with no example (``support`` per class) and what that breaks."""
+    missing = [int(c) for c in np.flatnonzero(np.asarray(support) == 0)]
+    if missing:
+        raise ValueError(f"validation split: classes {missing} have no example, so {consequence} "
+                         f"({len(missing)} of {num_classes} classes)")
 
 
 def soft_confusion(labels, probabilities, num_classes: int) -> np.ndarray:
@@ -83,10 +88,7 @@ def soft_confusion(labels, probabilities, num_classes: int) -> np.ndarray:
     labels = np.asarray(labels, np.int64)
     probabilities = np.asarray(probabilities, np.float64)
     support = np.bincount(labels, minlength=num_classes)
-    missing = [int(c) for c in np.flatnonzero(support == 0)]
-    if missing:
-        raise ValueError(f"validation split: classes {missing} have no example, so their column of the confusion "
-                         f"matrix is undefined ({len(missing)} of {num_classes} classes)")
+    _require_every_class(support, num_classes, "their column of the confusion matrix is undefined")
     sums = np.zeros((num_classes, num_classes))
     np.add.at(sums.T, labels, probabilities)  # sums[:, j] += p(x) for every x of class j
     return sums / support
@@ -175,11 +177,7 @@ class LogitGaussian:
     def __init__(self, labels, logits, num_classes: int):
         labels = np.asarray(labels, np.int64)
         logits = np.asarray(logits, np.float64)
-        support = np.bincount(labels, minlength=num_classes)
-        missing = [int(c) for c in np.flatnonzero(support == 0)]
-        if missing:
-            raise ValueError(f"validation split: classes {missing} have no example, so their mean logit is undefined "
-                             f"({len(missing)} of {num_classes} classes)")
+        _require_every_class(np.bincount(labels, minlength=num_classes), num_classes, "their mean logit is undefined")
         if logits.ndim != 2 or logits.shape != (labels.size, num_classes):
             raise ValueError(f"validation logits {logits.shape} must be ({labels.size}, {num_classes})")
         self.means = np.stack([logits[labels == k].mean(axis=0) for k in range(num_classes)])

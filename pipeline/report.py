@@ -51,6 +51,7 @@ def build_metrics(cfg_dict: dict, manifest: dict, data_dir: str, results: dict, 
     val = ev.get("candidate") or {}
     stats = results["label_stats"] or {}
     unlabeled = manifest["splits"]["unlabeled"]["num_examples"]
+    ingested = results.get("ingest_report") or manifest  # OwnDataExampleGen's account, else prepare-data's manifest
     return {
         # the headline numbers: the candidate on the balanced test split
         "split": ev.get("report_split"),
@@ -78,8 +79,8 @@ def build_metrics(cfg_dict: dict, manifest: dict, data_dir: str, results: dict, 
         "data": {"data_dir": data_dir, "source": manifest["source"], "rho": manifest["rho"], "rho_u": manifest["rho_u"],
                  "seed": manifest["seed"], "class_order": manifest["class_order"],
                  "ingestion": manifest.get("ingestion", "prepare-data"), "non_image_files": manifest.get("non_image_files"),
-                 "duplicates_across_splits": (results.get("ingest_report") or manifest).get("duplicates_across_splits"),
-                 "duplicate_examples": (results.get("ingest_report") or manifest).get("duplicate_examples"),
+                 "duplicates_across_splits": ingested.get("duplicates_across_splits"),
+                 "duplicate_examples": ingested.get("duplicate_examples"),
                  "validation_source": manifest.get("validation_source"),
                  "splits": {k: {kk: vv for kk, vv in v.items() if kk != "files"} for k, v in manifest["splits"].items()}},
         "semi": semi_block(results["training"], cfg_dict),

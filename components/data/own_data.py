@@ -170,8 +170,7 @@ def plan_folder(root: str, spec: SplitSpec) -> OwnDataPlan:
     val_groups = []
     if val_dir:  # the source's own validation split: nothing is carved from train
         val_classes, val_counts, _ = _list_class_folders(val_dir, class_names, non_images)
-        check_validation_classes(np.repeat([class_names.index(n) for n in val_classes],
-                                           [val_counts[n] for n in val_classes]).astype(np.int64), class_names, val_dir)
+        check_validation_classes([val_counts.get(name, 0) for name in class_names], class_names, val_dir)
         val_groups = [FolderGroup(os.path.join(val_dir, name), class_names.index(name), b"V" * val_counts[name])
                       for name in val_classes if val_counts[name]]
         spec = dataclasses.replace(spec, val_per_class=0)
@@ -250,7 +249,8 @@ def plan_tfrecords(root: str, spec: SplitSpec) -> OwnDataPlan:
     if val_files:  # the source's own validation split: nothing is carved from train
         val_where = os.path.join(root, VALIDATION_RECORDS)
         val_locators, val_labels = _scan_labels(val_files, len(class_names), val_where)
-        check_validation_classes(val_labels, class_names, val_where)
+        check_validation_classes(np.bincount(np.asarray(val_labels, np.int64), minlength=len(class_names)), class_names,
+                                 val_where)
         spec = dataclasses.replace(spec, val_per_class=0)
     plan = _draw(label_array, class_names, spec, where)
     items = {split: [(locators[i], int(label_array[i])) for i in getattr(plan, split)]

@@ -164,9 +164,9 @@ def validation_folder(root: str, isdir=os.path.isdir) -> str | None:
     return os.path.join(root, found[0]) if found else None
 
 
-def check_validation_classes(labels, class_names: list[str], where: str) -> None:
-    """A given validation split must hold every class (the gate's per-class recall is measured on it)."""
-    counts = np.bincount(np.asarray(labels, np.int64), minlength=len(class_names))
+def check_validation_classes(counts, class_names: list[str], where: str) -> None:
+    """A given validation split (its image count a class) must hold every class: the gate's per-class recall is
+    measured on it."""
     empty = [class_names[c] for c, n in enumerate(counts) if n == 0]
     if empty:
         raise DataError(where, f"classes {empty} have no validation image; the gate measures every class's recall "
@@ -209,7 +209,7 @@ def read_image_folder(root: str) -> RawData:
     val_dir = validation_folder(root)
     if val_dir:
         xva, yva = labeled(os.path.basename(val_dir))
-        check_validation_classes(yva, class_names, val_dir)
+        check_validation_classes(np.bincount(yva, minlength=len(class_names)), class_names, val_dir)
     extra = None
     unl_dir = os.path.join(root, "unlabeled")
     if os.path.isdir(unl_dir):
@@ -303,7 +303,8 @@ def read_tfrecords(root: str) -> RawData:
     xva = yva = None
     if glob.glob(os.path.join(root, VALIDATION_RECORDS)):
         xva, yva = _read_tfrecords(os.path.join(root, VALIDATION_RECORDS), True, num_classes)
-        check_validation_classes(yva, class_names, os.path.join(root, VALIDATION_RECORDS))
+        check_validation_classes(np.bincount(yva, minlength=len(class_names)), class_names,
+                                 os.path.join(root, VALIDATION_RECORDS))
     extra = None
     if glob.glob(os.path.join(root, "unlabeled*.tfrecord*")):
         extra, _ = _read_tfrecords(os.path.join(root, "unlabeled*.tfrecord*"), False, None)
