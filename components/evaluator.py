@@ -17,6 +17,8 @@ import dataclasses
 import json
 import os
 
+import numpy as np
+import tensorflow as tf
 from tfx import types
 from tfx.dsl.components.base import base_component, base_executor, executor_spec
 from tfx.types import artifact_utils, standard_artifacts
@@ -25,21 +27,38 @@ from tfx.utils import io_utils, path_utils
 
 from components.artifacts import EVALUATION_FILE, LABEL_STATS_FILE, LabelStatistics
 from components.gate import GateThresholds, decide
+from models import calibration
+from models.export import serving_metadata
 from models.metrics import per_class_metrics
 from models.predict import SavedModelPredictor, parse_labels
 
 
-def predict_split(saved_model_dir: str, file_pattern: str, batch_size: int = 512):
-    """(labels, predicted class ids) of every example in the split, through serving_tf_example."""
-    parsed, out = SavedModelPredictor(saved_model_dir).predict_files(file_pattern, parse_labels, batch_size)
-    return parsed["label"], out["class_id"]
+def _labels_and_bucket(batch) -> dict:
+    """The labels and the calibration hash bucket (models/calibration.py) of a batch of labeled image examples."""
+    images = tf.io.parse_example(batch, {"image": tf.io.FixedLenFeature([], tf.string)})["image"]
+    return {**parse_labels(batch), "bucket": calibration.holdout_bucket(images)}
 
 
-def evaluate_model(model_artifact_uri: str, examples, split: str, stats: dict) -> dict:
+def predict_split(saved_model_dir: str, file_pattern: str, batch_size: int = 512, holdout: bool = False):
+    """(labels, predicted class ids, logits) of the split's examples, through serving_tf_example; ``holdout``: only
+    those outside the calibration's fit half."""
+    parsed, out = SavedModelPredictor(saved_model_dir).predict_files(file_pattern, _labels_and_bucket, batch_size)
+    keep = parsed["bucket"] != calibration.FIT_BUCKET if holdout else np.ones(len(parsed["label"]), bool)
+    return parsed["label"][keep], out["class_id"][keep], out["logits"][keep]
+
+
+def evaluate_model(model_artifact_uri: str, examples, split: str, stats: dict, holdout: bool = False) -> dict:
+    """Per-class metrics of the model on the split (``holdout``: its gate half only). A model served with fitted
+    logit offsets (calibration) also gets ``uncalibrated``: the same metrics of argmax(logits - offsets)."""
     serving_dir = path_utils.serving_model_path(model_artifact_uri)
     pattern = os.path.join(artifact_utils.get_split_uri(examples, split), "*")
-    labels, preds = predict_split(serving_dir, pattern)
-    return per_class_metrics(labels, preds, stats["num_classes"], stats["shot_groups"])
+    labels, preds, logits = predict_split(serving_dir, pattern, holdout=holdout)
+    result = per_class_metrics(labels, preds, stats["num_classes"], stats["shot_groups"])
+    offsets = (serving_metadata(serving_dir) or {}).get("calibration_offsets")
+    if offsets is not None:
+        raw = (logits - np.asarray(offsets, np.float32)).argmax(1)
+        result["uncalibrated"] = per_class_metrics(labels, raw, stats["num_classes"], stats["shot_groups"])
+    return result
 
 
 def write_evaluation_and_blessing(output_dict, result: dict, model, baselines) -> None:
@@ -66,6 +85,7 @@ class PerClassEvaluatorSpec(types.ComponentSpec):
         "thresholds": ExecutionParameter(type=str),  # JSON of GateThresholds (RegressionGateThresholds for regression)
         "eval_split": ExecutionParameter(type=str),
         "report_split": ExecutionParameter(type=str, optional=True),
+        "holdout": ExecutionParameter(type=int, optional=True),  # 1: judge only the half calibration did not fit on
     }
     INPUTS = {
         "examples": ChannelParameter(type=standard_artifacts.Examples),
@@ -87,12 +107,16 @@ class Executor(base_executor.BaseExecutor):
         with open(os.path.join(artifact_utils.get_single_uri(input_dict["label_stats"]), LABEL_STATS_FILE)) as f:
             stats = json.load(f)
         eval_split, report_split = exec_properties["eval_split"], exec_properties.get("report_split")
-        candidate = evaluate_model(model.uri, examples, eval_split, stats)
+        holdout = bool(exec_properties.get("holdout"))
+        candidate = evaluate_model(model.uri, examples, eval_split, stats, holdout)
         baselines = input_dict.get("baseline_model") or []
-        baseline = evaluate_model(baselines[0].uri, examples, eval_split, stats) if baselines else None
+        # the last blessed model on the same examples: like with like
+        baseline = evaluate_model(baselines[0].uri, examples, eval_split, stats, holdout) if baselines else None
         blessed, checks = decide(candidate, baseline, thresholds, stats["class_names"])
         result = {
             "eval_split": eval_split,
+            "eval_examples": (f"the gate half of {eval_split} ({calibration.HALVES_TEXT})" if holdout
+                              else f"all of {eval_split}"),
             "candidate": candidate,
             "baseline": baseline,
             "baseline_model_uri": baselines[0].uri if baselines else None,
@@ -111,10 +135,10 @@ class PerClassEvaluator(base_component.BaseComponent):
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(Executor)
 
     def __init__(self, examples, model, label_stats, thresholds: GateThresholds, baseline_model=None,
-                 eval_split: str = "eval", report_split: str | None = "test"):
+                 eval_split: str = "eval", report_split: str | None = "test", holdout: bool = False):
         spec = PerClassEvaluatorSpec(
             examples=examples, model=model, baseline_model=baseline_model, label_stats=label_stats,
             thresholds=json.dumps(dataclasses.asdict(thresholds)), eval_split=eval_split, report_split=report_split,
-            evaluation=types.Channel(type=standard_artifacts.ModelEvaluation),
+            holdout=int(holdout), evaluation=types.Channel(type=standard_artifacts.ModelEvaluation),
             blessing=types.Channel(type=standard_artifacts.ModelBlessing))
         super().__init__(spec=spec)

@@ -14,12 +14,13 @@ import numpy as np
 from keras import layers
 
 from models.heads import NormedLinear
+from models.layers.batch_norm import BatchNormalization  # Keras's, with TF's fused kernel on the TF backend
 
 
 def _conv_bn(x, filters, stride, name, relu=True):
     x = layers.Conv2D(filters, 3, stride, padding="same", use_bias=False, kernel_initializer="he_normal",
                       name=f"{name}_conv")(x)
-    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = BatchNormalization(name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x) if relu else x
 
 
@@ -30,7 +31,7 @@ def basic_block(x, filters: int, stride: int, name: str):
     if stride != 1 or shortcut.shape[-1] != filters:  # projection shortcut (option B)
         shortcut = layers.Conv2D(filters, 1, stride, use_bias=False, kernel_initializer="he_normal",
                                  name=f"{name}_proj_conv")(shortcut)
-        shortcut = layers.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
+        shortcut = BatchNormalization(name=f"{name}_proj_bn")(shortcut)
     return layers.ReLU(name=f"{name}_out")(layers.Add(name=f"{name}_add")([y, shortcut]))
 
 

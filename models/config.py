@@ -86,6 +86,32 @@ def augment_ops(spec: str) -> tuple[str, ...]:
     return ops
 
 
+# ------------------------------------------------------------------------------- post-hoc calibration
+
+CALIBRATION_METHODS = ("none", "class_offsets")
+
+
+@dataclasses.dataclass(frozen=True)
+class CalibrationConfig:
+    """Per-class logit offsets fitted after training on one half of the validation split (``calibration.*``,
+    models/calibration.py); the gate then judges the other half. method=none: the gate judges all of it."""
+
+    method: str = "none"  # none | class_offsets
+    worst_class_weight: float = 1.0  # the fit maximises balanced accuracy + this x the worst class's recall
+    max_offset: float = 2.0  # each offset within +- this (logits), on a grid of step
+    step: float = 0.05
+
+    def __post_init__(self):
+        _choice("calibration.method", self.method, CALIBRATION_METHODS)
+        if self.worst_class_weight < 0 or self.max_offset <= 0 or not 0 < self.step <= self.max_offset:
+            raise ValueError(f"calibration: worst_class_weight must be >= 0 (got {self.worst_class_weight}), max_offset > 0 "
+                             f"(got {self.max_offset}), step in (0, max_offset] (got {self.step})")
+
+    @property
+    def enabled(self) -> bool:
+        return self.method != "none"
+
+
 # ------------------------------------------------------------------------ self-supervised pre-training
 
 SSP_METHODS = ("none", "rotation", "moco")
@@ -169,8 +195,11 @@ class PseudoLabelConfig:
     # threshold sweep, so nothing supports another default.
     threshold: float = 0.0
     top_k: int = 0  # >0: keep the k most confident pseudo-labels of each predicted class
+    base_epochs: int | None = None  # the base model's epochs (it only pseudo-labels the pool); None: train.epochs
 
     def __post_init__(self):
+        if self.base_epochs is not None and self.base_epochs < 1:
+            raise ValueError(f"semi.pseudo_label.base_epochs must be >= 1 or none (got {self.base_epochs})")
         if self.weight < 0 or not 0.0 <= self.threshold <= 1.0 or self.top_k < 0:
             raise ValueError(f"semi.pseudo_label.weight must be >= 0 (got {self.weight}), threshold in [0, 1] "
                              f"(got {self.threshold}), top_k >= 0 (got {self.top_k})")

@@ -40,10 +40,12 @@ def serving_metadata(export_dir: str) -> dict | None:
 
 
 def export_serving_model(model: keras.Model, export_dir: str, image_shape, logit_offset=None,
-                         class_names=None) -> None:
+                         class_names=None, calibration_offsets=None) -> None:
     """Write ``model`` (logits out) as a SavedModel. ``logit_offset`` (C,) is added to the logits
-    before the softmax (post-hoc logit adjustment); None serves the raw logits. ``class_names`` go
-    into the serving metadata (class_0.. when not given)."""
+    before the softmax (post-hoc logit adjustment, fitted offsets); None serves the raw logits. ``class_names``
+    go into the serving metadata (class_0.. when not given), and so do the offsets: ``logit_offset`` and
+    ``calibration_offsets``, the part of it fitted on validation data (models/calibration.py), which the
+    Evaluator subtracts to report the uncalibrated model beside the served one."""
     image_shape = [int(d) for d in image_shape]
     offset = None if logit_offset is None else tf.constant(logit_offset, tf.float32)
 
@@ -76,4 +78,6 @@ def export_serving_model(model: keras.Model, export_dir: str, image_shape, logit
     num_classes = int(model.output_shape[-1])
     write_serving_metadata(export_dir, {
         "task": "classification", "input": "images", "image_shape": image_shape,
-        "class_names": list(class_names) if class_names else [f"class_{c}" for c in range(num_classes)]})
+        "class_names": list(class_names) if class_names else [f"class_{c}" for c in range(num_classes)],
+        "logit_offset": None if logit_offset is None else [float(v) for v in logit_offset],
+        "calibration_offsets": None if calibration_offsets is None else [float(v) for v in calibration_offsets]})

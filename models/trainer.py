@@ -18,7 +18,7 @@ import types
 import numpy as np
 import tensorflow as tf
 
-from models import backbones, distribute, modes, toolkit
+from models import backbones, calibration, config, distribute, modes, toolkit
 from models.export import export_serving_model
 
 SUMMARY_FILE = "training_summary.json"
@@ -104,8 +104,21 @@ def _train_and_export(fn_args, job: toolkit.TrainingJob, strategy, tf_config: di
         return
     tau = fn_args.custom_config.get("post_hoc_logit_adjust_tau")
     logit_offset = -tau * np.log(np.asarray(job.stats["class_priors"], np.float32)) if tau else None
+    fitted = None
+    cal = config.from_dict(config.CalibrationConfig, fn_args.custom_config.get("calibration"), "calibration.")
+    if cal.enabled:  # offsets fitted on the eval split's fit half; the gate judges the other half
+        block = calibration.calibrate(model, cal, job.eval_files, job.image_shape, job.stats["num_classes"],
+                                      job.stats.get("class_names"), logit_offset)
+        total = np.asarray(block["offsets"], np.float32)
+        fitted = total - (0.0 if logit_offset is None else logit_offset)
+        logit_offset = total
+        result.summary["calibration"] = block
+        print(f"[trainer] calibration ({cal.method}) on {block['fit_examples']} validation images (the fit half): "
+              f"balanced accuracy + {cal.worst_class_weight:g} x worst recall {block['objective_before']:.4f} -> "
+              f"{block['objective_after']:.4f}; offsets "
+              + ", ".join(f"{k} {v:+.2f}" for k, v in block["offsets_by_class"].items()), file=sys.stderr, flush=True)
     export_serving_model(model, fn_args.serving_model_dir, job.image_shape, logit_offset,
-                         class_names=job.stats.get("class_names"))
+                         class_names=job.stats.get("class_names"), calibration_offsets=fitted)
     model.save(os.path.join(job.model_run_dir, "model.keras"))
     write_summary(job, result, train_seconds)
     distribute.barrier(strategy)
@@ -119,7 +132,7 @@ def write_summary(job: toolkit.TrainingJob, result: toolkit.TrainResult, train_s
                "images_per_second": (result.images_seen / train_seconds) if train_seconds else None,
                "distribute": job.plan.as_dict() if job.plan is not None else
                {"strategy": "none", "workers": 1, "replicas": 1, "mixed_precision": job.train.mixed_precision},
-               "semi": None, "plan": None, "pseudo_labels": None, "inline_ssp": None,
+               "semi": None, "plan": None, "pseudo_labels": None, "inline_ssp": None, "calibration": None,
                "training_files": {"labeled": list(job.train_files), "pseudo_labeled": []},
                "training_class_counts": result.training_stats["class_counts"],
                # the load is strict, so every variable in the file was loaded

@@ -24,6 +24,7 @@ import typing
 from components.gate import GateThresholds, RegressionGateThresholds
 from models import distribute, modes
 from models.config import (
+    CalibrationConfig,
     RegressionConfig,
     SemiConfig,
     SSPConfig,
@@ -92,6 +93,11 @@ class BeamConfig:
         out = [f"--runner={self.runner}"]
         if self.runner in DIRECT_RUNNERS:
             out += [f"--direct_running_mode={self.direct_running_mode}", f"--direct_num_workers={self.direct_num_workers}"]
+            # Without a dependency flag every TFX Beam executor builds an sdist of tfx to stage (tfx.utils.
+            # dependency_utils: about 5 s and 50 MB left in /tmp each, 6 times a default run). FnApiRunner runs in this
+            # environment and stages nothing; this flag, which it ignores, says the dependencies are provided.
+            if not any(a.split("=", 1)[0] in DEPENDENCY_FLAGS for a in shlex.split(self.extra_args)):
+                out.append(f"--sdk_container_image={IN_PROCESS_IMAGE}")
         for flag in ("job_endpoint", "environment_type", "environment_config"):
             if getattr(self, flag):
                 out.append(f"--{flag}={getattr(self, flag)}")
@@ -99,6 +105,10 @@ class BeamConfig:
 
 
 DIRECT_RUNNERS = ("FnApiRunner",)
+# the flags by which TFX (dependency_utils.make_beam_dependency_flags) sees the Beam job's dependencies as provided
+DEPENDENCY_FLAGS = ("--extra_package", "--extra_packages", "--setup_file", "--requirements_file",
+                    "--worker_harness_container_image", "--sdk_container_image")
+IN_PROCESS_IMAGE = "none:in-process"  # never pulled: FnApiRunner's workers are this process or its subprocesses
 DIRECT_RUNNING_MODES = ("in_memory", "multi_threading", "multi_processing")
 
 
@@ -116,6 +126,8 @@ class PipelineConfig:
     regression: RegressionConfig = RegressionConfig()  # task=regression only
     regression_gate: RegressionGateThresholds = RegressionGateThresholds()
     post_hoc_logit_adjust_tau: float = 0.0  # >0 adds -tau*log(prior) to the served logits
+    # per-class logit offsets fitted on half the validation split, the gate judging the other half (classification)
+    calibration: CalibrationConfig = CalibrationConfig()
     model_name: str = "longtail"
     runs_root: str = "runs"  # run outputs, pipeline root and MLMD live here
     serving_root: str = "serving"  # TF Serving layout: serving/<model_name>/<version>/

@@ -44,7 +44,7 @@ from components.regression_label_stats_gen import RegressionLabelStatsGen
 from components.schema_gen import LabelDomainSchemaGen
 from components.trainer import LongTailTrainer, PseudoLabelBaseTrainer, SSPPretrainer
 from models import modes
-from models.config import SemiConfig
+from models.config import CalibrationConfig, SemiConfig
 from pipeline.configs import PipelineConfig
 
 SCHEMA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "schemas")
@@ -110,6 +110,7 @@ def training_custom_config(cfg: PipelineConfig, manifest: dict, pipeline_root: s
         "image_shape": manifest["image_shape"],
         "backup_dir": os.path.join(pipeline_root, "_trainer_backup", key),
         "post_hoc_logit_adjust_tau": cfg.post_hoc_logit_adjust_tau,
+        "calibration": dataclasses.asdict(cfg.calibration),
         "pretrain": dataclasses.asdict(cfg.pretrain),  # a planned SSP runs with these (models.pseudo_label)
     }
     if mode.online_pool:
@@ -194,7 +195,11 @@ def create_pipeline(cfg: PipelineConfig, data_dir: str, manifest: dict, pipeline
     base_model = pretrainer.outputs["model"] if pretrainer else None
     pseudo_inputs = {}
     if mode.pseudo_labels and unlabeled_examples is not None:
-        base_cfg = dataclasses.replace(cfg, semi=SemiConfig(method=modes.SUPERVISED))
+        # the base model only pseudo-labels the pool: no calibration (the gate judges the final Trainer's model)
+        base_train = cfg.train if cfg.semi.pseudo_label.base_epochs is None else dataclasses.replace(
+            cfg.train, epochs=cfg.semi.pseudo_label.base_epochs)
+        base_cfg = dataclasses.replace(cfg, semi=SemiConfig(method=modes.SUPERVISED), calibration=CalibrationConfig(),
+                                       train=base_train)
         base_trainer = PseudoLabelBaseTrainer(
             examples=labeled_gen.outputs["examples"], label_stats=stats_gen.outputs["label_stats"],
             schema=labeled_schema.outputs["schema"], run_fn=RUN_FN, base_model=base_model,
@@ -212,12 +217,14 @@ def create_pipeline(cfg: PipelineConfig, data_dir: str, manifest: dict, pipeline
         custom_config=training_custom_config(cfg, manifest, pipeline_root, truth_dir),
         unlabeled_examples=unlabeled_examples if mode.online_pool else None, **pseudo_inputs)
 
-    components += [stats_gen, trainer, *_gate_and_push(PerClassEvaluator, labeled_gen.outputs["examples"], trainer,
-                                                       stats_gen, cfg.gate, serving_dir)]
+    # calibrated: the gate judges the half of the eval split the offsets were not fitted on (models/calibration.py)
+    gate_and_push = _gate_and_push(PerClassEvaluator, labeled_gen.outputs["examples"], trainer, stats_gen, cfg.gate,
+                                   serving_dir, holdout=cfg.calibration.enabled)
+    components += [stats_gen, trainer, *gate_and_push]
     return _pipeline(cfg.name, pipeline_root, components, cfg.enable_cache, metadata_path, beam_pipeline_args)
 
 
-def _gate_and_push(evaluator_class, examples, trainer, stats_gen, thresholds, serving_dir: str) -> list:
+def _gate_and_push(evaluator_class, examples, trainer, stats_gen, thresholds, serving_dir: str, **evaluator_args) -> list:
     """Resolver(latest blessed model) -> the gate (eval split decides, test split reported) -> LongTailPusher."""
     latest_blessed = tfx.dsl.Resolver(
         strategy_class=LatestBlessedModelStrategy,
@@ -226,7 +233,8 @@ def _gate_and_push(evaluator_class, examples, trainer, stats_gen, thresholds, se
     ).with_id("LatestBlessedModelResolver")
     evaluator = evaluator_class(
         examples=examples, model=trainer.outputs["model"], baseline_model=latest_blessed.outputs["model"],
-        label_stats=stats_gen.outputs["label_stats"], thresholds=thresholds, eval_split="eval", report_split="test")
+        label_stats=stats_gen.outputs["label_stats"], thresholds=thresholds, eval_split="eval", report_split="test",
+        **evaluator_args)
     pusher = LongTailPusher(
         model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
         push_destination=pusher_pb2.PushDestination(

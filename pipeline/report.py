@@ -69,8 +69,10 @@ def build_metrics(cfg_dict: dict, manifest: dict, data_dir: str, results: dict, 
         "pushed": results["pushed"],
         "pushed_model_dir": results["pushed_model_dir"],
         "already_serving": results.get("already_serving", False),  # identical model already pushed: nothing copied
-        "gate": {"split": ev.get("eval_split"), "checks": ev.get("checks"), "thresholds": ev.get("thresholds"),
-                 "candidate": val, "baseline": ev.get("baseline"), "baseline_model_uri": ev.get("baseline_model_uri")},
+        "gate": {"split": ev.get("eval_split"), "examples": ev.get("eval_examples"), "checks": ev.get("checks"),
+                 "thresholds": ev.get("thresholds"), "candidate": val, "baseline": ev.get("baseline"),
+                 "baseline_model_uri": ev.get("baseline_model_uri")},
+        "calibration": calibration_block(results["training"], ev),
         "test": test,
         "label_stats": stats,
         "unlabeled": {"examples": unlabeled,
@@ -96,6 +98,52 @@ def build_metrics(cfg_dict: dict, manifest: dict, data_dir: str, results: dict, 
         "executions": results["executions"],
         "model_run_dir": results["model_run_dir"],
     }
+
+
+CALIBRATION_KEYS = ("method", "settings", "halves", "fit_examples", "fit_support", "offsets", "offsets_by_class",
+                    "objective_before", "objective_after", "recall_before", "recall_after", "sweeps",
+                    "classes_without_fit_examples")
+
+
+def calibration_block(training: dict | None, ev: dict) -> dict:
+    """metrics.json's ``calibration``: the offsets fitted on the eval split's fit half (models/calibration.py), what they
+    did there, the half the gate judged, and the test split without them (the Evaluator's ``uncalibrated``)."""
+    fitted = (training or {}).get("calibration")
+    if not fitted:
+        return {"method": "none", "note": "no calibration: the served logits are the model's (plus any "
+                "post_hoc_logit_adjust_tau offset) and the gate judges the whole eval split"}
+    block = {k: fitted.get(k) for k in CALIBRATION_KEYS}
+    block["gate_examples"] = ev.get("eval_examples")
+    block["gate_num_examples"] = (ev.get("candidate") or {}).get("num_examples")
+    raw = (ev.get("report") or {}).get("uncalibrated")
+    block["test_uncalibrated"] = None if raw is None else {k: raw.get(k) for k in (
+        "balanced_accuracy", "per_class_recall", "per_class_precision", "worst_class", "worst_class_recall",
+        "many_shot_accuracy", "medium_shot_accuracy", "few_shot_accuracy")}
+    return block
+
+
+def _calibration_md(metrics: dict) -> list[str]:
+    cal = metrics.get("calibration") or {}
+    if cal.get("method", "none") == "none":
+        return []
+    names = metrics["label_stats"]["class_names"]
+    raw = cal.get("test_uncalibrated") or {}
+    lines = ["## Calibration (per-class logit offsets)", "",
+             f"Fitted on {cal['fit_examples']} validation images ({cal['halves']}); the gate judged the other "
+             f"{cal.get('gate_num_examples')}. Objective (balanced accuracy + {cal['settings']['worst_class_weight']:g} x "
+             f"worst-class recall) on the fit half: {_fmt(cal['objective_before'], 4)} -> {_fmt(cal['objective_after'], 4)}."]
+    if raw:
+        lines.append(f"Test without the offsets: balanced accuracy {_fmt(raw.get('balanced_accuracy'), 4)}, worst class "
+                     f"{names[raw['worst_class']] if raw.get('worst_class') is not None else '-'} "
+                     f"{_fmt(raw.get('worst_class_recall'))}; with them (served): {_fmt(metrics['balanced_accuracy'], 4)}, "
+                     f"{metrics['worst_class']} {_fmt(metrics['worst_class_recall'])}.")
+    lines += ["", "| class | offset | fit-half recall before | after | test recall without | with |", "|---|---|---|---|---|---|"]
+    test = metrics.get("per_class_recall") or [None] * len(names)
+    raw_recall = raw.get("per_class_recall") or [None] * len(names)
+    for c, name in enumerate(names):
+        lines.append(f"| {name} | {cal['offsets'][c]:+.2f} | {_fmt(cal['recall_before'][c])} | {_fmt(cal['recall_after'][c])} "
+                     f"| {_fmt(raw_recall[c])} | {_fmt(test[c])} |")
+    return lines + [""]
 
 
 def pushed_text(metrics: dict, quote: str = "") -> str:
@@ -436,7 +484,8 @@ def write_report(metrics: dict, out_dir: str) -> None:
           f"semi-supervised: {metrics['semi']['method']}"
           + (f" (trained with {metrics['plan']['trained_with']})" if (metrics.get("plan") or {}).get("choice") else "")
           + ".", "",
-          "## Gate (validation split)", "",
+          "## Gate (validation split" + (", the half calibration did not fit on" if (metrics.get("calibration") or {})
+                                         .get("method", "none") != "none" else "") + ")", "",
           f"Decision: **{'BLESSED' if metrics['blessed'] else 'NOT BLESSED'}**; pushed: {pushed_text(metrics, '`')}.", "",
           "| check | value | threshold | passed | detail |", "|---|---|---|---|---|"]
     for c in gate["checks"] or []:
@@ -454,6 +503,7 @@ def write_report(metrics: dict, out_dir: str) -> None:
     if plot_confusion(metrics, os.path.join(out_dir, "confusion.png")):
         md += ["Largest confusions (share of the true class's test images taken by another class): "
                + "; ".join(top_confusions(metrics)) + ".", "", "![test confusion matrix](confusion.png)", ""]
+    md += _calibration_md(metrics)
     md += ssp_section(ssp)
     md += _semi_md(metrics)
     md += ["## Time", "",

@@ -105,8 +105,8 @@ class ClassificationTask(Task):
 
     def reads(self, cfg):
         mode = cfg.semi.mode
-        reads = [*COMMON, "data", "stats", "train", "gate", "post_hoc_logit_adjust_tau", "semi.method", "pretrain.method",
-                 *mode.settings]
+        reads = [*COMMON, "data", "stats", "train", "gate", "post_hoc_logit_adjust_tau", "calibration", "semi.method",
+                 "pretrain.method", *mode.settings]
         if cfg.pretrain.method != "none" or (mode.inline_ssp and cfg.semi.planner.ssp != "none"):
             reads.append("pretrain")
         return tuple(reads)

@@ -118,10 +118,16 @@ def test_beam_runner_is_pinned_and_its_args_come_from_the_config():
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
     cfg = load_config("smoke", {"beam_direct_running_mode": "in_memory"})  # the old flat name is an alias
-    assert cfg.beam.args() == ["--runner=FnApiRunner", "--direct_running_mode=in_memory", "--direct_num_workers=2"]
+    assert cfg.beam.args() == ["--runner=FnApiRunner", "--direct_running_mode=in_memory", "--direct_num_workers=2",
+                               "--sdk_container_image=none:in-process"]
     with beam.Pipeline(options=PipelineOptions(cfg.beam.args())) as p:
         assert isinstance(p.runner, FnApiRunner)  # never Beam's default, which first downloads Prism from the web
         _ = p | beam.Create([1, 2, 3]) | beam.combiners.Count.Globally()
+    # TFX's Beam executors take the in-process runner's dependencies as provided: no sdist of tfx built per component
+    from tfx.utils import dependency_utils
+    assert dependency_utils.make_beam_dependency_flags(cfg.beam.args()) == cfg.beam.args()
+    own = load_config("smoke", {"beam.extra_args": "--requirements_file=req.txt"}).beam.args()
+    assert "--requirements_file=req.txt" in own and not any(a.startswith("--sdk_container_image") for a in own)
     portable = load_config("smoke", {"beam.runner": "PortableRunner", "beam.job_endpoint": "localhost:8099",
                                      "beam.environment_type": "EXTERNAL", "beam.environment_config": "localhost:50000",
                                      "beam.extra_args": "--max_num_workers=4 --job_name='a b'"}).beam

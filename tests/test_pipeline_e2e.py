@@ -236,3 +236,49 @@ def test_two_local_workers_train_the_model_the_gate_blesses(smoke):
     assert os.path.exists(os.path.join(m["pushed_model_dir"], "saved_model.pb"))
     assert "multi-worker training: 2 local worker process(es)" in proc.stderr
     assert "trainer: MultiWorkerMirroredStrategy: 2 worker(s), 2 replica(s)" in open(tmp / "dist" / "report.md").read()
+
+
+def test_calibrated_model_is_gated_on_the_half_its_offsets_were_not_fitted_on(smoke, tmp_path):
+    """calibration.method=class_offsets: the Trainer fits per-class offsets on one half of the eval split and
+    exports them in the SavedModel; the gate judges the other half only; metrics.json and report.md carry the
+    offsets, both halves' sizes and the test split with and without them."""
+    import tensorflow as tf
+
+    from models import calibration
+    from models.export import serving_metadata
+
+    tmp = smoke["tmp"]
+    run_cli(tmp, "smoke", smoke["data"], str(tmp / "cal"), "calibration.method=class_offsets",
+            f"serving_root={tmp}/serving-cal")
+    m = load_metrics(str(tmp / "cal"))
+    cal = m["calibration"]
+    val_files = sorted(glob.glob(os.path.join(smoke["data"], "validation", "*.tfrecord")))
+    images = [tf.io.parse_single_example(r, {"image": tf.io.FixedLenFeature([], tf.string)})["image"]
+              for r in tf.data.TFRecordDataset(val_files)]
+    buckets = calibration.holdout_bucket(tf.stack(images)).numpy()
+    assert cal["method"] == "class_offsets" and cal["fit_examples"] == int((buckets == calibration.FIT_BUCKET).sum())
+    assert m["gate"]["candidate"]["num_examples"] == cal["gate_num_examples"] == int((buckets != calibration.FIT_BUCKET).sum())
+    assert cal["fit_examples"] + cal["gate_num_examples"] == 200 and "gate half" in m["gate"]["examples"]
+    assert len(cal["offsets"]) == 10 and cal["objective_after"] >= cal["objective_before"]
+    assert cal["test_uncalibrated"]["per_class_recall"] and m["test"]["num_examples"] == 10000
+    meta = serving_metadata(m["pushed_model_dir"])
+    np.testing.assert_allclose(meta["calibration_offsets"], cal["offsets"], atol=1e-6)
+    report = open(tmp / "cal" / "report.md").read()
+    assert "## Calibration (per-class logit offsets)" in report and "the half calibration did not fit on" in report
+    # the pushed model in a fresh process serves the Keras model's logits plus the offsets
+    import keras
+
+    from models.inputs import read_examples
+
+    files = sorted(glob.glob(os.path.join(smoke["data"], "test", "*.tfrecord")))
+    pngs, raw = [], []
+    for i, (image, _) in enumerate(read_examples(files, [28, 28, 1]).take(16)):
+        raw.append(image.numpy())
+        pngs.append(str(tmp_path / f"{i}.png"))
+        tf.io.write_file(pngs[-1], tf.io.encode_png(image))
+    proc = subprocess.run([sys.executable, "-c", SERVE_SCRIPT, m["pushed_model_dir"], *pngs],
+                          capture_output=True, text=True, check=True)
+    served = np.array(json.loads(proc.stdout.strip().splitlines()[-1])["probabilities"])
+    model = keras.saving.load_model(os.path.join(m["model_run_dir"], "model.keras"), compile=False)
+    logits = keras.ops.convert_to_numpy(model(np.stack(raw).astype("float32") / 255.0)) + np.asarray(cal["offsets"])
+    np.testing.assert_allclose(served, keras.ops.convert_to_numpy(keras.ops.softmax(logits)), atol=1e-5)
