@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 
+import models.layers.batch_norm  # noqa: F401  (registers the layer the saved model.keras names)
 from components.data.longtail import SplitSpec
 from components.data.prepare import prepare_from_source
 
