@@ -51,6 +51,12 @@ def test_compile_kfp_v2_pipeline_spec(tmp_path, fashion_mnist_dir):
                  "BaseTrainer", "PseudoLabeler"):  # the default preset's semi=auto with a pool
         assert any(name in t for t in tasks), (name, sorted(tasks))
     assert "base_model" in tasks["LongTailTrainer"]["inputs"]["artifacts"]  # the pre-trained backbone
+    # the default preset calibrates the final model only, and its gate judges the half the offsets were not fitted on
+    def custom_config(task):
+        return json.loads(tasks[task]["inputs"]["parameters"]["custom_config"]["runtimeValue"]["constantValue"]["stringValue"])
+    assert custom_config("LongTailTrainer")["calibration"]["method"] == "class_offsets"
+    assert custom_config("BaseTrainer")["calibration"]["method"] == "none"
+    assert tasks["PerClassEvaluator"]["inputs"]["parameters"]["holdout"]["runtimeValue"]["constantValue"]["intValue"] == "1"
     assert sorted(tasks["SSPPretrainer"]["inputs"]["artifacts"]) == ["examples", "unlabeled_examples"]
     text = json.dumps(spec)
     assert "models.trainer.run_fn" in text and "models.ssp.run_fn" in text
