@@ -4,7 +4,7 @@ ENV := tools/env exec
 PRESET ?= default
 PYTEST_ARGS ?=
 
-.PHONY: run test lint env data container-smoke bench bench-methods bench-ssp bench-daso bench-semi bench-regression bench-serve bench-scale bench-distribute clean-env
+.PHONY: run test lint env data container-smoke bench bench-methods bench-ssp bench-daso bench-semi bench-regression bench-serve bench-scale bench-distribute bench-default-run clean-env
 
 run:
 	$(ENV) python -m pipeline run --preset $(PRESET)
@@ -70,3 +70,7 @@ bench-scale:
 # per-replica batch): images/s, wall time, test balanced accuracy (bench/results/distribute.md)
 bench-distribute:
 	$(ENV) python bench/distribute_bench.py --epochs 4
+
+# issue #20: `make run` itself, three seeds, each timed in a fresh process and runs root (about 40 min on 2 cores)
+bench-default-run:
+	$(ENV) python bench/default_run.py --seeds 0,1,2

@@ -40,7 +40,8 @@ def test_compile_kfp_v2_pipeline_spec(tmp_path, fashion_mnist_dir):
     out = str(tmp_path / "pipeline.yaml")
     proc = subprocess.run([sys.executable, "-m", "pipeline", "compile-kfp", "--preset", "default", "--data-dir", data,
                            "--pipeline-root", "gs://bucket/longtail", "--image", "example/longtail:1", "--output", out,
-                           "--set", "ssp=moco", "--set", "ssp_data=labeled+unlabeled"],
+                           "--set", "ssp=moco", "--set", "ssp_data=labeled+unlabeled",
+                           "--set", "semi.pseudo_label.base_epochs=5"],
                           cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == out
@@ -56,6 +57,7 @@ def test_compile_kfp_v2_pipeline_spec(tmp_path, fashion_mnist_dir):
         return json.loads(tasks[task]["inputs"]["parameters"]["custom_config"]["runtimeValue"]["constantValue"]["stringValue"])
     assert custom_config("LongTailTrainer")["calibration"]["method"] == "class_offsets"
     assert custom_config("BaseTrainer")["calibration"]["method"] == "none"
+    assert (custom_config("BaseTrainer")["train"]["epochs"], custom_config("LongTailTrainer")["train"]["epochs"]) == (5, 30)
     assert tasks["PerClassEvaluator"]["inputs"]["parameters"]["holdout"]["runtimeValue"]["constantValue"]["intValue"] == "1"
     assert sorted(tasks["SSPPretrainer"]["inputs"]["artifacts"]) == ["examples", "unlabeled_examples"]
     text = json.dumps(spec)

@@ -113,16 +113,17 @@ print(json.dumps({'probabilities': out['probabilities'].numpy().tolist(), 'class
 """
 
 
-def test_pushed_savedmodel_in_a_fresh_process_matches_keras(smoke, tmp_path):
+def served_in_a_fresh_process(m: dict, data: str, tmp_path, n: int):
+    """(the first n test images as uint8, the pushed model's serving_default outputs for their PNGs in a new process,
+    the Keras model.keras of the same run)."""
     import keras
     import tensorflow as tf
 
     from models.inputs import read_examples
 
-    m = load_metrics(str(smoke["tmp"] / "out1"))
-    files = sorted(glob.glob(os.path.join(smoke["data"], "test", "*.tfrecord")))
+    files = sorted(glob.glob(os.path.join(data, "test", "*.tfrecord")))
     images, paths = [], []
-    for i, (image, _) in enumerate(read_examples(files, [28, 28, 1]).take(48)):
+    for i, (image, _) in enumerate(read_examples(files, [28, 28, 1]).take(n)):
         images.append(image.numpy())
         paths.append(str(tmp_path / f"{i}.png"))
         tf.io.write_file(paths[-1], tf.io.encode_png(image))
@@ -130,7 +131,15 @@ def test_pushed_savedmodel_in_a_fresh_process_matches_keras(smoke, tmp_path):
                           capture_output=True, text=True, check=True)
     served = json.loads(proc.stdout.strip().splitlines()[-1])
     model = keras.saving.load_model(os.path.join(m["model_run_dir"], "model.keras"), compile=False)
-    expected = keras.ops.convert_to_numpy(keras.ops.softmax(model(np.stack(images).astype("float32") / 255.0)))
+    return np.stack(images).astype("float32") / 255.0, served, model
+
+
+def test_pushed_savedmodel_in_a_fresh_process_matches_keras(smoke, tmp_path):
+    import keras
+
+    m = load_metrics(str(smoke["tmp"] / "out1"))
+    images, served, model = served_in_a_fresh_process(m, smoke["data"], tmp_path, 48)
+    expected = keras.ops.convert_to_numpy(keras.ops.softmax(model(images)))
     np.testing.assert_allclose(np.array(served["probabilities"]), expected, atol=1e-5)
     assert served["class_id"] == expected.argmax(1).tolist()
 
@@ -269,17 +278,7 @@ def test_calibrated_model_is_gated_on_the_half_its_offsets_were_not_fitted_on(sm
     # the pushed model in a fresh process serves the Keras model's logits plus the offsets
     import keras
 
-    from models.inputs import read_examples
-
-    files = sorted(glob.glob(os.path.join(smoke["data"], "test", "*.tfrecord")))
-    pngs, raw = [], []
-    for i, (image, _) in enumerate(read_examples(files, [28, 28, 1]).take(16)):
-        raw.append(image.numpy())
-        pngs.append(str(tmp_path / f"{i}.png"))
-        tf.io.write_file(pngs[-1], tf.io.encode_png(image))
-    proc = subprocess.run([sys.executable, "-c", SERVE_SCRIPT, m["pushed_model_dir"], *pngs],
-                          capture_output=True, text=True, check=True)
-    served = np.array(json.loads(proc.stdout.strip().splitlines()[-1])["probabilities"])
-    model = keras.saving.load_model(os.path.join(m["model_run_dir"], "model.keras"), compile=False)
-    logits = keras.ops.convert_to_numpy(model(np.stack(raw).astype("float32") / 255.0)) + np.asarray(cal["offsets"])
-    np.testing.assert_allclose(served, keras.ops.convert_to_numpy(keras.ops.softmax(logits)), atol=1e-5)
+    images, served, model = served_in_a_fresh_process(m, smoke["data"], tmp_path, 16)
+    logits = keras.ops.convert_to_numpy(model(images)) + np.asarray(cal["offsets"])
+    np.testing.assert_allclose(np.array(served["probabilities"]), keras.ops.convert_to_numpy(keras.ops.softmax(logits)),
+                               atol=1e-5)
