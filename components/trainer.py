@@ -9,6 +9,9 @@ Optional inputs ``pseudo_labeled_examples`` and ``pseudo_label_stats`` (the Pseu
 semi=pseudo_label|auto): their ``train`` split's file pattern and the statistics JSON reach run_fn in
 ``custom_config['pseudo_labeled_files']`` and ``custom_config['pseudo_label_stats_path']``.
 
+Optional input ``init_model`` (semi.pseudo_label.init=base: the PseudoLabelBaseTrainer's Model): its serving model
+dir, which holds the base classifier's every weight, reaches run_fn in ``custom_config['init_model']``.
+
 PseudoLabelBaseTrainer: the same Trainer, as its own class so MLMD records the base model's executions
 apart from the final Trainer's (the base model labels the pool).
 
@@ -25,7 +28,7 @@ from tfx.dsl.components.base import executor_spec
 from tfx.proto import trainer_pb2
 from tfx.types import artifact_utils, standard_artifacts, standard_component_specs
 from tfx.types.component_spec import ChannelParameter
-from tfx.utils import json_utils
+from tfx.utils import json_utils, path_utils
 
 from components.artifacts import LABEL_STATS_FILE, PSEUDO_LABEL_STATS_FILE, LabelStatistics, PseudoLabelStatistics
 from components.pseudo_labeler import OUTPUT_SPLIT as PSEUDO_LABEL_SPLIT
@@ -36,7 +39,8 @@ class LongTailTrainerSpec(standard_component_specs.TrainerSpec):
               "label_stats": ChannelParameter(type=LabelStatistics),
               "unlabeled_examples": ChannelParameter(type=standard_artifacts.Examples, optional=True),
               "pseudo_labeled_examples": ChannelParameter(type=standard_artifacts.Examples, optional=True),
-              "pseudo_label_stats": ChannelParameter(type=PseudoLabelStatistics, optional=True)}
+              "pseudo_label_stats": ChannelParameter(type=PseudoLabelStatistics, optional=True),
+              "init_model": ChannelParameter(type=standard_artifacts.Model, optional=True)}
 
 
 class Executor(trainer_executor.GenericExecutor):
@@ -53,6 +57,10 @@ class Executor(trainer_executor.GenericExecutor):
         if input_dict.get("pseudo_label_stats"):
             uri = artifact_utils.get_single_uri(input_dict["pseudo_label_stats"])
             fn_args.custom_config["pseudo_label_stats_path"] = os.path.join(uri, PSEUDO_LABEL_STATS_FILE)
+        if input_dict.get("init_model"):
+            model = input_dict["init_model"][0]
+            fn_args.custom_config["init_model"] = path_utils.serving_model_path(
+                model.uri, path_utils.is_old_model_artifact(model))
         return fn_args
 
 
@@ -62,11 +70,11 @@ class LongTailTrainer(trainer_component.Trainer):
 
     def __init__(self, examples, label_stats, run_fn: str, custom_config: dict, schema=None, base_model=None,
                  train_split: str = "train", eval_split: str = "eval", unlabeled_examples=None,
-                 pseudo_labeled_examples=None, pseudo_label_stats=None):
+                 pseudo_labeled_examples=None, pseudo_label_stats=None, init_model=None):
         spec = LongTailTrainerSpec(
             examples=examples, label_stats=label_stats, schema=schema, base_model=base_model,
             unlabeled_examples=unlabeled_examples, pseudo_labeled_examples=pseudo_labeled_examples,
-            pseudo_label_stats=pseudo_label_stats,
+            pseudo_label_stats=pseudo_label_stats, init_model=init_model,
             train_args=trainer_pb2.TrainArgs(splits=[train_split]), eval_args=trainer_pb2.EvalArgs(splits=[eval_split]),
             run_fn=run_fn, custom_config=json_utils.dumps(custom_config),
             model=types.Channel(type=standard_artifacts.Model),

@@ -69,6 +69,8 @@ def build_classifier(backbone: keras.Model, num_classes: int, cosine: bool = Fal
 
 
 WEIGHTS_FILE = "backbone.weights.npz"
+# the whole classifier, head included: the pseudo-label base model the final Trainer starts from (semi.pseudo_label.init)
+CLASSIFIER_WEIGHTS_FILE = "classifier.weights.npz"
 
 
 def backbone_variables(model: keras.Model, head: str | None = "classifier") -> dict:
@@ -86,43 +88,45 @@ def backbone_variables(model: keras.Model, head: str | None = "classifier") -> d
     return out
 
 
-def save_backbone_weights(backbone: keras.Model, directory: str) -> list[str]:
-    """Write the backbone's variables to ``directory``/backbone.weights.npz; return their names."""
+def save_backbone_weights(backbone: keras.Model, directory: str, file: str = WEIGHTS_FILE) -> list[str]:
+    """Write every variable of ``backbone`` (a classifier's head too) to ``directory``/``file``; return their names."""
     import tensorflow as tf
 
     variables = backbone_variables(backbone, head=None)
     buffer = io.BytesIO()  # np.savez seeks; a GFile opened for writing cannot
     np.savez(buffer, **{k: keras.ops.convert_to_numpy(v) for k, v in variables.items()})
-    with tf.io.gfile.GFile(f"{directory.rstrip('/')}/{WEIGHTS_FILE}", "wb") as f:
+    with tf.io.gfile.GFile(f"{directory.rstrip('/')}/{file}", "wb") as f:
         f.write(buffer.getvalue())
     return sorted(variables)
 
 
-def _read_weights(directory: str) -> dict:
+def _read_weights(directory: str, file: str = WEIGHTS_FILE) -> dict:
     import tensorflow as tf
 
-    path = f"{directory.rstrip('/')}/{WEIGHTS_FILE}"
+    path = f"{directory.rstrip('/')}/{file}"
     if not tf.io.gfile.exists(path):
-        raise FileNotFoundError(f"warm start: no {WEIGHTS_FILE} in the base model {directory}")
+        raise FileNotFoundError(f"warm start: no {file} in the base model {directory}")
     with tf.io.gfile.GFile(path, "rb") as f:
         with np.load(io.BytesIO(f.read())) as data:
             return {k: data[k] for k in data.files}
 
 
-def saved_backbone_names(directory: str) -> list[str]:
-    return sorted(_read_weights(directory))
+def saved_backbone_names(directory: str, file: str = WEIGHTS_FILE) -> list[str]:
+    return sorted(_read_weights(directory, file))
 
 
-def load_backbone_weights(model: keras.Model, directory: str, head: str = "classifier") -> list[str]:
-    """Warm start: assign ``model``'s every non-head variable from ``directory``/backbone.weights.npz.
+def load_backbone_weights(model: keras.Model, directory: str, head: str | None = "classifier",
+                          file: str = WEIGHTS_FILE) -> list[str]:
+    """Warm start: assign ``model``'s every non-head variable from ``directory``/``file`` (head=None: every
+    variable, the head's too, as from a classifier's CLASSIFIER_WEIGHTS_FILE).
 
     Strict on purpose (a silent partial load is a classic reason for "pre-training did not help"): any
     variable of the model missing from the file, any unexpected one in the file, or any shape mismatch
     raises, naming them; the head is left as initialised. Returns the names loaded."""
-    path = f"{directory.rstrip('/')}/{WEIGHTS_FILE}"
-    saved = _read_weights(directory)
+    path = f"{directory.rstrip('/')}/{file}"
+    saved = _read_weights(directory, file)
     target = backbone_variables(model, head)
-    if head not in [layer.name for layer in model.layers]:
+    if head is not None and head not in [layer.name for layer in model.layers]:
         raise ValueError(f"warm start: {model.name} has no head layer {head!r}")
     missing, unexpected = sorted(set(target) - set(saved)), sorted(set(saved) - set(target))
     mismatched = [f"{k} {saved[k].shape} vs {tuple(target[k].shape)}" for k in sorted(set(saved) & set(target))

@@ -188,6 +188,9 @@ class DasoConfig:
     align_weight: float = 1.0
 
 
+PSEUDO_LABEL_INITS = ("scratch", "base")
+
+
 @dataclasses.dataclass(frozen=True)
 class PseudoLabelConfig:
     """Offline pseudo-labels (Yang & Xu 2020): L(D_L) + weight * L(D_U) (``semi.pseudo_label.*``)."""
@@ -198,10 +201,18 @@ class PseudoLabelConfig:
     threshold: float = 0.0
     top_k: int = 0  # >0: keep the k most confident pseudo-labels of each predicted class
     base_epochs: int | None = None  # the base model's epochs (it only pseudo-labels the pool); None: train.epochs
+    # the final model's epochs when it trains on the pseudo-labels; None: train.epochs (a final model trained on the
+    # labeled set only, as the planner may decide, always trains train.epochs)
+    final_epochs: int | None = None
+    # where the final model starts: scratch (random weights, as the paper) | base: the base model's weights, head
+    # included, with a fresh optimizer and learning-rate schedule (bench/results/default_run.md)
+    init: str = "scratch"
 
     def __post_init__(self):
-        if self.base_epochs is not None and self.base_epochs < 1:
-            raise ValueError(f"semi.pseudo_label.base_epochs must be >= 1 or none (got {self.base_epochs})")
+        _choice("semi.pseudo_label.init", self.init, PSEUDO_LABEL_INITS)
+        for name in ("base_epochs", "final_epochs"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"semi.pseudo_label.{name} must be >= 1 or none (got {getattr(self, name)})")
         if self.weight < 0 or not 0.0 <= self.threshold <= 1.0 or self.top_k < 0:
             raise ValueError(f"semi.pseudo_label.weight must be >= 0 (got {self.weight}), threshold in [0, 1] "
                              f"(got {self.threshold}), top_k >= 0 (got {self.top_k})")

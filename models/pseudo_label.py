@@ -25,7 +25,7 @@ import sys
 import numpy as np
 import tensorflow as tf
 
-from models import planner, ssp, toolkit, training
+from models import backbones, planner, ssp, toolkit, training
 from models.config import SemiConfig
 from models.planner import reason
 
@@ -91,19 +91,30 @@ def train_planned(job: toolkit.TrainingJob) -> toolkit.TrainResult:
     use = plan["trained_with"] == planner.PSEUDO_LABEL
     print(f"[trainer] plan ({job.mode.name}): {plan['choice']}; trained with {plan['trained_with']}: "
           + "; ".join(plan["reasons_text"]), file=sys.stderr, flush=True)
-    pseudo_files, train_stats, backbone, ssp_summary = None, job.stats, job.base_model, None
+    pseudo_files, train_stats, backbone, ssp_summary, init = None, job.stats, job.base_model, None, None
+    train_cfg = job.train
     if use:
         pseudo_files = job.require("pseudo_labeled_files", "pseudo_labeled_examples input")
         train_stats = combined_stats(job.stats, pl_stats["per_class_accepted"], weight)
+        if job.semi.pseudo_label.final_epochs is not None:
+            train_cfg = dataclasses.replace(job.train, epochs=job.semi.pseudo_label.final_epochs)
+        if job.semi.pseudo_label.init == "base":  # the base model already holds the pre-trained backbone, if any
+            init, backbone = job.require("init_model", "init_model input (the base model)"), None
     if plan["trained_with"] == planner.SSP:
         ssp_summary, backbone = inline_ssp(job, plan["inline_ssp"])
-    model, history = training.train(job.train, job.train_files, train_stats, job.image_shape, job.model_run_dir,
+    model, history = training.train(train_cfg, job.train_files, train_stats, job.image_shape, job.model_run_dir,
                                     job.backup_dir, backbone_weights=backbone, pseudo_files=pseudo_files,
-                                    pseudo_weight=weight if use else 1.0)
-    summary = {"plan": plan, "inline_ssp": ssp_summary,
-               "pseudo_labels": pseudo_label_block(pl_stats, weight, use) if pl_stats is not None else None,
+                                    pseudo_weight=weight if use else 1.0, init_weights=init)
+    block = pseudo_label_block(pl_stats, weight, use) if pl_stats is not None else None
+    if block is not None:
+        block["init"] = {"from": "base", "model": init,
+                         "variables": len(backbones.saved_backbone_names(init, backbones.CLASSIFIER_WEIGHTS_FILE))} \
+            if init else {"from": "scratch" if backbone is None else "warm start (backbone)"}
+    summary = {"plan": plan, "inline_ssp": ssp_summary, "pseudo_labels": block,
                "training_files": {"labeled": list(job.train_files), "pseudo_labeled": list(pseudo_files or [])}}
-    return toolkit.TrainResult(model, history, train_stats["num_examples"] * job.train.epochs, train_stats,
+    if train_cfg is not job.train:  # semi.pseudo_label.final_epochs: the summary records what was trained
+        summary.update(epochs=train_cfg.epochs, config=dataclasses.asdict(train_cfg))
+    return toolkit.TrainResult(model, history, train_stats["num_examples"] * train_cfg.epochs, train_stats,
                                backbone_weights=backbone, summary=summary)
 
 

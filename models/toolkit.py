@@ -34,6 +34,8 @@ class TrainingJob:
       unlabeled_files: the pool's TFRecords (modes with online_pool)
       pseudo_labeled_files, pseudo_label_stats_path: the PseudoLabeler's outputs (modes with pseudo_labels)
       pool_setting, pool_truth: declared pool imbalance (DASO's T_dist) and the evaluation-only true classes
+      init_model: the pseudo-label base model's serving dir, whose classifier weights the final model starts from
+      export_classifier_weights: write the trained classifier's weights beside the SavedModel (the base model's)
     ``fn_args.base_model``: a pre-trained backbone (the SSPPretrainer's Model artifact) to warm-start from.
     """
 
@@ -68,7 +70,7 @@ class TrainingJob:
                    model_run_dir=fn_args.model_run_dir, backup_dir=c.get("backup_dir"),
                    base_model=getattr(fn_args, "base_model", None) or None,
                    inputs={k: c[k] for k in ("unlabeled_files", "pseudo_labeled_files", "pseudo_label_stats_path",
-                                             "pool_setting", "pool_truth") if c.get(k)})
+                                             "pool_setting", "pool_truth", "init_model") if c.get(k)})
 
     def require(self, key: str, what: str):
         """An executor-provided input the mode needs; a clear error naming it when the DAG did not wire it."""
@@ -206,5 +208,16 @@ def warm_start(model: keras.Model, weights_dir: str | None, prefix: str = "[trai
         return 0
     loaded = backbones.load_backbone_weights(model, weights_dir)
     print(f"{prefix} warm start: {len(loaded)} backbone variables from {weights_dir}; fresh head",
+          file=sys.stderr, flush=True)
+    return len(loaded)
+
+
+def init_from_classifier(model: keras.Model, weights_dir: str | None, prefix: str = "[trainer]") -> int:
+    """Start ``model`` from a trained classifier's every weight, head included (its CLASSIFIER_WEIGHTS_FILE),
+    strictly as :func:`warm_start`; the optimizer starts afresh. The number loaded."""
+    if not weights_dir:
+        return 0
+    loaded = backbones.load_backbone_weights(model, weights_dir, head=None, file=backbones.CLASSIFIER_WEIGHTS_FILE)
+    print(f"{prefix} starts from the classifier in {weights_dir}: {len(loaded)} variables, head included",
           file=sys.stderr, flush=True)
     return len(loaded)

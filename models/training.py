@@ -18,25 +18,28 @@ def _compile(model, optimizer, loss, cfg: TrainConfig) -> None:
 
 def train(cfg: TrainConfig, train_files, stats: dict, image_shape, model_run_dir: str, backup_dir: str | None = None,
           extra_callbacks=(), backbone_weights: str | None = None, pseudo_files=None, pseudo_weight: float = 1.0,
-          strategy=None, plan: distribute.Plan | None = None):
+          strategy=None, plan: distribute.Plan | None = None, init_weights: str | None = None):
     """Train and return (model, history). Resumes from ``backup_dir`` when a backup is there.
     ``strategy`` / ``plan`` (models/distribute.py): the same training, data-parallel, with the custom loop.
     ``pseudo_files`` / ``pseudo_weight``: pseudo-labeled examples added to the training set with weight w
     (``stats`` must then count them: models.pseudo_label.combined_stats).
     ``backbone_weights``: a folder with a pre-trained backbone.weights.npz to warm-start from (every
     backbone variable loaded, a mismatch raises; the head is freshly initialised).
+    ``init_weights``: a folder with a trained classifier's classifier.weights.npz to start from, head included
+    (strict as the warm start; the optimizer and its schedule start afresh).
 
     Stage 1: the configured loss, class weights (fixed, or deferred re-weighting) and sampler.
     Stage 2 (decoupling != none): cRT or LWS on a class-balanced sample, or tau-normalisation.
     """
     if strategy is not None:
         return train_distributed(cfg, train_files, stats, image_shape, backup_dir, strategy, plan, backbone_weights,
-                                 pseudo_files, pseudo_weight)
+                                 pseudo_files, pseudo_weight, init_weights)
     keras.utils.set_random_seed(cfg.seed)
     ds, steps = toolkit.labeled_dataset(cfg, train_files, stats, image_shape, cfg.sampler, cfg.epochs,
                                         pseudo_files=pseudo_files, pseudo_weight=pseudo_weight)
     model = toolkit.build_model(cfg, image_shape, stats["num_classes"])
     toolkit.warm_start(model, backbone_weights)
+    toolkit.init_from_classifier(model, init_weights)
     optimizer = toolkit.sgd_for(cfg, cfg.epochs * steps)
     progress = toolkit.EpochProgress(cfg.epochs)
     callbacks = toolkit.standard_callbacks(progress, model_run_dir, backup_dir, checkpoints=True, extra=extra_callbacks)
@@ -86,7 +89,8 @@ def decouple(model, cfg: TrainConfig, train_files, stats: dict, image_shape, pse
 
 
 def train_distributed(cfg: TrainConfig, train_files, stats: dict, image_shape, backup_dir, strategy,
-                      plan: distribute.Plan, backbone_weights=None, pseudo_files=None, pseudo_weight: float = 1.0):
+                      plan: distribute.Plan, backbone_weights=None, pseudo_files=None, pseudo_weight: float = 1.0,
+                      init_weights: str | None = None):
     """:func:`train` under a tf.distribute strategy: the same stages, sampler, loss, class weights and DRW switch,
     with the custom loop (models.distribute.fit) and one global batch of ``plan.global_batch_size`` a step."""
     keras.utils.set_random_seed(cfg.seed)
@@ -107,6 +111,7 @@ def train_distributed(cfg: TrainConfig, train_files, stats: dict, image_shape, b
     with strategy.scope():
         model = toolkit.build_model(cfg, image_shape, stats["num_classes"])
         toolkit.warm_start(model, backbone_weights)
+        toolkit.init_from_classifier(model, init_weights)
         optimizer = toolkit.sgd_cosine(plan.learning_rate, cfg.epochs * steps, cfg.momentum, cfg.weight_decay)
         if cfg.mixed_precision == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)

@@ -7,7 +7,8 @@ labeled (+ unlabeled count) -> LabelStatsGen (Beam) -> LongTailTrainer (run_fn: 
 a mode with pseudo_labels, and a pool: BaseTrainer (supervised, the same train settings)
   -> PseudoLabeler (Beam; pool + validation split) -> pseudo-labeled examples + statistics
   -> LongTailTrainer, whose run_fn takes the planner's decision (models/planner.py, models/pseudo_label.py) and
-  trains on labeled + pseudo-labeled or labeled only
+  trains on labeled + pseudo-labeled or labeled only; semi.pseudo_label.init=base: it starts from the
+  BaseTrainer's model (its init_model input)
 labeled (+ unlabeled) images -> SSPPretrainer (run_fn: models.ssp.run_fn) -> LongTailTrainer's base_model
   [pretrain.method != none]
 Resolver(latest blessed model) + trainer model -> PerClassEvaluator (gate) -> LongTailPusher (TF Serving layout;
@@ -200,17 +201,20 @@ def create_pipeline(cfg: PipelineConfig, data_dir: str, manifest: dict, pipeline
             cfg.train, epochs=cfg.semi.pseudo_label.base_epochs)
         base_cfg = dataclasses.replace(cfg, semi=SemiConfig(method=modes.SUPERVISED), calibration=CalibrationConfig(),
                                        train=base_train)
+        from_base = cfg.semi.pseudo_label.init == "base"  # the final model starts from the base model's weights
         base_trainer = PseudoLabelBaseTrainer(
             examples=labeled_gen.outputs["examples"], label_stats=stats_gen.outputs["label_stats"],
             schema=labeled_schema.outputs["schema"], run_fn=RUN_FN, base_model=base_model,
-            custom_config=training_custom_config(base_cfg, manifest, pipeline_root, truth_dir)).with_id("BaseTrainer")
+            custom_config={**training_custom_config(base_cfg, manifest, pipeline_root, truth_dir),
+                           **({"export_classifier_weights": True} if from_base else {})}).with_id("BaseTrainer")
         labeler = PseudoLabeler(
             model=base_trainer.outputs["model"], unlabeled_examples=unlabeled_examples, examples=labeled_gen.outputs["examples"],
             num_classes=manifest["num_classes"], confidence_threshold=cfg.semi.pseudo_label.threshold,
             top_k_per_class=cfg.semi.pseudo_label.top_k, eval_split="eval")
         components += [base_trainer, labeler]
         pseudo_inputs = {"pseudo_labeled_examples": labeler.outputs["pseudo_labeled_examples"],
-                         "pseudo_label_stats": labeler.outputs["statistics"]}
+                         "pseudo_label_stats": labeler.outputs["statistics"],
+                         **({"init_model": base_trainer.outputs["model"]} if from_base else {})}
     trainer = LongTailTrainer(
         examples=labeled_gen.outputs["examples"], label_stats=stats_gen.outputs["label_stats"],
         schema=labeled_schema.outputs["schema"], run_fn=RUN_FN, base_model=base_model,

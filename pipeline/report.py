@@ -201,6 +201,26 @@ def pseudo_labels_block(training: dict | None, pl_stats: dict | None, cfg_dict: 
     return {**block, "examples_uri": examples_uri, "base_model_uri": base_model_uri}
 
 
+def _final_epochs(metrics: dict, cfg: dict) -> str:
+    """The final model's epochs: what its Trainer trained (semi.pseudo_label.final_epochs may differ from train.epochs),
+    and the base model's when one pseudo-labelled the pool."""
+    trained = (metrics.get("training") or {}).get("epochs") or cfg["train"]["epochs"]
+    if not metrics.get("pseudo_labels"):
+        return f"{trained} epochs"
+    base = cfg["semi"]["pseudo_label"].get("base_epochs") or cfg["train"]["epochs"]
+    return f"{trained} epochs (the pseudo-labelling base model {base})"
+
+
+def _init_md(init: dict | None) -> list[str]:
+    """Where the final model started (semi.pseudo_label.init)."""
+    if not init:
+        return []
+    if init.get("from") == "base":
+        return [f"The final model started from the base model's weights ({init['variables']} variables, head included; "
+                "semi.pseudo_label.init=base), with a fresh optimizer and learning-rate schedule.", ""]
+    return [f"The final model started from {init.get('from')} (semi.pseudo_label.init=scratch).", ""]
+
+
 def _plan_md(metrics: dict) -> list[str]:
     plan, pl = metrics.get("plan") or {}, metrics.get("pseudo_labels")
     if not plan.get("choice"):
@@ -217,6 +237,7 @@ def _plan_md(metrics: dict) -> list[str]:
                f"{', ' + pl['relevance_estimator'].replace('_', '-') if pl.get('relevance_estimator') else ''}), "
                f"rho_U {_fmt(pl['estimated_rho_u'], 1)} ({pl['class_distribution_method']}; raw counts "
                f"{_fmt(pl['raw_rho_u'], 1)}).", "",
+               *_init_md(pl.get("init")),
                "| class | predicted | accepted | estimated pool share |", "|---|---|---|---|"]
         dist = pl.get("estimated_class_distribution") or [None] * len(names)
         for c, name in enumerate(names):
@@ -477,7 +498,7 @@ def write_report(metrics: dict, out_dir: str) -> None:
           f"Shot groups (many >= {stats['shot_thresholds']['many_at_least']:.0f}, few < "
           f"{stats['shot_thresholds']['few_below']:.0f} training images; {stats['shot_thresholds']['source']}): "
           + ", ".join(f"{g}: {[stats['class_names'][c] for c in cs]}" for g, cs in stats["shot_groups"].items()), "",
-          f"Training: {cfg['train']['backbone']}, loss {cfg['train']['loss']}, {cfg['train']['epochs']} epochs, "
+          f"Training: {cfg['train']['backbone']}, loss {cfg['train']['loss']}, {_final_epochs(metrics, cfg)}, "
           f"batch {cfg['train']['batch_size']}, seed {metrics['seed']}, augmentation {augmentation_text(cfg)}; "
           f"trainer: {distribute_text(metrics.get('training'))}; "
           f"self-supervised pre-training: {ssp['method']}; "

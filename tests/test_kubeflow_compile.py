@@ -52,12 +52,18 @@ def test_compile_kfp_v2_pipeline_spec(tmp_path, fashion_mnist_dir):
                  "BaseTrainer", "PseudoLabeler"):  # the default preset's semi=auto with a pool
         assert any(name in t for t in tasks), (name, sorted(tasks))
     assert "base_model" in tasks["LongTailTrainer"]["inputs"]["artifacts"]  # the pre-trained backbone
+    # semi.pseudo_label.init=base (the preset's): the final Trainer starts from the BaseTrainer's model
+    init = tasks["LongTailTrainer"]["inputs"]["artifacts"]["init_model"]["taskOutputArtifact"]
+    assert (init["producerTask"], init["outputArtifactKey"]) == ("BaseTrainer", "model")
     # the default preset calibrates the final model only, and its gate judges the half the offsets were not fitted on
     def custom_config(task):
         return json.loads(tasks[task]["inputs"]["parameters"]["custom_config"]["runtimeValue"]["constantValue"]["stringValue"])
     assert custom_config("LongTailTrainer")["calibration"]["method"] == "class_offsets"
     assert custom_config("BaseTrainer")["calibration"]["method"] == "none"
+    assert custom_config("BaseTrainer")["export_classifier_weights"] is True
+    assert "export_classifier_weights" not in custom_config("LongTailTrainer")
     assert (custom_config("BaseTrainer")["train"]["epochs"], custom_config("LongTailTrainer")["train"]["epochs"]) == (5, 30)
+    assert custom_config("LongTailTrainer")["semi"]["pseudo_label"]["final_epochs"] == 15
     assert tasks["PerClassEvaluator"]["inputs"]["parameters"]["holdout"]["runtimeValue"]["constantValue"]["intValue"] == "1"
     assert sorted(tasks["SSPPretrainer"]["inputs"]["artifacts"]) == ["examples", "unlabeled_examples"]
     text = json.dumps(spec)

@@ -23,7 +23,8 @@ def pseudo_run(tmp_path_factory, fashion_mnist_dir):
     data = str(tmp / "data")
     prepare_from_source("fashion_mnist", SplitSpec(rho=100, n_max=200, class_order="shuffle", val_per_class=20,
                                                    unlabeled_size=200, seed=1), data, fashion_mnist_dir)
-    proc = run_cli(tmp, "pl", data, str(tmp / "out"), "semi=pseudo_label")
+    proc = run_cli(tmp, "pl", data, str(tmp / "out"), "semi=pseudo_label", "semi.pseudo_label.init=base",
+                   "semi.pseudo_label.final_epochs=2")
     return {"tmp": tmp, "data": data, "proc": proc, "metrics": load_metrics(str(tmp / "out"))}
 
 
@@ -50,6 +51,24 @@ def test_pseudo_label_run_pushes_and_writes_plan_and_pseudo_labels(pseudo_run):
     assert "## Semi-supervised plan" in report and "**Decision:**" in report
     assert "semi.method=pseudo_label was set" in report or "retrained on the labeled images plus" in report
     assert "plan (semi.method=pseudo_label)" in pseudo_run["proc"].stdout
+
+
+def test_final_model_starts_from_the_base_model(pseudo_run):
+    """semi.pseudo_label.init=base: the BaseTrainer writes its classifier's every weight beside its SavedModel, the
+    final Trainer loads them all (head included) through its init_model input; the pushed model carries no such file."""
+    m = pseudo_run["metrics"]
+    init = m["pseudo_labels"]["init"]
+    assert init["from"] == "base" and init["variables"] == 47  # resnet8: 45 backbone variables + the head's 2
+    base_dir = os.path.join(m["pseudo_labels"]["base_model_uri"], "Format-Serving")
+    assert init["model"] == base_dir and os.path.exists(os.path.join(base_dir, "classifier.weights.npz"))
+    assert not os.path.exists(os.path.join(m["pushed_model_dir"], "classifier.weights.npz"))
+    assert f"starts from the classifier in {base_dir}: 47 variables, head included" in pseudo_run["proc"].stderr
+    report = open(os.path.join(str(pseudo_run["tmp"] / "out"), "report.md")).read()
+    assert "The final model started from the base model's weights (47 variables, head included" in report
+    # semi.pseudo_label.final_epochs=2: the final Trainer trains 2 epochs, the base model train.epochs (1)
+    assert m["training"]["epochs"] == 2 and len(m["training"]["history"]) == 2
+    assert m["training"]["config"]["epochs"] == 2 and m["config"]["train"]["epochs"] == 1
+    assert "2 epochs (the pseudo-labelling base model 1)" in report
 
 
 def test_no_true_pool_label_reaches_a_training_example(pseudo_run):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from keras import layers, ops
 
-from models import backbones, ssp
+from models import backbones, ssp, toolkit
 from models.config import TrainConfig
 from models.toolkit import build_model
 
@@ -208,6 +208,28 @@ def test_warm_start_fails_loudly_on_any_mismatch(tmp_path):
         backbones.load_backbone_weights(model, str(partial))
     with pytest.raises(FileNotFoundError, match="no backbone.weights.npz"):
         backbones.load_backbone_weights(model, str(tmp_path))
+
+
+def test_start_from_a_classifier_loads_every_weight_head_included_and_is_strict(tmp_path):
+    """semi.pseudo_label.init=base: the final model starts from the base classifier's every weight (toolkit)."""
+    keras.utils.set_random_seed(8)
+    base = build_model(TrainConfig(backbone="resnet8"), (28, 28, 1), 10)
+    for v in base.weights:
+        v.assign(np.random.default_rng(len(v.path) + 1).standard_normal(v.shape).astype("float32"))
+    names = backbones.save_backbone_weights(base, str(tmp_path), file=backbones.CLASSIFIER_WEIGHTS_FILE)
+    assert len(names) == len(base.weights) == 47 and "classifier/kernel" in names
+    keras.utils.set_random_seed(9)
+    model = build_model(TrainConfig(backbone="resnet8"), (28, 28, 1), 10)
+    assert toolkit.init_from_classifier(model, str(tmp_path)) == 47
+    x = np.random.default_rng(10).random((2, 28, 28, 1)).astype("float32")
+    np.testing.assert_allclose(ops.convert_to_numpy(model(x, training=False)),
+                               ops.convert_to_numpy(base(x, training=False)), rtol=1e-5, atol=1e-5)
+    assert toolkit.init_from_classifier(model, None) == 0
+    eleven = build_model(TrainConfig(backbone="resnet8"), (28, 28, 1), 11)  # another class count: the head mismatches
+    with pytest.raises(ValueError, match=r"shape mismatches 2 \['classifier/bias \(10,\) vs \(11,\)'"):
+        toolkit.init_from_classifier(eleven, str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="no classifier.weights.npz"):
+        toolkit.init_from_classifier(model, str(tmp_path / "nothing"))
 
 
 # ------------------------------------------------------------------------------------------ configuration
