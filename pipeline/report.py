@@ -218,7 +218,8 @@ def _init_md(init: dict | None) -> list[str]:
     if init.get("from") == "base":
         return [f"The final model started from the base model's weights ({init['variables']} variables, head included; "
                 "semi.pseudo_label.init=base), with a fresh optimizer and learning-rate schedule.", ""]
-    return [f"The final model started from {init.get('from')} (semi.pseudo_label.init=scratch).", ""]
+    # init=scratch, or init=base on a run whose final Trainer did not train on the pseudo-labels (the planner's choice)
+    return [f"The final model started from {init.get('from')}.", ""]
 
 
 def _plan_md(metrics: dict) -> list[str]:
