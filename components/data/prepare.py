@@ -10,11 +10,13 @@ Layout of ``out_dir`` (the ImportExampleGen input base; one sub-folder per split
     manifest.json                                 counts per split and class, and every setting
 
 The output is a pure function of (source, spec): the same seed gives byte-identical files. The
-directory is written under a temporary name and renamed when complete.
+directory is written under a unique temporary name beside it and renamed when complete
+(components/data/cache.py ensure_prepared adds the lock that lets two processes share one output).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -22,6 +24,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 
 import numpy as np
 
@@ -136,6 +139,28 @@ VALIDATION_GIVEN = "the source's own (val/ folder or val*.tfrecord files)"
 VALIDATION_CARVED = "carved from train, balanced (data.val_per_class a class)"
 
 
+@contextlib.contextmanager
+def _staged(out_dir: str):
+    """A fresh folder to write into, renamed to ``out_dir`` when the block completes and removed when it fails.
+
+    Its name is unique (mkdtemp), so two writers never share one, and it lies beside ``out_dir`` (one filesystem:
+    the rename is atomic). A folder already at ``out_dir`` is moved aside first, so ``out_dir`` is never half-written.
+    """
+    target = os.path.abspath(out_dir)
+    parent, base = os.path.split(target)
+    os.makedirs(parent, exist_ok=True)
+    scratch = tempfile.mkdtemp(prefix=f"{base}.partial-", dir=parent)
+    try:
+        tmp = os.path.join(scratch, base)
+        os.makedirs(tmp)  # makedirs, not mkdtemp's mode 0700: the data folder keeps the usual permissions
+        yield tmp
+        if os.path.lexists(target):
+            os.replace(target, os.path.join(scratch, "replaced"))
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def prepare(raw: RawData, spec: SplitSpec, out_dir: str, shard_size: int = 10000, log=print) -> dict:
     """Draw the splits from ``raw`` and write them to ``out_dir``; returns the manifest."""
     if len(raw.test_images) == 0:
@@ -168,9 +193,6 @@ def prepare(raw: RawData, spec: SplitSpec, out_dir: str, shard_size: int = 10000
     if raw.extra_unlabeled is not None and len(raw.extra_unlabeled):
         truth += [-1] * len(raw.extra_unlabeled)
     pool_truth = [truth[o] if o >= 0 else -2 for o in origin.tolist()]
-    tmp = out_dir.rstrip("/") + ".partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
     manifest = {
         "format_version": FORMAT_VERSION,
         "source": raw.name,
@@ -198,23 +220,22 @@ def prepare(raw: RawData, spec: SplitSpec, out_dir: str, shard_size: int = 10000
     manifest["duplicate_examples"] = {k: [list(p) for p in v] for k, v in examples.items()}  # (record in a, in b)
     for pair, n in manifest["duplicates_across_splits"].items():
         log(f"[prepare-data] warning: {n} images of the source appear in both {pair} (identical pixels)")
-    for name in SPLITS:
-        images, labels = split_data[name]
-        log(f"[prepare-data] writing {name}: {len(images)} examples")
-        files = _write_split(os.path.join(tmp, name), name, images, labels, shard_size)
-        entry = {"num_examples": int(len(images)), "files": files, "has_label": labels is not None}
-        if labels is not None:
-            entry["per_class_counts"] = np.bincount(labels, minlength=raw.num_classes).astype(int).tolist()
-        else:  # the pool's true classes are hidden from training; recorded for evaluation only
-            entry["hidden_per_class_counts_from_train"] = hidden_counts
-            entry["true_labels_file"] = POOL_TRUTH_FILE
-            _write_pool_truth(os.path.join(tmp, POOL_TRUTH_FILE), files, pool_truth)
-        manifest["splits"][name] = entry
-    with open(os.path.join(tmp, MANIFEST), "w") as f:
-        json.dump(manifest, f, indent=2, sort_keys=True)
-        f.write("\n")
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)
+    with _staged(out_dir) as tmp:
+        for name in SPLITS:
+            images, labels = split_data[name]
+            log(f"[prepare-data] writing {name}: {len(images)} examples")
+            files = _write_split(os.path.join(tmp, name), name, images, labels, shard_size)
+            entry = {"num_examples": int(len(images)), "files": files, "has_label": labels is not None}
+            if labels is not None:
+                entry["per_class_counts"] = np.bincount(labels, minlength=raw.num_classes).astype(int).tolist()
+            else:  # the pool's true classes are hidden from training; recorded for evaluation only
+                entry["hidden_per_class_counts_from_train"] = hidden_counts
+                entry["true_labels_file"] = POOL_TRUTH_FILE
+                _write_pool_truth(os.path.join(tmp, POOL_TRUTH_FILE), files, pool_truth)
+            manifest["splits"][name] = entry
+        with open(os.path.join(tmp, MANIFEST), "w") as f:
+            json.dump(manifest, f, indent=2, sort_keys=True)
+            f.write("\n")
     return manifest
 
 
@@ -224,9 +245,53 @@ def prepare_from_source(source: str, spec: SplitSpec, out_dir: str, source_dir: 
     return prepare(raw, spec, out_dir, shard_size, log=lambda m: print(m, file=sys.stderr, flush=True))
 
 
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    """A prepared folder's manifest.json, read once: the fields its readers use, typed, and ``raw`` for the rest.
+
+    Only ``source`` is required; a field an older format lacks (format 1: no validation_source) reads as None or
+    empty. ``Manifest.load(data_dir)`` raises DataError where ``data_dir`` holds no manifest.json.
+
+    Example::
+
+        m = Manifest.load("data/fashion_mnist-rho100-seed0-1a2b3c4d")
+        m.num_classes, m.splits["labeled"]["files"]  # 10, ['labeled/labeled-00000-of-00001.tfrecord']
+    """
+
+    data_dir: str
+    source: str
+    class_names: tuple[str, ...]
+    num_classes: int | None
+    image_shape: tuple[int, ...] | None
+    splits: dict  # split name -> {"num_examples", "files" (relative to data_dir), "has_label", counts, ...}
+    val_per_class: int | None
+    validation_source: str | None
+    format_version: int | None
+    raw: dict
+
+    @classmethod
+    def load(cls, data_dir: str) -> Manifest:
+        path = os.path.join(data_dir, MANIFEST)
+        if not os.path.exists(path):
+            raise DataError(data_dir, "no manifest.json: not a prepared dataset", hint="run: python -m pipeline prepare-data")
+        with open(path) as f:
+            try:
+                raw = json.load(f)
+            except ValueError as e:
+                raise DataError(path, f"not valid JSON ({e})", hint="prepare the data again (--force)") from None
+        return cls.from_dict(raw, data_dir)
+
+    @classmethod
+    def from_dict(cls, raw: dict, data_dir: str = "") -> Manifest:
+        if not isinstance(raw, dict) or not isinstance(raw.get("source"), str):
+            raise DataError(os.path.join(data_dir, MANIFEST), "no \"source\" in the manifest: not a prepared dataset")
+        shape = raw.get("image_shape")
+        return cls(data_dir=data_dir, source=raw["source"], class_names=tuple(raw.get("class_names", ())),
+                   num_classes=raw.get("num_classes"), image_shape=None if shape is None else tuple(shape),
+                   splits=raw.get("splits", {}), val_per_class=raw.get("val_per_class"),
+                   validation_source=raw.get("validation_source"), format_version=raw.get("format_version"), raw=raw)
+
+
 def load_manifest(data_dir: str) -> dict:
-    path = os.path.join(data_dir, MANIFEST)
-    if not os.path.exists(path):
-        raise DataError(data_dir, "no manifest.json: not a prepared dataset", hint="run: python -m pipeline prepare-data")
-    with open(path) as f:
-        return json.load(f)
+    """The manifest as a dict (the form TaskInputs, the wiring and the reports pass on): ``Manifest.load(...).raw``."""
+    return Manifest.load(data_dir).raw
