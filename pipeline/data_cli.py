@@ -1,23 +1,13 @@
-"""`python -m pipeline prepare-data`: argument parsing and the default dataset location."""
+"""`python -m pipeline prepare-data`: argument parsing only; preparing, the cache key and the default location are
+components/data/cache.py's."""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import hashlib
-import json
-import os
-import re
 
+from components.data.cache import ensure_prepared, parse_order
 from components.data.longtail import SplitSpec
-
-DATA_ROOT = "data"
-
-
-def parse_order(text: str):
-    if text in ("index", "shuffle", "same", "reversed"):
-        return text
-    return tuple(int(c) for c in text.split(","))
+from components.data.prepare import SPLITS, Manifest
 
 
 def _rho(text: str):
@@ -68,30 +58,11 @@ def spec_from_args(a: argparse.Namespace) -> SplitSpec:
                      pool_relevance=a.pool_relevance)
 
 
-def default_data_dir(source: str, spec: SplitSpec, shard_size: int = 10000) -> str:
-    """A readable name plus a hash of every setting, so different settings never share a folder."""
-    from components.data.prepare import FORMAT_VERSION
-
-    settings = dataclasses.asdict(spec)
-    if settings["pool_relevance"] == 1.0:  # the default: the knob adds nothing to the key
-        del settings["pool_relevance"]
-    key = json.dumps({"source": source, "shard_size": shard_size, "format_version": FORMAT_VERSION, **settings},
-                     sort_keys=True, default=list)
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", source).strip("_")[:40]
-    rho = "natural" if spec.rho is None else f"{spec.rho:g}"
-    return os.path.join(DATA_ROOT, f"{slug}-rho{rho}-seed{spec.seed}-{hashlib.sha256(key.encode()).hexdigest()[:8]}")
-
-
 def run_prepare(a: argparse.Namespace) -> str:
-    from components.data.prepare import MANIFEST, prepare_from_source
-
-    spec = spec_from_args(a)
-    out = a.out or default_data_dir(a.source, spec, a.shard_size)
-    if os.path.exists(os.path.join(out, MANIFEST)) and not a.force:
-        print(f"[prepare-data] {out} exists; reusing it (--force rebuilds)")
-        return out
-    manifest = prepare_from_source(a.source, spec, out, a.source_dir, a.shard_size)
-    for name, entry in manifest["splits"].items():
+    out = ensure_prepared(a.source, spec_from_args(a), a.source_dir, a.out, a.shard_size, force=a.force)
+    splits = Manifest.load(out).splits
+    for name in SPLITS:
+        entry = splits[name]
         counts = entry.get("per_class_counts") or entry.get("hidden_per_class_counts_from_train")
         print(f"[prepare-data] {name:<10} {entry['num_examples']:>6} examples  per class: {counts}")
     return out

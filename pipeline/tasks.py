@@ -13,13 +13,13 @@ import dataclasses
 import os
 import sys
 
+from components.data.cache import ensure_prepared, spec_from_data_config
 from components.data.longtail import SplitSpec
 from components.data.own_data import describe, first_image_shape, is_own_data, plan_own_data
-from components.data.prepare import MANIFEST, load_manifest, prepare_from_source
+from components.data.prepare import Manifest, load_manifest
 from components.errors import PipelineDataError
 from pipeline import regression_report, report
 from pipeline.configs import PipelineConfig, changed_paths
-from pipeline.data_cli import default_data_dir, parse_order
 from pipeline.outputs import BASE_TRAINER, PRETRAINER, TRAINER
 from pipeline.pipeline import create_pipeline, create_regression_pipeline, default_csv_dir
 
@@ -219,10 +219,7 @@ def for_config(cfg: PipelineConfig) -> Task:
 
 
 def split_spec(cfg: PipelineConfig) -> SplitSpec:
-    d = cfg.data
-    return SplitSpec(rho=d.rho, n_max=d.n_max, class_order=parse_order(d.class_order), val_per_class=d.val_per_class,
-                     rho_u=d.rho_u, unlabeled_size=d.unlabeled_size, unlabeled_order=parse_order(d.unlabeled_order),
-                     pool_relevance=d.pool_relevance, seed=d.seed)
+    return spec_from_data_config(cfg.data)
 
 
 def ingests_own_data(cfg: PipelineConfig) -> bool:
@@ -240,14 +237,9 @@ def own_data_manifest(source: str, spec: SplitSpec) -> dict:
 def ensure_data(cfg: PipelineConfig) -> str:
     """The prepared data folder; prepared now when missing."""
     if cfg.data.data_dir:
-        load_manifest(cfg.data.data_dir)  # raises a named error if it is not a prepared dataset
+        Manifest.load(cfg.data.data_dir)  # raises a named error if it is not a prepared dataset
         return os.path.abspath(cfg.data.data_dir)
-    spec = split_spec(cfg)
-    out = default_data_dir(cfg.data.source, spec)
-    if not os.path.exists(os.path.join(out, MANIFEST)):
-        print(f"[run] preparing data in {out}", file=sys.stderr, flush=True)
-        prepare_from_source(cfg.data.source, spec, out, cfg.data.source_dir)
-    return os.path.abspath(out)
+    return os.path.abspath(ensure_prepared(cfg.data.source, split_spec(cfg), cfg.data.source_dir))
 
 
 def regression_csv_dir(cfg: PipelineConfig) -> str:

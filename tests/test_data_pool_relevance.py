@@ -9,11 +9,11 @@ import os
 import numpy as np
 import pytest
 
+from components.data.cache import default_data_dir
 from components.data.errors import DataError
 from components.data.longtail import SplitSpec
 from components.data.prepare import FORMAT_VERSION, POOL_TRUTH_FILE, prepare, replace_with_out_of_domain
 from components.data.sources import RawData, read_fashion_mnist, read_mnist_digits
-from pipeline.data_cli import default_data_dir
 
 
 @pytest.fixture(scope="module")

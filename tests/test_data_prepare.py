@@ -172,3 +172,78 @@ def test_duplicates_across_splits_are_counted_with_examples_and_a_test_overlap_i
     assert lines[0].startswith("**WARNING: 2 test images are also in another split: the test score is contaminated")
     assert "labeled/test: 2 (e.g. records [(2, 0), (3, 2)])" in lines[1]
     assert duplicates_warning({"duplicates_across_splits": {}})[0].startswith("Duplicates across splits: none")
+
+
+def _tiny_raw():
+    from components.data.sources import RawData
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (300, 8, 8, 1), dtype=np.uint8)
+    y = np.repeat(np.arange(3), 100)
+    return RawData("tiny", ["a", "b", "c"], x, y, x[:30], y[:30])
+
+
+def test_a_failed_write_leaves_neither_output_nor_temporary_folder(tmp_path, monkeypatch):
+    from components.data import prepare as prepare_module
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    spec = SplitSpec(rho=1, n_max=20, val_per_class=5, unlabeled_size=30)
+    prepare(_tiny_raw(), spec, str(tmp_path / "o"), log=lambda m: None)
+    before = sorted(os.listdir(tmp_path / "o"))
+    monkeypatch.setattr(prepare_module, "_write_split", broken)
+    with pytest.raises(OSError, match="disk full"):
+        prepare(_tiny_raw(), spec, str(tmp_path / "o"), log=lambda m: None)
+    assert os.listdir(tmp_path) == ["o"]  # no o.partial-* left over
+    assert sorted(os.listdir(tmp_path / "o")) == before  # the finished folder is untouched by the failed rebuild
+
+
+def test_manifest_reader_types_the_fields_and_names_a_folder_that_is_not_prepared(tmp_path):
+    from components.data.prepare import Manifest, load_manifest
+
+    out = str(tmp_path / "o")
+    written = prepare(_tiny_raw(), SplitSpec(rho=1, n_max=20, val_per_class=5, unlabeled_size=30), out, log=lambda m: None)
+    m = Manifest.load(out)
+    assert (m.source, m.class_names, m.num_classes, m.image_shape, m.val_per_class) == ("tiny", ("a", "b", "c"), 3,
+                                                                                         (8, 8, 1), 5)
+    assert m.splits["labeled"]["per_class_counts"] == [20, 20, 20] and m.raw == written == load_manifest(out)
+    with pytest.raises(DataError, match="no manifest.json: not a prepared dataset"):
+        Manifest.load(str(tmp_path))
+
+
+def test_two_processes_preparing_one_folder_take_turns_and_share_it(tmp_path, fashion_mnist_dir):
+    """Both start at once while the test holds the folder's lock, so both wait on it (no timing luck): one prepares,
+    the other reuses its folder; both exit 0 and no temporary folder is left."""
+    import fcntl
+
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    out = str(tmp_path / "shared")
+    args = [sys.executable, "-m", "pipeline", "prepare-data", "--source-dir", fashion_mnist_dir, "--out", out,
+            "--n-max", "50", "--val-per-class", "5", "--unlabeled-size", "50", "--rho", "10"]
+    with open(out + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        procs = [subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(2)]
+        waited = []
+        for proc in procs:  # each says it waits before it blocks on the lock
+            lines = []
+            while not lines or "waiting for another process" not in lines[-1]:
+                line = proc.stderr.readline()
+                assert line, f"exited before waiting on the lock: {''.join(lines)}"
+                lines.append(line)
+            waited.append("".join(lines))
+    results = [(proc, *proc.communicate(timeout=600)) for proc in procs]
+    for (proc, stdout, stderr), before in zip(results, waited, strict=True):
+        assert proc.returncode == 0, before + stderr
+        assert f"[prepare-data] waiting for another process preparing {out}" in before
+        assert stdout.strip().splitlines()[-1] == out
+    stderrs = [stderr for _, _, stderr in results]
+    assert sum(f"[prepare-data] preparing {out}" in e for e in stderrs) == 1, stderrs
+    assert sum(f"[prepare-data] {out} is prepared; reusing it" in e for e in stderrs) == 1, stderrs
+    assert sorted(os.listdir(tmp_path)) == ["shared", "shared.lock"]  # no shared.partial-* left over
+    manifest = json.load(open(os.path.join(out, "manifest.json")))
+    assert manifest["splits"]["labeled"]["per_class_counts"] == exponential_profile(50, 10, 10)
+    assert manifest["splits"]["validation"]["per_class_counts"] == [5] * 10
+    for split, entry in manifest["splits"].items():
+        assert len(read_split(out, split)) == entry["num_examples"], split
