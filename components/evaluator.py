@@ -27,7 +27,7 @@ from tfx.utils import io_utils, path_utils
 
 from components.artifacts import EVALUATION_FILE, LABEL_STATS_FILE, LabelStatistics
 from components.gate import GateThresholds, decide
-from models import calibration
+from models import calibration, uncertainty
 from models.export import serving_metadata
 from models.metrics import per_class_metrics
 from models.predict import SavedModelPredictor, parse_labels
@@ -47,18 +47,37 @@ def predict_split(saved_model_dir: str, file_pattern: str, batch_size: int = 512
     return parsed["label"][keep], out["class_id"][keep], out["logits"][keep]
 
 
-def evaluate_model(model_artifact_uri: str, examples, split: str, stats: dict, holdout: bool = False) -> dict:
-    """Per-class metrics of the model on the split (``holdout``: its gate half only). A model served with fitted
-    logit offsets (calibration) also gets ``uncalibrated``: the same metrics of argmax(logits - offsets)."""
+def evaluate_model(model_artifact_uri: str, examples, split: str, stats: dict, holdout: bool = False,
+                   with_predictions: bool = False):
+    """Per-class metrics of the model on the split (``holdout``: its gate half only), with their support and intervals
+    (``uncertainty``, models/uncertainty.py). A model served with fitted logit offsets (calibration) also gets
+    ``uncalibrated``: the same metrics of argmax(logits - offsets). ``with_predictions``: (metrics, labels, predicted)."""
     serving_dir = path_utils.serving_model_path(model_artifact_uri)
     pattern = os.path.join(artifact_utils.get_split_uri(examples, split), "*")
     labels, preds, logits = predict_split(serving_dir, pattern, holdout=holdout)
     result = per_class_metrics(labels, preds, stats["num_classes"], stats["shot_groups"])
+    result["uncertainty"] = uncertainty.recall_intervals(labels, preds, stats["num_classes"])
     offsets = (serving_metadata(serving_dir) or {}).get("calibration_offsets")
     if offsets is not None:
         raw = (logits - np.asarray(offsets, np.float32)).argmax(1)
         result["uncalibrated"] = per_class_metrics(labels, raw, stats["num_classes"], stats["shot_groups"])
-    return result
+    return (result, labels, preds) if with_predictions else result
+
+
+def label_space(model_artifact_uri: str) -> list[str] | None:
+    """The class names a model serves (its export's serving metadata), None where it records none."""
+    meta = serving_metadata(path_utils.serving_model_path(model_artifact_uri)) or {}
+    return list(meta["class_names"]) if meta.get("class_names") else None
+
+
+def incomparable_baseline(baseline_uri: str, class_names: list[str]) -> str | None:
+    """Why the last blessed model cannot be the gate's baseline (it serves other classes), or None when it can."""
+    theirs = label_space(baseline_uri)
+    if theirs == list(class_names):
+        return None
+    return (f"no comparable blessed model: the last blessed model ({baseline_uri}) serves "
+            f"{'no recorded classes' if theirs is None else theirs}, this one {list(class_names)}; "
+            "the candidate is judged on floors only")
 
 
 def write_evaluation_and_blessing(output_dict, result: dict, model, baselines) -> None:
@@ -73,11 +92,13 @@ def write_evaluation_and_blessing(output_dict, result: dict, model, baselines) -
     blessing.set_int_custom_property("blessed", 1 if blessed else 0)
     blessing.set_int_custom_property("current_model_id", model.id)
     blessing.set_string_custom_property("current_model", model.uri)
-    if baselines:
+    refused = (result.get("baseline_refused") or {}).get("reason")
+    if baselines and not refused:
         blessing.set_int_custom_property("baseline_model_id", baselines[0].id)
         blessing.set_string_custom_property("baseline_model", baselines[0].uri)
     failed = [c["check"] for c in checks if not c["passed"]]
-    blessing.set_string_custom_property("blessing_message", "blessed" if blessed else "failed: " + "; ".join(failed))
+    message = "blessed" if blessed else "failed: " + "; ".join(failed)
+    blessing.set_string_custom_property("blessing_message", f"{message} ({refused})" if refused else message)
 
 
 class PerClassEvaluatorSpec(types.ComponentSpec):
@@ -108,18 +129,30 @@ class Executor(base_executor.BaseExecutor):
             stats = json.load(f)
         eval_split, report_split = exec_properties["eval_split"], exec_properties.get("report_split")
         holdout = bool(exec_properties.get("holdout"))
-        candidate = evaluate_model(model.uri, examples, eval_split, stats, holdout)
+        candidate, labels, preds = evaluate_model(model.uri, examples, eval_split, stats, holdout, with_predictions=True)
         baselines = input_dict.get("baseline_model") or []
-        # the last blessed model on the same examples: like with like
-        baseline = evaluate_model(baselines[0].uri, examples, eval_split, stats, holdout) if baselines else None
-        blessed, checks = decide(candidate, baseline, thresholds, stats["class_names"])
+        refused = incomparable_baseline(baselines[0].uri, stats["class_names"]) if baselines else None
+        baseline = comparison = None
+        if baselines and not refused:  # the last blessed model on the same examples: like with like, image by image
+            baseline, base_labels, base_preds = evaluate_model(baselines[0].uri, examples, eval_split, stats, holdout,
+                                                               with_predictions=True)
+            if not np.array_equal(base_labels, labels):
+                raise RuntimeError(f"the candidate and the last blessed model were scored on different {eval_split} "
+                                   f"examples ({labels.size} and {base_labels.size})")
+            few = stats["shot_groups"].get("few") or []
+            comparison = {"balanced_accuracy": uncertainty.paired_drop(labels, base_preds, preds, stats["num_classes"]),
+                          "few_shot": uncertainty.paired_drop(labels, base_preds, preds, stats["num_classes"], few)
+                          if few else None}
+        blessed, checks = decide(candidate, baseline, thresholds, stats["class_names"], comparison, refused)
         result = {
             "eval_split": eval_split,
             "eval_examples": (f"the gate half of {eval_split} ({calibration.HALVES_TEXT})" if holdout
                               else f"all of {eval_split}"),
             "candidate": candidate,
             "baseline": baseline,
-            "baseline_model_uri": baselines[0].uri if baselines else None,
+            "baseline_model_uri": baselines[0].uri if baselines and not refused else None,
+            "baseline_refused": ({"model_uri": baselines[0].uri, "reason": refused} if refused else None),
+            "comparison": comparison,
             "thresholds": json.loads(exec_properties["thresholds"]),
             "checks": checks,
             "blessed": blessed,

