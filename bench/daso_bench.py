@@ -31,6 +31,7 @@ import keras  # noqa: E402
 
 from bench.common import evaluate  # noqa: E402
 from components.data.longtail import exponential_profile  # noqa: E402
+from components.data.prepare import load_manifest  # noqa: E402
 from models import modes  # noqa: E402
 from models.config import DasoConfig, FixMatchConfig, SemiConfig, TrainConfig  # noqa: E402
 from models.label_stats import derive_label_stats  # noqa: E402
@@ -59,7 +60,7 @@ def prepare_pool_setting(a, rho_u: float) -> str:
 
 def run_pool_setting(a, rho_u: float) -> tuple[list[dict], dict]:
     data = prepare_pool_setting(a, rho_u)
-    manifest = json.load(open(os.path.join(data, "manifest.json")))
+    manifest = load_manifest(data)
     stats = derive_label_stats(manifest["splits"]["labeled"]["per_class_counts"], manifest["class_names"])
     files = [os.path.join(data, f) for f in manifest["splits"]["labeled"]["files"]]
     pool_files = [os.path.join(data, f) for f in manifest["splits"]["unlabeled"]["files"]]

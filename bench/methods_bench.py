@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 from bench.common import evaluate, write_result  # noqa: E402
+from components.data.prepare import load_manifest  # noqa: E402
 from models.config import TrainConfig  # noqa: E402
 from models.heads import tau_normalized_model  # noqa: E402
 from models.label_stats import derive_label_stats  # noqa: E402
@@ -59,7 +60,7 @@ def main() -> int:
     p.add_argument("--max-steps-per-epoch", type=int, default=None, help="smoke-testing the script only")
     a = p.parse_args()
     data = ensure_data(load_config("default", {"data.rho": str(a.rho)}))
-    manifest = json.load(open(os.path.join(data, "manifest.json")))
+    manifest = load_manifest(data)
     stats = derive_label_stats(manifest["splits"]["labeled"]["per_class_counts"], manifest["class_names"])
     files = [os.path.join(data, f) for f in manifest["splits"]["labeled"]["files"]]
     test_files = [os.path.join(data, f) for f in manifest["splits"]["test"]["files"]]

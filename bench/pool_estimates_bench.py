@@ -27,14 +27,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from bench.common import write_result  # noqa: E402
+from components.data.cache import ensure_prepared  # noqa: E402
 from components.data.longtail import SplitSpec  # noqa: E402
-from components.data.prepare import MANIFEST, prepare_from_source  # noqa: E402
+from components.data.prepare import load_manifest  # noqa: E402
 from models.config import PlannerConfig, TrainConfig  # noqa: E402
 from models.label_stats import derive_label_stats  # noqa: E402
 from models.planner import PoolEstimates, plan  # noqa: E402
 from models.pool_estimates import imbalance_ratio  # noqa: E402
 from models.training import train  # noqa: E402
-from pipeline.data_cli import default_data_dir  # noqa: E402
 
 # the in-domain pool's class mix -> its SplitSpec settings
 MIXES = {"uniform": {"rho_u": 1.0}, "head-heavy": {"rho_u": 100.0},
@@ -49,11 +49,7 @@ OLD, NEW = "energy global (old)", "Mahalanobis class-cond. (new)"
 
 
 def prepared(mix: str, relevance: float) -> str:
-    spec = SplitSpec(pool_relevance=relevance, **MIXES[mix])
-    out = default_data_dir("fashion_mnist", spec)
-    if not os.path.exists(os.path.join(out, MANIFEST)):
-        prepare_from_source("fashion_mnist", spec, out)
-    return out
+    return ensure_prepared("fashion_mnist", SplitSpec(pool_relevance=relevance, **MIXES[mix]))
 
 
 def examples_artifact(uri: str, splits: dict[str, str]):
@@ -121,7 +117,7 @@ def main() -> int:
     a = p.parse_args()
     seeds = [int(x) for x in a.seeds.split(",")]
     data = {pool: prepared(*pool) for pool in POOLS}
-    manifest = json.load(open(os.path.join(data[POOLS[0]], MANIFEST)))
+    manifest = load_manifest(data[POOLS[0]])
     labeled_counts = manifest["splits"]["labeled"]["per_class_counts"]
     stats = derive_label_stats(labeled_counts, manifest["class_names"])
     shape = manifest["image_shape"]
@@ -135,7 +131,7 @@ def main() -> int:
                               max_steps_per_epoch=a.max_steps_per_epoch)
             model_dir, train_seconds[seed] = base_model(cfg, files, stats, shape, work)
             for pool in POOLS:
-                truth = json.load(open(os.path.join(data[pool], MANIFEST)))
+                truth = load_manifest(data[pool])
                 pool_entry, comp = truth["splits"]["unlabeled"], truth["unlabeled_composition"]
                 hidden = np.asarray(pool_entry["hidden_per_class_counts_from_train"], np.float64)
                 true_q = hidden / hidden.sum()

@@ -42,6 +42,7 @@ import tensorflow as tf  # noqa: E402
 from bench.common import evaluate, write_result  # noqa: E402
 from bench.pool_estimates_bench import pseudo_label  # noqa: E402
 from components.data.longtail import exponential_profile  # noqa: E402
+from components.data.prepare import load_manifest  # noqa: E402
 from models.config import SemiConfig, TrainConfig  # noqa: E402
 from models.export import export_serving_model  # noqa: E402
 from models.label_stats import derive_label_stats  # noqa: E402
@@ -106,7 +107,7 @@ def run_seed(a, seed: int, cells: dict, stats: dict, files, test_files, shape, w
         export_serving_model(model, f"{base_dir}/Format-Serving", shape)
         for (rho_u, relevance), data in cells.items():
             cell = f"rho_U={rho_u:g}, relevance={relevance:g}"
-            manifest = json.load(open(os.path.join(data, "manifest.json")))
+            manifest = load_manifest(data)
             entry, comp = manifest["splits"]["unlabeled"], manifest["unlabeled_composition"]
             hidden = np.asarray(entry["hidden_per_class_counts_from_train"], np.float64)
             pl_dir = f"{work}/pl-{loss}-{seed}-{rho_u:g}-{relevance:g}"
@@ -207,7 +208,7 @@ def main() -> int:
     a = p.parse_args()
     cells = {(float(u), float(r)): prepare(a, float(u), float(r))
              for u in a.rho_u.split(",") for r in a.relevance.split(",")}
-    manifests = {c: json.load(open(os.path.join(d, "manifest.json"))) for c, d in cells.items()}
+    manifests = {c: load_manifest(d) for c, d in cells.items()}
     first = next(iter(cells))
     m0 = manifests[first]
     counts = m0["splits"]["labeled"]["per_class_counts"]

@@ -28,6 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench.common import write_result  # noqa: E402
+from components.data.prepare import load_manifest  # noqa: E402
 
 
 def free_port() -> int:
@@ -44,8 +45,7 @@ def test_pngs(data_dir: str, n: int) -> list[bytes]:
     files = sorted(glob.glob(os.path.join(data_dir, "test", "*.tfrecord*")))
     if not files:
         raise SystemExit(f"error: no test split under {data_dir}; run `make data` (or pass --data-dir)")
-    with open(os.path.join(data_dir, "manifest.json")) as f:
-        shape = json.load(f)["image_shape"]
+    shape = load_manifest(data_dir)["image_shape"]
     return [tf.io.encode_png(img).numpy() for img, _ in read_examples(files, shape).take(n)]
 
 

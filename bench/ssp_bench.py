@@ -28,6 +28,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import evaluate  # noqa: E402
+from components.data.prepare import load_manifest  # noqa: E402
 from models import backbones, ssp  # noqa: E402
 from models.config import SSP_DATA, MocoConfig, SSPConfig, TrainConfig  # noqa: E402
 from models.label_stats import derive_label_stats  # noqa: E402
@@ -56,7 +57,7 @@ def main() -> int:
     t_start = time.time()
     cfg = load_config("default", {"data.rho": str(a.rho)})
     data = ensure_data(cfg)
-    manifest = json.load(open(os.path.join(data, "manifest.json")))
+    manifest = load_manifest(data)
     stats = derive_label_stats(manifest["splits"]["labeled"]["per_class_counts"], manifest["class_names"])
 
     def files(split):

@@ -10,7 +10,6 @@ Usage: tools/env exec python bench/ssp_finetune_lr.py --backbone-dir DIR [--lrs 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -19,6 +18,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import evaluate  # noqa: E402
+from components.data.prepare import load_manifest  # noqa: E402
 from models.config import TrainConfig  # noqa: E402
 from models.label_stats import derive_label_stats  # noqa: E402
 from models.training import train  # noqa: E402
@@ -35,7 +35,7 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
     data = ensure_data(load_config("default", {"data.rho": str(a.rho)}))
-    manifest = json.load(open(os.path.join(data, "manifest.json")))
+    manifest = load_manifest(data)
     stats = derive_label_stats(manifest["splits"]["labeled"]["per_class_counts"], manifest["class_names"])
     labeled = [os.path.join(data, f) for f in manifest["splits"]["labeled"]["files"]]
     test = [os.path.join(data, f) for f in manifest["splits"]["test"]["files"]]

@@ -218,7 +218,7 @@ def load_pool_truth(data_dir: str, manifest_entry: dict, image_shape, limit: int
     if not rel:
         return None
     path = os.path.join(data_dir, rel)
-    with open(path) as f:
+    with open(path) as f:  # read here, not by components/data: models/ imports no components/ (components call models)
         truth = json.load(f)
     files = [os.path.join(data_dir, p) for p in truth["files"]]
     labels = np.asarray(truth["labels"], np.int64)

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shlex
 import typing
 
+from components.data.prepare import Manifest
 from components.gate import GateThresholds, RegressionGateThresholds
 from models import distribute, modes
 from models.config import (
@@ -283,9 +283,8 @@ def data_source(cfg: PipelineConfig) -> str:
     """Where the images come from: a prepared folder's manifest says (data.data_dir), else data.source."""
     if cfg.data.data_dir:
         try:
-            with open(os.path.join(cfg.data.data_dir, "manifest.json")) as f:
-                return json.load(f).get("source", cfg.data.source)
-        except (OSError, ValueError):  # not prepared (yet): the run itself names that error
+            return Manifest.load(cfg.data.data_dir).source
+        except (OSError, ValueError):  # not prepared (yet), DataError included: the run itself names that error
             pass
     return cfg.data.source
 
