@@ -23,14 +23,21 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from components.data.longtail import exponential_profile  # noqa: E402
 from components.data.prepare import encode_png  # noqa: E402
-from components.data.sources import read_mnist_digits  # noqa: E402
+from components.data.sources import read_fashion_mnist, read_mnist_digits  # noqa: E402
 
 NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
+POOL_MIXES = ("natural", "uniform")  # every leftover digit (tail-heavy: the head gave most of its images to train) | equal
+
+
 def make_own_folder(out: str, seed: int = 0, n_max: int = 613, n_min: int = 30, test_per_class: int = 250,
-                    pool_fraction: float = 1.0) -> dict:
-    """Write the folder; returns its counts. ``pool_fraction`` < 1 keeps only that share of the leftover digits."""
+                    pool_fraction: float = 1.0, pool_mix: str = "natural", relevance: float = 1.0) -> dict:
+    """Write the folder; returns its counts. ``pool_fraction`` < 1 keeps only that share of the leftover digits;
+    ``pool_mix`` uniform keeps as many of each digit as the scarcest has; ``relevance`` < 1 replaces that share of the
+    pool by Fashion-MNIST training images (out of domain; "ood" in the truth file)."""
+    if pool_mix not in POOL_MIXES:
+        raise ValueError(f"pool_mix {pool_mix!r}: choose one of {POOL_MIXES}")
     images, labels = read_mnist_digits()
     rng = np.random.default_rng(seed)
     order = rng.permutation(10).tolist()
@@ -50,20 +57,29 @@ def make_own_folder(out: str, seed: int = 0, n_max: int = 613, n_min: int = 30, 
             for i in split_of[c][split]:
                 with open(os.path.join(d, f"{i:05d}.png"), "wb") as f:
                     f.write(encode_png(images[i]))
-    pool = np.concatenate([split_of[c]["unlabeled"] for c in range(10)])
+    each = min(len(split_of[c]["unlabeled"]) for c in range(10)) if pool_mix == "uniform" else None
+    pool = np.concatenate([split_of[c]["unlabeled"][:each] for c in range(10)])
     pool = rng.permutation(pool)[:int(round(pool_fraction * len(pool)))]
+    n_ood = int(round((1 - relevance) * len(pool)))
     os.makedirs(os.path.join(tmp, "unlabeled"))
-    for i in pool:
+    for i in pool[n_ood:]:
         name = f"{i:05d}.png"
         with open(os.path.join(tmp, "unlabeled", name), "wb") as f:
             f.write(encode_png(images[i]))
         truth[name] = NAMES[int(labels[i])]
+    if n_ood:
+        fashion = read_fashion_mnist().train_images
+        for j in rng.choice(len(fashion), n_ood, replace=False):
+            name = f"ood{j:05d}.png"
+            with open(os.path.join(tmp, "unlabeled", name), "wb") as f:
+                f.write(encode_png(fashion[j]))
+            truth[name] = "ood"
     with open(os.path.join(tmp, "unlabeled_truth.json"), "w") as f:
         json.dump(truth, f, indent=0, sort_keys=True)
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
     return {"train": [len(split_of[c]["train"]) for c in range(10)], "test": [len(split_of[c]["test"]) for c in range(10)],
-            "unlabeled": len(pool), "class_names": NAMES}
+            "unlabeled": len(pool), "unlabeled_in_domain": len(pool) - n_ood, "class_names": NAMES}
 
 
 def main(argv=None) -> int:
@@ -74,8 +90,11 @@ def main(argv=None) -> int:
     p.add_argument("--n-min", type=int, default=30)
     p.add_argument("--test-per-class", type=int, default=250)
     p.add_argument("--pool-fraction", type=float, default=1.0)
+    p.add_argument("--pool-mix", choices=POOL_MIXES, default="natural")
+    p.add_argument("--relevance", type=float, default=1.0, help="in-domain share of the pool; the rest Fashion-MNIST")
     a = p.parse_args(argv)
-    counts = make_own_folder(a.out, a.seed, a.n_max, a.n_min, a.test_per_class, a.pool_fraction)
+    counts = make_own_folder(a.out, a.seed, a.n_max, a.n_min, a.test_per_class, a.pool_fraction, a.pool_mix,
+                             a.relevance)
     print(f"[own_folder] {a.out}: train {sum(counts['train'])} {counts['train']}, test {sum(counts['test'])}, "
           f"unlabeled {counts['unlabeled']}")
     return 0

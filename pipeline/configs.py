@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import re
 import shlex
 import typing
 
@@ -47,7 +49,7 @@ class DataConfig:
     rho: float | None = 100.0
     n_max: int | None = 5000
     class_order: str = "index"
-    val_per_class: int | None = 300  # None: a fifth of the smallest class, at most 300 (a user's data's default)
+    val_per_class: int | None = 300  # None: a fifth of every class, at most 300 a class (a user's data's default)
     rho_u: float = 1.0
     unlabeled_size: int | None = None
     unlabeled_order: str = "same"
@@ -254,7 +256,7 @@ def load_config(preset: str = "default", overrides: dict[str, str] | None = None
     cfg = apply_overrides(PipelineConfig(preset=preset), PRESETS[preset])
     cfg = apply_overrides(cfg, overrides or {})
     given = {resolve_key(k) for k in [*PRESETS[preset], *(overrides or {})]}
-    cfg = resolve_augment(resolve_own_data(cfg, given))
+    cfg = resolve_augment(resolve_own_data(cfg, given, {resolve_key(k) for k in overrides or {}}))
     distribute.check_config(cfg.train, modes.get(cfg.semi.method).name, cfg.task)
     return cfg
 
@@ -262,16 +264,42 @@ def load_config(preset: str = "default", overrides: dict[str, str] | None = None
 OWN_DATA_DEFAULTS = {"data.rho": None, "data.val_per_class": None}
 
 
-def resolve_own_data(cfg: PipelineConfig, given: set[str]) -> PipelineConfig:
+def resolve_own_data(cfg: PipelineConfig, given: set[str], set_by_user: set[str] = frozenset()) -> PipelineConfig:
     """A user's own data (data.source folder:, tfrecord:, tfds:) keeps its own class distribution (data.rho=none) and
     gets a validation split sized to it (data.val_per_class=none), unless the preset or the command line sets them:
-    the Fashion-MNIST benchmark's long tail (rho 100, 300 a class) is not applied to data it was not made for."""
+    the Fashion-MNIST benchmark's long tail (rho 100, 300 a class) is not applied to data it was not made for.
+    Its pipeline (MLMD history, last blessed model) and served model are named after it (:func:`data_identity`) unless
+    the command line names them: a preset's names are its bundled data's."""
+    identity = data_identity(cfg)
+    if identity is not None:
+        for path in ("name", "model_name"):
+            if path not in set_by_user:
+                cfg = replace_path(cfg, path, identity)
     if cfg.data.source == "fashion_mnist" or cfg.data.data_dir:
         return cfg
     for path, value in OWN_DATA_DEFAULTS.items():
         if path not in given:
             cfg = replace_path(cfg, path, value)
     return cfg
+
+
+IDENTITY_PREFIX = "longtail-"
+
+
+def data_identity(cfg: PipelineConfig) -> str | None:
+    """``longtail-<data name>`` for data other than the bundled benchmark's (the user's folder's or TFRecord folder's
+    last path component, a TFDS name, a prepared folder's source, a regression CSV folder's name); None for the
+    benchmark, which keeps the preset's names. Two data sets never share a pipeline name, so never an MLMD history, a
+    last blessed model or a serving folder."""
+    if cfg.task == "regression":
+        where = cfg.regression.csv_dir
+    else:
+        source = data_source(cfg)
+        where = None if source == "fashion_mnist" else source.partition(":")[2] or source
+    if not where:
+        return None
+    slug = re.sub(r"[^a-z0-9]+", "-", os.path.basename(os.path.normpath(where)).lower()).strip("-")
+    return IDENTITY_PREFIX + (slug or "data")
 
 
 # Sources whose images are the same class mirrored (clothes); any other source, a user's own folder first, is not

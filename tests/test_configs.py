@@ -162,3 +162,18 @@ def test_own_data_keeps_its_distribution_and_a_validation_split_sized_to_it():
     given = load_config("default", {"data.source": "folder:/data/digits", "data.rho": "10", "data.val_per_class": "5"}).data
     assert (given.rho, given.val_per_class) == (10.0, 5)
     assert load_config("smoke", {"data.source": "tfrecord:/x"}).data.val_per_class == 20  # the preset sets it
+
+
+def test_own_data_gets_a_pipeline_and_model_name_of_its_own():
+    own = load_config("default", {"data.source": "folder:/srv/My Digits/"})
+    assert (own.name, own.model_name) == ("longtail-my-digits", "longtail-my-digits")
+    assert load_config("default", {"data.source": "tfds:cifar10"}).model_name == "longtail-cifar10"
+    bench = load_config("default")
+    assert (bench.name, bench.model_name) == ("longtail-fmnist", "longtail")  # the benchmark keeps its names
+    named = load_config("default", {"data.source": "folder:/srv/x", "name": "mine", "model_name": "m"})
+    assert (named.name, named.model_name) == ("mine", "m")  # an explicit name wins
+    smoke = load_config("smoke", {"data.source": "folder:/srv/x"})
+    assert (smoke.name, smoke.model_name) == ("longtail-x", "longtail-x")  # a preset's names are its bundled data's
+    reg = load_config("regression-smoke", {"regression.csv_dir": "/srv/fares"})
+    assert (reg.name, reg.model_name) == ("longtail-fares", "longtail-fares")
+    assert load_config("regression-smoke").model_name == "taxi"
