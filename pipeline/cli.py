@@ -22,6 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a setting, e.g. --set train.epochs=5 --set loss=ce (repeatable)")
     run.add_argument("--out", default=None, help="output directory (default runs/<name>-<time>)")
     run.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
+    run.add_argument("--no-wait", action="store_true", help="stop (exit 3) if a run of the same pipeline is in progress "
+                                                            "instead of waiting for it")
     kfp = sub.add_parser("compile-kfp", help="compile the pipeline for Kubeflow Pipelines v2 (pipeline-spec JSON)")
     kfp.add_argument("--preset", default="default")
     kfp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -130,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             from pipeline.local_runner import PipelineBusy, run_pipeline
 
             try:
-                out = run_pipeline(cfg, args.out)
+                out = run_pipeline(cfg, args.out, wait=not args.no_wait)
             except PipelineBusy as e:
                 print(f"error: {e}", file=sys.stderr)
                 return 3

@@ -58,10 +58,10 @@ class PipelineBusy(RuntimeError):
 
 
 @contextlib.contextmanager
-def pipeline_lock(metadata_path: str, pipeline_name: str):
+def pipeline_lock(metadata_path: str, pipeline_name: str, wait: bool = True):
     """One run at a time per pipeline: its MLMD is one SQLite file, and two LocalDagRunners on it would race for
     the same executions. An OS lock (flock) on ``run.lock`` beside it, so a killed run never leaves it held; a second
-    run stops at once naming the holder."""
+    run waits for the first, saying whom it waits for (``wait=False``: it stops at once naming the holder)."""
     path = os.path.join(os.path.dirname(metadata_path), "run.lock")
     with open(path, "a+") as f:
         try:
@@ -69,9 +69,15 @@ def pipeline_lock(metadata_path: str, pipeline_name: str):
         except BlockingIOError:
             f.seek(0)
             holder = f.read().strip() or "another process"
-            raise PipelineBusy(f"pipeline {pipeline_name!r} is already running ({holder}); its MLMD "
-                               f"({metadata_path}) is one SQLite file, so runs of one pipeline go one at a time: wait "
-                               "for it, or give this run another name (--set name=...)") from None
+            if not wait:
+                raise PipelineBusy(f"pipeline {pipeline_name!r} is already running ({holder}); its MLMD "
+                                   f"({metadata_path}) is one SQLite file, so runs of one pipeline go one at a time: "
+                                   "wait for it (run without --no-wait), or give this run another name "
+                                   "(--set name=...)") from None
+            print(f"[run] pipeline {pipeline_name!r} is already running ({holder}); waiting for it to finish (runs of "
+                  "one pipeline share one MLMD SQLite file, so they go one at a time; --no-wait stops instead)",
+                  file=sys.stderr, flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
         f.seek(0)
         f.truncate()
         f.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
@@ -84,14 +90,15 @@ def pipeline_lock(metadata_path: str, pipeline_name: str):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def run_pipeline(cfg: PipelineConfig, out_dir: str | None = None) -> str:
-    """Run the config's task end to end; write metrics.json, report.md and the plots; return the output dir."""
+def run_pipeline(cfg: PipelineConfig, out_dir: str | None = None, wait: bool = True) -> str:
+    """Run the config's task end to end; write metrics.json, report.md and the plots; return the output dir.
+    ``wait``: a run of the same pipeline in progress is waited for (False: :class:`PipelineBusy`)."""
     task = tasks.for_config(cfg)
     t_start = time.time()
     inputs = task.inputs(cfg)
     pipeline_name, model_name = task.names(cfg)
     pipeline_root, metadata_path, serving_dir, beam_args = local_setup(cfg, pipeline_name, model_name)
-    with pipeline_lock(metadata_path, pipeline_name):
+    with pipeline_lock(metadata_path, pipeline_name, wait):
         pipeline = task.create_pipeline(cfg, inputs, pipeline_root, metadata_path, serving_dir, beam_args)
         _show_progress()
         t0 = time.time()

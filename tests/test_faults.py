@@ -128,7 +128,7 @@ def test_a_push_killed_before_its_rename_leaves_no_version_and_the_next_push_cle
         (model / "variables" / "variables.data-00000-of-00001").read_bytes()
 
 
-def test_a_second_run_of_the_same_pipeline_stops_at_once_with_a_message(tiny, tmp_path):
+def test_a_second_run_of_the_same_pipeline_with_no_wait_stops_at_once_with_a_message(tiny, tmp_path):
     import time
 
     from pipeline.local_runner import pipeline_lock
@@ -138,7 +138,7 @@ def test_a_second_run_of_the_same_pipeline_stops_at_once_with_a_message(tiny, tm
     home.mkdir(parents=True)
     with pipeline_lock(str(home / "metadata.sqlite"), "busy"):
         t0 = time.time()
-        proc = subprocess.run([sys.executable, "-m", "pipeline", "run", "--preset", "smoke", "--set", "name=busy",
+        proc = subprocess.run([sys.executable, "-m", "pipeline", "run", "--no-wait", "--preset", "smoke", "--set", "name=busy",
                                "--set", f"data.data_dir={data_dir}", "--set", f"runs_root={tmp_path / 'runs'}",
                                "--set", f"serving_root={tmp_path / 'serving'}"],
                               cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
@@ -147,3 +147,47 @@ def test_a_second_run_of_the_same_pipeline_stops_at_once_with_a_message(tiny, tm
     assert f"pipeline 'busy' is already running (pid {os.getpid()} since " in proc.stderr
     assert "--set name=" in proc.stderr
     assert not os.path.exists(home / "metadata.sqlite") and seconds < 120  # stopped before any component ran
+
+
+def test_a_second_run_of_the_same_pipeline_waits_for_the_first(tmp_path, capfd):
+    import threading
+    import time
+
+    from pipeline.local_runner import pipeline_lock
+
+    home = tmp_path / "_tfx" / "busy"
+    home.mkdir(parents=True)
+    order = []
+
+    def second():
+        with pipeline_lock(str(home / "metadata.sqlite"), "busy"):
+            order.append("second")
+
+    with pipeline_lock(str(home / "metadata.sqlite"), "busy"):
+        t = threading.Thread(target=second)
+        t.start()
+        time.sleep(1.0)
+        order.append("first done")
+    t.join(30)
+    assert order == ["first done", "second"]
+    assert f"pipeline 'busy' is already running (pid {os.getpid()} since " in capfd.readouterr().err
+
+
+def test_two_smoke_runs_started_at_once_on_data_not_yet_prepared_both_finish(tmp_path, fashion_mnist_dir):
+    """Issue #27: both need the same prepared folder; one prepares it, the other waits and reuses it."""
+    cwd = tmp_path / "checkout"  # data/ is relative to the working directory: a fresh one, so nothing is prepared yet
+    cwd.mkdir()
+    procs = [subprocess.Popen([sys.executable, "-m", "pipeline", "run", "--preset", "smoke", "--set", f"name=twin{i}",
+                               "--set", f"data.source_dir={fashion_mnist_dir}", "--set", "data.unlabeled_size=50",
+                               "--set", "beam.direct_running_mode=in_memory", "--set", f"runs_root={tmp_path / 'runs'}",
+                               "--set", f"serving_root={tmp_path / 'serving'}"],
+                              cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    outs = [p.communicate(timeout=900) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+        assert os.path.exists(os.path.join(out.strip().splitlines()[-1], "metrics.json"))
+    errs = "".join(err for _, err in outs)
+    assert errs.count("[prepare-data] preparing ") == 1 and "is prepared; reusing it" in errs
+    prepared = os.listdir(cwd / "data")
+    assert len([d for d in prepared if not d.endswith(".lock")]) == 1, prepared  # no temporary folder left
