@@ -200,7 +200,8 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             if val_logits is not None:
                 val_scores["energy"] = energy_score(val_logits, temperature)
                 gaussian = LogitGaussian(val_labels, val_logits, num_classes)
-                val_scores["mahalanobis"] = gaussian(val_logits)
+                # out of fold: each validation image scored by Gaussians fitted without it, as the pool's images are
+                val_scores["mahalanobis"] = gaussian.out_of_fold(val_labels, val_logits)
             tprs = sorted(set(DEFAULT_TPR_GRID) | {tpr}, reverse=True)
             ood_thresholds = {name: {t: in_domain_threshold(s, t) for t in tprs} for name, s in val_scores.items()}
             calibrations = {name: ClassConditionalCalibration(val_labels, val_preds, s, num_classes)

@@ -233,6 +233,16 @@ def test_smoke_run_on_an_image_folder_goes_through_the_component(tmp_path):
     assert metrics["data"]["duplicates_across_splits"] == {} and "Duplicates across splits: none" in report_md
     (report,) = glob.glob(os.path.join(tmp_path, "runs", "_tfx", "*", "root", "OwnDataExampleGen", "examples", "*", REPORT_FILE))
     assert json.load(open(report))["non_image_files"] == 1
+    # its own identity (issue #27): pipeline (MLMD history) and serving folder named after the folder
+    assert report.startswith(os.path.join(str(tmp_path), "runs", "_tfx", "longtail-imgs", ""))
+    assert metrics["config"]["name"] == metrics["config"]["model_name"] == "longtail-imgs"
+    assert metrics["pushed_model_dir"].startswith(os.path.join(str(tmp_path), "serving", "longtail-imgs", ""))
+    assert os.listdir(os.path.join(tmp_path, "serving")) == ["longtail-imgs"]
+    # the gate's support and intervals, in metrics.json and report.md
+    u = metrics["gate"]["uncertainty"]
+    assert sum(u["per_class_support"]) == metrics["gate"]["candidate"]["num_examples"] and u["confidence"] == 0.95
+    assert all(len(ci) == 2 for ci in u["per_class_recall_interval"]) and len(u["balanced_accuracy_interval"]) == 2
+    assert "| class | gate images | recall | interval |" in report_md and "95% interval" in report_md
 
 
 def test_kubeflow_package_runs_the_component_through_tfx_file_based_driver(tmp_path):

@@ -265,3 +265,35 @@ def test_summarise_pool_headline_is_class_conditional_mahalanobis():
     assert global_["mahalanobis"] == {"relevance": 0.3}  # the caller's dict is not changed
     confused = summarise_pool(2, [60, 40], labels, np.zeros(20, int), class_conditional={"mahalanobis": (cal, counts)})
     assert confused["relevance"]["mahalanobis"]["class_conditional"]["weighting"].startswith("none: raw pseudo-label")
+
+
+def test_out_of_fold_mahalanobis_at_six_validation_images_a_class_keeps_an_in_domain_pool_in_domain():
+    """Issue #27: Gaussians fitted on 6 images a class score those same images too well (each pulls its class mean
+    towards itself), the in-domain thresholds sit too high and a fully in-domain pool looks 40% out of domain.
+    Scored out of fold, the validation images score like fresh in-domain images."""
+    from models.pool_estimates import LogitGaussian, estimate_relevance_class_conditional
+
+    rng = np.random.default_rng(0)
+    k, dim = 10, 10
+    centres = rng.normal(0, 3.0, (k, dim))
+
+    def draw(counts):
+        labels = np.repeat(np.arange(k), counts)
+        return labels, centres[labels] + rng.normal(0, 1.0, (labels.size, dim))
+
+    val_labels, val_logits = draw([6] * k)
+    pool_labels, pool_logits = draw([300] * k)  # entirely in domain
+    g = LogitGaussian(val_labels, val_logits, k)
+    in_sample, oof = g(val_logits), g.out_of_fold(val_labels, val_logits)
+    assert np.median(in_sample) > np.median(oof)  # the in-sample scores are optimistic
+    fresh = g(pool_logits)
+    assert abs(np.median(oof) - np.median(fresh)) < abs(np.median(in_sample) - np.median(fresh)) / 3
+
+    def relevance(val_scores):
+        nearest = np.argmin(((pool_logits[:, None] - g.means[None]) ** 2).sum(-1), 1)  # the pool's predicted class
+        return estimate_relevance_class_conditional(val_labels, val_labels, val_scores, nearest, fresh, k)["relevance"]
+
+    assert relevance(in_sample) < 0.4 and relevance(oof) > 0.7  # measured 0.32 and 0.75 (best bin still leans low)
+    labels300, logits300 = draw([300] * k)  # at 300 a class the two barely differ
+    g300 = LogitGaussian(labels300, logits300, k)
+    assert abs(np.median(g300(logits300)) - np.median(g300.out_of_fold(labels300, logits300))) < 0.5
