@@ -19,8 +19,9 @@ Rules, in order (the first that fails decides):
   2. estimated relevance < min_relevance                 -> ssp
   3. in-domain pool images (size x relevance) < min_in_domain_examples, or
      in-domain pool / labeled < min_pool_to_labeled_ratio -> ssp
-  4. estimated rho_U > max_pool_imbalance (when set)     -> ssp (the reason says whether the pool's imbalance runs
-     the labeled set's way or is reversed, from its estimated class distribution)
+  4. estimated rho_U > max_pool_imbalance (when set)     -> ssp when the pool's imbalance runs the labeled set's way
+     (its head classes hold most of it); pseudo_label when it is reversed (the labeled set's rare classes hold most
+     of it: pseudo-labels add images where labels are fewest), from its estimated class distribution
   otherwise                                              -> pseudo_label
 """
 
@@ -51,10 +52,11 @@ REASONS = {
     "rho_u_not_estimated": "pool imbalance rho_U was not estimated",
     "rho_u_high": "estimated pool imbalance rho_U {rho_u:.1f} > {max_pool_imbalance:g}: pseudo-labels would mostly add "
                   "head-class images",
-    "rho_u_high_reversed": "estimated pool imbalance rho_U {rho_u:.1f} > {max_pool_imbalance:g}, its frequent classes the "
-                           "labeled set's rare ones (the labeled head classes hold {head_share:.2f} of it): there the base "
-                           "model's pseudo-labels are least accurate and pulled toward the head classes (the reversed "
-                           "pools of DASO, Oh et al. 2022); no benchmark here has shown pseudo-labels helping on one",
+    "rho_u_high_reversed": "estimated pool imbalance rho_U {rho_u:.1f} > {max_pool_imbalance:g}, but its frequent classes "
+                           "are the labeled set's rare ones (the labeled head classes hold {head_share:.2f} of it): its "
+                           "pseudo-labels add images where the labeled set has fewest (a user's folder whose pool is what "
+                           "train/ left over, bench/results/own_folder.md: 0.956 test balanced accuracy with them, 0.910 "
+                           "with SSP)",
     "rho_u_ok": "estimated pool imbalance rho_U {rho_u:.1f}{bound} (balanced enough for its pseudo-labels to add "
                 "tail-class images)",
     # what the training mode made of the choice (models/pseudo_label.py)
@@ -170,7 +172,7 @@ def plan(num_labeled: int, class_counts, pool: PoolEstimates, thresholds: Planne
     if t.max_pool_imbalance is not None and pool.rho_u > t.max_pool_imbalance:
         share = estimates["pool_head_share"]
         if share is not None and share < 0.5:
-            return decided(SSP, "rho_u_high_reversed", rho_u=pool.rho_u, max_pool_imbalance=t.max_pool_imbalance,
+            return decided(PSEUDO_LABEL, "rho_u_high_reversed", rho_u=pool.rho_u, max_pool_imbalance=t.max_pool_imbalance,
                            head_share=share)
         return decided(SSP, "rho_u_high", rho_u=pool.rho_u, max_pool_imbalance=t.max_pool_imbalance)
     bound = "" if t.max_pool_imbalance is None else f" <= {t.max_pool_imbalance:g}"
