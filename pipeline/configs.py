@@ -298,7 +298,8 @@ def data_identity(cfg: PipelineConfig) -> str | None:
         where = None if source == "fashion_mnist" else source.partition(":")[2] or source
     if not where:
         return None
-    slug = re.sub(r"[^a-z0-9]+", "-", os.path.basename(os.path.normpath(where)).lower()).strip("-")
+    base = where.rstrip("/").rsplit("/", 1)[-1] if "://" in where else os.path.basename(os.path.abspath(where))
+    slug = re.sub(r"[^a-z0-9]+", "-", base.lower()).strip("-")
     return IDENTITY_PREFIX + (slug or "data")
 
 

@@ -168,6 +168,7 @@ def test_own_data_gets_a_pipeline_and_model_name_of_its_own():
     own = load_config("default", {"data.source": "folder:/srv/My Digits/"})
     assert (own.name, own.model_name) == ("longtail-my-digits", "longtail-my-digits")
     assert load_config("default", {"data.source": "tfds:cifar10"}).model_name == "longtail-cifar10"
+    assert load_config("default", {"data.source": "tfrecord:gs://bucket/Shoes_v2/"}).name == "longtail-shoes-v2"
     bench = load_config("default")
     assert (bench.name, bench.model_name) == ("longtail-fmnist", "longtail")  # the benchmark keeps its names
     named = load_config("default", {"data.source": "folder:/srv/x", "name": "mine", "model_name": "m"})
