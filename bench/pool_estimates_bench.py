@@ -117,6 +117,10 @@ def planner(labeled_counts, size: int, relevance, rho_u) -> str:
     return f"{d['choice']} ({d['decided_by']})"
 
 
+def _fmt(v, d=2):
+    return "-" if v is None else f"{v:.{d}f}"
+
+
 SMALL_POOLS = [("natural", 1.0), ("uniform", 1.0), ("natural", 0.5), ("uniform", 0.5), ("natural", 0.25)]
 SMALL_VAL_RULES = {"a fifth of every class (default)": None, "6 a class (the old rule)": 6}
 
@@ -169,9 +173,7 @@ def small_data(a) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    def f(v, d=2):
-        return "-" if v is None else f"{v:.{d}f}"
-
+    f = _fmt
     summary = ["| validation rule | mean abs relevance error | max abs error | in-domain pools >= 2x labeled: pseudo-label "
                "chosen | out-of-domain pools (relevance < 1): pseudo-label chosen |", "|---|---|---|---|---|"]
     for rule in SMALL_VAL_RULES:
@@ -250,9 +252,7 @@ def main() -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    def f(v, d=2):
-        return "-" if v is None else f"{v:.{d}f}"
-
+    f = _fmt
     cols = [c for c, *_ in ESTIMATES]
     detail = ["| pool | seed | size | true rho_U | raw rho_U | corrected rho_U | L1 raw | L1 corrected | true relevance | "
               + " | ".join(cols) + " | planner (new) | planner (old) | planner (true relevance) | PseudoLabeler s |",
