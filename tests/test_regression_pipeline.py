@@ -151,7 +151,9 @@ def taxi(tmp_path_factory):
         csv.writer(f).writerows([header, *body, *bad])
     first = run_cli(tmp, csv_dir, str(tmp / "out1"))
     second = run_cli(tmp, csv_dir, str(tmp / "out2"))
-    return {"tmp": tmp, "csv": str(csv_dir), "first": first, "second": second, "rows": len(body) + len(bad)}
+    # A CSV folder of the user's own is named after itself (data_identity): pipeline, MLMD history and serving folder.
+    return {"tmp": tmp, "csv": str(csv_dir), "first": first, "second": second, "rows": len(body) + len(bad),
+            "pipeline": "longtail-csv-fare", "serving": tmp / "serving" / "longtail-csv-fare"}
 
 
 def load_metrics(out):
@@ -178,7 +180,8 @@ def test_smoke_run_counts_bad_rows_writes_metrics_and_pushes(taxi):
     assert stats["missing_feature_values"]["company"] > 0  # empty cells, imputed and counted
     assert m["blessed"] is True and m["pushed"] is True
     assert os.path.exists(os.path.join(m["pushed_model_dir"], "saved_model.pb"))
-    assert os.path.dirname(m["pushed_model_dir"]) == str(taxi["tmp"] / "serving" / "taxi-fare")
+    assert m["config"]["name"] == m["config"]["model_name"] == "longtail-csv"
+    assert os.path.dirname(m["pushed_model_dir"]) == str(taxi["serving"])
     report = open(os.path.join(out, "report.md")).read()
     assert "BLESSED" in report and "| few |" in report and "negative target: 1" in report
     assert os.path.getsize(os.path.join(out, "per_bin.png")) > 1000
@@ -199,12 +202,12 @@ def test_rerun_is_cached_and_compared_with_the_last_blessed_model(taxi):
 @pytest.mark.slow
 def test_model_failing_the_regression_gate_is_not_pushed(taxi):
     tmp = taxi["tmp"]
-    before = sorted(os.listdir(tmp / "serving" / "taxi-fare"))
+    before = sorted(os.listdir(taxi["serving"]))
     proc = run_cli(tmp, taxi["csv"], str(tmp / "out3"), "regression_gate.max_mae=0.01")
     m = load_metrics(str(tmp / "out3"))
     assert m["blessed"] is False and m["pushed"] is False
     assert [c["check"] for c in m["gate"]["checks"] if not c["passed"]] == ["mae <= ceiling"]
-    assert sorted(os.listdir(tmp / "serving" / "taxi-fare")) == before
+    assert sorted(os.listdir(taxi["serving"])) == before
     assert "NOT BLESSED" in proc.stdout
 
 
@@ -249,7 +252,7 @@ def test_pushed_savedmodel_serves_json_and_tf_examples_like_keras_and_does_no_fd
 
     m = load_metrics(str(taxi["tmp"] / "out1"))
     cfg = from_dict(RegressionConfig, m["config"]["regression"])
-    root = os.path.join(taxi["tmp"], "runs", "_tfx", "taxi-regression-smoke-fare", "root")
+    root = os.path.join(taxi["tmp"], "runs", "_tfx", taxi["pipeline"], "root")
     files = sorted(glob.glob(os.path.join(root, "CsvExampleGen", "examples", "*", "Split-test", "*")))
     records = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP").take(16)]
     rec_path = tmp_path / "records.json"
