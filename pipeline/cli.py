@@ -1,4 +1,4 @@
-"""The one CLI: ``python -m pipeline {prepare-data,run,compile-kfp,schedule,serve} ...``. The last printed line of each
+"""The one CLI: ``python -m pipeline {prepare-data,run,check,compile-kfp,schedule,serve} ...``. The last printed line of each
 command is its output (a folder, or the Kubeflow package)."""
 
 from __future__ import annotations
@@ -17,14 +17,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     data_cli.add_prepare_args(sub.add_parser("prepare-data", help="build the long-tailed TFRecord splits"))
     run = sub.add_parser("run", help="run the TFX pipeline locally (LocalDagRunner, MLMD on SQLite, Beam DirectRunner)")
-    run.add_argument("--preset", default="default", help="smoke | default | ssp | paper | regression-smoke | regression")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a setting, e.g. --set train.epochs=5 --set loss=ce (repeatable)")
-    run.add_argument("--out", default=None, help="output directory (default runs/<name>-<time>)")
-    run.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
-    run.add_argument("--no-wait", action="store_true", help="stop (exit 3) if a run of the same pipeline is in progress "
-                                                            "instead of waiting for it")
-    kfp = sub.add_parser("compile-kfp", help="compile the pipeline for Kubeflow Pipelines v2 (pipeline-spec JSON)")
+    check = sub.add_parser("check", help="what `run` with the same arguments would do (resolved settings, settings "
+                                         "that do not apply, data, DAG, output and model folders), training nothing; "
+                                         "exit 2: a setting does not resolve, 4: the data the run needs is not there")
+    for p in (run, check):
+        p.add_argument("--preset", default="default", help="smoke | default | ssp | paper | regression-smoke | regression")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a setting, e.g. --set train.epochs=5 --set loss=ce (repeatable)")
+        p.add_argument("--out", default=None, help="output directory (default runs/<name>-<time>)")
+        p.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
+        p.add_argument("--no-wait", action="store_true", help="stop (exit 3) if a run of the same pipeline is in "
+                                                              "progress instead of waiting for it")
+    run.add_argument("--dry-run", action="store_true", help="the same as `check`: say what the run would do, and stop")
+    kfp = sub.add_parser("compile-kfp", help="compile the pipeline for Kubeflow Pipelines v2 (the pipeline spec, as .yaml)")
     kfp.add_argument("--preset", default="default")
     kfp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     kfp.add_argument("--data-dir", default=None,
@@ -114,7 +119,7 @@ def _schedule(args, cfg, task) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cfg = task = None
-    if args.command in ("run", "compile-kfp") or (args.command == "schedule" and not args.package):
+    if args.command in ("run", "check", "compile-kfp") or (args.command == "schedule" and not args.package):
         try:
             cfg, task = _config(args)
         except (KeyError, ValueError) as e:
@@ -123,12 +128,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "prepare-data":
             out = data_cli.run_prepare(args)
-        elif args.command == "run":
+        elif args.command in ("run", "check"):
             if args.print_config:
                 from pipeline.configs import config_json
 
                 print(config_json(cfg))
                 return 0
+            if args.command == "check" or args.dry_run:
+                from pipeline.check import check
+
+                result = check(cfg, task, args.out)
+                print("\n".join(result.lines))
+                return result.exit_code
             from pipeline.local_runner import PipelineBusy, run_pipeline
 
             try:
