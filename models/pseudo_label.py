@@ -28,6 +28,7 @@ import tensorflow as tf
 from models import backbones, planner, ssp, toolkit, training
 from models.config import SemiConfig
 from models.planner import reason
+from models.pseudo_label_stats import pseudo_label_block
 
 
 def decide(semi_cfg: SemiConfig, stats: dict, pl_stats: dict | None, pretrain_method: str = "none") -> dict:
@@ -131,21 +132,3 @@ def combined_stats(stats: dict, per_class_accepted, weight: float) -> dict:
                class_priors=(weighted / weighted.sum()).tolist(),
                labeled_class_counts=labeled.tolist(), pseudo_label_class_counts=accepted.tolist())
     return out
-
-
-PSEUDO_LABEL_KEYS = ("confidence_threshold", "top_k_per_class", "per_class_predicted", "per_class_accepted", "num_accepted",
-                     "num_pool_examples", "confidence_histogram", "raw_class_distribution", "raw_rho_u",
-                     "estimated_class_distribution", "estimated_rho_u", "class_distribution_method",
-                     "estimated_relevance", "relevance_score", "relevance_estimator", "validation_split",
-                     "validation_examples")
-
-
-def pseudo_label_block(pl_stats: dict, weight: float, used: bool) -> dict:
-    """metrics.json's ``pseudo_labels``: the PseudoLabeler's counts and the pool estimates."""
-    block = {k: pl_stats.get(k) for k in PSEUDO_LABEL_KEYS}
-    block["threshold"] = block.pop("confidence_threshold")
-    block["weight"] = weight
-    block["used_for_training"] = used
-    return block
-
-
