@@ -2,53 +2,34 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 from models.density import BIN_GROUPS
-from pipeline.report import pushed_text
+from pipeline.report_envelope import run_envelope, write_metrics
+from pipeline.report_plots import pyplot, save
+from pipeline.report_render import fmt, gate_line, pushed_text
 
 
 def build_metrics(cfg_dict: dict, csv_dir: str, results: dict, timings: dict) -> dict:
+    """metrics.json of a regression run, inside the run envelope both tasks share (pipeline/report_envelope.py)."""
     ev = results["evaluation"] or {}
     test = ev.get("report") or {}
     stats = results["label_stats"] or {}
-    headline = {k: test.get(k) for k in ("mae", "mse", "gmean")}
+    headline = {"task": "regression", "target": stats.get("target"), **{k: test.get(k) for k in ("mae", "mse", "gmean")}}
     for g in BIN_GROUPS:
         for k in ("mae", "mse", "gmean", "count"):
             headline[f"{g}_shot_{k}"] = test.get(f"{g}_shot_{k}")
-    return {
-        "task": "regression",
-        "target": stats.get("target"),
-        "split": ev.get("report_split"),  # the headline numbers: the candidate on the test split
-        **headline,
-        "blessed": ev.get("blessed"),
-        "pushed": results["pushed"],
-        "already_serving": results.get("already_serving", False),  # identical model already pushed: nothing copied
-        "pushed_model_dir": results["pushed_model_dir"],
-        "gate": {"split": ev.get("eval_split"), "checks": ev.get("checks"), "thresholds": ev.get("thresholds"),
-                 "candidate": ev.get("candidate"), "baseline": ev.get("baseline"),
-                 "baseline_model_uri": ev.get("baseline_model_uri")},
-        "test": test,
-        "label_stats": stats,
+    gate = {"split": ev.get("eval_split"), "checks": ev.get("checks"), "thresholds": ev.get("thresholds"),
+            "candidate": ev.get("candidate"), "baseline": ev.get("baseline"), "baseline_model_uri": ev.get("baseline_model_uri")}
+    blocks = {
         "bad_rows": {"policy": stats.get("bad_row_policy"), "dropped": stats.get("dropped_rows"),
                      "by_split_and_reason": stats.get("bad_rows"), "rows": stats.get("rows")},
         "missing_feature_values": {"policy": stats.get("missing_feature_policy"),
                                    "train_counts": stats.get("missing_feature_values")},
         "data": {"csv_dir": csv_dir, "split": "CsvExampleGen hash split train:eval:test = "
                  + cfg_dict["regression"]["split_buckets"].replace(",", ":")},
-        "seed": cfg_dict["train"]["seed"],
-        "config": cfg_dict,
-        "training": results["training"],
-        "timings": timings,
-        "run_id": results["run_id"],
-        "executions": results["executions"],
-        "model_run_dir": results["model_run_dir"],
     }
-
-
-def _fmt(v, digits=3):
-    return "-" if v is None else f"{v:.{digits}f}"
+    return run_envelope(cfg_dict, results, timings, headline, gate, blocks)
 
 
 def group_rows(metrics: dict) -> list[dict]:
@@ -66,23 +47,16 @@ def group_rows(metrics: dict) -> list[dict]:
 def console_table(metrics: dict) -> str:
     lines = [f"{'bins':<8}{'non-empty':>10}{'train':>7}{'val MAE':>9}{'test n':>8}{'test MAE':>10}{'test MSE':>10}{'test GM':>9}"]
     for r in group_rows(metrics):
-        lines.append(f"{r['group']:<8}{r['bins']:>10}{r['train']:>7}{_fmt(r['val_mae']):>9}{r['test_count'] or 0:>8}"
-                     f"{_fmt(r['test_mae']):>10}{_fmt(r['test_mse'], 1):>10}{_fmt(r['test_gmean']):>9}")
-    lines.append(f"{metrics['target']}: MAE {_fmt(metrics['mae'], 4)}  MSE {_fmt(metrics['mse'], 3)}  "
-                 f"GM {_fmt(metrics['gmean'], 4)}  (test split); dropped rows {metrics['bad_rows']['dropped']}")
-    failed = [c for c in metrics["gate"]["checks"] or [] if not c["passed"]]
-    decision = "BLESSED" if metrics["blessed"] else "NOT BLESSED: " + "; ".join(
-        f"{c['check']} ({_fmt(c['value'])} vs {_fmt(c['threshold'])}{', ' + c['detail'] if c['detail'] else ''})" for c in failed)
-    lines.append(f"gate: {decision}; pushed: {pushed_text(metrics)}")
+        lines.append(f"{r['group']:<8}{r['bins']:>10}{r['train']:>7}{fmt(r['val_mae']):>9}{r['test_count'] or 0:>8}"
+                     f"{fmt(r['test_mae']):>10}{fmt(r['test_mse'], 1):>10}{fmt(r['test_gmean']):>9}")
+    lines.append(f"{metrics['target']}: MAE {fmt(metrics['mae'], 4)}  MSE {fmt(metrics['mse'], 3)}  "
+                 f"GM {fmt(metrics['gmean'], 4)}  (test split); dropped rows {metrics['bad_rows']['dropped']}")
+    lines.append(gate_line(metrics))
     return "\n".join(lines)
 
 
 def plot_bins(metrics: dict, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     stats, test = metrics["label_stats"], metrics["test"]
     width = stats["bin_width"]
     counts, mae = stats["bin_counts"], test.get("per_bin_mae") or []
@@ -98,17 +72,14 @@ def plot_bins(metrics: dict, path: str) -> None:
     ax2.plot(x, [mae[b] if b < len(mae) and mae[b] is not None else float("nan") for b in shown], "o", ms=3,
              color="#c33", label="test MAE")
     ax2.set_ylabel("test MAE per bin")
-    ax.set_title(f"Training count vs test MAE per {metrics['target']} bin (overall MAE {_fmt(metrics['mae'])})")
+    ax.set_title(f"Training count vs test MAE per {metrics['target']} bin (overall MAE {fmt(metrics['mae'])})")
     fig.legend(loc="upper right")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def write_report(metrics: dict, out_dir: str) -> None:
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=2)
+    write_metrics(metrics, out_dir)
     plot_bins(metrics, os.path.join(out_dir, "per_bin.png"))
     stats, cfg, gate, t = metrics["label_stats"], metrics["config"], metrics["gate"], metrics["timings"]
     r = cfg["regression"]
@@ -141,22 +112,22 @@ def write_report(metrics: dict, out_dir: str) -> None:
            f"Decision: **{'BLESSED' if metrics['blessed'] else 'NOT BLESSED'}**; pushed: {pushed_text(metrics, '`')}.", "",
            "| check | value | threshold | passed | detail |", "|---|---|---|---|---|"]
     for c in gate["checks"] or []:
-        md.append(f"| {c['check']} | {_fmt(c['value'], 4)} | {_fmt(c['threshold'], 4)} | {'yes' if c['passed'] else 'NO'} "
+        md.append(f"| {c['check']} | {fmt(c['value'], 4)} | {fmt(c['threshold'], 4)} | {'yes' if c['passed'] else 'NO'} "
                   f"| {c['detail']} |")
     md += ["", "## Per bin group (test split)", "",
-           f"Overall: MAE {_fmt(metrics['mae'], 4)}, MSE {_fmt(metrics['mse'], 3)}, geometric-mean error "
-           f"{_fmt(metrics['gmean'], 4)} over {metrics['test'].get('num_examples')} rows.", "",
+           f"Overall: MAE {fmt(metrics['mae'], 4)}, MSE {fmt(metrics['mse'], 3)}, geometric-mean error "
+           f"{fmt(metrics['gmean'], 4)} over {metrics['test'].get('num_examples')} rows.", "",
            "| group | non-empty bins | train rows | val MAE | test rows | test MAE | test MSE | test GM |",
            "|---|---|---|---|---|---|---|---|"]
     for row in group_rows(metrics):
-        md.append(f"| {row['group']} | {row['bins']} | {row['train']} | {_fmt(row['val_mae'])} | {row['test_count']} | "
-                  f"{_fmt(row['test_mae'])} | {_fmt(row['test_mse'], 2)} | {_fmt(row['test_gmean'])} |")
+        md.append(f"| {row['group']} | {row['bins']} | {row['train']} | {fmt(row['val_mae'])} | {row['test_count']} | "
+                  f"{fmt(row['test_mae'])} | {fmt(row['test_mse'], 2)} | {fmt(row['test_gmean'])} |")
     md += ["", "![training count vs test MAE per bin](per_bin.png)", "", "## Time", "",
-           f"Pipeline wall time {t['pipeline_seconds']:.1f} s: training {_fmt(t.get('train_seconds'), 1)} s, "
-           f"everything else {_fmt(t.get('other_seconds'), 1)} s.", ""]
+           f"Pipeline wall time {t['pipeline_seconds']:.1f} s: training {fmt(t.get('train_seconds'), 1)} s, "
+           f"everything else {fmt(t.get('other_seconds'), 1)} s.", ""]
     history = (metrics.get("training") or {}).get("history") or []
     if history:
         md += ["| epoch | loss | train MAE | seconds |", "|---|---|---|---|"]
-        md += [f"| {h['epoch']} | {_fmt(h.get('loss'), 4)} | {_fmt(h.get('mae'), 4)} | {h['seconds']:.1f} |" for h in history]
+        md += [f"| {h['epoch']} | {fmt(h.get('loss'), 4)} | {fmt(h.get('mae'), 4)} | {h['seconds']:.1f} |" for h in history]
     with open(os.path.join(out_dir, "report.md"), "w") as f:
         f.write("\n".join(md) + "\n")

@@ -151,7 +151,8 @@ class ClassificationTask(Task):
         return t
 
     def build_metrics(self, cfg, inputs, results, timings):
-        return report.build_metrics(dataclasses.asdict(cfg), inputs.manifest, inputs.location, results, timings)
+        return report.build_metrics(dataclasses.asdict(cfg), cfg.semi.mode, inputs.manifest, inputs.location, results,
+                                   timings)
 
     def write_report(self, metrics, out_dir):
         report.write_report(metrics, out_dir)
