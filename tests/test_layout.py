@@ -6,6 +6,9 @@
 - no models/ module imports a models.* module inside a function or class body (that only hides a cycle);
 - models/config.py (once it exists) pulls in neither keras, tensorflow nor jax, itself or through the models.*
   modules it imports (and the packages above them, whose __init__ runs first).
+- the run report (pipeline/report*.py, pipeline/regression_report.py) loads neither tensorflow, tfx nor keras: the
+  one rule that runs project code, importing those modules in a fresh interpreter; pipeline/report.py stays under
+  250 lines (its blocks, envelope, text and figures live in the report_* modules beside it).
 
 Edges: `import models.a.b` and `from models.a.b import X` -> models.a.b; `from models import a, b` -> models.a, models.b
 (-> models when a name is no module); relative imports are resolved against the file's package. Imports under
@@ -18,6 +21,7 @@ models/") and exits 1 when there is one.
 from __future__ import annotations
 
 import ast
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -240,6 +244,29 @@ def test_config_imports_no_backend():
                     node = via[node]
                 offenders.append(f"{' -> '.join(reversed(chain))} imports {imp.module} ({imp.src}:{imp.lineno})")
     assert not offenders, "models/config.py must not pull in keras, tensorflow or jax:\n  " + "\n  ".join(offenders)
+
+
+def report_modules() -> list[str]:
+    return [module_name(src) for src in py_files("pipeline")
+            if src.startswith("pipeline/report") or src == "pipeline/regression_report.py"]
+
+
+def test_report_imports_no_tensorflow_or_tfx():
+    """In a fresh interpreter (this one may have loaded them already): the report's modules load none of them."""
+    modules = report_modules()
+    assert {"pipeline.report", "pipeline.regression_report", "pipeline.report_blocks", "pipeline.report_render"} <= set(
+        modules
+    ), modules
+    loaded = "sorted(m for m in ('tensorflow', 'tfx', 'keras') if m in sys.modules)"
+    code = f"import sys\nimport {', '.join(modules)}\nprint({loaded})"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]", f"importing {modules} loads {proc.stdout.strip()}"
+
+
+def test_report_module_under_250_lines():
+    lines = len((ROOT / "pipeline" / "report.py").read_text().splitlines())
+    assert lines < 250, f"pipeline/report.py has {lines} lines (under 250: split it into the report_* modules)"
 
 
 def main() -> int:
