@@ -17,7 +17,6 @@ from ml_metadata.metadata_store import metadata_store
 from tfx.orchestration import metadata
 
 from components.artifacts import EVALUATION_FILE, LABEL_STATS_FILE
-from pipeline.outputs import latest_run_outputs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, PYTHONPATH=ROOT)
@@ -85,23 +84,15 @@ def run_compiled_task(spec: dict, task_name: str, inputs: dict, out_dir: str, pa
 
 
 @pytest.fixture(scope="module")
-def classification(tmp_path_factory, fashion_mnist_dir):
-    """A local smoke run (pool included) and the same config compiled with the run's own data and a local root."""
-    from components.data.longtail import SplitSpec
-    from components.data.prepare import prepare_from_source
-
+def classification(tmp_path_factory, smoke_runs):
+    """The session's first local smoke run (pool included; tests/conftest.py) and the same config compiled with the
+    run's own data and a local root."""
     tmp = tmp_path_factory.mktemp("kfp_exec")
-    data = str(tmp / "data")
-    prepare_from_source("fashion_mnist", SplitSpec(rho=10, n_max=100, val_per_class=10, unlabeled_size=40), data,
-                        fashion_mnist_dir)
-    common = ["--preset", "smoke", "--set", f"data.data_dir={data}", "--set", "beam.direct_running_mode=in_memory",
-              "--set", f"runs_root={tmp / 'runs'}", "--set", f"serving_root={tmp / 'serving'}"]
-    _cli("run", *common, "--out", str(tmp / "out"))
     package = str(tmp / "pipeline.yaml")
-    _cli("compile-kfp", *common, "--pipeline-root", str(tmp / "kfp_root"),
-         "--output", package)
-    mlmd = str(tmp / "runs" / "_tfx" / "longtail-smoke" / "metadata.sqlite")
-    return {"tmp": tmp, "spec": yaml.safe_load(open(package)), "run": latest_run_outputs(mlmd), "mlmd": mlmd}
+    _cli("compile-kfp", "--preset", "smoke", "--set", "name=smoke", "--set", f"data.data_dir={smoke_runs['data']}",
+         "--set", "beam.direct_running_mode=in_memory", "--pipeline-root", str(tmp / "kfp_root"), "--output", package)
+    return {"tmp": tmp, "spec": yaml.safe_load(open(package)), "run": smoke_runs["first_outputs"],
+            "mlmd": smoke_runs["mlmd"]}
 
 
 def test_compiled_label_stats_evaluator_and_pusher_run_and_match_the_local_run(classification):
@@ -143,16 +134,14 @@ def test_compiled_label_stats_evaluator_and_pusher_run_and_match_the_local_run(c
     assert sorted(os.listdir(destination)) == sorted(os.listdir(local_dir))
 
 
-def test_compiled_regression_stats_and_evaluator_run_and_match_the_local_run(tmp_path):
-    common = ["--preset", "regression-smoke", "--set", "beam.direct_running_mode=in_memory",
-              "--set", f"runs_root={tmp_path / 'runs'}", "--set", f"serving_root={tmp_path / 'serving'}"]
-    _cli("run", *common, "--out", str(tmp_path / "out"))
+def test_compiled_regression_stats_and_evaluator_run_and_match_the_local_run(taxi_runs, tmp_path):
+    """The session's first taxi run (tests/conftest.py) and its config compiled."""
     package = str(tmp_path / "taxi.yaml")
-    _cli("compile-kfp", *common, "--pipeline-root",
-         str(tmp_path / "kfp_root"), "--output", package)
+    _cli("compile-kfp", "--preset", "regression-smoke", "--set", f"regression.csv_dir={taxi_runs['csv']}",
+         "--set", "regression.max_bad_fraction=0.05", "--set", "beam.direct_running_mode=in_memory",
+         "--pipeline-root", str(tmp_path / "kfp_root"), "--output", package)
     spec = yaml.safe_load(open(package))
-    mlmd = str(tmp_path / "runs" / "_tfx" / "taxi-regression-smoke-fare" / "metadata.sqlite")
-    run = latest_run_outputs(mlmd)
+    mlmd, run = taxi_runs["mlmd"], taxi_runs["first_outputs"]
     examples = _examples_of(mlmd, "CsvExampleGen")
     run_compiled_task(spec, "RegressionLabelStatsGen", {"examples": (examples.uri, _metadata(examples))},
                       str(tmp_path / "k_stats"))

@@ -14,37 +14,16 @@ import pytest
 import models.layers.batch_norm  # noqa: F401  (registers the layer the saved model.keras names)
 from components.data.longtail import SplitSpec
 from components.data.prepare import prepare_from_source
+from tests.conftest import load_metrics, smoke_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.slow
 
 
-def run_cli(tmp, name, data_dir, out, *sets, check=True):
-    args = [sys.executable, "-m", "pipeline", "run", "--preset", "smoke",
-            "--set", f"name={name}", "--set", f"data.data_dir={data_dir}", "--set", f"runs_root={tmp}/runs",
-            "--set", f"serving_root={tmp}/serving", "--set", "beam.direct_running_mode=in_memory", "--out", out]
-    for s in sets:
-        args += ["--set", s]
-    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT))
-    if check and proc.returncode != 0:
-        raise AssertionError(f"run failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-    return proc
-
-
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory, fashion_mnist_dir):
-    tmp = tmp_path_factory.mktemp("e2e")
-    data = str(tmp / "data")
-    prepare_from_source("fashion_mnist", SplitSpec(rho=100, n_max=200, class_order="shuffle", val_per_class=20,
-                                                   unlabeled_size=200, seed=1), data, fashion_mnist_dir)
-    first = run_cli(tmp, "smoke", data, str(tmp / "out1"))
-    second = run_cli(tmp, "smoke", data, str(tmp / "out2"))
-    return {"tmp": tmp, "data": data, "first": first, "second": second}
-
-
-def load_metrics(out):
-    with open(os.path.join(out, "metrics.json")) as f:
-        return json.load(f)
+@pytest.fixture
+def smoke(smoke_runs):
+    """The session's two smoke runs (tests/conftest.py)."""
+    return smoke_runs
 
 
 def test_run_writes_metrics_report_and_pushes(smoke):
@@ -95,7 +74,7 @@ def test_rerun_reuses_cached_outputs_and_compares_with_last_blessed(smoke):
 def test_model_failing_the_gate_is_not_pushed(smoke):
     tmp = smoke["tmp"]
     before = sorted(os.listdir(tmp / "serving" / "longtail"))
-    proc = run_cli(tmp, "smoke", smoke["data"], str(tmp / "out3"), "gate.min_per_class_recall=0.99")
+    proc = smoke_cli(tmp, "smoke", smoke["data"], str(tmp / "out3"), "gate.min_per_class_recall=0.99")
     m = load_metrics(str(tmp / "out3"))
     assert m["blessed"] is False and m["pushed"] is False and m["pushed_model_dir"] is None
     assert [c["check"] for c in m["gate"]["checks"] if not c["passed"]] == ["every class recall >= floor"]
@@ -148,7 +127,7 @@ def test_empty_unlabeled_pool_runs_supervised_only(tmp_path, fashion_mnist_dir):
     data = str(tmp_path / "data")
     prepare_from_source("fashion_mnist", SplitSpec(rho=10, n_max=100, val_per_class=10, unlabeled_size=0, seed=2),
                         data, fashion_mnist_dir)
-    proc = run_cli(tmp_path, "smoke-nounlabeled", data, str(tmp_path / "out"))
+    proc = smoke_cli(tmp_path, "smoke-nounlabeled", data, str(tmp_path / "out"))
     m = load_metrics(str(tmp_path / "out"))
     assert m["unlabeled"]["examples"] == 0 and "supervised-only" in m["unlabeled"]["note"]
     assert "supervised-only" in proc.stderr
@@ -166,7 +145,7 @@ def test_negative_label_stops_the_run_with_the_anomaly_named(smoke, tmp_path):
         feature = {"image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[encode_png(np.zeros((28, 28, 1), np.uint8))])),
                    "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[-3]))}
         w.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
-    proc = run_cli(tmp_path, "smoke-anomaly", data, str(tmp_path / "out"), check=False)
+    proc = smoke_cli(tmp_path, "smoke-anomaly", data, str(tmp_path / "out"), check=False)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "labeled examples: failed schema validation" in proc.stderr
     assert "feature 'label'" in proc.stderr and "split train" in proc.stderr
@@ -177,7 +156,7 @@ def test_semi_daso_run_pushes_and_reports_pseudo_labels(tmp_path, fashion_mnist_
     data, out = str(tmp_path / "data"), str(tmp_path / "out")
     prepare_from_source("fashion_mnist", SplitSpec(rho=100, n_max=200, class_order="shuffle", val_per_class=20,
                                                    unlabeled_size=200, seed=1), data, fashion_mnist_dir)
-    proc = run_cli(tmp_path, "smoke-daso", data, out, "semi=daso")
+    proc = smoke_cli(tmp_path, "smoke-daso", data, out, "semi=daso")
     m = load_metrics(out)
     assert m["pushed"] is True and os.path.exists(os.path.join(m["pushed_model_dir"], "saved_model.pb"))
     semi = m["semi"]
@@ -196,7 +175,7 @@ def test_ssp_rotation_warm_starts_pushes_and_is_reused_when_only_training_change
     tmp = smoke["tmp"]
     none_block = load_metrics(str(tmp / "out1"))["ssp"]
     assert none_block["method"] == "none" and none_block["linear_probe_accuracy"] is None
-    first = run_cli(tmp, "smoke", smoke["data"], str(tmp / "ssp1"), "ssp=rotation")
+    first = smoke_cli(tmp, "smoke", smoke["data"], str(tmp / "ssp1"), "ssp=rotation")
     m = load_metrics(str(tmp / "ssp1"))
     s = m["ssp"]
     assert {"method", "epochs", "data", "final_loss", "linear_probe_accuracy", "random_init_probe_accuracy"} <= set(s)
@@ -212,7 +191,7 @@ def test_ssp_rotation_warm_starts_pushes_and_is_reused_when_only_training_change
     assert "## Self-supervised pre-training" in report and "ssp_loss.png" in report
     assert os.path.getsize(tmp / "ssp1" / "ssp_loss.png") > 1000
     # a supervised-only change re-trains from the cached pre-training
-    run_cli(tmp, "smoke", smoke["data"], str(tmp / "ssp2"), "ssp=rotation", "train.learning_rate=0.02")
+    smoke_cli(tmp, "smoke", smoke["data"], str(tmp / "ssp2"), "ssp=rotation", "train.learning_rate=0.02")
     m2 = load_metrics(str(tmp / "ssp2"))
     assert m2["executions"]["components.trainer.SSPPretrainer"] == "CACHED"
     assert m2["executions"]["components.trainer.LongTailTrainer"] == "COMPLETE"
@@ -225,7 +204,7 @@ def test_ssp_on_labeled_and_unlabeled_needs_an_unlabeled_pool(tmp_path, fashion_
     data = str(tmp_path / "data")
     prepare_from_source("fashion_mnist", SplitSpec(rho=10, n_max=40, val_per_class=4, unlabeled_size=0, seed=4),
                         data, fashion_mnist_dir)
-    proc = run_cli(tmp_path, "smoke-ssp-nopool", data, str(tmp_path / "out"), "ssp=rotation",
+    proc = smoke_cli(tmp_path, "smoke-ssp-nopool", data, str(tmp_path / "out"), "ssp=rotation",
                    "ssp_data=labeled+unlabeled", check=False)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "unlabeled: pretrain.data=labeled+unlabeled but the unlabeled pool is empty" in proc.stderr
@@ -236,7 +215,7 @@ def test_two_local_workers_train_the_model_the_gate_blesses(smoke):
     chief exports, and the pipeline evaluates, gates and pushes that one model; only the Trainer and what follows
     it re-run."""
     tmp = smoke["tmp"]
-    proc = run_cli(tmp, "smoke", smoke["data"], str(tmp / "dist"), "train.local_workers=2",
+    proc = smoke_cli(tmp, "smoke", smoke["data"], str(tmp / "dist"), "train.local_workers=2",
                    f"serving_root={tmp}/serving-dist")
     m = load_metrics(str(tmp / "dist"))
     d = m["training"]["distribute"]
@@ -258,7 +237,7 @@ def test_calibrated_model_is_gated_on_the_half_its_offsets_were_not_fitted_on(sm
     from models.export import serving_metadata
 
     tmp = smoke["tmp"]
-    run_cli(tmp, "smoke", smoke["data"], str(tmp / "cal"), "calibration.method=class_offsets",
+    smoke_cli(tmp, "smoke", smoke["data"], str(tmp / "cal"), "calibration.method=class_offsets",
             f"serving_root={tmp}/serving-cal")
     m = load_metrics(str(tmp / "cal"))
     cal = m["calibration"]

@@ -10,7 +10,7 @@ import pytest
 
 from components.data.longtail import SplitSpec
 from components.data.prepare import prepare_from_source
-from tests.test_pipeline_e2e import load_metrics, run_cli
+from tests.conftest import load_metrics, smoke_cli
 
 pytestmark = pytest.mark.slow
 BASE, LABELER = "components.trainer.PseudoLabelBaseTrainer", "components.pseudo_labeler.PseudoLabeler"
@@ -23,7 +23,7 @@ def pseudo_run(tmp_path_factory, fashion_mnist_dir):
     data = str(tmp / "data")
     prepare_from_source("fashion_mnist", SplitSpec(rho=100, n_max=200, class_order="shuffle", val_per_class=20,
                                                    unlabeled_size=200, seed=1), data, fashion_mnist_dir)
-    proc = run_cli(tmp, "pl", data, str(tmp / "out"), "semi=pseudo_label", "semi.pseudo_label.init=base",
+    proc = smoke_cli(tmp, "pl", data, str(tmp / "out"), "semi=pseudo_label", "semi.pseudo_label.init=base",
                    "semi.pseudo_label.final_epochs=2")
     return {"tmp": tmp, "data": data, "proc": proc, "metrics": load_metrics(str(tmp / "out"))}
 
@@ -100,7 +100,7 @@ def test_auto_with_an_empty_pool_runs_supervised_only_and_says_so(tmp_path, fash
     data = str(tmp_path / "data")
     prepare_from_source("fashion_mnist", SplitSpec(rho=100, n_max=200, class_order="shuffle", val_per_class=20,
                                                    unlabeled_size=0, seed=1), data, fashion_mnist_dir)
-    proc = run_cli(tmp_path, "auto-empty", data, str(tmp_path / "out"), "semi=auto")
+    proc = smoke_cli(tmp_path, "auto-empty", data, str(tmp_path / "out"), "semi=auto")
     m = load_metrics(str(tmp_path / "out"))
     assert BASE not in m["executions"] and LABELER not in m["executions"]
     assert not any("Unlabeled" in k for k in m["executions"])
@@ -120,7 +120,7 @@ def test_auto_with_a_small_pool_runs_ssp_inside_the_trainer_and_says_so(tmp_path
     data = str(tmp_path / "data")
     prepare_from_source("fashion_mnist", SplitSpec(rho=100, n_max=200, class_order="shuffle", val_per_class=20,
                                                    unlabeled_size=200, seed=1), data, fashion_mnist_dir)
-    run_cli(tmp_path, "auto-ssp", data, str(tmp_path / "out"), "semi=auto")
+    smoke_cli(tmp_path, "auto-ssp", data, str(tmp_path / "out"), "semi=auto")
     m = load_metrics(str(tmp_path / "out"))
     assert m["executions"][BASE] == "COMPLETE" and m["executions"][LABELER] == "COMPLETE"
     plan = m["plan"]

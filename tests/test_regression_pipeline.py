@@ -20,6 +20,7 @@ from components.regression_label_stats_gen import check_split
 from models.config import RegressionConfig, from_dict
 from models.regression import COLUMN_TYPES, regression_metrics, target_problem, valid_rows
 from pipeline.pipeline import SCHEMA_DIR, default_csv_dir
+from tests.conftest import load_metrics, taxi_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -116,49 +117,10 @@ def test_regression_gate_ceilings_and_last_blessed():
 
 # --- end to end ---------------------------------------------------------------------------------
 
-BAD_FARES = ("", "-5.0", "5000.0")  # missing, negative, absurd (max_target 1000)
-
-
-def run_cli(tmp, csv_dir, out, *sets, check=True):
-    args = [sys.executable, "-m", "pipeline", "run", "--preset", "regression-smoke",
-            "--set", f"regression.csv_dir={csv_dir}", "--set", f"runs_root={tmp}/runs", "--set", f"serving_root={tmp}/serving",
-            "--set", "beam.direct_running_mode=in_memory", "--set", "regression.max_bad_fraction=0.05", "--out", out]
-    for s in sets:
-        args += ["--set", s]
-    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT))
-    if check and proc.returncode != 0:
-        raise AssertionError(f"run failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-    return proc
-
-
-@pytest.fixture(scope="module")
-def taxi(tmp_path_factory):
-    """3,000 real rows of the package's CSV (including the one row with a pickup census tract, so
-    every column has a value to infer its type from) plus three rows with a bad fare."""
-    tmp = tmp_path_factory.mktemp("taxi")
-    csv_dir = tmp / "csv"
-    csv_dir.mkdir()
-    with open(os.path.join(default_csv_dir(), "data.csv"), newline="") as f:
-        rows = list(csv.reader(f))
-    header, body = rows[0], rows[1:3000] + [rows[-1]]
-    fare = header.index("fare")
-    bad = []
-    for i, value in enumerate(BAD_FARES):
-        row = list(body[10 + i])
-        row[fare] = value
-        bad.append(row)
-    with open(csv_dir / "data.csv", "w", newline="") as f:
-        csv.writer(f).writerows([header, *body, *bad])
-    first = run_cli(tmp, csv_dir, str(tmp / "out1"))
-    second = run_cli(tmp, csv_dir, str(tmp / "out2"))
-    # A CSV folder of the user's own is named after itself (data_identity): pipeline, MLMD history and serving folder.
-    return {"tmp": tmp, "csv": str(csv_dir), "first": first, "second": second, "rows": len(body) + len(bad),
-            "pipeline": "longtail-csv-fare", "serving": tmp / "serving" / "longtail-csv-fare"}
-
-
-def load_metrics(out):
-    with open(os.path.join(out, "metrics.json")) as f:
-        return json.load(f)
+@pytest.fixture
+def taxi(taxi_runs):
+    """The session's two taxi runs (tests/conftest.py)."""
+    return taxi_runs
 
 
 @pytest.mark.slow
@@ -203,7 +165,7 @@ def test_rerun_is_cached_and_compared_with_the_last_blessed_model(taxi):
 def test_model_failing_the_regression_gate_is_not_pushed(taxi):
     tmp = taxi["tmp"]
     before = sorted(os.listdir(taxi["serving"]))
-    proc = run_cli(tmp, taxi["csv"], str(tmp / "out3"), "regression_gate.max_mae=0.01")
+    proc = taxi_cli(tmp, taxi["csv"], str(tmp / "out3"), "regression_gate.max_mae=0.01")
     m = load_metrics(str(tmp / "out3"))
     assert m["blessed"] is False and m["pushed"] is False
     assert [c["check"] for c in m["gate"]["checks"] if not c["passed"]] == ["mae <= ceiling"]
@@ -214,7 +176,7 @@ def test_model_failing_the_regression_gate_is_not_pushed(taxi):
 @pytest.mark.slow
 def test_too_many_bad_rows_stop_the_run_with_split_and_count(taxi):
     tmp = taxi["tmp"]
-    proc = run_cli(tmp, taxi["csv"], str(tmp / "out4"), "regression.max_bad_fraction=0.0", check=False)
+    proc = taxi_cli(tmp, taxi["csv"], str(tmp / "out4"), "regression.max_bad_fraction=0.0", check=False)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "have a bad target" in proc.stderr and "examples (Split-" in proc.stderr
     assert "example affected" in proc.stderr or "examples affected" in proc.stderr

@@ -3,7 +3,6 @@ through every signature) and ``python -m pipeline serve`` (KServe's model server
 V2) on the version folders the smoke pipelines push (image classification and taxi-fare regression)."""
 
 import base64
-import csv
 import glob
 import json
 import os
@@ -19,13 +18,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components.data.longtail import SplitSpec
-from components.data.prepare import prepare_from_source
 from components.data.sources import FASHION_MNIST_CLASSES
 from models.export import SERVING_DEFAULT, SERVING_TF_EXAMPLE, serving_metadata
 from models.inputs import read_examples
 from models.serving import newest_version
-from pipeline.pipeline import default_csv_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.slow
@@ -49,32 +45,20 @@ def pushed_copy(metrics_path: str, dest: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def pushed(tmp_path_factory, fashion_mnist_dir):
-    """One smoke run of each task; their pushed versions copied to ``<tmp>/models/{longtail,taxi}/<version>``."""
+def pushed(tmp_path_factory, smoke_runs, taxi_runs):
+    """The versions the session's first smoke and taxi runs pushed (tests/conftest.py), copied to
+    ``<tmp>/models/{longtail,taxi}/<version>``, with 200 test images as PNG bytes and 20 taxi test examples."""
     tmp = tmp_path_factory.mktemp("serving")
-    data = str(tmp / "data")
-    prepare_from_source("fashion_mnist", SplitSpec(rho=100, n_max=200, class_order="shuffle", val_per_class=20,
-                                                   unlabeled_size=0, seed=1), data, fashion_mnist_dir)
-    common = ["--set", f"runs_root={tmp}/runs", "--set", f"serving_root={tmp}/serving",
-              "--set", "beam.direct_running_mode=in_memory"]
-    run([sys.executable, "-m", "pipeline", "run", "--preset", "smoke", "--set", "name=serve", "--set",
-         f"data.data_dir={data}", *common, "--out", str(tmp / "image")])
-    csv_dir = tmp / "csv"
-    csv_dir.mkdir()
-    with open(os.path.join(default_csv_dir(), "data.csv"), newline="") as f:
-        rows = list(csv.reader(f))
-    with open(csv_dir / "data.csv", "w", newline="") as f:
-        csv.writer(f).writerows(rows[:2000] + [rows[-1]])  # the last row has the one pickup census tract
-    run([sys.executable, "-m", "pipeline", "run", "--preset", "regression-smoke", "--set", f"regression.csv_dir={csv_dir}",
-         *common, "--out", str(tmp / "taxi")])
-    image = pushed_copy(str(tmp / "image" / "metrics.json"), str(tmp / "models" / "longtail"))
-    taxi = pushed_copy(str(tmp / "taxi" / "metrics.json"), str(tmp / "models" / "taxi"))
+    data = smoke_runs["data"]
+    image = pushed_copy(str(smoke_runs["tmp"] / "out1" / "metrics.json"), str(tmp / "models" / "longtail"))
+    taxi = pushed_copy(str(taxi_runs["tmp"] / "out1" / "metrics.json"), str(tmp / "models" / "taxi"))
     test_files = sorted(glob.glob(os.path.join(data, "test", "*.tfrecord")))
     pngs, labels = [], []
     for img, label in read_examples(test_files, [28, 28, 1]).take(200):
         pngs.append(tf.io.encode_png(img).numpy())
         labels.append(int(label))
-    taxi_root = glob.glob(os.path.join(tmp, "runs", "_tfx", "*", "root", "CsvExampleGen", "examples", "*", "Split-test"))[0]
+    taxi_root = glob.glob(os.path.join(taxi_runs["tmp"], "runs", "_tfx", taxi_runs["pipeline"], "root", "CsvExampleGen",
+                                       "examples", "*", "Split-test"))[0]
     records = [r.numpy() for r in tf.data.TFRecordDataset(sorted(glob.glob(os.path.join(taxi_root, "*"))),
                                                           compression_type="GZIP").take(20)]
     return {"tmp": tmp, "image": image, "taxi": taxi, "pngs": pngs, "taxi_records": records}
