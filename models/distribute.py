@@ -116,12 +116,21 @@ def resolve(setting: str, local_workers: int = 1, tf_config: dict | None = None,
     return setting
 
 
+def data_parallel_modes() -> list[str]:
+    from models import modes  # pure Python
+
+    return sorted(m.name for m in modes.MODES.values() if m.data_parallel)
+
+
 def check_config(train, mode: str, task: str = "classification") -> None:
     """The distribute / mixed precision settings, checked when the run is configured (not when the Trainer starts):
-    each value known, and anything beyond one float32 process only where it is built: the supervised mode's
-    Trainer (every loss, class weighting, DRW, sampler and decoupling stage). The semi-supervised trainers
-    (FixMatch, DASO, the pseudo-label base and final Trainers), the SSP pre-training Trainer and the regression
-    task train in one process; asking them for more is an error naming the mode, not a silent single process."""
+    each value known, and anything beyond one float32 process only where it is built: the classification Trainers
+    of the modes marked ``data_parallel`` (models/modes.py: supervised, pseudo_label and auto, i.e. the pseudo-label
+    base and final Trainers, with every loss, class weighting, DRW, sampler and decoupling stage). FixMatch and
+    DASO, the SSP pre-training Trainer and the regression task train in one process; asking them for more is an
+    error naming the mode, not a silent single process."""
+    from models import modes
+
     # multi_worker's cluster (TF_CONFIG) exists only in the training pods, so it is not required here
     resolve(train.distribute if train.distribute != "multi_worker" or train.local_workers > 1 else "none",
             train.local_workers)
@@ -133,11 +142,14 @@ def check_config(train, mode: str, task: str = "classification") -> None:
     asked = [f"train.{k}={getattr(train, k)}" for k, plain in (("distribute", "none"), ("local_workers", 1),
                                                               ("mixed_precision", "none"))
              if getattr(train, k) != plain and not (k == "distribute" and getattr(train, k) == "auto")]
-    if asked and (task != "classification" or mode != "supervised"):
-        what = f"task={task}" if task != "classification" else f"semi.method={mode}"
-        raise ValueError(f"{', '.join(asked)}: training beyond one float32 process is built for the supervised "
-                         f"classification Trainer only; {what} trains in one process. Set semi.method=supervised "
-                         f"or leave {', '.join(a.split('=')[0] for a in asked)} at its default")
+    if asked and (task != "classification" or not modes.get(mode).data_parallel):
+        usable = "|".join(data_parallel_modes())
+        keep = f"leave {', '.join(a.split('=')[0] for a in asked)} at its default"
+        built = f"training beyond one float32 process is built for the classification Trainers of semi.method={usable}"
+        if task != "classification":
+            raise ValueError(f"{', '.join(asked)}: {built}; task={task} trains in one process: {keep}")
+        raise ValueError(f"{', '.join(asked)}: {built}; semi.method={mode} trains in one process. Set "
+                         f"semi.method={usable} or {keep}")
 
 
 def free_ports(n: int) -> list[int]:

@@ -29,6 +29,9 @@ class TrainingMode:
     settings: tuple[str, ...]  # the config sections the mode reads, beyond train.* and pretrain.*
     train: str  # "module:function" taking a models.toolkit.TrainingJob, returning a models.toolkit.TrainResult
     daso: bool = False  # FixMatch + DASO's prototypes, blending and alignment loss
+    # the Trainer trains data-parallel under train.distribute / in mixed precision (models/distribute.py); the
+    # others train in one float32 process and asking them for more is an error naming the mode
+    data_parallel: bool = False
 
     def trainer(self):
         module, _, function = self.train.partition(":")
@@ -37,13 +40,16 @@ class TrainingMode:
 
 MODES: dict[str, TrainingMode] = {m.name: m for m in (
     TrainingMode(SUPERVISED, "supervised", POOL_UNUSED, pseudo_labels=False, online_pool=False, plans=False,
-                 follows_plan=False, inline_ssp=False, settings=(), train="models.training:train_supervised"),
+                 follows_plan=False, inline_ssp=False, settings=(), train="models.training:train_supervised",
+                 data_parallel=True),
     TrainingMode("pseudo_label", "pseudo-label training (Yang & Xu 2020)", POOL_REQUIRED, pseudo_labels=True,
                  online_pool=False, plans=True, follows_plan=False, inline_ssp=False,
-                 settings=("semi.pseudo_label", "semi.planner"), train="models.pseudo_label:train_planned"),
+                 settings=("semi.pseudo_label", "semi.planner"), train="models.pseudo_label:train_planned",
+                 data_parallel=True),
     TrainingMode("auto", "planned: pseudo-labels, SSP or supervised", POOL_OPTIONAL, pseudo_labels=True,
                  online_pool=False, plans=True, follows_plan=True, inline_ssp=True,
-                 settings=("semi.pseudo_label", "semi.planner"), train="models.pseudo_label:train_planned"),
+                 settings=("semi.pseudo_label", "semi.planner"), train="models.pseudo_label:train_planned",
+                 data_parallel=True),
     TrainingMode("fixmatch", "FixMatch", POOL_REQUIRED, pseudo_labels=False, online_pool=True, plans=False,
                  follows_plan=False, inline_ssp=False, settings=("semi.fixmatch",), train="models.semi:train_online"),
     TrainingMode("daso", "FixMatch + DASO", POOL_REQUIRED, pseudo_labels=False, online_pool=True, plans=False,

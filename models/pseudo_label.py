@@ -77,9 +77,8 @@ def inline_ssp(job: toolkit.TrainingJob, method: str) -> tuple[dict, str]:
     return summary, weights
 
 
-def train_planned(job: toolkit.TrainingJob) -> toolkit.TrainResult:
-    """The ``pseudo_label`` and ``auto`` modes: plan from the PseudoLabeler's statistics, then train on the labeled
-    set plus the accepted pseudo-labels, or from an inline SSP, or on the labeled set only."""
+def _plan(job: toolkit.TrainingJob) -> tuple[dict, dict | None]:
+    """(the planner's decision, the PseudoLabeler's statistics or None): the same on every worker of a cluster."""
     pl_stats = None
     if job.inputs.get("pseudo_label_stats_path"):
         with tf.io.gfile.GFile(job.inputs["pseudo_label_stats_path"]) as f:
@@ -87,8 +86,23 @@ def train_planned(job: toolkit.TrainingJob) -> toolkit.TrainResult:
     elif job.mode.pool == "required":
         job.require("pseudo_label_stats_path", "pseudo_labeled_examples and pseudo_label_stats inputs (the "
                     "PseudoLabeler's outputs)")
+    return decide(job.semi, job.stats, pl_stats, job.pretrain.method), pl_stats
+
+
+def planned_choice(job: toolkit.TrainingJob) -> str:
+    """What the final Trainer will train with (models.planner: pseudo_label, ssp or supervised), before it trains:
+    the Trainer's run_fn asks, to keep an inline SSP in one process."""
+    return _plan(job)[0]["trained_with"]
+
+
+def train_planned(job: toolkit.TrainingJob) -> toolkit.TrainResult:
+    """The ``pseudo_label`` and ``auto`` modes: plan from the PseudoLabeler's statistics, then train on the labeled
+    set plus the accepted pseudo-labels, or from an inline SSP, or on the labeled set only. Under a strategy
+    (``job.strategy``, models/distribute.py) the training is data-parallel: the pseudo-labeled examples join the
+    labeled ones in each worker's shard, and the base model's weights (``init_model``) are loaded in every worker
+    from the same files, under the strategy's scope."""
     weight = job.semi.pseudo_label.weight
-    plan = decide(job.semi, job.stats, pl_stats, job.pretrain.method)
+    plan, pl_stats = _plan(job)
     use = plan["trained_with"] == planner.PSEUDO_LABEL
     print(f"[trainer] plan ({job.mode.name}): {plan['choice']}; trained with {plan['trained_with']}: "
           + "; ".join(plan["reasons_text"]), file=sys.stderr, flush=True)
@@ -102,10 +116,13 @@ def train_planned(job: toolkit.TrainingJob) -> toolkit.TrainResult:
         if job.semi.pseudo_label.init == "base":  # the base model already holds the pre-trained backbone, if any
             init, backbone = job.require("init_model", "init_model input (the base model)"), None
     if plan["trained_with"] == planner.SSP:
+        if job.strategy is not None:  # models.trainer.run_fn keeps this plan in one process
+            raise AssertionError("inline SSP under a distribution strategy")
         ssp_summary, backbone = inline_ssp(job, plan["inline_ssp"])
     model, history = training.train(train_cfg, job.train_files, train_stats, job.image_shape, job.model_run_dir,
                                     job.backup_dir, backbone_weights=backbone, pseudo_files=pseudo_files,
-                                    pseudo_weight=weight if use else 1.0, init_weights=init)
+                                    pseudo_weight=weight if use else 1.0, init_weights=init, strategy=job.strategy,
+                                    plan=job.plan)
     block = pseudo_label_block(pl_stats, weight, use) if pl_stats is not None else None
     if block is not None:
         block["init"] = {"from": "base", "model": init,

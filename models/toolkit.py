@@ -52,6 +52,7 @@ class TrainingJob:
     inputs: dict = dataclasses.field(default_factory=dict)
     strategy: object = None  # a tf.distribute strategy when train.distribute resolves to more than one process/device
     plan: object = None  # its models.distribute.Plan (batch, learning rate, sharding, chief), recorded in the summary
+    single_process_reason: str | None = None  # why a distributed setting trains in one process after all
 
     @property
     def mode(self) -> modes.TrainingMode:

@@ -18,7 +18,7 @@ import types
 import numpy as np
 import tensorflow as tf
 
-from models import backbones, calibration, config, distribute, modes, toolkit
+from models import backbones, calibration, config, distribute, planner, toolkit
 from models.export import export_serving_model
 
 SUMMARY_FILE = "training_summary.json"
@@ -29,14 +29,25 @@ def run_fn(fn_args) -> None:
     tf_config = distribute.read_tf_config()
     kind = distribute.resolve(job.train.distribute, job.train.local_workers, tf_config,
                               gpus=len(tf.config.list_physical_devices("GPU")))
-    if kind != "none" and job.mode.name != modes.SUPERVISED:  # only the supervised Trainer is data-parallel
+    if kind != "none" and not job.mode.data_parallel:
+        usable = "|".join(distribute.data_parallel_modes())
         if job.train.distribute != "auto":
             raise ValueError(f"train.distribute={job.train.distribute} resolved to {kind}, but semi.method="
-                             f"{job.mode.name} trains in one process (only the supervised Trainer is data-parallel); "
+                             f"{job.mode.name} trains in one process (data-parallel: semi.method={usable}); "
                              "set train.distribute=none")
-        print(f"[trainer] train.distribute=auto: semi.method={job.mode.name} trains in one process (only the supervised "
-              f"Trainer is data-parallel), not {kind}", file=sys.stderr, flush=True)
+        print(f"[trainer] train.distribute=auto: semi.method={job.mode.name} trains in one process (data-parallel: "
+              f"semi.method={usable}), not {kind}", file=sys.stderr, flush=True)
         kind = "none"
+    if kind != "none" and job.mode.inline_ssp:
+        # the planner's inline SSP pre-trains the backbone in one process; each worker pre-training its own would
+        # start the replicas from different weights, so the final model trains in one process after it
+        from models.pseudo_label import planned_choice
+
+        if planned_choice(job) == planner.SSP:
+            job.single_process_reason = (f"the planner chose inline SSP, which pre-trains in one process: the final "
+                                         f"model trains in one process too, not {kind}")
+            print(f"[trainer] {job.single_process_reason}", file=sys.stderr, flush=True)
+            kind = "none"
     if kind == "multi_worker":  # fresh processes: a multi-worker strategy must come before any TensorFlow op
         configs = distribute.local_cluster(job.train.local_workers) if job.train.local_workers > 1 else [tf_config]
         print(f"[trainer] multi-worker training: {len(configs)} local worker process(es) of a "
@@ -133,7 +144,8 @@ def write_summary(job: toolkit.TrainingJob, result: toolkit.TrainResult, train_s
                "config": dataclasses.asdict(job.train), "mode": job.mode.name,
                "images_per_second": (result.images_seen / train_seconds) if train_seconds else None,
                "distribute": job.plan.as_dict() if job.plan is not None else
-               {"strategy": "none", "workers": 1, "replicas": 1, "mixed_precision": job.train.mixed_precision},
+               {"strategy": "none", "workers": 1, "replicas": 1, "mixed_precision": job.train.mixed_precision,
+                **({"reason": job.single_process_reason} if job.single_process_reason else {})},
                "semi": None, "plan": None, "pseudo_labels": None, "inline_ssp": None, "calibration": None,
                "training_files": {"labeled": list(job.train_files), "pseudo_labeled": []},
                "training_class_counts": result.training_stats["class_counts"],

@@ -221,7 +221,7 @@ def distribute_text(training: dict | None) -> str:
     precision = d.get("mixed_precision") or "none"
     precision = "float32" if precision == "none" else f"{precision} (float32 export)"
     if d.get("strategy", "none") == "none":
-        return f"one process, {precision}"
+        return f"one process, {precision}" + (f" ({d['reason']})" if d.get("reason") else "")
     return (f"{d['strategy']}: {d['workers']} worker(s), {d['replicas']} replica(s), global batch "
             f"{d['global_batch_size']} ({d['per_replica_batch_size']} a replica, batch_scaling {d['batch_scaling']}), "
             f"learning rate {d['learning_rate']:g} (lr_scaling {d['lr_scaling']}), data sharding {d['data_sharding']}, "

@@ -74,8 +74,15 @@ def test_configuring_a_run_refuses_what_is_not_data_parallel():
 
     cfg = load_config("smoke", {"train.local_workers": "2", "train.mixed_precision": "mixed_bfloat16"})
     assert cfg.train.local_workers == 2
-    with pytest.raises(ValueError, match="semi.method=fixmatch trains in one process"):
+    # the pseudo-label base and final Trainers (semi.method=pseudo_label, and auto: the default preset's)
+    assert load_config("default", {"train.local_workers": "2"}).train.local_workers == 2
+    assert load_config("smoke", {"semi.method": "pseudo_label", "train.mixed_precision": "mixed_float16",
+                                 "train.distribute": "multi_worker", "train.local_workers": "2"}).semi.method == "pseudo_label"
+    with pytest.raises(ValueError, match="semi.method=fixmatch trains in one process") as err:
         load_config("smoke", {"semi.method": "fixmatch", "train.local_workers": "2"})
+    assert "semi.method=auto|pseudo_label|supervised" in str(err.value)
+    with pytest.raises(ValueError, match="semi.method=daso trains in one process"):
+        load_config("smoke", {"semi.method": "daso", "train.mixed_precision": "mixed_bfloat16"})
     with pytest.raises(ValueError, match="task=regression trains in one process"):
         load_config("regression-smoke", {"train.distribute": "mirrored"})
     with pytest.raises(ValueError, match="train.mixed_precision='fp8'"):

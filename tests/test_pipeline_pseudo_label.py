@@ -71,6 +71,25 @@ def test_final_model_starts_from_the_base_model(pseudo_run):
     assert "2 epochs (the pseudo-labelling base model 1)" in report
 
 
+def test_two_local_workers_train_the_base_and_the_final_model_which_is_blessed_and_pushed(pseudo_run):
+    """train.local_workers=2 under semi=pseudo_label (the default preset's path): the BaseTrainer and the final
+    Trainer each start a 2-worker MultiWorkerMirroredStrategy cluster; the final model starts from the base model in
+    every worker, trains on the labeled and pseudo-labeled examples, and is gated and pushed."""
+    tmp = pseudo_run["tmp"]
+    proc = smoke_cli(tmp, "pl-dist", pseudo_run["data"], str(tmp / "dist"), "semi=pseudo_label",
+                     "semi.pseudo_label.init=base", "semi.pseudo_label.final_epochs=2", "train.local_workers=2")
+    m = load_metrics(str(tmp / "dist"))
+    assert proc.stderr.count("multi-worker training: 2 local worker process(es) of a 2-worker cluster") == 2
+    d = m["training"]["distribute"]
+    assert d["strategy"] == "MultiWorkerMirroredStrategy" and d["workers"] == 2 and d["replicas"] == 2
+    assert m["plan"]["trained_with"] == "pseudo_label" and m["training"]["training_files"]["pseudo_labeled"]
+    assert m["pseudo_labels"]["init"]["from"] == "base" and m["pseudo_labels"]["init"]["variables"] == 47
+    assert len(m["training"]["history"]) == 2
+    assert m["blessed"] is True and m["pushed"] is True
+    assert os.path.exists(os.path.join(m["pushed_model_dir"], "saved_model.pb"))
+    assert "trainer: MultiWorkerMirroredStrategy: 2 worker(s), 2 replica(s)" in open(tmp / "dist" / "report.md").read()
+
+
 def test_no_true_pool_label_reaches_a_training_example(pseudo_run):
     """Every pseudo-labeled example holds only image, label, confidence, origin, and its label is the base
     model's prediction (recomputed here), not the pool's evaluation-only true class; the final Trainer read
@@ -116,12 +135,18 @@ def test_auto_with_an_empty_pool_runs_supervised_only_and_says_so(tmp_path, fash
 
 def test_auto_with_a_small_pool_runs_ssp_inside_the_trainer_and_says_so(tmp_path, fashion_mnist_dir):
     """200 pool images for about 500 labeled ones: too few in-domain images, so the planner chooses SSP;
-    the final Trainer pre-trains (rotation, smoke settings), warm-starts strictly and reports it."""
+    the final Trainer pre-trains (rotation, smoke settings), warm-starts strictly and reports it. Asked for two
+    workers, the base model trains on them, and the final Trainer, whose inline SSP pre-trains in one process,
+    trains in one process and says why."""
     data = str(tmp_path / "data")
     prepare_from_source("fashion_mnist", SplitSpec(rho=100, n_max=200, class_order="shuffle", val_per_class=20,
                                                    unlabeled_size=200, seed=1), data, fashion_mnist_dir)
-    smoke_cli(tmp_path, "auto-ssp", data, str(tmp_path / "out"), "semi=auto")
+    proc = smoke_cli(tmp_path, "auto-ssp", data, str(tmp_path / "out"), "semi=auto", "train.local_workers=2")
     m = load_metrics(str(tmp_path / "out"))
+    assert proc.stderr.count("multi-worker training: 2 local worker process(es)") == 1  # the BaseTrainer's
+    d = m["training"]["distribute"]
+    assert d["strategy"] == "none" and "the planner chose inline SSP" in d["reason"]
+    assert "the planner chose inline SSP, which pre-trains in one process" in proc.stderr
     assert m["executions"][BASE] == "COMPLETE" and m["executions"][LABELER] == "COMPLETE"
     plan = m["plan"]
     assert plan["choice"] == "ssp" and plan["trained_with"] == "ssp" and plan["inline_ssp"] == "rotation"
