@@ -36,6 +36,8 @@ import time
 
 import numpy as np
 
+from models import modes  # pure Python: which modes train data-parallel
+
 DISTRIBUTE = ("none", "mirrored", "multi_worker", "auto")
 MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16")
 LR_SCALING = ("none", "linear", "sqrt")
@@ -117,8 +119,6 @@ def resolve(setting: str, local_workers: int = 1, tf_config: dict | None = None,
 
 
 def data_parallel_modes() -> list[str]:
-    from models import modes  # pure Python
-
     return sorted(m.name for m in modes.MODES.values() if m.data_parallel)
 
 
@@ -129,8 +129,6 @@ def check_config(train, mode: str, task: str = "classification") -> None:
     base and final Trainers, with every loss, class weighting, DRW, sampler and decoupling stage). FixMatch and
     DASO, the SSP pre-training Trainer and the regression task train in one process; asking them for more is an
     error naming the mode, not a silent single process."""
-    from models import modes
-
     # multi_worker's cluster (TF_CONFIG) exists only in the training pods, so it is not required here
     resolve(train.distribute if train.distribute != "multi_worker" or train.local_workers > 1 else "none",
             train.local_workers)

@@ -18,7 +18,7 @@ import types
 import numpy as np
 import tensorflow as tf
 
-from models import backbones, calibration, config, distribute, planner, toolkit
+from models import backbones, calibration, config, distribute, planner, pseudo_label, toolkit
 from models.export import export_serving_model
 
 SUMMARY_FILE = "training_summary.json"
@@ -41,9 +41,7 @@ def run_fn(fn_args) -> None:
     if kind != "none" and job.mode.inline_ssp:
         # the planner's inline SSP pre-trains the backbone in one process; each worker pre-training its own would
         # start the replicas from different weights, so the final model trains in one process after it
-        from models.pseudo_label import planned_choice
-
-        if planned_choice(job) == planner.SSP:
+        if pseudo_label.planned_choice(job) == planner.SSP:
             job.single_process_reason = (f"the planner chose inline SSP, which pre-trains in one process: the final "
                                          f"model trains in one process too, not {kind}")
             print(f"[trainer] {job.single_process_reason}", file=sys.stderr, flush=True)
