@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 
 from components.data.cache import default_data_dir
 from components.data.errors import DataError
@@ -18,6 +17,7 @@ from components.data.prepare import MANIFEST, Manifest, load_manifest
 from components.errors import PipelineDataError
 from pipeline import tasks
 from pipeline.configs import LEAVES, PipelineConfig, changed_paths, get_path, load_config
+from pipeline.local_runner import default_out_dir, local_paths
 
 # Exit codes: the settings do not resolve (as run's), or they do and the data the run needs is not there.
 SETTINGS_ERROR = 2
@@ -78,7 +78,7 @@ def _classification_data(cfg: PipelineConfig) -> tuple[tasks.TaskInputs, str, st
     if tasks.ingests_own_data(cfg):
         kind, _, root = cfg.data.source.partition(":")
         try:
-            inputs = tasks.TASKS["classification"].inputs(cfg)
+            inputs = tasks.TASKS["classification"].inputs(cfg)  # OwnDataExampleGen's plan: listing + one image
         except (DataError, PipelineDataError, OSError) as e:
             return tasks.TaskInputs(os.path.abspath(root), _planned_manifest(cfg)), f"{kind} {root}", str(e)
         splits = inputs.manifest["splits"]
@@ -135,17 +135,15 @@ def check(cfg: PipelineConfig, task: tasks.Task, out_dir: str | None = None) -> 
         lines.append(f"data problem (the run would stop here): {problem}")
 
     pipeline_name, model_name = task.names(cfg)
-    tfx_home = os.path.abspath(os.path.join(cfg.runs_root, "_tfx", pipeline_name))
-    serving_dir = os.path.abspath(os.path.join(cfg.serving_root, model_name))
-    pipeline = task.create_pipeline(cfg, inputs, os.path.join(tfx_home, "root"), None, serving_dir, cfg.beam.args())
+    pipeline_root, metadata_path, serving_dir = local_paths(cfg, pipeline_name, model_name)
+    pipeline = task.create_pipeline(cfg, inputs, pipeline_root, None, serving_dir, cfg.beam.args())
     components = [c.id for c in pipeline.components]
     lines.append(f"DAG ({len(components)} components, in the order they run; <- = what each waits for):")
     for c in pipeline.components:
         upstream = sorted(u.id for u in c.upstream_nodes)
         lines.append(f"  {c.id} ({type(c).__name__})" + (f" <- {', '.join(upstream)}" if upstream else ""))
-    out = os.path.abspath(out_dir or os.path.join(cfg.runs_root, f"{pipeline_name}-{time.strftime('%Y%m%d-%H%M%S')}"))
-    lines.append(f"pipeline {pipeline_name!r}: MLMD {os.path.join(tfx_home, 'metadata.sqlite')}, "
-                 f"artifacts under {os.path.join(tfx_home, 'root')}")
+    out = default_out_dir(cfg, pipeline_name, out_dir)
+    lines.append(f"pipeline {pipeline_name!r}: MLMD {metadata_path}, artifacts under {pipeline_root}")
     lines.append(f"run output: {out} (metrics.json, report.md, plots)")
     lines.append(f"model: a new version folder under {serving_dir}/ if the gate blesses it (model name {model_name!r})")
     lines.append("check: " + ("the settings resolve; the data does not (exit 4)" if problem else "ok"))

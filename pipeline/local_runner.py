@@ -44,13 +44,23 @@ def _show_progress() -> None:
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
 
 
-def local_setup(cfg: PipelineConfig, pipeline_name: str, model_name: str) -> tuple[str, str, str, list[str]]:
-    """(pipeline root, MLMD SQLite path, serving folder, Beam pipeline args) of a local run."""
+def local_paths(cfg: PipelineConfig, pipeline_name: str, model_name: str) -> tuple[str, str, str]:
+    """(pipeline root, MLMD SQLite path, serving folder) of a local run; nothing is created (``check`` prints them)."""
     tfx_home = os.path.abspath(os.path.join(cfg.runs_root, "_tfx", pipeline_name))
-    os.makedirs(tfx_home, exist_ok=True)
-    beam_args = cfg.beam.args()
     return (os.path.join(tfx_home, "root"), os.path.join(tfx_home, "metadata.sqlite"),
-            os.path.abspath(os.path.join(cfg.serving_root, model_name)), beam_args)
+            os.path.abspath(os.path.join(cfg.serving_root, model_name)))
+
+
+def default_out_dir(cfg: PipelineConfig, pipeline_name: str, out_dir: str | None = None) -> str:
+    """The run's output folder: ``out_dir`` as given, else runs/<pipeline>-<time>/."""
+    return os.path.abspath(out_dir or os.path.join(cfg.runs_root, f"{pipeline_name}-{time.strftime('%Y%m%d-%H%M%S')}"))
+
+
+def local_setup(cfg: PipelineConfig, pipeline_name: str, model_name: str) -> tuple[str, str, str, list[str]]:
+    """(pipeline root, MLMD SQLite path, serving folder, Beam pipeline args) of a local run, its MLMD folder made."""
+    pipeline_root, metadata_path, serving_dir = local_paths(cfg, pipeline_name, model_name)
+    os.makedirs(os.path.dirname(metadata_path), exist_ok=True)
+    return pipeline_root, metadata_path, serving_dir, cfg.beam.args()
 
 
 class PipelineBusy(RuntimeError):
@@ -107,7 +117,7 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | None = None, wait: bool = T
     timings = task.timings(results, time.time() - t0)
     timings["total_seconds"] = time.time() - t_start
     metrics = task.build_metrics(cfg, inputs, results, timings)
-    out_dir = os.path.abspath(out_dir or os.path.join(cfg.runs_root, f"{pipeline_name}-{time.strftime('%Y%m%d-%H%M%S')}"))
+    out_dir = default_out_dir(cfg, pipeline_name, out_dir)
     task.write_report(metrics, out_dir)
     print(task.console_table(metrics), flush=True)
     return out_dir
