@@ -1,16 +1,16 @@
 """LongTailTrainer: TFX's Trainer (GenericExecutor, run_fn by dotted path) plus one input, the
-LabelStatsGen artifact, whose JSON path is handed to run_fn in ``custom_config['label_stats_path']``
-so the Trainer reads class counts and priors from the data, never from a hard-coded list.
+LabelStatsGen artifact. The component takes a models.job.TrainerJob (serialized into ``custom_config``); the
+executor adds the input artifacts' paths to it (``TrainerJob.with_inputs``) before run_fn reads it:
 
-Optional input ``unlabeled_examples`` (the validated pool, for semi-supervised training): its
-``unlabeled`` split's file pattern reaches run_fn in ``custom_config['unlabeled_files']``.
-
-Optional inputs ``pseudo_labeled_examples`` and ``pseudo_label_stats`` (the PseudoLabeler's outputs, for
-semi=pseudo_label|auto): their ``train`` split's file pattern and the statistics JSON reach run_fn in
-``custom_config['pseudo_labeled_files']`` and ``custom_config['pseudo_label_stats_path']``.
-
-Optional input ``init_model`` (semi.pseudo_label.init=base: the PseudoLabelBaseTrainer's Model): its serving model
-dir, which holds the base classifier's every weight, reaches run_fn in ``custom_config['init_model']``.
+- ``label_stats``: the JSON path (``label_stats_path``), so the Trainer reads class counts and priors from the
+  data, never from a hard-coded list;
+- optional ``unlabeled_examples`` (the validated pool, for semi-supervised training): its ``unlabeled`` split's
+  file pattern (``unlabeled_files``);
+- optional ``pseudo_labeled_examples`` and ``pseudo_label_stats`` (the PseudoLabeler's outputs, for
+  semi=pseudo_label|auto): their ``train`` split's file pattern and the statistics JSON (``pseudo_labeled_files``,
+  ``pseudo_label_stats_path``);
+- optional ``init_model`` (semi.pseudo_label.init=base: the PseudoLabelBaseTrainer's Model): its serving model
+  dir, which holds the base classifier's every weight (``init_model``).
 
 PseudoLabelBaseTrainer: the same Trainer, as its own class so MLMD records the base model's executions
 apart from the final Trainer's (the base model labels the pool).
@@ -32,6 +32,8 @@ from tfx.utils import json_utils, path_utils
 
 from components.artifacts import LABEL_STATS_FILE, PSEUDO_LABEL_STATS_FILE, LabelStatistics, PseudoLabelStatistics
 from components.pseudo_labeler import OUTPUT_SPLIT as PSEUDO_LABEL_SPLIT
+from models import job as trainer_job
+from models.job import TrainerJob
 
 
 class LongTailTrainerSpec(standard_component_specs.TrainerSpec):
@@ -47,20 +49,21 @@ class Executor(trainer_executor.GenericExecutor):
     def _GetFnArgs(self, input_dict, output_dict, exec_properties):
         fn_args = super()._GetFnArgs(input_dict, output_dict, exec_properties)
         stats_uri = artifact_utils.get_single_uri(input_dict["label_stats"])
-        fn_args.custom_config = dict(fn_args.custom_config or {}, label_stats_path=os.path.join(stats_uri, LABEL_STATS_FILE))
+        paths = {trainer_job.LABEL_STATS_PATH_KEY: os.path.join(stats_uri, LABEL_STATS_FILE)}
         if input_dict.get("unlabeled_examples"):
             pool_uri = artifact_utils.get_split_uri(input_dict["unlabeled_examples"], "unlabeled")
-            fn_args.custom_config["unlabeled_files"] = [os.path.join(pool_uri, "*")]
+            paths[trainer_job.UNLABELED_FILES_KEY] = [os.path.join(pool_uri, "*")]
         if input_dict.get("pseudo_labeled_examples"):
             uri = artifact_utils.get_split_uri(input_dict["pseudo_labeled_examples"], PSEUDO_LABEL_SPLIT)
-            fn_args.custom_config["pseudo_labeled_files"] = [os.path.join(uri, "*")]
+            paths[trainer_job.PSEUDO_LABELED_FILES_KEY] = [os.path.join(uri, "*")]
         if input_dict.get("pseudo_label_stats"):
             uri = artifact_utils.get_single_uri(input_dict["pseudo_label_stats"])
-            fn_args.custom_config["pseudo_label_stats_path"] = os.path.join(uri, PSEUDO_LABEL_STATS_FILE)
+            paths[trainer_job.PSEUDO_LABEL_STATS_PATH_KEY] = os.path.join(uri, PSEUDO_LABEL_STATS_FILE)
         if input_dict.get("init_model"):
             model = input_dict["init_model"][0]
-            fn_args.custom_config["init_model"] = path_utils.serving_model_path(
-                model.uri, path_utils.is_old_model_artifact(model))
+            paths[trainer_job.INIT_MODEL_KEY] = path_utils.serving_model_path(model.uri, path_utils.is_old_model_artifact(model))
+        fn_args.custom_config = TrainerJob.from_custom_config(fn_args.custom_config).with_inputs(
+            **paths).to_custom_config()
         return fn_args
 
 
@@ -68,7 +71,7 @@ class LongTailTrainer(trainer_component.Trainer):
     SPEC_CLASS = LongTailTrainerSpec
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(Executor)
 
-    def __init__(self, examples, label_stats, run_fn: str, custom_config: dict, schema=None, base_model=None,
+    def __init__(self, examples, label_stats, run_fn: str, job: TrainerJob, schema=None, base_model=None,
                  train_split: str = "train", eval_split: str = "eval", unlabeled_examples=None,
                  pseudo_labeled_examples=None, pseudo_label_stats=None, init_model=None):
         spec = LongTailTrainerSpec(
@@ -76,7 +79,7 @@ class LongTailTrainer(trainer_component.Trainer):
             unlabeled_examples=unlabeled_examples, pseudo_labeled_examples=pseudo_labeled_examples,
             pseudo_label_stats=pseudo_label_stats, init_model=init_model,
             train_args=trainer_pb2.TrainArgs(splits=[train_split]), eval_args=trainer_pb2.EvalArgs(splits=[eval_split]),
-            run_fn=run_fn, custom_config=json_utils.dumps(custom_config),
+            run_fn=run_fn, custom_config=json_utils.dumps(job.to_custom_config()),
             model=types.Channel(type=standard_artifacts.Model),
             model_run=types.Channel(type=standard_artifacts.ModelRun))
         # Skip Trainer.__init__ (it builds its own spec); BaseComponent takes ours.
@@ -93,13 +96,14 @@ class SSPPretrainerSpec(standard_component_specs.TrainerSpec):
 
 
 class PretrainExecutor(trainer_executor.GenericExecutor):
-    """Hands run_fn the unlabeled split's files in ``custom_config['unlabeled_files']`` (when wired)."""
+    """Adds the unlabeled split's files (``unlabeled_files``, when wired) to the job run_fn reads."""
 
     def _GetFnArgs(self, input_dict, output_dict, exec_properties):
         fn_args = super()._GetFnArgs(input_dict, output_dict, exec_properties)
         unlabeled = input_dict.get("unlabeled_examples") or []
         files = [os.path.join(artifact_utils.get_split_uri(unlabeled, "unlabeled"), "*")] if unlabeled else []
-        fn_args.custom_config = dict(fn_args.custom_config or {}, unlabeled_files=files)
+        fn_args.custom_config = TrainerJob.from_custom_config(fn_args.custom_config).with_inputs(
+            **{trainer_job.UNLABELED_FILES_KEY: files}).to_custom_config()
         return fn_args
 
 
@@ -112,12 +116,12 @@ class SSPPretrainer(trainer_component.Trainer):
     SPEC_CLASS = SSPPretrainerSpec
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(PretrainExecutor)
 
-    def __init__(self, examples, run_fn: str, custom_config: dict, unlabeled_examples=None, train_split: str = "train",
+    def __init__(self, examples, run_fn: str, job: TrainerJob, unlabeled_examples=None, train_split: str = "train",
                  eval_split: str = "eval"):
         spec = SSPPretrainerSpec(
             examples=examples, unlabeled_examples=unlabeled_examples,
             train_args=trainer_pb2.TrainArgs(splits=[train_split]), eval_args=trainer_pb2.EvalArgs(splits=[eval_split]),
-            run_fn=run_fn, custom_config=json_utils.dumps(custom_config),
+            run_fn=run_fn, custom_config=json_utils.dumps(job.to_custom_config()),
             model=types.Channel(type=standard_artifacts.Model),
             model_run=types.Channel(type=standard_artifacts.ModelRun))
         super(trainer_component.Trainer, self).__init__(spec=spec)

@@ -27,6 +27,7 @@ import tensorflow as tf
 
 from models import backbones, planner, ssp, toolkit, training
 from models.config import SemiConfig
+from models.job import INIT_MODEL_KEY, PSEUDO_LABEL_STATS_PATH_KEY, PSEUDO_LABELED_FILES_KEY
 from models.planner import reason
 from models.pseudo_label_stats import pseudo_label_block
 
@@ -80,11 +81,11 @@ def inline_ssp(job: toolkit.TrainingJob, method: str) -> tuple[dict, str]:
 def _plan(job: toolkit.TrainingJob) -> tuple[dict, dict | None]:
     """(the planner's decision, the PseudoLabeler's statistics or None): the same on every worker of a cluster."""
     pl_stats = None
-    if job.inputs.get("pseudo_label_stats_path"):
-        with tf.io.gfile.GFile(job.inputs["pseudo_label_stats_path"]) as f:
+    if job.inputs.get(PSEUDO_LABEL_STATS_PATH_KEY):
+        with tf.io.gfile.GFile(job.inputs[PSEUDO_LABEL_STATS_PATH_KEY]) as f:
             pl_stats = json.load(f)
     elif job.mode.pool == "required":
-        job.require("pseudo_label_stats_path", "pseudo_labeled_examples and pseudo_label_stats inputs (the "
+        job.require(PSEUDO_LABEL_STATS_PATH_KEY, "pseudo_labeled_examples and pseudo_label_stats inputs (the "
                     "PseudoLabeler's outputs)")
     return decide(job.semi, job.stats, pl_stats, job.pretrain.method), pl_stats
 
@@ -109,12 +110,12 @@ def train_planned(job: toolkit.TrainingJob) -> toolkit.TrainResult:
     pseudo_files, train_stats, backbone, ssp_summary, init = None, job.stats, job.base_model, None, None
     train_cfg = job.train
     if use:
-        pseudo_files = job.require("pseudo_labeled_files", "pseudo_labeled_examples input")
+        pseudo_files = job.require(PSEUDO_LABELED_FILES_KEY, "pseudo_labeled_examples input")
         train_stats = combined_stats(job.stats, pl_stats["per_class_accepted"], weight)
         if job.semi.pseudo_label.final_epochs is not None:
             train_cfg = dataclasses.replace(job.train, epochs=job.semi.pseudo_label.final_epochs)
         if job.semi.pseudo_label.init == "base":  # the base model already holds the pre-trained backbone, if any
-            init, backbone = job.require("init_model", "init_model input (the base model)"), None
+            init, backbone = job.require(INIT_MODEL_KEY, "init_model input (the base model)"), None
     if plan["trained_with"] == planner.SSP:
         if job.strategy is not None:  # models.trainer.run_fn keeps this plan in one process
             raise AssertionError("inline SSP under a distribution strategy")

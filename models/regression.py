@@ -26,10 +26,11 @@ import numpy as np
 import tensorflow as tf
 from scipy.stats import gmean
 
-from models.config import RegressionConfig, TrainConfig, from_dict
+from models.config import RegressionConfig, TrainConfig
 from models.density import BIN_GROUPS, bin_index
 from models.export import SERVING_DEFAULT, SERVING_TF_EXAMPLE, write_serving_metadata
 from models.inputs import compression_type, tfrecord_files
+from models.job import REGRESSION, TrainerJob
 from models.layers.fds import FDSUpdate, FeatureDistributionSmoothing
 from models.toolkit import EpochProgress
 
@@ -336,17 +337,17 @@ def load_training_rows(files, cfg: RegressionConfig, stats: dict) -> tuple[dict,
 
 
 def run_fn(fn_args) -> None:
-    """TFX GenericExecutor entry point (dotted path models.regression.run_fn)."""
-    config = fn_args.custom_config
-    cfg = from_dict(RegressionConfig, config["regression"], "regression.")
-    train = from_dict(TrainConfig, config["train"], "train.")
-    with open(config["label_stats_path"]) as f:
+    """TFX GenericExecutor entry point (dotted path models.regression.run_fn); custom_config: a models.job.TrainerJob
+    of stage REGRESSION."""
+    job = TrainerJob.from_custom_config(fn_args.custom_config, REGRESSION)
+    cfg, train = job.regression, job.train
+    with open(job.label_stats_path) as f:
         stats = json.load(f)
     inputs, target = load_training_rows(fn_args.train_files, cfg, stats)
     if len(target) != stats["num_examples"]:
         raise RuntimeError(f"the Trainer kept {len(target)} training rows, LabelStatsGen counted {stats['num_examples']}")
     t0 = time.time()
-    model, history = train_regressor(cfg, train, inputs, target, stats, backup_dir=config.get("backup_dir"))
+    model, history = train_regressor(cfg, train, inputs, target, stats, backup_dir=job.backup_dir)
     train_seconds = time.time() - t0
     export_regressor(model, fn_args.serving_model_dir, cfg)
     model.save(os.path.join(fn_args.model_run_dir, "model.keras"))

@@ -42,7 +42,8 @@ import tensorflow as tf
 from keras import layers, ops
 
 from models import backbones, inputs, toolkit
-from models.config import SSP_METHODS, SSPConfig, from_dict
+from models.config import SSP_METHODS, SSPConfig
+from models.job import PRETRAIN, TrainerJob
 
 METHODS = SSP_METHODS
 SUMMARY_FILE = "ssp_summary.json"
@@ -329,18 +330,18 @@ def pretrain_backbone(cfg: SSPConfig, backbone_name: str, image_shape, file_grou
 
 def run_fn(fn_args) -> None:
     """TFX entry point of the pre-training Trainer (components.trainer.SSPPretrainer), by the dotted path
-    models.ssp.run_fn. custom_config: pretrain (SSPConfig fields), backbone, image_shape, backup_dir and,
-    from the executor, unlabeled_files. Writes the backbone weights to the serving model dir (the Model
-    artifact the supervised Trainer takes as base_model) and ssp_summary.json to the model run dir."""
-    config = fn_args.custom_config
-    cfg = from_dict(SSPConfig, config["pretrain"], "pretrain.")
+    models.ssp.run_fn. custom_config: a models.job.TrainerJob of stage PRETRAIN (pretrain, backbone, image_shape,
+    backup_dir and, from the executor, unlabeled_files). Writes the backbone weights to the serving model dir (the
+    Model artifact the supervised Trainer takes as base_model) and ssp_summary.json to the model run dir."""
+    job = TrainerJob.from_custom_config(fn_args.custom_config, PRETRAIN)
+    cfg = job.pretrain
     groups = [fn_args.train_files]
     if cfg.data == "labeled+unlabeled":
-        if not config.get("unlabeled_files"):
+        if not job.unlabeled_files:
             raise ValueError("pretrain.data=labeled+unlabeled but the pre-training Trainer got no unlabeled examples")
-        groups.append(config["unlabeled_files"])
-    summary = pretrain_backbone(cfg, config["backbone"], config["image_shape"], groups, fn_args.model_run_dir,
-                                fn_args.serving_model_dir, fn_args.eval_files, config.get("backup_dir"))
+        groups.append(job.unlabeled_files)
+    summary = pretrain_backbone(cfg, job.backbone, job.image_shape, groups, fn_args.model_run_dir,
+                                fn_args.serving_model_dir, fn_args.eval_files, job.backup_dir)
     with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, SUMMARY_FILE), "w") as f:
         json.dump(summary, f, indent=2)
 

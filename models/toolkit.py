@@ -18,25 +18,18 @@ import keras
 import tensorflow as tf
 
 from models import backbones, config, inputs, modes, sampling
+from models import job as trainer_job
 
 # --------------------------------------------------------------------------------------------- the job
 
 
 @dataclasses.dataclass
 class TrainingJob:
-    """What one classification Trainer execution trains on, parsed once from TFX's fn_args.
-
-    custom_config keys (written by pipeline/ from the typed config; the executor adds the input paths):
-      train, semi, pretrain: the config sections (models.config), as dicts
-      label_stats_path: the LabelStatsGen JSON (class counts, priors, groups), never a hard-coded list
-      image_shape: [H, W, C]
-      backup_dir: a folder stable across re-executions of the same training, for BackupAndRestore
-      unlabeled_files: the pool's TFRecords (modes with online_pool)
-      pseudo_labeled_files, pseudo_label_stats_path: the PseudoLabeler's outputs (modes with pseudo_labels)
-      pool_setting, pool_truth: declared pool imbalance (DASO's T_dist) and the evaluation-only true classes
-      init_model: the pseudo-label base model's serving dir, whose classifier weights the final model starts from
-      export_classifier_weights: write the trained classifier's weights beside the SavedModel (the base model's)
-    ``fn_args.base_model``: a pre-trained backbone (the SSPPretrainer's Model artifact) to warm-start from.
+    """What one classification Trainer execution trains on, parsed once from TFX's fn_args: its custom_config is a
+    models.job.TrainerJob (stage TRAIN; its docstring lists the keys), written by pipeline/ from the typed config,
+    with the input paths the executor adds. ``inputs``: those paths (and pool_setting, pool_truth) that are set, by
+    their models.job key. ``fn_args.base_model``: a pre-trained backbone (the SSPPretrainer's Model artifact) to
+    warm-start from.
     """
 
     train: config.TrainConfig
@@ -50,6 +43,9 @@ class TrainingJob:
     backup_dir: str | None = None
     base_model: str | None = None
     inputs: dict = dataclasses.field(default_factory=dict)
+    calibration: config.CalibrationConfig = config.CalibrationConfig()
+    post_hoc_logit_adjust_tau: float | None = None
+    export_classifier_weights: bool = False  # write the classifier's weights beside the SavedModel (the base model's)
     strategy: object = None  # a tf.distribute strategy when train.distribute resolves to more than one process/device
     plan: object = None  # its models.distribute.Plan (batch, learning rate, sharding, chief), recorded in the summary
     single_process_reason: str | None = None  # why a distributed setting trains in one process after all
@@ -60,18 +56,18 @@ class TrainingJob:
 
     @classmethod
     def from_fn_args(cls, fn_args) -> TrainingJob:
-        c = dict(fn_args.custom_config)
-        with tf.io.gfile.GFile(c["label_stats_path"]) as f:
+        spec = trainer_job.TrainerJob.from_custom_config(fn_args.custom_config, trainer_job.TRAIN)
+        with tf.io.gfile.GFile(spec.label_stats_path) as f:
             stats = json.load(f)
-        return cls(train=config.from_dict(config.TrainConfig, c.get("train"), "train."),
-                   semi=config.from_dict(config.SemiConfig, c.get("semi"), "semi."),
-                   pretrain=config.from_dict(config.SSPConfig, c.get("pretrain"), "pretrain."),
-                   stats=stats, image_shape=c["image_shape"], train_files=list(fn_args.train_files),
+        given = {trainer_job.POOL_SETTING_KEY: spec.pool_setting, trainer_job.POOL_TRUTH_KEY: spec.pool_truth, **spec.inputs}
+        return cls(train=spec.train, semi=spec.semi, pretrain=spec.pretrain,
+                   stats=stats, image_shape=spec.image_shape, train_files=list(fn_args.train_files),
                    eval_files=list(getattr(fn_args, "eval_files", None) or []) or None,
-                   model_run_dir=fn_args.model_run_dir, backup_dir=c.get("backup_dir"),
+                   model_run_dir=fn_args.model_run_dir, backup_dir=spec.backup_dir,
                    base_model=getattr(fn_args, "base_model", None) or None,
-                   inputs={k: c[k] for k in ("unlabeled_files", "pseudo_labeled_files", "pseudo_label_stats_path",
-                                             "pool_setting", "pool_truth", "init_model") if c.get(k)})
+                   inputs={k: v for k, v in given.items() if v and k != trainer_job.LABEL_STATS_PATH_KEY},
+                   calibration=spec.calibration, post_hoc_logit_adjust_tau=spec.post_hoc_logit_adjust_tau,
+                   export_classifier_weights=bool(spec.export_classifier_weights))
 
     def require(self, key: str, what: str):
         """An executor-provided input the mode needs; a clear error naming it when the DAG did not wire it."""

@@ -2,8 +2,8 @@
 job, let the configured training mode (models/modes.py) train, export the SavedModel, write the summary.
 
 models/ never imports tfx: ``fn_args`` is used only through its attributes (train_files, eval_files,
-serving_model_dir, model_run_dir, custom_config, base_model); models.toolkit.TrainingJob lists the
-custom_config keys.
+serving_model_dir, model_run_dir, custom_config, base_model); custom_config is a models.job.TrainerJob, which
+models.toolkit.TrainingJob reads.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import types
 import numpy as np
 import tensorflow as tf
 
-from models import backbones, calibration, config, distribute, planner, pseudo_label, toolkit
+from models import backbones, calibration, distribute, planner, pseudo_label, toolkit
+from models import job as trainer_job
 from models.export import export_serving_model
 
 SUMMARY_FILE = "training_summary.json"
@@ -59,7 +60,9 @@ def fn_args_dict(fn_args) -> dict:
     """The fn_args attributes a worker process needs (models.toolkit.TrainingJob.from_fn_args), as JSON."""
     return {"train_files": list(fn_args.train_files), "eval_files": list(getattr(fn_args, "eval_files", None) or []),
             "serving_model_dir": fn_args.serving_model_dir, "model_run_dir": fn_args.model_run_dir,
-            "custom_config": dict(fn_args.custom_config), "base_model": getattr(fn_args, "base_model", None)}
+            "custom_config": trainer_job.TrainerJob.from_custom_config(fn_args.custom_config, trainer_job.TRAIN
+                                                                       ).to_custom_config(),
+            "base_model": getattr(fn_args, "base_model", None)}
 
 
 def worker_scratch(model_run_dir: str) -> str:
@@ -111,10 +114,10 @@ def _train_and_export(fn_args, job: toolkit.TrainingJob, strategy, tf_config: di
     if not chief:  # TF's multi-worker rule: one writer; the others' weights stay in their scratch folder
         distribute.barrier(strategy)  # leave when the chief has exported
         return
-    tau = fn_args.custom_config.get("post_hoc_logit_adjust_tau")
+    tau = job.post_hoc_logit_adjust_tau
     logit_offset = -tau * np.log(np.asarray(job.stats["class_priors"], np.float32)) if tau else None
     fitted = None
-    cal = config.from_dict(config.CalibrationConfig, fn_args.custom_config.get("calibration"), "calibration.")
+    cal = job.calibration
     if cal.enabled:  # offsets fitted on the eval split's fit half; the gate judges the other half
         block = calibration.calibrate(model, cal, job.eval_files, job.image_shape, job.stats["num_classes"],
                                       job.stats.get("class_names"), logit_offset)
@@ -128,7 +131,7 @@ def _train_and_export(fn_args, job: toolkit.TrainingJob, strategy, tf_config: di
               + ", ".join(f"{k} {v:+.2f}" for k, v in block["offsets_by_class"].items()), file=sys.stderr, flush=True)
     export_serving_model(model, fn_args.serving_model_dir, job.image_shape, logit_offset,
                          class_names=job.stats.get("class_names"), calibration_offsets=fitted)
-    if fn_args.custom_config.get("export_classifier_weights"):  # the final Trainer starts from them (init=base)
+    if job.export_classifier_weights:  # the final Trainer starts from them (init=base)
         backbones.save_backbone_weights(model, fn_args.serving_model_dir, file=backbones.CLASSIFIER_WEIGHTS_FILE)
     model.save(os.path.join(job.model_run_dir, "model.keras"))
     write_summary(job, result, train_seconds)

@@ -22,8 +22,6 @@ inline_ssp); no mode is named here.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 
 import tfx as tfx_package
@@ -44,8 +42,10 @@ from components.regression_evaluator import RegressionEvaluator
 from components.regression_label_stats_gen import RegressionLabelStatsGen
 from components.schema_gen import LabelDomainSchemaGen
 from components.trainer import LongTailTrainer, PseudoLabelBaseTrainer, SSPPretrainer
+from models import job as trainer_job
 from models import modes
 from models.config import CalibrationConfig, SemiConfig
+from models.job import TrainerJob
 from pipeline.configs import PipelineConfig
 
 SCHEMA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "schemas")
@@ -83,53 +83,29 @@ def _validated(examples, schema_file: str, prefix: str, name: str, exclude_split
     return [stats, schema, validator, check], schema, check
 
 
-def _key(payload: dict) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _listing(folder: str) -> list:
-    """(name, size, mtime) of a data folder's files where it can be listed here (the folder's path alone elsewhere)."""
-    try:
-        return [folder] + sorted((e.name, e.stat().st_size, int(e.stat().st_mtime)) for e in os.scandir(folder) if e.is_file())
-    except OSError:
-        return [folder]
-
-
-def training_custom_config(cfg: PipelineConfig, manifest: dict, pipeline_root: str, data_dir: str | None = None) -> dict:
-    train = dataclasses.asdict(cfg.train)
-    semi = dataclasses.asdict(cfg.semi)
+def training_job(cfg: PipelineConfig, manifest: dict, pipeline_root: str, data_dir: str | None = None) -> TrainerJob:
+    """The classification Trainer's job (models/job.py) from the typed config; ``data_dir``: where the pool's true
+    classes are (a prepared folder), for modes that read the pool online."""
     mode = cfg.semi.mode
-    # Stable across re-executions of the same training, so an interrupted Trainer resumes; the
-    # pre-training settings are part of it because the warm start is.
-    payload = {"train": train, "semi": semi, "data": manifest.get("splits")}
-    if cfg.pretrain.method != "none" or mode.inline_ssp:  # the planner may pre-train inside the Trainer
-        payload["pretrain"] = dataclasses.asdict(cfg.pretrain)
-    key = _key(payload)
-    config = {
-        "train": train,
-        "semi": semi,
-        "image_shape": manifest["image_shape"],
-        "backup_dir": os.path.join(pipeline_root, "_trainer_backup", key),
-        "post_hoc_logit_adjust_tau": cfg.post_hoc_logit_adjust_tau,
-        "calibration": dataclasses.asdict(cfg.calibration),
-        "pretrain": dataclasses.asdict(cfg.pretrain),  # a planned SSP runs with these (models.pseudo_label)
-    }
+    pool_setting = pool_truth = None
     if mode.online_pool:
         # the declared pool setting chooses DASO's T_dist; the true pool classes are read only to score pseudo-labels
-        config["pool_setting"] = {"rho": manifest["rho"], "rho_u": manifest["rho_u"],
-                                  "same_order": manifest.get("unlabeled_class_order") == manifest.get("class_order")}
+        pool_setting = {"rho": manifest["rho"], "rho_u": manifest["rho_u"],
+                        "same_order": manifest.get("unlabeled_class_order") == manifest.get("class_order")}
         if data_dir:
-            config["pool_truth"] = {"data_dir": data_dir, "unlabeled": manifest["splits"]["unlabeled"]}
-    return config
+            pool_truth = {"data_dir": data_dir, "unlabeled": manifest["splits"]["unlabeled"]}
+    return TrainerJob(stage=trainer_job.TRAIN, train=cfg.train, semi=cfg.semi,
+                      pretrain=cfg.pretrain,  # a planned SSP runs with these (models.pseudo_label)
+                      calibration=cfg.calibration, post_hoc_logit_adjust_tau=cfg.post_hoc_logit_adjust_tau,
+                      image_shape=manifest["image_shape"], pool_setting=pool_setting, pool_truth=pool_truth,
+                      ).with_backup(pipeline_root, manifest.get("splits"))
 
 
-def pretrain_custom_config(cfg: PipelineConfig, manifest: dict, pipeline_root: str) -> dict:
-    """Only what the pre-training depends on (SSP settings, the backbone, the data), so that changing
-    supervised settings leaves the pre-training Trainer's cache key alone."""
-    pretrain = dataclasses.asdict(cfg.pretrain)
-    key = _key({"pretrain": pretrain, "backbone": cfg.train.backbone, "data": manifest.get("splits")})
-    return {"pretrain": pretrain, "backbone": cfg.train.backbone, "image_shape": manifest["image_shape"],
-            "backup_dir": os.path.join(pipeline_root, "_pretrainer_backup", key)}
+def pretrain_job(cfg: PipelineConfig, manifest: dict, pipeline_root: str) -> TrainerJob:
+    """The pre-training Trainer's job: only what the pre-training depends on (its cache key leaves the supervised
+    settings out)."""
+    return TrainerJob(stage=trainer_job.PRETRAIN, pretrain=cfg.pretrain, backbone=cfg.train.backbone,
+                      image_shape=manifest["image_shape"]).with_backup(pipeline_root, manifest.get("splits"))
 
 
 def create_pipeline(cfg: PipelineConfig, data_dir: str, manifest: dict, pipeline_root: str, metadata_path: str | None,
@@ -182,7 +158,7 @@ def create_pipeline(cfg: PipelineConfig, data_dir: str, manifest: dict, pipeline
             raise PipelineDataError("unlabeled", "pretrain.data=labeled+unlabeled but the unlabeled pool is empty", 0)
         pretrainer = SSPPretrainer(
             examples=labeled_gen.outputs["examples"], unlabeled_examples=unlabeled_examples if with_unlabeled else None,
-            run_fn=PRETRAIN_RUN_FN, custom_config=pretrain_custom_config(cfg, manifest, pipeline_root))
+            run_fn=PRETRAIN_RUN_FN, job=pretrain_job(cfg, manifest, pipeline_root))
         for check in upstream_checks:  # no pre-training on data that failed validation either
             pretrainer.add_upstream_node(check)
         components.append(pretrainer)
@@ -205,8 +181,8 @@ def create_pipeline(cfg: PipelineConfig, data_dir: str, manifest: dict, pipeline
         base_trainer = PseudoLabelBaseTrainer(
             examples=labeled_gen.outputs["examples"], label_stats=stats_gen.outputs["label_stats"],
             schema=labeled_schema.outputs["schema"], run_fn=RUN_FN, base_model=base_model,
-            custom_config={**training_custom_config(base_cfg, manifest, pipeline_root, truth_dir),
-                           **({"export_classifier_weights": True} if from_base else {})}).with_id("BaseTrainer")
+            job=dataclasses.replace(training_job(base_cfg, manifest, pipeline_root, truth_dir),
+                                    export_classifier_weights=from_base)).with_id("BaseTrainer")
         labeler = PseudoLabeler(
             model=base_trainer.outputs["model"], unlabeled_examples=unlabeled_examples, examples=labeled_gen.outputs["examples"],
             num_classes=manifest["num_classes"], confidence_threshold=cfg.semi.pseudo_label.threshold,
@@ -218,7 +194,7 @@ def create_pipeline(cfg: PipelineConfig, data_dir: str, manifest: dict, pipeline
     trainer = LongTailTrainer(
         examples=labeled_gen.outputs["examples"], label_stats=stats_gen.outputs["label_stats"],
         schema=labeled_schema.outputs["schema"], run_fn=RUN_FN, base_model=base_model,
-        custom_config=training_custom_config(cfg, manifest, pipeline_root, truth_dir),
+        job=training_job(cfg, manifest, pipeline_root, truth_dir),
         unlabeled_examples=unlabeled_examples if mode.online_pool else None, **pseudo_inputs)
 
     # calibrated: the gate judges the half of the eval split the offsets were not fitted on (models/calibration.py)
@@ -290,14 +266,12 @@ def create_regression_pipeline(cfg: PipelineConfig, csv_dir: str, pipeline_root:
     stats_gen = RegressionLabelStatsGen(examples=example_gen.outputs["examples"], regression=cfg.regression,
                                         splits=REGRESSION_SPLITS)
     stats_gen.add_upstream_node(check)
-    train, regression = dataclasses.asdict(cfg.train), dataclasses.asdict(cfg.regression)
-    # as the classification Trainer's: stable across re-executions of the same training on the same files
-    key = _key({"train": train, "regression": regression, "csv": _listing(csv_dir)})
+    # as the classification Trainer's: the backup folder is stable across re-executions on the same files
+    job = TrainerJob(stage=trainer_job.REGRESSION, train=cfg.train, regression=cfg.regression).with_backup(
+        pipeline_root, trainer_job.folder_identity(csv_dir))
     trainer = LongTailTrainer(
         examples=example_gen.outputs["examples"], label_stats=stats_gen.outputs["label_stats"],
-        schema=schema.outputs["schema"], run_fn=REGRESSION_RUN_FN,
-        custom_config={"train": train, "regression": regression,
-                       "backup_dir": os.path.join(pipeline_root, "_trainer_backup", key)})
+        schema=schema.outputs["schema"], run_fn=REGRESSION_RUN_FN, job=job)
     gate_and_push = _gate_and_push(RegressionEvaluator, example_gen.outputs["examples"], trainer, stats_gen,
                                    cfg.regression_gate, serving_dir)
     components = [example_gen, *nodes, stats_gen, trainer, *gate_and_push]

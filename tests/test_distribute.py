@@ -16,7 +16,8 @@ import pytest
 import tensorflow as tf
 
 from models import distribute
-from models.config import TrainConfig
+from models.config import CalibrationConfig, SemiConfig, SSPConfig, TrainConfig
+from models.job import TrainerJob
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -160,8 +161,10 @@ def test_two_workers_on_localhost_train_identical_weights_with_the_loss_of_one_p
 def _fn_args(tmp_path, files, stats, **train):
     stats_path = tmp_path / "label_stats.json"
     stats_path.write_text(json.dumps(stats))
-    config = {"train": {"epochs": 2, "batch_size": 32, "max_steps_per_epoch": 3, **train}, "semi": {}, "pretrain": {},
-              "label_stats_path": str(stats_path), "image_shape": [28, 28, 1], "backup_dir": str(tmp_path / "backup")}
+    config = TrainerJob(train=TrainConfig(**{"epochs": 2, "batch_size": 32, "max_steps_per_epoch": 3, **train}),
+                        semi=SemiConfig(), pretrain=SSPConfig(), calibration=CalibrationConfig(),
+                        image_shape=[28, 28, 1], backup_dir=str(tmp_path / "backup"),
+                        label_stats_path=str(stats_path)).to_custom_config()
     os.makedirs(tmp_path / "serving", exist_ok=True)
     os.makedirs(tmp_path / "run", exist_ok=True)
     return types.SimpleNamespace(train_files=files, eval_files=None, serving_model_dir=str(tmp_path / "serving"),

@@ -126,7 +126,7 @@ def test_pool_truth_never_reaches_the_training_stream(tiny):
 
 def test_pipeline_settings_resolve_by_bare_name():
     from pipeline.configs import load_config
-    from pipeline.pipeline import training_custom_config
+    from pipeline.pipeline import training_job
 
     cfg = load_config("smoke", {"semi": "daso", "semi_threshold": "0.9", "daso_warmup_steps": "none"})
     assert cfg.semi.method == "daso" and cfg.semi.fixmatch.threshold == 0.9 and cfg.semi.daso.warmup_steps is None
@@ -134,8 +134,8 @@ def test_pipeline_settings_resolve_by_bare_name():
     assert load_config("smoke", {"semi_supervised.semi": "none"}).semi.method == "supervised"  # old name and value
     manifest = {"image_shape": [28, 28, 1], "rho": 100.0, "rho_u": 1.0, "class_order": [0, 1], "unlabeled_class_order": [0, 1],
                 "splits": {"unlabeled": {"num_examples": 5, "files": ["unlabeled/u.tfrecord"]}}}
-    config = training_custom_config(cfg, manifest, "/root", "/data")
+    config = training_job(cfg, manifest, "/root", "/data").to_custom_config()
     assert config["semi"]["method"] == "daso" and config["pool_setting"] == {"rho": 100.0, "rho_u": 1.0, "same_order": True}
     assert config["pool_truth"]["data_dir"] == "/data"
-    supervised = training_custom_config(load_config("smoke"), manifest, "/root", "/data")
+    supervised = training_job(load_config("smoke"), manifest, "/root", "/data").to_custom_config()
     assert "pool_truth" not in supervised and supervised["backup_dir"] != config["backup_dir"]
