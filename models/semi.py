@@ -35,6 +35,7 @@ import tensorflow as tf
 from keras import ops
 
 from models import inputs, losses, toolkit
+from models import job as trainer_job
 from models.config import DasoConfig, FixMatchConfig, SemiConfig, TrainConfig, augment_ops, get_path
 from models.layers.daso import (
     BalancedFeatureQueue,
@@ -359,13 +360,14 @@ def train_semi(cfg: TrainConfig, semi: SemiConfig, train_files, unlabeled_files,
 
 def train_online(job: toolkit.TrainingJob) -> toolkit.TrainResult:
     """The ``fixmatch`` and ``daso`` modes: the labeled set and the pool's images, read by the Trainer itself."""
-    unlabeled = job.require("unlabeled_files", "unlabeled_examples input (the pool)")
-    truth = job.inputs.get("pool_truth")
+    unlabeled = job.require(trainer_job.UNLABELED_FILES_KEY, "unlabeled_examples input (the pool)")
+    truth = job.inputs.get(trainer_job.POOL_TRUTH_KEY)
     pool_truth = load_pool_truth(truth["data_dir"], truth["unlabeled"], job.image_shape,
                                  job.semi.fixmatch.eval_pool_size, job.train.seed) if truth else None
     model, history, summary = train_semi(job.train, job.semi, job.train_files, unlabeled, job.stats, job.image_shape,
                                          job.model_run_dir, job.backup_dir, pool_truth=pool_truth,
-                                         pool_setting=job.inputs.get("pool_setting"), backbone_weights=job.base_model)
+                                         pool_setting=job.inputs.get(trainer_job.POOL_SETTING_KEY),
+                                         backbone_weights=job.base_model)
     # labeled + unlabeled images drawn (an unlabeled image counted once, though it passes the network in two views)
     seen = summary["total_steps"] * (summary["labeled_batch"] + summary["unlabeled_batch"])
     return toolkit.TrainResult(model, history, seen, job.stats, backbone_weights=job.base_model,
