@@ -17,8 +17,8 @@ batch's size (or class-weight sum), gradients summed across replicas by the Kera
 
 A multi-worker strategy must exist before the process runs any TensorFlow op, and the Trainer's process (TFX's
 executor, LocalDagRunner's in-process components) has run many, so workers always train in fresh child processes
-(``python -m models.trainer JOB``): :func:`launch` starts them, streams the chief's progress and stops every
-worker when one fails.
+(``python -m models.trainer JOB``, or another Trainer's worker module): :func:`launch` starts them, streams the
+chief's progress and stops every worker when one fails.
 
 models/ never imports tfx.
 """
@@ -433,8 +433,10 @@ class Backup:
 # ------------------------------------------------------------------------------------------ the workers
 
 
-def launch(job: dict, tf_configs: list[dict], scratch_dir: str, timeout_s: float | None = None) -> None:
-    """Run ``python -m models.trainer`` (one worker) once per TF_CONFIG (the job as JSON in ``scratch_dir``) and wait.
+def launch(job: dict, tf_configs: list[dict], scratch_dir: str, timeout_s: float | None = None,
+           module: str = "models.trainer") -> None:
+    """Run ``python -m <module> JOB.json`` (one worker) once per TF_CONFIG (the job as JSON in ``scratch_dir``) and
+    wait. ``module``: the Trainer's worker entry point (its ``main``), models.trainer for the classification Trainers.
 
     The chief's output (and a single worker's, as in a TFJob pod) goes to this process's stderr; every other
     worker's to ``worker-<i>.log`` in ``scratch_dir``. When one worker fails the others (blocked in a collective)
@@ -454,7 +456,7 @@ def launch(job: dict, tf_configs: list[dict], scratch_dir: str, timeout_s: float
         logs.append((index, log_path, log))
         # the chief's output (or a pod's only worker's, under a TFJob) to this process's; the others' to their logs
         stderr = None if is_chief(tf_config) or len(tf_configs) == 1 else log
-        procs.append(subprocess.Popen([sys.executable, "-m", "models.trainer", job_path], env=env, cwd=root,
+        procs.append(subprocess.Popen([sys.executable, "-m", module, job_path], env=env, cwd=root,
                                       stdout=stderr if stderr is not None else None, stderr=stderr))
     deadline = None if timeout_s is None else time.time() + timeout_s
     try:
