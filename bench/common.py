@@ -1,7 +1,9 @@
-"""What every benchmark writes beside its table: the command that made it, the machine and the date."""
+"""What every benchmark writes beside its table (the command that made it, the machine and the date), the prepared data
+it reads and its scoring."""
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import os
 import platform
@@ -22,6 +24,29 @@ def write_result(path: str, title: str, description: str, table: str) -> str:
                 f"Machine: {machine()}\n\nDate: {datetime.date.today().isoformat()}\n\n{description}\n\n{table}\n")
     print(path)
     return path
+
+
+def pool_arguments(rho_u: str, pool_head: int, pool_head_help: str, epochs_help: str) -> argparse.ArgumentParser:
+    """The parser of the benchmarks that build a long-tailed labeled set and an unlabeled pool (bench/daso_bench.py,
+    bench/semi_bench.py): --rho, --n-max, --pool-head, --rho-u, --epochs; each adds its own."""
+    p = argparse.ArgumentParser()
+    p.add_argument("--rho", type=float, default=100.0, help="labeled imbalance ratio")
+    p.add_argument("--n-max", type=int, default=1500, help="labeled head class (the paper's N1)")
+    p.add_argument("--pool-head", type=int, default=pool_head, help=pool_head_help)
+    p.add_argument("--rho-u", default=rho_u, help="pool imbalance settings (comma list)")
+    p.add_argument("--epochs", type=int, default=30, help=epochs_help)
+    return p
+
+
+def prepared(data_dir: str) -> tuple[dict, dict, dict]:
+    """(manifest, label statistics of the labeled split, {split: file paths}) of a prepared data folder: what the
+    benchmarks that train outside the pipeline read."""
+    from components.data.prepare import load_manifest
+    from models.label_stats import derive_label_stats
+
+    manifest = load_manifest(data_dir)
+    stats = derive_label_stats(manifest["splits"]["labeled"]["per_class_counts"], manifest["class_names"])
+    return manifest, stats, {split: [os.path.join(data_dir, f) for f in s["files"]] for split, s in manifest["splits"].items()}
 
 
 def evaluate(model, test_files, image_shape, stats, logits_fn=None) -> dict:

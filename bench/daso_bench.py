@@ -16,7 +16,6 @@ Writes bench/results/daso_rho<rho>.md (table, command, machine, date) unless --o
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -29,12 +28,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras  # noqa: E402
 
-from bench.common import evaluate  # noqa: E402
+from bench.common import evaluate, pool_arguments, prepared  # noqa: E402
 from components.data.longtail import exponential_profile  # noqa: E402
-from components.data.prepare import load_manifest  # noqa: E402
 from models import modes  # noqa: E402
 from models.config import DasoConfig, FixMatchConfig, SemiConfig, TrainConfig  # noqa: E402
-from models.label_stats import derive_label_stats  # noqa: E402
 from models.semi import load_pool_truth, train_semi  # noqa: E402
 from models.training import train  # noqa: E402
 from pipeline.configs import load_config  # noqa: E402
@@ -60,11 +57,8 @@ def prepare_pool_setting(a, rho_u: float) -> str:
 
 def run_pool_setting(a, rho_u: float) -> tuple[list[dict], dict]:
     data = prepare_pool_setting(a, rho_u)
-    manifest = load_manifest(data)
-    stats = derive_label_stats(manifest["splits"]["labeled"]["per_class_counts"], manifest["class_names"])
-    files = [os.path.join(data, f) for f in manifest["splits"]["labeled"]["files"]]
-    pool_files = [os.path.join(data, f) for f in manifest["splits"]["unlabeled"]["files"]]
-    test_files = [os.path.join(data, f) for f in manifest["splits"]["test"]["files"]]
+    manifest, stats, split_files = prepared(data)
+    files, pool_files, test_files = split_files["labeled"], split_files["unlabeled"], split_files["test"]
     shape = manifest["image_shape"]
     rarest = stats["classes_by_frequency"][-3:]
     pool_setting = {"rho": manifest["rho"], "rho_u": manifest["rho_u"],
@@ -127,12 +121,8 @@ def table(rows: list[dict]) -> str:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser()
-    p.add_argument("--rho", type=float, default=100.0)
-    p.add_argument("--rho-u", default="100,1", help="pool imbalance settings, one table block each")
-    p.add_argument("--n-max", type=int, default=1500, help="labeled head class (the paper's N1)")
-    p.add_argument("--pool-head", type=int, default=3000, help="unlabeled head class (the paper's M1)")
-    p.add_argument("--epochs", type=int, default=30, help="passes over the labeled set (30 steps each at N1=1500, rho=100)")
+    p = pool_arguments("100,1", 3000, "unlabeled head class (the paper's M1)",
+                       "passes over the labeled set (30 steps each at N1=1500, rho=100)")  # one table block a rho_u
     p.add_argument("--mu", type=int, default=2)
     p.add_argument("--daso-warmup", type=int, default=None, help="DASO warm-up steps (default: 2%% of the steps)")
     p.add_argument("--seed", type=int, default=0)

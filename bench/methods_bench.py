@@ -24,11 +24,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-from bench.common import evaluate, write_result  # noqa: E402
-from components.data.prepare import load_manifest  # noqa: E402
+from bench.common import evaluate, prepared, write_result  # noqa: E402
 from models.config import TrainConfig  # noqa: E402
 from models.heads import tau_normalized_model  # noqa: E402
-from models.label_stats import derive_label_stats  # noqa: E402
 from models.losses import logit_adjust  # noqa: E402
 from models.training import decouple, train  # noqa: E402
 from pipeline.configs import load_config  # noqa: E402
@@ -60,11 +58,8 @@ def main() -> int:
     p.add_argument("--max-steps-per-epoch", type=int, default=None, help="smoke-testing the script only")
     a = p.parse_args()
     data = ensure_data(load_config("default", {"data.rho": str(a.rho)}))
-    manifest = load_manifest(data)
-    stats = derive_label_stats(manifest["splits"]["labeled"]["per_class_counts"], manifest["class_names"])
-    files = [os.path.join(data, f) for f in manifest["splits"]["labeled"]["files"]]
-    test_files = [os.path.join(data, f) for f in manifest["splits"]["test"]["files"]]
-    shape = manifest["image_shape"]
+    manifest, stats, split_files = prepared(data)
+    files, test_files, shape = split_files["labeled"], split_files["test"], manifest["image_shape"]
     rows = []
     for seed in [int(s) for s in a.seeds.split(",")]:
         base = TrainConfig(backbone="resnet8", augment="crop,flip", epochs=a.epochs, seed=seed,

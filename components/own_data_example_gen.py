@@ -40,7 +40,7 @@ from components.data.longtail import SplitSpec
 from components.data.own_data import CODE_OF_SPLIT, SPLIT_OF_OUTPUT, OwnDataPlan, image_files, plan_own_data
 from components.data.prepare import encode_png, image_digest
 from components.data.sources import decode_image
-from components.label_stats_gen import _CountAndSample
+from components.label_statistics import CountAndSample
 
 INGEST_CONFIG_KEY = "ingest_config"
 FILES_PER_TASK = 1024  # image files a Beam work item reads, one after another
@@ -202,9 +202,9 @@ def IngestOwnData(pipeline, config: dict, plan: OwnDataPlan, wanted: dict[str, s
             _DecodeAndCheck.PROBLEMS, _DecodeAndCheck.DIGESTS, main="examples"))
     # one (40-byte digest, locator) pair per image through a GroupByKey: small beside the images themselves
     duplicates = (checked[_DecodeAndCheck.DIGESTS] | "ByDigest" >> beam.GroupByKey()
-                  | "SplitPairs" >> beam.FlatMap(_split_pairs) | "CountDuplicates" >> beam.CombinePerKey(_CountAndSample()))
+                  | "SplitPairs" >> beam.FlatMap(_split_pairs) | "CountDuplicates" >> beam.CombinePerKey(CountAndSample()))
     problems = ((*read_problems, checked[_DecodeAndCheck.PROBLEMS])
-                | "AllProblems" >> beam.Flatten() | "CountProblems" >> beam.CombinePerKey(_CountAndSample()))
+                | "AllProblems" >> beam.Flatten() | "CountProblems" >> beam.CombinePerKey(CountAndSample()))
     counts = (checked.examples | "SplitLabel" >> beam.Map(lambda e: (f"{e[0]}/{e[1]}", 1))
               | "CountPerSplitClass" >> beam.CombinePerKey(sum))
     for name, pcoll in (("problems", problems), ("counts", counts), ("duplicates", duplicates)):

@@ -1,6 +1,7 @@
 """RegressionLabelStatsGen: LabelStatsGen for a continuous target, with Apache Beam.
 
-Per split (train, eval, test) Beam parses each tf.Example's target, applies the bad-row policy
+The regression task of the label-statistics skeleton (components/label_statistics.py). Per split
+(train, eval, test) Beam parses each tf.Example's target, applies the bad-row policy
 (models.regression.target_problem: missing, non-finite, negative, above ``max_target``) and
 combines per key: the training histogram {floor(y / bin_width): count} (``CombinePerKey(sum)``),
 the bad rows per reason (count and a few example locators) and, for the training split, the
@@ -17,6 +18,7 @@ with a PipelineDataError naming the split, the reasons and the count.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -24,13 +26,13 @@ import os
 import apache_beam as beam
 import tensorflow as tf
 from tfx import types
-from tfx.dsl.components.base import base_beam_component, base_beam_executor, executor_spec
+from tfx.dsl.components.base import executor_spec
 from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
-from components.artifacts import LABEL_STATS_FILE, LabelStatistics
+from components.artifacts import LabelStatistics
 from components.errors import PipelineDataError
-from components.label_stats_gen import _CountAndSample
+from components.label_statistics import CountAndSample, LabelStatsComponent, LabelStatsExecutor
 from models.config import RegressionConfig, from_dict
 from models.density import derive_regression_stats
 from models.regression import COLUMN_TYPES, model_columns, target_problem
@@ -78,7 +80,7 @@ def check_split(pipeline, file_pattern: str, cfg: RegressionConfig, tag: str, wi
     histogram = (by_kind[0] | f"Bin{tag}" >> beam.Map(lambda kv: (kv[1], 1))
                  | f"Histogram{tag}" >> beam.CombinePerKey(sum))
     problems = (by_kind[1] | f"Reason{tag}" >> beam.Map(lambda kv: kv[1])
-                | f"CountProblems{tag}" >> beam.CombinePerKey(_CountAndSample()))
+                | f"CountProblems{tag}" >> beam.CombinePerKey(CountAndSample()))
     missing = (by_kind[2] | f"Column{tag}" >> beam.Map(lambda kv: (kv[1], 1))
                | f"CountMissing{tag}" >> beam.CombinePerKey(sum))
     total = by_kind[3] | f"CountRows{tag}" >> beam.CombinePerKey(sum)
@@ -94,22 +96,22 @@ class RegressionLabelStatsGenSpec(types.ComponentSpec):
     OUTPUTS = {"label_stats": ChannelParameter(type=LabelStatistics)}
 
 
-class Executor(base_beam_executor.BaseBeamExecutor):
-    def Do(self, input_dict, output_dict, exec_properties):
+class Executor(LabelStatsExecutor):
+    def tables(self, pipeline, input_dict, exec_properties):
+        cfg = from_dict(RegressionConfig, json.loads(exec_properties["regression"]), "regression.")
+        tables = {}
+        for i, split in enumerate(json.loads(exec_properties["splits"])):
+            pattern = os.path.join(artifact_utils.get_split_uri(input_dict["examples"], split), "*")
+            tables.update({f"{split}_{name}": rows for name, rows in check_split(pipeline, pattern, cfg, split,
+                                                                                  with_features=i == 0).items()})
+        return tables
+
+    def derive(self, read_table, input_dict, exec_properties):
         cfg = from_dict(RegressionConfig, json.loads(exec_properties["regression"]), "regression.")
         splits = json.loads(exec_properties["splits"])
-        out_dir = os.path.join(artifact_utils.get_single_uri(output_dict["label_stats"]), "beam")
-        with self._make_beam_pipeline() as p:
-            for i, split in enumerate(splits):
-                pattern = os.path.join(artifact_utils.get_split_uri(input_dict["examples"], split), "*")
-                for name, pcoll in check_split(p, pattern, cfg, split, with_features=i == 0).items():
-                    (pcoll | f"Json{name}{split}" >> beam.Map(json.dumps)
-                     | f"Write{name}{split}" >> beam.io.WriteToText(os.path.join(out_dir, f"{split}_{name}"),
-                                                                   shard_name_template=""))
 
         def read(split, name):
-            path = os.path.join(out_dir, f"{split}_{name}")
-            return [json.loads(line) for line in open(path)] if os.path.exists(path) else []
+            return read_table(f"{split}_{name}")
 
         bad_rows, rows = {}, {}
         for split in splits:
@@ -139,20 +141,14 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             "missing_feature_policy": ("a missing or non-finite numeric value is imputed by the training mean and flagged "
                                        "by an indicator input; a missing category maps to the out-of-vocabulary index"),
         })
-        uri = artifact_utils.get_single_uri(output_dict["label_stats"])
-        with open(os.path.join(uri, LABEL_STATS_FILE), "w") as f:
-            json.dump(stats, f, indent=2)
+        return stats
 
 
-class RegressionLabelStatsGen(base_beam_component.BaseBeamComponent):
+class RegressionLabelStatsGen(LabelStatsComponent):
     """Beam label-density statistics of a continuous target (histogram, LDS weights, bin groups)."""
 
     SPEC_CLASS = RegressionLabelStatsGenSpec
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
 
     def __init__(self, examples, regression: RegressionConfig, splits=("train", "eval", "test")):
-        import dataclasses
-
-        spec = RegressionLabelStatsGenSpec(examples=examples, regression=json.dumps(dataclasses.asdict(regression)),
-                                           splits=json.dumps(list(splits)), label_stats=types.Channel(type=LabelStatistics))
-        super().__init__(spec=spec)
+        super().__init__(examples, regression=json.dumps(dataclasses.asdict(regression)), splits=json.dumps(list(splits)))

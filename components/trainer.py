@@ -15,7 +15,10 @@ executor adds the input artifacts' paths to it (``TrainerJob.with_inputs``) befo
 PseudoLabelBaseTrainer: the same Trainer, as its own class so MLMD records the base model's executions
 apart from the final Trainer's (the base model labels the pool).
 
-SSPPretrainer: the self-supervised pre-training Trainer whose Model artifact is LongTailTrainer's base_model."""
+SSPPretrainer: the self-supervised pre-training Trainer whose Model artifact is LongTailTrainer's base_model.
+
+Both build on JobTrainer (the spec from a TrainerJob) and JobExecutor (the job plus ``input_paths``); a Trainer for
+another stage is its spec's extra inputs and the paths its executor adds."""
 
 from __future__ import annotations
 
@@ -45,9 +48,36 @@ class LongTailTrainerSpec(standard_component_specs.TrainerSpec):
               "init_model": ChannelParameter(type=standard_artifacts.Model, optional=True)}
 
 
-class Executor(trainer_executor.GenericExecutor):
+class JobExecutor(trainer_executor.GenericExecutor):
+    """TFX's GenericExecutor that adds the paths of its input artifacts (``input_paths``) to the job run_fn reads."""
+
+    def input_paths(self, input_dict) -> dict:
+        """{models.job key: path or file patterns} of the wired input artifacts."""
+        raise NotImplementedError
+
     def _GetFnArgs(self, input_dict, output_dict, exec_properties):
         fn_args = super()._GetFnArgs(input_dict, output_dict, exec_properties)
+        fn_args.custom_config = TrainerJob.from_custom_config(fn_args.custom_config).with_inputs(
+            **self.input_paths(input_dict)).to_custom_config()
+        return fn_args
+
+
+class JobTrainer(trainer_component.Trainer):
+    """TFX's Trainer on ``SPEC_CLASS`` (TrainerSpec plus the extra inputs, given as keywords) with a TrainerJob."""
+
+    def __init__(self, examples, run_fn: str, job: TrainerJob, train_split: str = "train", eval_split: str = "eval",
+                 **inputs):
+        spec = self.SPEC_CLASS(
+            examples=examples, train_args=trainer_pb2.TrainArgs(splits=[train_split]),
+            eval_args=trainer_pb2.EvalArgs(splits=[eval_split]), run_fn=run_fn,
+            custom_config=json_utils.dumps(job.to_custom_config()), model=types.Channel(type=standard_artifacts.Model),
+            model_run=types.Channel(type=standard_artifacts.ModelRun), **inputs)
+        # Skip Trainer.__init__ (it builds its own spec); BaseComponent takes ours.
+        super(trainer_component.Trainer, self).__init__(spec=spec)
+
+
+class Executor(JobExecutor):
+    def input_paths(self, input_dict):
         stats_uri = artifact_utils.get_single_uri(input_dict["label_stats"])
         paths = {trainer_job.LABEL_STATS_PATH_KEY: os.path.join(stats_uri, LABEL_STATS_FILE)}
         if input_dict.get("unlabeled_examples"):
@@ -62,28 +92,20 @@ class Executor(trainer_executor.GenericExecutor):
         if input_dict.get("init_model"):
             model = input_dict["init_model"][0]
             paths[trainer_job.INIT_MODEL_KEY] = path_utils.serving_model_path(model.uri, path_utils.is_old_model_artifact(model))
-        fn_args.custom_config = TrainerJob.from_custom_config(fn_args.custom_config).with_inputs(
-            **paths).to_custom_config()
-        return fn_args
+        return paths
 
 
-class LongTailTrainer(trainer_component.Trainer):
+class LongTailTrainer(JobTrainer):
     SPEC_CLASS = LongTailTrainerSpec
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(Executor)
 
     def __init__(self, examples, label_stats, run_fn: str, job: TrainerJob, schema=None, base_model=None,
                  train_split: str = "train", eval_split: str = "eval", unlabeled_examples=None,
                  pseudo_labeled_examples=None, pseudo_label_stats=None, init_model=None):
-        spec = LongTailTrainerSpec(
-            examples=examples, label_stats=label_stats, schema=schema, base_model=base_model,
-            unlabeled_examples=unlabeled_examples, pseudo_labeled_examples=pseudo_labeled_examples,
-            pseudo_label_stats=pseudo_label_stats, init_model=init_model,
-            train_args=trainer_pb2.TrainArgs(splits=[train_split]), eval_args=trainer_pb2.EvalArgs(splits=[eval_split]),
-            run_fn=run_fn, custom_config=json_utils.dumps(job.to_custom_config()),
-            model=types.Channel(type=standard_artifacts.Model),
-            model_run=types.Channel(type=standard_artifacts.ModelRun))
-        # Skip Trainer.__init__ (it builds its own spec); BaseComponent takes ours.
-        super(trainer_component.Trainer, self).__init__(spec=spec)
+        super().__init__(examples, run_fn, job, train_split, eval_split, label_stats=label_stats, schema=schema,
+                         base_model=base_model, unlabeled_examples=unlabeled_examples,
+                         pseudo_labeled_examples=pseudo_labeled_examples, pseudo_label_stats=pseudo_label_stats,
+                         init_model=init_model)
 
 
 class PseudoLabelBaseTrainer(LongTailTrainer):
@@ -95,19 +117,16 @@ class SSPPretrainerSpec(standard_component_specs.TrainerSpec):
               "unlabeled_examples": ChannelParameter(type=standard_artifacts.Examples, optional=True)}
 
 
-class PretrainExecutor(trainer_executor.GenericExecutor):
+class PretrainExecutor(JobExecutor):
     """Adds the unlabeled split's files (``unlabeled_files``, when wired) to the job run_fn reads."""
 
-    def _GetFnArgs(self, input_dict, output_dict, exec_properties):
-        fn_args = super()._GetFnArgs(input_dict, output_dict, exec_properties)
+    def input_paths(self, input_dict):
         unlabeled = input_dict.get("unlabeled_examples") or []
-        files = [os.path.join(artifact_utils.get_split_uri(unlabeled, "unlabeled"), "*")] if unlabeled else []
-        fn_args.custom_config = TrainerJob.from_custom_config(fn_args.custom_config).with_inputs(
-            **{trainer_job.UNLABELED_FILES_KEY: files}).to_custom_config()
-        return fn_args
+        return {trainer_job.UNLABELED_FILES_KEY:
+                [os.path.join(artifact_utils.get_split_uri(unlabeled, "unlabeled"), "*")] if unlabeled else []}
 
 
-class SSPPretrainer(trainer_component.Trainer):
+class SSPPretrainer(JobTrainer):
     """The self-supervised pre-training Trainer (run_fn models.ssp.run_fn): reads the labeled examples'
     images (never their labels, except the eval split's for the linear probe) and, when wired, the
     unlabeled ones; its Model artifact holds the backbone weights that LongTailTrainer takes as
@@ -118,10 +137,4 @@ class SSPPretrainer(trainer_component.Trainer):
 
     def __init__(self, examples, run_fn: str, job: TrainerJob, unlabeled_examples=None, train_split: str = "train",
                  eval_split: str = "eval"):
-        spec = SSPPretrainerSpec(
-            examples=examples, unlabeled_examples=unlabeled_examples,
-            train_args=trainer_pb2.TrainArgs(splits=[train_split]), eval_args=trainer_pb2.EvalArgs(splits=[eval_split]),
-            run_fn=run_fn, custom_config=json_utils.dumps(job.to_custom_config()),
-            model=types.Channel(type=standard_artifacts.Model),
-            model_run=types.Channel(type=standard_artifacts.ModelRun))
-        super(trainer_component.Trainer, self).__init__(spec=spec)
+        super().__init__(examples, run_fn, job, train_split, eval_split, unlabeled_examples=unlabeled_examples)

@@ -7,7 +7,7 @@ import os
 from models.density import BIN_GROUPS
 from pipeline.report_envelope import run_envelope, write_metrics
 from pipeline.report_plots import pyplot, save
-from pipeline.report_render import fmt, gate_line, pushed_text
+from pipeline.report_render import console, fmt, pushed_text
 
 
 def build_metrics(cfg_dict: dict, csv_dir: str, results: dict, timings: dict) -> dict:
@@ -44,15 +44,16 @@ def group_rows(metrics: dict) -> list[dict]:
     return rows
 
 
+CONSOLE_COLUMNS = (("bins", "<8", lambda r: r["group"]), ("non-empty", ">10", lambda r: r["bins"]),
+                   ("train", ">7", lambda r: r["train"]), ("val MAE", ">9", lambda r: fmt(r["val_mae"])),
+                   ("test n", ">8", lambda r: r["test_count"] or 0), ("test MAE", ">10", lambda r: fmt(r["test_mae"])),
+                   ("test MSE", ">10", lambda r: fmt(r["test_mse"], 1)), ("test GM", ">9", lambda r: fmt(r["test_gmean"])))
+
+
 def console_table(metrics: dict) -> str:
-    lines = [f"{'bins':<8}{'non-empty':>10}{'train':>7}{'val MAE':>9}{'test n':>8}{'test MAE':>10}{'test MSE':>10}{'test GM':>9}"]
-    for r in group_rows(metrics):
-        lines.append(f"{r['group']:<8}{r['bins']:>10}{r['train']:>7}{fmt(r['val_mae']):>9}{r['test_count'] or 0:>8}"
-                     f"{fmt(r['test_mae']):>10}{fmt(r['test_mse'], 1):>10}{fmt(r['test_gmean']):>9}")
-    lines.append(f"{metrics['target']}: MAE {fmt(metrics['mae'], 4)}  MSE {fmt(metrics['mse'], 3)}  "
-                 f"GM {fmt(metrics['gmean'], 4)}  (test split); dropped rows {metrics['bad_rows']['dropped']}")
-    lines.append(gate_line(metrics))
-    return "\n".join(lines)
+    return console(CONSOLE_COLUMNS, group_rows(metrics), [
+        f"{metrics['target']}: MAE {fmt(metrics['mae'], 4)}  MSE {fmt(metrics['mse'], 3)}  GM {fmt(metrics['gmean'], 4)}  "
+        f"(test split); dropped rows {metrics['bad_rows']['dropped']}"], metrics)
 
 
 def plot_bins(metrics: dict, path: str) -> None:

@@ -1,5 +1,5 @@
 """report.md and the console table of a classification run, read from its metrics.json (pipeline/report_blocks.py);
-and the text helpers both tasks' reports share (numbers, the gate's decision, where the model was pushed).
+and the text helpers both tasks' reports share (numbers, the gate's decision, where the model was pushed, the console summary).
 
 Text only: the figures are pipeline/report_plots.py's. Pure Python, no TensorFlow.
 """
@@ -28,6 +28,17 @@ def gate_line(metrics: dict) -> str:
     decision = "BLESSED" if metrics["blessed"] else "NOT BLESSED: " + "; ".join(
         f"{c['check']} ({fmt(c['value'])} vs {fmt(c['threshold'])}{', ' + c['detail'] if c['detail'] else ''})" for c in failed)
     return f"gate: {decision}; pushed: {pushed_text(metrics)}"
+
+
+GAP = (" ", "", lambda row: " ")  # a console column that is one space
+
+
+def console(columns, rows: list[dict], summary: list[str], metrics: dict) -> str:
+    """A task's console summary, any task: its table (``columns``: (title, format spec, cell of a row)), its
+    summary lines, then the gate's line."""
+    lines = ["".join(f"{title:{spec}}" for title, spec, _ in columns)]
+    lines += ["".join(f"{cell(r):{spec}}" for _, spec, cell in columns) for r in rows]
+    return "\n".join([*lines, *summary, gate_line(metrics)])
 
 
 def confusion_matrix(metrics: dict) -> list | None:
@@ -181,25 +192,26 @@ def per_class_rows(metrics: dict) -> list[dict]:
     return rows
 
 
+CONSOLE_COLUMNS = (("class", "<14", lambda r: r["class"][:13]), ("id", ">3", lambda r: r["id"]),
+                   ("train", ">7", lambda r: r["train"]), GAP, ("group", "<7", lambda r: r["group"]),
+                   ("val rec", ">8", lambda r: fmt(r["val_recall"])), ("test rec", ">9", lambda r: fmt(r["test_recall"])),
+                   ("test prec", ">10", lambda r: fmt(r["test_precision"])))
+
+
 def console_table(metrics: dict) -> str:
-    lines = [f"{'class':<14}{'id':>3}{'train':>7} {'group':<7}{'val rec':>8}{'test rec':>9}{'test prec':>10}"]
-    for r in per_class_rows(metrics):
-        lines.append(f"{r['class'][:13]:<14}{r['id']:>3}{r['train']:>7} {r['group']:<7}{fmt(r['val_recall']):>8}"
-                     f"{fmt(r['test_recall']):>9}{fmt(r['test_precision']):>10}")
-    lines.append(f"balanced accuracy {fmt(metrics['balanced_accuracy'], 4)}  macro-F1 {fmt(metrics['macro_f1'], 4)}  "
-                 f"many {fmt(metrics['many_shot_accuracy'])} medium {fmt(metrics['medium_shot_accuracy'])} "
-                 f"few {fmt(metrics['few_shot_accuracy'])}  (test split)")
+    summary = [f"balanced accuracy {fmt(metrics['balanced_accuracy'], 4)}  macro-F1 {fmt(metrics['macro_f1'], 4)}  "
+               f"many {fmt(metrics['many_shot_accuracy'])} medium {fmt(metrics['medium_shot_accuracy'])} "
+               f"few {fmt(metrics['few_shot_accuracy'])}  (test split)"]
     ssp = metrics.get("ssp") or {}
     if ssp.get("method", "none") != "none":
-        lines.append(f"self-supervised pre-training: {ssp['method']} ({ssp['data']}, {ssp['epochs']} epochs), final loss "
-                     f"{fmt(ssp['final_loss'], 4)}, linear probe {fmt(ssp['linear_probe_accuracy'])} "
-                     f"(random init {fmt(ssp['random_init_probe_accuracy'])})")
+        summary.append(f"self-supervised pre-training: {ssp['method']} ({ssp['data']}, {ssp['epochs']} epochs), final loss "
+                       f"{fmt(ssp['final_loss'], 4)}, linear probe {fmt(ssp['linear_probe_accuracy'])} "
+                       f"(random init {fmt(ssp['random_init_probe_accuracy'])})")
     plan = metrics.get("plan") or {}
     if plan.get("choice"):
-        lines.append(f"plan (semi.method={plan['semi']}): {plan['choice']}, trained with {plan['trained_with']}. "
-                     f"{planner.explain(plan)}")
-    lines.append(gate_line(metrics))
-    return "\n".join(lines)
+        summary.append(f"plan (semi.method={plan['semi']}): {plan['choice']}, trained with {plan['trained_with']}. "
+                       f"{planner.explain(plan)}")
+    return console(CONSOLE_COLUMNS, per_class_rows(metrics), summary, metrics)
 
 
 def top_confusions(metrics: dict, k: int = 3) -> list[str]:

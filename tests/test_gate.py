@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from components.gate import GateThresholds, decide
+from components.gate import GateThresholds, PerClassGate, decide
 from models.metrics import per_class_metrics
 
 NAMES = [f"c{i}" for i in range(4)]
@@ -26,10 +26,10 @@ def _good():
 def test_crippled_candidate_that_never_predicts_the_rarest_class_is_not_blessed():
     labels, preds = _good()
     t = GateThresholds(min_balanced_accuracy=0.5, min_per_class_recall=0.3)
-    blessed, _ = decide(_metrics(preds, labels), None, t, NAMES)
+    blessed, _ = decide(PerClassGate(NAMES), _metrics(preds, labels), None, t)
     assert blessed
     crippled = np.where(preds == 1, 2, preds)  # never predicts class 1
-    blessed, checks = decide(_metrics(crippled, labels), None, t, NAMES)
+    blessed, checks = decide(PerClassGate(NAMES), _metrics(crippled, labels), None, t)
     assert not blessed
     failed = [c for c in checks if not c["passed"]]
     assert [c["check"] for c in failed] == ["every class recall >= floor"]
@@ -44,13 +44,13 @@ def test_worse_than_last_blessed_by_more_than_margin_is_not_blessed():
     cand = _metrics(worse, labels)
     t = GateThresholds(min_balanced_accuracy=0.0, min_per_class_recall=0.0, max_drop_balanced_accuracy=0.5,
                        max_drop_few_shot_accuracy=0.05)
-    blessed, checks = decide(cand, baseline, t, NAMES)
+    blessed, checks = decide(PerClassGate(NAMES), cand, baseline, t)
     assert not blessed
     assert [c["check"] for c in checks if not c["passed"]] == ["few-shot accuracy drop vs last blessed"]
-    blessed, _ = decide(cand, baseline, GateThresholds(0.0, 0.0, 0.5, 0.5), NAMES)
+    blessed, _ = decide(PerClassGate(NAMES), cand, baseline, GateThresholds(0.0, 0.0, 0.5, 0.5))
     assert blessed  # within a looser margin
     tight = GateThresholds(0.0, 0.0, max_drop_balanced_accuracy=0.01, max_drop_few_shot_accuracy=1.0)
-    blessed, checks = decide(cand, baseline, tight, NAMES)
+    blessed, checks = decide(PerClassGate(NAMES), cand, baseline, tight)
     assert not blessed and [c["check"] for c in checks if not c["passed"]] == ["balanced_accuracy drop vs last blessed"]
 
 
@@ -59,7 +59,7 @@ def test_empty_few_shot_group_does_not_crash_the_gate():
     groups = {"many": [0, 1, 2, 3], "medium": [], "few": []}
     m = per_class_metrics(labels, preds, 4, groups)
     assert m["few_shot_accuracy"] is None
-    blessed, checks = decide(m, m, GateThresholds(0.5, 0.3), NAMES)
+    blessed, checks = decide(PerClassGate(NAMES), m, m, GateThresholds(0.5, 0.3))
     assert blessed and "not applicable" in checks[-1]["detail"]
 
 
@@ -90,7 +90,7 @@ def test_intervals_at_five_images_a_class_are_wide_and_name_the_classes_too_smal
     assert big["balanced_accuracy_interval"][1] - big["balanced_accuracy_interval"][0] < (hi - lo) / 4
     m = per_class_metrics(labels, preds, 4, GROUPS)
     m["uncertainty"] = u
-    blessed, checks = decide(m, None, GateThresholds(0.5, 0.3), NAMES)
+    blessed, checks = decide(PerClassGate(NAMES), m, None, GateThresholds(0.5, 0.3))
     assert blessed
     per_class = next(c for c in checks if c["check"] == "every class recall >= floor")
     assert per_class["certainty"] == "too few images" and "too few images to judge c3" in per_class["detail"]
@@ -105,16 +105,16 @@ def test_a_drop_of_one_image_in_a_small_split_is_noise_but_a_broken_candidate_is
     one_off = labels.copy()
     one_off[0] = 1  # one image of 20 answered differently: point drop 0.05
     t = GateThresholds(0.0, 0.0, max_drop_balanced_accuracy=0.01, max_drop_few_shot_accuracy=0.02)
-    point_blessed, _ = decide(_metrics(one_off, labels), _metrics(base, labels), t, NAMES)
+    point_blessed, _ = decide(PerClassGate(NAMES), _metrics(one_off, labels), _metrics(base, labels), t)
     assert not point_blessed  # the point rule would block it on one image
     comparison = {"balanced_accuracy": paired_drop(labels, base, one_off, 4),
                   "few_shot": paired_drop(labels, base, one_off, 4, GROUPS["few"])}
     assert comparison["balanced_accuracy"]["drop"] == 0.05 and comparison["balanced_accuracy"]["images_that_differ"] == 1
-    blessed, checks = decide(_metrics(one_off, labels), _metrics(base, labels), t, NAMES, comparison)
+    blessed, checks = decide(PerClassGate(NAMES, comparison), _metrics(one_off, labels), _metrics(base, labels), t)
     assert blessed and checks[2]["certainty"] == "unsure" and "1 answered differently" in checks[2]["detail"]
     broken = (labels + 1) % 4  # every image wrong
     comparison = {"balanced_accuracy": paired_drop(labels, base, broken, 4), "few_shot": None}
-    blessed, checks = decide(_metrics(broken, labels), _metrics(base, labels), t, NAMES, comparison)
+    blessed, checks = decide(PerClassGate(NAMES, comparison), _metrics(broken, labels), _metrics(base, labels), t)
     assert not blessed and checks[2]["certainty"] == "sure" and checks[2]["value"] == 1.0
 
 
@@ -134,7 +134,8 @@ def test_a_baseline_of_another_label_space_is_no_comparable_model(tmp_path):
     reason = incomparable_baseline(other, NAMES)
     assert reason.startswith("no comparable blessed model") and "'zero'" in reason and "'c0'" in reason
     labels, preds = _good()
-    blessed, checks = decide(_metrics(preds, labels), None, GateThresholds(0.5, 0.3), NAMES, no_baseline_reason=reason)
+    blessed, checks = decide(PerClassGate(NAMES), _metrics(preds, labels), None, GateThresholds(0.5, 0.3),
+                             no_baseline_reason=reason)
     assert blessed and checks[-1]["detail"] == reason
 
 

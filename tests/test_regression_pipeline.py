@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 from apache_beam.testing.util import assert_that, equal_to
 
-from components.gate import RegressionGateThresholds, decide_regression
+from components.gate import RegressionGate, RegressionGateThresholds, decide
 from components.regression_label_stats_gen import check_split
 from models.config import RegressionConfig, from_dict
 from models.regression import COLUMN_TYPES, regression_metrics, target_problem, valid_rows
@@ -106,12 +106,12 @@ def test_regression_metrics_by_bin_group_by_hand():
 def test_regression_gate_ceilings_and_last_blessed():
     base = {"mae": 2.0, "few_shot_mae": 10.0, "few_shot_count": 5}
     t = RegressionGateThresholds(max_mae=3.0, max_few_shot_mae=20.0, max_mae_increase=0.1, max_few_shot_mae_increase=1.0)
-    assert decide_regression(base, None, t)[0]
-    blessed, checks = decide_regression({"mae": 2.05, "few_shot_mae": 12.0, "few_shot_count": 5}, base, t)
+    assert decide(RegressionGate(), base, None, t)[0]
+    blessed, checks = decide(RegressionGate(), {"mae": 2.05, "few_shot_mae": 12.0, "few_shot_count": 5}, base, t)
     assert not blessed and [c["check"] for c in checks if not c["passed"]] == ["few-shot mae increase vs last blessed"]
-    blessed, checks = decide_regression({"mae": 3.5, "few_shot_mae": 9.0, "few_shot_count": 5}, base, t)
+    blessed, checks = decide(RegressionGate(), {"mae": 3.5, "few_shot_mae": 9.0, "few_shot_count": 5}, base, t)
     assert [c["check"] for c in checks if not c["passed"]] == ["mae <= ceiling", "mae increase vs last blessed"]
-    blessed, checks = decide_regression({"mae": 2.0, "few_shot_mae": None, "few_shot_count": 0}, base, t)
+    blessed, checks = decide(RegressionGate(), {"mae": 2.0, "few_shot_mae": None, "few_shot_count": 0}, base, t)
     assert blessed and "not applicable" in checks[1]["detail"]
 
 
