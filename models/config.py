@@ -66,6 +66,24 @@ class TrainConfig:
     mixed_precision: str = "none"  # none | mixed_float16 | mixed_bfloat16 (losses in float32, export in float32)
 
 
+@dataclasses.dataclass(frozen=True)
+class DistributeConfig:
+    """How a Trainer runs beyond one float32 process (models/distribute.py): the ``train.*`` fields of that name,
+    alone. The pre-training Trainer's job carries these, not the whole supervised section, so a supervised-only
+    change (train.learning_rate) still leaves the cached pre-training alone."""
+
+    distribute: str = "auto"
+    local_workers: int = 1
+    batch_scaling: str = "global"
+    lr_scaling: str = "none"
+    data_sharding: str = "auto"  # the pre-training has no sampler: auto is examples
+    mixed_precision: str = "none"
+
+    @classmethod
+    def of(cls, train: TrainConfig) -> "DistributeConfig":
+        return cls(**{f.name: getattr(train, f.name) for f in dataclasses.fields(cls)})
+
+
 # What train.augment may name (models/inputs.py:augmenter applies them): crop = zero-pad by about an eighth of the side
 # and crop back at a random offset; flip = random horizontal mirror (only for data whose mirror image is the same class);
 # rand_augment = keras.layers.RandAugment (2 ops, factor 0.5); erase = keras.layers.RandomErasing (up to a quarter).

@@ -17,7 +17,8 @@ batch's size (or class-weight sum), gradients summed across replicas by the Kera
 
 A multi-worker strategy must exist before the process runs any TensorFlow op, and the Trainer's process (TFX's
 executor, LocalDagRunner's in-process components) has run many, so workers always train in fresh child processes
-(``python -m models.trainer JOB``, or another Trainer's worker module): :func:`launch` starts them, streams the
+(``python -m models.trainer JOB``, or another Trainer's worker module: ``python -m models.ssp JOB`` for the
+pre-training): :func:`launch` starts them, streams the
 chief's progress and stops every worker when one fails.
 
 models/ never imports tfx.
@@ -126,9 +127,10 @@ def check_config(train, mode: str, task: str = "classification") -> None:
     """The distribute / mixed precision settings, checked when the run is configured (not when the Trainer starts):
     each value known, and anything beyond one float32 process only where it is built: the classification Trainers
     of the modes marked ``data_parallel`` (models/modes.py: supervised, pseudo_label and auto, i.e. the pseudo-label
-    base and final Trainers, with every loss, class weighting, DRW, sampler and decoupling stage). FixMatch and
-    DASO, the SSP pre-training Trainer and the regression task train in one process; asking them for more is an
-    error naming the mode, not a silent single process."""
+    base and final Trainers, with every loss, class weighting, DRW, sampler and decoupling stage), and the SSP
+    pre-training Trainer (pretrain.method=rotation|moco, models/ssp.py) ahead of them, which takes the same train.*
+    settings (models.config.DistributeConfig). FixMatch and DASO and the regression task train in one process; asking
+    them for more is an error naming the mode, not a silent single process."""
     # multi_worker's cluster (TF_CONFIG) exists only in the training pods, so it is not required here
     resolve(train.distribute if train.distribute != "multi_worker" or train.local_workers > 1 else "none",
             train.local_workers)

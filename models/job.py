@@ -10,7 +10,8 @@ Three stages share the contract, each with its own keys:
   TRAIN (models.trainer.run_fn): train, semi, pretrain, calibration, post_hoc_logit_adjust_tau, image_shape,
     backup_dir; pool_setting, pool_truth (modes with online_pool), export_classifier_weights (the pseudo-label
     base model under semi.pseudo_label.init=base) when set
-  PRETRAIN (models.ssp.run_fn): pretrain, backbone, image_shape, backup_dir
+  PRETRAIN (models.ssp.run_fn): pretrain, backbone, image_shape, backup_dir; distribute (the train.* settings of
+    models.config.DistributeConfig) when any differs from its default
   REGRESSION (models.regression.run_fn): train, regression, backup_dir
 and the input paths the executor adds (components/trainer.py): label_stats_path, unlabeled_files,
 pseudo_labeled_files, pseudo_label_stats_path, init_model.
@@ -41,6 +42,7 @@ BACKUP_DIR_KEY = "backup_dir"
 POOL_SETTING_KEY = "pool_setting"
 POOL_TRUTH_KEY = "pool_truth"
 EXPORT_CLASSIFIER_WEIGHTS_KEY = "export_classifier_weights"
+DISTRIBUTE_KEY = "distribute"
 
 # --- the input paths the executor adds (components/trainer.py), from the Trainer's input artifacts
 LABEL_STATS_PATH_KEY = "label_stats_path"
@@ -64,12 +66,14 @@ STAGE_KEYS = {
     REGRESSION: (TRAIN_KEY, REGRESSION_KEY, BACKUP_DIR_KEY),
 }
 # keys written only when set, by stage (the input paths: every stage)
-OPTIONAL_KEYS = {TRAIN: (POOL_SETTING_KEY, POOL_TRUTH_KEY, EXPORT_CLASSIFIER_WEIGHTS_KEY), PRETRAIN: (), REGRESSION: ()}
+OPTIONAL_KEYS = {TRAIN: (POOL_SETTING_KEY, POOL_TRUTH_KEY, EXPORT_CLASSIFIER_WEIGHTS_KEY), PRETRAIN: (DISTRIBUTE_KEY,),
+                 REGRESSION: ()}
 # BackupAndRestore's folder under the pipeline root, by stage (one subfolder a cache key)
 BACKUP_FOLDERS = {TRAIN: "_trainer_backup", PRETRAIN: "_pretrainer_backup", REGRESSION: "_trainer_backup"}
 
 _SECTIONS = {TRAIN_KEY: config.TrainConfig, SEMI_KEY: config.SemiConfig, PRETRAIN_KEY: config.SSPConfig,
-             CALIBRATION_KEY: config.CalibrationConfig, REGRESSION_KEY: config.RegressionConfig}
+             CALIBRATION_KEY: config.CalibrationConfig, REGRESSION_KEY: config.RegressionConfig,
+             DISTRIBUTE_KEY: config.DistributeConfig}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,8 +81,9 @@ class TrainerJob:
     """One Trainer execution's job (see the module docstring for which stage carries which field).
 
     ``pool_setting``: the declared pool imbalance {rho, rho_u, same_order} (DASO's T_dist); ``pool_truth``: {data_dir,
-    unlabeled} where the pool's true classes are (only to score pseudo-labels). The input paths are None until the
-    executor adds them."""
+    unlabeled} where the pool's true classes are (only to score pseudo-labels). ``distribute``: how a PRETRAIN job runs
+    beyond one float32 process (None: DistributeConfig's defaults). The input paths are None until the executor adds
+    them."""
 
     stage: str = TRAIN
     train: config.TrainConfig | None = None
@@ -93,6 +98,7 @@ class TrainerJob:
     pool_setting: dict | None = None
     pool_truth: dict | None = None
     export_classifier_weights: bool = False
+    distribute: config.DistributeConfig | None = None
     # the input paths (components/trainer.py)
     label_stats_path: str | None = None
     unlabeled_files: list | None = None
@@ -113,6 +119,8 @@ class TrainerJob:
         when it warm-starts from a pre-training or may pre-train inline (the planner)."""
         if self.stage == PRETRAIN:  # not the supervised settings: changing them leaves the pre-training alone
             payload = {PRETRAIN_KEY: dataclasses.asdict(self.pretrain), BACKBONE_KEY: self.backbone, "data": data}
+            if self.distribute is not None:  # another cluster's backup (its own file, models.distribute.Backup)
+                payload[DISTRIBUTE_KEY] = dataclasses.asdict(self.distribute)
         elif self.stage == REGRESSION:
             payload = {TRAIN_KEY: dataclasses.asdict(self.train), REGRESSION_KEY: dataclasses.asdict(self.regression),
                        "csv": data}
@@ -153,7 +161,7 @@ class TrainerJob:
         for key in OPTIONAL_KEYS[self.stage] + INPUT_KEYS:
             value = getattr(self, key)
             if value is not None and value is not False:
-                out[key] = value
+                out[key] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
         return out
 
     @classmethod
@@ -168,7 +176,7 @@ class TrainerJob:
             raise ValueError(f"unknown custom_config keys {unknown} for the {stage} Trainer; it has {sorted(known)}")
         fields = {}
         for key in known:
-            if key in _SECTIONS and key in STAGE_KEYS[stage]:
+            if key in _SECTIONS and (key in STAGE_KEYS[stage] or key in c):
                 fields[key] = config.from_dict(_SECTIONS[key], c.get(key), f"{key}.")
             elif key in c:
                 fields[key] = c[key]

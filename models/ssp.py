@@ -25,15 +25,40 @@ from its forward passes; the EMA covers the parameters, as MoCo's does).
 The queue and the key encoder are non-trainable variables assigned inside ``call(training=True)``, as
 BatchNormalization assigns its moving statistics: Keras's JAX trainer carries such assignments as
 state, so the same code trains on TensorFlow and JAX.
+
+Under a strategy (``train.distribute``, models/distribute.py) the pre-training runs the custom loop
+:func:`fit_pretext` (Keras 3's ``model.fit`` fails under MultiWorkerMirroredStrategy): each replica's loss
+is its terms' sum over the global batch's count, the images are sharded across workers, the chief exports.
+Measured here (Keras 3.15, TF 2.21, MirroredStrategy over 2 logical CPUs): a Keras variable created under the
+scope is a MirroredVariable, ON_WRITE, aggregation NONE (trainable or not, BatchNorm's statistics too), and
+``assign`` in a replica context neither fails nor communicates: each replica's copy takes its own replica's
+value (with aggregation ``only_first_replica`` replica 0's value is copied to all). So MoCo stays one model on
+every replica with no extra collective for its state: the key encoder's EMA is computed on each replica from
+the same query weights (the optimizer applies the all-reduced gradients everywhere), hence the same; the keys
+of the global batch are gathered across replicas (:func:`gather_replicas`, MoCo's ``concat_all_gather``)
+before each replica enqueues them, so every replica's queue is the one a single process would hold after the
+same global batches. Only BatchNorm's moving statistics differ (each replica normalises by its own batch, as
+the classification loop): they are averaged across replicas at each epoch's end.
+
+MoCo's shuffle-BN (keys' BN statistics from another GPU's batch) is not needed under a strategy: the
+project's backbone keeps per-replica BatchNorm (no SyncBN, models.distribute.fit), so each replica's keys
+and queries already see BN statistics of that replica's batch only, and within it the random key sub-batches
+above (``key_bn_groups``, sub-batches of at least 8) give each key statistics of a random subset, as in one
+process; shuffling across replicas would only exchange one random subset for another at the cost of two
+more collectives a step. Under mixed precision the encoders compute in 16 bits, while MoCo itself is a float32 layer: the
+queries and keys are normalised, the logits computed, the EMA and the queue updated in float32 (a mixed
+layer would read its variables cast to 16 bits inside ``call``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import sys
 import time
+import types
 import warnings
 
 import keras
@@ -41,12 +66,13 @@ import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
-from models import backbones, inputs, toolkit
-from models.config import SSP_METHODS, SSPConfig
+from models import backbones, distribute, inputs, toolkit
+from models.config import SSP_METHODS, DistributeConfig, SSPConfig
 from models.job import PRETRAIN, TrainerJob
 
 METHODS = SSP_METHODS
 SUMMARY_FILE = "ssp_summary.json"
+PRETEXT_WEIGHTS_FILE = "pretext.weights.npz"  # a worker's final pretext model, in its scratch folder
 
 
 def queue_size_for(num_examples: int, batch_size: int, requested: int | None = None) -> int:
@@ -91,15 +117,15 @@ class RotationPretext(keras.Model):
         rotated, _ = rotations(images)
         return self.head(self.backbone(rotated, training=training))
 
-    def _labels(self, logits):
+    def pretext_labels(self, logits):
+        """The rotation index of each of the (4B, 4) logits' rows."""
         return rotation_labels(ops.shape(logits)[0] // 4)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        ce = keras.losses.sparse_categorical_crossentropy(self._labels(y_pred), y_pred, from_logits=True)
-        return ops.mean(ce)
+        return ops.mean(pretext_loss_terms(self, y_pred))
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
-        self.pretext_accuracy.update_state(self._labels(y_pred), y_pred)
+        self.pretext_accuracy.update_state(self.pretext_labels(y_pred), y_pred)
         return self.get_metrics_result()
 
 
@@ -115,7 +141,33 @@ def projection_head(width: int, dim: int, name: str) -> keras.Model:
 
 
 def _l2_normalize(x):
+    """x / ||x|| in float32 (under mixed precision the projections arrive in 16 bits; the queue holds float32)."""
+    x = ops.cast(x, "float32")
     return x / ops.maximum(ops.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def gather_replicas(x):
+    """Inside a tf.distribute replica context with several replicas: every replica's ``x`` concatenated on axis 0 in
+    replica order, i.e. the global batch's rows (MoCo's ``concat_all_gather``); elsewhere (one process, any Keras
+    backend) ``x`` itself."""
+    if not tf.distribute.has_strategy() or tf.distribute.in_cross_replica_context():
+        return x
+    context = tf.distribute.get_replica_context()
+    if context.num_replicas_in_sync == 1:
+        return x
+    gathered = context.all_gather(x, axis=0)  # its first dimension unknown, even for static per-replica batches
+    if x.shape[0] is None:
+        return gathered
+    # every replica's batch is the same size (drop_remainder batches); checked when the step runs
+    return tf.ensure_shape(gathered, [context.num_replicas_in_sync * x.shape[0], *x.shape[1:]])
+
+
+def pretext_loss_terms(model, logits):
+    """The per-example cross-entropy terms of a pretext model's logits against its ``pretext_labels``, in float32;
+    the loss is their mean over the (global) batch."""
+    labels = model.pretext_labels(logits)
+    return ops.cast(keras.losses.sparse_categorical_crossentropy(labels, ops.cast(logits, "float32"), from_logits=True),
+                    "float32")
 
 
 class MoCo(keras.Model):
@@ -126,11 +178,16 @@ class MoCo(keras.Model):
 
     In ``call(training=True)``, before the keys are computed: theta_k <- m theta_k + (1-m) theta_q for
     every key-encoder parameter; after the logits: the batch's keys replace the oldest B rows of the
-    queue (FIFO, pointer advancing by B modulo K).
+    queue (FIFO, pointer advancing by B modulo K). Under a strategy B is the global batch: each replica
+    enqueues every replica's keys (:func:`gather_replicas`), see the module docstring.
     """
 
     def __init__(self, query_backbone: keras.Model, key_backbone: keras.Model, dim: int = 128, queue_size: int = 4096,
                  momentum: float = 0.999, temperature: float = 0.2, seed: int = 0, key_bn_groups: int = 4, **kwargs):
+        # float32 itself whatever the global policy: a mixed layer reads its float variables cast to 16 bits inside
+        # call (Keras' autocast scope), which would run the EMA (m = 0.999 is 1.0 in bfloat16) and the queue in 16 bits;
+        # the encoders it holds keep the global (mixed) policy and compute in 16 bits
+        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         width = int(query_backbone.output.shape[-1])
         self.query_backbone, self.key_backbone = query_backbone, key_backbone
@@ -163,8 +220,8 @@ class MoCo(keras.Model):
             k.assign(m * k.value + (1.0 - m) * ops.stop_gradient(q.value))
 
     def enqueue(self, keys):
-        batch = int(keys.shape[0])
-        if self.queue_size % batch:
+        batch = keys.shape[0]
+        if batch is None or self.queue_size % batch:
             raise ValueError(f"MoCo queue size {self.queue_size} is not a multiple of the batch {batch}")
         pointer = self.queue_pointer.value
         start = ops.stack([pointer, ops.zeros_like(pointer)])
@@ -197,33 +254,45 @@ class MoCo(keras.Model):
         positive = ops.sum(q * k, axis=-1, keepdims=True)
         logits = ops.concatenate([positive, ops.matmul(q, ops.transpose(negatives))], axis=-1) / self.temperature
         if training:
-            self.enqueue(k)
+            self.enqueue(gather_replicas(k))
         return logits
 
+    def pretext_labels(self, logits):
+        """The positive's column (0) for each row of the logits."""
+        return ops.zeros((ops.shape(logits)[0],), dtype="int32")
+
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        labels = ops.zeros((ops.shape(y_pred)[0],), dtype="int32")
-        return ops.mean(keras.losses.sparse_categorical_crossentropy(labels, y_pred, from_logits=True))
+        return ops.mean(pretext_loss_terms(self, y_pred))
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
-        self.contrast_accuracy.update_state(ops.zeros((ops.shape(y_pred)[0],), dtype="int32"), y_pred)
+        self.contrast_accuracy.update_state(self.pretext_labels(y_pred), y_pred)
         return self.get_metrics_result()
 
 
-def build_pretext_model(cfg: SSPConfig, backbone_name: str, image_shape, num_examples: int):
+def build_pretext_model(cfg: SSPConfig, backbone_name: str, image_shape, num_examples: int,
+                        global_batch: int | None = None):
     """(pretext model, the backbone it trains). The backbone comes from models.backbones.build_backbone,
-    the same builder the supervised Trainer uses, so its layer names match for the warm start."""
+    the same builder the supervised Trainer uses, so its layer names match for the warm start. ``global_batch``: the
+    batch a step enqueues (MoCo's queue is a multiple of it); None: pretrain.batch_size."""
     backbone = backbones.build_backbone(backbone_name, image_shape)
     if cfg.method == "rotation":
         model = RotationPretext(backbone, name="rotation_pretext")
         model(np.zeros((1, *image_shape), "float32"))  # built before fit (BackupAndRestore needs it)
     elif cfg.method == "moco":
         key = backbones.build_backbone(backbone_name, image_shape, model_name=f"{backbone.name}_key")
-        k = queue_size_for(num_examples, cfg.batch_size, cfg.moco.queue_size)
+        k = queue_size_for(num_examples, global_batch or cfg.batch_size, cfg.moco.queue_size)
         model = MoCo(backbone, key, cfg.moco.dim, k, cfg.moco.momentum, cfg.moco.temperature, cfg.seed, name="moco")
         model(np.zeros((1, 2, *image_shape), "float32"))
     else:
         raise ValueError(f"no pretext model for ssp={cfg.method!r}")
     return model, backbone
+
+
+def batch_norm_statistics(model: keras.Model) -> list:
+    """The BatchNorm moving statistics of every encoder in ``model``: the only state a replica updates from its own
+    batch (MoCo's queue and key encoder are the same on every replica; see the module docstring)."""
+    return [v for layer in model._flatten_layers() if isinstance(layer, layers.BatchNormalization)
+            for v in (layer.moving_mean, layer.moving_variance)]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -239,16 +308,79 @@ def image_dataset(file_groups, image_shape):
     return ds.cache()
 
 
-def pretext_dataset(cfg: SSPConfig, images, image_shape):
-    """Batches for the pretext task: crop+flip images (rotation) or two MoCo v2 views stacked on axis 1."""
-
-    ds = images.shuffle(50_000, seed=cfg.seed, reshuffle_each_iteration=True).repeat()
+def pretext_dataset(cfg: SSPConfig, images, image_shape, batch_size: int | None = None, shard=None,
+                    seed_offset: int = 0):
+    """Batches for the pretext task: crop+flip images (rotation) or two MoCo v2 views stacked on axis 1.
+    ``batch_size``: a replica's batch (None: pretrain.batch_size); ``shard`` (n, i): every n-th image from the i-th
+    (a worker's share); ``seed_offset``: added to the shuffle seed (each worker its own order)."""
+    if shard is not None:
+        images = images.shard(*shard)
+    ds = images.shuffle(50_000, seed=cfg.seed + seed_offset, reshuffle_each_iteration=True).repeat()
     if cfg.method == "rotation":
         ds = ds.map(lambda x: inputs.to_float(inputs.augment(x)), num_parallel_calls=inputs.AUTOTUNE)
     else:
         ds = ds.map(lambda x: tf.stack([inputs.contrastive_view(x), inputs.contrastive_view(x)]),
                     num_parallel_calls=inputs.AUTOTUNE)
-    return ds.batch(cfg.batch_size, drop_remainder=True).prefetch(inputs.AUTOTUNE)
+    return ds.batch(batch_size or cfg.batch_size, drop_remainder=True).prefetch(inputs.AUTOTUNE)
+
+
+def fit_pretext(strategy, model, optimizer, dataset_fn, epochs: int, steps: int, first_epoch: int = 0, progress=None,
+                backup=None) -> list:
+    """Pre-training under a tf.distribute strategy with a custom loop (models.distribute.fit's, for a pretext task);
+    the per-epoch history [{epoch, seconds, loss, accuracy}].
+
+    Each replica's loss is sum_i l_i / N over its terms l_i (:func:`pretext_loss_terms`), N the global batch's count
+    of terms (4 x the global batch for rotation, the global batch for MoCo), so the optimizer's sum across replicas
+    is the single process's mean; ``dataset_fn(input_context)`` builds a replica's batches; at each epoch's end the
+    BatchNorm statistics are averaged across replicas (:func:`batch_norm_statistics`) and ``backup``, a
+    models.distribute.Backup, is written."""
+    scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+    data = iter(strategy.distribute_datasets_from_function(dataset_fn))
+
+    def replica_step(x):
+        context = tf.distribute.get_replica_context()
+        with tf.GradientTape() as tape:
+            logits = model(x, training=True)
+            terms = pretext_loss_terms(model, logits)
+            count = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(tf.size(terms), tf.float32))
+            value = tf.reduce_sum(terms) / count
+            scaled = optimizer.scale_loss(value) if scaling else value
+        grads = tape.gradient(scaled, model.trainable_variables)
+        optimizer.apply(grads, model.trainable_variables)
+        hits = tf.equal(tf.cast(tf.argmax(logits, -1), tf.int32), tf.cast(model.pretext_labels(logits), tf.int32))
+        return value, tf.reduce_sum(tf.cast(hits, tf.float32)), tf.cast(tf.size(terms), tf.float32)
+
+    @tf.function
+    def train_step(iterator):
+        value, correct, count = strategy.run(replica_step, args=(next(iterator),))
+        return tuple(strategy.reduce(tf.distribute.ReduceOp.SUM, t, axis=None) for t in (value, correct, count))
+
+    statistics = batch_norm_statistics(model)
+
+    @tf.function
+    def replica_means():
+        return strategy.run(lambda: tf.distribute.get_replica_context().all_reduce(
+            tf.distribute.ReduceOp.MEAN, [tf.identity(v.value) for v in statistics]))
+
+    history = []
+    for epoch in range(first_epoch, epochs):
+        t0 = time.time()
+        total_loss = total_correct = total_count = 0.0
+        for _ in range(steps):
+            value, correct, count = train_step(data)
+            total_loss, total_correct, total_count = total_loss + float(value), total_correct + float(correct), \
+                total_count + float(count)
+        if statistics and strategy.num_replicas_in_sync > 1:
+            for v, mean in zip(statistics, replica_means(), strict=True):
+                v.assign(strategy.experimental_local_results(mean)[0])
+        entry = {"epoch": epoch + 1, "seconds": time.time() - t0, "accuracy": total_correct / max(total_count, 1.0),
+                 "loss": total_loss / max(steps, 1)}
+        history.append(entry)
+        if progress is not None:
+            progress(entry)
+        if backup is not None:
+            backup.save(model, optimizer, epoch + 1)
+    return history
 
 
 def linear_probe_accuracy(backbone: keras.Model, eval_files, image_shape, seed: int = 0) -> float:
@@ -279,31 +411,67 @@ def linear_probe_accuracy(backbone: keras.Model, eval_files, image_shape, seed: 
 
 
 def pretrain(cfg: SSPConfig, backbone_name: str, image_shape, file_groups, model_run_dir: str, eval_files=None,
-             backup_dir: str | None = None, extra_callbacks=()):
-    """Pre-train a backbone; return (backbone, summary dict)."""
+             backup_dir: str | None = None, extra_callbacks=(), strategy=None, plan: distribute.Plan | None = None):
+    """Pre-train a backbone; return (backbone, summary dict). ``strategy`` / ``plan`` (models/distribute.py): the same
+    pre-training data-parallel with :func:`fit_pretext`, ``plan.global_batch_size`` images a step, each worker reading
+    its share of the images; the linear probes run on the chief only (``plan.chief``). The backbone returned is float32
+    and plain (models.distribute.plain_copy) after a strategy or mixed precision, what is exported."""
     keras.utils.set_random_seed(cfg.seed)
+    chief = plan is None or plan.chief
     images = image_dataset(file_groups, image_shape)
     num_examples = int(images.reduce(np.int64(0), lambda n, _: n + 1))  # this pass also fills the cache
-    if num_examples < cfg.batch_size:
-        raise ValueError(f"pre-training set has {num_examples} images, fewer than one batch of {cfg.batch_size}")
-    steps = num_examples // cfg.batch_size
+    global_batch = plan.global_batch_size if plan is not None else cfg.batch_size
+    if num_examples < global_batch:
+        raise ValueError(f"pre-training set has {num_examples} images, fewer than one (global) batch of {global_batch}")
+    steps = num_examples // global_batch
     if cfg.max_steps_per_epoch:
         steps = min(steps, cfg.max_steps_per_epoch)
-    model, backbone = build_pretext_model(cfg, backbone_name, image_shape, num_examples)
-    random_probe = linear_probe_accuracy(backbone, eval_files, image_shape, cfg.seed) if eval_files else None
     hp = cfg.resolved()
     total = cfg.epochs * steps
     warmup = int(round(hp["warmup_fraction"] * total))
-    model.compile(toolkit.sgd_cosine(hp["learning_rate"], total, cfg.momentum, hp["weight_decay"], warmup_steps=warmup))
+    learning_rate = plan.learning_rate if plan is not None else hp["learning_rate"]
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        model, backbone = build_pretext_model(cfg, backbone_name, image_shape, num_examples, global_batch)
+        optimizer = toolkit.sgd_cosine(learning_rate, total, cfg.momentum, hp["weight_decay"], warmup_steps=warmup)
+        # float16 gradients need loss scaling; compile adds it only to a mixed_float16 model, and MoCo itself is float32
+        if keras.config.dtype_policy().name == "mixed_float16":
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        if strategy is not None:
+            optimizer.build(model.trainable_variables)
+
+    def exportable():  # a float32 model of plain variables: what is probed and saved
+        return distribute.float32_copy(backbone) if strategy is None else distribute.plain_copy(backbone)
+
+    random_probe = linear_probe_accuracy(exportable(), eval_files, image_shape, cfg.seed) if eval_files and chief else None
     progress = toolkit.EpochProgress(cfg.epochs, prefix=f"[pretrain:{cfg.method}]")
-    callbacks = toolkit.standard_callbacks(progress, model_run_dir, backup_dir, extra=extra_callbacks)
     t0 = time.time()
-    model.fit(pretext_dataset(cfg, images, image_shape), epochs=cfg.epochs, steps_per_epoch=steps, verbose=0,
-              callbacks=callbacks)
+    if strategy is None:
+        model.compile(optimizer)
+        callbacks = toolkit.standard_callbacks(progress, model_run_dir, backup_dir, extra=extra_callbacks)
+        model.fit(pretext_dataset(cfg, images, image_shape), epochs=cfg.epochs, steps_per_epoch=steps, verbose=0,
+                  callbacks=callbacks)
+    else:
+        def dataset_fn(context):  # examples: worker i of n reads every n-th image; seeds: all, in its own order
+            shard = (context.num_input_pipelines, context.input_pipeline_id) \
+                if plan.data_sharding == "examples" and context.num_input_pipelines > 1 else None
+            return pretext_dataset(cfg, images, image_shape, context.get_per_replica_batch_size(global_batch), shard,
+                                   seed_offset=context.input_pipeline_id)
+
+        backup = distribute.Backup(backup_dir, chief, stage="pretrain") if backup_dir else None
+        first = backup.restore(model, optimizer) if backup else 0
+        fit_pretext(strategy, model, optimizer, dataset_fn, cfg.epochs, steps, first, progress.report, backup)
+        if backup is not None:
+            backup.remove()
+        # each worker's whole pretext state (MoCo's queue and key encoder too), to check that the replicas agree
+        scratch = os.path.join(model_run_dir, distribute.WORKER_DIR, f"worker-{plan.worker_index}")
+        os.makedirs(scratch, exist_ok=True)
+        np.savez(os.path.join(scratch, PRETEXT_WEIGHTS_FILE), *model.get_weights())
     seconds = time.time() - t0
     history = progress.history
-    probe = linear_probe_accuracy(backbone, eval_files, image_shape, cfg.seed) if eval_files else None
-    print(f"[pretrain:{cfg.method}] linear probe {probe} (random init {random_probe})", file=sys.stderr, flush=True)
+    backbone = exportable()
+    probe = linear_probe_accuracy(backbone, eval_files, image_shape, cfg.seed) if eval_files and chief else None
+    if chief:
+        print(f"[pretrain:{cfg.method}] linear probe {probe} (random init {random_probe})", file=sys.stderr, flush=True)
     summary = {
         "method": cfg.method, "data": cfg.data, "epochs": cfg.epochs, "steps_per_epoch": steps,
         "num_examples": num_examples, "backbone": backbone_name,
@@ -311,37 +479,117 @@ def pretrain(cfg: SSPConfig, backbone_name: str, image_shape, file_groups, model
         "final_pretext_accuracy": history[-1].get("accuracy") if history else None,
         "linear_probe_accuracy": probe, "random_init_probe_accuracy": random_probe,
         "pretrain_seconds": seconds,
-        "images_per_second": steps * cfg.batch_size * len(history) / seconds if seconds and history else None,
-        "resolved": hp, "queue_size": getattr(model, "queue_size", None),
+        "images_per_second": steps * global_batch * len(history) / seconds if seconds and history else None,
+        "resolved": {**hp, "learning_rate": learning_rate}, "queue_size": getattr(model, "queue_size", None),
+        "distribute": plan.as_dict() if plan is not None else {
+            "strategy": "none", "workers": 1, "replicas": 1,
+            "mixed_precision": "none" if keras.config.dtype_policy().name == "float32" else keras.config.dtype_policy().name},
         "config": dataclasses.asdict(cfg), "history": history, "tensorflow": tf.__version__,
     }
     return backbone, summary
 
 
 def pretrain_backbone(cfg: SSPConfig, backbone_name: str, image_shape, file_groups, model_run_dir: str,
-                      weights_dir: str, eval_files=None, backup_dir: str | None = None) -> dict:
-    """:func:`pretrain`, then the backbone's weights saved in ``weights_dir`` (what a strict warm start loads);
-    the summary, with ``backbone_variables`` (how many were saved)."""
-    backbone, summary = pretrain(cfg, backbone_name, image_shape, file_groups, model_run_dir, eval_files, backup_dir)
-    tf.io.gfile.makedirs(weights_dir)
-    summary["backbone_variables"] = len(backbones.save_backbone_weights(backbone, weights_dir))
+                      weights_dir: str, eval_files=None, backup_dir: str | None = None, strategy=None,
+                      plan: distribute.Plan | None = None) -> dict:
+    """:func:`pretrain`, then the backbone's weights saved in ``weights_dir`` (what a strict warm start loads) by the
+    chief; the summary, with ``backbone_variables`` (how many were saved)."""
+    backbone, summary = pretrain(cfg, backbone_name, image_shape, file_groups, model_run_dir, eval_files, backup_dir,
+                                 strategy=strategy, plan=plan)
+    if plan is None or plan.chief:  # TF's multi-worker rule: one writer
+        tf.io.gfile.makedirs(weights_dir)
+        summary["backbone_variables"] = len(backbones.save_backbone_weights(backbone, weights_dir))
     return summary
+
+
+# ---------------------------------------------------------------------------------------------------
+# The pre-training Trainer (TFX run_fn) and its workers
 
 
 def run_fn(fn_args) -> None:
     """TFX entry point of the pre-training Trainer (components.trainer.SSPPretrainer), by the dotted path
     models.ssp.run_fn. custom_config: a models.job.TrainerJob of stage PRETRAIN (pretrain, backbone, image_shape,
-    backup_dir and, from the executor, unlabeled_files). Writes the backbone weights to the serving model dir (the
-    Model artifact the supervised Trainer takes as base_model) and ssp_summary.json to the model run dir."""
+    backup_dir, distribute and, from the executor, unlabeled_files). Writes the backbone weights to the serving model
+    dir (the Model artifact the supervised Trainer takes as base_model) and ssp_summary.json to the model run dir.
+
+    ``distribute`` (train.distribute, train.local_workers, ...) resolves as the classification Trainer's
+    (models.trainer.run_fn): multi_worker trains in fresh worker processes (``python -m models.ssp JOB``, started
+    here for train.local_workers > 1, or this process's own task under a TF_CONFIG cluster), mirrored in this
+    process, none with Keras' model.fit."""
     job = TrainerJob.from_custom_config(fn_args.custom_config, PRETRAIN)
-    cfg = job.pretrain
+    how = job.distribute or DistributeConfig()
+    tf_config = distribute.read_tf_config()
+    kind = distribute.resolve(how.distribute, how.local_workers, tf_config,
+                              gpus=len(tf.config.list_physical_devices("GPU")))
+    if kind == "multi_worker":  # fresh processes: a multi-worker strategy must come before any TensorFlow op
+        configs = distribute.local_cluster(how.local_workers) if how.local_workers > 1 else [tf_config]
+        print(f"[pretrain:{job.pretrain.method}] multi-worker pre-training: {len(configs)} local worker process(es) of "
+              f"a {distribute.cluster_workers(configs[0])}-worker cluster", file=sys.stderr, flush=True)
+        distribute.launch({"fn_args": fn_args_dict(fn_args)}, configs,
+                          os.path.join(fn_args.model_run_dir, distribute.WORKER_DIR), module="models.ssp")
+        return
+    pretrain_and_export(fn_args, job, distribute.make_strategy(kind), tf_config)
+
+
+def fn_args_dict(fn_args) -> dict:
+    """The fn_args attributes a worker process needs, as JSON."""
+    return {"train_files": list(fn_args.train_files), "eval_files": list(getattr(fn_args, "eval_files", None) or []),
+            "serving_model_dir": fn_args.serving_model_dir, "model_run_dir": fn_args.model_run_dir,
+            "custom_config": TrainerJob.from_custom_config(fn_args.custom_config, PRETRAIN).to_custom_config()}
+
+
+def pretrain_and_export(fn_args, job: TrainerJob, strategy, tf_config: dict) -> dict:
+    """Pre-train (under ``strategy`` when given, in the job's mixed precision); the chief writes the backbone weights
+    and ssp_summary.json, then every worker meets at a barrier (a worker gone while the chief exports reads as
+    crashed). The summary."""
+    cfg, how = job.pretrain, job.distribute or DistributeConfig()
     groups = [fn_args.train_files]
     if cfg.data == "labeled+unlabeled":
         if not job.unlabeled_files:
             raise ValueError("pretrain.data=labeled+unlabeled but the pre-training Trainer got no unlabeled examples")
         groups.append(job.unlabeled_files)
-    summary = pretrain_backbone(cfg, job.backbone, job.image_shape, groups, fn_args.model_run_dir,
-                                fn_args.serving_model_dir, fn_args.eval_files, job.backup_dir)
-    with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, SUMMARY_FILE), "w") as f:
-        json.dump(summary, f, indent=2)
+    plan = None
+    if strategy is not None:
+        replicas = strategy.num_replicas_in_sync
+        global_batch, per_replica, lr = distribute.batch_and_lr(cfg.batch_size, cfg.resolved()["learning_rate"],
+                                                                replicas, how.batch_scaling, how.lr_scaling)
+        plan = distribute.Plan(
+            strategy=("MultiWorkerMirroredStrategy" if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+                      else type(strategy).__name__), workers=max(distribute.cluster_workers(tf_config), 1),
+            replicas=replicas, worker_index=distribute.worker_index(tf_config), chief=distribute.is_chief(tf_config),
+            global_batch_size=global_batch, per_replica_batch_size=per_replica, batch_scaling=how.batch_scaling,
+            learning_rate=lr, lr_scaling=how.lr_scaling, data_sharding=distribute.data_sharding_for(how.data_sharding,
+                                                                                                   "instance"),
+            mixed_precision=how.mixed_precision,
+            local_workers=how.local_workers)
+        print(f"[pretrain:{cfg.method}] {plan.strategy}: worker {plan.worker_index} of {plan.workers}, {replicas} "
+              f"replica(s), global batch {global_batch} ({per_replica} a replica), learning rate {lr:g}, data sharding "
+              f"{plan.data_sharding}", file=sys.stderr, flush=True)
+    distribute.set_mixed_precision(how.mixed_precision)
+    try:
+        summary = pretrain_backbone(cfg, job.backbone, job.image_shape, groups, fn_args.model_run_dir,
+                                    fn_args.serving_model_dir, fn_args.eval_files, job.backup_dir, strategy, plan)
+    finally:  # the policy is global: later components in this process (LocalDagRunner) build float32 models
+        distribute.set_mixed_precision("none")
+    if plan is None or plan.chief:
+        with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, SUMMARY_FILE), "w") as f:
+            json.dump(summary, f, indent=2)
+    distribute.barrier(strategy)
+    return summary
 
+
+def main(argv=None) -> int:
+    """One worker: ``python -m models.ssp JOB.json`` with TF_CONFIG set (models.distribute.launch). The strategy is
+    created before any TensorFlow op runs, then the job pre-trains (and, on the chief, exports)."""
+    argv = sys.argv[1:] if argv is None else argv
+    with open(argv[0]) as f:
+        job = json.load(f)
+    tf_config = distribute.read_tf_config()
+    strategy = distribute.make_strategy("multi_worker")
+    fn_args = types.SimpleNamespace(**job["fn_args"])
+    pretrain_and_export(fn_args, TrainerJob.from_custom_config(fn_args.custom_config, PRETRAIN), strategy, tf_config)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

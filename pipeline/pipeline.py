@@ -44,7 +44,7 @@ from components.schema_gen import LabelDomainSchemaGen
 from components.trainer import LongTailTrainer, PseudoLabelBaseTrainer, SSPPretrainer
 from models import job as trainer_job
 from models import modes
-from models.config import CalibrationConfig, SemiConfig
+from models.config import CalibrationConfig, DistributeConfig, SemiConfig
 from models.job import TrainerJob
 from pipeline.configs import PipelineConfig
 
@@ -103,9 +103,12 @@ def training_job(cfg: PipelineConfig, manifest: dict, pipeline_root: str, data_d
 
 def pretrain_job(cfg: PipelineConfig, manifest: dict, pipeline_root: str) -> TrainerJob:
     """The pre-training Trainer's job: only what the pre-training depends on (its cache key leaves the supervised
-    settings out)."""
+    settings out), and how it runs (train.distribute, train.local_workers, ...: models.config.DistributeConfig) where
+    that differs from the defaults, so a default job's stored JSON, hence its cache, is what it was."""
+    how = DistributeConfig.of(cfg.train)
     return TrainerJob(stage=trainer_job.PRETRAIN, pretrain=cfg.pretrain, backbone=cfg.train.backbone,
-                      image_shape=manifest["image_shape"]).with_backup(pipeline_root, manifest.get("splits"))
+                      image_shape=manifest["image_shape"], distribute=None if how == DistributeConfig() else how,
+                      ).with_backup(pipeline_root, manifest.get("splits"))
 
 
 def create_pipeline(cfg: PipelineConfig, data_dir: str, manifest: dict, pipeline_root: str, metadata_path: str | None,

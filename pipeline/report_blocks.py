@@ -115,7 +115,7 @@ def ssp_block(cfg_dict: dict, summary: dict | None, training: dict | None) -> di
                 "note": "no self-supervised pre-training (pretrain.method=none): the backbone starts from random weights"}
     s = summary or {}
     keep = ("steps_per_epoch", "num_examples", "final_pretext_accuracy", "pretrain_seconds", "images_per_second",
-            "resolved", "queue_size", "backbone_variables", "history")
+            "resolved", "queue_size", "backbone_variables", "distribute", "history")
     return {"method": p["method"], "epochs": s.get("epochs"), "data": p["data"], "final_loss": s.get("final_loss"),
             "linear_probe_accuracy": s.get("linear_probe_accuracy"),
             "random_init_probe_accuracy": s.get("random_init_probe_accuracy"),

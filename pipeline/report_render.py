@@ -260,6 +260,7 @@ def ssp_section(ssp: dict) -> list[str]:
            f"{ssp.get('steps_per_epoch')} steps over {ssp.get('num_examples')} images; final pretext loss "
            f"{fmt(ssp['final_loss'], 4)}, pretext accuracy {fmt(ssp.get('final_pretext_accuracy'))}; "
            f"{fmt(ssp.get('pretrain_seconds'), 1)} s ({fmt(ssp.get('images_per_second'), 0)} images/s).", "",
+           f"Pre-trained in {distribute_text(ssp)}.", "",
            f"Linear probe ({ssp['probe']}): pre-trained backbone {fmt(ssp['linear_probe_accuracy'])}, random initial "
            f"weights {fmt(ssp['random_init_probe_accuracy'])}.", "",
            f"Warm start of the supervised Trainer: {warm.get('variables', '-')} backbone variables loaded (all of them; "

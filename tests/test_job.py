@@ -8,7 +8,7 @@ import os
 import pytest
 
 from models import job
-from models.config import CalibrationConfig, RegressionConfig, SemiConfig, SSPConfig, TrainConfig
+from models.config import CalibrationConfig, DistributeConfig, RegressionConfig, SemiConfig, SSPConfig, TrainConfig
 from models.job import TrainerJob
 
 SPLITS = {"labeled": {"num_examples": 240, "files": ["labeled/l.tfrecord"]}, "unlabeled": {"num_examples": 20}}
@@ -43,6 +43,21 @@ def test_each_stage_writes_its_keys_and_reads_back_the_same_job():
     # unset optional keys stay out: the stored JSON of a supervised Trainer has no pool or export keys
     assert "pool_setting" not in _train_job().to_custom_config()
     assert "export_classifier_weights" not in _train_job(export_classifier_weights=False).to_custom_config()
+
+
+def test_the_pretraining_job_carries_the_distribution_settings_only_when_set():
+    """How the pre-training Trainer runs (train.distribute, local_workers, ...) travels as its own key, absent at the
+    defaults (a default job's stored JSON, hence its TFX cache, unchanged); it is part of the backup's cache key."""
+    pre = TrainerJob(stage=job.PRETRAIN, pretrain=SSPConfig(method="moco"), backbone="resnet8", image_shape=[28, 28, 1])
+    assert "distribute" not in pre.to_custom_config() and TrainerJob.from_custom_config(pre.to_custom_config()).distribute is None
+    how = DistributeConfig.of(TrainConfig(local_workers=2, mixed_precision="mixed_bfloat16", epochs=3))
+    assert how == DistributeConfig(local_workers=2, mixed_precision="mixed_bfloat16")  # the supervised settings left out
+    assert DistributeConfig.of(TrainConfig()) == DistributeConfig()  # the same defaults as train.*
+    spread = dataclasses.replace(pre, distribute=how)
+    stored = json.loads(json.dumps(spread.to_custom_config()))
+    assert stored["distribute"] == dataclasses.asdict(how)
+    assert TrainerJob.from_custom_config(stored).distribute == how
+    assert spread.cache_key(SPLITS) != pre.cache_key(SPLITS)
 
 
 def test_the_executor_adds_input_paths_and_run_fn_reads_them():

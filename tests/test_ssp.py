@@ -123,6 +123,36 @@ def test_moco_inference_call_changes_no_state():
         np.testing.assert_array_equal(a, b)
 
 
+def test_moco_queue_and_key_encoder_stay_float32_under_mixed_bfloat16():
+    """Under mixed precision the encoders compute in bfloat16; the queue, the key encoder and the logits stay float32,
+    and the updates are computed in float32: the EMA at m = 0.999 (1.0 in bfloat16, which would freeze the key
+    encoder) and the enqueued keys' normalisation (in bfloat16 their norms come out ~1e-3 off 1, and a queue read in
+    bfloat16 inside the call rounds every row)."""
+    m = 0.999
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        model = tiny_moco(queue_size=4, momentum=m)
+        model.query_backbone.get_layer("conv").kernel.assign(
+            np.random.default_rng(2).standard_normal((3, 3, 1, 4)).astype("float32"))  # query != key
+        key_before, query = numpy_weights([k for _, k in model._pairs]), numpy_weights([q for q, _ in model._pairs])
+        old_queue = numpy_weights([model.queue])[0]
+        logits = model(np.random.default_rng(11).random((2, 2, 8, 8, 1)).astype("float32"), training=True)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    assert model.query_backbone.get_layer("conv").compute_dtype == "bfloat16"  # really mixed
+    assert model.queue.dtype == "float32" and all(k.dtype == "float32" for _, k in model._pairs)
+    assert ops.convert_to_numpy(logits).dtype == np.float32
+    for before, q, after in zip(key_before, query, numpy_weights([k for _, k in model._pairs]), strict=True):
+        np.testing.assert_allclose(after, m * before + (1 - m) * q, rtol=1e-6, atol=1e-7)
+    assert not np.allclose(key_before[0], numpy_weights([model._pairs[0][1]])[0], rtol=0, atol=1e-6)  # it moved
+    queue = numpy_weights([model.queue])[0]
+    assert int(ops.convert_to_numpy(model.queue_pointer)) == 2
+    np.testing.assert_allclose(np.linalg.norm(queue[:2], axis=1), 1.0, rtol=1e-6)  # this call's keys
+    assert not np.array_equal(queue[:2], ops.convert_to_numpy(ops.cast(ops.cast(queue[:2], "bfloat16"), "float32")))
+    np.testing.assert_array_equal(queue[2:], old_queue[2:])  # the other rows untouched, not rounded
+
+
 # ------------------------------------------------------------------------------------------ real images
 
 
