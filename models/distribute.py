@@ -332,24 +332,7 @@ def fit(strategy, model, optimizer, loss, dataset_fn, epochs: int, steps: int, f
         value, correct, count = strategy.run(replica_step, args=(next(iterator),))
         return tuple(strategy.reduce(tf.distribute.ReduceOp.SUM, t, axis=None) for t in (value, correct, count))
 
-    variables = [v for v in model.non_trainable_variables if v.trainable is False]
-
-    @tf.function
-    def mean_across_replicas():
-        def replica():
-            return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.MEAN,
-                                                                   [tf.identity(v.value) for v in variables])
-        return strategy.run(replica)
-
-    def sync_statistics():
-        """Each replica's BatchNorm moving statistics are its own (Keras 3 variables aggregate "none", and the
-        layer normalises by its local batch, as PyTorch's DDP without SyncBatchNorm): average them across replicas
-        at each epoch's end, so every worker holds the same model, and the backup and the export are one model."""
-        if not variables or strategy.num_replicas_in_sync == 1:
-            return
-        means = mean_across_replicas()
-        for v, mean in zip(variables, means):
-            v.assign(strategy.experimental_local_results(mean)[0])
+    sync_statistics = statistics_sync(strategy, [v for v in model.non_trainable_variables if v.trainable is False])
 
     history = []
     for epoch in range(first_epoch, epochs):
@@ -369,6 +352,64 @@ def fit(strategy, model, optimizer, loss, dataset_fn, epochs: int, steps: int, f
         if backup is not None:
             backup.save(model, optimizer, epoch + 1)
     return history
+
+
+def statistics_sync(strategy, variables):
+    """A function that sets ``variables`` on every replica to their mean across the replicas (a no-op with one
+    replica or none): each replica's BatchNorm moving statistics are its own (Keras 3 variables aggregate "none", and
+    the layer normalises by its local batch, as PyTorch's DDP without SyncBatchNorm); averaged at each epoch's end,
+    every worker holds the same model, and the backup and the export are one model. Float variables only."""
+    import tensorflow as tf
+
+    variables = list(variables)
+
+    @tf.function
+    def mean_across_replicas():
+        def replica():
+            return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.MEAN,
+                                                                   [tf.identity(v.value) for v in variables])
+        return strategy.run(replica)
+
+    def sync():
+        if not variables or strategy.num_replicas_in_sync == 1:
+            return
+        means = mean_across_replicas()
+        for v, mean in zip(variables, means):
+            v.assign(strategy.experimental_local_results(mean)[0])
+
+    return sync
+
+
+# -------------------------------------------------------------------- inside a replica (strategy.run)
+
+
+def _replica_context():
+    """The replica context of a ``strategy.run`` with more than one replica in sync; None elsewhere (one process, the
+    default strategy, a strategy's cross-replica context, the JAX backend), where the helpers below are no-ops."""
+    import tensorflow as tf
+
+    context = tf.distribute.get_replica_context()
+    return context if context is not None and context.num_replicas_in_sync > 1 else None
+
+
+def replicated() -> bool:
+    """Whether this code runs in one of several replicas in sync (inside ``strategy.run``)."""
+    return _replica_context() is not None
+
+
+def gather_replicas(x):
+    """Every replica's ``x`` concatenated along axis 0, in replica order (``all_gather``): the global batch, as one
+    process fed the replicas' batches one after the other would see it; ``x`` itself outside several replicas."""
+    context = _replica_context()
+    return x if context is None else context.all_gather(x, axis=0)
+
+
+def sum_replicas(x):
+    """``x`` summed over the replicas (``all_reduce`` SUM); ``x`` itself outside several replicas."""
+    import tensorflow as tf
+
+    context = _replica_context()
+    return x if context is None else context.all_reduce(tf.distribute.ReduceOp.SUM, x)
 
 
 def barrier(strategy) -> None:
