@@ -126,9 +126,9 @@ def check_config(train, mode: str, task: str = "classification") -> None:
     """The distribute / mixed precision settings, checked when the run is configured (not when the Trainer starts):
     each value known, and anything beyond one float32 process only where it is built: the classification Trainers
     of the modes marked ``data_parallel`` (models/modes.py: supervised, pseudo_label and auto, i.e. the pseudo-label
-    base and final Trainers, with every loss, class weighting, DRW, sampler and decoupling stage). FixMatch and
-    DASO, the SSP pre-training Trainer and the regression task train in one process; asking them for more is an
-    error naming the mode, not a silent single process."""
+    base and final Trainers, with every loss, class weighting, DRW, sampler and decoupling stage; fixmatch and daso,
+    models.semi.fit_distributed). The SSP pre-training Trainer and the regression task train in one process; asking
+    them for more is an error naming the task, not a silent single process."""
     # multi_worker's cluster (TF_CONFIG) exists only in the training pods, so it is not required here
     resolve(train.distribute if train.distribute != "multi_worker" or train.local_workers > 1 else "none",
             train.local_workers)
@@ -400,8 +400,13 @@ def replicated() -> bool:
 def gather_replicas(x):
     """Every replica's ``x`` concatenated along axis 0, in replica order (``all_gather``): the global batch, as one
     process fed the replicas' batches one after the other would see it; ``x`` itself outside several replicas."""
+    import tensorflow as tf
+
     context = _replica_context()
-    return x if context is None else context.all_gather(x, axis=0)
+    # tf.identity: under MultiWorkerMirroredStrategy all_gather of a strategy.run input (a batch's labels) raised
+    # "ValueError: destinations can not be empty" (an input has no device); of its identity it gathered (measured,
+    # TF 2.21, two localhost workers)
+    return x if context is None else context.all_gather(tf.identity(x), axis=0)
 
 
 def sum_replicas(x):
@@ -409,7 +414,7 @@ def sum_replicas(x):
     import tensorflow as tf
 
     context = _replica_context()
-    return x if context is None else context.all_reduce(tf.distribute.ReduceOp.SUM, x)
+    return x if context is None else context.all_reduce(tf.distribute.ReduceOp.SUM, tf.identity(x))
 
 
 def barrier(strategy) -> None:
