@@ -235,11 +235,13 @@ def weak_augmenter(augment: str, image_shape):
 
 
 def strong_augmenter(fixmatch: FixMatchConfig, seed: int, weak=inputs.augment):
-    """weak view -> RandAugment (2 ops) -> cutout, on uint8-range float images."""
+    """weak view -> RandAugment (2 ops) -> cutout, on uint8-range float images. The layers compute in float32 under
+    every dtype policy: the input pipeline's images are float32 (under both mixed policies RandomErasing failed on a 16-bit
+    range, e.g. "Unsupported dtype19 for Range[Tidx=DT_HALF]")."""
     rand_augment = keras.layers.RandAugment(value_range=(0, 255), num_ops=fixmatch.randaugment_ops,
-                                            factor=fixmatch.randaugment_factor, seed=seed)
+                                            factor=fixmatch.randaugment_factor, seed=seed, dtype="float32")
     cutout = keras.layers.RandomErasing(factor=1.0, scale=(0.02, fixmatch.cutout_max_area), fill_value=127.0,
-                                        value_range=(0, 255), seed=seed + 1)
+                                        value_range=(0, 255), seed=seed + 1, dtype="float32")
 
     def strong(image):
         x = tf.cast(weak(image), tf.float32)

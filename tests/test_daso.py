@@ -215,5 +215,22 @@ def test_daso_state_stays_float32_under_mixed_bfloat16():
         np.testing.assert_array_equal(_np(prototypes), [[fine, fine], [2.0, 2.0]])
         w.update(np.zeros(301, np.int32))  # 301 is no bfloat16 number (its neighbours are 300 and 302)
         assert _np(w.counts()).dtype == np.float32 and _np(w.counts())[0] == 301.0
+        # one training step of the FixMatch + DASO wrapper (Keras' own step) computing in bfloat16
+        from models import losses, semi
+        from models.config import DasoConfig, FixMatchConfig
+
+        inp = keras.Input((6, 6, 1))
+        nets = [keras.Model(inp, keras.layers.Dense(3, name="classifier")(keras.layers.Dense(5)(keras.layers.Flatten()(inp))))
+                for _ in range(2)]
+        model = semi.FixMatchModel(nets[0], nets[1], losses.CrossEntropyLoss(), FixMatchConfig(threshold=0.0), 3,
+                                   daso=DasoConfig(queue_size=4, count_window=2), warmup_steps=0)
+        rng = np.random.default_rng(0)
+        x = {k: rng.random((n, 6, 6, 1)).astype(np.float32) for k, n in (("labeled", 4), ("weak", 8), ("strong", 8))}
+        model.compile(keras.optimizers.SGD(0.1))
+        logs = model.train_on_batch(x, np.array([0, 1, 2, 0]), return_dict=True)
+        assert np.isfinite(logs["loss"]) and nets[0].layers[-1].compute_dtype == "bfloat16"
+        assert {v.dtype for v in model.queue.weights + model.pl_counts.weights} == {"float32", "int32"}
+        np.testing.assert_array_equal(_np(model.queue.filled), [2, 1, 1])
+        assert _np(model.pl_counts.counts()).sum() == 8 and _np(model.queue.bank).dtype == np.float32
     finally:
         keras.config.set_dtype_policy(previous)

@@ -113,6 +113,24 @@ def test_score_pseudo_labels_by_hand():
     assert never["pseudo_label_precision"] == [0.5, None] and never["pseudo_label_recall"] == [1.0, 0.0]
 
 
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_the_strong_view_is_float32_under_mixed_precision(policy):
+    """The input pipeline's augmentation layers compute in float32 whatever the policy (under either mixed policy
+    RandomErasing failed on a float16 range, before they were built float32)."""
+    import tensorflow as tf
+
+    from models.semi import strong_augmenter
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        view = strong_augmenter(FixMatchConfig(), seed=0)(tf.fill([28, 28, 1], tf.constant(200, tf.uint8)))
+    finally:
+        keras.config.set_dtype_policy(previous)
+    assert view.dtype == tf.float32 and view.shape == (28, 28, 1)
+    assert 0.0 <= float(tf.reduce_min(view)) and float(tf.reduce_max(view)) <= 1.0
+
+
 def test_pool_truth_never_reaches_the_training_stream(tiny):
     from models.semi import unlabeled_stream
 
