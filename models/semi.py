@@ -15,6 +15,10 @@ and export and, for DASO, gives the features of the labeled images fed to the cl
 
 Everything is in keras.ops and Keras' own train_step (the loss in ``compute_loss``, the state in
 non-trainable variables), so it trains on the TensorFlow and the JAX backends; tf.data feeds both.
+Under a tf.distribute strategy (train.distribute, train.local_workers) the same terms train in a custom loop
+(:func:`fit_distributed`, as models.distribute.fit for the supervised Trainers): each replica's loss its share of
+the global batch's mean, the EMA and DASO state updated alike on every replica from the gathered global batch
+(:class:`FixMatchModel`'s docstring has the measurements).
 
 The pool's true classes never enter training: :class:`PoolPseudoLabelMonitor` reads them from the
 prepared data's evaluation-only file once an epoch to score the pseudo-labels (recall, precision and

@@ -169,6 +169,10 @@ def test_semi_daso_run_on_two_local_workers_pushes_and_reports_pseudo_labels(tmp
         "MultiWorkerMirroredStrategy", 2, 2, 32, 16)
     assert m["blessed"] is True and m["pushed"] is True
     assert os.path.exists(os.path.join(m["pushed_model_dir"], "saved_model.pb"))
+    scratch = os.path.join(m["model_run_dir"], "distributed")
+    w0, w1 = (np.load(os.path.join(scratch, f"worker-{i}", "final.weights.npz")) for i in (0, 1))
+    for key in w0.files:  # the exported EMA model, BatchNorm statistics included, is one model on both workers
+        np.testing.assert_array_equal(w0[key], w1[key])
     semi = m["semi"]
     assert semi["total_steps"] == 2 and sum(semi["queue_filled_per_class"]) == 2 * 32  # both workers' labeled images
     assert semi["method"] == "daso" and semi["threshold"] == 0.95 and semi["dist_temperature"] == 0.3  # rho_u=1 != rho
