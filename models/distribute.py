@@ -127,10 +127,10 @@ def check_config(train, mode: str, task: str = "classification") -> None:
     """The distribute / mixed precision settings, checked when the run is configured (not when the Trainer starts):
     each value known, and anything beyond one float32 process only where it is built: the classification Trainers
     of the modes marked ``data_parallel`` (models/modes.py: supervised, pseudo_label and auto, i.e. the pseudo-label
-    base and final Trainers, with every loss, class weighting, DRW, sampler and decoupling stage), and the SSP
-    pre-training Trainer (pretrain.method=rotation|moco, models/ssp.py) ahead of them, which takes the same train.*
-    settings (models.config.DistributeConfig). FixMatch and DASO and the regression task train in one process; asking
-    them for more is an error naming the mode, not a silent single process."""
+    base and final Trainers; fixmatch and daso, models.semi.fit_distributed, with every loss, class weighting, DRW,
+    sampler and decoupling stage), and the SSP pre-training Trainer (pretrain.method=rotation|moco, models/ssp.py)
+    ahead of them, which takes the same train.* settings (models.config.DistributeConfig). The regression task trains
+    in one process; asking it for more is an error naming the task, not a silent single process."""
     # multi_worker's cluster (TF_CONFIG) exists only in the training pods, so it is not required here
     resolve(train.distribute if train.distribute != "multi_worker" or train.local_workers > 1 else "none",
             train.local_workers)
@@ -334,24 +334,7 @@ def fit(strategy, model, optimizer, loss, dataset_fn, epochs: int, steps: int, f
         value, correct, count = strategy.run(replica_step, args=(next(iterator),))
         return tuple(strategy.reduce(tf.distribute.ReduceOp.SUM, t, axis=None) for t in (value, correct, count))
 
-    variables = [v for v in model.non_trainable_variables if v.trainable is False]
-
-    @tf.function
-    def mean_across_replicas():
-        def replica():
-            return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.MEAN,
-                                                                   [tf.identity(v.value) for v in variables])
-        return strategy.run(replica)
-
-    def sync_statistics():
-        """Each replica's BatchNorm moving statistics are its own (Keras 3 variables aggregate "none", and the
-        layer normalises by its local batch, as PyTorch's DDP without SyncBatchNorm): average them across replicas
-        at each epoch's end, so every worker holds the same model, and the backup and the export are one model."""
-        if not variables or strategy.num_replicas_in_sync == 1:
-            return
-        means = mean_across_replicas()
-        for v, mean in zip(variables, means):
-            v.assign(strategy.experimental_local_results(mean)[0])
+    sync_statistics = statistics_sync(strategy, [v for v in model.non_trainable_variables if v.trainable is False])
 
     history = []
     for epoch in range(first_epoch, epochs):
@@ -371,6 +354,69 @@ def fit(strategy, model, optimizer, loss, dataset_fn, epochs: int, steps: int, f
         if backup is not None:
             backup.save(model, optimizer, epoch + 1)
     return history
+
+
+def statistics_sync(strategy, variables):
+    """A function that sets ``variables`` on every replica to their mean across the replicas (a no-op with one
+    replica or none): each replica's BatchNorm moving statistics are its own (Keras 3 variables aggregate "none", and
+    the layer normalises by its local batch, as PyTorch's DDP without SyncBatchNorm); averaged at each epoch's end,
+    every worker holds the same model, and the backup and the export are one model. Float variables only."""
+    import tensorflow as tf
+
+    variables = list(variables)
+
+    @tf.function
+    def mean_across_replicas():
+        def replica():
+            return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.MEAN,
+                                                                   [tf.identity(v.value) for v in variables])
+        return strategy.run(replica)
+
+    def sync():
+        if not variables or strategy.num_replicas_in_sync == 1:
+            return
+        means = mean_across_replicas()
+        for v, mean in zip(variables, means):
+            v.assign(strategy.experimental_local_results(mean)[0])
+
+    return sync
+
+
+# -------------------------------------------------------------------- inside a replica (strategy.run)
+
+
+def _replica_context():
+    """The replica context of a ``strategy.run`` with more than one replica in sync; None elsewhere (one process, the
+    default strategy, a strategy's cross-replica context, the JAX backend), where the helpers below are no-ops."""
+    import tensorflow as tf
+
+    context = tf.distribute.get_replica_context()
+    return context if context is not None and context.num_replicas_in_sync > 1 else None
+
+
+def replicated() -> bool:
+    """Whether this code runs in one of several replicas in sync (inside ``strategy.run``)."""
+    return _replica_context() is not None
+
+
+def gather_replicas(x):
+    """Every replica's ``x`` concatenated along axis 0, in replica order (``all_gather``): the global batch, as one
+    process fed the replicas' batches one after the other would see it; ``x`` itself outside several replicas."""
+    import tensorflow as tf
+
+    context = _replica_context()
+    # tf.identity: under MultiWorkerMirroredStrategy all_gather of a strategy.run input (a batch's labels) raised
+    # "ValueError: destinations can not be empty" (an input has no device); of its identity it gathered (measured,
+    # TF 2.21, two localhost workers)
+    return x if context is None else context.all_gather(tf.identity(x), axis=0)
+
+
+def sum_replicas(x):
+    """``x`` summed over the replicas (``all_reduce`` SUM); ``x`` itself outside several replicas."""
+    import tensorflow as tf
+
+    context = _replica_context()
+    return x if context is None else context.all_reduce(tf.distribute.ReduceOp.SUM, tf.identity(x))
 
 
 def barrier(strategy) -> None:

@@ -51,10 +51,11 @@ MODES: dict[str, TrainingMode] = {m.name: m for m in (
                  settings=("semi.pseudo_label", "semi.planner"), train="models.pseudo_label:train_planned",
                  data_parallel=True),
     TrainingMode("fixmatch", "FixMatch", POOL_REQUIRED, pseudo_labels=False, online_pool=True, plans=False,
-                 follows_plan=False, inline_ssp=False, settings=("semi.fixmatch",), train="models.semi:train_online"),
+                 follows_plan=False, inline_ssp=False, settings=("semi.fixmatch",), train="models.semi:train_online",
+                 data_parallel=True),
     TrainingMode("daso", "FixMatch + DASO", POOL_REQUIRED, pseudo_labels=False, online_pool=True, plans=False,
                  follows_plan=False, inline_ssp=False, settings=("semi.fixmatch", "semi.daso"),
-                 train="models.semi:train_online", daso=True),
+                 train="models.semi:train_online", daso=True, data_parallel=True),
 )}
 ALIASES = {"none": SUPERVISED}  # the name before modes had a registry
 

@@ -79,13 +79,13 @@ def test_configuring_a_run_refuses_what_is_not_data_parallel():
     assert load_config("default", {"train.local_workers": "2"}).train.local_workers == 2
     assert load_config("smoke", {"semi.method": "pseudo_label", "train.mixed_precision": "mixed_float16",
                                  "train.distribute": "multi_worker", "train.local_workers": "2"}).semi.method == "pseudo_label"
-    with pytest.raises(ValueError, match="semi.method=fixmatch trains in one process") as err:
-        load_config("smoke", {"semi.method": "fixmatch", "train.local_workers": "2"})
-    assert "semi.method=auto|pseudo_label|supervised" in str(err.value)
-    with pytest.raises(ValueError, match="semi.method=daso trains in one process"):
-        load_config("smoke", {"semi.method": "daso", "train.mixed_precision": "mixed_bfloat16"})
-    with pytest.raises(ValueError, match="task=regression trains in one process"):
+    # FixMatch and DASO (models.semi.fit_distributed)
+    assert load_config("smoke", {"semi.method": "fixmatch", "train.local_workers": "2"}).semi.method == "fixmatch"
+    assert load_config("smoke", {"semi.method": "daso", "train.mixed_precision": "mixed_bfloat16"}).semi.method == "daso"
+    assert distribute.data_parallel_modes() == ["auto", "daso", "fixmatch", "pseudo_label", "supervised"]
+    with pytest.raises(ValueError, match="task=regression trains in one process") as err:
         load_config("regression-smoke", {"train.distribute": "mirrored"})
+    assert "semi.method=auto|daso|fixmatch|pseudo_label|supervised" in str(err.value)
     with pytest.raises(ValueError, match="train.mixed_precision='fp8'"):
         load_config("smoke", {"train.mixed_precision": "fp8"})
 

@@ -152,14 +152,29 @@ def test_negative_label_stops_the_run_with_the_anomaly_named(smoke, tmp_path):
     assert not os.path.exists(tmp_path / "out" / "metrics.json")
 
 
-def test_semi_daso_run_pushes_and_reports_pseudo_labels(tmp_path, fashion_mnist_dir):
+def test_semi_daso_run_on_two_local_workers_pushes_and_reports_pseudo_labels(tmp_path, fashion_mnist_dir):
+    """semi=daso with train.local_workers=2: the Trainer trains FixMatch + DASO on a 2-worker
+    MultiWorkerMirroredStrategy cluster (models.semi.fit_distributed), the chief scores the pool, exports, and the
+    model is blessed and pushed. The chief's queue holds every labeled image of every global batch (both workers'
+    halves: the features are gathered before the enqueue). 2 steps of 32 + 64 images: the fewest that show it."""
     data, out = str(tmp_path / "data"), str(tmp_path / "out")
     prepare_from_source("fashion_mnist", SplitSpec(rho=100, n_max=200, class_order="shuffle", val_per_class=20,
                                                    unlabeled_size=200, seed=1), data, fashion_mnist_dir)
-    proc = smoke_cli(tmp_path, "smoke-daso", data, out, "semi=daso")
+    proc = smoke_cli(tmp_path, "smoke-daso", data, out, "semi=daso", "train.local_workers=2", "train.batch_size=32",
+                     "train.max_steps_per_epoch=2")
     m = load_metrics(out)
-    assert m["pushed"] is True and os.path.exists(os.path.join(m["pushed_model_dir"], "saved_model.pb"))
+    assert proc.stderr.count("multi-worker training: 2 local worker process(es) of a 2-worker cluster") == 1
+    d = m["training"]["distribute"]
+    assert (d["strategy"], d["workers"], d["replicas"], d["global_batch_size"], d["per_replica_batch_size"]) == (
+        "MultiWorkerMirroredStrategy", 2, 2, 32, 16)
+    assert m["blessed"] is True and m["pushed"] is True
+    assert os.path.exists(os.path.join(m["pushed_model_dir"], "saved_model.pb"))
+    scratch = os.path.join(m["model_run_dir"], "distributed")
+    w0, w1 = (np.load(os.path.join(scratch, f"worker-{i}", "final.weights.npz")) for i in (0, 1))
+    for key in w0.files:  # the exported EMA model, BatchNorm statistics included, is one model on both workers
+        np.testing.assert_array_equal(w0[key], w1[key])
     semi = m["semi"]
+    assert semi["total_steps"] == 2 and sum(semi["queue_filled_per_class"]) == 2 * 32  # both workers' labeled images
     assert semi["method"] == "daso" and semi["threshold"] == 0.95 and semi["dist_temperature"] == 0.3  # rho_u=1 != rho
     assert semi["warmup_steps"] == 0 and "2%" in semi["warmup_rule"]  # 2% of the smoke run's 4 steps
     for key in ("pseudo_label_recall", "pseudo_label_precision", "mask_rate"):

@@ -113,6 +113,56 @@ def test_score_pseudo_labels_by_hand():
     assert never["pseudo_label_precision"] == [0.5, None] and never["pseudo_label_recall"] == [1.0, 0.0]
 
 
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tf.distribute")
+def test_daso_under_a_strategy_resumes_with_its_queue_and_counts(tiny, tmp_path, monkeypatch):
+    """The custom loop (models.semi.fit_distributed, a 1-replica MirroredStrategy in this process) writes its backup
+    after each epoch; killed after epoch 1, the rerun trains epoch 2 only, from the DASO state of epoch 1."""
+    from models import distribute
+
+    cfg = TrainConfig(epochs=2, batch_size=8, max_steps_per_epoch=1)
+    plan = distribute.Plan("MirroredStrategy", 1, 1, 0, True, 8, 8, "global", 0.05, "none", "examples", "none")
+    semi = SemiConfig(method="daso", daso=DasoConfig(warmup_steps=0))
+    backup = str(tmp_path / "backup")
+    real_save = distribute.Backup.save
+
+    def save_then_stop(self, model, optimizer, epoch):
+        real_save(self, model, optimizer, epoch)
+        raise _Stop("simulated kill after epoch 1")
+
+    monkeypatch.setattr(distribute.Backup, "save", save_then_stop)
+    with pytest.raises(_Stop):
+        _train(tiny, tmp_path / "run1", cfg, semi, backup_dir=backup, strategy=distribute.make_strategy("mirrored"),
+               plan=plan)
+    monkeypatch.setattr(distribute.Backup, "save", real_save)
+    _, history, summary = _train(tiny, tmp_path / "run2", cfg, semi, backup_dir=backup,
+                                 strategy=distribute.make_strategy("mirrored"), plan=plan)
+    assert [h["epoch"] for h in history] == [2] and all(math.isfinite(h["loss"]) for h in history)
+    assert sum(summary["queue_filled_per_class"]) == 2 * 8  # epoch 1's labeled features came back with the backup
+    assert len(summary["pool_history"]) == 1 and not os.listdir(backup)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_the_strong_view_is_float32_under_mixed_precision(policy):
+    """The input pipeline's augmentation layers compute in float32 whatever the policy (under either mixed policy
+    RandomErasing failed on a 16-bit range, before they were built float32)."""
+    import tensorflow as tf
+
+    from models.semi import strong_augmenter
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        view = strong_augmenter(FixMatchConfig(), seed=0)(tf.fill([28, 28, 1], tf.constant(200, tf.uint8)))
+    finally:
+        keras.config.set_dtype_policy(previous)
+    assert view.dtype == tf.float32 and view.shape == (28, 28, 1)
+    assert 0.0 <= float(tf.reduce_min(view)) and float(tf.reduce_max(view)) <= 1.0
+
+
 def test_pool_truth_never_reaches_the_training_stream(tiny):
     from models.semi import unlabeled_stream
 

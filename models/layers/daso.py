@@ -13,6 +13,10 @@ and trusts the semantic side more for a class the more often the linear classifi
 N_hat are the counts of the (final) pseudo-labels over recent training steps
 (:class:`PseudoLabelCountWindow`). All state lives in non-trainable variables updated with
 ``assign`` (as BatchNormalization's moving statistics), so the layers run on TensorFlow and JAX.
+The state is float32 (or int32) under every dtype policy and never autocast: under mixed_bfloat16 a
+bfloat16 bank would round features to 8 significant bits and counts above 256 to even numbers.
+Under a data-parallel strategy every replica holds its own copy and applies the same update
+(models.semi.FixMatchModel gathers the global batch first; models/distribute.py).
 Defaults follow the official code (ytaek-oh/daso): queue of 256 features a class, T_proto 0.05,
 counts over 100 steps.
 """
@@ -43,9 +47,12 @@ class BalancedFeatureQueue(layers.Layer):
         self.num_classes, self.feature_dim, self.size_per_class = int(num_classes), int(feature_dim), int(size_per_class)
         c, s, d = self.num_classes, self.size_per_class, self.feature_dim
         # one flat (C * S, D) bank: slot c * S + j is the j-th ring slot of class c
-        self.bank = self.add_weight(shape=(c * s, d), initializer="zeros", trainable=False, name="bank")
-        self.filled = self.add_weight(shape=(c,), initializer="zeros", dtype="int32", trainable=False, name="filled")
-        self.write_pos = self.add_weight(shape=(c,), initializer="zeros", dtype="int32", trainable=False, name="write_pos")
+        self.bank = self.add_weight(shape=(c * s, d), initializer="zeros", dtype="float32", trainable=False,
+                                    autocast=False, name="bank")
+        self.filled = self.add_weight(shape=(c,), initializer="zeros", dtype="int32", trainable=False, autocast=False,
+                                      name="filled")
+        self.write_pos = self.add_weight(shape=(c,), initializer="zeros", dtype="int32", trainable=False, autocast=False,
+                                         name="write_pos")
         self.built = True
 
     def enqueue(self, features, labels):
@@ -95,13 +102,23 @@ class PseudoLabelCountWindow(layers.Layer):
     def __init__(self, num_classes: int, window: int = 100, **kwargs):
         super().__init__(**kwargs)
         self.num_classes, self.window = int(num_classes), int(window)
-        self.ring = self.add_weight(shape=(self.window, self.num_classes), initializer="zeros", trainable=False, name="ring")
-        self.step = self.add_weight(shape=(), initializer="zeros", dtype="int32", trainable=False, name="step")
+        self.ring = self.add_weight(shape=(self.window, self.num_classes), initializer="zeros", dtype="float32",
+                                    trainable=False, autocast=False, name="ring")
+        self.step = self.add_weight(shape=(), initializer="zeros", dtype="int32", trainable=False, autocast=False,
+                                    name="step")
         self.built = True
 
+    def step_counts(self, pseudo_labels):
+        """The per-class counts of one step's pseudo-labels, (num_classes,) float32."""
+        return ops.sum(ops.one_hot(ops.cast(ops.reshape(pseudo_labels, (-1,)), "int32"), self.num_classes,
+                                   dtype=self.ring.dtype), axis=0)
+
     def update(self, pseudo_labels):
-        step_counts = ops.sum(ops.one_hot(ops.cast(ops.reshape(pseudo_labels, (-1,)), "int32"), self.num_classes,
-                                          dtype=self.ring.dtype), axis=0)
+        self.update_counts(self.step_counts(pseudo_labels))
+
+    def update_counts(self, step_counts):
+        """Record one step's per-class counts (:meth:`step_counts`, or their sum over the replicas)."""
+        step_counts = ops.cast(step_counts, self.ring.dtype)
         row = ops.cast(ops.arange(self.window) == ops.mod(self.step, self.window), self.ring.dtype)[:, None]
         self.ring.assign(self.ring * (1.0 - row) + row * step_counts[None, :])
         self.step.assign(self.step + 1)
@@ -142,7 +159,12 @@ def blend_pseudo_labels(linear_probs, semantic_probs, pseudo_label_counts, tempe
     return (1.0 - w) * linear_probs + w * semantic_probs
 
 
-def semantic_alignment_loss(weak_logits, strong_logits):
-    """Batch mean of -sum_k softmax(weak)_k * log_softmax(strong)_k; the weak side is a constant target."""
+def semantic_alignment_terms(weak_logits, strong_logits):
+    """Per example -sum_k softmax(weak)_k * log_softmax(strong)_k; the weak side is a constant target."""
     target = ops.stop_gradient(ops.softmax(ops.cast(weak_logits, "float32"), axis=-1))
-    return ops.mean(-ops.sum(target * ops.log_softmax(ops.cast(strong_logits, "float32"), axis=-1), axis=-1))
+    return -ops.sum(target * ops.log_softmax(ops.cast(strong_logits, "float32"), axis=-1), axis=-1)
+
+
+def semantic_alignment_loss(weak_logits, strong_logits):
+    """Batch mean of :func:`semantic_alignment_terms`."""
+    return ops.mean(semantic_alignment_terms(weak_logits, strong_logits))
