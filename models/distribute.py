@@ -126,9 +126,9 @@ def check_config(train, mode: str, task: str = "classification") -> None:
     """The distribute / mixed precision settings, checked when the run is configured (not when the Trainer starts):
     each value known, and anything beyond one float32 process only where it is built: the classification Trainers
     of the modes marked ``data_parallel`` (models/modes.py: supervised, pseudo_label and auto, i.e. the pseudo-label
-    base and final Trainers, with every loss, class weighting, DRW, sampler and decoupling stage). FixMatch and
-    DASO, the SSP pre-training Trainer and the regression task train in one process; asking them for more is an
-    error naming the mode, not a silent single process."""
+    base and final Trainers, with every loss, class weighting, DRW, sampler and decoupling stage) and the regression
+    Trainer (task=regression, with LDS and FDS: models/regression.py). FixMatch and DASO and the SSP pre-training
+    Trainer train in one process; asking them for more is an error naming the mode, not a silent single process."""
     # multi_worker's cluster (TF_CONFIG) exists only in the training pods, so it is not required here
     resolve(train.distribute if train.distribute != "multi_worker" or train.local_workers > 1 else "none",
             train.local_workers)
@@ -140,10 +140,11 @@ def check_config(train, mode: str, task: str = "classification") -> None:
     asked = [f"train.{k}={getattr(train, k)}" for k, plain in (("distribute", "none"), ("local_workers", 1),
                                                               ("mixed_precision", "none"))
              if getattr(train, k) != plain and not (k == "distribute" and getattr(train, k) == "auto")]
-    if asked and (task != "classification" or not modes.get(mode).data_parallel):
+    if asked and task != "regression" and (task != "classification" or not modes.get(mode).data_parallel):
         usable = "|".join(data_parallel_modes())
         keep = f"leave {', '.join(a.split('=')[0] for a in asked)} at its default"
-        built = f"training beyond one float32 process is built for the classification Trainers of semi.method={usable}"
+        built = (f"training beyond one float32 process is built for the classification Trainers of semi.method={usable} "
+                 "and for task=regression")
         if task != "classification":
             raise ValueError(f"{', '.join(asked)}: {built}; task={task} trains in one process: {keep}")
         raise ValueError(f"{', '.join(asked)}: {built}; semi.method={mode} trains in one process. Set "
@@ -369,6 +370,36 @@ def fit(strategy, model, optimizer, loss, dataset_fn, epochs: int, steps: int, f
         if backup is not None:
             backup.save(model, optimizer, epoch + 1)
     return history
+
+
+def replica_sums(strategy, fn, *arrays):
+    """``fn(*shares, all_reduce)`` in every replica, each replica's shares its part of this worker's ``arrays`` (split
+    by rows, in order, among the worker's local replicas); ``all_reduce`` sums a list of tensors over every replica of
+    the cluster (SUM). Returns fn's outputs as the first local replica holds them: when fn returns only all-reduced
+    values, the same on every replica and worker, ready to be assigned in the cross-replica context. Without a
+    strategy: ``fn(*arrays, None)``.
+
+    Measured (Keras 3.15, TF 2.21, MirroredStrategy on 2 logical CPUs): a Keras non-trainable variable created under
+    the scope is a MirroredVariable with aggregation NONE, synchronization ON_WRITE; ``assign`` in a replica context
+    writes that replica's copy only (replicas assigning 1 and 2 keep 1 and 2: the copies diverge, silently), while an
+    ``assign`` in the cross-replica context writes every copy. Hence: sum in the replicas, assign outside them."""
+    import tensorflow as tf
+
+    if strategy is None:
+        return fn(*arrays, None)
+    local = len(strategy.extended.worker_devices)
+
+    def per_replica(array):
+        parts = np.array_split(np.asarray(array), local)
+        return strategy.experimental_distribute_values_from_function(
+            lambda context: parts[context.replica_id_in_sync_group % local])
+
+    def replica(*shares):
+        context = tf.distribute.get_replica_context()
+        return fn(*shares, lambda tensors: context.all_reduce(tf.distribute.ReduceOp.SUM, tensors))
+
+    out = tf.function(lambda *values: strategy.run(replica, args=values))(*[per_replica(a) for a in arrays])
+    return tf.nest.map_structure(lambda t: strategy.experimental_local_results(t)[0], out)
 
 
 def barrier(strategy) -> None:
