@@ -129,8 +129,8 @@ def check_config(train, mode: str, task: str = "classification") -> None:
     of the modes marked ``data_parallel`` (models/modes.py: supervised, pseudo_label and auto, i.e. the pseudo-label
     base and final Trainers; fixmatch and daso, models.semi.fit_distributed, with every loss, class weighting, DRW,
     sampler and decoupling stage), and the SSP pre-training Trainer (pretrain.method=rotation|moco, models/ssp.py)
-    ahead of them, which takes the same train.* settings (models.config.DistributeConfig). The regression task trains
-    in one process; asking it for more is an error naming the task, not a silent single process."""
+    ahead of them, which takes the same train.* settings (models.config.DistributeConfig). The regression Trainer
+    (task=regression, with LDS and FDS: models/regression.py) too."""
     # multi_worker's cluster (TF_CONFIG) exists only in the training pods, so it is not required here
     resolve(train.distribute if train.distribute != "multi_worker" or train.local_workers > 1 else "none",
             train.local_workers)
@@ -142,10 +142,11 @@ def check_config(train, mode: str, task: str = "classification") -> None:
     asked = [f"train.{k}={getattr(train, k)}" for k, plain in (("distribute", "none"), ("local_workers", 1),
                                                               ("mixed_precision", "none"))
              if getattr(train, k) != plain and not (k == "distribute" and getattr(train, k) == "auto")]
-    if asked and (task != "classification" or not modes.get(mode).data_parallel):
+    if asked and task != "regression" and (task != "classification" or not modes.get(mode).data_parallel):
         usable = "|".join(data_parallel_modes())
         keep = f"leave {', '.join(a.split('=')[0] for a in asked)} at its default"
-        built = f"training beyond one float32 process is built for the classification Trainers of semi.method={usable}"
+        built = (f"training beyond one float32 process is built for the classification Trainers of semi.method={usable} "
+                 "and for task=regression")
         if task != "classification":
             raise ValueError(f"{', '.join(asked)}: {built}; task={task} trains in one process: {keep}")
         raise ValueError(f"{', '.join(asked)}: {built}; semi.method={mode} trains in one process. Set "
@@ -417,6 +418,36 @@ def sum_replicas(x):
 
     context = _replica_context()
     return x if context is None else context.all_reduce(tf.distribute.ReduceOp.SUM, tf.identity(x))
+
+
+def replica_sums(strategy, fn, *arrays):
+    """``fn(*shares, all_reduce)`` in every replica, each replica's shares its part of this worker's ``arrays`` (split
+    by rows, in order, among the worker's local replicas); ``all_reduce`` sums a list of tensors over every replica of
+    the cluster (SUM). Returns fn's outputs as the first local replica holds them: when fn returns only all-reduced
+    values, the same on every replica and worker, ready to be assigned in the cross-replica context. Without a
+    strategy: ``fn(*arrays, None)``.
+
+    Measured (Keras 3.15, TF 2.21, MirroredStrategy on 2 logical CPUs): a Keras non-trainable variable created under
+    the scope is a MirroredVariable with aggregation NONE, synchronization ON_WRITE; ``assign`` in a replica context
+    writes that replica's copy only (replicas assigning 1 and 2 keep 1 and 2: the copies diverge, silently), while an
+    ``assign`` in the cross-replica context writes every copy. Hence: sum in the replicas, assign outside them."""
+    import tensorflow as tf
+
+    if strategy is None:
+        return fn(*arrays, None)
+    local = len(strategy.extended.worker_devices)
+
+    def per_replica(array):
+        parts = np.array_split(np.asarray(array), local)
+        return strategy.experimental_distribute_values_from_function(
+            lambda context: parts[context.replica_id_in_sync_group % local])
+
+    def replica(*shares):
+        context = tf.distribute.get_replica_context()
+        return fn(*shares, lambda tensors: context.all_reduce(tf.distribute.ReduceOp.SUM, tensors))
+
+    out = tf.function(lambda *values: strategy.run(replica, args=values))(*[per_replica(a) for a in arrays])
+    return tf.nest.map_structure(lambda t: strategy.experimental_local_results(t)[0], out)
 
 
 def barrier(strategy) -> None:

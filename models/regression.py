@@ -19,13 +19,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import time
+import types
 
 import keras
 import numpy as np
 import tensorflow as tf
 from scipy.stats import gmean
 
+from models import distribute
 from models.config import RegressionConfig, TrainConfig
 from models.density import BIN_GROUPS, bin_index
 from models.export import SERVING_DEFAULT, SERVING_TF_EXAMPLE, write_serving_metadata
@@ -219,10 +222,14 @@ def example_weights(cfg: RegressionConfig, stats: dict, bins: np.ndarray) -> np.
 
 
 def train_regressor(cfg: RegressionConfig, train: TrainConfig, inputs: dict, target: np.ndarray, stats: dict,
-                    extra_callbacks=(), verbose_prefix: str = "[trainer]", backup_dir: str | None = None):
+                    extra_callbacks=(), verbose_prefix: str = "[trainer]", backup_dir: str | None = None,
+                    strategy=None, plan: distribute.Plan | None = None):
     """Train on in-memory rows (already filtered by the bad-row policy); return (model, history). With a
     ``backup_dir`` (BackupAndRestore, after FDS's epoch-end update so its statistics are in the backup), a training
-    killed mid-way and run again with the same inputs resumes after its last finished epoch."""
+    killed mid-way and run again with the same inputs resumes after its last finished epoch. ``strategy`` / ``plan``
+    (models/distribute.py): the same training, data-parallel, with the custom loop (:func:`train_distributed`)."""
+    if strategy is not None:
+        return train_distributed(cfg, train, inputs, target, stats, strategy, plan, verbose_prefix, backup_dir)
     keras.utils.set_random_seed(train.seed)
     num_bins, width = stats["num_bins"], stats["bin_width"]
     bins = bin_index(target, width, num_bins)
@@ -253,6 +260,110 @@ def train_regressor(cfg: RegressionConfig, train: TrainConfig, inputs: dict, tar
         callbacks.append(keras.callbacks.BackupAndRestore(backup_dir, save_freq="epoch", delete_checkpoint=True))
     callbacks += list(extra_callbacks)
     model.fit(ds, epochs=train.epochs, steps_per_epoch=steps, verbose=0, callbacks=callbacks, shuffle=False)  # ds is shuffled
+    return model, progress.history
+
+
+def per_example_loss(objective: str):
+    """The per-example term of the regression objective (l1: |y - p|, mse: (y - p)^2), as Keras' loss of that name."""
+    fns = {"l1": keras.losses.mean_absolute_error, "mse": keras.losses.mean_squared_error}
+    if objective not in fns:
+        raise ValueError(f"unknown objective {objective!r}; choose l1 or mse")
+    return fns[objective]
+
+
+def shard_rows(n: int, workers: int, index: int) -> np.ndarray:
+    """The rows worker ``index`` of ``workers`` trains on (and encodes for FDS): every workers-th row from index."""
+    return np.arange(index, n, workers)
+
+
+def train_distributed(cfg: RegressionConfig, train: TrainConfig, inputs: dict, target: np.ndarray, stats: dict,
+                      strategy, plan: distribute.Plan, verbose_prefix: str = "[trainer]", backup_dir: str | None = None):
+    """:func:`train_regressor` under a tf.distribute strategy, with a custom loop (Keras 3's ``model.fit`` fails under
+    MultiWorkerMirroredStrategy: models/distribute.py).
+
+    Worker i of n trains on the rows i, i + n, ... (:func:`shard_rows`), shuffled each epoch, in per-replica batches
+    of ``plan.per_replica_batch_size`` (``distribute_datasets_from_function``; the global batch
+    ``plan.global_batch_size``). Each replica's loss is sum_i w_i l_i / global batch (the LDS example weights w;
+    Keras' sum_over_batch_size mean, as the single-process ``model.fit``), its gradients summed across replicas by the
+    optimizer. FDS: at each epoch's end every worker encodes its own rows, and the layer's per-bucket count, sum and
+    centred sum of squares are summed across replicas (:meth:`FeatureDistributionSmoothing.epoch_moments`,
+    :func:`models.distribute.replica_sums`) before the update, so the statistics are one process's over all the
+    epoch's training rows, and the same in every replica. The chief backs up after the update."""
+    keras.utils.set_random_seed(train.seed)
+    num_bins, width = stats["num_bins"], stats["bin_width"]
+    bins = bin_index(target, width, num_bins)
+    weights = example_weights(cfg, stats, bins)
+    loss_fn = per_example_loss(cfg.objective)
+    with strategy.scope():
+        model, encoder, fds = build_regressor(cfg, inputs, target, num_bins)
+        optimizer = keras.optimizers.Adam(plan.learning_rate)
+        if train.mixed_precision == "mixed_float16":
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        optimizer.build(model.trainable_variables)
+    x = dict(inputs)
+    if fds is not None:
+        x[TARGET_BUCKET] = bins.astype(np.int32)
+    n = len(target)
+    mine = shard_rows(n, plan.workers, plan.worker_index)
+    steps = -(-n // plan.global_batch_size)
+    if train.max_steps_per_epoch:
+        steps = min(steps, train.max_steps_per_epoch)
+    local = {k: v[mine] for k, v in x.items()}
+    y_local, w_local = target.astype(np.float32).reshape(-1, 1)[mine], weights[mine]
+
+    def dataset_fn(context):
+        # the worker's rows; its local replicas (one a worker on CPU) take turns at its batches
+        ds = tf.data.Dataset.from_tensor_slices((local, y_local, w_local))
+        return (ds.shuffle(len(mine), seed=train.seed + context.input_pipeline_id, reshuffle_each_iteration=True)
+                .repeat().batch(context.get_per_replica_batch_size(plan.global_batch_size), drop_remainder=True)
+                .prefetch(tf.data.AUTOTUNE))
+
+    data = iter(strategy.distribute_datasets_from_function(dataset_fn))
+    scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+
+    def replica_step(batch):
+        features, y, w = batch
+        with tf.GradientTape() as tape:
+            prediction = tf.cast(model(features, training=True), tf.float32)
+            terms = loss_fn(y, prediction)  # (batch,)
+            value = tf.nn.compute_average_loss(terms, sample_weight=w, global_batch_size=plan.global_batch_size)
+            scaled = optimizer.scale_loss(value) if scaling else value
+        grads = tape.gradient(scaled, model.trainable_variables)
+        optimizer.apply(grads, model.trainable_variables)
+        return value, tf.reduce_sum(tf.abs(prediction[:, 0] - y[:, 0])), tf.cast(tf.shape(y)[0], tf.float32)
+
+    @tf.function
+    def train_step(iterator):
+        results = strategy.run(replica_step, args=(next(iterator),))
+        return tuple(strategy.reduce(tf.distribute.ReduceOp.SUM, t, axis=None) for t in results)
+
+    encode = tf.function(lambda batch: tf.cast(encoder(batch, training=False), tf.float32))
+    rows = tf.data.Dataset.from_tensor_slices({k: v for k, v in local.items() if k != TARGET_BUCKET}).batch(4096)
+    backup = distribute.Backup(backup_dir, plan.chief) if backup_dir else None
+    first = backup.restore(model, optimizer) if backup else 0
+    progress = EpochProgress(train.epochs, prefix=verbose_prefix)
+    for epoch in range(first, train.epochs):
+        t0 = time.time()
+        if fds is not None:
+            fds.current_epoch.assign(epoch)  # cross-replica: every replica's copy
+        total_loss = total_abs = total_count = 0.0
+        for _ in range(steps):
+            value, abs_error, count = train_step(data)
+            total_loss += float(value)
+            total_abs += float(abs_error)
+            total_count += float(count)
+        if fds is not None and epoch >= fds.start_update:
+            features = np.concatenate([encode(batch).numpy() for batch in rows]) if len(mine) else \
+                np.zeros((0, fds.feature_dim), np.float32)
+            moments = distribute.replica_sums(strategy, fds.epoch_moments, features, local[TARGET_BUCKET])
+            fds.update_last_epoch_stats(epoch)
+            fds.apply_moments(*moments, epoch)
+        progress.report({"epoch": epoch + 1, "seconds": time.time() - t0, "loss": total_loss / max(steps, 1),
+                         "mae": total_abs / max(total_count, 1.0)})
+        if backup is not None:
+            backup.save(model, optimizer, epoch + 1)
+    if backup is not None:
+        backup.remove()
     return model, progress.history
 
 
@@ -338,21 +449,98 @@ def load_training_rows(files, cfg: RegressionConfig, stats: dict) -> tuple[dict,
 
 def run_fn(fn_args) -> None:
     """TFX GenericExecutor entry point (dotted path models.regression.run_fn); custom_config: a models.job.TrainerJob
-    of stage REGRESSION."""
+    of stage REGRESSION. train.distribute resolves as the classification Trainer's (models/trainer.py): none and
+    mirrored train in this process; multi_worker in fresh worker processes (``python -m models.regression JOB``,
+    :func:`main`), of which the chief exports."""
     job = TrainerJob.from_custom_config(fn_args.custom_config, REGRESSION)
+    tf_config = distribute.read_tf_config()
+    kind = distribute.resolve(job.train.distribute, job.train.local_workers, tf_config,
+                              gpus=len(tf.config.list_physical_devices("GPU")))
+    if kind == "multi_worker":  # fresh processes: a multi-worker strategy must come before any TensorFlow op
+        configs = distribute.local_cluster(job.train.local_workers) if job.train.local_workers > 1 else [tf_config]
+        print(f"[trainer] multi-worker training: {len(configs)} local worker process(es) of a "
+              f"{distribute.cluster_workers(configs[0])}-worker cluster", file=sys.stderr, flush=True)
+        distribute.launch({"fn_args": fn_args_dict(fn_args)}, configs,
+                          os.path.join(fn_args.model_run_dir, distribute.WORKER_DIR), module="models.regression")
+        return
+    train_and_export(fn_args, job, distribute.make_strategy(kind), tf_config)
+
+
+def fn_args_dict(fn_args) -> dict:
+    """The fn_args attributes a worker process reads, as JSON."""
+    return {"train_files": list(fn_args.train_files), "serving_model_dir": fn_args.serving_model_dir,
+            "model_run_dir": fn_args.model_run_dir,
+            "custom_config": TrainerJob.from_custom_config(fn_args.custom_config, REGRESSION).to_custom_config()}
+
+
+def train_and_export(fn_args, job: TrainerJob, strategy, tf_config: dict) -> None:
+    """Train (data-parallel under ``strategy`` when given, in train.mixed_precision); the chief exports a float32
+    SavedModel and writes the summary while the other workers wait at a barrier."""
+    distribute.set_mixed_precision(job.train.mixed_precision)
+    try:
+        _train_and_export(fn_args, job, strategy, tf_config)
+    finally:  # the policy is global: later components in this process (LocalDagRunner) build float32 models
+        distribute.set_mixed_precision("none")
+
+
+def _train_and_export(fn_args, job: TrainerJob, strategy, tf_config: dict) -> None:
     cfg, train = job.regression, job.train
     with open(job.label_stats_path) as f:
         stats = json.load(f)
     inputs, target = load_training_rows(fn_args.train_files, cfg, stats)
     if len(target) != stats["num_examples"]:
         raise RuntimeError(f"the Trainer kept {len(target)} training rows, LabelStatsGen counted {stats['num_examples']}")
+    chief, plan = distribute.is_chief(tf_config), None
+    if strategy is not None:
+        replicas = strategy.num_replicas_in_sync
+        global_batch, per_replica, lr = distribute.batch_and_lr(train.batch_size, cfg.adam_learning_rate, replicas,
+                                                                train.batch_scaling, train.lr_scaling)
+        plan = distribute.Plan(
+            strategy=("MultiWorkerMirroredStrategy" if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+                      else type(strategy).__name__), workers=max(distribute.cluster_workers(tf_config), 1),
+            replicas=replicas, worker_index=distribute.worker_index(tf_config), chief=chief,
+            global_batch_size=global_batch, per_replica_batch_size=per_replica, batch_scaling=train.batch_scaling,
+            learning_rate=lr, lr_scaling=train.lr_scaling, data_sharding="examples",
+            mixed_precision=train.mixed_precision, local_workers=train.local_workers)
+        print(f"[trainer] {plan.strategy}: worker {plan.worker_index} of {plan.workers}, {replicas} replica(s), global "
+              f"batch {global_batch} ({per_replica} a replica), Adam learning rate {lr:g}, data sharding examples",
+              file=sys.stderr, flush=True)
     t0 = time.time()
-    model, history = train_regressor(cfg, train, inputs, target, stats, backup_dir=job.backup_dir)
+    model, history = train_regressor(cfg, train, inputs, target, stats, backup_dir=job.backup_dir, strategy=strategy,
+                                     plan=plan)
     train_seconds = time.time() - t0
+    model = distribute.float32_copy(model) if strategy is None else distribute.plain_copy(model)
+    if strategy is not None:  # every worker's final weights (FDS statistics included), as the classification Trainer's
+        scratch = os.path.join(fn_args.model_run_dir, distribute.WORKER_DIR, f"worker-{plan.worker_index}")
+        os.makedirs(scratch, exist_ok=True)
+        np.savez(os.path.join(scratch, "final.weights.npz"), *model.get_weights())
+    if not chief:  # one writer (TF's multi-worker rule); leave when the chief has exported
+        distribute.barrier(strategy)
+        return
     export_regressor(model, fn_args.serving_model_dir, cfg)
     model.save(os.path.join(fn_args.model_run_dir, "model.keras"))
     summary = {"train_seconds": train_seconds, "epochs": train.epochs, "history": history,
                "config": {"train": dataclasses.asdict(train), "regression": dataclasses.asdict(cfg)},
-               "rows_per_second": len(target) * train.epochs / train_seconds if train_seconds else None}
+               "rows_per_second": len(target) * train.epochs / train_seconds if train_seconds else None,
+               "distribute": plan.as_dict() if plan is not None else
+               {"strategy": "none", "workers": 1, "replicas": 1, "mixed_precision": train.mixed_precision}}
     with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, "training_summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
+    distribute.barrier(strategy)
+
+
+def main(argv=None) -> int:
+    """One worker: ``python -m models.regression JOB.json`` with TF_CONFIG set (models.distribute.launch). The
+    strategy is created before any TensorFlow op runs, then the job trains (and, on the chief, exports)."""
+    argv = sys.argv[1:] if argv is None else argv
+    with open(argv[0]) as f:
+        job = json.load(f)
+    tf_config = distribute.read_tf_config()
+    strategy = distribute.make_strategy("multi_worker")
+    fn_args = types.SimpleNamespace(**job["fn_args"])
+    train_and_export(fn_args, TrainerJob.from_custom_config(fn_args.custom_config, REGRESSION), strategy, tf_config)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -162,8 +162,11 @@ class ClassificationTask(Task):
 
 
 # The schedule settings the regression Trainer takes from train.*; its optimizer is Adam at
-# regression.adam_learning_rate (the paper's), so train.learning_rate and the rest do not apply.
-REGRESSION_TRAIN = ("train.epochs", "train.batch_size", "train.seed", "train.max_steps_per_epoch")
+# regression.adam_learning_rate (the paper's), so train.learning_rate and the rest do not apply. Beyond one process
+# (models/regression.py) it takes the strategy, the batch and learning-rate scaling (of the Adam rate) and the
+# precision; its rows are always sharded by examples across workers, so train.data_sharding does not apply.
+REGRESSION_TRAIN = ("train.epochs", "train.batch_size", "train.seed", "train.max_steps_per_epoch", "train.distribute",
+                    "train.local_workers", "train.batch_scaling", "train.lr_scaling", "train.mixed_precision")
 
 
 class RegressionTask(Task):

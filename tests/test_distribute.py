@@ -83,9 +83,13 @@ def test_configuring_a_run_refuses_what_is_not_data_parallel():
     assert load_config("smoke", {"semi.method": "fixmatch", "train.local_workers": "2"}).semi.method == "fixmatch"
     assert load_config("smoke", {"semi.method": "daso", "train.mixed_precision": "mixed_bfloat16"}).semi.method == "daso"
     assert distribute.data_parallel_modes() == ["auto", "daso", "fixmatch", "pseudo_label", "supervised"]
-    with pytest.raises(ValueError, match="task=regression trains in one process") as err:
-        load_config("regression-smoke", {"train.distribute": "mirrored"})
-    assert "semi.method=auto|daso|fixmatch|pseudo_label|supervised" in str(err.value)
+    # the regression Trainer (models/regression.py), its task reading the settings (pipeline/tasks.py)
+    from pipeline.tasks import for_config
+
+    for_config(load_config("regression-smoke", {"train.local_workers": "2", "train.mixed_precision": "mixed_bfloat16",
+                                                "train.distribute": "multi_worker", "train.lr_scaling": "sqrt"}))
+    with pytest.raises(ValueError, match="train.data_sharding does not apply to task=regression"):
+        for_config(load_config("regression-smoke", {"train.data_sharding": "seeds"}))
     with pytest.raises(ValueError, match="train.mixed_precision='fp8'"):
         load_config("smoke", {"train.mixed_precision": "fp8"})
 

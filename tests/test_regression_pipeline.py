@@ -20,7 +20,7 @@ from components.regression_label_stats_gen import check_split
 from models.config import RegressionConfig, from_dict
 from models.regression import COLUMN_TYPES, regression_metrics, target_problem, valid_rows
 from pipeline.pipeline import SCHEMA_DIR, default_csv_dir
-from tests.conftest import load_metrics, taxi_cli
+from tests.conftest import TAXI_BAD_FARES, load_metrics, taxi_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -233,3 +233,40 @@ def test_pushed_savedmodel_serves_json_and_tf_examples_like_keras_and_does_no_fd
     np.testing.assert_allclose(served["tf_example"], expected, rtol=1e-5, atol=1e-4)
     assert served["fds_ops"] == [], served["fds_ops"]  # FDS is in the model (fds=True) but not in the serving graphs
     assert any(layer.name == "fds" for layer in model.layers)
+
+
+@pytest.mark.slow
+def test_two_local_workers_train_the_regressor_with_fds_which_is_blessed_and_pushed(tmp_path):
+    """train.local_workers=2 under task=regression with FDS: the Trainer starts a 2-worker MultiWorkerMirroredStrategy
+    cluster (python -m models.regression), each worker trains on half the rows, FDS's epoch statistics are summed
+    across the workers (every training row counted in each epoch, both workers ending with the same statistics), and
+    the chief's export is gated and pushed."""
+    csv_dir = tmp_path / "csv"
+    csv_dir.mkdir()
+    with open(os.path.join(default_csv_dir(), "data.csv"), newline="") as f:
+        rows = list(csv.reader(f))
+    header, body = rows[0], rows[1:2000] + [rows[-1]]  # the last row has the one pickup census tract
+    fare = header.index("fare")
+    with open(csv_dir / "data.csv", "w", newline="") as f:
+        csv.writer(f).writerows([header, *body, *([*body[10 + i][:fare], v, *body[10 + i][fare + 1:]]
+                                                  for i, v in enumerate(TAXI_BAD_FARES))])
+    out = tmp_path / "out"
+    proc = taxi_cli(tmp_path, str(csv_dir), str(out), "train.local_workers=2", "train.max_steps_per_epoch=3")
+    assert proc.stderr.count("multi-worker training: 2 local worker process(es) of a 2-worker cluster") == 1
+    m = load_metrics(str(out))
+    d = m["training"]["distribute"]
+    assert d["strategy"] == "MultiWorkerMirroredStrategy" and d["workers"] == 2 and d["replicas"] == 2
+    assert d["global_batch_size"] == 256 and d["per_replica_batch_size"] == 128
+    assert len(m["training"]["history"]) == 2 and m["config"]["regression"]["fds"] is True
+    assert m["blessed"] is True and m["pushed"] is True
+    assert os.path.exists(os.path.join(m["pushed_model_dir"], "saved_model.pb"))
+    import keras
+
+    fds = keras.saving.load_model(os.path.join(m["model_run_dir"], "model.keras"), compile=False).get_layer("fds")
+    # both epochs counted every training row of both workers' shards
+    assert float(np.sum(keras.ops.convert_to_numpy(fds.num_samples_tracked))) == 2 * m["label_stats"]["num_examples"]
+    workers = [np.load(os.path.join(m["model_run_dir"], "distributed", f"worker-{i}", "final.weights.npz"))
+               for i in (0, 1)]
+    for a, b in zip(*[[w[k] for k in sorted(w.files, key=lambda k: int(k.split("_")[1]))] for w in workers]):
+        np.testing.assert_array_equal(a, b)  # one model: weights and FDS statistics the same in both workers
+    assert "MultiWorkerMirroredStrategy: 2 worker(s), 2 replica(s)" in open(out / "report.md").read()

@@ -124,22 +124,44 @@ class FeatureDistributionSmoothing(keras.layers.Layer):
         self.smoothed_mean_last_epoch.assign(self.smooth(mean))
         self.smoothed_var_last_epoch.assign(self.smooth(var))
 
-    def update_running_stats(self, features, bucket_ids, epoch: int) -> None:
+    def update_running_stats(self, features, bucket_ids, epoch: int, all_reduce=None) -> None:
         """Update the per-bucket mean and unbiased variance (biased for a single example) from the
-        features of the training set, with momentum; buckets without examples keep theirs."""
-        if epoch < int(ops.convert_to_numpy(self.epoch)):
-            return
-        features = ops.convert_to_tensor(features, "float32")
+        features of the training set, with momentum; buckets without examples keep theirs.
+
+        ``all_reduce``: under a tf.distribute strategy, a function that sums a list of tensors across the replicas,
+        each replica passing its own share of the epoch's features (:meth:`epoch_moments`); the update is then one
+        process's over all of them. This method assigns the variables, so under a strategy it runs in the
+        cross-replica context: compute :meth:`epoch_moments` in the replicas and :meth:`apply_moments` here."""
+        self.apply_moments(*self.epoch_moments(features, bucket_ids, all_reduce), epoch)
+
+    def epoch_moments(self, features, bucket_ids, all_reduce=None):
+        """(count (B,), sum (B, D), centred sum of squares (B, D)) per bucket: the sufficient statistics of
+        :meth:`apply_moments`, in float32 whatever the features' dtype (mixed precision).
+
+        Two passes, each an exact SUM across replicas when ``all_reduce`` (list of tensors -> their sums over the
+        replicas) is given: count and sum, hence the global bucket means; then the squared deviations from those
+        means. Centring on the global mean is the two-pass variance (no cancellation of sum(x^2) - n mean^2), and
+        equal to one process's computation over the union of the replicas' features, up to float summation order."""
+        features = ops.cast(ops.convert_to_tensor(features), "float32")
         if features.shape[-1] != self.feature_dim:
             raise ValueError(f"features have {features.shape[-1]} dimensions, the layer tracks {self.feature_dim}")
+        reduce = all_reduce or (lambda tensors: tensors)
         ids = self._bucket(bucket_ids)
         onehot = ops.one_hot(ids, self.bucket_num - self.bucket_start, dtype="float32")  # (N, B)
-        count = ops.sum(onehot, axis=0)  # (B,)
-        safe = ops.maximum(count, 1.0)[:, None]
-        mean = ops.matmul(ops.transpose(onehot), features) / safe
+        count, total = reduce([ops.sum(onehot, axis=0), ops.matmul(ops.transpose(onehot), features)])  # (B,), (B, D)
+        mean = total / ops.maximum(count, 1.0)[:, None]
         centred = features - ops.take(mean, ids, axis=0)
-        sq = ops.matmul(ops.transpose(onehot), centred * centred)
-        var = sq / ops.where(count > 1, count - 1.0, 1.0)[:, None]
+        (squares,) = reduce([ops.matmul(ops.transpose(onehot), centred * centred)])
+        return count, total, squares
+
+    def apply_moments(self, count, total, squares, epoch: int) -> None:
+        """The per-epoch update from :meth:`epoch_moments`: bucket mean sum / n, unbiased variance squares / (n - 1)
+        (squares / 1 = 0 for one example), mixed into the running statistics with momentum."""
+        if epoch < int(ops.convert_to_numpy(self.epoch)):
+            return
+        count, total, squares = (ops.cast(ops.convert_to_tensor(t), "float32") for t in (count, total, squares))
+        mean = total / ops.maximum(count, 1.0)[:, None]
+        var = squares / ops.where(count > 1, count - 1.0, 1.0)[:, None]
         tracked = self.num_samples_tracked.value + count
         if epoch == self.start_update:
             factor = ops.zeros_like(count)
