@@ -7,7 +7,7 @@ import os
 from models.density import BIN_GROUPS
 from pipeline.report_envelope import run_envelope, write_metrics
 from pipeline.report_plots import pyplot, save
-from pipeline.report_render import console, distribute_text, fmt, gate_line, pushed_text
+from pipeline.report_render import console, distribute_text, fmt, pushed_text
 
 
 def build_metrics(cfg_dict: dict, csv_dir: str, results: dict, timings: dict) -> dict:
