@@ -164,8 +164,9 @@ def test_check_says_what_the_run_would_do_and_trains_nothing(tmp_path):
 
 
 def test_check_exit_codes_a_setting_that_does_not_resolve_and_missing_data(tmp_path):
-    code, output = resolve(["check", "--set", "semi.method=fixmatch", "--set", "train.local_workers=2"])
-    assert code == 2 and "error:" in output and "semi.method=fixmatch trains in one process" in output
+    code, output = resolve(["check", "--set", "train.distribute=mirrored", "--set", "train.local_workers=2"])
+    assert code == 2 and "error:" in output
+    assert "train.local_workers=2 needs train.distribute=multi_worker or auto, got mirrored" in output
     code, output = resolve(["check", "--set", f"data.source=folder:{tmp_path / 'missing'}", "--set",
                             f"runs_root={tmp_path / 'runs'}"])
     assert code == DATA_ERROR, output
