@@ -3,6 +3,8 @@
 ENV := tools/env exec
 PRESET ?= default
 PYTEST_ARGS ?=
+# pytest-xdist workers for make test (0: one process, no xdist); each test file is one scheduling group (tests/conftest.py)
+TEST_WORKERS ?= 2
 
 .PHONY: run test lint env data container-smoke bench bench-methods bench-ssp bench-daso bench-semi bench-regression bench-serve bench-scale bench-distribute bench-default-run clean-env
 
@@ -10,7 +12,7 @@ run:
 	$(ENV) python -m pipeline run --preset $(PRESET)
 
 test:
-	$(ENV) python -m pytest $(PYTEST_ARGS)
+	$(ENV) python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 lint:
 	$(ENV) ruff check .

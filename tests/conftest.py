@@ -31,6 +31,21 @@ def _is_local(address) -> bool:
         return False
 
 
+# the session fixtures whose pipeline runs several test files read (make test runs pytest-xdist, -n 2 --dist
+# loadgroup: every file is one group, so its module fixtures are built once; the files reading these share one group,
+# so each fixture's runs are made once a session, not once a worker)
+SHARED_RUN_FIXTURES = ("smoke_runs", "taxi_runs")
+SHARED_RUNS_GROUP = "shared-runs"
+
+
+def pytest_collection_modifyitems(config, items):
+    shared = {item.module.__name__ for item in items if set(SHARED_RUN_FIXTURES) & set(item.fixturenames)}
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            module = item.module.__name__
+            item.add_marker(pytest.mark.xdist_group(SHARED_RUNS_GROUP if module in shared else module))
+
+
 @pytest.fixture(autouse=True, scope="session")
 def no_network():
     """Tests must not reach the network: any connection off loopback fails loudly."""
