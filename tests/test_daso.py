@@ -173,6 +173,7 @@ np.savez(sys.argv[1], **out)
 """
 
 
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tf.distribute strategies run on the TensorFlow backend")
 def test_two_replicas_hold_the_daso_state_of_one_process_over_the_global_batches(tmp_path):
     import os
     import subprocess
