@@ -34,10 +34,12 @@ import socket
 import subprocess
 import sys
 import time
+import types
 
 import numpy as np
 
 from models import modes  # pure Python: which modes train data-parallel
+from models.job import TrainerJob
 
 DISTRIBUTE = ("none", "mirrored", "multi_worker", "auto")
 MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16")
@@ -337,24 +339,69 @@ def fit(strategy, model, optimizer, loss, dataset_fn, epochs: int, steps: int, f
 
     sync_statistics = statistics_sync(strategy, [v for v in model.non_trainable_variables if v.trainable is False])
 
+    return run_epochs(train_step, data, steps, first_epoch, epochs, sync_statistics, model, optimizer, progress, backup)
+
+
+def epoch_sums(step, data, steps: int, n: int = 3) -> list[float]:
+    """The sums over ``steps`` calls of ``step(data)`` of each of the ``n`` values it returns (a loss, a count of
+    hits, a count of examples), as floats: one epoch of a custom loop (fit, models.ssp, models.regression)."""
+    totals = [0.0] * n
+    for _ in range(steps):
+        totals = [t + float(v) for t, v in zip(totals, step(data), strict=True)]
+    return totals
+
+
+def run_epochs(train_step, data, steps: int, first_epoch: int, epochs: int, sync_statistics, model, optimizer,
+               progress=None, backup=None) -> list:
+    """A custom loop's epochs (:func:`fit`, models.ssp.fit_pretext): ``steps`` calls of ``train_step(data)`` (each
+    the global batch's loss, hits and examples), the BatchNorm statistics averaged across replicas, the history entry
+    {epoch, seconds, accuracy, loss} given to ``progress``, ``backup`` written; the history."""
     history = []
     for epoch in range(first_epoch, epochs):
         t0 = time.time()
-        total_loss = total_correct = total_count = 0.0
-        for _ in range(steps):
-            value, correct, count = train_step(data)
-            total_loss += float(value)
-            total_correct += float(correct)
-            total_count += float(count)
+        total_loss, total_correct, total_count = epoch_sums(train_step, data, steps)
         sync_statistics()
-        logs = {"accuracy": total_correct / max(total_count, 1.0), "loss": total_loss / max(steps, 1)}
-        entry = {"epoch": epoch + 1, "seconds": time.time() - t0, **logs}
+        entry = {"epoch": epoch + 1, "seconds": time.time() - t0, "accuracy": total_correct / max(total_count, 1.0),
+                 "loss": total_loss / max(steps, 1)}
         history.append(entry)
         if progress is not None:
             progress(entry)
         if backup is not None:
             backup.save(model, optimizer, epoch + 1)
     return history
+
+
+def run_or_launch(fn_args, setting: str, local_workers: int, module: str, job_of, run_here, label: str) -> None:
+    """A Trainer's run_fn past its job (models.regression, models.ssp): ``setting`` (train.distribute) resolves as
+    the classification Trainer's; multi_worker trains in fresh worker processes (``python -m <module> JOB``, started
+    here for ``local_workers`` > 1, else this process's own task of the TF_CONFIG cluster), since a multi-worker
+    strategy must come before any TensorFlow op, each reading ``job_of(fn_args)`` (the fn_args as JSON); none and mirrored
+    call ``run_here(strategy, tf_config)``."""
+    import tensorflow as tf
+
+    tf_config = read_tf_config()
+    kind = resolve(setting, local_workers, tf_config, gpus=len(tf.config.list_physical_devices("GPU")))
+    if kind == "multi_worker":
+        configs = local_cluster(local_workers) if local_workers > 1 else [tf_config]
+        print(f"{label}: {len(configs)} local worker process(es) of a {cluster_workers(configs[0])}-worker cluster",
+              file=sys.stderr, flush=True)
+        launch({"fn_args": job_of(fn_args)}, configs, os.path.join(fn_args.model_run_dir, WORKER_DIR), module=module)
+        return
+    run_here(make_strategy(kind), tf_config)
+
+
+def worker_main(argv, train_and_export, stage: str) -> int:
+    """One worker process started by :func:`launch` (``python -m <module> JOB.json``, TF_CONFIG set): the
+    multi-worker strategy is created before any TensorFlow op runs, then ``train_and_export(fn_args, job, strategy,
+    tf_config)`` runs the module's training (and, on the chief, its export); ``stage``: the job's models.job stage."""
+    argv = sys.argv[1:] if argv is None else argv
+    with open(argv[0]) as f:
+        job = json.load(f)
+    tf_config = read_tf_config()
+    strategy = make_strategy("multi_worker")
+    fn_args = types.SimpleNamespace(**job["fn_args"])
+    train_and_export(fn_args, TrainerJob.from_custom_config(fn_args.custom_config, stage), strategy, tf_config)
+    return 0
 
 
 def statistics_sync(strategy, variables):

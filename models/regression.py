@@ -21,7 +21,6 @@ import json
 import os
 import sys
 import time
-import types
 
 import keras
 import numpy as np
@@ -346,12 +345,7 @@ def train_distributed(cfg: RegressionConfig, train: TrainConfig, inputs: dict, t
         t0 = time.time()
         if fds is not None:
             fds.current_epoch.assign(epoch)  # cross-replica: every replica's copy
-        total_loss = total_abs = total_count = 0.0
-        for _ in range(steps):
-            value, abs_error, count = train_step(data)
-            total_loss += float(value)
-            total_abs += float(abs_error)
-            total_count += float(count)
+        total_loss, total_abs, total_count = distribute.epoch_sums(train_step, data, steps)
         if fds is not None and epoch >= fds.start_update:
             features = np.concatenate([encode(batch).numpy() for batch in rows]) if len(mine) else \
                 np.zeros((0, fds.feature_dim), np.float32)
@@ -453,17 +447,10 @@ def run_fn(fn_args) -> None:
     mirrored train in this process; multi_worker in fresh worker processes (``python -m models.regression JOB``,
     :func:`main`), of which the chief exports."""
     job = TrainerJob.from_custom_config(fn_args.custom_config, REGRESSION)
-    tf_config = distribute.read_tf_config()
-    kind = distribute.resolve(job.train.distribute, job.train.local_workers, tf_config,
-                              gpus=len(tf.config.list_physical_devices("GPU")))
-    if kind == "multi_worker":  # fresh processes: a multi-worker strategy must come before any TensorFlow op
-        configs = distribute.local_cluster(job.train.local_workers) if job.train.local_workers > 1 else [tf_config]
-        print(f"[trainer] multi-worker training: {len(configs)} local worker process(es) of a "
-              f"{distribute.cluster_workers(configs[0])}-worker cluster", file=sys.stderr, flush=True)
-        distribute.launch({"fn_args": fn_args_dict(fn_args)}, configs,
-                          os.path.join(fn_args.model_run_dir, distribute.WORKER_DIR), module="models.regression")
-        return
-    train_and_export(fn_args, job, distribute.make_strategy(kind), tf_config)
+    distribute.run_or_launch(fn_args, job.train.distribute, job.train.local_workers, "models.regression",
+                             fn_args_dict, lambda strategy, tf_config: train_and_export(fn_args, job, strategy,
+                                                                                                 tf_config),
+                             "[trainer] multi-worker training")
 
 
 def fn_args_dict(fn_args) -> dict:
@@ -530,17 +517,9 @@ def _train_and_export(fn_args, job: TrainerJob, strategy, tf_config: dict) -> No
 
 
 def main(argv=None) -> int:
-    """One worker: ``python -m models.regression JOB.json`` with TF_CONFIG set (models.distribute.launch). The
-    strategy is created before any TensorFlow op runs, then the job trains (and, on the chief, exports)."""
-    argv = sys.argv[1:] if argv is None else argv
-    with open(argv[0]) as f:
-        job = json.load(f)
-    tf_config = distribute.read_tf_config()
-    strategy = distribute.make_strategy("multi_worker")
-    fn_args = types.SimpleNamespace(**job["fn_args"])
-    train_and_export(fn_args, TrainerJob.from_custom_config(fn_args.custom_config, REGRESSION), strategy, tf_config)
-    return 0
-
+    """One worker: ``python -m models.regression JOB.json`` (models.distribute.launch): trains and, on the chief,
+    exports."""
+    return distribute.worker_main(argv, train_and_export, REGRESSION)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -58,7 +58,6 @@ import json
 import os
 import sys
 import time
-import types
 import warnings
 
 import keras
@@ -355,32 +354,10 @@ def fit_pretext(strategy, model, optimizer, dataset_fn, epochs: int, steps: int,
         value, correct, count = strategy.run(replica_step, args=(next(iterator),))
         return tuple(strategy.reduce(tf.distribute.ReduceOp.SUM, t, axis=None) for t in (value, correct, count))
 
-    statistics = batch_norm_statistics(model)
+    sync_statistics = distribute.statistics_sync(strategy, batch_norm_statistics(model))
 
-    @tf.function
-    def replica_means():
-        return strategy.run(lambda: tf.distribute.get_replica_context().all_reduce(
-            tf.distribute.ReduceOp.MEAN, [tf.identity(v.value) for v in statistics]))
-
-    history = []
-    for epoch in range(first_epoch, epochs):
-        t0 = time.time()
-        total_loss = total_correct = total_count = 0.0
-        for _ in range(steps):
-            value, correct, count = train_step(data)
-            total_loss, total_correct, total_count = total_loss + float(value), total_correct + float(correct), \
-                total_count + float(count)
-        if statistics and strategy.num_replicas_in_sync > 1:
-            for v, mean in zip(statistics, replica_means(), strict=True):
-                v.assign(strategy.experimental_local_results(mean)[0])
-        entry = {"epoch": epoch + 1, "seconds": time.time() - t0, "accuracy": total_correct / max(total_count, 1.0),
-                 "loss": total_loss / max(steps, 1)}
-        history.append(entry)
-        if progress is not None:
-            progress(entry)
-        if backup is not None:
-            backup.save(model, optimizer, epoch + 1)
-    return history
+    return distribute.run_epochs(train_step, data, steps, first_epoch, epochs, sync_statistics, model, optimizer,
+                                 progress, backup)
 
 
 def linear_probe_accuracy(backbone: keras.Model, eval_files, image_shape, seed: int = 0) -> float:
@@ -518,17 +495,9 @@ def run_fn(fn_args) -> None:
     process, none with Keras' model.fit."""
     job = TrainerJob.from_custom_config(fn_args.custom_config, PRETRAIN)
     how = job.distribute or DistributeConfig()
-    tf_config = distribute.read_tf_config()
-    kind = distribute.resolve(how.distribute, how.local_workers, tf_config,
-                              gpus=len(tf.config.list_physical_devices("GPU")))
-    if kind == "multi_worker":  # fresh processes: a multi-worker strategy must come before any TensorFlow op
-        configs = distribute.local_cluster(how.local_workers) if how.local_workers > 1 else [tf_config]
-        print(f"[pretrain:{job.pretrain.method}] multi-worker pre-training: {len(configs)} local worker process(es) of "
-              f"a {distribute.cluster_workers(configs[0])}-worker cluster", file=sys.stderr, flush=True)
-        distribute.launch({"fn_args": fn_args_dict(fn_args)}, configs,
-                          os.path.join(fn_args.model_run_dir, distribute.WORKER_DIR), module="models.ssp")
-        return
-    pretrain_and_export(fn_args, job, distribute.make_strategy(kind), tf_config)
+    distribute.run_or_launch(fn_args, how.distribute, how.local_workers, "models.ssp", fn_args_dict,
+                             lambda strategy, tf_config: pretrain_and_export(fn_args, job, strategy, tf_config),
+                             f"[pretrain:{job.pretrain.method}] multi-worker pre-training")
 
 
 def fn_args_dict(fn_args) -> dict:
@@ -579,17 +548,9 @@ def pretrain_and_export(fn_args, job: TrainerJob, strategy, tf_config: dict) -> 
 
 
 def main(argv=None) -> int:
-    """One worker: ``python -m models.ssp JOB.json`` with TF_CONFIG set (models.distribute.launch). The strategy is
-    created before any TensorFlow op runs, then the job pre-trains (and, on the chief, exports)."""
-    argv = sys.argv[1:] if argv is None else argv
-    with open(argv[0]) as f:
-        job = json.load(f)
-    tf_config = distribute.read_tf_config()
-    strategy = distribute.make_strategy("multi_worker")
-    fn_args = types.SimpleNamespace(**job["fn_args"])
-    pretrain_and_export(fn_args, TrainerJob.from_custom_config(fn_args.custom_config, PRETRAIN), strategy, tf_config)
-    return 0
-
+    """One worker: ``python -m models.ssp JOB.json`` (models.distribute.launch): pre-trains and, on the chief,
+    exports."""
+    return distribute.worker_main(argv, pretrain_and_export, PRETRAIN)
 
 if __name__ == "__main__":
     sys.exit(main())
