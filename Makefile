@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 # pytest-xdist workers for make test (0: one process, no xdist); each test file is one scheduling group (tests/conftest.py)
 TEST_WORKERS ?= 2
 
-.PHONY: run test lint env data container-smoke bench bench-methods bench-ssp bench-daso bench-semi bench-regression bench-serve bench-scale bench-distribute bench-default-run clean-env
+.PHONY: run test lint env data container-smoke bench bench-methods bench-ssp bench-daso bench-semi bench-regression bench-serve bench-scale bench-distribute bench-distribute-trainers bench-default-run clean-env
 
 run:
 	$(ENV) python -m pipeline run --preset $(PRESET)
@@ -71,7 +71,13 @@ bench-scale:
 # issue #17: the Trainer on the default preset's data in one process and on two local workers (global and
 # per-replica batch): images/s, wall time, test balanced accuracy (bench/results/distribute.md)
 bench-distribute:
-	$(ENV) python bench/distribute_bench.py --epochs 4
+	$(ENV) python bench/distribute_bench.py --table batch --epochs 4 --seeds 0,1
+
+# issue #31: every Trainer (supervised, the pseudo-label final Trainer, FixMatch, DASO, rotation, MoCo, regression
+# with FDS) in one process and on two local workers, 2 seeds, 3 short epochs (bench/results/distribute_trainers.md;
+# at most about 23 min on 2 cores, estimated from one-seed runs of 2 epochs x 5 steps beside a CI run)
+bench-distribute-trainers:
+	$(ENV) python bench/distribute_bench.py --table trainers --trainer-epochs 3 --max-steps 20 --seeds 0,1
 
 # issue #20: `make run` itself, three seeds, each timed in a fresh process and runs root (about 40 min on 2 cores)
 bench-default-run:

@@ -101,6 +101,20 @@ def training_job(cfg: PipelineConfig, manifest: dict, pipeline_root: str, data_d
                       ).with_backup(pipeline_root, manifest.get("splits"))
 
 
+def pseudo_label_base_job(cfg: PipelineConfig, manifest: dict, pipeline_root: str,
+                          data_dir: str | None = None) -> TrainerJob:
+    """The pseudo-label BaseTrainer's job: supervised, on the labeled set, ``semi.pseudo_label.base_epochs`` (None:
+    train.epochs); no calibration, since the base model only pseudo-labels the pool (the gate judges the final
+    Trainer's model); under semi.pseudo_label.init=base it also exports its classifier weights, which the final
+    Trainer starts from."""
+    base_train = cfg.train if cfg.semi.pseudo_label.base_epochs is None else dataclasses.replace(
+        cfg.train, epochs=cfg.semi.pseudo_label.base_epochs)
+    base_cfg = dataclasses.replace(cfg, semi=SemiConfig(method=modes.SUPERVISED), calibration=CalibrationConfig(),
+                                   train=base_train)
+    return dataclasses.replace(training_job(base_cfg, manifest, pipeline_root, data_dir),
+                               export_classifier_weights=cfg.semi.pseudo_label.init == "base")
+
+
 def pretrain_job(cfg: PipelineConfig, manifest: dict, pipeline_root: str) -> TrainerJob:
     """The pre-training Trainer's job: only what the pre-training depends on (its cache key leaves the supervised
     settings out), and how it runs (train.distribute, train.local_workers, ...: models.config.DistributeConfig) where
@@ -175,17 +189,11 @@ def create_pipeline(cfg: PipelineConfig, data_dir: str, manifest: dict, pipeline
     base_model = pretrainer.outputs["model"] if pretrainer else None
     pseudo_inputs = {}
     if mode.pseudo_labels and unlabeled_examples is not None:
-        # the base model only pseudo-labels the pool: no calibration (the gate judges the final Trainer's model)
-        base_train = cfg.train if cfg.semi.pseudo_label.base_epochs is None else dataclasses.replace(
-            cfg.train, epochs=cfg.semi.pseudo_label.base_epochs)
-        base_cfg = dataclasses.replace(cfg, semi=SemiConfig(method=modes.SUPERVISED), calibration=CalibrationConfig(),
-                                       train=base_train)
         from_base = cfg.semi.pseudo_label.init == "base"  # the final model starts from the base model's weights
         base_trainer = PseudoLabelBaseTrainer(
             examples=labeled_gen.outputs["examples"], label_stats=stats_gen.outputs["label_stats"],
             schema=labeled_schema.outputs["schema"], run_fn=RUN_FN, base_model=base_model,
-            job=dataclasses.replace(training_job(base_cfg, manifest, pipeline_root, truth_dir),
-                                    export_classifier_weights=from_base)).with_id("BaseTrainer")
+            job=pseudo_label_base_job(cfg, manifest, pipeline_root, truth_dir)).with_id("BaseTrainer")
         labeler = PseudoLabeler(
             model=base_trainer.outputs["model"], unlabeled_examples=unlabeled_examples, examples=labeled_gen.outputs["examples"],
             num_classes=manifest["num_classes"], confidence_threshold=cfg.semi.pseudo_label.threshold,
@@ -254,6 +262,13 @@ def default_csv_dir() -> str:
     return os.path.join(os.path.dirname(tfx_package.__file__), "examples", "chicago_taxi_pipeline", "data", "simple")
 
 
+def regression_job(cfg: PipelineConfig, csv_dir: str, pipeline_root: str) -> TrainerJob:
+    """The regression Trainer's job; as the classification Trainer's, its backup folder is stable across
+    re-executions on the same CSV files."""
+    return TrainerJob(stage=trainer_job.REGRESSION, train=cfg.train, regression=cfg.regression).with_backup(
+        pipeline_root, trainer_job.folder_identity(csv_dir))
+
+
 def create_regression_pipeline(cfg: PipelineConfig, csv_dir: str, pipeline_root: str, metadata_path: str | None,
                                serving_dir: str, beam_pipeline_args: list[str] | None = None,
                                pipeline_name: str | None = None) -> tfx.dsl.Pipeline:
@@ -269,12 +284,9 @@ def create_regression_pipeline(cfg: PipelineConfig, csv_dir: str, pipeline_root:
     stats_gen = RegressionLabelStatsGen(examples=example_gen.outputs["examples"], regression=cfg.regression,
                                         splits=REGRESSION_SPLITS)
     stats_gen.add_upstream_node(check)
-    # as the classification Trainer's: the backup folder is stable across re-executions on the same files
-    job = TrainerJob(stage=trainer_job.REGRESSION, train=cfg.train, regression=cfg.regression).with_backup(
-        pipeline_root, trainer_job.folder_identity(csv_dir))
     trainer = LongTailTrainer(
         examples=example_gen.outputs["examples"], label_stats=stats_gen.outputs["label_stats"],
-        schema=schema.outputs["schema"], run_fn=REGRESSION_RUN_FN, job=job)
+        schema=schema.outputs["schema"], run_fn=REGRESSION_RUN_FN, job=regression_job(cfg, csv_dir, pipeline_root))
     gate_and_push = _gate_and_push(RegressionEvaluator, example_gen.outputs["examples"], trainer, stats_gen,
                                    cfg.regression_gate, serving_dir)
     components = [example_gen, *nodes, stats_gen, trainer, *gate_and_push]
