@@ -38,7 +38,8 @@ SHARED_RUN_FIXTURES = ("smoke_runs", "taxi_runs")
 SHARED_RUNS_GROUP = "shared-runs"
 
 
-def pytest_collection_modifyitems(config, items):
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which turns each xdist_group mark into the nodeid's
+def pytest_collection_modifyitems(config, items):  # "@group" suffix that --dist loadgroup schedules by
     shared = {item.module.__name__ for item in items if set(SHARED_RUN_FIXTURES) & set(item.fixturenames)}
     for item in items:
         if item.get_closest_marker("xdist_group") is None:
