@@ -123,17 +123,6 @@ def test_pushed_savedmodel_in_a_fresh_process_matches_keras(smoke, tmp_path):
     assert served["class_id"] == expected.argmax(1).tolist()
 
 
-def test_empty_unlabeled_pool_runs_supervised_only(tmp_path, fashion_mnist_dir):
-    data = str(tmp_path / "data")
-    prepare_from_source("fashion_mnist", SplitSpec(rho=10, n_max=100, val_per_class=10, unlabeled_size=0, seed=2),
-                        data, fashion_mnist_dir)
-    proc = smoke_cli(tmp_path, "smoke-nounlabeled", data, str(tmp_path / "out"))
-    m = load_metrics(str(tmp_path / "out"))
-    assert m["unlabeled"]["examples"] == 0 and "supervised-only" in m["unlabeled"]["note"]
-    assert "supervised-only" in proc.stderr
-    assert not any("Unlabeled" in k for k in m["executions"])  # no unlabeled branch ran
-
-
 def test_negative_label_stops_the_run_with_the_anomaly_named(smoke, tmp_path):
     import tensorflow as tf
 
@@ -152,14 +141,12 @@ def test_negative_label_stops_the_run_with_the_anomaly_named(smoke, tmp_path):
     assert not os.path.exists(tmp_path / "out" / "metrics.json")
 
 
-def test_semi_daso_run_on_two_local_workers_pushes_and_reports_pseudo_labels(tmp_path, fashion_mnist_dir):
+def test_semi_daso_run_on_two_local_workers_pushes_and_reports_pseudo_labels(smoke, tmp_path):
     """semi=daso with train.local_workers=2: the Trainer trains FixMatch + DASO on a 2-worker
     MultiWorkerMirroredStrategy cluster (models.semi.fit_distributed), the chief scores the pool, exports, and the
     model is blessed and pushed. The chief's queue holds every labeled image of every global batch (both workers'
     halves: the features are gathered before the enqueue). 2 steps of 32 + 64 images: the fewest that show it."""
-    data, out = str(tmp_path / "data"), str(tmp_path / "out")
-    prepare_from_source("fashion_mnist", SplitSpec(rho=100, n_max=200, class_order="shuffle", val_per_class=20,
-                                                   unlabeled_size=200, seed=1), data, fashion_mnist_dir)
+    data, out = smoke["data"], str(tmp_path / "out")  # the session's smoke folder (rho 100, a 200-image pool)
     proc = smoke_cli(tmp_path, "smoke-daso", data, out, "semi=daso", "train.local_workers=2", "train.batch_size=32",
                      "train.max_steps_per_epoch=2")
     m = load_metrics(out)
@@ -186,11 +173,23 @@ def test_semi_daso_run_on_two_local_workers_pushes_and_reports_pseudo_labels(tmp
     assert sum(semi["per_epoch"][0]["pseudo_label_counts"]) == 200  # every pool image scored against its true class
 
 
-def test_ssp_rotation_warm_starts_pushes_and_is_reused_when_only_training_changes(smoke):
+@pytest.fixture(scope="module")
+def ssp_runs(smoke_runs):
+    """ssp=rotation on the session's smoke folder (ssp1), then a change of the supervised training only (ssp2: the
+    learning rate, and per-class logit offsets fitted after training), which re-trains from the cached
+    pre-training and is calibrated; ssp2 pushes to a serving root of its own."""
+    tmp = smoke_runs["tmp"]
+    first = smoke_cli(tmp, "smoke", smoke_runs["data"], str(tmp / "ssp1"), "ssp=rotation")
+    second = smoke_cli(tmp, "smoke", smoke_runs["data"], str(tmp / "ssp2"), "ssp=rotation", "train.learning_rate=0.02",
+                       "calibration.method=class_offsets", f"serving_root={tmp}/serving-cal")
+    return {"first": first, "second": second, "ssp1": tmp / "ssp1", "ssp2": tmp / "ssp2"}
+
+
+def test_ssp_rotation_warm_starts_pushes_and_is_reused_when_only_training_changes(smoke, ssp_runs):
     tmp = smoke["tmp"]
     none_block = load_metrics(str(tmp / "out1"))["ssp"]
     assert none_block["method"] == "none" and none_block["linear_probe_accuracy"] is None
-    first = smoke_cli(tmp, "smoke", smoke["data"], str(tmp / "ssp1"), "ssp=rotation")
+    first = ssp_runs["first"]
     m = load_metrics(str(tmp / "ssp1"))
     s = m["ssp"]
     assert {"method", "epochs", "data", "final_loss", "linear_probe_accuracy", "random_init_probe_accuracy"} <= set(s)
@@ -206,7 +205,6 @@ def test_ssp_rotation_warm_starts_pushes_and_is_reused_when_only_training_change
     assert "## Self-supervised pre-training" in report and "ssp_loss.png" in report
     assert os.path.getsize(tmp / "ssp1" / "ssp_loss.png") > 1000
     # a supervised-only change re-trains from the cached pre-training
-    smoke_cli(tmp, "smoke", smoke["data"], str(tmp / "ssp2"), "ssp=rotation", "train.learning_rate=0.02")
     m2 = load_metrics(str(tmp / "ssp2"))
     assert m2["executions"]["components.trainer.SSPPretrainer"] == "CACHED"
     assert m2["executions"]["components.trainer.LongTailTrainer"] == "COMPLETE"
@@ -225,36 +223,16 @@ def test_ssp_on_labeled_and_unlabeled_needs_an_unlabeled_pool(tmp_path, fashion_
     assert "unlabeled: pretrain.data=labeled+unlabeled but the unlabeled pool is empty" in proc.stderr
 
 
-def test_two_local_workers_train_the_model_the_gate_blesses(smoke):
-    """train.local_workers=2: the Trainer's run_fn starts both workers (MultiWorkerMirroredStrategy on localhost), the
-    chief exports, and the pipeline evaluates, gates and pushes that one model; only the Trainer and what follows
-    it re-run."""
-    tmp = smoke["tmp"]
-    proc = smoke_cli(tmp, "smoke", smoke["data"], str(tmp / "dist"), "train.local_workers=2",
-                   f"serving_root={tmp}/serving-dist")
-    m = load_metrics(str(tmp / "dist"))
-    d = m["training"]["distribute"]
-    assert (d["strategy"], d["workers"], d["replicas"], d["chief"]) == ("MultiWorkerMirroredStrategy", 2, 2, True)
-    assert m["executions"]["components.trainer.LongTailTrainer"] == "COMPLETE"
-    assert m["blessed"] is True and m["pushed"] is True
-    assert os.path.exists(os.path.join(m["pushed_model_dir"], "saved_model.pb"))
-    assert "multi-worker training: 2 local worker process(es)" in proc.stderr
-    assert "trainer: MultiWorkerMirroredStrategy: 2 worker(s), 2 replica(s)" in open(tmp / "dist" / "report.md").read()
-
-
-def test_calibrated_model_is_gated_on_the_half_its_offsets_were_not_fitted_on(smoke, tmp_path):
-    """calibration.method=class_offsets: the Trainer fits per-class offsets on one half of the eval split and
-    exports them in the SavedModel; the gate judges the other half only; metrics.json and report.md carry the
-    offsets, both halves' sizes and the test split with and without them."""
+def test_calibrated_model_is_gated_on_the_half_its_offsets_were_not_fitted_on(smoke, ssp_runs, tmp_path):
+    """calibration.method=class_offsets (the ssp2 run): the Trainer fits per-class offsets on one half of the eval
+    split and exports them in the SavedModel; the gate judges the other half only; metrics.json and report.md carry
+    the offsets, both halves' sizes and the test split with and without them."""
     import tensorflow as tf
 
     from models import calibration
     from models.export import serving_metadata
 
-    tmp = smoke["tmp"]
-    smoke_cli(tmp, "smoke", smoke["data"], str(tmp / "cal"), "calibration.method=class_offsets",
-            f"serving_root={tmp}/serving-cal")
-    m = load_metrics(str(tmp / "cal"))
+    m = load_metrics(str(ssp_runs["ssp2"]))
     cal = m["calibration"]
     val_files = sorted(glob.glob(os.path.join(smoke["data"], "validation", "*.tfrecord")))
     images = [tf.io.parse_single_example(r, {"image": tf.io.FixedLenFeature([], tf.string)})["image"]
@@ -267,7 +245,7 @@ def test_calibrated_model_is_gated_on_the_half_its_offsets_were_not_fitted_on(sm
     assert cal["test_uncalibrated"]["per_class_recall"] and m["test"]["num_examples"] == 10000
     meta = serving_metadata(m["pushed_model_dir"])
     np.testing.assert_allclose(meta["calibration_offsets"], cal["offsets"], atol=1e-6)
-    report = open(tmp / "cal" / "report.md").read()
+    report = open(ssp_runs["ssp2"] / "report.md").read()
     assert "## Calibration (per-class logit offsets)" in report and "the half calibration did not fit on" in report
     # the pushed model in a fresh process serves the Keras model's logits plus the offsets
     import keras

@@ -81,7 +81,8 @@ def test_two_local_workers_train_the_base_and_the_final_model_which_is_blessed_a
     m = load_metrics(str(tmp / "dist"))
     assert proc.stderr.count("multi-worker training: 2 local worker process(es) of a 2-worker cluster") == 2
     d = m["training"]["distribute"]
-    assert d["strategy"] == "MultiWorkerMirroredStrategy" and d["workers"] == 2 and d["replicas"] == 2
+    assert (d["strategy"], d["workers"], d["replicas"], d["chief"]) == ("MultiWorkerMirroredStrategy", 2, 2, True)
+    assert m["executions"][BASE] == m["executions"][TRAINER] == "COMPLETE"
     assert m["plan"]["trained_with"] == "pseudo_label" and m["training"]["training_files"]["pseudo_labeled"]
     assert m["pseudo_labels"]["init"]["from"] == "base" and m["pseudo_labels"]["init"]["variables"] == 47
     assert len(m["training"]["history"]) == 2
@@ -116,6 +117,8 @@ def test_no_true_pool_label_reaches_a_training_example(pseudo_run):
 
 
 def test_auto_with_an_empty_pool_runs_supervised_only_and_says_so(tmp_path, fashion_mnist_dir):
+    """An empty pool: no unlabeled branch is built, the planner says why, and the run trains, gates and pushes the
+    supervised model."""
     data = str(tmp_path / "data")
     prepare_from_source("fashion_mnist", SplitSpec(rho=100, n_max=200, class_order="shuffle", val_per_class=20,
                                                    unlabeled_size=0, seed=1), data, fashion_mnist_dir)
@@ -123,6 +126,7 @@ def test_auto_with_an_empty_pool_runs_supervised_only_and_says_so(tmp_path, fash
     m = load_metrics(str(tmp_path / "out"))
     assert BASE not in m["executions"] and LABELER not in m["executions"]
     assert not any("Unlabeled" in k for k in m["executions"])
+    assert m["unlabeled"]["examples"] == 0 and "supervised-only" in m["unlabeled"]["note"]
     assert m["plan"]["choice"] == "supervised" and m["plan"]["trained_with"] == "supervised"
     assert "empty" in m["plan"]["reasons_text"][0] and m["plan"]["reasons"][0]["code"] == "pool_empty"
     assert m["pseudo_labels"] is None
