@@ -62,8 +62,8 @@ def test_compile_kfp_v2_pipeline_spec(tmp_path, fashion_mnist_dir):
     assert custom_config("BaseTrainer")["calibration"]["method"] == "none"
     assert custom_config("BaseTrainer")["export_classifier_weights"] is True
     assert "export_classifier_weights" not in custom_config("LongTailTrainer")
-    assert (custom_config("BaseTrainer")["train"]["epochs"], custom_config("LongTailTrainer")["train"]["epochs"]) == (5, 30)
-    assert custom_config("LongTailTrainer")["semi"]["pseudo_label"]["final_epochs"] == 15
+    assert (custom_config("BaseTrainer")["train"]["epochs"], custom_config("LongTailTrainer")["train"]["epochs"]) == (5, 45)
+    assert custom_config("LongTailTrainer")["semi"]["pseudo_label"]["final_epochs"] == 20
     assert tasks["PerClassEvaluator"]["inputs"]["parameters"]["holdout"]["runtimeValue"]["constantValue"]["intValue"] == "1"
     assert sorted(tasks["SSPPretrainer"]["inputs"]["artifacts"]) == ["examples", "unlabeled_examples"]
     text = json.dumps(spec)
