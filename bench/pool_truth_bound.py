@@ -223,7 +223,7 @@ def main() -> None:
         rows = [json.loads(line) for line in f if line.strip()]
     description = ("The default preset's final Trainer retrained from its run's own base model, once on the run's "
                    "pseudo-labels (control) and once on the pool's true labels (the same 7,000 images), the same "
-                   "job, seed and 15-epoch schedule; scored on the 10,000-image test split without calibration "
+                   "job, seed and schedule (its final_epochs); scored on the 10,000-image test split without calibration "
                    "offsets. Fashion-MNIST-LT rho=100, a balanced pool (rho_u ~1).")
     write_result(os.path.splitext(a.jsonl)[0] + ".md", "The pool's upper bound: the final model on true labels",
                  description, table(rows))
