@@ -49,6 +49,19 @@ def prepared(data_dir: str) -> tuple[dict, dict, dict]:
     return manifest, stats, {split: [os.path.join(data_dir, f) for f in s["files"]] for split, s in manifest["splits"].items()}
 
 
+def run_fn_args(root: str, train_files, eval_files, custom_config: dict, base_model=None):
+    """What TFX's GenericExecutor hands a run_fn, for the attributes our run_fns read (a types.SimpleNamespace, its
+    model folders under ``root``)."""
+    import types
+
+    fn_args = types.SimpleNamespace(train_files=list(train_files), eval_files=list(eval_files or []),
+                                    serving_model_dir=os.path.join(root, "model", "Format-Serving"),
+                                    model_run_dir=os.path.join(root, "model_run"), base_model=base_model,
+                                    custom_config=custom_config)
+    os.makedirs(fn_args.model_run_dir)
+    return fn_args
+
+
 def evaluate(model, test_files, image_shape, stats, logits_fn=None) -> dict:
     """models.metrics.per_class_metrics of ``model`` on the (balanced) test files; ``logits_fn`` maps the
     model's outputs to the logits scored (e.g. post-hoc logit adjustment)."""

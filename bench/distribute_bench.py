@@ -58,7 +58,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from bench.common import evaluate, prepared, write_result  # noqa: E402
+from bench.common import evaluate, prepared, run_fn_args, write_result  # noqa: E402
 from components.data.prepare import load_manifest  # noqa: E402
 from models.label_stats import derive_label_stats  # noqa: E402
 from pipeline import pipeline as jobs  # noqa: E402
@@ -181,16 +181,6 @@ class Bench:
         return path
 
 
-def _fn_args(root: str, train_files, eval_files, custom_config: dict, base_model=None) -> types.SimpleNamespace:
-    """What TFX's GenericExecutor hands a run_fn, for the attributes our run_fns read."""
-    fn_args = types.SimpleNamespace(train_files=list(train_files), eval_files=list(eval_files or []),
-                                    serving_model_dir=os.path.join(root, "model", "Format-Serving"),
-                                    model_run_dir=os.path.join(root, "model_run"), base_model=base_model,
-                                    custom_config=custom_config)
-    os.makedirs(fn_args.model_run_dir)
-    return fn_args
-
-
 def _timed(run_fn, fn_args, summary_file: str) -> tuple[float, dict]:
     t0 = time.time()
     run_fn(fn_args)
@@ -222,7 +212,7 @@ def run_supervised(b: Bench, seed: int, how: dict) -> dict:
     cfg = load_config("default", {"semi.method": "supervised", **b.schedule(seed), **how})
     root = b.folder("supervised")
     job = jobs.training_job(cfg, b.manifest, root, b.data).with_inputs(label_stats_path=b.label_stats_path())
-    fn_args = _fn_args(root, b.files["labeled"], b.files["validation"], job.to_custom_config())
+    fn_args = run_fn_args(root, b.files["labeled"], b.files["validation"], job.to_custom_config())
     wall, summary = _timed(trainer.run_fn, fn_args, trainer.SUMMARY_FILE)
     return {"wall_s": wall, "summary": summary,
             **_classification_row(b, summary, fn_args, _supervised_examples(b, summary, b.stats["num_examples"]))}
@@ -240,7 +230,7 @@ def run_semi(method: str):
         root = b.folder(method)
         job = jobs.training_job(cfg, b.manifest, root, b.data).with_inputs(
             label_stats_path=b.label_stats_path(), unlabeled_files=b.files["unlabeled"])
-        fn_args = _fn_args(root, b.files["labeled"], b.files["validation"], job.to_custom_config())
+        fn_args = run_fn_args(root, b.files["labeled"], b.files["validation"], job.to_custom_config())
         wall, summary = _timed(trainer.run_fn, fn_args, trainer.SUMMARY_FILE)
         semi = summary["semi"]
         per_epoch = semi["total_steps"] * (semi["labeled_batch"] + semi["unlabeled_batch"]) / summary["epochs"]
@@ -263,7 +253,7 @@ def _pseudo_labels(b: Bench, seed: int) -> dict:
     cfg = load_config("default", {"semi.method": "pseudo_label", **b.schedule(seed), "train.distribute": "none"})
     root = b.folder(f"pseudo_label_base-{seed}")
     job = jobs.pseudo_label_base_job(cfg, b.manifest, root, b.data).with_inputs(label_stats_path=b.label_stats_path())
-    fn_args = _fn_args(root, b.files["labeled"], b.files["validation"], job.to_custom_config())
+    fn_args = run_fn_args(root, b.files["labeled"], b.files["validation"], job.to_custom_config())
     print(f"[bench] pseudo_label: the base model, seed {seed} (one process)", file=sys.stderr, flush=True)
     t0 = time.time()
     trainer.run_fn(fn_args)
@@ -306,7 +296,7 @@ def run_pseudo_label(b: Bench, seed: int, how: dict) -> dict:
                                   "semi.pseudo_label.final_epochs": b.epochs, **how})
     root = b.folder("pseudo_label")
     job = jobs.training_job(cfg, b.manifest, root, b.data).with_inputs(label_stats_path=b.label_stats_path(), **inputs)
-    fn_args = _fn_args(root, b.files["labeled"], b.files["validation"], job.to_custom_config())
+    fn_args = run_fn_args(root, b.files["labeled"], b.files["validation"], job.to_custom_config())
     wall, summary = _timed(trainer.run_fn, fn_args, trainer.SUMMARY_FILE)
     n = sum(summary["training_class_counts"])  # labeled + accepted pseudo-labels
     return {"wall_s": wall, "summary": summary,
@@ -323,7 +313,7 @@ def run_ssp(method: str):
                                       **b.schedule(seed), **how})
         root = b.folder(method)
         job = jobs.pretrain_job(cfg, b.manifest, root).with_inputs(unlabeled_files=b.files["unlabeled"])
-        fn_args = _fn_args(root, b.files["labeled"], b.files["validation"], job.to_custom_config())
+        fn_args = run_fn_args(root, b.files["labeled"], b.files["validation"], job.to_custom_config())
         wall, summary = _timed(ssp.run_fn, fn_args, ssp.SUMMARY_FILE)
         batch = summary["distribute"].get("global_batch_size") or summary["config"]["batch_size"]
         return {"wall_s": wall, "summary": summary, "batch": batch, "examples_per_epoch": summary["steps_per_epoch"] * batch,
@@ -400,7 +390,7 @@ def run_regression(b: Bench, seed: int, how: dict) -> dict:
         json.dump(stats, f)
     csv_dir = jobs.default_csv_dir()
     job = jobs.regression_job(cfg, csv_dir, root).with_inputs(label_stats_path=stats_path)
-    fn_args = _fn_args(root, files["train"], files["eval"], job.to_custom_config())
+    fn_args = run_fn_args(root, files["train"], files["eval"], job.to_custom_config())
     wall, summary = _timed(regression.run_fn, fn_args, "training_summary.json")
     model = keras.models.load_model(os.path.join(fn_args.model_run_dir, "model.keras"), compile=False)
     inputs, target = regression.load_training_rows(files["test"], cfg.regression, stats)

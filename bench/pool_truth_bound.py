@@ -26,12 +26,11 @@ import statistics
 import sys
 import tempfile
 import time
-import types
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.common import evaluate, prepared, write_result  # noqa: E402
+from bench.common import evaluate, prepared, run_fn_args, write_result  # noqa: E402
 
 JSONL = os.path.join(ROOT, "bench", "results", "pool_truth_bound.jsonl")
 RUNS_JSONL = os.path.join(ROOT, "bench", "results", "default_run.jsonl")
@@ -55,44 +54,46 @@ def run_row(runs_root: str) -> dict:
     return found[0]
 
 
-def true_labeled_pool(data_dir: str, manifest: dict, out_dir: str, num_classes: int) -> tuple[str, list[int]]:
+def pool_truth(data_dir: str, manifest: dict) -> tuple[list[bytes], list[int]]:
+    """(the pool's encoded images in record order, their true classes) from the prepared folder's evaluation-only
+    file (models.semi.load_pool_truth reads the same file, but decodes the images to floats)."""
+    import tensorflow as tf
+
+    entry = manifest["splits"]["unlabeled"]
+    with open(os.path.join(data_dir, entry["true_labels_file"])) as f:
+        truth = json.load(f)
+    spec = {"image": tf.io.FixedLenFeature([], tf.string)}
+    images = [tf.io.parse_single_example(r, spec)["image"].numpy()
+              for r in tf.data.TFRecordDataset([os.path.join(data_dir, p) for p in truth["files"]])]
+    if len(images) != len(truth["labels"]):
+        raise SystemExit(f"error: {entry['true_labels_file']}: {len(truth['labels'])} true labels for {len(images)} "
+                         "pool records")
+    return images, [int(label) for label in truth["labels"]]
+
+
+def true_labeled_pool(images: list[bytes], labels: list[int], out_dir: str, num_classes: int) -> tuple[str, list[int]]:
     """The pool's records with their true classes, as the PseudoLabeler writes its examples (components/pseudo_labeler
-    .to_example: image, label, confidence 1, origin): (file pattern, per-class counts)."""
+    .to_example: image, label, confidence 1, origin): (file, per-class counts)."""
     import numpy as np
     import tensorflow as tf
 
     from components.pseudo_labeler import to_example
 
-    entry = manifest["splits"]["unlabeled"]
-    with open(os.path.join(data_dir, entry["true_labels_file"])) as f:
-        truth = json.load(f)
-    labels = np.asarray(truth["labels"], np.int64)
-    files = [os.path.join(data_dir, p) for p in truth["files"]]
     os.makedirs(out_dir)
     path = os.path.join(out_dir, "pool_true_labels.gz")
-    n = 0
     with tf.io.TFRecordWriter(path, options="GZIP") as w:
-        for record in tf.data.TFRecordDataset(files):
-            image = tf.io.parse_single_example(record, {"image": tf.io.FixedLenFeature([], tf.string)})["image"]
-            w.write(to_example({"image": image.numpy(), "label": int(labels[n]), "confidence": 1.0}))
-            n += 1
-    if n != len(labels):
-        raise SystemExit(f"error: {entry['true_labels_file']}: {len(labels)} true labels for {n} pool records")
+        for image, label in zip(images, labels):
+            w.write(to_example({"image": image, "label": label, "confidence": 1.0}))
     return path, np.bincount(labels, minlength=num_classes).tolist()
 
 
-def pseudo_label_accuracy(pseudo_files: list[str], data_dir: str, manifest: dict) -> float | None:
+def pseudo_label_accuracy(pseudo_files: list[str], images: list[bytes], labels: list[int]) -> float | None:
     """The share of the run's pseudo-labels that are right: each pseudo-labeled image matched to its pool record by
     its encoded bytes (the PseudoLabeler writes them unchanged, in no fixed order)."""
     import tensorflow as tf
 
-    entry = manifest["splits"]["unlabeled"]
-    with open(os.path.join(data_dir, entry["true_labels_file"])) as f:
-        truth = json.load(f)
-    truth_images = [tf.io.parse_single_example(r, {"image": tf.io.FixedLenFeature([], tf.string)})["image"].numpy()
-                    for r in tf.data.TFRecordDataset([os.path.join(data_dir, p) for p in truth["files"]])]
     by_image = {}
-    for image, label in zip(truth_images, truth["labels"]):
+    for image, label in zip(images, labels):
         by_image.setdefault(image, set()).add(label)
     right = total = 0
     spec = {"image": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64)}
@@ -113,11 +114,7 @@ def train_final(cfg, manifest, data_dir, files, scratch, inputs: dict, stats) ->
 
     root = tempfile.mkdtemp(prefix="final-", dir=scratch)
     job = jobs.training_job(cfg, manifest, root, data_dir).with_inputs(**inputs)
-    fn_args = types.SimpleNamespace(train_files=list(files["labeled"]), eval_files=list(files["validation"]),
-                                    serving_model_dir=os.path.join(root, "model", "Format-Serving"),
-                                    model_run_dir=os.path.join(root, "model_run"), base_model=None,
-                                    custom_config=job.to_custom_config())
-    os.makedirs(fn_args.model_run_dir)
+    fn_args = run_fn_args(root, files["labeled"], files["validation"], job.to_custom_config())
     t0 = time.time()
     trainer.run_fn(fn_args)
     seconds = time.time() - t0
@@ -133,11 +130,10 @@ def bound(runs_root: str, control: bool, extra: list[str]) -> list[dict]:
     row = run_row(runs_root)
     with open(os.path.join(ROOT, row["out"], "metrics.json")) as f:
         metrics = json.load(f)
-    if (metrics.get("plan") or {}).get("trained_with") != "pseudo_label":
-        raise SystemExit(f"error: {row['out']}: its final model did not train on pseudo-labels "
-                         f"(plan: {(metrics.get('plan') or {}).get('trained_with')})")
-    data_dir = os.path.join(ROOT, metrics["data"]["data_dir"]) if not os.path.isabs(metrics["data"]["data_dir"]) \
-        else metrics["data"]["data_dir"]
+    trained_with = (metrics.get("plan") or {}).get("trained_with")
+    if trained_with != "pseudo_label":
+        raise SystemExit(f"error: {row['out']}: its final model did not train on pseudo-labels (plan: {trained_with})")
+    data_dir = os.path.join(ROOT, metrics["data"]["data_dir"])  # an absolute data_dir is kept as it is
     manifest, _, files = prepared(data_dir)
     pipeline_root = one(os.path.join(runs_root, "_tfx", "*", "root"))
     label_stats_path = one(os.path.join(pipeline_root, "LabelStatsGen", "label_stats", "*", "label_stats.json"))
@@ -153,7 +149,8 @@ def bound(runs_root: str, control: bool, extra: list[str]) -> list[dict]:
     scratch = tempfile.mkdtemp(prefix="pool-truth-", dir=os.path.join(ROOT, "runs"))
     common = {"label_stats_path": label_stats_path, "init_model": init_model}
 
-    truth_file, truth_counts = true_labeled_pool(data_dir, manifest, os.path.join(scratch, "pool"),
+    images, labels = pool_truth(data_dir, manifest)
+    truth_file, truth_counts = true_labeled_pool(images, labels, os.path.join(scratch, "pool"),
                                                  int(manifest["num_classes"]))
     with open(pl_stats_path) as f:
         pl_stats = json.load(f)
@@ -162,7 +159,7 @@ def bound(runs_root: str, control: bool, extra: list[str]) -> list[dict]:
     truth_stats_path = os.path.join(scratch, "pool", "pseudo_label_stats.json")
     with open(truth_stats_path, "w") as f:
         json.dump(truth_stats, f)
-    accuracy = pseudo_label_accuracy(pseudo_files, data_dir, manifest)
+    accuracy = pseudo_label_accuracy(pseudo_files, images, labels)
     print(f"[bound] {row['label']} seed {row['seed']}: the run's pseudo-labels are {accuracy:.4f} right "
           f"({pl_stats['num_accepted']} of {pl_stats['num_pool_examples']} accepted)", file=sys.stderr, flush=True)
 
