@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from models import inputs
+from models.export import model_logits
 
 HASH_BUCKETS = 2
 FIT_BUCKET = 0  # the half the offsets are fitted on; the gate judges bucket 1
@@ -100,15 +101,17 @@ def fit_half(file_pattern, image_shape, batch_size: int = 512):
     return ds.batch(batch_size)
 
 
-def calibrate(model, cfg, eval_files, image_shape, num_classes: int, class_names=None, base_offsets=None) -> dict:
+def calibrate(model, cfg, eval_files, image_shape, num_classes: int, class_names=None, base_offsets=None,
+              test_time_flip: bool = False) -> dict:
     """Fit the offsets of ``cfg`` (models.config.CalibrationConfig) for a Keras ``model`` (logits out) on the fit half of
-    ``eval_files``; the summary block the Trainer records, its ``offsets`` the total to export (base included)."""
+    ``eval_files``, on the logits the SavedModel will serve (``test_time_flip``: models/export.py:model_logits); the
+    summary block the Trainer records, its ``offsets`` the total to export (base included)."""
     if not eval_files:
         raise ValueError("calibration.method=class_offsets needs the Trainer's eval split (the validation images); "
                          "none was given")
     logits, labels = [], []
     for x, y in fit_half(eval_files, image_shape):
-        logits.append(tf.cast(model(x, training=False), tf.float32).numpy())
+        logits.append(model_logits(model, x, test_time_flip).numpy())
         labels.append(y.numpy())
     logits, labels = np.concatenate(logits), np.concatenate(labels)
     support = np.bincount(labels, minlength=num_classes)
@@ -118,6 +121,7 @@ def calibrate(model, cfg, eval_files, image_shape, num_classes: int, class_names
     missing = [names[c] for c in np.flatnonzero(support == 0)]
     return {"method": cfg.method, "settings": {"worst_class_weight": cfg.worst_class_weight,
                                                "max_offset": cfg.max_offset, "step": cfg.step},
-            "fit_examples": int(labels.size), "fit_support": support.tolist(), "halves": HALVES_TEXT,
+            "test_time_flip": bool(test_time_flip), "fit_examples": int(labels.size), "fit_support": support.tolist(),
+            "halves": HALVES_TEXT,
             "offsets_by_class": dict(zip(names, (round(v, 4) for v in result["offsets"]))),
             "classes_without_fit_examples": missing, **result}

@@ -3,7 +3,8 @@
 Signatures:
   serving_default     images: encoded PNG/JPEG bytes, shape (batch,) ->
                       probabilities (batch, C) float32, class_id (batch,) int64, logits (batch, C) float32
-                      (after the logit offset; the PseudoLabeler's energy OOD score needs them)
+                      (after the test-time flip's mean and the logit offset; the PseudoLabeler's energy OOD score
+                      needs them)
   serving_tf_example  examples: serialized tf.train.Example with an ``image`` bytes feature -> same
 
 Beside the graph, ``assets.extra/longtail_serving.json`` (TF Serving's folder for extra files, which loaders
@@ -39,13 +40,23 @@ def serving_metadata(export_dir: str) -> dict | None:
         return json.load(f)
 
 
+def model_logits(model: keras.Model, images, test_time_flip: bool = False):
+    """float32 logits of a batch of float images; with ``test_time_flip`` the mean of the images' and their mirror
+    images' (horizontal flip) logits. The served model and the calibration fit both score through it."""
+    logits = tf.cast(model(images, training=False), tf.float32)
+    if test_time_flip:
+        logits = 0.5 * (logits + tf.cast(model(tf.image.flip_left_right(images), training=False), tf.float32))
+    return logits
+
+
 def export_serving_model(model: keras.Model, export_dir: str, image_shape, logit_offset=None,
-                         class_names=None, calibration_offsets=None) -> None:
+                         class_names=None, calibration_offsets=None, test_time_flip: bool = False) -> None:
     """Write ``model`` (logits out) as a SavedModel. ``logit_offset`` (C,) is added to the logits
     before the softmax (post-hoc logit adjustment, fitted offsets); None serves the raw logits. ``class_names``
     go into the serving metadata (class_0.. when not given), and so do the offsets: ``logit_offset`` and
     ``calibration_offsets``, the part of it fitted on validation data (models/calibration.py), which the
-    Evaluator subtracts to report the uncalibrated model beside the served one."""
+    Evaluator subtracts to report the uncalibrated model beside the served one. ``test_time_flip`` serves the mean
+    of each image's and its mirror image's logits (:func:`model_logits`), at twice the compute."""
     image_shape = [int(d) for d in image_shape]
     offset = None if logit_offset is None else tf.constant(logit_offset, tf.float32)
 
@@ -55,7 +66,7 @@ def export_serving_model(model: keras.Model, export_dir: str, image_shape, logit
 
     def predict(encoded_images):
         images = tf.map_fn(decode, encoded_images, fn_output_signature=tf.TensorSpec(image_shape, tf.float32))
-        logits = tf.cast(model(images, training=False), tf.float32)
+        logits = model_logits(model, images, test_time_flip)
         if offset is not None:
             logits = logits + offset
         probabilities = tf.nn.softmax(logits, axis=-1)
@@ -80,4 +91,5 @@ def export_serving_model(model: keras.Model, export_dir: str, image_shape, logit
         "task": "classification", "input": "images", "image_shape": image_shape,
         "class_names": list(class_names) if class_names else [f"class_{c}" for c in range(num_classes)],
         "logit_offset": None if logit_offset is None else [float(v) for v in logit_offset],
-        "calibration_offsets": None if calibration_offsets is None else [float(v) for v in calibration_offsets]})
+        "calibration_offsets": None if calibration_offsets is None else [float(v) for v in calibration_offsets],
+        "test_time_flip": bool(test_time_flip)})

@@ -18,7 +18,7 @@ import types
 import numpy as np
 import tensorflow as tf
 
-from models import backbones, calibration, distribute, planner, pseudo_label, toolkit
+from models import backbones, calibration, config, distribute, planner, pseudo_label, toolkit
 from models import job as trainer_job
 from models.export import export_serving_model
 
@@ -118,9 +118,10 @@ def _train_and_export(fn_args, job: toolkit.TrainingJob, strategy, tf_config: di
     logit_offset = -tau * np.log(np.asarray(job.stats["class_priors"], np.float32)) if tau else None
     fitted = None
     cal = job.calibration
+    flip = config.test_time_flip(job.train)
     if cal.enabled:  # offsets fitted on the eval split's fit half; the gate judges the other half
         block = calibration.calibrate(model, cal, job.eval_files, job.image_shape, job.stats["num_classes"],
-                                      job.stats.get("class_names"), logit_offset)
+                                      job.stats.get("class_names"), logit_offset, test_time_flip=flip)
         total = np.asarray(block["offsets"], np.float32)
         fitted = total - (0.0 if logit_offset is None else logit_offset)
         logit_offset = total
@@ -130,7 +131,7 @@ def _train_and_export(fn_args, job: toolkit.TrainingJob, strategy, tf_config: di
               f"{block['objective_after']:.4f}; offsets "
               + ", ".join(f"{k} {v:+.2f}" for k, v in block["offsets_by_class"].items()), file=sys.stderr, flush=True)
     export_serving_model(model, fn_args.serving_model_dir, job.image_shape, logit_offset,
-                         class_names=job.stats.get("class_names"), calibration_offsets=fitted)
+                         class_names=job.stats.get("class_names"), calibration_offsets=fitted, test_time_flip=flip)
     if job.export_classifier_weights:  # the final Trainer starts from them (init=base)
         backbones.save_backbone_weights(model, fn_args.serving_model_dir, file=backbones.CLASSIFIER_WEIGHTS_FILE)
     model.save(os.path.join(job.model_run_dir, "model.keras"))

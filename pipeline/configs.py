@@ -36,6 +36,7 @@ from models.config import (
     leaf_paths,
     parse_value,
     replace_path,
+    test_time_flip,
 )
 
 
@@ -328,7 +329,9 @@ def resolve_augment(cfg: PipelineConfig) -> PipelineConfig:
     elif value in ("false", "0", "no", ""):
         value = "none"
     augment_ops(value)  # raises ValueError naming an unknown op
-    return replace_path(cfg, "train.augment", value)
+    cfg = replace_path(cfg, "train.augment", value)
+    # train.test_time_flip=auto follows the resolved augmentation; metrics.json records on or off
+    return replace_path(cfg, "train.test_time_flip", "on" if test_time_flip(cfg.train) else "off")
 
 
 def changed_paths(cfg: PipelineConfig) -> list[str]:

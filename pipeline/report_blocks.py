@@ -32,8 +32,8 @@ def data_block(manifest: dict, data_dir: str, ingested: dict) -> dict:
             "splits": {k: {kk: vv for kk, vv in v.items() if kk != "files"} for k, v in manifest["splits"].items()}}
 
 
-CALIBRATION_KEYS = ("method", "settings", "halves", "fit_examples", "fit_support", "offsets", "offsets_by_class",
-                    "objective_before", "objective_after", "recall_before", "recall_after", "sweeps",
+CALIBRATION_KEYS = ("method", "settings", "test_time_flip", "halves", "fit_examples", "fit_support", "offsets",
+                    "offsets_by_class", "objective_before", "objective_after", "recall_before", "recall_after", "sweeps",
                     "classes_without_fit_examples")
 
 

@@ -250,6 +250,13 @@ def augmentation_text(cfg: dict) -> str:
     return ops.replace(",", " + ") + ("" if "flip" in ops else " (no mirror flip)")
 
 
+def test_time_flip_text(cfg: dict) -> str:
+    """train.test_time_flip as the run resolved it (a run from before it existed served without one)."""
+    if cfg["train"].get("test_time_flip", "off") != "on":
+        return "off"
+    return "on (served and calibrated logits: the mean of the image's and its mirror image's)"
+
+
 def ssp_section(ssp: dict) -> list[str]:
     md = ["## Self-supervised pre-training", ""]
     if ssp["method"] == "none":
@@ -285,7 +292,8 @@ def report_md(metrics: dict) -> str:
           f"{stats['shot_thresholds']['few_below']:.0f} training images; {stats['shot_thresholds']['source']}): "
           + ", ".join(f"{g}: {[stats['class_names'][c] for c in cs]}" for g, cs in stats["shot_groups"].items()), "",
           f"Training: {cfg['train']['backbone']}, loss {cfg['train']['loss']}, {_final_epochs(metrics, cfg)}, "
-          f"batch {cfg['train']['batch_size']}, seed {metrics['seed']}, augmentation {augmentation_text(cfg)}; "
+          f"batch {cfg['train']['batch_size']}, seed {metrics['seed']}, augmentation {augmentation_text(cfg)}, "
+          f"test-time flip {test_time_flip_text(cfg)}; "
           f"trainer: {distribute_text(metrics.get('training'))}; "
           f"self-supervised pre-training: {ssp['method']}; "
           f"semi-supervised: {metrics['semi']['method']}"

@@ -119,6 +119,50 @@ def test_calibrate_summarises_the_fit_by_class_name(tmp_path):
         calibration.calibrate(model, CalibrationConfig(method="class_offsets"), None, [8, 8, 1], 3)
 
 
+def test_test_time_flip_serves_and_calibrates_the_mean_of_image_and_mirror(tmp_path):
+    """With train.test_time_flip the served logits are the mean of the image's and its mirror image's, plus the
+    offset, and calibrate fits on exactly those logits: its fit-half recall before the offsets is theirs."""
+    import keras
+
+    from models.export import export_serving_model, serving_metadata
+    from models.predict import SavedModelPredictor, parse_labels
+
+    path = str(tmp_path / "eval.tfrecord")
+    write_split(path)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(3)])
+    images = np.stack([x for x, _ in calibration.fit_half(path, [8, 8, 1]).unbatch().as_numpy_iterator()])
+    labels = np.concatenate([y.numpy() for _, y in calibration.fit_half(path, [8, 8, 1])])
+    raw = keras.ops.convert_to_numpy(model(images))
+    mirrored = keras.ops.convert_to_numpy(model(images[:, :, ::-1, :]))
+    assert np.abs(raw - mirrored).max() > 1e-3  # a dense layer over pixels is not mirror-invariant: the test can tell
+    expected = 0.5 * (raw + mirrored)
+    offsets = np.array([0.25, -0.5, 0.25], np.float32)
+    export = str(tmp_path / "model")
+    export_serving_model(model, export, [8, 8, 1], offsets, calibration_offsets=offsets, test_time_flip=True)
+    assert serving_metadata(export)["test_time_flip"] is True
+    _, out = SavedModelPredictor(export).predict_files(path, parse_labels)
+    buckets = calibration.holdout_bucket(tf.constant(list(_images_in_file(path)))).numpy()
+    np.testing.assert_allclose(out["logits"][buckets == calibration.FIT_BUCKET], expected + offsets, atol=1e-5)
+    block = calibration.calibrate(model, CalibrationConfig(method="class_offsets"), [path], [8, 8, 1], 3,
+                                  test_time_flip=True)
+    assert block["test_time_flip"] is True
+    assert block["recall_before"] == [float(r) for r in calibration.recalls(expected, labels, 3)]
+    plain = calibration.calibrate(model, CalibrationConfig(method="class_offsets"), [path], [8, 8, 1], 3)
+    assert plain["test_time_flip"] is False
+    assert plain["recall_before"] == [float(r) for r in calibration.recalls(raw, labels, 3)]
+
+
+def test_test_time_flip_follows_the_augmentation_unless_set():
+    from models.config import TrainConfig, test_time_flip
+
+    assert test_time_flip(TrainConfig(augment="crop,flip")) and not test_time_flip(TrainConfig(augment="crop"))
+    assert not test_time_flip(TrainConfig(augment="crop,flip", test_time_flip="off"))
+    assert test_time_flip(TrainConfig(augment="none", test_time_flip="on"))
+    with pytest.raises(ValueError, match="unknown train.test_time_flip 'sometimes'"):
+        test_time_flip(TrainConfig(test_time_flip="sometimes"))
+
+
 def test_settings_are_checked():
     with pytest.raises(ValueError, match="unknown calibration.method 'platt'"):
         CalibrationConfig(method="platt")

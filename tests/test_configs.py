@@ -152,6 +152,13 @@ def test_augmentation_auto_flips_only_a_mirror_symmetric_source(tmp_path):
     assert config.augment_ops("none") == () and config.augment_ops("auto") == ("crop",)  # alone: no mirror assumed
     with pytest.raises(ValueError, match=r"train.augment: unknown augmentation \['spin'\]"):
         load_config("default", {"train.augment": "crop,spin"})
+    # the test-time flip follows the resolved augmentation, and metrics.json records on or off
+    assert load_config("default").train.test_time_flip == "on"
+    assert load_config("default", {"data.data_dir": str(prepared)}).train.test_time_flip == "off"
+    assert load_config("default", {"train.test_time_flip": "off"}).train.test_time_flip == "off"
+    assert load_config("default", {"data.data_dir": str(prepared), "train.test_time_flip": "true"}).train.test_time_flip == "on"
+    with pytest.raises(ValueError, match="unknown train.test_time_flip 'maybe'"):
+        load_config("default", {"train.test_time_flip": "maybe"})
 
 
 def test_own_data_keeps_its_distribution_and_a_validation_split_sized_to_it():

@@ -113,12 +113,26 @@ def served_in_a_fresh_process(m: dict, data: str, tmp_path, n: int):
     return np.stack(images).astype("float32") / 255.0, served, model
 
 
+def keras_logits(m: dict, model, images):
+    """The logits the run's served model should give, from its Keras model: with train.test_time_flip=on (what the
+    serving metadata also says) the mean of the images' and their mirror images' logits."""
+    import keras
+
+    from models.export import serving_metadata
+
+    flip = m["config"]["train"]["test_time_flip"] == "on"
+    assert serving_metadata(m["pushed_model_dir"])["test_time_flip"] is flip
+    logits = keras.ops.convert_to_numpy(model(images))
+    return 0.5 * (logits + keras.ops.convert_to_numpy(model(images[:, :, ::-1, :]))) if flip else logits
+
+
 def test_pushed_savedmodel_in_a_fresh_process_matches_keras(smoke, tmp_path):
     import keras
 
     m = load_metrics(str(smoke["tmp"] / "out1"))
+    assert m["config"]["train"]["test_time_flip"] == "on"  # Fashion-MNIST: crop,flip, so the flip path is what runs
     images, served, model = served_in_a_fresh_process(m, smoke["data"], tmp_path, 48)
-    expected = keras.ops.convert_to_numpy(keras.ops.softmax(model(images)))
+    expected = keras.ops.convert_to_numpy(keras.ops.softmax(keras_logits(m, model, images)))
     np.testing.assert_allclose(np.array(served["probabilities"]), expected, atol=1e-5)
     assert served["class_id"] == expected.argmax(1).tolist()
 
@@ -251,6 +265,6 @@ def test_calibrated_model_is_gated_on_the_half_its_offsets_were_not_fitted_on(sm
     import keras
 
     images, served, model = served_in_a_fresh_process(m, smoke["data"], tmp_path, 16)
-    logits = keras.ops.convert_to_numpy(model(images)) + np.asarray(cal["offsets"])
+    logits = keras_logits(m, model, images) + np.asarray(cal["offsets"])
     np.testing.assert_allclose(np.array(served["probabilities"]), keras.ops.convert_to_numpy(keras.ops.softmax(logits)),
                                atol=1e-5)
