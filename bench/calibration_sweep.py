@@ -44,6 +44,7 @@ def scored(model, files, image_shape, flip: bool):
     import tensorflow as tf
 
     from models import calibration, inputs
+    from models.export import model_logits
 
     spec = {"image": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64)}
     ds = tf.data.TFRecordDataset(files, compression_type=inputs.compression_type(files))
@@ -52,10 +53,7 @@ def scored(model, files, image_shape, flip: bool):
                             calibration.holdout_bucket(ex["image"])))
     logits, labels, buckets = [], [], []
     for x, y, b in ds.batch(512):
-        out = tf.cast(model(x, training=False), tf.float32).numpy()
-        if flip:
-            out = (out + tf.cast(model(tf.image.flip_left_right(x), training=False), tf.float32).numpy()) / 2
-        logits.append(out)
+        logits.append(model_logits(model, x, flip).numpy())  # what the SavedModel serves (train.test_time_flip)
         labels.append(y.numpy())
         buckets.append(b.numpy())
     return np.concatenate(logits), np.concatenate(labels), np.concatenate(buckets)
