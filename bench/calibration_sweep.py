@@ -25,7 +25,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.common import prepared, write_result  # noqa: E402
+from bench.common import append_rows, prepared, write_result  # noqa: E402
 
 JSONL = os.path.join(ROOT, "bench", "results", "calibration_sweep.jsonl")
 
@@ -136,15 +136,12 @@ def main() -> None:
     weights = [float(v) for v in a.weights.split(",")]
     max_offsets = [float(v) for v in a.max_offsets.split(",")]
     for runs_root in a.runs:
-        rows = sweep(runs_root, weights, max_offsets, [False, True] if a.flip_tta else [False])
-        with open(a.jsonl, "a") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
-    with open(a.jsonl) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+        rows = append_rows(a.jsonl, sweep(runs_root, weights, max_offsets, [False, True] if a.flip_tta else [False]))
     description = ("Each run's final model (no retraining), its per-class offsets refitted on the validation split's "
                    "fit half (models.calibration.fit_offsets, grid step 0.05) for each setting, scored on the other "
                    "half (the gate's) and on the 10,000-image test split. Fashion-MNIST-LT rho=100, the default "
-                   "preset's runs (bench/results/default_run.jsonl). The default is worst_class_weight 1, max_offset 1.")
+                   "preset's runs (bench/results/default_run.jsonl). The default is worst_class_weight 1, max_offset "
+                   "0.5 (1 before fb3bbc7).")
     write_result(os.path.splitext(a.jsonl)[0] + ".md", "Calibration settings refitted on finished runs",
                  description, table(rows))
 

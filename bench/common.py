@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import sys
@@ -24,6 +25,16 @@ def write_result(path: str, title: str, description: str, table: str) -> str:
                 f"Machine: {machine()}\n\nDate: {datetime.date.today().isoformat()}\n\n{description}\n\n{table}\n")
     print(path)
     return path
+
+
+def append_rows(path: str, rows: list[dict]) -> list[dict]:
+    """Append ``rows`` to the JSON-lines record at ``path`` (one row per line; created when missing); return every row
+    it now holds, the ones earlier runs recorded first."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "a") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
 
 
 def pool_arguments(rho_u: str, pool_head: int, pool_head_help: str, epochs_help: str) -> argparse.ArgumentParser:

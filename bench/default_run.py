@@ -24,7 +24,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.common import write_result  # noqa: E402
+from bench.common import append_rows, write_result  # noqa: E402
 
 JSONL = os.path.join(ROOT, "bench", "results", "default_run.jsonl")
 GOAL_BALANCED, GOAL_RECALL, GOAL_MINUTES = 0.89, 0.70, 15.0
@@ -114,7 +114,6 @@ def main() -> int:
     p.add_argument("--minutes", type=float)
     p.add_argument("--render", action="store_true", help="only write the table from the rows already recorded")
     a = p.parse_args()
-    os.makedirs(os.path.dirname(JSONL), exist_ok=True)
     if a.render:
         new = []
     elif a.record:
@@ -123,15 +122,10 @@ def main() -> int:
         new = []
         for seed in [int(s) for s in a.seeds.split(",")]:
             new.append(run(seed, a.label, a.overrides))
-            with open(JSONL, "a") as f:
-                f.write(json.dumps(new[-1]) + "\n")
+            append_rows(JSONL, new[-1:])
             print(json.dumps({k: new[-1][k] for k in ("label", "seed", "minutes", "balanced_accuracy", "worst_class",
                                                        "worst_class_recall")}), flush=True)
-    if a.record and not a.render:
-        with open(JSONL, "a") as f:
-            f.write(json.dumps(new[0]) + "\n")
-    with open(JSONL) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+    rows = append_rows(JSONL, new if a.record else [])
     write_result(os.path.join(ROOT, "bench", "results", "default_run.md"), "make run against issue #20's goal",
                  "Fashion-MNIST-LT rho=100 (12,406 labeled, 7,000 unlabeled, 3,000 validation, 10,000 test images); "
                  "each run `python -m pipeline run --preset default --set train.seed=S` in a fresh process and runs "

@@ -30,7 +30,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.common import evaluate, prepared, run_fn_args, write_result  # noqa: E402
+from bench.common import append_rows, evaluate, prepared, run_fn_args, write_result  # noqa: E402
 
 JSONL = os.path.join(ROOT, "bench", "results", "pool_truth_bound.jsonl")
 RUNS_JSONL = os.path.join(ROOT, "bench", "results", "default_run.jsonl")
@@ -212,12 +212,10 @@ def main() -> None:
                     help="a setting on top of the run's (a shorter schedule to try the script; recorded in the row)")
     ap.add_argument("--jsonl", default=JSONL, help="where the rows go (the table is rendered from it)")
     a = ap.parse_args()
+    rows = append_rows(a.jsonl, [])
     for runs_root in a.runs:
         for r in bound(runs_root, control=not a.no_control, extra=a.set):
-            with open(a.jsonl, "a") as f:
-                f.write(json.dumps(r) + "\n")
-    with open(a.jsonl) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+            rows = append_rows(a.jsonl, [r])
     description = ("The default preset's final Trainer retrained from its run's own base model, once on the run's "
                    "pseudo-labels (control) and once on the pool's true labels (the same 7,000 images), the same "
                    "job, seed and schedule (its final_epochs); scored on the 10,000-image test split without calibration "
