@@ -28,5 +28,16 @@ done
   echo "| round | runner | images | s/epoch | images/s |"
   echo "|---|---|---|---|---|"
   printf '%s\n' "${rows[@]}"
+  echo
+  # the ratio of the medians over rounds: one noisy round (this machine is shared) moves it least
+  printf '%s\n' "${rows[@]}" | python3 -c "
+import statistics, sys
+ips = {}
+for line in sys.stdin:
+    cells = [c.strip() for c in line.strip().strip('|').split('|')]
+    ips.setdefault(cells[1].startswith('longtail'), []).append(float(cells[4]))
+ours, ref = statistics.median(ips[True]), statistics.median(ips[False])
+print(f'Median images/s over {len(ips[True])} rounds: ours {ours:.0f}, the reference {ref:.0f}: {ours / ref:.2f}x; '
+      f'per round: ' + ', '.join(f'{o / r:.2f}x' for o, r in zip(ips[True], ips[False])) + '.')"
 } > "$out"
 cat "$out"
