@@ -94,8 +94,7 @@ def fit_half(file_pattern, image_shape, batch_size: int = 512):
     """(float images, labels) batches of the fit half of a labeled split's TFRecords, as the SavedModel decodes them."""
     files = inputs.tfrecord_files(file_pattern)
     spec = {"image": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64)}
-    ds = tf.data.TFRecordDataset(files, compression_type=inputs.compression_type(files))
-    ds = ds.map(lambda r: tf.io.parse_single_example(r, spec))
+    ds = inputs.records(files).map(lambda r: tf.io.parse_single_example(r, spec))
     ds = ds.filter(lambda ex: tf.equal(holdout_bucket(ex["image"]), FIT_BUCKET))
     ds = ds.map(lambda ex: (inputs.to_float(inputs.decode_image(ex["image"], image_shape)), ex["label"]))
     return ds.batch(batch_size)

@@ -8,7 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from models.export import SERVING_TF_EXAMPLE
-from models.inputs import compression_type, tfrecord_files
+from models.inputs import records, tfrecord_files
 
 
 class SavedModelPredictor:
@@ -32,7 +32,7 @@ class SavedModelPredictor:
         tensors (the labels, say)."""
         files = tfrecord_files(file_pattern)
         parsed, outputs = {}, {}
-        for batch in tf.data.TFRecordDataset(files, compression_type=compression_type(files)).batch(batch_size):
+        for batch in records(files).batch(batch_size):
             for k, v in (parse(batch) if parse else {}).items():
                 parsed.setdefault(k, []).append(np.asarray(v))
             for k, v in self(batch).items():

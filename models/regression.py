@@ -31,7 +31,7 @@ from models import distribute
 from models.config import RegressionConfig, TrainConfig
 from models.density import BIN_GROUPS, bin_index
 from models.export import SERVING_DEFAULT, SERVING_TF_EXAMPLE, write_serving_metadata
-from models.inputs import compression_type, tfrecord_files
+from models.inputs import records, tfrecord_files, untuned
 from models.job import REGRESSION, TrainerJob
 from models.layers.fds import FDSUpdate, FeatureDistributionSmoothing
 from models.toolkit import EpochProgress
@@ -116,7 +116,7 @@ def parse_examples(serialized, columns) -> tuple[dict, dict]:
 def read_split(file_pattern, columns, batch_size: int = 4096) -> tuple[dict, dict]:
     """Every row of a split in memory as NumPy (the taxi splits are thousands of rows)."""
     files = tfrecord_files(file_pattern)
-    ds = tf.data.TFRecordDataset(files, compression_type=compression_type(files))
+    ds = records(files)
     chunks = [parse_examples(batch, columns) for batch in ds.batch(batch_size)]
     values = {c: np.concatenate([v[c].numpy() for v, _ in chunks]) for c in columns}
     present = {c: np.concatenate([p[c].numpy() for _, p in chunks]) for c in columns}
@@ -238,7 +238,7 @@ def train_regressor(cfg: RegressionConfig, train: TrainConfig, inputs: dict, tar
     if fds is not None:
         x[TARGET_BUCKET] = bins.astype(np.int32)
     n = len(target)
-    ds = (tf.data.Dataset.from_tensor_slices((x, target.astype(np.float32).reshape(-1, 1), weights))
+    ds = (untuned(tf.data.Dataset.from_tensor_slices((x, target.astype(np.float32).reshape(-1, 1), weights)))
           .shuffle(n, seed=train.seed, reshuffle_each_iteration=True).batch(train.batch_size).prefetch(tf.data.AUTOTUNE))
     steps = -(-n // train.batch_size)
     if train.max_steps_per_epoch:
@@ -253,7 +253,7 @@ def train_regressor(cfg: RegressionConfig, train: TrainConfig, inputs: dict, tar
     callbacks = [progress]
     if fds is not None:
         # The whole training set as one "batch", encoded by Keras' compiled predict rather than eager calls per batch.
-        rows = tf.data.Dataset.from_tensor_slices(inputs).batch(4096)  # a dataset: predict refuses NumPy string arrays
+        rows = untuned(tf.data.Dataset.from_tensor_slices(inputs)).batch(4096)  # a dataset: predict refuses NumPy string arrays
         callbacks.append(FDSUpdate(fds, lambda ds: encoder.predict(ds, verbose=0), [(rows, bins)]))
     if backup_dir:
         callbacks.append(keras.callbacks.BackupAndRestore(backup_dir, save_freq="epoch", delete_checkpoint=True))
@@ -312,7 +312,7 @@ def train_distributed(cfg: RegressionConfig, train: TrainConfig, inputs: dict, t
 
     def dataset_fn(context):
         # the worker's rows; its local replicas (one a worker on CPU) take turns at its batches
-        ds = tf.data.Dataset.from_tensor_slices((local, y_local, w_local))
+        ds = untuned(tf.data.Dataset.from_tensor_slices((local, y_local, w_local)))
         return (ds.shuffle(len(mine), seed=train.seed + context.input_pipeline_id, reshuffle_each_iteration=True)
                 .repeat().batch(context.get_per_replica_batch_size(plan.global_batch_size), drop_remainder=True)
                 .prefetch(tf.data.AUTOTUNE))
@@ -337,7 +337,7 @@ def train_distributed(cfg: RegressionConfig, train: TrainConfig, inputs: dict, t
         return tuple(strategy.reduce(tf.distribute.ReduceOp.SUM, t, axis=None) for t in results)
 
     encode = tf.function(lambda batch: tf.cast(encoder(batch, training=False), tf.float32))
-    rows = tf.data.Dataset.from_tensor_slices({k: v for k, v in local.items() if k != TARGET_BUCKET}).batch(4096)
+    rows = untuned(tf.data.Dataset.from_tensor_slices({k: v for k, v in local.items() if k != TARGET_BUCKET})).batch(4096)
     backup = distribute.Backup(backup_dir, plan.chief) if backup_dir else None
     first = backup.restore(model, optimizer) if backup else 0
     progress = EpochProgress(train.epochs, prefix=verbose_prefix)
@@ -365,7 +365,7 @@ def predict(model: keras.Model, inputs: dict, batch_size: int = 4096) -> np.ndar
     x = dict(inputs)
     if TARGET_BUCKET in {i.name for i in model.inputs}:
         x[TARGET_BUCKET] = np.zeros(len(next(iter(inputs.values()))), np.int32)  # ignored at inference
-    ds = tf.data.Dataset.from_tensor_slices(x).batch(batch_size)
+    ds = untuned(tf.data.Dataset.from_tensor_slices(x)).batch(batch_size)
     return np.concatenate([keras.ops.convert_to_numpy(model(b, training=False)).reshape(-1) for b in ds])
 
 

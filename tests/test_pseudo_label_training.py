@@ -107,6 +107,8 @@ def test_trainer_input_reads_pseudo_labeled_examples_with_weight(tmp_path, sampl
     cfg = TrainConfig(batch_size=12, augment=False, sampler=sampler)
     stats = combined_stats({"num_classes": 3, "num_examples": 6, "class_counts": [4, 1, 1]}, [0, 3, 3], 0.25)
     ds, steps = labeled_dataset(cfg, [labeled], stats, [8, 8, 1], sampler, 1, pseudo_files=[pseudo], pseudo_weight=0.25)
+    # the sources' untuned option reaches the sampled, mixed and batched pipeline (models.inputs.untuned)
+    assert ds.options().autotune.enabled is False
     x, y, w = next(iter(ds))
     assert steps == 1 and x.shape == (12, 8, 8, 1) and set(np.unique(w.numpy())) <= {1.0, 0.25}
     if sampler == "instance":  # one shuffled pass: every example once, its weight by origin
