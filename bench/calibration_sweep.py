@@ -41,16 +41,12 @@ def scored(model, files, image_shape, flip: bool):
     """(logits, labels, hash buckets) of a labeled split's TFRecords, decoded as the SavedModel decodes them; with
     ``flip`` the logits are the mean over the image and its mirror image."""
     import numpy as np
-    import tensorflow as tf
 
     from models import calibration, inputs
     from models.export import model_logits
 
-    spec = {"image": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64)}
-    ds = tf.data.TFRecordDataset(files, compression_type=inputs.compression_type(files))
-    ds = ds.map(lambda r: tf.io.parse_single_example(r, spec))
-    ds = ds.map(lambda ex: (inputs.to_float(inputs.decode_image(ex["image"], image_shape)), ex["label"],
-                            calibration.holdout_bucket(ex["image"])))
+    ds = calibration.bucketed_records(files).map(
+        lambda image, label, bucket: (inputs.to_float(inputs.decode_image(image, image_shape)), label, bucket))
     logits, labels, buckets = [], [], []
     for x, y, b in ds.batch(512):
         logits.append(model_logits(model, x, flip).numpy())  # what the SavedModel serves (train.test_time_flip)

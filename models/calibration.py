@@ -90,13 +90,18 @@ def _listed(r: np.ndarray) -> list:
     return [None if np.isnan(v) else float(v) for v in r]
 
 
-def fit_half(file_pattern, image_shape, batch_size: int = 512):
-    """(float images, labels) batches of the fit half of a labeled split's TFRecords, as the SavedModel decodes them."""
+def bucketed_records(file_pattern) -> tf.data.Dataset:
+    """(encoded image, label, holdout bucket) of every record of a labeled split's TFRecords, in file order."""
     files = inputs.tfrecord_files(file_pattern)
     spec = {"image": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64)}
     ds = inputs.records(files).map(lambda r: tf.io.parse_single_example(r, spec))
-    ds = ds.filter(lambda ex: tf.equal(holdout_bucket(ex["image"]), FIT_BUCKET))
-    ds = ds.map(lambda ex: (inputs.to_float(inputs.decode_image(ex["image"], image_shape)), ex["label"]))
+    return ds.map(lambda ex: (ex["image"], ex["label"], holdout_bucket(ex["image"])))
+
+
+def fit_half(file_pattern, image_shape, batch_size: int = 512):
+    """(float images, labels) batches of the fit half of a labeled split's TFRecords, as the SavedModel decodes them."""
+    ds = bucketed_records(file_pattern).filter(lambda image, label, bucket: tf.equal(bucket, FIT_BUCKET))
+    ds = ds.map(lambda image, label, bucket: (inputs.to_float(inputs.decode_image(image, image_shape)), label))
     return ds.batch(batch_size)
 
 
