@@ -9,6 +9,8 @@ from google.protobuf import json_format
 from kfp.client.client import _extract_pipeline_yaml
 from kfp.pipeline_spec import pipeline_spec_pb2
 
+from pipeline.configs import load_config
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -62,8 +64,11 @@ def test_compile_kfp_v2_pipeline_spec(tmp_path, fashion_mnist_dir):
     assert custom_config("BaseTrainer")["calibration"]["method"] == "none"
     assert custom_config("BaseTrainer")["export_classifier_weights"] is True
     assert "export_classifier_weights" not in custom_config("LongTailTrainer")
-    assert (custom_config("BaseTrainer")["train"]["epochs"], custom_config("LongTailTrainer")["train"]["epochs"]) == (5, 45)
-    assert custom_config("LongTailTrainer")["semi"]["pseudo_label"]["final_epochs"] == 20
+    preset = load_config("default")  # base_epochs=5 from the command line; the rest is the preset's
+    assert (custom_config("BaseTrainer")["train"]["epochs"], custom_config("LongTailTrainer")["train"]["epochs"]) \
+        == (5, preset.train.epochs)
+    assert custom_config("LongTailTrainer")["semi"]["pseudo_label"]["final_epochs"] \
+        == preset.semi.pseudo_label.final_epochs == 30
     assert tasks["PerClassEvaluator"]["inputs"]["parameters"]["holdout"]["runtimeValue"]["constantValue"]["intValue"] == "1"
     assert sorted(tasks["SSPPretrainer"]["inputs"]["artifacts"]) == ["examples", "unlabeled_examples"]
     text = json.dumps(spec)
