@@ -69,15 +69,15 @@ def run_ingest(source: str, workers: int, work: str) -> dict:
     from tfx import v1 as tfx
 
     from components.data.longtail import SplitSpec
-    from components.data.own_data import describe, first_image_shape, plan_own_data
+    from components.data.own_data import describe, image_fit_of, plan_own_data
     from components.own_data_example_gen import REPORT_FILE, OwnDataExampleGen
 
     t0 = time.time()
     spec = SplitSpec(rho=None, val_per_class=20)
     plan = plan_own_data(source, spec)
-    manifest = describe(plan, spec, first_image_shape(plan))
+    manifest = describe(plan, spec, image_fit_of(plan)[1])
     gen = OwnDataExampleGen(source=source, split_spec=spec, class_names=manifest["class_names"],
-                            image_shape=manifest["image_shape"], with_pool=False)
+                            image_fit=manifest["image_fit"], with_pool=False)
     shutil.rmtree(work, ignore_errors=True)
     pipeline = tfx.dsl.Pipeline(
         pipeline_name="scale", pipeline_root=work, components=[gen], enable_cache=False,

@@ -3,18 +3,21 @@
 A FileBasedExampleGen with its own executor: the driver fingerprints the input files (so a changed folder is
 re-ingested and an unchanged one is cached), the executor plans the splits from the file listing alone
 (components/data/own_data.py: prepare-data's rule, same seed, nothing decoded), and Beam reads, decodes and
-checks one file (or one TFRecord shard) at a time and writes each image as prepare-data does: a tf.Example of
-``image`` (PNG bytes of the decoded pixels) and ``label`` (int64; none in the pool). Only per-class counts and a
-few example locators per problem leave the workers.
+checks one file (or one TFRecord shard) at a time, fits it to the run's one size and channel count
+(models/image_fit.py: decode, EXIF orientation, channels, resize; the served model's signature runs the same ops)
+and writes each image as prepare-data does: a tf.Example of ``image`` (PNG bytes of the fitted pixels) and
+``label`` (int64; none in the pool). Only per-class counts and a few example locators per problem leave the workers.
 
 Output splits: ``train`` (prepare-data's labeled split), ``eval`` (its balanced validation split, carved from
 train/ per class), ``test`` and, when there is a pool, ``unlabeled``.
 
 Checks (each problem stops the run after the pass with a :class:`DataError` naming a file, the problem and the
-count): an image that does not decode, an image whose shape differs from the first training image's (or the
-configured shape), a record without ``image``, a label outside [0, C) or missing, test class folders unknown to
-train/, an empty class folder or one short of the validation count. Files that are not images are counted,
-listed in ``ingest_report.json`` beside the splits and in the artifact's ``non_image_files`` custom property.
+count): a file that does not read, a zero-byte file, an image that does not decode (unknown format, truncated),
+a record without ``image``, a label outside [0, C) or missing, test class folders unknown to train/, an empty
+class folder or one short of the validation count. With ``data.bad_files=skip`` the first three are skipped and
+listed instead. Files that are not images, and hidden or system files (``.DS_Store``, ``._*``, ``Thumbs.db``), are
+counted, listed in ``ingest_report.json`` beside the splits and in the artifact's ``non_image_files`` custom
+property.
 """
 
 from __future__ import annotations
@@ -39,14 +42,16 @@ from components.data.errors import DataError
 from components.data.longtail import SplitSpec
 from components.data.own_data import CODE_OF_SPLIT, SPLIT_OF_OUTPUT, OwnDataPlan, image_files, plan_own_data
 from components.data.prepare import encode_png, image_digest
-from components.data.sources import decode_image
 from components.label_statistics import CountAndSample
 
 INGEST_CONFIG_KEY = "ingest_config"
 FILES_PER_TASK = 1024  # image files a Beam work item reads, one after another
 REPORT_FILE = "ingest_report.json"
-_BAD_IMAGE, _BAD_SHAPE, _NO_IMAGE = "image does not decode", "image shape differs", "record has no 'image' bytes feature"
-_NO_LABEL, _BAD_LABEL, _UNREADABLE = "labeled example without a 'label' feature", "label outside range", "file unreadable"
+_BAD_IMAGE, _NO_IMAGE = "image does not decode", "record has no 'image' bytes feature"
+_EMPTY_FILE = "zero-byte file"
+_UNREADABLE = "file unreadable"
+SKIPPABLE = (_BAD_IMAGE, _EMPTY_FILE, _UNREADABLE)  # the problems data.bad_files=skip skips
+_NO_LABEL, _BAD_LABEL = "labeled example without a 'label' feature", "label outside range"
 
 
 def _example(png: bytes, label: int | None) -> bytes:
@@ -57,27 +62,38 @@ def _example(png: bytes, label: int | None) -> bytes:
 
 
 class _DecodeAndCheck(beam.DoFn):
-    """(split, where, encoded image, label) -> (split, serialized tf.Example), or a tagged (problem, where)."""
+    """(split, where, encoded image, label) -> (split, label, serialized tf.Example), or a tagged (problem, where).
+
+    Each image is fitted to the run's one size and channel count by :func:`models.image_fit.fit_image`, the same
+    ops the served model's signature runs; what the fitting did (resized, converted, turned upright) is counted."""
 
     PROBLEMS = "problems"
     DIGESTS = "digests"  # (SHA-1 of the decoded pixels, (split, where)): duplicates across splits
+    FITTING = "fitting"  # (what the fitting did to an image, 1)
 
-    def __init__(self, image_shape: list[int], num_classes: int):
-        self._shape, self._num_classes = list(image_shape), num_classes
+    def __init__(self, fit: dict, num_classes: int):
+        self._fit_settings, self._num_classes = dict(fit), num_classes
+        self._fit = None
+
+    def setup(self):
+        from models import image_fit
+
+        self._target = image_fit.ImageFit(**self._fit_settings)
+        self._fit = image_fit.fitter(self._target)
 
     def process(self, element):
         split, where, data, label = element
         if data is None:
             yield beam.pvalue.TaggedOutput(self.PROBLEMS, (_NO_IMAGE, where))
             return
-        try:
-            pixels = decode_image(data)
-        except Exception as e:  # PIL raises several types for corrupt data
-            yield beam.pvalue.TaggedOutput(self.PROBLEMS, (_BAD_IMAGE, f"{where} ({type(e).__name__}: {e})"))
+        if not data:
+            yield beam.pvalue.TaggedOutput(self.PROBLEMS, (_EMPTY_FILE, where))
             return
-        if list(pixels.shape) != self._shape:
-            yield beam.pvalue.TaggedOutput(self.PROBLEMS, (f"{_BAD_SHAPE} from {self._shape}",
-                                                           f"{where} {list(pixels.shape)}"))
+        try:
+            image, native, orientation = self._fit(tf.constant(data))
+        except tf.errors.InvalidArgumentError as e:  # unknown format, truncated or corrupt data
+            detail = e.message.splitlines()[0].split("}}")[-1].strip()
+            yield beam.pvalue.TaggedOutput(self.PROBLEMS, (_BAD_IMAGE, f"{where} ({detail})"))
             return
         if split != "unlabeled":
             if label is None:
@@ -89,8 +105,23 @@ class _DecodeAndCheck(beam.DoFn):
                 return
         if split == "unlabeled":
             label = None
+        pixels = image.numpy()
+        h, w, c = (int(d) for d in native.numpy())
+        orientation = int(orientation)
+        if orientation in (5, 6, 7, 8):
+            h, w = w, h
+        if orientation != 1:
+            yield beam.pvalue.TaggedOutput(self.FITTING, ("exif_rotated", 1))
+        if (h, w) != (self._target.height, self._target.width):
+            yield beam.pvalue.TaggedOutput(self.FITTING, ("resized", 1))
+        if c != self._target.channels:
+            yield beam.pvalue.TaggedOutput(self.FITTING, (f"converted {_CHANNEL_NAMES[c]} to "
+                                                          f"{_CHANNEL_NAMES[self._target.channels]}", 1))
         yield beam.pvalue.TaggedOutput(self.DIGESTS, (image_digest(pixels), (split, where)))
         yield split, -1 if label is None else label, _example(encode_png(pixels), label)
+
+
+_CHANNEL_NAMES = {1: "gray", 2: "gray+alpha", 3: "RGB", 4: "RGBA"}
 
 
 _SPLIT_RANK = {"labeled": 0, "unlabeled": 1, "validation": 2, "test": 3}  # prepare-data's order of its splits
@@ -198,8 +229,8 @@ def IngestOwnData(pipeline, config: dict, plan: OwnDataPlan, wanted: dict[str, s
     (count and up to 3 samples each) are written as JSON lines to ``side_dir``."""
     read, read_problems = _elements(pipeline, plan, wanted)
     checked = (read | "DecodeAndCheck" >> beam.ParDo(
-        _DecodeAndCheck(config["image_shape"], len(plan.class_names))).with_outputs(
-            _DecodeAndCheck.PROBLEMS, _DecodeAndCheck.DIGESTS, main="examples"))
+        _DecodeAndCheck(config["image_fit"], len(plan.class_names))).with_outputs(
+            _DecodeAndCheck.PROBLEMS, _DecodeAndCheck.DIGESTS, _DecodeAndCheck.FITTING, main="examples"))
     # one (40-byte digest, locator) pair per image through a GroupByKey: small beside the images themselves
     duplicates = (checked[_DecodeAndCheck.DIGESTS] | "ByDigest" >> beam.GroupByKey()
                   | "SplitPairs" >> beam.FlatMap(_split_pairs) | "CountDuplicates" >> beam.CombinePerKey(CountAndSample()))
@@ -207,7 +238,8 @@ def IngestOwnData(pipeline, config: dict, plan: OwnDataPlan, wanted: dict[str, s
                 | "AllProblems" >> beam.Flatten() | "CountProblems" >> beam.CombinePerKey(CountAndSample()))
     counts = (checked.examples | "SplitLabel" >> beam.Map(lambda e: (f"{e[0]}/{e[1]}", 1))
               | "CountPerSplitClass" >> beam.CombinePerKey(sum))
-    for name, pcoll in (("problems", problems), ("counts", counts), ("duplicates", duplicates)):
+    fitting = checked[_DecodeAndCheck.FITTING] | "CountFitting" >> beam.CombinePerKey(sum)
+    for name, pcoll in (("problems", problems), ("counts", counts), ("duplicates", duplicates), ("fitting", fitting)):
         (pcoll | f"Json{name}" >> beam.Map(json.dumps)
          | f"Write{name}" >> beam.io.WriteToText(os.path.join(side_dir, name), shard_name_template=""))
     names = list(wanted)
@@ -278,6 +310,8 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
                 return [json.loads(line) for line in f if line.strip()]
 
         problems, counts, duplicates = read_lines("problems"), read_lines("counts"), read_lines("duplicates")
+        fitting = dict(read_lines("fitting"))
+        config = json.loads(exec_properties[INGEST_CONFIG_KEY])
         tf.io.gfile.rmtree(self._side_dir)
         plan = self._plan
         class_names = plan.class_names
@@ -288,19 +322,37 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
             entry["num_examples"] += n
             if int(label) >= 0:
                 entry.setdefault("per_class_counts", [0] * len(class_names))[int(label)] += n
-        report = {"source": plan.source, "class_names": class_names, "image_shape": json.loads(
-            exec_properties[INGEST_CONFIG_KEY])["image_shape"], "splits": per_split,
-            "non_image_files": len(plan.non_image_files), "non_image_file_samples": plan.non_image_files[:20],
-            "problems": {p: {"count": c, "samples": s} for p, (c, s) in problems},
-            # pixel-identical images in two splits, as prepare-data's manifest names them (samples: file / record pairs)
-            "duplicates_across_splits": {pair: c for pair, (c, _) in sorted(duplicates)},
-            "duplicate_examples": {pair: s for pair, (_, s) in sorted(duplicates)}}
+        skipped = {}
+        if config.get("bad_files") == "skip":  # counted and listed, in the report and metrics.json, not errors
+            skipped = {p: {"count": c, "samples": s} for p, (c, s) in problems if p in SKIPPABLE}
+            problems = [(p, cs) for p, cs in problems if p not in SKIPPABLE]
+        converted = {k: v for k, v in sorted(fitting.items()) if k.startswith("converted")}
+        report = {"source": plan.source, "class_names": class_names, "image_shape": config["image_shape"],
+                  "splits": per_split,
+                  # what fitting every image to the run's one size did (models/image_fit.py), counted over all splits
+                  "image_fit": {**config["image_fit"], "resized": fitting.get("resized", 0),
+                                "converted": sum(converted.values()), "conversions": converted,
+                                "exif_rotated": fitting.get("exif_rotated", 0)},
+                  "non_image_files": len(plan.non_image_files), "non_image_file_samples": plan.non_image_files[:20],
+                  "hidden_files": len(plan.hidden_files), "hidden_file_samples": plan.hidden_files[:20],
+                  "skipped_files": skipped, "bad_files": config.get("bad_files", "error"),
+                  "problems": {p: {"count": c, "samples": s} for p, (c, s) in problems},
+                  # pixel-identical images in two splits, as prepare-data's manifest names them (samples: file pairs)
+                  "duplicates_across_splits": {pair: c for pair, (c, _) in sorted(duplicates)},
+                  "duplicate_examples": {pair: s for pair, (_, s) in sorted(duplicates)}}
         with tf.io.gfile.GFile(os.path.join(examples.uri, REPORT_FILE), "w") as f:
             json.dump(report, f, indent=2)
         examples.set_int_custom_property("non_image_files", len(plan.non_image_files))
         examples.set_int_custom_property("ingested_examples", sum(e["num_examples"] for e in per_split.values()))
         for problem, (count, samples) in sorted(problems, key=lambda p: -p[1][0]):
-            raise DataError(f"{plan.source} ({examples.uri})", f"{problem}, e.g. {samples}", count)
+            hint = "data.bad_files=skip skips such files and lists them" if problem in SKIPPABLE else ""
+            raise DataError(f"{plan.source} ({examples.uri})", f"{problem}, e.g. {samples}", count, hint=hint)
+        for problem, entry in skipped.items():
+            print(f"[OwnDataExampleGen] skipped {entry['count']} files ({problem}; data.bad_files=skip), e.g. "
+                  f"{entry['samples'][:3]} (all in {REPORT_FILE})", flush=True)
+        if plan.hidden_files:
+            print(f"[OwnDataExampleGen] {len(plan.hidden_files)} hidden or system files skipped, e.g. "
+                  f"{plan.hidden_files[:3]}", flush=True)
         for pair, n in report["duplicates_across_splits"].items():
             print(f"[OwnDataExampleGen] warning: {n} images are in both {pair.replace('/', ' and ')} (pixel-identical), "
                   f"e.g. {report['duplicate_examples'][pair][:2]}", flush=True)
@@ -331,7 +383,9 @@ class OwnDataExampleGen(FileBasedExampleGen):
     Args:
       source: ``folder:PATH`` or ``tfrecord:PATH`` (as the workers see it).
       split_spec: prepare-data's split settings (rho, n_max, val_per_class, rho_u, seed, ...).
-      class_names, image_shape: what the pipeline was compiled for; every image must have this shape.
+      class_names: what the pipeline was compiled for.
+      image_fit: the images' fit (components/data/image_survey.py's record: height, width, channels, method, and
+        bad_files, data.bad_files): every image is fitted to it.
       with_pool: whether to write the ``unlabeled`` split.
       pool_patterns_folder: the source has its own unlabeled/ (unlabeled*) files.
     """
@@ -339,7 +393,7 @@ class OwnDataExampleGen(FileBasedExampleGen):
     SPEC_CLASS = OwnDataExampleGenSpec
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
 
-    def __init__(self, source: str, split_spec: SplitSpec, class_names, image_shape, with_pool: bool,
+    def __init__(self, source: str, split_spec: SplitSpec, class_names, image_fit: dict, with_pool: bool,
                  pool_from_source: bool = False):
         import dataclasses
 
@@ -349,7 +403,9 @@ class OwnDataExampleGen(FileBasedExampleGen):
         input_config = example_gen_pb2.Input(splits=[example_gen_pb2.Input.Split(name=n, pattern=patterns[n])
                                                      for n in names])
         config = {"source": source, "split_spec": dataclasses.asdict(split_spec), "class_names": list(class_names),
-                  "image_shape": list(image_shape)}
+                  "image_shape": [image_fit["height"], image_fit["width"], image_fit["channels"]],
+                  "image_fit": {k: image_fit[k] for k in ("height", "width", "channels", "method")},
+                  "bad_files": image_fit.get("bad_files", "error")}
         spec = OwnDataExampleGenSpec(
             input_base=root, input_config=input_config, output_config=example_gen_pb2.Output(),
             custom_config=None, range_config=None, output_data_format=example_gen_pb2.FORMAT_TF_EXAMPLE,

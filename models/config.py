@@ -22,6 +22,43 @@ def _choice(name: str, value, allowed) -> None:
     if value not in allowed:
         raise ValueError(f"unknown {name} {value!r}; choose one of {list(allowed)}")
 
+# ---------------------------------------------------------------------------------------- images
+
+FIT_METHODS = ("resize", "crop", "pad")
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageFit:
+    """The size and channel count every image of a run is fitted to, and how (models/image_fit.py does it)."""
+
+    height: int
+    width: int
+    channels: int
+    method: str = "resize"
+
+    def __post_init__(self):
+        if self.method not in FIT_METHODS:
+            raise ValueError(f"unknown image fit method {self.method!r}; choose one of {list(FIT_METHODS)}")
+        if self.channels not in (1, 3):
+            raise ValueError(f"image channels must be 1 or 3, not {self.channels}")
+        if min(self.height, self.width) < 1:
+            raise ValueError(f"image size must be positive, not {self.height}x{self.width}")
+
+    @property
+    def shape(self) -> list[int]:
+        return [self.height, self.width, self.channels]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def of(cls, image_shape, method: str = "resize") -> "ImageFit":
+        """The fit of an [H, W, C] shape (a model exported before fitting existed: method resize)."""
+        h, w, c = (int(d) for d in image_shape)
+        return cls(h, w, c, method or "resize")
+
+
+
 # ---------------------------------------------------------------------------------------- supervised
 
 

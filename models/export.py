@@ -1,7 +1,8 @@
 """SavedModel export with explicit serving signatures (TF Serving layout is the Pusher's job).
 
 Signatures:
-  serving_default     images: encoded PNG/JPEG bytes, shape (batch,) ->
+  serving_default     images: encoded JPEG/PNG/GIF/BMP/WebP bytes of any size and channel count, shape (batch,),
+                      each fitted to the model's image shape as in training (models/image_fit.py) ->
                       probabilities (batch, C) float32, class_id (batch,) int64, logits (batch, C) float32
                       (after the test-time flip's mean and the logit offset; the PseudoLabeler's energy OOD score
                       needs them)
@@ -19,6 +20,8 @@ import os
 
 import keras
 import tensorflow as tf
+
+from models.image_fit import ImageFit, fit_image
 
 SERVING_DEFAULT = "serving_default"  # what TF Serving answers when a request names no signature
 SERVING_TF_EXAMPLE = "serving_tf_example"
@@ -50,19 +53,22 @@ def model_logits(model: keras.Model, images, test_time_flip: bool = False):
 
 
 def export_serving_model(model: keras.Model, export_dir: str, image_shape, logit_offset=None,
-                         class_names=None, calibration_offsets=None, test_time_flip: bool = False) -> None:
+                         class_names=None, calibration_offsets=None, test_time_flip: bool = False,
+                         fit_method: str | None = None) -> None:
     """Write ``model`` (logits out) as a SavedModel. ``logit_offset`` (C,) is added to the logits
     before the softmax (post-hoc logit adjustment, fitted offsets); None serves the raw logits. ``class_names``
     go into the serving metadata (class_0.. when not given), and so do the offsets: ``logit_offset`` and
     ``calibration_offsets``, the part of it fitted on validation data (models/calibration.py), which the
     Evaluator subtracts to report the uncalibrated model beside the served one. ``test_time_flip`` serves the mean
-    of each image's and its mirror image's logits (:func:`model_logits`), at twice the compute."""
+    of each image's and its mirror image's logits (:func:`model_logits`), at twice the compute. Every image a client
+    sends, of any size, format and channel count, is fitted to ``image_shape`` as the pipeline's ingestion fitted the
+    training images (:func:`models.image_fit.fit_image`, ``fit_method``: resize, crop or pad; None: resize)."""
     image_shape = [int(d) for d in image_shape]
+    fit = ImageFit.of(image_shape, fit_method)
     offset = None if logit_offset is None else tf.constant(logit_offset, tf.float32)
 
     def decode(encoded):
-        image = tf.io.decode_image(encoded, channels=image_shape[-1], expand_animations=False)
-        return tf.cast(tf.ensure_shape(image, image_shape), tf.float32) / 255.0
+        return tf.cast(fit_image(encoded, fit)[0], tf.float32) / 255.0
 
     def predict(encoded_images):
         images = tf.map_fn(decode, encoded_images, fn_output_signature=tf.TensorSpec(image_shape, tf.float32))
@@ -88,7 +94,7 @@ def export_serving_model(model: keras.Model, export_dir: str, image_shape, logit
     archive.write_out(export_dir, verbose=False)
     num_classes = int(model.output_shape[-1])
     write_serving_metadata(export_dir, {
-        "task": "classification", "input": "images", "image_shape": image_shape,
+        "task": "classification", "input": "images", "image_shape": image_shape, "image_fit": fit.to_dict(),
         "class_names": list(class_names) if class_names else [f"class_{c}" for c in range(num_classes)],
         "logit_offset": None if logit_offset is None else [float(v) for v in logit_offset],
         "calibration_offsets": None if calibration_offsets is None else [float(v) for v in calibration_offsets],

@@ -9,7 +9,7 @@ key here is a constant; no other module spells one.
 Three stages share the contract, each with its own keys:
   TRAIN (models.trainer.run_fn): train, semi, pretrain, calibration, post_hoc_logit_adjust_tau, image_shape,
     backup_dir; pool_setting, pool_truth (modes with online_pool), export_classifier_weights (the pseudo-label
-    base model under semi.pseudo_label.init=base) when set
+    base model under semi.pseudo_label.init=base), image_fit (a user's images: how the served signature fits them) when set
   PRETRAIN (models.ssp.run_fn): pretrain, backbone, image_shape, backup_dir; distribute (the train.* settings of
     models.config.DistributeConfig) when any differs from its default
   REGRESSION (models.regression.run_fn): train, regression, backup_dir
@@ -38,6 +38,7 @@ POST_HOC_LOGIT_ADJUST_TAU_KEY = "post_hoc_logit_adjust_tau"
 REGRESSION_KEY = "regression"
 BACKBONE_KEY = "backbone"
 IMAGE_SHAPE_KEY = "image_shape"
+IMAGE_FIT_KEY = "image_fit"
 BACKUP_DIR_KEY = "backup_dir"
 POOL_SETTING_KEY = "pool_setting"
 POOL_TRUTH_KEY = "pool_truth"
@@ -66,7 +67,8 @@ STAGE_KEYS = {
     REGRESSION: (TRAIN_KEY, REGRESSION_KEY, BACKUP_DIR_KEY),
 }
 # keys written only when set, by stage (the input paths: every stage)
-OPTIONAL_KEYS = {TRAIN: (POOL_SETTING_KEY, POOL_TRUTH_KEY, EXPORT_CLASSIFIER_WEIGHTS_KEY), PRETRAIN: (DISTRIBUTE_KEY,),
+OPTIONAL_KEYS = {TRAIN: (POOL_SETTING_KEY, POOL_TRUTH_KEY, EXPORT_CLASSIFIER_WEIGHTS_KEY, IMAGE_FIT_KEY),
+                 PRETRAIN: (DISTRIBUTE_KEY,),
                  REGRESSION: ()}
 # BackupAndRestore's folder under the pipeline root, by stage (one subfolder a cache key)
 BACKUP_FOLDERS = {TRAIN: "_trainer_backup", PRETRAIN: "_pretrainer_backup", REGRESSION: "_trainer_backup"}
@@ -94,6 +96,7 @@ class TrainerJob:
     regression: config.RegressionConfig | None = None
     backbone: str | None = None
     image_shape: list | None = None
+    image_fit: str | None = None  # how images of another size are fitted (models/image_fit.py; None: resize)
     backup_dir: str | None = None
     pool_setting: dict | None = None
     pool_truth: dict | None = None

@@ -84,8 +84,9 @@ class ServedVersion:
     # --- requests ---
 
     def image_batch(self, images: list) -> np.ndarray:
-        """Encoded images (bytes) -> the signature's string batch, after checking every one: a non-image or an image
-        of another size is refused with how many and which instances."""
+        """Encoded images (bytes) -> the signature's string batch, after checking every one: a non-image is refused
+        with how many and which instances (so is an image of another size, for a model exported before its signature
+        fitted every image to its size: models/image_fit.py)."""
         if not images:
             raise RequestError("the request holds no instances")
         not_bytes = [i for i, b in enumerate(images) if not isinstance(b, (bytes, bytearray))]
@@ -94,9 +95,9 @@ class ServedVersion:
         sizes = [image_size(b) for b in images]
         not_images = [i for i, s in enumerate(sizes) if s is None]
         if not_images:
-            raise RequestError(f"bytes that are not an image (PNG, JPEG, BMP or GIF): {_count(not_images)}")
+            raise RequestError(f"bytes that are not an image (JPEG, PNG, GIF, BMP or WebP): {_count(not_images)}")
         shape = self.metadata.get("image_shape")
-        if shape:
+        if shape and not self.metadata.get("image_fit"):  # an export from before the signature fitted any size
             wrong = [i for i, s in enumerate(sizes) if s != (shape[0], shape[1])]
             if wrong:
                 first = sizes[wrong[0]]

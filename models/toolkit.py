@@ -46,6 +46,7 @@ class TrainingJob:
     calibration: config.CalibrationConfig = config.CalibrationConfig()
     post_hoc_logit_adjust_tau: float | None = None
     export_classifier_weights: bool = False  # write the classifier's weights beside the SavedModel (the base model's)
+    image_fit: str | None = None  # how the served signature fits an image of another size (models/image_fit.py)
     strategy: object = None  # a tf.distribute strategy when train.distribute resolves to more than one process/device
     plan: object = None  # its models.distribute.Plan (batch, learning rate, sharding, chief), recorded in the summary
     single_process_reason: str | None = None  # why a distributed setting trains in one process after all
@@ -67,7 +68,7 @@ class TrainingJob:
                    base_model=getattr(fn_args, "base_model", None) or None,
                    inputs={k: v for k, v in given.items() if v and k != trainer_job.LABEL_STATS_PATH_KEY},
                    calibration=spec.calibration, post_hoc_logit_adjust_tau=spec.post_hoc_logit_adjust_tau,
-                   export_classifier_weights=bool(spec.export_classifier_weights))
+                   export_classifier_weights=bool(spec.export_classifier_weights), image_fit=spec.image_fit)
 
     def require(self, key: str, what: str):
         """An executor-provided input the mode needs; a clear error naming it when the DAG did not wire it."""

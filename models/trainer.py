@@ -131,7 +131,8 @@ def _train_and_export(fn_args, job: toolkit.TrainingJob, strategy, tf_config: di
               f"{block['objective_after']:.4f}; offsets "
               + ", ".join(f"{k} {v:+.2f}" for k, v in block["offsets_by_class"].items()), file=sys.stderr, flush=True)
     export_serving_model(model, fn_args.serving_model_dir, job.image_shape, logit_offset,
-                         class_names=job.stats.get("class_names"), calibration_offsets=fitted, test_time_flip=flip)
+                         class_names=job.stats.get("class_names"), calibration_offsets=fitted, test_time_flip=flip,
+                         fit_method=job.image_fit)
     if job.export_classifier_weights:  # the final Trainer starts from them (init=base)
         backbones.save_backbone_weights(model, fn_args.serving_model_dir, file=backbones.CLASSIFIER_WEIGHTS_FILE)
     model.save(os.path.join(job.model_run_dir, "model.keras"))

@@ -13,6 +13,7 @@ import os
 
 from components.data.cache import default_data_dir
 from components.data.errors import DataError
+from components.data.image_survey import describe_fit
 from components.data.prepare import MANIFEST, Manifest, load_manifest
 from components.errors import PipelineDataError
 from pipeline import tasks
@@ -78,13 +79,17 @@ def _classification_data(cfg: PipelineConfig) -> tuple[tasks.TaskInputs, str, st
     if tasks.ingests_own_data(cfg):
         kind, _, root = cfg.data.source.partition(":")
         try:
-            inputs = tasks.TASKS["classification"].inputs(cfg)  # OwnDataExampleGen's plan: listing + one image
+            inputs = tasks.TASKS["classification"].inputs(cfg)  # OwnDataExampleGen's plan: listing + headers
         except (DataError, PipelineDataError, OSError) as e:
             return tasks.TaskInputs(os.path.abspath(root), _planned_manifest(cfg)), f"{kind} {root}", str(e)
         splits = inputs.manifest["splits"]
         counts = ", ".join(f"{s} {splits[s]['num_examples']}" for s in ("labeled", "unlabeled", "validation", "test"))
+        hidden = inputs.manifest.get("hidden_files") or 0
         return inputs, (f"{kind} {inputs.location}, ingested by OwnDataExampleGen every run: "
-                        f"{inputs.manifest['num_classes']} classes; {counts}"), None
+                        f"{inputs.manifest['num_classes']} classes; {counts}; "
+                        f"{describe_fit(inputs.manifest['image_fit'])}; "
+                        f"{hidden} hidden or system file{'' if hidden == 1 else 's'} skipped; files that do not read "
+                        f"or decode: data.bad_files={cfg.data.bad_files}"), None
     if cfg.data.data_dir:
         where = os.path.abspath(cfg.data.data_dir)
         try:

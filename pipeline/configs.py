@@ -22,6 +22,8 @@ import re
 import shlex
 import typing
 
+from components.data.image_survey import BAD_FILE_POLICIES
+from components.data.image_survey import check_settings as check_image_settings
 from components.data.prepare import Manifest
 from components.gate import GateThresholds, RegressionGateThresholds
 from models import distribute, modes
@@ -56,6 +58,16 @@ class DataConfig:
     unlabeled_order: str = "same"
     pool_relevance: float = 1.0  # share of the pool kept in-domain; the rest replaced by MNIST digits (evaluation knob)
     seed: int = 0
+    # a user's folder / TFRecords (components/data/image_survey.py): one size and channel count a run
+    image_size: str = "auto"  # auto (measured from the images) | H,W | S
+    channels: str = "auto"  # auto (3 when any image is colour) | 1 | 3
+    image_fit: str = "resize"  # resize (aspect ratio not kept, Keras's default) | crop (to the aspect ratio) | pad
+    bad_files: str = "error"  # error: a file that does not read or decode stops the run | skip: counted and listed
+
+    def __post_init__(self):
+        check_image_settings(self.image_size, self.channels, self.image_fit)
+        if self.bad_files not in BAD_FILE_POLICIES:
+            raise ValueError(f"unknown data.bad_files {self.bad_files!r}; choose one of {list(BAD_FILE_POLICIES)}")
 
 
 @dataclasses.dataclass(frozen=True)

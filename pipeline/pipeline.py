@@ -97,7 +97,8 @@ def training_job(cfg: PipelineConfig, manifest: dict, pipeline_root: str, data_d
     return TrainerJob(stage=trainer_job.TRAIN, train=cfg.train, semi=cfg.semi,
                       pretrain=cfg.pretrain,  # a planned SSP runs with these (models.pseudo_label)
                       calibration=cfg.calibration, post_hoc_logit_adjust_tau=cfg.post_hoc_logit_adjust_tau,
-                      image_shape=manifest["image_shape"], pool_setting=pool_setting, pool_truth=pool_truth,
+                      image_shape=manifest["image_shape"], image_fit=(manifest.get("image_fit") or {}).get("method"),
+                      pool_setting=pool_setting, pool_truth=pool_truth,
                       ).with_backup(pipeline_root, manifest.get("splits"))
 
 
@@ -136,7 +137,7 @@ def create_pipeline(cfg: PipelineConfig, data_dir: str, manifest: dict, pipeline
     if own_data:  # a user's folder / TFRecords, ingested by the pipeline itself every run (one artifact, all splits)
         labeled_gen = OwnDataExampleGen(
             source=manifest["source"], split_spec=own_data_spec, class_names=manifest["class_names"],
-            image_shape=manifest["image_shape"], with_pool=has_pool,
+            image_fit=manifest["image_fit"], with_pool=has_pool,
             pool_from_source=manifest.get("pool_from_source", False))
         labeled_examples = labeled_gen.outputs["examples"]
         unlabeled_gens, unlabeled_source = [], labeled_examples if has_pool else None

@@ -29,7 +29,20 @@ def data_block(manifest: dict, data_dir: str, ingested: dict) -> dict:
             "duplicates_across_splits": ingested.get("duplicates_across_splits"),
             "duplicate_examples": ingested.get("duplicate_examples"),
             "validation_source": manifest.get("validation_source"),
+            # a user's own images: how they were fitted to one size (the plan's choice and reason, the ingestion's
+            # counts), the hidden files and the bad files skipped (data.bad_files=skip)
+            "image_fit": _image_fit(manifest, ingested), "hidden_files": manifest.get("hidden_files"),
+            "hidden_file_samples": manifest.get("hidden_file_samples"),
+            "skipped_files": ingested.get("skipped_files"),
             "splits": {k: {kk: vv for kk, vv in v.items() if kk != "files"} for k, v in manifest["splits"].items()}}
+
+
+def _image_fit(manifest: dict, ingested: dict) -> dict | None:
+    planned = manifest.get("image_fit")
+    if not planned:
+        return None
+    done = ingested.get("image_fit") or {}
+    return {**planned, **{k: done[k] for k in ("resized", "converted", "conversions", "exif_rotated") if k in done}}
 
 
 CALIBRATION_KEYS = ("method", "settings", "test_time_flip", "halves", "fit_examples", "fit_support", "offsets",

@@ -54,9 +54,31 @@ def _ingestion_note(data: dict) -> str:
     if data.get("ingestion") != "OwnDataExampleGen":
         return note
     n = data.get("non_image_files") or 0
-    return note + (" Ingested by OwnDataExampleGen from the source this run; "
-            + (f"{n} file{'s' if n != 1 else ''} that {'are' if n != 1 else 'is'} not an image skipped "
-               "(listed in the ExampleGen's ingest_report.json)." if n else "no file that is not an image."))
+    hidden = data.get("hidden_files") or 0
+    note += (" Ingested by OwnDataExampleGen from the source this run; "
+             + (f"{n} file{'s' if n != 1 else ''} that {'are' if n != 1 else 'is'} not an image skipped "
+                "(listed in the ExampleGen's ingest_report.json)" if n else "no file that is not an image")
+             + (f"; {hidden} hidden or system file{'s' if hidden != 1 else ''} skipped (.DS_Store, ._*, Thumbs.db, "
+                "...)." if hidden else "."))
+    for problem, entry in (data.get("skipped_files") or {}).items():
+        note += (f" Skipped under data.bad_files=skip: {entry['count']} ({problem}), e.g. "
+                 f"{', '.join(entry['samples'][:3])}.")
+    return note + _fit_note(data.get("image_fit"))
+
+
+_FIT_HOW = {"resize": "resized to it (aspect ratio not kept, as Keras's image_dataset_from_directory)",
+            "crop": "centre-cropped to its aspect ratio, then resized", "pad": "resized to fit, then zero-padded"}
+
+
+def _fit_note(fit: dict | None) -> str:
+    """report.md's sentence on the one image size: what was chosen, why, and what it did to how many images."""
+    if not fit:
+        return ""
+    conversions = ", ".join(f"{v} {k.removeprefix('converted ')}" for k, v in (fit.get("conversions") or {}).items())
+    return (f" Images fitted to {fit['height']}x{fit['width']}x{fit['channels']} ({fit['reason']}): each "
+            f"{_FIT_HOW[fit['method']]}, EXIF orientation applied, alpha dropped; {fit.get('resized', 0)} resized, "
+            f"{fit.get('converted', 0)} converted{f' ({conversions})' if conversions else ''}, "
+            f"{fit.get('exif_rotated', 0)} turned upright.")
 
 
 def duplicates_warning(data: dict) -> list[str]:

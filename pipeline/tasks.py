@@ -15,7 +15,7 @@ import sys
 
 from components.data.cache import ensure_prepared, spec_from_data_config
 from components.data.longtail import SplitSpec
-from components.data.own_data import describe, first_image_shape, is_own_data, plan_own_data
+from components.data.own_data import describe, image_fit_of, is_own_data, plan_own_data
 from components.data.prepare import Manifest, load_manifest
 from components.errors import PipelineDataError
 from pipeline import regression_report, report
@@ -120,7 +120,7 @@ class ClassificationTask(Task):
         if ingests_own_data(cfg):  # the pipeline ingests the user's source itself (OwnDataExampleGen), every run
             kind, _, root = cfg.data.source.partition(":")
             source = f"{kind}:{location or os.path.abspath(root)}"
-            return TaskInputs(source.partition(":")[2], own_data_manifest(source, split_spec(cfg)))
+            return TaskInputs(source.partition(":")[2], own_data_manifest(source, split_spec(cfg), cfg.data))
         if location:
             return TaskInputs(location, load_manifest(location))
         data_dir = ensure_data(cfg)
@@ -232,10 +232,13 @@ def ingests_own_data(cfg: PipelineConfig) -> bool:
     return is_own_data(cfg.data.source) and not cfg.data.data_dir and cfg.data.pool_relevance == 1.0
 
 
-def own_data_manifest(source: str, spec: SplitSpec) -> dict:
-    """What the wiring needs (classes, image shape, planned split sizes), from the listing and the first image."""
+def own_data_manifest(source: str, spec: SplitSpec, data=None) -> dict:
+    """What the wiring needs (classes, the images' fit, planned split sizes), from the listing and the images'
+    headers; ``data``: the data.* settings (image_size, channels, image_fit; None: all auto)."""
     plan = plan_own_data(source, spec)
-    return describe(plan, spec, first_image_shape(plan))
+    _, record = image_fit_of(plan, *((data.image_size, data.channels, data.image_fit) if data else ()))
+    record["bad_files"] = data.bad_files if data else "error"
+    return describe(plan, spec, record)
 
 
 def ensure_data(cfg: PipelineConfig) -> str:

