@@ -31,11 +31,17 @@ NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
 POOL_MIXES = ("natural", "uniform")  # every leftover digit (tail-heavy: the head gave most of its images to train) | equal
 
 
+def png_file(image, rng) -> tuple[bytes, str]:
+    return encode_png(image), ".png"
+
+
 def make_own_folder(out: str, seed: int = 0, n_max: int = 613, n_min: int = 30, test_per_class: int = 250,
-                    pool_fraction: float = 1.0, pool_mix: str = "natural", relevance: float = 1.0) -> dict:
+                    pool_fraction: float = 1.0, pool_mix: str = "natural", relevance: float = 1.0,
+                    encode=png_file) -> dict:
     """Write the folder; returns its counts. ``pool_fraction`` < 1 keeps only that share of the leftover digits;
     ``pool_mix`` uniform keeps as many of each digit as the scarcest has; ``relevance`` < 1 replaces that share of the
-    pool by Fashion-MNIST training images (out of domain; "ood" in the truth file)."""
+    pool by Fashion-MNIST training images (out of domain; "ood" in the truth file). ``encode(image, rng)`` -> (file
+    bytes, suffix) writes each image (bench/photo_folder.py: colour photos of mixed sizes)."""
     if pool_mix not in POOL_MIXES:
         raise ValueError(f"pool_mix {pool_mix!r}: choose one of {POOL_MIXES}")
     images, labels = read_mnist_digits()
@@ -55,24 +61,27 @@ def make_own_folder(out: str, seed: int = 0, n_max: int = 613, n_min: int = 30, 
             d = os.path.join(tmp, split, NAMES[c])
             os.makedirs(d, exist_ok=True)
             for i in split_of[c][split]:
-                with open(os.path.join(d, f"{i:05d}.png"), "wb") as f:
-                    f.write(encode_png(images[i]))
+                data, suffix = encode(images[i], rng)
+                with open(os.path.join(d, f"{i:05d}{suffix}"), "wb") as f:
+                    f.write(data)
     each = min(len(split_of[c]["unlabeled"]) for c in range(10)) if pool_mix == "uniform" else None
     pool = np.concatenate([split_of[c]["unlabeled"][:each] for c in range(10)])
     pool = rng.permutation(pool)[:int(round(pool_fraction * len(pool)))]
     n_ood = int(round((1 - relevance) * len(pool)))
     os.makedirs(os.path.join(tmp, "unlabeled"))
     for i in pool[n_ood:]:
-        name = f"{i:05d}.png"
+        data, suffix = encode(images[i], rng)
+        name = f"{i:05d}{suffix}"
         with open(os.path.join(tmp, "unlabeled", name), "wb") as f:
-            f.write(encode_png(images[i]))
+            f.write(data)
         truth[name] = NAMES[int(labels[i])]
     if n_ood:
         fashion = read_fashion_mnist().train_images
         for j in rng.choice(len(fashion), n_ood, replace=False):
-            name = f"ood{j:05d}.png"
+            data, suffix = encode(fashion[j], rng)
+            name = f"ood{j:05d}{suffix}"
             with open(os.path.join(tmp, "unlabeled", name), "wb") as f:
-                f.write(encode_png(fashion[j]))
+                f.write(data)
             truth[name] = "ood"
     with open(os.path.join(tmp, "unlabeled_truth.json"), "w") as f:
         json.dump(truth, f, indent=0, sort_keys=True)

@@ -66,7 +66,8 @@ class ImageFit:
 class TrainConfig:
     """Supervised training (``train.*``) and the schedule every classification mode shares."""
 
-    backbone: str = "resnet8"
+    backbone: str = "resnet8"  # resnet8/20/32[/s2|/s4], keras:<Application> (models/backbones.py); the presets: auto
+    backbone_weights: str | None = None  # a local weights file the backbone starts from (Keras .weights.h5 / .h5)
     epochs: int = 12
     batch_size: int = 128
     learning_rate: float = 0.05  # SGD momentum 0.9, cosine decay, as the reference and LDAM code

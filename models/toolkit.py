@@ -120,8 +120,8 @@ def head_kind(cfg: config.TrainConfig) -> str:
 
 
 def build_model(cfg: config.TrainConfig, image_shape, num_classes: int) -> keras.Model:
-    return backbones.build_classifier(backbones.build_backbone(cfg.backbone, image_shape), num_classes,
-                                      cosine=head_kind(cfg) == "cosine")
+    backbone = backbones.build_backbone(cfg.backbone, image_shape, weights=cfg.backbone_weights)
+    return backbones.build_classifier(backbone, num_classes, cosine=head_kind(cfg) == "cosine")
 
 
 def steps_per_epoch(cfg: config.TrainConfig, num_examples: int, batch_size: int) -> int:

@@ -138,6 +138,9 @@ def check(cfg: PipelineConfig, task: tasks.Task, out_dir: str | None = None) -> 
     lines.append(f"data: {data_line}")
     if problem:
         lines.append(f"data problem (the run would stop here): {problem}")
+    if cfg.task != "regression":
+        choice = inputs.manifest.get("backbone") or tasks.backbone_choice(cfg, inputs.manifest["image_shape"])
+        lines.append(f"backbone: {choice['name']} (train.backbone={choice['setting']}: {choice['reason']})")
 
     pipeline_name, model_name = task.names(cfg)
     pipeline_root, metadata_path, serving_dir = local_paths(cfg, pipeline_name, model_name)

@@ -66,6 +66,13 @@ def _ingestion_note(data: dict) -> str:
     return note + _fit_note(data.get("image_fit"))
 
 
+def _backbone_text(metrics: dict, cfg: dict) -> str:
+    choice = metrics.get("backbone") or {}
+    if choice.get("setting") == "auto":
+        return f"{cfg['train']['backbone']} (train.backbone=auto: {choice['reason']})"
+    return cfg["train"]["backbone"]
+
+
 _FIT_HOW = {"resize": "resized to it (aspect ratio not kept, as Keras's image_dataset_from_directory)",
             "crop": "centre-cropped to its aspect ratio, then resized", "pad": "resized to fit, then zero-padded"}
 
@@ -313,7 +320,7 @@ def report_md(metrics: dict) -> str:
           f"Shot groups (many >= {stats['shot_thresholds']['many_at_least']:.0f}, few < "
           f"{stats['shot_thresholds']['few_below']:.0f} training images; {stats['shot_thresholds']['source']}): "
           + ", ".join(f"{g}: {[stats['class_names'][c] for c in cs]}" for g, cs in stats["shot_groups"].items()), "",
-          f"Training: {cfg['train']['backbone']}, loss {cfg['train']['loss']}, {_final_epochs(metrics, cfg)}, "
+          f"Training: {_backbone_text(metrics, cfg)}, loss {cfg['train']['loss']}, {_final_epochs(metrics, cfg)}, "
           f"batch {cfg['train']['batch_size']}, seed {metrics['seed']}, augmentation {augmentation_text(cfg)}, "
           f"test-time flip {test_time_flip_text(cfg)}; "
           f"trainer: {distribute_text(metrics.get('training'))}; "

@@ -18,6 +18,8 @@ from components.data.longtail import SplitSpec
 from components.data.own_data import describe, image_fit_of, is_own_data, plan_own_data
 from components.data.prepare import Manifest, load_manifest
 from components.errors import PipelineDataError
+from models.backbones import auto_backbone
+from models.config import replace_path
 from pipeline import regression_report, report
 from pipeline.configs import PipelineConfig, changed_paths
 from pipeline.outputs import BASE_TRAINER, PRETRAINER, TRAINER
@@ -120,11 +122,14 @@ class ClassificationTask(Task):
         if ingests_own_data(cfg):  # the pipeline ingests the user's source itself (OwnDataExampleGen), every run
             kind, _, root = cfg.data.source.partition(":")
             source = f"{kind}:{location or os.path.abspath(root)}"
-            return TaskInputs(source.partition(":")[2], own_data_manifest(source, split_spec(cfg), cfg.data))
-        if location:
-            return TaskInputs(location, load_manifest(location))
-        data_dir = ensure_data(cfg)
-        return TaskInputs(data_dir, load_manifest(data_dir))
+            inputs = TaskInputs(source.partition(":")[2], own_data_manifest(source, split_spec(cfg), cfg.data))
+        elif location:
+            inputs = TaskInputs(location, load_manifest(location))
+        else:
+            data_dir = ensure_data(cfg)
+            inputs = TaskInputs(data_dir, load_manifest(data_dir))
+        inputs.manifest["backbone"] = backbone_choice(cfg, inputs.manifest["image_shape"])
+        return inputs
 
     def names(self, cfg):
         return cfg.name, cfg.model_name
@@ -133,6 +138,7 @@ class ClassificationTask(Task):
         return cfg.gate
 
     def create_pipeline(self, cfg, inputs, pipeline_root, metadata_path, serving_dir, beam_args):
+        cfg = with_backbone(cfg, inputs.manifest)
         if inputs.manifest["splits"]["unlabeled"]["num_examples"] == 0:
             print("[run] the unlabeled pool is empty: running supervised-only (no unlabeled branch)", file=sys.stderr)
         return create_pipeline(cfg, inputs.location, inputs.manifest, pipeline_root, metadata_path, serving_dir,
@@ -151,8 +157,8 @@ class ClassificationTask(Task):
         return t
 
     def build_metrics(self, cfg, inputs, results, timings):
-        return report.build_metrics(dataclasses.asdict(cfg), cfg.semi.mode, inputs.manifest, inputs.location, results,
-                                   timings)
+        return report.build_metrics(dataclasses.asdict(with_backbone(cfg, inputs.manifest)), cfg.semi.mode,
+                                    inputs.manifest, inputs.location, results, timings)
 
     def write_report(self, metrics, out_dir):
         report.write_report(metrics, out_dir)
@@ -217,6 +223,27 @@ def for_config(cfg: PipelineConfig) -> Task:
         raise ValueError(f"unknown task {cfg.task!r}; choose one of {sorted(TASKS)}")
     task.check_settings(cfg)
     return task
+
+
+# --------------------------------------------------------------------------------------- the backbone
+
+AUTO_BACKBONE_BASE = "resnet8"  # train.backbone=auto: this CIFAR ResNet, with a downsampling stem for larger images
+
+
+def backbone_choice(cfg: PipelineConfig, image_shape) -> dict:
+    """{setting, name, reason}: ``train.backbone`` as set, or, for ``auto``, models.backbones.auto_backbone's pick for
+    the run's image size (components/data/image_survey.py chose that for a user's folder)."""
+    setting = cfg.train.backbone
+    if setting != "auto":
+        return {"setting": setting, "name": setting, "reason": f"{setting}: train.backbone"}
+    name, reason = auto_backbone(image_shape, AUTO_BACKBONE_BASE)
+    return {"setting": setting, "name": name, "reason": reason}
+
+
+def with_backbone(cfg: PipelineConfig, manifest: dict) -> PipelineConfig:
+    """``cfg`` with train.backbone resolved (:func:`backbone_choice`, recorded in the manifest by ``inputs``)."""
+    choice = manifest.get("backbone") or backbone_choice(cfg, manifest["image_shape"])
+    return replace_path(cfg, "train.backbone", choice["name"])
 
 
 # --------------------------------------------------------------------------------------- data locations

@@ -2,17 +2,13 @@
 through every signature) and ``python -m pipeline serve`` (KServe's model server on localhost, real HTTP, V1 and
 V2) on the version folders the smoke pipelines push (image classification and taxi-fare regression)."""
 
-import base64
 import glob
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 
 import numpy as np
 import pytest
@@ -22,6 +18,7 @@ from components.data.sources import FASHION_MNIST_CLASSES
 from models.export import SERVING_DEFAULT, SERVING_TF_EXAMPLE, serving_metadata
 from models.inputs import read_examples
 from models.serving import newest_version
+from tests.model_server import Server, b64
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.slow
@@ -150,59 +147,6 @@ def test_saved_model_cli_run_taxi_named_features_and_tf_examples_match_in_proces
 # ------------------------------------------------------------------------------------- python -m pipeline serve (KServe)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """``python -m pipeline serve`` in its own process on a free localhost port; stopped (SIGTERM) on exit."""
-
-    def __init__(self, model_dir: str, log_path, *args):
-        self.port = free_port()
-        self.name = args[args.index("--model-name") + 1] if "--model-name" in args else os.path.basename(model_dir)
-        self.log = open(log_path, "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "pipeline", "serve", "--model-dir", model_dir,
-                                      "--port", str(self.port), "--poll-seconds", "0.5", *args],
-                                     cwd=ROOT, env=ENV, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 180
-        while True:
-            try:
-                if self.get("/v2/health/ready")[0] == 200:
-                    break
-            except OSError:
-                pass
-            if self.proc.poll() is not None or time.time() > deadline:
-                self.stop()
-                raise AssertionError(f"server did not become ready:\n{open(log_path).read()[-3000:]}")
-            time.sleep(0.5)
-
-    def request(self, method, path, body=None, raw=False):
-        data = None if body is None else (body if raw else json.dumps(body).encode())
-        req = urllib.request.Request(f"http://localhost:{self.port}{path}", data=data, method=method,
-                                     headers={"content-type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=60) as r:
-                return r.status, json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read() or b"{}")
-
-    def get(self, path):
-        return self.request("GET", path)
-
-    def post(self, path, body, raw=False):
-        return self.request("POST", path, body, raw)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
 
 
 @pytest.fixture
@@ -213,10 +157,6 @@ def image_server(pushed, tmp_path):
     yield server, str(folder)
     server.stop()
     assert server.proc.returncode is not None
-
-
-def b64(data: bytes) -> dict:
-    return {"b64": base64.b64encode(data).decode()}
 
 
 def test_server_v1_and_v2_answer_200_test_images_as_the_model_does_in_process(pushed, image_server):
