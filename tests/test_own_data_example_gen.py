@@ -325,3 +325,76 @@ def test_val_tfrecords_are_the_validation_split(tmp_path):
     assert manifest["splits"]["validation"]["per_class_counts"] == [1, 1, 1, 2]
     assert manifest["splits"]["labeled"]["per_class_counts"] == [40, 20, 10, 6]
     _same_as_prepare(tmp_path, f"tfrecord:{root}", spec, uri)
+
+
+def _jpeg(rng, side=12) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def test_files_a_real_folder_has_are_named_with_their_paths(tmp_path):
+    """A zero-byte file, a truncated JPEG and an unreadable entry stop the run naming each (data.bad_files=skip skips
+    and lists them instead); hidden files are skipped and counted; a dangling link and class folders differing only
+    in case are refused when the folder is planned, before TFX's driver stats the files."""
+    rng = np.random.default_rng(4)
+    root = make_folder(str(tmp_path / "imgs"), per_class=(10, 6, 5, 4), unlabeled=0)
+    jpeg = _jpeg(rng)
+    bad = {"train/ant/empty.png": b"", "train/bee/cut.jpg": jpeg[: len(jpeg) // 2]}
+    for name, data in bad.items():
+        with open(os.path.join(root, name), "wb") as f:
+            f.write(data)
+    os.makedirs(os.path.join(root, "test", "cow", "folder.jpg"))  # an entry named like an image that does not read
+    for hidden in ("train/ant/._001.png", "train/.DS_Store", "test/doe/Thumbs.db"):
+        with open(os.path.join(root, hidden), "wb") as f:
+            f.write(b"\0\x05\x16\x07")
+    msg = _error(tmp_path, root)
+    # the most frequent problem first, each with its count and a sample path; every one would be raised
+    assert "train/ant/empty.png" in msg or "train/bee/cut.jpg" in msg or "folder.jpg" in msg, msg
+    assert "data.bad_files=skip" in msg
+
+    uri, manifest = ingest(tmp_path, f"folder:{root}", SplitSpec(rho=None, val_per_class=2), name="skip",
+                           bad_files="skip")
+    report = json.load(open(os.path.join(uri, REPORT_FILE)))
+    skipped = report["skipped_files"]
+    assert skipped["zero-byte file"]["count"] == 1 and "train/ant/empty.png" in skipped["zero-byte file"]["samples"][0]
+    assert skipped["image does not decode"]["count"] == 1 and "cut.jpg" in skipped["image does not decode"]["samples"][0]
+    assert skipped["file unreadable"]["count"] == 1 and "folder.jpg" in skipped["file unreadable"]["samples"][0]
+    assert report["hidden_files"] == 3 and report["problems"] == {}
+    assert sum(report["splits"][s]["num_examples"] for s in report["splits"]) == 25 + 20  # every good image, no more
+
+    linked = make_folder(str(tmp_path / "linked"), per_class=(10, 6, 5, 4), unlabeled=0)
+    os.symlink(os.path.join(linked, "nowhere.png"), os.path.join(linked, "train", "bee", "gone.png"))
+    with pytest.raises(DataError, match=r"symbolic links that point to nothing: \[.*train/bee/gone.png'\] "
+                                        r"\(1 file affected\)"):
+        plan_own_data(f"folder:{linked}", SplitSpec(rho=None, val_per_class=2))
+    cased = make_folder(str(tmp_path / "cased"), per_class=(10, 6, 5, 4), unlabeled=0)
+    shutil.copytree(os.path.join(cased, "train", "ant"), os.path.join(cased, "train", "Ant"))
+    with pytest.raises(DataError, match=r"class folders whose names differ only in case: \[\['Ant', 'ant'\]\]"):
+        plan_own_data(f"folder:{cased}", SplitSpec(rho=None, val_per_class=2))
+
+
+def test_colour_photos_of_mixed_sizes_are_fitted_and_counted(tmp_path):
+    """Colour JPEGs of three sizes among the gray 8x8 PNGs: colour wins (3 channels), the size is the median's, every
+    image is fitted, and the ingested examples are exactly models.image_fit's pixels of each file."""
+    from models.image_fit import ImageFit, fit_image
+
+    rng = np.random.default_rng(6)
+    root = make_folder(str(tmp_path / "imgs"), per_class=(10, 6, 5, 4), unlabeled=0)
+    photos = {"train/ant/p1.JPG": 30, "train/bee/p2.jpeg": 45, "test/cow/p3.jpg": 70}
+    for name, side in photos.items():
+        with open(os.path.join(root, name), "wb") as f:
+            f.write(_jpeg(rng, side))
+    uri, manifest = ingest(tmp_path, f"folder:{root}", SplitSpec(rho=None, val_per_class=2))
+    fit = manifest["image_fit"]
+    assert manifest["image_shape"] == [8, 8, 3] and fit["channels"] == 3 and "3 of 48 images are colour" in fit["reason"]
+    report = json.load(open(os.path.join(uri, REPORT_FILE)))
+    assert report["image_fit"]["resized"] == 3 and report["image_fit"]["conversions"] == {"converted gray to RGB": 45}
+    test = _records(os.path.join(uri, "Split-test", "*"), "GZIP")
+    expected = encode_png(fit_image(open(os.path.join(root, "test/cow/p3.jpg"), "rb").read(),
+                                    ImageFit(8, 8, 3))[0].numpy())
+    assert test[(2, expected)] == 1
