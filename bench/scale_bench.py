@@ -34,24 +34,33 @@ def class_counts(total: int) -> list[int]:
     return [max(30, int(total * w / sum(weights))) for w in weights]
 
 
-def make_folder(root: str, total: int, seed: int = 0) -> int:
-    """A synthetic folder of ``total`` (about) 28x28 grayscale PNGs; returns the number of train images."""
+def make_folder(root: str, total: int, seed: int = 0, photos: bool = False) -> int:
+    """A synthetic folder of ``total`` (about) 28x28 grayscale PNGs, or with ``photos`` Fashion-MNIST images as colour
+    photos of 26-80 px, mostly JPEG (bench/photo_folder.py's photo_file); returns the number of train images."""
     import numpy as np
 
+    from bench.photo_folder import photo_file
     from components.data.prepare import encode_png
+    from components.data.sources import read_fashion_mnist
 
     if os.path.exists(os.path.join(root, ".complete")):
         return int(open(os.path.join(root, ".complete")).read())
     shutil.rmtree(root, ignore_errors=True)
     rng = np.random.default_rng(seed)
+    fashion = read_fashion_mnist() if photos else None
     n = 0
     for split, counts in (("train", class_counts(total)), ("test", [50] * 10)):
         for c, (name, k) in enumerate(zip(CLASSES, counts)):
             os.makedirs(os.path.join(root, split, name))
+            pool = np.flatnonzero(fashion.train_labels == c) if photos else None
             for i in range(k):
-                img = (rng.integers(0, 64, (28, 28, 1)) + 19 * c).astype(np.uint8)  # class-dependent, compressible
-                with open(os.path.join(root, split, name, f"{i:06d}.png"), "wb") as f:
-                    f.write(encode_png(img))
+                if photos:
+                    data, suffix = photo_file(fashion.train_images[pool[i % len(pool)]], rng)
+                else:
+                    img = (rng.integers(0, 64, (28, 28, 1)) + 19 * c).astype(np.uint8)  # class-dependent, compressible
+                    data, suffix = encode_png(img), ".png"
+                with open(os.path.join(root, split, name, f"{i:06d}{suffix}"), "wb") as f:
+                    f.write(data)
             n += k if split == "train" else 0
     with open(os.path.join(root, "train", CLASSES[0], ".DS_Store"), "wb") as f:
         f.write(b"\0")
@@ -64,7 +73,7 @@ def beam_args(workers: int) -> list[str]:
     return ["--runner=FnApiRunner", "--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"]
 
 
-def run_ingest(source: str, workers: int, work: str) -> dict:
+def run_ingest(source: str, workers: int, work: str, image_size: str = "auto") -> dict:
     """(child) OwnDataExampleGen alone in a LocalDagRunner pipeline; prints its timing as JSON."""
     from tfx import v1 as tfx
 
@@ -75,7 +84,7 @@ def run_ingest(source: str, workers: int, work: str) -> dict:
     t0 = time.time()
     spec = SplitSpec(rho=None, val_per_class=20)
     plan = plan_own_data(source, spec)
-    manifest = describe(plan, spec, image_fit_of(plan)[1])
+    manifest = describe(plan, spec, image_fit_of(plan, image_size)[1])
     gen = OwnDataExampleGen(source=source, split_spec=spec, class_names=manifest["class_names"],
                             image_fit=manifest["image_fit"], with_pool=False)
     shutil.rmtree(work, ignore_errors=True)
@@ -90,10 +99,11 @@ def run_ingest(source: str, workers: int, work: str) -> dict:
     report = json.load(open(os.path.join(uri, REPORT_FILE)))
     n = sum(s["num_examples"] for s in report["splits"].values())
     return {"images": n, "seconds": t2 - t1, "plan_seconds": t1 - t0, "uri": uri,
-            "non_image_files": report["non_image_files"]}
+            "non_image_files": report["non_image_files"], "image_shape": manifest["image_shape"],
+            "resized": report["image_fit"]["resized"], "converted": report["image_fit"]["converted"]}
 
 
-def run_label_stats(uri: str, workers: int, work: str) -> dict:
+def run_label_stats(uri: str, workers: int, work: str, image_shape: str = "[28, 28, 1]") -> dict:
     """(child) LabelStatsGen's executor on the ingested train split."""
     from tfx.dsl.components.base import base_beam_executor
     from tfx.types import artifact_utils, standard_artifacts
@@ -108,13 +118,40 @@ def run_label_stats(uri: str, workers: int, work: str) -> dict:
     out.uri = os.path.join(work, "label_stats")
     shutil.rmtree(out.uri, ignore_errors=True)
     os.makedirs(out.uri)
-    props = {"num_classes": 10, "class_names": json.dumps(CLASSES), "image_shape": json.dumps([28, 28, 1]),
+    props = {"num_classes": 10, "class_names": json.dumps(CLASSES), "image_shape": image_shape,
              "split": "train"}
     t0 = time.time()
     Executor(base_beam_executor.BaseBeamExecutor.Context(beam_pipeline_args=beam_args(workers), tmp_dir=work)).Do(
         {"examples": [examples]}, {"label_stats": [out]}, props)
     stats = json.load(open(os.path.join(out.uri, LABEL_STATS_FILE)))
     return {"images": stats["num_examples"], "seconds": time.time() - t0}
+
+
+def run_epoch(uri: str, image_shape: str, work: str) -> dict:
+    """(child) One training epoch of the Trainer's model (train.backbone=auto for the size, models.toolkit) on the
+    ingested train split through the Trainer's input path (models.inputs: decode, cache, crop augmentation, batch
+    128), after one warm-up epoch."""
+    import keras
+    import tensorflow as tf
+
+    from models import backbones, inputs, toolkit
+    from models.config import TrainConfig
+
+    shape = json.loads(image_shape)
+    name, _ = backbones.auto_backbone(shape, "resnet8")
+    cfg = TrainConfig(backbone=name)
+    files = sorted(glob.glob(os.path.join(uri, "Split-train", "*")))
+    augment = inputs.augmenter(("crop",), shape)
+    ds = (inputs.read_examples(files, shape).cache().shuffle(4096, seed=0)
+          .map(lambda x, y: (inputs.to_float(augment(x)), y), num_parallel_calls=tf.data.AUTOTUNE)
+          .batch(128).prefetch(tf.data.AUTOTUNE))
+    model = toolkit.build_model(cfg, shape, 10)
+    model.compile(keras.optimizers.SGD(0.05, momentum=0.9), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(ds, epochs=1, verbose=0)
+    t0 = time.time()
+    model.fit(ds, epochs=1, verbose=0)
+    n = sum(1 for _ in inputs.read_examples(files, shape))
+    return {"images": n, "seconds": time.time() - t0, "backbone": name, "image_shape": shape}
 
 
 def measure(args: list[str]) -> dict:
@@ -147,32 +184,50 @@ def main():
     p.add_argument("--work", default=os.path.join(ROOT, "runs", "bench_scale"))
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "scale.md"))
     p.add_argument("--notes", default="")
+    p.add_argument("--photos", action="store_true", help="colour JPEG photos of mixed sizes (issue #42), not 28x28 PNGs")
+    p.add_argument("--epoch-sizes", default="", help="with --photos: also ingest the largest folder at these sides "
+                   "and time one training epoch at each, e.g. 32,64,96")
     p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
-        kind, arg, workers, work = a.child
-        result = (run_ingest if kind == "ingest" else run_label_stats)(arg, int(workers), work)
+        kind, arg, workers, work, *extra = a.child
+        if kind == "epoch":
+            result = run_epoch(arg, workers, work)
+        else:
+            result = (run_ingest if kind == "ingest" else run_label_stats)(arg, int(workers), work, *extra)
         print(json.dumps(result), flush=True)
         return
 
     rows = []
     for scale in [int(s) for s in a.scales.split(",")]:
-        folder = os.path.join(a.work, f"folder_{a.base * scale}")
+        folder = os.path.join(a.work, f"{'photos' if a.photos else 'folder'}_{a.base * scale}")
         t0 = time.time()
-        n_train = make_folder(folder, a.base * scale)
+        n_train = make_folder(folder, a.base * scale, photos=a.photos)
         print(f"[scale] {scale}x: {n_train} train images ({time.time() - t0:.0f} s to write)", flush=True)
         for workers in [int(w) for w in a.workers.split(",")]:
             work = os.path.join(a.work, f"tfx_{scale}x_{workers}w")
             ing = measure(["--child", "ingest", f"folder:{folder}", str(workers), work])
-            st = measure(["--child", "stats", ing["uri"], str(workers), work])
+            st = measure(["--child", "stats", ing["uri"], str(workers), work, json.dumps(ing["image_shape"])])
             row = {"scale": scale, "images": ing["images"], "workers": workers,
                    "ingest_s": ing["seconds"], "ingest_ips": ing["images"] / ing["seconds"],
                    "ingest_rss": ing["peak_rss_mib"], "stats_images": st["images"], "stats_s": st["seconds"],
                    "stats_ips": st["images"] / st["seconds"], "stats_rss": st["peak_rss_mib"],
-                   "non_image_files": ing["non_image_files"]}
+                   "non_image_files": ing["non_image_files"], "image_shape": ing["image_shape"],
+                   "resized": ing["resized"], "converted": ing["converted"]}
             print(f"[scale] {json.dumps(row)}", flush=True)
             rows.append(row)
             shutil.rmtree(work, ignore_errors=True)
+    epochs = []
+    for side in [int(v) for v in a.epoch_sizes.split(",") if v]:
+        work = os.path.join(a.work, f"tfx_epoch_{side}")
+        ing = measure(["--child", "ingest", f"folder:{folder}", "2", work, str(side)])
+        ep = measure(["--child", "epoch", ing["uri"], json.dumps(ing["image_shape"]), work])
+        row = {"side": side, "images": ep["images"], "backbone": ep["backbone"], "epoch_s": ep["seconds"],
+               "ips": ep["images"] / ep["seconds"], "rss": ep["peak_rss_mib"], "ingest_s": ing["seconds"],
+               "ingest_rss": ing["peak_rss_mib"]}
+        print(f"[scale] {json.dumps(row)}", flush=True)
+        epochs.append(row)
+        shutil.rmtree(work, ignore_errors=True)
     table = ["| scale | images ingested | Beam workers | ingestion s | ingestion images/s | ingestion peak RSS (MiB) "
              "| label stats images | label stats s | label stats images/s | label stats peak RSS (MiB) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -180,10 +235,22 @@ def main():
         table.append(f"| {r['scale']}x | {r['images']} | {r['workers']} | {r['ingest_s']:.1f} | {r['ingest_ips']:.0f} "
                      f"| {r['ingest_rss']:.0f} | {r['stats_images']} | {r['stats_s']:.1f} | {r['stats_ips']:.0f} "
                      f"| {r['stats_rss']:.0f} |")
+    if epochs:
+        table += ["", f"One training epoch on the {folder.rsplit('_', 1)[-1]}-image folder's train split, ingested "
+                  "at each size (2 Beam workers):", "",
+                  "| side (px) | train images | backbone (auto) | epoch s | images/s | training peak RSS (MiB) "
+                  "| ingestion s | ingestion peak RSS (MiB) |", "|---|---|---|---|---|---|---|---|"]
+        table += [f"| {r['side']} | {r['images']} | {r['backbone']} | {r['epoch_s']:.1f} | {r['ips']:.0f} | "
+                  f"{r['rss']:.0f} | {r['ingest_s']:.1f} | {r['ingest_rss']:.0f} |" for r in epochs]
     meminfo = dict(line.split(":", 1) for line in open("/proc/meminfo"))
     free = ", ".join(f"{k} {int(meminfo[k].split()[0]) / 2**20:.1f} GiB" for k in ("MemTotal", "MemAvailable"))
+    kind = ("colour photos made from Fashion-MNIST training images (bench/photo_folder.py's photo_file: 26-80 px a "
+            "side, aspect 4:5 to 5:4, JPEG named .jpg/.jpeg/.JPG, about 3% gray JPEGs and 3% RGBA PNGs, 2% "
+            f"EXIF-rotated), fitted to {rows[0]['image_shape'] if rows else '?'} (data.image_size=auto; "
+            f"{rows[-1]['resized'] if rows else '?'} resized, {rows[-1]['converted'] if rows else '?'} converted in "
+            "the largest)") if a.photos else "28x28 grayscale PNGs"
     description = (
-        f"Synthetic folder: 28x28 grayscale PNGs, 10 classes, long-tailed train counts (rho=100, at least 30 a class), "
+        f"Synthetic folder: {kind}, 10 classes, long-tailed train counts (rho=100, at least 30 a class), "
         f"50 test images a class, one `.DS_Store` (counted: {rows[0]['non_image_files'] if rows else '?'} non-image file). "
         f"1x = {a.base} train images. Ingestion: OwnDataExampleGen alone in a LocalDagRunner pipeline (driver "
         "fingerprint, plan from the listing, Beam read/decode/check/PNG-encode/write of train+eval+test), "
@@ -192,7 +259,9 @@ def main():
         "component's start-up (Beam worker processes, TFX driver). Peak RSS: the largest sum of resident set "
         "sizes over the child process and all its descendants (Beam workers), polled every 0.1 s.\n\n"
         f"`nproc`: {os.cpu_count()}; memory (/proc/meminfo at the end): {free}.\n\n" + (f"Notes: {a.notes}" if a.notes else ""))
-    write_result(a.out, "Ingestion and label statistics at scale (issue #16)", description, "\n".join(table))
+    title = ("Colour photos of mixed sizes at scale: ingestion, label statistics, a training epoch by size (issue #42)"
+             if a.photos else "Ingestion and label statistics at scale (issue #16)")
+    write_result(a.out, title, description, "\n".join(table))
 
 
 if __name__ == "__main__":
