@@ -130,7 +130,7 @@ class DistributeConfig:
 # What train.augment may name (models/inputs.py:augmenter applies them): crop = zero-pad by about an eighth of the side
 # and crop back at a random offset; flip = random horizontal mirror (only for data whose mirror image is the same class);
 # rand_augment = keras.layers.RandAugment (2 ops, factor 0.5); erase = keras.layers.RandomErasing (up to a quarter).
-AUGMENT_OPS = ("crop", "flip", "rand_augment", "erase")
+AUGMENT_OPS = ("crop", "flip", "color", "rand_augment", "erase")  # color: SimCLR colour distortion (models/inputs.py)
 
 
 def augment_ops(spec: str) -> tuple[str, ...]:

@@ -91,11 +91,35 @@ def augmenter(ops, image_shape, seed: int = 0):
                 image = augment(image, pad=pad, flip=False)
             elif op == "flip":
                 image = tf.image.random_flip_left_right(image)
+            elif op == "color":
+                image = colour_jitter(image)
             else:
                 image = tf.cast(tf.clip_by_value(layers[op](tf.cast(image, tf.float32)), 0.0, 255.0), dtype)
         return image
 
     return apply
+
+
+def colour_jitter(image, strength: float = 0.4, p_jitter: float = 0.8, p_gray: float = 0.2):
+    """SimCLR's colour distortion (Chen et al. 2020, appendix A) of a uint8 (H, W, C) image: with probability
+    ``p_jitter`` brightness, contrast, saturation (factors in 1 +- ``strength``) and hue (+- ``strength`` / 4), with
+    probability ``p_gray`` gray; a gray image (C = 1) gets brightness and contrast only."""
+    x = tf.cast(image, tf.float32) / 255.0
+    colour = image.shape[-1] == 3
+
+    def jittered(x):
+        x = tf.clip_by_value(x * tf.random.uniform([], 1 - strength, 1 + strength), 0.0, 1.0)
+        x = tf.clip_by_value(tf.image.random_contrast(x, 1 - strength, 1 + strength), 0.0, 1.0)
+        if colour:
+            x = tf.image.random_saturation(x, 1 - strength, 1 + strength)
+            x = tf.clip_by_value(tf.image.random_hue(x, strength / 4), 0.0, 1.0)
+        return x
+
+    x = tf.cond(tf.random.uniform([]) < p_jitter, lambda: jittered(x), lambda: x)
+    if colour:
+        x = tf.cond(tf.random.uniform([]) < p_gray, lambda: tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(x)),
+                    lambda: x)
+    return tf.cast(tf.round(x * 255.0), image.dtype)
 
 
 def to_float(image):

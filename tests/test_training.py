@@ -86,3 +86,16 @@ def test_augmenter_applies_only_the_named_ops():
     out = every(image)
     assert out.shape == image.shape and out.dtype == tf.uint8
     assert augmenter((), (28, 28, 1)) is None
+
+
+def test_colour_jitter_keeps_shape_and_turns_gray_or_jitters_as_asked():
+    from models.inputs import colour_jitter
+
+    rgb = tf.constant(np.random.default_rng(0).integers(30, 220, (12, 10, 3), dtype=np.uint8))
+    gray = colour_jitter(rgb, p_jitter=0.0, p_gray=1.0).numpy()
+    assert gray.shape == (12, 10, 3) and (gray[..., 0] == gray[..., 1]).all() and (gray[..., 1] == gray[..., 2]).all()
+    assert np.array_equal(colour_jitter(rgb, p_jitter=0.0, p_gray=0.0).numpy(), rgb.numpy())
+    changed = [not np.array_equal(colour_jitter(rgb, p_jitter=1.0, p_gray=0.0).numpy(), rgb.numpy()) for _ in range(5)]
+    assert all(changed)
+    one = colour_jitter(tf.constant(rgb.numpy()[..., :1]), p_jitter=1.0)  # a gray image: brightness and contrast
+    assert one.shape == (12, 10, 1) and one.dtype == tf.uint8
