@@ -334,11 +334,12 @@ def data_source(cfg: PipelineConfig) -> str:
 
 
 def resolve_augment(cfg: PipelineConfig) -> PipelineConfig:
-    """train.augment=auto (or true) -> "crop,flip" for a mirror-symmetric source, "crop" for any other; false -> none.
+    """train.augment=auto (or true) -> "crop,flip" for a mirror-symmetric source; any other stays "auto" until its
+    images' channels are known (pipeline/tasks.py: "crop,color" for colour images, "crop" for gray); false -> none.
     The resolved value is what metrics.json records; a bad op list is an error naming it."""
     value = str(cfg.train.augment).strip().lower()
     if value in ("auto", "true", "1", "yes"):
-        value = "crop,flip" if data_source(cfg) in MIRROR_SYMMETRIC_SOURCES else "crop"
+        value = "crop,flip" if data_source(cfg) in MIRROR_SYMMETRIC_SOURCES else "auto"
     elif value in ("false", "0", "no", ""):
         value = "none"
     augment_ops(value)  # raises ValueError naming an unknown op

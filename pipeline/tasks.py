@@ -240,10 +240,21 @@ def backbone_choice(cfg: PipelineConfig, image_shape) -> dict:
     return {"setting": setting, "name": name, "reason": reason}
 
 
+def augment_choice(cfg: PipelineConfig, image_shape) -> str:
+    """train.augment as the run applies it: an ``auto`` left by pipeline/configs.py (a source not known to be
+    mirror-symmetric) -> "crop,color" for colour images (SimCLR's colour distortion: a photo's class does not depend
+    on its white balance), "crop" for gray ones."""
+    if cfg.train.augment != "auto":
+        return cfg.train.augment
+    return "crop,color" if int(image_shape[-1]) == 3 else "crop"
+
+
 def with_backbone(cfg: PipelineConfig, manifest: dict) -> PipelineConfig:
-    """``cfg`` with train.backbone resolved (:func:`backbone_choice`, recorded in the manifest by ``inputs``)."""
+    """``cfg`` with train.backbone resolved (:func:`backbone_choice`, recorded in the manifest by ``inputs``) and
+    train.augment (:func:`augment_choice`)."""
     choice = manifest.get("backbone") or backbone_choice(cfg, manifest["image_shape"])
-    return replace_path(cfg, "train.backbone", choice["name"])
+    cfg = replace_path(cfg, "train.backbone", choice["name"])
+    return replace_path(cfg, "train.augment", augment_choice(cfg, manifest["image_shape"]))
 
 
 # --------------------------------------------------------------------------------------- data locations

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from models import config, modes
+from pipeline import tasks
 from pipeline.configs import ALIASES, LEAVES, PRESETS, PipelineConfig, changed_paths, load_config, resolve_key
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -141,12 +142,17 @@ def test_beam_runner_is_pinned_and_its_args_come_from_the_config():
 
 def test_augmentation_auto_flips_only_a_mirror_symmetric_source(tmp_path):
     assert load_config("default").train.augment == "crop,flip"  # Fashion-MNIST: a mirrored garment is the same class
-    assert load_config("default", {"data.source": "folder:/data/digits"}).train.augment == "crop"
-    assert load_config("default", {"data.source": "tfrecord:/data/x"}).train.augment == "crop"
+    # another source's "auto" waits for its images' channels: crop, and colour distortion for colour images
+    own = load_config("default", {"data.source": "folder:/data/digits"})
+    assert own.train.augment == "auto" and own.train.test_time_flip == "off"
+    assert tasks.augment_choice(own, [28, 28, 1]) == "crop" and tasks.augment_choice(own, [56, 56, 3]) == "crop,color"
+    assert tasks.with_backbone(own, {"image_shape": [56, 56, 3]}).train.augment == "crop,color"
+    assert tasks.with_backbone(own, {"image_shape": [56, 56, 3]}).train.backbone == "resnet8/s2"
+    assert load_config("default", {"data.source": "tfrecord:/data/x"}).train.augment == "auto"
     prepared = tmp_path / "own"
     prepared.mkdir()
     (prepared / "manifest.json").write_text(json.dumps({"source": "folder:/data/digits"}))
-    assert load_config("default", {"data.data_dir": str(prepared)}).train.augment == "crop"  # the manifest's source
+    assert load_config("default", {"data.data_dir": str(prepared)}).train.augment == "auto"  # the manifest's source
     assert load_config("default", {"train.augment": "false"}).train.augment == "none"
     assert load_config("default", {"train.augment": "crop,rand_augment,erase"}).train.augment == "crop,rand_augment,erase"
     assert config.augment_ops("none") == () and config.augment_ops("auto") == ("crop",)  # alone: no mirror assumed

@@ -12,8 +12,10 @@ file at a time in Beam; what it needs first is known without decoding anything:
     (file, record index) locator a record.
 
 Memory: a byte a file (folders) or a locator a record (TFRecords, tens of bytes), never the pixels.
-Files in a class folder that are not images (``.DS_Store``, ``Thumbs.db``, sub-folders) are counted and listed,
-never dropped silently. Every problem raises :class:`DataError` naming the folder or class, the problem and the
+Hidden and system files (``.DS_Store``, ``._IMG_0001.jpg``, ``Thumbs.db``, ``__MACOSX/``) are skipped and counted;
+other files that are not images (notes, sub-folders) are counted and listed, never dropped silently. A symbolic
+link to nothing and class folders whose names differ only in case are refused here, when the folder is planned.
+The images' headers are surveyed (:func:`survey_images`) to choose the run's one image size and channel count. Every problem raises :class:`DataError` naming the folder or class, the problem and the
 count, with class names rather than indices.
 """
 
