@@ -147,7 +147,8 @@ def test_augmentation_auto_flips_only_a_mirror_symmetric_source(tmp_path):
     assert own.train.augment == "auto" and own.train.test_time_flip == "off"
     assert tasks.augment_choice(own, [28, 28, 1]) == "crop" and tasks.augment_choice(own, [56, 56, 3]) == "crop,color"
     assert tasks.with_backbone(own, {"image_shape": [56, 56, 3]}).train.augment == "crop,color"
-    assert tasks.with_backbone(own, {"image_shape": [56, 56, 3]}).train.backbone == "resnet8/s2"
+    assert tasks.with_backbone(own, {"image_shape": [56, 56, 3]}).train.backbone == "resnet20/s2"
+    assert tasks.with_backbone(own, {"image_shape": [28, 28, 1]}).train.backbone == "resnet8"
     assert load_config("default", {"data.source": "tfrecord:/data/x"}).train.augment == "auto"
     prepared = tmp_path / "own"
     prepared.mkdir()
