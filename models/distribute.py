@@ -285,7 +285,8 @@ def plain_copy(model):
     try:
         def as_float32(layer):
             config = layer.get_config()
-            config["dtype"] = "float32"
+            if isinstance(layer, keras.layers.Layer):  # not a bare keras.ops Operation (Keras Applications have them)
+                config["dtype"] = "float32"
             return layer.__class__.from_config(config)
 
         copy = keras.models.clone_model(model, clone_function=as_float32, recursive=True)

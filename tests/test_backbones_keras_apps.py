@@ -297,3 +297,17 @@ def test_nested_application_variables_round_trip(tmp_path):
     with pytest.raises(ValueError, match=r"missing from the file 206 .*unexpected in the file 45 "):
         load_backbone_weights(fresh, str(tmp_path))
     assert os.path.exists(tmp_path / backbones.WEIGHTS_FILE)
+
+
+def test_plain_copy_of_a_keras_application_classifier_keeps_its_outputs():
+    """What a multi-worker or mixed-precision Trainer exports (models.distribute.plain_copy): the nested application
+    holds bare keras.ops Operations, whose configs take no dtype."""
+    from models.distribute import plain_copy
+
+    model = build_classifier(build_backbone("keras:MobileNetV3Small", (32, 32, 3)), 4)
+    x = np.random.default_rng(0).uniform(0, 1, (4, 32, 32, 3)).astype("float32")
+    copy = plain_copy(model)
+    # batch statistics (training=True): inference-mode features of a fresh MobileNetV3 are ~1e-10, nothing to compare
+    ours, theirs = (keras.ops.convert_to_numpy(m(x, training=True)) for m in (copy, model))
+    assert np.abs(theirs).max() > 1e-3
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)
