@@ -3,6 +3,7 @@
 # runs in one session (this machine is shared and noisy), same net (resnet8 = the reference's ResNet),
 # batch 128, SGD momentum 0.9 cosine 0.05, weight decay 5e-4. Ours reads TFRecords of PNG bytes and
 # augments (crop + flip); the reference does neither.
+#   OUT: the table (default bench/results/speed_vs_reference.md)
 #   TORCH_PYTHON: a python with torch and numpy (python3 -m venv /tmp/torchvenv &&
 #                 /tmp/torchvenv/bin/pip install torch==2.13.0 numpy)
 set -euo pipefail
@@ -11,7 +12,7 @@ E=${E:-4}; ROUNDS=${ROUNDS:-2}; TORCH_PYTHON=${TORCH_PYTHON:-/tmp/torchvenv/bin/
 REF=$(cd .. && pwd)/shared/reference
 FM=$(tools/env create)/usr/share/datasets/fashion-mnist
 [ -d "$FM" ] || FM=/usr/share/datasets/fashion-mnist
-out=bench/results/speed_vs_reference.md
+out=${OUT:-bench/results/speed_vs_reference.md}
 rows=()
 for r in $(seq "$ROUNDS"); do
   ours=$(tools/env exec python bench/trainer_speed.py --epochs "$E" "$@" 2>/dev/null | tail -n1)

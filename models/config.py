@@ -94,6 +94,10 @@ class TrainConfig:
     # is the same class), "on" | "off". +0.0025 balanced accuracy uncalibrated, +0.004 calibrated, at twice the
     # serving compute (bench/results/calibration_sweep.md)
     test_time_flip: str = "auto"
+    # crop and flip on whole batches (models/inputs.py:batch_augmenter) rather than image by image: the same
+    # augmentation with other random draws, 1.04x a resnet8 epoch (bench/results/lever_ab.md); off (the per-image
+    # path) until its 3-seed accuracy check at the default schedule is done
+    batch_augment: bool = False
     seed: int = 0
     # XLA on this CPU was slower than TF's oneDNN kernels (7.9 vs 10.1 s/epoch for resnet8, 12.4k images).
     jit_compile: bool = False

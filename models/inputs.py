@@ -2,7 +2,7 @@
 
 Images are decoded once and cached in memory as uint8 (the labeled set of a long-tailed task is
 small); augmentation (pad-and-random-crop, horizontal flip, as in the CIFAR ResNet papers) runs
-after the cache so every epoch sees new crops.
+after the cache so every epoch sees new crops, on whole batches where it can (:func:`batch_augmenter`).
 """
 
 from __future__ import annotations
@@ -98,6 +98,43 @@ def augmenter(ops, image_shape, seed: int = 0):
         return image
 
     return apply
+
+
+BATCH_OPS = ("crop", "flip")  # the ops :func:`batch_augmenter` applies to a whole batch at once
+
+
+def batch_augmenter(ops, image_shape):
+    """uint8 (B, H, W, C) batch -> the same, each image augmented by ``ops`` in order with its own random draws, as
+    :func:`augmenter` does image by image; None when an op is not in BATCH_OPS (the caller augments per image then).
+    A few ops on the whole batch instead of a dataset map call per image: a resnet8 epoch on Fashion-MNIST-LT 1.04x
+    as fast (bench/results/lever_ab.md)."""
+    if not ops or any(op not in BATCH_OPS for op in ops):
+        return None
+    pad = max(1, (int(image_shape[0]) + 4) // 8)  # as augmenter's
+
+    def apply(images):
+        for op in ops:
+            images = batch_crop(images, pad) if op == "crop" else batch_flip(images)
+        return images
+
+    return apply
+
+
+def batch_crop(images, pad: int):
+    """Zero-pad each image of a (B, H, W, C) batch by ``pad`` pixels and crop it back at its own random offset
+    (uniform over the 2 * pad + 1 offsets a side, as tf.image.random_crop of the padded image)."""
+    shape = tf.shape(images)
+    b, h, w = shape[0], shape[1], shape[2]
+    padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
+    rows = tf.random.uniform([b, 1], 0, 2 * pad + 1, tf.int32) + tf.range(h)[tf.newaxis]
+    cols = tf.random.uniform([b, 1], 0, 2 * pad + 1, tf.int32) + tf.range(w)[tf.newaxis]
+    return tf.gather(tf.gather(padded, rows, axis=1, batch_dims=1), cols, axis=2, batch_dims=1)
+
+
+def batch_flip(images):
+    """Mirror each image of a (B, H, W, C) batch left-right with probability 1/2."""
+    flip = tf.random.uniform([tf.shape(images)[0], 1, 1, 1]) < 0.5
+    return tf.where(flip, tf.reverse(images, [2]), images)
 
 
 def colour_jitter(image, strength: float = 0.4, p_jitter: float = 0.8, p_gray: float = 0.2):

@@ -159,11 +159,16 @@ def labeled_dataset(cfg: config.TrainConfig, train_files, stats: dict, image_sha
         ds = decoded.shuffle(50_000, seed=seed, reshuffle_each_iteration=True).repeat()
     else:
         ds = sampling.resampled(decoded, stats["class_counts"], sampler, epochs, n, seed, first_epoch)
-    augment = inputs.augmenter(config.augment_ops(cfg.augment), image_shape, seed)
+    ops = config.augment_ops(cfg.augment)
+    on_batch = inputs.batch_augmenter(ops, image_shape) if cfg.batch_augment else None
+    augment = None if on_batch else inputs.augmenter(ops, image_shape, seed)
     if augment is not None:
         ds = ds.map(lambda x, *rest: (augment(x), *rest), num_parallel_calls=inputs.AUTOTUNE)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    if on_batch is not None:
+        ds = ds.map(lambda x, *rest: (on_batch(x), *rest), num_parallel_calls=inputs.AUTOTUNE)
     ds = ds.map(lambda x, *rest: (inputs.to_float(x), *rest), num_parallel_calls=inputs.AUTOTUNE)
-    return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(inputs.AUTOTUNE), steps
+    return ds.prefetch(inputs.AUTOTUNE), steps
 
 
 # ----------------------------------------------------------------------------- optimizer and callbacks

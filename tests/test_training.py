@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from models import toolkit
 from models.config import TrainConfig
 from models.heads import LearnableWeightScaling, NormedLinear
 from models.training import train
@@ -86,6 +87,36 @@ def test_augmenter_applies_only_the_named_ops():
     out = every(image)
     assert out.shape == image.shape and out.dtype == tf.uint8
     assert augmenter((), (28, 28, 1)) is None
+
+
+def test_batch_augmenter_crops_and_flips_each_image_on_its_own():
+    from models.inputs import batch_augmenter
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(1, 255, (64, 28, 28, 1), dtype=np.uint8)  # no zero pixel: padding shows where it is
+    padded = np.pad(images, [(0, 0), (4, 4), (4, 4), (0, 0)])
+    out = batch_augmenter(("crop",), (28, 28, 1))(tf.constant(images)).numpy()
+    offsets = []
+    for i in range(64):  # each output is one 28 x 28 window of its own padded image
+        hits = [(a, c) for a in range(9) for c in range(9) if np.array_equal(padded[i, a:a + 28, c:c + 28], out[i])]
+        assert len(hits) == 1, f"image {i}: not a window of its padded image"
+        offsets.append(hits[0])
+    assert len(set(offsets)) > 10  # drawn per image, not once for the batch
+    flipped = batch_augmenter(("flip",), (28, 28, 1))(tf.constant(images)).numpy()
+    same = [np.array_equal(flipped[i], images[i]) for i in range(64)]
+    mirror = [np.array_equal(flipped[i], images[i, :, ::-1]) for i in range(64)]
+    assert all(a or b for a, b in zip(same, mirror)) and 10 < sum(mirror) < 54
+    assert batch_augmenter(("crop", "color"), (28, 28, 3)) is None and batch_augmenter((), (28, 28, 1)) is None
+
+
+def test_labeled_dataset_batch_augment_gives_the_per_image_path_s_batches(tiny):
+    files, stats = tiny
+    for on in (False, True):
+        cfg = TrainConfig(batch_size=16, augment="crop,flip", batch_augment=on)
+        ds, steps = toolkit.labeled_dataset(cfg, files, stats, [28, 28, 1], "instance", 1)
+        x, y = next(iter(ds))
+        assert x.shape == (16, 28, 28, 1) and x.dtype == tf.float32 and y.shape == (16,)
+        assert 0.0 <= float(tf.reduce_min(x)) and float(tf.reduce_max(x)) <= 1.0
 
 
 def test_colour_jitter_keeps_shape_and_turns_gray_or_jitters_as_asked():
