@@ -4,8 +4,8 @@ pass, the optimizer update, Keras's fit loop and the callbacks, each timed alone
 Run inside the environment:
   tools/env exec python bench/epoch_profile.py [--epochs 3] [--set train.jit_compile=true ...] [--label L]
 Prints one JSON line (seconds for one epoch's worth of each part; the median over --epochs repeats), appends it to
-bench/results/epoch_profile.jsonl and renders bench/results/epoch_profile.md from every row there (--render: only that). Each part, for one epoch of the labeled set (the default preset's batch, backbone and
-augmentation):
+bench/results/epoch_profile.jsonl and renders bench/results/epoch_profile.md from every row there (--render: only
+that). Each part, for one epoch of the labeled set (the default preset's batch, backbone and augmentation):
   input          iterate the Trainer's own dataset (models.toolkit.labeled_dataset) alone, its cache warm
   forward        model(x, training=True) and the loss, on the same batches held in memory
   forward+grad   the same and the gradients (tape.gradient), no update
@@ -37,7 +37,7 @@ import tensorflow as tf  # noqa: E402
 
 from bench.common import append_rows, write_result  # noqa: E402
 from components.data.prepare import load_manifest  # noqa: E402
-from models import config, distribute, losses, toolkit  # noqa: E402
+from models import distribute, losses, toolkit  # noqa: E402
 from models.label_stats import derive_label_stats  # noqa: E402
 from pipeline.configs import load_config  # noqa: E402
 from pipeline.tasks import ensure_data, with_backbone  # noqa: E402

@@ -8,8 +8,9 @@ tens of percent within minutes (other tenants), so only a ratio measured turn by
 
 A variant is NAME:KEY=VALUE,KEY=VALUE (pipeline run's keys; the first variant is the baseline). Rows with
 bench.callbacks=keras compared Keras's own TensorBoard / ModelCheckpoint / BackupAndRestore (the Trainer's, then and
-now) with epoch-only subclasses of them (no batch hooks, so fit need not wait on each batch's logs): no gain, not kept. Prints a JSON line a
-variant and appends them to bench/results/lever_ab.jsonl; bench/results/lever_ab.md renders every recorded row.
+now) with epoch-only subclasses of them (no batch hooks, so fit need not wait on each batch's logs): no gain, not
+kept. Prints a JSON line a variant and appends them to bench/results/lever_ab.jsonl; bench/results/lever_ab.md
+renders every recorded row.
 Speed only: a lever that changes the numerics (bf16, XLA's fusion) is judged on accuracy by bench/default_run.py.
 """
 
