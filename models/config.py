@@ -99,7 +99,8 @@ class TrainConfig:
     # path) until its 3-seed accuracy check at the default schedule is done
     batch_augment: bool = False
     seed: int = 0
-    # XLA on this CPU was slower than TF's oneDNN kernels (7.9 vs 10.1 s/epoch for resnet8, 12.4k images).
+    # XLA on this CPU is slower than TF's oneDNN kernels: 0.60x the float32 default's resnet8 epoch, paired turn by
+    # turn (bench/results/lever_ab.md)
     jit_compile: bool = False
     steps_per_execution: int = 1  # >1 runs several steps per tf.function call (less Python overhead)
     max_steps_per_epoch: int | None = None  # smoke runs only

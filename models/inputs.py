@@ -2,7 +2,8 @@
 
 Images are decoded once and cached in memory as uint8 (the labeled set of a long-tailed task is
 small); augmentation (pad-and-random-crop, horizontal flip, as in the CIFAR ResNet papers) runs
-after the cache so every epoch sees new crops, on whole batches where it can (:func:`batch_augmenter`).
+after the cache so every epoch sees new crops: per image by default (:func:`augmenter`), or on whole batches with
+``train.batch_augment`` (:func:`batch_augmenter`: crop and flip only).
 """
 
 from __future__ import annotations
@@ -70,13 +71,18 @@ def augment(image, pad: int = 4, flip: bool = True):
     return tf.image.random_flip_left_right(image) if flip else image
 
 
+def crop_pad(image_shape) -> int:
+    """The random crop's padding for an image height: 4 for 28 and 32 pixels, as in the CIFAR ResNet papers."""
+    return max(1, (int(image_shape[0]) + 4) // 8)
+
+
 def augmenter(ops, image_shape, seed: int = 0):
     """uint8 (H, W, C) image -> the same, augmented by ``ops`` (models.config.AUGMENT_OPS) in order; None when no op."""
     if not ops:
         return None
     import keras  # local: only augmentations with Keras layers need it
 
-    pad = max(1, (int(image_shape[0]) + 4) // 8)  # 4 for 28 and 32 pixels, as in the CIFAR ResNet papers
+    pad = crop_pad(image_shape)
     layers = {}
     if "rand_augment" in ops:
         layers["rand_augment"] = keras.layers.RandAugment(value_range=(0, 255), num_ops=2, factor=0.5, seed=seed)
@@ -110,7 +116,7 @@ def batch_augmenter(ops, image_shape):
     as fast (bench/results/lever_ab.md)."""
     if not ops or any(op not in BATCH_OPS for op in ops):
         return None
-    pad = max(1, (int(image_shape[0]) + 4) // 8)  # as augmenter's
+    pad = crop_pad(image_shape)
 
     def apply(images):
         for op in ops:
