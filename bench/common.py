@@ -27,14 +27,19 @@ def write_result(path: str, title: str, description: str, table: str) -> str:
     return path
 
 
+def read_rows(path: str) -> list[dict]:
+    """Every row of the JSON-lines record at ``path``, in the order they were recorded."""
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def append_rows(path: str, rows: list[dict]) -> list[dict]:
     """Append ``rows`` to the JSON-lines record at ``path`` (one row per line; created when missing); return every row
     it now holds, the ones earlier runs recorded first."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "a") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return read_rows(path)
 
 
 def pool_arguments(rho_u: str, pool_head: int, pool_head_help: str, epochs_help: str) -> argparse.ArgumentParser:

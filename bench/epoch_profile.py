@@ -35,10 +35,8 @@ JSONL = os.path.join(ROOT, "bench", "results", "epoch_profile.jsonl")
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from bench.common import append_rows, write_result  # noqa: E402
-from components.data.prepare import load_manifest  # noqa: E402
+from bench.common import append_rows, prepared, read_rows, write_result  # noqa: E402
 from models import distribute, losses, toolkit  # noqa: E402
-from models.label_stats import derive_label_stats  # noqa: E402
 from pipeline.configs import load_config  # noqa: E402
 from pipeline.tasks import ensure_data, with_backbone  # noqa: E402
 
@@ -66,14 +64,11 @@ def main() -> int:
         return 0
     overrides = dict(o.split("=", 1) for o in a.overrides)
     cfg_all = load_config("default", overrides)  # the default preset as `make run` trains it, with the --set levers
-    data = ensure_data(cfg_all)
-    manifest = load_manifest(data)
-    counts = manifest["splits"]["labeled"]["per_class_counts"]
-    stats = derive_label_stats(counts, manifest["class_names"])
+    manifest, stats, split_files = prepared(ensure_data(cfg_all))
     image_shape = manifest["image_shape"]
     cfg = with_backbone(cfg_all, manifest).train
     distribute.set_mixed_precision(cfg.mixed_precision)
-    files = [os.path.join(data, f) for f in manifest["splits"]["labeled"]["files"]]
+    files = split_files["labeled"]
     keras.utils.set_random_seed(cfg.seed)
     ds, steps = toolkit.labeled_dataset(cfg, files, stats, image_shape, cfg.sampler, cfg.epochs)
     it = iter(ds)
@@ -150,11 +145,6 @@ def main() -> int:
 
 PARTS = ["input", "forward", "forward+grad", "train step", "fit, memory", "+ progress", "+ TensorBoard", "+ checkpoints",
          "fit, callbacks", "fit, real"]
-
-
-def read_rows(path: str) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def render(rows: list[dict]) -> None:

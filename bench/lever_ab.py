@@ -30,10 +30,8 @@ JSONL = os.path.join(ROOT, "bench", "results", "lever_ab.jsonl")
 
 import keras  # noqa: E402
 
-from bench.common import append_rows, write_result  # noqa: E402
-from components.data.prepare import load_manifest  # noqa: E402
+from bench.common import append_rows, prepared, read_rows, write_result  # noqa: E402
 from models import distribute, losses, toolkit  # noqa: E402
-from models.label_stats import derive_label_stats  # noqa: E402
 from pipeline.configs import load_config  # noqa: E402
 from pipeline.tasks import ensure_data, with_backbone  # noqa: E402
 
@@ -52,21 +50,24 @@ def main() -> int:
     p.add_argument("--render", action="store_true")
     a = p.parse_args()
     if a.render:
-        with open(JSONL) as f:
-            render([json.loads(line) for line in f if line.strip()])
+        render(read_rows(JSONL))
         return 0
     variants = [parse_variant(v) for v in a.variant] or [("default", {})]
     os.makedirs(os.path.join(ROOT, "runs"), exist_ok=True)
-    work = tempfile.mkdtemp(dir=os.path.join(ROOT, "runs"), prefix="lever-ab-")  # the checkout: rootfs mode's /tmp
+    with tempfile.TemporaryDirectory(dir=os.path.join(ROOT, "runs"), prefix="lever-ab-") as work:  # rootfs mode's /tmp
+        rows = measure(a, variants, work)  # is not the host's: the checkout's runs/
+    render(append_rows(JSONL, rows))
+    return 0
+
+
+def measure(a: argparse.Namespace, variants: list[tuple[str, dict]], work: str) -> list[dict]:
     built = []
     for name, overrides in variants:
         cfg_all = load_config("default", overrides)
-        data = ensure_data(cfg_all)
-        manifest = load_manifest(data)
-        stats = derive_label_stats(manifest["splits"]["labeled"]["per_class_counts"], manifest["class_names"])
+        manifest, stats, split_files = prepared(ensure_data(cfg_all))
         image_shape = manifest["image_shape"]
         cfg = with_backbone(cfg_all, manifest).train
-        files = [os.path.join(data, f) for f in manifest["splits"]["labeled"]["files"]]
+        files = split_files["labeled"]
         distribute.set_mixed_precision(cfg.mixed_precision)  # layers take the policy when built
         keras.utils.set_random_seed(cfg.seed)
         ds, steps = toolkit.labeled_dataset(cfg, files, stats, image_shape, cfg.sampler, cfg.epochs)
@@ -107,8 +108,7 @@ def main() -> int:
                      "baseline": base["name"], "date": time.strftime("%Y-%m-%d"),
                      "keras_backend": keras.backend.backend()})
         print(json.dumps(rows[-1]))
-    render(append_rows(JSONL, rows))
-    return 0
+    return rows
 
 
 def render(rows: list[dict]) -> None:

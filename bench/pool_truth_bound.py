@@ -30,7 +30,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.common import append_rows, evaluate, prepared, run_fn_args, write_result  # noqa: E402
+from bench.common import append_rows, evaluate, prepared, read_rows, run_fn_args, write_result  # noqa: E402
 
 JSONL = os.path.join(ROOT, "bench", "results", "pool_truth_bound.jsonl")
 RUNS_JSONL = os.path.join(ROOT, "bench", "results", "default_run.jsonl")
@@ -46,8 +46,7 @@ def one(pattern: str) -> str:
 def run_row(runs_root: str) -> dict:
     """The default_run.jsonl row of this runs root: its label, seed and settings."""
     rel = os.path.relpath(os.path.abspath(runs_root), ROOT)
-    with open(RUNS_JSONL) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+    rows = read_rows(RUNS_JSONL)
     found = [r for r in rows if r["out"].startswith(rel + os.sep)]
     if len(found) != 1:
         raise SystemExit(f"error: {len(found)} rows of {RUNS_JSONL} have their output under {rel} (expected 1)")
