@@ -39,6 +39,7 @@ from tfx.types.component_spec import ExecutionParameter
 from tfx.utils import proto_utils
 
 from components.data.errors import DataError
+from components.data.image_survey import fitting_events, fitting_record
 from components.data.longtail import SplitSpec
 from components.data.own_data import CODE_OF_SPLIT, SPLIT_OF_OUTPUT, OwnDataPlan, image_files, plan_own_data
 from components.data.prepare import encode_png, image_digest
@@ -106,22 +107,10 @@ class _DecodeAndCheck(beam.DoFn):
         if split == "unlabeled":
             label = None
         pixels = image.numpy()
-        h, w, c = (int(d) for d in native.numpy())
-        orientation = int(orientation)
-        if orientation in (5, 6, 7, 8):
-            h, w = w, h
-        if orientation != 1:
-            yield beam.pvalue.TaggedOutput(self.FITTING, ("exif_rotated", 1))
-        if (h, w) != (self._target.height, self._target.width):
-            yield beam.pvalue.TaggedOutput(self.FITTING, ("resized", 1))
-        if c != self._target.channels:
-            yield beam.pvalue.TaggedOutput(self.FITTING, (f"converted {_CHANNEL_NAMES[c]} to "
-                                                          f"{_CHANNEL_NAMES[self._target.channels]}", 1))
+        for event in fitting_events(native.numpy(), int(orientation), self._target):
+            yield beam.pvalue.TaggedOutput(self.FITTING, (event, 1))
         yield beam.pvalue.TaggedOutput(self.DIGESTS, (image_digest(pixels), (split, where)))
         yield split, -1 if label is None else label, _example(encode_png(pixels), label)
-
-
-_CHANNEL_NAMES = {1: "gray", 2: "gray+alpha", 3: "RGB", 4: "RGBA"}
 
 
 _SPLIT_RANK = {"labeled": 0, "unlabeled": 1, "validation": 2, "test": 3}  # prepare-data's order of its splits
@@ -326,13 +315,10 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
         if config.get("bad_files") == "skip":  # counted and listed, in the report and metrics.json, not errors
             skipped = {p: {"count": c, "samples": s} for p, (c, s) in problems if p in SKIPPABLE}
             problems = [(p, cs) for p, cs in problems if p not in SKIPPABLE]
-        converted = {k: v for k, v in sorted(fitting.items()) if k.startswith("converted")}
         report = {"source": plan.source, "class_names": class_names, "image_shape": config["image_shape"],
                   "splits": per_split,
                   # what fitting every image to the run's one size did (models/image_fit.py), counted over all splits
-                  "image_fit": {**config["image_fit"], "resized": fitting.get("resized", 0),
-                                "converted": sum(converted.values()), "conversions": converted,
-                                "exif_rotated": fitting.get("exif_rotated", 0)},
+                  "image_fit": {**config["image_fit"], **fitting_record(fitting)},
                   "non_image_files": len(plan.non_image_files), "non_image_file_samples": plan.non_image_files[:20],
                   "hidden_files": len(plan.hidden_files), "hidden_file_samples": plan.hidden_files[:20],
                   "skipped_files": skipped, "bad_files": config.get("bad_files", "error"),

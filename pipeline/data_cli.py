@@ -45,6 +45,11 @@ def add_prepare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pool-relevance", type=float, default=1.0,
                    help="in-domain fraction of the unlabeled pool; the rest becomes MNIST digits (default 1)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size", default="auto", help="folder / TFRecord sources: auto | H,W | S, the one size "
+                   "every image is fitted to (auto: their own when they share one, else the median side, capped)")
+    p.add_argument("--channels", default="auto", help="auto (3 when any image is colour) | 1 | 3")
+    p.add_argument("--image-fit", default="resize", choices=("resize", "crop", "pad"),
+                   help="how an image of another size is fitted: resize, crop to the aspect ratio, pad")
     p.add_argument("--shard-size", type=int, default=10000, help="records per TFRecord shard")
     p.add_argument("--force", action="store_true", help="rebuild even if the output exists")
 
@@ -59,7 +64,8 @@ def spec_from_args(a: argparse.Namespace) -> SplitSpec:
 
 
 def run_prepare(a: argparse.Namespace) -> str:
-    out = ensure_prepared(a.source, spec_from_args(a), a.source_dir, a.out, a.shard_size, force=a.force)
+    out = ensure_prepared(a.source, spec_from_args(a), a.source_dir, a.out, a.shard_size, force=a.force,
+                          image_settings=(a.image_size, a.channels, a.image_fit))
     splits = Manifest.load(out).splits
     for name in SPLITS:
         entry = splits[name]

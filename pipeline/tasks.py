@@ -290,7 +290,8 @@ def ensure_data(cfg: PipelineConfig) -> str:
     if cfg.data.data_dir:
         Manifest.load(cfg.data.data_dir)  # raises a named error if it is not a prepared dataset
         return os.path.abspath(cfg.data.data_dir)
-    return os.path.abspath(ensure_prepared(cfg.data.source, split_spec(cfg), cfg.data.source_dir))
+    return os.path.abspath(ensure_prepared(cfg.data.source, split_spec(cfg), cfg.data.source_dir,
+                                           image_settings=(cfg.data.image_size, cfg.data.channels, cfg.data.image_fit)))
 
 
 def regression_csv_dir(cfg: PipelineConfig) -> str:

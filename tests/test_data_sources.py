@@ -54,11 +54,60 @@ def test_image_folder_corrupt_images_are_counted_and_named(tmp_path):
     assert "dog/0.png" in msg
 
 
-def test_image_folder_mixed_shapes_are_counted(tmp_path):
-    root = make_folder(tmp_path)
-    (root / "train" / "cat" / "odd.png").write_bytes(encode_png(_img((10, 12, 3))))
-    with pytest.raises(DataError, match=r"differ in shape.*odd.png.*\(1 example affected\)"):
-        read_image_folder(str(root))
+def _jpeg(image, mode="RGB"):
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image, mode).save(buf, "JPEG", quality=95)
+    return buf.getvalue()
+
+
+def _png(image, mode):
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image, mode).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_image_folder_of_mixed_sizes_and_colour_modes_is_fitted_to_one_shape(tmp_path):
+    """prepare-data's folder reader fits as OwnDataExampleGen does (was: refused the first shape that differed):
+    colour wins, the median size is chosen, each file is fitted by models/image_fit.py and the manifest says so."""
+    root = make_folder(tmp_path)  # 12 x 12 RGB PNGs
+    odd = {"train/cat/wide.JPG": _jpeg(_img((10, 16, 3))), "train/dog/gray.jpeg": _jpeg(_img((12, 12, 1)), "L"),
+           "test/owl/rgba.png": _png(_img((14, 9, 4)), "RGBA"), "unlabeled/u9.jpg": _jpeg(_img((20, 20, 3)))}
+    for name, data in odd.items():
+        (root / name).write_bytes(data)
+    raw = read_image_folder(str(root))
+    assert raw.train_images.shape == (34, 12, 12, 3) and raw.test_images.shape == (10, 12, 12, 3)
+    assert raw.extra_unlabeled.shape == (6, 12, 12, 3)
+    fit = raw.image_fit
+    assert (fit["height"], fit["width"], fit["channels"], fit["method"]) == (12, 12, 3, "resize")
+    assert fit["resized"] == 3 and fit["converted"] == 2
+    assert fit["conversions"] == {"converted RGBA to RGB": 1, "converted gray to RGB": 1}
+    assert fit["survey"]["images"] == 50
+    # a 12 x 12 RGB image is stored bit for bit, as before
+    plain = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(root / "train" / "cat" / "0.png"))
+    assert (raw.train_images[0] == plain).all()
+    manifest = prepare(raw, SplitSpec(rho=None, val_per_class=2), str(tmp_path / "out"), log=lambda m: None)
+    assert manifest["image_shape"] == [12, 12, 3] and manifest["image_fit"]["resized"] == 3
+    assert load_manifest(str(tmp_path / "out"))["image_fit"]["conversions"] == fit["conversions"]
+
+
+def test_image_folder_honours_the_image_settings_and_matches_the_served_fit(tmp_path):
+    from models.image_fit import ImageFit, fit_image
+
+    root = make_folder(tmp_path, per_class=(3, 3, 3), unlabeled=0)
+    wide = _jpeg(_img((10, 16, 3)))
+    (root / "train" / "cat" / "wide.jpg").write_bytes(wide)
+    raw = read_source(f"folder:{root}", image_settings=("8,6", "1", "crop"))
+    assert raw.train_images.shape[1:] == (8, 6, 1) and raw.image_fit["image_size_setting"] == "8,6"
+    served = fit_image(tf.constant(wide), ImageFit(8, 6, 1, "crop"))[0].numpy()
+    assert (raw.train_images[3] == served).all()  # the file the served model would fit the same way
 
 
 def _write_records(path, items):
@@ -85,6 +134,13 @@ def test_tfrecords_read_with_unlabeled(tmp_path):
     raw = read_source(f"tfrecord:{make_tfrecords(tmp_path, [0, 0, 1, 2, 2, 2])}")
     assert raw.class_names == CLASSES and raw.train_labels.tolist() == [0, 0, 1, 2, 2, 2]
     assert raw.extra_unlabeled.shape == (4, 12, 12, 3)
+
+
+def test_tfrecords_of_mixed_sizes_are_fitted(tmp_path):
+    images = [encode_png(_img()), _jpeg(_img((30, 20, 3))), encode_png(_img((12, 12, 1)))]
+    raw = read_tfrecords(str(make_tfrecords(tmp_path, [0, 1, 2], train_images=images)))
+    assert raw.train_images.shape == (3, 12, 12, 3)
+    assert raw.image_fit["resized"] == 1 and raw.image_fit["conversions"] == {"converted gray to RGB": 1}
 
 
 def test_tfrecords_out_of_range_labels_are_counted(tmp_path):

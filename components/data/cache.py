@@ -20,8 +20,10 @@ import sys
 
 from components.data.longtail import SplitSpec
 from components.data.prepare import FORMAT_VERSION, MANIFEST, prepare_from_source
+from components.data.sources import IMAGE_SETTINGS
 
 DATA_ROOT = "data"
+FITTED_SOURCES = ("folder", "tfrecord")  # the sources of encoded images, fitted to image_settings
 
 
 def parse_order(text: str):
@@ -39,11 +41,13 @@ def spec_from_data_config(data) -> SplitSpec:
                      seed=data.seed)
 
 
-def default_data_dir(source: str, spec: SplitSpec, shard_size: int = 10000) -> str:
+def default_data_dir(source: str, spec: SplitSpec, shard_size: int = 10000, image_settings=IMAGE_SETTINGS) -> str:
     """A readable name plus a hash of every setting, so different settings never share a folder."""
     settings = dataclasses.asdict(spec)
     if settings["pool_relevance"] == 1.0:  # the default: the knob adds nothing to the key
         del settings["pool_relevance"]
+    if source.partition(":")[0] in FITTED_SOURCES:  # decoded by models/image_fit.py since 2026-12-07 (was Pillow)
+        settings["image_settings"] = list(image_settings)
     key = json.dumps({"source": source, "shard_size": shard_size, "format_version": FORMAT_VERSION, **settings},
                      sort_keys=True, default=list)
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", source).strip("_")[:40]
@@ -60,14 +64,15 @@ def _stderr(message: str) -> None:
 
 
 def ensure_prepared(source: str, spec: SplitSpec, source_dir: str | None = None, out: str | None = None,
-                    shard_size: int = 10000, force: bool = False, log=_stderr) -> str:
+                    shard_size: int = 10000, force: bool = False, log=_stderr, image_settings=IMAGE_SETTINGS) -> str:
     """The folder of ``source`` prepared with ``spec``: ``out``, or ``default_data_dir`` when None; prepared now
-    unless it already holds a manifest (``force``: prepared again all the same).
+    unless it already holds a manifest (``force``: prepared again all the same). ``image_settings``: (data.image_size,
+    data.channels, data.image_fit), which a folder's or TFRecords' images are fitted to.
 
     Concurrent callers for one folder take turns on ``<out>.lock``; one that waited re-checks the manifest and
     reuses what the first wrote. Returns ``out`` as given (or the default, relative to the working directory).
     """
-    out = out or default_data_dir(source, spec, shard_size)
+    out = out or default_data_dir(source, spec, shard_size, image_settings)
     if not force and _is_prepared(out):
         log(f"[prepare-data] {out} is prepared; reusing it")
         return out
@@ -82,5 +87,5 @@ def ensure_prepared(source: str, spec: SplitSpec, source_dir: str | None = None,
             log(f"[prepare-data] {out} is prepared; reusing it")
             return out
         log(f"[prepare-data] preparing {out}")
-        prepare_from_source(source, spec, out, source_dir, shard_size)
+        prepare_from_source(source, spec, out, source_dir, shard_size, image_settings)
     return out  # closing the file releases the lock

@@ -176,3 +176,27 @@ def describe_fit(record: dict) -> str:
             f"({record['reason']}); each image {how[record['method']]}, EXIF orientation applied, alpha dropped; "
             f"of {s.get('images', 0)} images surveyed, {record['planned_resized']} are resized and "
             f"{record['planned_converted']} converted")
+
+
+CHANNEL_NAMES = {1: "gray", 2: "gray+alpha", 3: "RGB", 4: "RGBA"}
+
+
+def fitting_events(native, orientation: int, fit: ImageFit) -> list[str]:
+    """What fitting one image to ``fit`` did, from :func:`models.image_fit.fit_image`'s [h, w, c] as decoded and its
+    EXIF orientation: any of ``exif_rotated``, ``resized``, ``converted <from> to <to>``."""
+    h, w, c = (int(d) for d in native)
+    if orientation in _SWAPPING_ORIENTATIONS:
+        h, w = w, h
+    events = ["exif_rotated"] if orientation != 1 else []
+    if (h, w) != (fit.height, fit.width):
+        events.append("resized")
+    if c != fit.channels:
+        events.append(f"converted {CHANNEL_NAMES[c]} to {CHANNEL_NAMES[fit.channels]}")
+    return events
+
+
+def fitting_record(counts) -> dict:
+    """The ``image_fit`` counts of metrics.json / the manifest from :func:`fitting_events` counted over all images."""
+    conversions = {k: v for k, v in sorted(counts.items()) if k.startswith("converted")}
+    return {"resized": counts.get("resized", 0), "converted": sum(conversions.values()), "conversions": conversions,
+            "exif_rotated": counts.get("exif_rotated", 0)}

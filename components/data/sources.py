@@ -1,8 +1,9 @@
 """Image sources that data preparation draws from.
 
-Each reader returns a :class:`RawData` held in memory as uint8 arrays (N, H, W, C). Every check
-that fails raises :class:`DataError` naming the file or split, the problem and the count; nothing
-is dropped silently.
+Each reader returns a :class:`RawData` held in memory as uint8 arrays (N, H, W, C). The images of a folder or
+TFRecord source, of any size, format and colour mode, are fitted to one shape as OwnDataExampleGen fits them
+(:func:`fit_encoded`). Every check that fails raises :class:`DataError` naming the file or split, the problem and
+the count; nothing is dropped silently.
 
 Sources:
   * ``fashion_mnist``: the IDX files of the Debian package ``dataset-fashion-mnist``.
@@ -61,6 +62,7 @@ class RawData:
     extra_unlabeled: np.ndarray | None = None  # images with no labels at all (e.g. SVHN extra)
     val_images: np.ndarray | None = None  # the source's own validation split (a val/ folder, val*.tfrecord files)
     val_labels: np.ndarray | None = None
+    image_fit: dict | None = None  # encoded sources: the one shape their images were fitted to, and what it did
 
     @property
     def num_classes(self) -> int:
@@ -78,7 +80,7 @@ def check_labels(labels: np.ndarray, num_classes: int, where: str) -> np.ndarray
 
 
 def decode_image(data: bytes) -> np.ndarray:
-    """Encoded image bytes -> uint8 (H, W, C); raises ValueError when undecodable."""
+    """Encoded image bytes -> uint8 (H, W, C) as stored (Pillow; no conversion); raises ValueError when undecodable."""
     from PIL import Image  # local: only the readers of encoded images need Pillow
 
     with Image.open(io.BytesIO(data)) as img:
@@ -91,29 +93,50 @@ def decode_image(data: bytes) -> np.ndarray:
     return arr
 
 
-def _stack(images: list[np.ndarray], names: list[str], where: str) -> np.ndarray:
-    shapes: dict[tuple, list[str]] = {}
-    for img, name in zip(images, names):
-        shapes.setdefault(img.shape, []).append(name)
-    if len(shapes) > 1:
-        common = max(shapes, key=lambda s: len(shapes[s]))
-        odd = [n for s, ns in shapes.items() if s != common for n in ns]
-        raise DataError(where, f"images differ in shape from the common {common} (e.g. {odd[:3]})", len(odd))
-    if not images:
-        return np.zeros((0, 0, 0, 0), np.uint8)
-    return np.stack(images)
+IMAGE_SETTINGS = ("auto", "auto", "resize")  # data.image_size, data.channels, data.image_fit: their defaults
 
 
-def _decode_all(blobs: list[bytes], names: list[str], where: str) -> np.ndarray:
-    images, bad = [], []
-    for blob, name in zip(blobs, names):
-        try:
-            images.append(decode_image(blob))
-        except Exception as e:  # PIL raises several types for corrupt data
-            bad.append(f"{name} ({type(e).__name__}: {e})")
-    if bad:
-        raise DataError(where, f"images that do not decode, e.g. {bad[:3]}", len(bad))
-    return _stack(images, names, where)
+@dataclasses.dataclass
+class Encoded:
+    """One split's encoded images as a source holds them, before they are fitted to the run's one shape."""
+
+    where: str  # the split's folder or file pattern, for errors
+    blobs: list[bytes]
+    names: list[str]  # each image's file (or file#record)
+
+
+def fit_encoded(parts: list[Encoded], settings=IMAGE_SETTINGS, where: str = "") -> tuple[list[np.ndarray], dict]:
+    """Every split's images fitted to one size and channel count, as OwnDataExampleGen fits them (the same survey,
+    the same choice, the same TensorFlow ops: models/image_fit.py, so the served model sees what training saw);
+    returns (uint8 (N, H, W, C) a part, the fit's record with what fitting did). Images that do not decode raise one
+    DataError a split naming them and their count."""
+    import collections
+
+    import tensorflow as tf
+
+    from components.data.image_survey import ImageSurvey, fitting_events, fitting_record, resolve_fit
+    from models.image_fit import fitter
+
+    survey = ImageSurvey()
+    for part in parts:
+        for blob, name in zip(part.blobs, part.names):
+            survey.add(blob, name)
+    fit, record = resolve_fit(survey, *settings, where=where)
+    fitted, counts, apply = [], collections.Counter(), fitter(fit)
+    for part in parts:
+        images, bad = [], []
+        for blob, name in zip(part.blobs, part.names):
+            try:
+                image, native, orientation = apply(tf.constant(blob))
+            except tf.errors.InvalidArgumentError as e:  # unknown format, truncated or corrupt data
+                bad.append(f"{name} ({e.message.splitlines()[0].split('}}')[-1].strip()})")
+                continue
+            counts.update(fitting_events(native.numpy(), int(orientation), fit))
+            images.append(image.numpy())
+        if bad:
+            raise DataError(part.where, f"images that do not decode, e.g. {bad[:3]}", len(bad))
+        fitted.append(np.stack(images) if images else np.zeros((0, *fit.shape), np.uint8))
+    return fitted, {**record, **fitting_record(counts)}
 
 
 # ------------------------------------------------------------------------- Fashion-MNIST (IDX)
@@ -180,7 +203,8 @@ def _list_images(folder: str) -> list[str]:
     return sorted(p for p in glob.glob(os.path.join(folder, "*")) if p.lower().endswith(IMAGE_SUFFIXES))
 
 
-def read_image_folder(root: str) -> RawData:
+def read_image_folder(root: str, image_settings=IMAGE_SETTINGS) -> RawData:
+    """A class-folder source; its images, of any size and colour mode, fitted to one shape (:func:`fit_encoded`)."""
     train_dir = os.path.join(root, "train")
     if not os.path.isdir(train_dir):
         raise DataError(root, "no train/ folder (expected train/<class>/*, test/<class>/*, optional unlabeled/)",
@@ -189,7 +213,14 @@ def read_image_folder(root: str) -> RawData:
     if not class_names:
         raise DataError(train_dir, "no class sub-folders")
 
-    def labeled(split: str):
+    def encoded(folder: str, paths: list[str]) -> Encoded:
+        blobs = []
+        for p in paths:
+            with open(p, "rb") as f:
+                blobs.append(f.read())
+        return Encoded(folder, blobs, paths)
+
+    def labeled(split: str) -> tuple[Encoded, np.ndarray]:
         split_dir = os.path.join(root, split)
         if not os.path.isdir(split_dir):
             raise DataError(root, f"no {split}/ folder")
@@ -203,22 +234,28 @@ def read_image_folder(root: str) -> RawData:
             labels += [label] * len(files)
         if not paths:
             raise DataError(split_dir, "no images")
-        images = _decode_all([open(p, "rb").read() for p in paths], paths, split_dir)
-        return images, np.asarray(labels, np.int64)
+        return encoded(split_dir, paths), np.asarray(labels, np.int64)
 
-    xtr, ytr = labeled("train")
-    xte, yte = labeled("test")
-    xva = yva = None
+    parts = {"train": labeled("train"), "test": labeled("test")}
     val_dir = validation_folder(root)
     if val_dir:
-        xva, yva = labeled(os.path.basename(val_dir))
-        check_validation_classes(np.bincount(yva, minlength=len(class_names)), class_names, val_dir)
-    extra = None
+        parts["val"] = labeled(os.path.basename(val_dir))
+        check_validation_classes(np.bincount(parts["val"][1], minlength=len(class_names)), class_names, val_dir)
     unl_dir = os.path.join(root, "unlabeled")
-    if os.path.isdir(unl_dir):
-        paths = _list_images(unl_dir)
-        extra = _decode_all([open(p, "rb").read() for p in paths], paths, unl_dir) if paths else None
-    return RawData(f"folder:{root}", class_names, xtr, ytr, xte, yte, extra, xva, yva)
+    unl_paths = _list_images(unl_dir) if os.path.isdir(unl_dir) else []
+    if unl_paths:
+        parts["unlabeled"] = (encoded(unl_dir, unl_paths), None)
+    return _raw_data(f"folder:{root}", class_names, parts, image_settings)
+
+
+def _raw_data(name: str, class_names: list[str], parts: dict, image_settings) -> RawData:
+    """RawData from each split's (Encoded, labels), every image fitted to the run's one shape."""
+    keys = list(parts)
+    images, record = fit_encoded([parts[k][0] for k in keys], image_settings, where=name)
+    x = dict(zip(keys, images))
+    y = {k: parts[k][1] for k in keys}
+    return RawData(name, class_names, x["train"], y["train"], x["test"], y["test"], x.get("unlabeled"),
+                   x.get("val"), y.get("val"), image_fit=record)
 
 
 # ------------------------------------------------------------------------- TFRecords
@@ -244,10 +281,10 @@ def _read_tfrecords(pattern: str, need_label: bool, num_classes: int | None):
         except tf.errors.DataLossError as e:
             raise DataError(path, f"corrupt TFRecord file ({e.message.splitlines()[0]})") from e
     problems.raise_if_any(pattern)
-    images = _decode_all(blobs, names, pattern)
+    encoded = Encoded(pattern, blobs, names)
     if not need_label:
-        return images, None
-    return images, check_labels(np.asarray(labels), num_classes, pattern)
+        return encoded, None
+    return encoded, check_labels(np.asarray(labels), num_classes, pattern)
 
 
 class LabelProblems:
@@ -283,7 +320,8 @@ class LabelProblems:
 VALIDATION_RECORDS = "val*.tfrecord*"  # a TFRecord source's own validation split (val-*, validation-*)
 
 
-def read_tfrecords(root: str) -> RawData:
+def read_tfrecords(root: str, image_settings=IMAGE_SETTINGS) -> RawData:
+    """A TFRecord source; its images, of any size and colour mode, fitted to one shape (:func:`fit_encoded`)."""
     classes_file = os.path.join(root, "classes.txt")
     if os.path.exists(classes_file):
         class_names = [line.strip() for line in open(classes_file) if line.strip()]
@@ -301,17 +339,15 @@ def read_tfrecords(root: str) -> RawData:
                     largest = max(largest, feats["label"].int64_list.value[0])
         num_classes = largest + 1
         class_names = [f"class_{i}" for i in range(num_classes)]
-    xtr, ytr = _read_tfrecords(os.path.join(root, "train*.tfrecord*"), True, num_classes)
-    xte, yte = _read_tfrecords(os.path.join(root, "test*.tfrecord*"), True, num_classes)
-    xva = yva = None
+    parts = {"train": _read_tfrecords(os.path.join(root, "train*.tfrecord*"), True, num_classes),
+             "test": _read_tfrecords(os.path.join(root, "test*.tfrecord*"), True, num_classes)}
     if glob.glob(os.path.join(root, VALIDATION_RECORDS)):
-        xva, yva = _read_tfrecords(os.path.join(root, VALIDATION_RECORDS), True, num_classes)
-        check_validation_classes(np.bincount(yva, minlength=len(class_names)), class_names,
+        parts["val"] = _read_tfrecords(os.path.join(root, VALIDATION_RECORDS), True, num_classes)
+        check_validation_classes(np.bincount(parts["val"][1], minlength=len(class_names)), class_names,
                                  os.path.join(root, VALIDATION_RECORDS))
-    extra = None
     if glob.glob(os.path.join(root, "unlabeled*.tfrecord*")):
-        extra, _ = _read_tfrecords(os.path.join(root, "unlabeled*.tfrecord*"), False, None)
-    return RawData(f"tfrecord:{root}", class_names, xtr, ytr, xte, yte, extra, xva, yva)
+        parts["unlabeled"] = _read_tfrecords(os.path.join(root, "unlabeled*.tfrecord*"), False, None)
+    return _raw_data(f"tfrecord:{root}", class_names, parts, image_settings)
 
 
 # ------------------------------------------------------------------------- TFDS
@@ -352,15 +388,16 @@ def read_tfds(name: str, data_dir: str | None = None) -> RawData:
     return RawData(f"tfds:{name}", list(class_names), xtr, ytr, xte, yte, extra)
 
 
-def read_source(source: str, source_dir: str | None = None) -> RawData:
-    """Dispatch on the source spec: 'fashion_mnist', 'folder:PATH', 'tfrecord:PATH', 'tfds:NAME'."""
+def read_source(source: str, source_dir: str | None = None, image_settings=IMAGE_SETTINGS) -> RawData:
+    """Dispatch on the source spec: 'fashion_mnist', 'folder:PATH', 'tfrecord:PATH', 'tfds:NAME'. ``image_settings``:
+    (data.image_size, data.channels, data.image_fit) for the sources of encoded images (folder, tfrecord)."""
     kind, _, arg = source.partition(":")
     if kind == "fashion_mnist":
         return read_fashion_mnist(source_dir or FASHION_MNIST_DIR)
     if kind == "folder":
-        return read_image_folder(arg)
+        return read_image_folder(arg, image_settings)
     if kind == "tfrecord":
-        return read_tfrecords(arg)
+        return read_tfrecords(arg, image_settings)
     if kind == "tfds":
         return read_tfds(arg, source_dir)
     raise DataError(source, "unknown source (use fashion_mnist, folder:PATH, tfrecord:PATH or tfds:NAME)")
