@@ -94,3 +94,22 @@ def evaluate(model, test_files, image_shape, stats, logits_fn=None) -> dict:
         labels.append(y.numpy())
     return per_class_metrics(np.concatenate(labels), np.concatenate(logits).argmax(1), stats["num_classes"],
                              stats["shot_groups"])
+
+
+def run_folder(folder: str, work: str, sets: list[str], root: str) -> tuple[dict, float]:
+    """``python -m pipeline run --set data.source=folder:FOLDER`` in a fresh process (its own runs_root and
+    serving_root under ``work``, plus ``sets``), run from ``root``: (its metrics.json, minutes). Raises with the
+    tail of stderr when the run fails."""
+    import subprocess
+    import time
+
+    args = [sys.executable, "-m", "pipeline", "run", "--set", f"data.source=folder:{folder}",
+            "--set", f"runs_root={work}/runs", "--set", f"serving_root={work}/serving"]
+    for s in sets:
+        args += ["--set", s]
+    t0 = time.time()
+    proc = subprocess.run(args, cwd=root, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=root))
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    with open(os.path.join(proc.stdout.strip().splitlines()[-1], "metrics.json")) as f:
+        return json.load(f), (time.time() - t0) / 60

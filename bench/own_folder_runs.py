@@ -14,32 +14,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from bench.common import write_result  # noqa: E402
+from bench.common import run_folder, write_result  # noqa: E402
 from bench.own_folder import make_own_folder  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_one(folder: str, work: str, train_seed: int, sets: list[str]) -> dict:
-    args = [sys.executable, "-m", "pipeline", "run", "--set", f"data.source=folder:{folder}",
-            "--set", f"runs_root={work}/runs", "--set", f"serving_root={work}/serving"]
-    if train_seed:
-        args += ["--set", f"train.seed={train_seed}"]
-    for s in sets:
-        args += ["--set", s]
-    t0 = time.time()
-    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT))
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    m = json.load(open(os.path.join(proc.stdout.strip().splitlines()[-1], "metrics.json")))
+    m, minutes = run_folder(folder, work, ([f"train.seed={train_seed}"] if train_seed else []) + sets, ROOT)
     plan = m.get("plan") or {}
     est = plan.get("estimates") or {}
     recalls = m["per_class_recall"]
@@ -47,7 +35,7 @@ def run_one(folder: str, work: str, train_seed: int, sets: list[str]) -> dict:
             "worst_recall": min(r for r in recalls if r is not None), "choice": plan.get("choice"),
             "trained_with": plan.get("trained_with"), "decided_by": plan.get("decided_by"),
             "relevance": est.get("pool_relevance"), "rho_u": est.get("pool_rho_u"), "blessed": m["blessed"],
-            "pushed": m["pushed_model_dir"], "name": m["config"]["name"], "minutes": (time.time() - t0) / 60,
+            "pushed": m["pushed_model_dir"], "name": m["config"]["name"], "minutes": minutes,
             "validation": sum(m["gate"]["uncertainty"]["per_class_support"]) if m["gate"].get("uncertainty") else None}
 
 

@@ -18,11 +18,10 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import write_result  # noqa: E402
+from bench.common import run_folder, write_result  # noqa: E402
 from bench.photo_folder import make_photo_folder  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,17 +50,8 @@ print(json.dumps({"files": len(paths), "balanced_accuracy": float(np.mean(recall
 
 
 def run_one(folder: str, work: str, sets: list[str]) -> dict:
-    args = [sys.executable, "-m", "pipeline", "run", "--set", f"data.source=folder:{folder}",
-            "--set", f"runs_root={work}/runs", "--set", f"serving_root={work}/serving"]
-    for s in sets:
-        args += ["--set", s]
-    t0 = time.time()
+    m, minutes = run_folder(folder, work, sets, ROOT)
     env = dict(os.environ, PYTHONPATH=ROOT)
-    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env=env)
-    minutes = (time.time() - t0) / 60
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    m = json.load(open(os.path.join(proc.stdout.strip().splitlines()[-1], "metrics.json")))
     row = {"balanced_accuracy": m["balanced_accuracy"], "worst_class": m["worst_class"],
            "worst_recall": m["worst_class_recall"], "blessed": m["blessed"], "pushed": m["pushed_model_dir"],
            "fit": "x".join(str(m["data"]["image_fit"][k]) for k in ("height", "width", "channels")),
