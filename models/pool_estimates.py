@@ -39,8 +39,8 @@ NeurIPS 2020). Two estimators, both "best bin" mixture-proportion estimates (:fu
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import nnls
-from scipy.special import logsumexp
+from scipy.optimize import minimize, nnls
+from scipy.special import log_softmax, logsumexp, softmax
 
 from models.metrics import confusion_matrix
 
@@ -129,6 +129,115 @@ def estimate_class_distribution(confusion, pool_predicted_counts, max_condition:
     if q.sum() <= 0:
         raise IllConditionedConfusionError("black-box shift estimation returned an all-zero distribution")
     return q / q.sum()
+
+
+# ------------------------------------------------- EM with bias-corrected temperature scaling (label shift)
+# Alexandari, Kundaje & Shrikumar, "Maximum Likelihood with Bias-Corrected Calibration is Hard-To-Beat at Label
+# Shift Adaptation", ICML 2020: calibrate the model on held-out labeled data with BCTS, then run Saerens et al.'s EM
+# (Neural Computation 2002) on the pool. Written here (about 40 lines of SciPy) rather than taken from quapy, whose
+# BCTS needs the unmaintained `abstention` package besides pandas.
+EM_TOLERANCE, EM_MAX_ITERATIONS = 1e-8, 1000
+BOOTSTRAP_RESAMPLES = 200
+# The bootstrap interval's measured coverage (tests/test_pool_prior_em.py's synthetic model, 8 pools of each size,
+# nominal 95%): 0.80 at 5 validation images a class, 0.85 at 10, 0.92-0.95 from 20 up. Below this many the
+# interval is reported as too narrow.
+MIN_VALIDATION_FOR_INTERVAL = 20
+
+
+def fit_bcts(logits, labels, num_classes: int) -> tuple[float, np.ndarray]:
+    """(T, b) of bias-corrected temperature scaling, softmax(z / T + b), by the negative log-likelihood of held-out
+    ``labels`` (L-BFGS; b's mean held at 0, since softmax ignores a shift). A class absent from ``labels`` keeps
+    b = 0 apart from the mean (the likelihood says nothing about it); raises ValueError when ``labels`` is empty."""
+    z = np.asarray(logits, np.float64)
+    y = np.asarray(labels, np.int64)
+    if len(y) == 0:
+        raise ValueError("validation split: no example to calibrate on (0 examples)")
+
+    def nll(params):
+        log_t, b = params[0], params[1:] - params[1:].mean()
+        lp = log_softmax(z * np.exp(-log_t) + b, axis=1)
+        p = np.exp(lp)
+        onehot = np.eye(num_classes)[y]
+        g = (p - onehot) / len(y)  # d NLL / d (z / T + b)
+        grad_b = g.sum(axis=0)
+        grad_log_t = -float((g * z * np.exp(-log_t)).sum())
+        return -float(lp[np.arange(len(y)), y].mean()), np.concatenate([[grad_log_t], grad_b - grad_b.mean()])
+
+    res = minimize(nll, np.zeros(num_classes + 1), jac=True, method="L-BFGS-B",
+                   bounds=[(-5.0, 5.0)] + [(-20.0, 20.0)] * num_classes)
+    b = res.x[1:] - res.x[1:].mean()
+    return float(np.exp(res.x[0])), b
+
+
+def bcts_log_probabilities(logits, temperature: float, bias) -> np.ndarray:
+    """log softmax(z / T + b): the calibrated model's log posterior under the calibration split's class prior."""
+    return log_softmax(np.asarray(logits, np.float64) / temperature + np.asarray(bias, np.float64), axis=1)
+
+
+def em_prior(log_probabilities, source_prior, tolerance: float = EM_TOLERANCE,
+             max_iterations: int = EM_MAX_ITERATIONS) -> tuple[np.ndarray, int]:
+    """Saerens, Latinne & Decaestecker's EM for the pool's class prior q under label shift: posteriors
+    p(y | x) q_y / p_s(y), renormalised, averaged over the pool, until q moves less than ``tolerance`` (L1).
+    ``log_probabilities``: the calibrated log posteriors of the pool images under ``source_prior`` p_s (the
+    calibration split's class shares). Returns (q, iterations)."""
+    lp = np.asarray(log_probabilities, np.float64)
+    log_source = np.log(np.clip(np.asarray(source_prior, np.float64), 1e-12, None))
+    q = np.exp(log_source - logsumexp(log_source))
+    for it in range(1, max_iterations + 1):
+        posterior = softmax(lp + np.log(np.clip(q, 1e-300, None)) - log_source, axis=1)
+        new = posterior.mean(axis=0)
+        if np.abs(new - q).sum() < tolerance:
+            return new, it
+        q = new
+    return q, max_iterations
+
+
+def prior_adjusted_log_probabilities(log_probabilities, source_prior, target_prior) -> np.ndarray:
+    """The posteriors a pool of class prior ``target_prior`` implies: log p(y | x) + log q_y - log p_s(y),
+    renormalised (the Bayes correction for label shift)."""
+    shift = np.log(np.clip(np.asarray(target_prior, np.float64), 1e-12, None)) - np.log(
+        np.clip(np.asarray(source_prior, np.float64), 1e-12, None))
+    return log_softmax(np.asarray(log_probabilities, np.float64) + shift, axis=1)
+
+
+def estimate_prior_em_bcts(validation_logits, validation_labels, pool_logits, num_classes: int,
+                           resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0, level: float = 0.95) -> dict:
+    """The pool's class prior by EM-BCTS, with a percentile bootstrap interval per class: each resample redraws
+    the validation images within their classes (and refits BCTS) and the pool images, and reruns EM. Returns
+    ``prior`` (C shares), ``interval`` (C [low, high]), ``temperature``, ``bias``, ``source_prior`` (the validation's
+    class shares), ``iterations``, ``resamples``, ``validation_per_class`` (how much the fit rests on) and
+    ``interval_covers``: False when a class has fewer than MIN_VALIDATION_FOR_INTERVAL validation images, where the
+    bootstrap under-covers (its interval is too narrow; the estimate itself is noisier too: L1 about 0.2 at 5 a
+    class on the synthetic model, 0.08 at 20)."""
+    z_val = np.asarray(validation_logits, np.float64)
+    y_val = np.asarray(validation_labels, np.int64)
+    z_pool = np.asarray(pool_logits, np.float64)
+    if len(z_pool) == 0:
+        raise ValueError("pool: no example, so there is no class prior to estimate (0 examples)")
+    support = np.bincount(y_val, minlength=num_classes)
+    _require_every_class(support, num_classes, "the calibration cannot place them")
+
+    def estimate(zv, yv, zp):
+        t, b = fit_bcts(zv, yv, num_classes)
+        source = np.bincount(yv, minlength=num_classes) / len(yv)
+        q, iterations = em_prior(bcts_log_probabilities(zp, t, b), source)
+        return q, t, b, source, iterations
+
+    q, t, b, source, iterations = estimate(z_val, y_val, z_pool)
+    rng = np.random.default_rng(seed)
+    by_class = [np.flatnonzero(y_val == c) for c in range(num_classes)]
+    draws = []
+    for _ in range(resamples):
+        vi = np.concatenate([rng.choice(ix, len(ix)) for ix in by_class])
+        pi = rng.integers(0, len(z_pool), len(z_pool))
+        draws.append(estimate(z_val[vi], y_val[vi], z_pool[pi])[0])
+    tail = (1 - level) / 2 * 100
+    low, high = (np.percentile(np.asarray(draws), [tail, 100 - tail], axis=0) if draws
+                 else (np.full(num_classes, np.nan), np.full(num_classes, np.nan)))
+    return {"method": "em_bcts", "prior": q.tolist(), "interval": np.stack([low, high], axis=1).tolist(),
+            "level": level, "temperature": t, "bias": b.tolist(), "source_prior": source.tolist(),
+            "iterations": iterations, "resamples": resamples, "validation_per_class": support.tolist(),
+            "interval_covers": bool(support.min() >= MIN_VALIDATION_FOR_INTERVAL), "pool_examples": int(len(z_pool))}
 
 
 def imbalance_ratio(distribution, floor: float = DEFAULT_RHO_FLOOR) -> float:
