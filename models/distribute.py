@@ -43,6 +43,8 @@ from models.job import TrainerJob
 
 DISTRIBUTE = ("none", "mirrored", "multi_worker", "auto")
 MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16")
+MIXED_PRECISION_SETTINGS = ("auto", *MIXED_PRECISION)  # auto: resolve_mixed_precision, where the Trainer runs
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs with native bfloat16 arithmetic
 LR_SCALING = ("none", "linear", "sqrt")
 BATCH_SCALING = ("global", "per_replica")
 DATA_SHARDING = ("auto", "examples", "seeds")
@@ -139,11 +141,11 @@ def check_config(train, mode: str, task: str = "classification") -> None:
     batch_and_lr(train.batch_size, train.learning_rate, 1, train.batch_scaling, train.lr_scaling)
     # the name only: examples with a class-aware sampler is refused where a strategy uses it (one process never does)
     data_sharding_for(train.data_sharding, train.sampler if train.data_sharding != "examples" else "instance")
-    if train.mixed_precision not in MIXED_PRECISION:
-        raise ValueError(f"train.mixed_precision={train.mixed_precision!r}: choose one of {list(MIXED_PRECISION)}")
+    if train.mixed_precision not in MIXED_PRECISION_SETTINGS:
+        raise ValueError(f"train.mixed_precision={train.mixed_precision!r}: choose one of {list(MIXED_PRECISION_SETTINGS)}")
     asked = [f"train.{k}={getattr(train, k)}" for k, plain in (("distribute", "none"), ("local_workers", 1),
                                                               ("mixed_precision", "none"))
-             if getattr(train, k) != plain and not (k == "distribute" and getattr(train, k) == "auto")]
+             if getattr(train, k) != plain and not (k in ("distribute", "mixed_precision") and getattr(train, k) == "auto")]
     if asked and task != "regression" and (task != "classification" or not modes.get(mode).data_parallel):
         usable = "|".join(data_parallel_modes())
         keep = f"leave {', '.join(a.split('=')[0] for a in asked)} at its default"
@@ -257,14 +259,45 @@ def data_sharding_for(setting: str, sampler: str) -> str:
     return setting
 
 
-def set_mixed_precision(policy: str) -> None:
+def cpu_flags(path: str = "/proc/cpuinfo") -> set[str]:
+    """The CPU's feature flags (Linux's /proc/cpuinfo ``flags`` line); empty where that file is not there."""
+    try:
+        with open(path) as f:
+            return next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
+    except OSError:
+        return set()
+
+
+def resolve_mixed_precision(setting: str, flags: set[str] | None = None, gpus: int | None = None) -> tuple[str, str]:
+    """(policy, why) for train.mixed_precision: any setting but ``auto`` as it is; ``auto`` where the Trainer runs:
+    mixed_bfloat16 on a CPU with native bfloat16 (BF16_CPU_FLAGS: oneDNN's bfloat16 convolutions; resnet8 1.33x
+    float32 on this project's AVX-512 machine, bench/results/lever_ab.md), else float32 (none): bfloat16 is emulated,
+    and slow, on other CPUs, and mixed precision on a GPU is not measured here."""
+    if setting != "auto":
+        return setting, ""
+    if gpus is None:
+        import tensorflow as tf
+
+        gpus = len(tf.config.list_physical_devices("GPU"))
+    if gpus:
+        return "none", f"auto: {gpus} GPU(s), where this project has not measured mixed precision: float32"
+    have = sorted(set(BF16_CPU_FLAGS) & (cpu_flags() if flags is None else flags))
+    if have:
+        return "mixed_bfloat16", f"auto: the CPU has {have[0]}, so bfloat16 runs natively"
+    return "none", f"auto: the CPU has none of {', '.join(BF16_CPU_FLAGS)}, where bfloat16 is emulated: float32"
+
+
+def set_mixed_precision(policy: str) -> tuple[str, str]:
     """Keras' global dtype policy: none -> float32; mixed_float16 / mixed_bfloat16 compute in 16 bits with
-    float32 variables (the losses cast logits to float32; exports are float32 copies, :func:`float32_copy`)."""
+    float32 variables (the losses cast logits to float32; exports are float32 copies, :func:`float32_copy`); auto
+    as :func:`resolve_mixed_precision` resolves it here. Returns (the policy set, why, for auto)."""
     import keras
 
-    if policy not in MIXED_PRECISION:
-        raise ValueError(f"train.mixed_precision={policy!r}: choose one of {list(MIXED_PRECISION)}")
+    if policy not in MIXED_PRECISION_SETTINGS:
+        raise ValueError(f"train.mixed_precision={policy!r}: choose one of {list(MIXED_PRECISION_SETTINGS)}")
+    policy, why = resolve_mixed_precision(policy)
     keras.config.set_dtype_policy("float32" if policy == "none" else policy)
+    return policy, why
 
 
 def float32_copy(model):

@@ -463,7 +463,8 @@ def fn_args_dict(fn_args) -> dict:
 def train_and_export(fn_args, job: TrainerJob, strategy, tf_config: dict) -> None:
     """Train (data-parallel under ``strategy`` when given, in train.mixed_precision); the chief exports a float32
     SavedModel and writes the summary while the other workers wait at a barrier."""
-    distribute.set_mixed_precision(job.train.mixed_precision)
+    policy, _ = distribute.set_mixed_precision(job.train.mixed_precision)
+    job = dataclasses.replace(job, train=dataclasses.replace(job.train, mixed_precision=policy))  # auto resolved
     try:
         _train_and_export(fn_args, job, strategy, tf_config)
     finally:  # the policy is global: later components in this process (LocalDagRunner) build float32 models

@@ -512,6 +512,7 @@ def pretrain_and_export(fn_args, job: TrainerJob, strategy, tf_config: dict) -> 
     and ssp_summary.json, then every worker meets at a barrier (a worker gone while the chief exports reads as
     crashed). The summary."""
     cfg, how = job.pretrain, job.distribute or DistributeConfig()
+    how = dataclasses.replace(how, mixed_precision=distribute.resolve_mixed_precision(how.mixed_precision)[0])
     groups = [fn_args.train_files]
     if cfg.data == "labeled+unlabeled":
         if not job.unlabeled_files:

@@ -50,6 +50,7 @@ class TrainingJob:
     strategy: object = None  # a tf.distribute strategy when train.distribute resolves to more than one process/device
     plan: object = None  # its models.distribute.Plan (batch, learning rate, sharding, chief), recorded in the summary
     single_process_reason: str | None = None  # why a distributed setting trains in one process after all
+    precision_reason: str = ""  # what train.mixed_precision=auto resolved to and why (models.distribute)
 
     @property
     def mode(self) -> modes.TrainingMode:

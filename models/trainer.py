@@ -78,7 +78,8 @@ def run_worker(job: dict, strategy, tf_config: dict) -> None:
 def train_and_export(fn_args, job: toolkit.TrainingJob, strategy, tf_config: dict) -> None:
     """Train with the job's mode (data-parallel under ``strategy`` when given); the chief exports the SavedModel
     and writes the summary, every worker writes its final weights to the scratch folder."""
-    distribute.set_mixed_precision(job.train.mixed_precision)
+    policy, job.precision_reason = distribute.set_mixed_precision(job.train.mixed_precision)
+    job.train = dataclasses.replace(job.train, mixed_precision=policy)  # auto resolved, for every reader below
     try:
         _train_and_export(fn_args, job, strategy, tf_config)
     finally:  # the policy is global: later components in this process (LocalDagRunner) build float32 models
@@ -149,6 +150,7 @@ def write_summary(job: toolkit.TrainingJob, result: toolkit.TrainResult, train_s
                "distribute": job.plan.as_dict() if job.plan is not None else
                {"strategy": "none", "workers": 1, "replicas": 1, "mixed_precision": job.train.mixed_precision,
                 **({"reason": job.single_process_reason} if job.single_process_reason else {})},
+               "mixed_precision_reason": job.precision_reason,
                "semi": None, "plan": None, "pseudo_labels": None, "inline_ssp": None, "calibration": None,
                "training_files": {"labeled": list(job.train_files), "pseudo_labeled": []},
                "training_class_counts": result.training_stats["class_counts"],

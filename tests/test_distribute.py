@@ -92,6 +92,20 @@ def test_configuring_a_run_refuses_what_is_not_data_parallel():
         for_config(load_config("regression-smoke", {"train.data_sharding": "seeds"}))
     with pytest.raises(ValueError, match="train.mixed_precision='fp8'"):
         load_config("smoke", {"train.mixed_precision": "fp8"})
+    assert load_config("smoke", {"semi.method": "fixmatch", "train.mixed_precision": "auto"}).train.mixed_precision == "auto"
+
+
+def test_mixed_precision_auto_is_bfloat16_only_on_a_cpu_that_has_it(tmp_path):
+    assert distribute.resolve_mixed_precision("auto", {"fpu", "avx512f", "avx512_bf16"}, gpus=0)[0] == "mixed_bfloat16"
+    assert distribute.resolve_mixed_precision("auto", {"amx_bf16", "amx_tile"}, gpus=0)[0] == "mixed_bfloat16"
+    policy, why = distribute.resolve_mixed_precision("auto", {"avx2", "fma"}, gpus=0)  # bf16 would be emulated
+    assert policy == "none" and "avx512_bf16" in why and "emulated" in why
+    assert distribute.resolve_mixed_precision("auto", {"avx512_bf16"}, gpus=1)[0] == "none"
+    assert distribute.resolve_mixed_precision("mixed_float16", set(), gpus=0) == ("mixed_float16", "")  # as asked
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16\n\nprocessor\t: 1\n")
+    assert {"avx512_bf16", "fpu"} <= distribute.cpu_flags(str(cpuinfo))
+    assert distribute.cpu_flags(str(tmp_path / "absent")) == set()
 
 
 # ----------------------------------------------------------------------------------------- real workers
@@ -257,7 +271,7 @@ def test_training_under_a_strategy_resumes_from_its_backup(tiny, tmp_path, monke
     assert not os.listdir(backup)
 
 
-@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16", "auto"])
 def test_mixed_precision_trains_and_exports_float32(tiny, tmp_path, policy):
     import keras
 
@@ -268,7 +282,8 @@ def test_mixed_precision_trains_and_exports_float32(tiny, tmp_path, policy):
     trainer.run_fn(fn_args)
     assert keras.config.dtype_policy().name == "float32"  # the global policy is put back
     summary = json.load(open(os.path.join(fn_args.model_run_dir, "training_summary.json")))
-    assert summary["distribute"]["mixed_precision"] == policy
+    resolved, why = distribute.resolve_mixed_precision(policy)  # auto: this machine's answer, and the summary says why
+    assert summary["distribute"]["mixed_precision"] == resolved and summary["mixed_precision_reason"] == why
     assert all(np.isfinite(h["loss"]) for h in summary["history"])
     proc = subprocess.run([sys.executable, "-c", PREDICT, fn_args.serving_model_dir], capture_output=True, text=True,
                           cwd=ROOT, env=_env(), check=True, timeout=300)
