@@ -16,6 +16,12 @@ Each output tf.Example holds exactly:
     confidence  float   the served probability of that class
     origin      bytes   b"pseudo"
 
+Prior adjustment (``prior_adjustment="em_bcts"``, issue #44): a first Beam pass collects the pool's logits, the
+driver estimates the pool's class prior q by EM-BCTS (models/pool_estimates.py: BCTS fitted on the labeled ``eval``
+split, Saerens's EM on the pool, a bootstrap interval), and the labelling pass takes each image's label and
+confidence from its posterior adjusted to q (log p(y|x) + log q_y - log p_val(y)), so a consistent or reversed pool
+is not labeled as if it were the validation's mix. The pool estimates below still read the served outputs.
+
 Selection: confidence >= ``confidence_threshold`` (default 0, i.e. every image, as in Yang & Xu
 2020), then, if ``top_k_per_class`` > 0, the k most confident images of each predicted class
 (ties broken by the image's hash, so the result is deterministic) so the pseudo-labeled set is not
@@ -56,8 +62,11 @@ from models.pool_estimates import (
     DEFAULT_TPR_GRID,
     ClassConditionalCalibration,
     LogitGaussian,
+    bcts_log_probabilities,
     energy_score,
+    estimate_prior_em_bcts,
     in_domain_threshold,
+    prior_adjusted_log_probabilities,
     relevance_best_bin,
     relevance_from_fraction,
     summarise_pool,
@@ -67,7 +76,9 @@ from models.predict import SavedModelPredictor, parse_labels
 ORIGIN = b"pseudo"
 OUTPUT_SPLIT = "train"
 _PREDICTED, _ACCEPTED, _HISTOGRAM, _ABOVE, _BINNED = "predicted", "accepted", "histogram", "above", "binned"
+_LABELED = "labeled"  # the pseudo-labels before the threshold: the served argmax, or the prior-adjusted one
 _PROBABILITY_SUMS = "probability_sums"
+PRIOR_ADJUSTMENTS = ("none", "em_bcts")  # semi.pseudo_label.prior
 
 
 def _split_files(examples, split: str) -> list[str]:
@@ -86,8 +97,10 @@ def predict_labeled_split(saved_model_dir: str, files: list[str], batch_size: in
 class _PseudoLabel(beam.DoFn):
     """A batch of serialized pool Examples -> one dict per image: image, label, confidence, OOD scores."""
 
-    def __init__(self, saved_model_dir: str, energy_temperature: float, logit_gaussian: LogitGaussian | None = None):
+    def __init__(self, saved_model_dir: str, energy_temperature: float, logit_gaussian: LogitGaussian | None = None,
+                 adjustment: dict | None = None):
         self._dir, self._temperature, self._gaussian = saved_model_dir, energy_temperature, logit_gaussian
+        self._adjustment = adjustment  # EM-BCTS's temperature, bias, source and pool prior; None: the served argmax
         self._predict = None
 
     def setup(self):
@@ -100,9 +113,15 @@ class _PseudoLabel(beam.DoFn):
         probs, labels = out["probabilities"], out["class_id"]
         energy = energy_score(out["logits"], self._temperature) if "logits" in out else None
         mahalanobis = self._gaussian(out["logits"]) if "logits" in out and self._gaussian is not None else None
+        chosen = probs
+        if self._adjustment is not None:
+            a = self._adjustment
+            chosen = np.exp(prior_adjusted_log_probabilities(
+                bcts_log_probabilities(out["logits"], a["temperature"], a["bias"]), a["source_prior"], a["prior"]))
         for i, image in enumerate(images):
-            label = int(labels[i])
-            yield {"image": image, "label": label, "confidence": float(probs[i, label]), "probabilities": probs[i],
+            label = int(chosen[i].argmax()) if self._adjustment is not None else int(labels[i])
+            yield {"image": image, "label": label, "confidence": float(chosen[i, label]), "probabilities": probs[i],
+                   "served_label": int(labels[i]),
                    "max_softmax": float(probs[i].max()), "energy": None if energy is None else float(energy[i]),
                    "mahalanobis": None if mahalanobis is None else float(mahalanobis[i]),
                    "digest": hashlib.sha1(image).hexdigest()}
@@ -134,7 +153,7 @@ def _binned(item: dict, calibrations: dict):
     """((score, predicted-class group, bin), 1) for every class-conditional calibration (models/pool_estimates.py)."""
     for name, calibration in calibrations.items():
         if item[name] is not None:
-            yield (name, *calibration.bin_of(item["label"], item[name])), 1
+            yield (name, *calibration.bin_of(item["served_label"], item[name])), 1
 
 
 class _VectorSum(beam.CombineFn):
@@ -163,6 +182,7 @@ class PseudoLabelerSpec(types.ComponentSpec):
         "ood_tpr": ExecutionParameter(type=float, optional=True),
         "energy_temperature": ExecutionParameter(type=float, optional=True),
         "histogram_bins": ExecutionParameter(type=int, optional=True),
+        "prior_adjustment": ExecutionParameter(type=str, optional=True),
     }
     INPUTS = {
         "model": ChannelParameter(type=standard_artifacts.Model),
@@ -190,7 +210,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         pool_pattern = os.path.join(artifact_utils.get_split_uri(input_dict["unlabeled_examples"], "unlabeled"), "*")
 
         # Validation (in-domain, labeled): the confusion matrix and the OOD thresholds.
-        val_labels = val_preds = val_probs = None
+        val_labels = val_preds = val_probs = val_logits = None
         val_scores, ood_thresholds, calibrations, gaussian = {}, {}, {}, None
         if input_dict.get("examples"):
             val_labels, val_probs, val_logits = predict_labeled_split(serving_dir, _split_files(input_dict["examples"],
@@ -213,10 +233,23 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         stats_uri = artifact_utils.get_single_uri(output_dict["statistics"])
         beam_dir = os.path.join(stats_uri, "beam")
 
+        prior_setting = exec_properties.get("prior_adjustment") or "none"
+        if prior_setting not in PRIOR_ADJUSTMENTS:
+            raise ValueError(f"prior_adjustment={prior_setting!r}: use one of {PRIOR_ADJUSTMENTS}")
+        adjustment, prior_block = None, {"setting": prior_setting, "method": "none"}
+        if prior_setting == "em_bcts" and val_logits is None:
+            prior_block["reason"] = ("no validation logits (no labeled examples given, or the model exports no "
+                                     "logits): the served argmax labels the pool")
+        elif prior_setting == "em_bcts":
+            pool_logits = self._pool_logits(serving_dir, pool_pattern, os.path.join(beam_dir, "pool_logits"))
+            estimate = estimate_prior_em_bcts(val_logits, val_labels, pool_logits, num_classes)
+            adjustment = {k: estimate[k] for k in ("temperature", "bias", "source_prior", "prior")}
+            prior_block.update(estimate, setting=prior_setting)
+
         with self._make_beam_pipeline() as p:
             items = (p | "ReadPool" >> beam.io.ReadFromTFRecord(pool_pattern, coder=beam.coders.BytesCoder())
                      | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=256)
-                     | "Predict" >> beam.ParDo(_PseudoLabel(serving_dir, temperature, gaussian)))
+                     | "Predict" >> beam.ParDo(_PseudoLabel(serving_dir, temperature, gaussian, adjustment)))
             accepted = items | "Threshold" >> beam.Filter(lambda it: it["confidence"] >= threshold)
             if top_k > 0:
                 accepted = (accepted | "ByClass" >> beam.Map(lambda it: (it["label"], it))
@@ -227,7 +260,8 @@ class Executor(base_beam_executor.BaseBeamExecutor):
              | "WriteExamples" >> beam.io.WriteToTFRecord(os.path.join(split_dir, "pseudo_labeled"),
                                                           file_name_suffix=".gz"))
             counts = {
-                _PREDICTED: items | "PredictedKey" >> beam.Map(lambda it: (it["label"], 1)),
+                _PREDICTED: items | "PredictedKey" >> beam.Map(lambda it: (it["served_label"], 1)),
+                _LABELED: items | "LabeledKey" >> beam.Map(lambda it: (it["label"], 1)),
                 _ACCEPTED: accepted | "AcceptedKey" >> beam.Map(lambda it: (it["label"], 1)),
                 _HISTOGRAM: items | "BinKey" >> beam.Map(lambda it: (_histogram_bin(it["confidence"], bins), 1)),
                 _ABOVE: items | "AboveKey" >> beam.FlatMap(_above, ood_thresholds),
@@ -289,11 +323,36 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             "validation_split": eval_split if val_labels is not None else None,
         }
         stats["num_accepted"] = sum(stats["per_class_accepted"])
+        stats["prior_adjustment"] = {**prior_block, "per_class_labeled": read_counts(_LABELED, num_classes)}
         stats.update(summarise_pool(num_classes, predicted, val_labels, val_preds, relevance,
                                     validation_probabilities=val_probs if val_labels is not None else None,
                                     pool_probability_sums=probability_sums,
                                     class_conditional=class_conditional if num_pool else None))
         io_utils.write_string_file(os.path.join(stats_uri, PSEUDO_LABEL_STATS_FILE), json.dumps(stats, indent=2))
+
+
+    def _pool_logits(self, serving_dir: str, pool_pattern: str, path: str) -> np.ndarray:
+        """The pool's logits (N, C), by a Beam pass of their own (EM needs every image's, not their sums)."""
+        with self._make_beam_pipeline() as p:
+            (p | "ReadPool" >> beam.io.ReadFromTFRecord(pool_pattern, coder=beam.coders.BytesCoder())
+             | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=256)
+             | "Logits" >> beam.ParDo(_Logits(serving_dir)) | "Json" >> beam.Map(json.dumps)
+             | "Write" >> beam.io.WriteToText(path, shard_name_template=""))
+        with tf.io.gfile.GFile(path) as f:
+            return np.asarray([json.loads(line) for line in f if line.strip()], np.float64)
+
+
+class _Logits(beam.DoFn):
+    """A batch of serialized pool Examples -> each image's logits (a list), through serving_tf_example."""
+
+    def __init__(self, saved_model_dir: str):
+        self._dir, self._predict = saved_model_dir, None
+
+    def setup(self):
+        self._predict = SavedModelPredictor(self._dir)
+
+    def process(self, batch):
+        yield from self._predict(tf.constant(batch))["logits"].tolist()
 
 
 class PseudoLabeler(base_beam_component.BaseBeamComponent):
@@ -304,11 +363,12 @@ class PseudoLabeler(base_beam_component.BaseBeamComponent):
 
     def __init__(self, model, unlabeled_examples, num_classes: int, examples=None, confidence_threshold: float = 0.0,
                  top_k_per_class: int = 0, eval_split: str = "eval", ood_tpr: float = 0.95,
-                 energy_temperature: float = 1.0, histogram_bins: int = 20):
+                 energy_temperature: float = 1.0, histogram_bins: int = 20, prior_adjustment: str = "none"):
         spec = PseudoLabelerSpec(
             model=model, unlabeled_examples=unlabeled_examples, examples=examples, num_classes=num_classes,
             confidence_threshold=confidence_threshold, top_k_per_class=top_k_per_class, eval_split=eval_split,
             ood_tpr=ood_tpr, energy_temperature=energy_temperature, histogram_bins=histogram_bins,
+            prior_adjustment=prior_adjustment,
             pseudo_labeled_examples=types.Channel(type=standard_artifacts.Examples),
             statistics=types.Channel(type=PseudoLabelStatistics))
         super().__init__(spec=spec)

@@ -268,6 +268,7 @@ class DasoConfig:
     align_weight: float = 1.0
 
 
+PSEUDO_LABEL_PRIORS = ("none", "em_bcts")
 PSEUDO_LABEL_INITS = ("scratch", "base")
 
 
@@ -287,9 +288,13 @@ class PseudoLabelConfig:
     # where the final model starts: scratch (random weights, as the paper) | base: the base model's weights, head
     # included, with a fresh optimizer and learning-rate schedule (bench/results/default_run.md)
     init: str = "scratch"
+    # none: the base model's served argmax labels the pool | em_bcts: the label of each image's posterior adjusted to
+    # the pool's class prior, estimated by EM-BCTS (components/pseudo_labeler.py; issue #44, not yet benchmarked)
+    prior: str = "none"
 
     def __post_init__(self):
         _choice("semi.pseudo_label.init", self.init, PSEUDO_LABEL_INITS)
+        _choice("semi.pseudo_label.prior", self.prior, PSEUDO_LABEL_PRIORS)
         for name in ("base_epochs", "final_epochs"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"semi.pseudo_label.{name} must be >= 1 or none (got {getattr(self, name)})")

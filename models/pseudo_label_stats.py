@@ -10,7 +10,7 @@ PSEUDO_LABEL_KEYS = ("confidence_threshold", "top_k_per_class", "per_class_predi
                      "num_pool_examples", "confidence_histogram", "raw_class_distribution", "raw_rho_u",
                      "estimated_class_distribution", "estimated_rho_u", "class_distribution_method",
                      "estimated_relevance", "relevance_score", "relevance_estimator", "validation_split",
-                     "validation_examples")
+                     "validation_examples", "prior_adjustment")
 
 
 def pseudo_label_block(pl_stats: dict, weight: float, used: bool | None) -> dict:

@@ -172,13 +172,33 @@ def _plan_md(metrics: dict) -> list[str]:
                f"{', ' + pl['relevance_estimator'].replace('_', '-') if pl.get('relevance_estimator') else ''}), "
                f"rho_U {fmt(pl['estimated_rho_u'], 1)} ({pl['class_distribution_method']}; raw counts "
                f"{fmt(pl['raw_rho_u'], 1)}).", "",
-               *_init_md(pl.get("init")),
-               "| class | predicted | accepted | estimated pool share |", "|---|---|---|---|"]
+               *_init_md(pl.get("init")), *_prior_md(pl.get("prior_adjustment")),
+               "| class | predicted | accepted | estimated pool share | EM-BCTS prior [95% interval] |",
+               "|---|---|---|---|---|"]
         dist = pl.get("estimated_class_distribution") or [None] * len(names)
+        prior = pl.get("prior_adjustment") or {}
+        em = [f"{q:.3f} [{lo:.3f}, {hi:.3f}]" for q, (lo, hi) in zip(prior["prior"], prior["interval"])] \
+            if prior.get("method") == "em_bcts" else ["-"] * len(names)
         for c, name in enumerate(names):
-            md.append(f"| {name} | {pl['per_class_predicted'][c]} | {pl['per_class_accepted'][c]} | {fmt(dist[c])} |")
+            md.append(f"| {name} | {pl['per_class_predicted'][c]} | {pl['per_class_accepted'][c]} | {fmt(dist[c])} | "
+                      f"{em[c]} |")
         md.append("")
     return md
+
+
+def _prior_md(prior: dict | None) -> list[str]:
+    """What semi.pseudo_label.prior did to the pseudo-labels."""
+    if not prior or prior.get("setting", "none") == "none":
+        return []
+    if prior.get("method") != "em_bcts":
+        return [f"Prior adjustment {prior['setting']}: not applied ({prior.get('reason')}).", ""]
+    note = "" if prior["interval_covers"] else (
+        f" The interval is too narrow: the validation split has {min(prior['validation_per_class'])} images in its "
+        "smallest class, where the bootstrap under-covers (docs/semi-supervised.md).")
+    return [f"Prior adjustment em_bcts: BCTS on {sum(prior['validation_per_class'])} validation images (temperature "
+            f"{prior['temperature']:.2f}), EM on {prior['pool_examples']} pool images ({prior['iterations']} "
+            f"iterations); each pool image is labeled by its posterior adjusted to the estimated prior (per class "
+            f"below, with {prior['level']:.0%} bootstrap intervals of {prior['resamples']} resamples).{note}", ""]
 
 
 def _semi_md(metrics: dict) -> list[str]:
@@ -261,6 +281,8 @@ def distribute_text(training: dict | None) -> str:
     d = (training or {}).get("distribute") or {}
     precision = d.get("mixed_precision") or "none"
     precision = "float32" if precision == "none" else f"{precision} (float32 export)"
+    if (training or {}).get("mixed_precision_reason"):  # train.mixed_precision=auto: what it resolved to and why
+        precision += f" [{training['mixed_precision_reason']}]"
     if d.get("strategy", "none") == "none":
         return f"one process, {precision}" + (f" ({d['reason']})" if d.get("reason") else "")
     return (f"{d['strategy']}: {d['workers']} worker(s), {d['replicas']} replica(s), global batch "

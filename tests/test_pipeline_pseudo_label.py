@@ -24,7 +24,7 @@ def pseudo_run(tmp_path_factory, fashion_mnist_dir):
     prepare_from_source("fashion_mnist", SplitSpec(rho=100, n_max=200, class_order="shuffle", val_per_class=20,
                                                    unlabeled_size=200, seed=1), data, fashion_mnist_dir)
     proc = smoke_cli(tmp, "pl", data, str(tmp / "out"), "semi=pseudo_label", "semi.pseudo_label.init=base",
-                   "semi.pseudo_label.final_epochs=2")
+                   "semi.pseudo_label.final_epochs=2", "semi.pseudo_label.prior=em_bcts")
     return {"tmp": tmp, "data": data, "proc": proc, "metrics": load_metrics(str(tmp / "out"))}
 
 
@@ -51,6 +51,21 @@ def test_pseudo_label_run_pushes_and_writes_plan_and_pseudo_labels(pseudo_run):
     assert "## Semi-supervised plan" in report and "**Decision:**" in report
     assert "semi.method=pseudo_label was set" in report or "retrained on the labeled images plus" in report
     assert "plan (semi.method=pseudo_label)" in pseudo_run["proc"].stdout
+
+
+def test_em_bcts_prior_labels_the_pool_and_is_reported(pseudo_run):
+    """semi.pseudo_label.prior=em_bcts: the PseudoLabeler estimates the pool's prior on the pipeline's own eval split
+    (20 a class) and the pool's 200 images, labels by the adjusted posterior, and metrics.json and report.md say so."""
+    m, out = pseudo_run["metrics"], str(pseudo_run["tmp"] / "out")
+    prior = m["pseudo_labels"]["prior_adjustment"]
+    assert prior["setting"] == "em_bcts" and prior["method"] == "em_bcts" and prior["pool_examples"] == 200
+    assert prior["validation_per_class"] == [20] * 10 and abs(sum(prior["prior"]) - 1) < 1e-6
+    assert all(0 <= lo <= hi <= 1 for lo, hi in prior["interval"])
+    assert sum(prior["per_class_labeled"]) == 200 and prior["per_class_labeled"] == m["pseudo_labels"]["per_class_accepted"]
+    assert m["config"]["semi"]["pseudo_label"]["prior"] == "em_bcts"
+    report = open(os.path.join(out, "report.md")).read()
+    assert "Prior adjustment em_bcts: BCTS on 200 validation images" in report and "EM on 200 pool images" in report
+    assert "EM-BCTS prior [95% interval]" in report
 
 
 def test_final_model_starts_from_the_base_model(pseudo_run):
@@ -93,9 +108,12 @@ def test_two_local_workers_train_the_base_and_the_final_model_which_is_blessed_a
 
 def test_no_true_pool_label_reaches_a_training_example(pseudo_run):
     """Every pseudo-labeled example holds only image, label, confidence, origin, and its label is the base
-    model's prediction (recomputed here), not the pool's evaluation-only true class; the final Trainer read
+    model's prediction (recomputed here: the served logits adjusted to the recorded EM-BCTS prior, as
+    semi.pseudo_label.prior=em_bcts asks), not the pool's evaluation-only true class; the final Trainer read
     nothing but the labeled split and these examples."""
     import tensorflow as tf
+
+    from models.pool_estimates import bcts_log_probabilities, prior_adjusted_log_probabilities
 
     m = pseudo_run["metrics"]
     pl = m["pseudo_labels"]
@@ -108,8 +126,12 @@ def test_no_true_pool_label_reaches_a_training_example(pseudo_run):
     confidence = np.array([e.features.feature["confidence"].float_list.value[0] for e in examples])
     base = tf.saved_model.load(os.path.join(pl["base_model_uri"], "Format-Serving"))
     out = base.signatures["serving_tf_example"](examples=tf.constant(records))
-    np.testing.assert_array_equal(labels, out["class_id"].numpy())
-    np.testing.assert_allclose(confidence, out["probabilities"].numpy().max(axis=1), rtol=1e-5)
+    prior = pl["prior_adjustment"]
+    adjusted = np.exp(prior_adjusted_log_probabilities(
+        bcts_log_probabilities(out["logits"].numpy(), prior["temperature"], prior["bias"]), prior["source_prior"],
+        prior["prior"]))
+    np.testing.assert_array_equal(labels, adjusted.argmax(axis=1))
+    np.testing.assert_allclose(confidence, adjusted.max(axis=1), rtol=1e-5)
     # the labeled split's and the pseudo-labeled artifact's files only: no pool split, no truth file
     read = m["training"]["training_files"]
     assert all(pl["examples_uri"] in f for f in read["pseudo_labeled"])

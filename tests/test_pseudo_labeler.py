@@ -173,3 +173,36 @@ def test_component_spec_wires_channels_and_defaults():
     assert c.outputs["statistics"].type == PseudoLabelStatistics
     assert c.exec_properties["confidence_threshold"] == 0.0 and c.exec_properties["top_k_per_class"] == 500
     assert c.exec_properties["ood_tpr"] == 0.95 and c.exec_properties["eval_split"] == "eval"
+
+
+def test_em_bcts_prior_adjustment_labels_by_the_adjusted_posterior(tmp_path):
+    """semi.pseudo_label.prior=em_bcts: each pool image's label and confidence are those of its posterior adjusted to
+    the EM-BCTS prior the statistics report (recomputed here from the reported T, b and priors); the counts the pool
+    estimates read stay the served argmax's."""
+    from models.pool_estimates import bcts_log_probabilities, prior_adjusted_log_probabilities
+
+    labels, _, logits = _expected(POOL)
+    val_labels = labels[:30].copy()
+    val_labels[::4] = (val_labels[::4] + 1) % K  # a validation split the model gets 3 in 4 right
+    examples, stats = _run(tmp_path, POOL, [None] * len(POOL), POOL[:30], val_labels.tolist(), prior_adjustment="em_bcts")
+    prior = stats["prior_adjustment"]
+    assert prior["method"] == "em_bcts" and prior["setting"] == "em_bcts" and prior["pool_examples"] == len(POOL)
+    assert sum(prior["prior"]) == pytest.approx(1.0) and np.asarray(prior["interval"]).shape == (K, 2)
+    assert prior["validation_per_class"] == np.bincount(val_labels, minlength=K).tolist()
+    assert prior["interval_covers"] is False  # 6-14 validation images a class: the report says it under-covers
+    adjusted = np.exp(prior_adjusted_log_probabilities(
+        bcts_log_probabilities(logits, prior["temperature"], prior["bias"]), prior["source_prior"], prior["prior"]))
+    by_image = {image.tobytes(): (int(p.argmax()), float(p.max())) for image, p in zip(POOL, adjusted)}
+    for example in examples:
+        image, label, confidence, *_ = _decode(example)
+        assert label == by_image[image][0]
+        assert confidence == pytest.approx(by_image[image][1], rel=1e-4, abs=1e-5)
+    assert prior["per_class_labeled"] == np.bincount(adjusted.argmax(1), minlength=K).tolist()
+    assert stats["per_class_predicted"] == np.bincount(labels, minlength=K).tolist()  # the served argmax
+
+
+def test_em_bcts_without_a_validation_split_says_why_it_is_off(tmp_path):
+    labels, _, _ = _expected(POOL)
+    examples, stats = _run(tmp_path, POOL, [None] * len(POOL), prior_adjustment="em_bcts")
+    assert stats["prior_adjustment"]["method"] == "none" and "no validation logits" in stats["prior_adjustment"]["reason"]
+    assert sorted(_decode(e)[1] for e in examples) == sorted(labels.tolist())
