@@ -73,7 +73,8 @@ def examples_artifact(uri: str, splits: dict[str, str]):
     return a
 
 
-def pseudo_label(model_uri: str, data: str, work: str) -> dict:
+def pseudo_label(model_uri: str, data: str, work: str, prior: str = "none") -> dict:
+    """The real PseudoLabeler executor on ``data``'s pool and validation split (``prior``: its prior_adjustment)."""
     from tfx.types import standard_artifacts
 
     from components.artifacts import PSEUDO_LABEL_STATS_FILE, PseudoLabelStatistics
@@ -90,7 +91,7 @@ def pseudo_label(model_uri: str, data: str, work: str) -> dict:
     stats.uri = f"{work}/stats"
     os.makedirs(stats.uri)
     Executor(Executor.Context(beam_pipeline_args=["--direct_running_mode=in_memory"], tmp_dir=f"{work}/tmp")).Do(
-        inputs, {"pseudo_labeled_examples": [out], "statistics": [stats]}, {"num_classes": 10})
+        inputs, {"pseudo_labeled_examples": [out], "statistics": [stats]}, {"num_classes": 10, "prior_adjustment": prior})
     return json.load(open(os.path.join(stats.uri, PSEUDO_LABEL_STATS_FILE)))
 
 

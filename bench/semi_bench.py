@@ -55,10 +55,13 @@ from pipeline.tasks import ensure_data  # noqa: E402
 LOSSES = {"ce": "CE", "logit_adjusted": "LA"}
 
 
-def prepare(a, rho_u: float, relevance: float) -> str:
+def prepare(a, rho_u: float, relevance: float, order: str = "same") -> str:
+    """The prepared data of one pool (``order``: the pool's head-to-tail class order, "same" or "reversed")."""
     size = int(sum(exponential_profile(a.pool_head, 10, rho_u, list(range(10)))))
     overrides = {"data.rho": str(a.rho), "data.n_max": str(a.n_max), "data.rho_u": str(rho_u),
                  "data.unlabeled_size": str(size), "data.pool_relevance": str(relevance), "data.seed": str(a.data_seed)}
+    if order != "same":
+        overrides["data.unlabeled_order"] = order
     return ensure_data(load_config("default", overrides))
 
 
