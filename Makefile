@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 # pytest-xdist workers for make test (0: one process, no xdist); each test file is one scheduling group (tests/conftest.py)
 TEST_WORKERS ?= 2
 
-.PHONY: run test lint env data container-smoke bench bench-methods bench-ssp bench-daso bench-semi bench-regression bench-serve bench-scale bench-distribute bench-distribute-trainers bench-default-run clean-env
+.PHONY: run test lint env data container-smoke bench bench-methods bench-ssp bench-daso bench-semi bench-pool-mix bench-regression bench-serve bench-scale bench-distribute bench-distribute-trainers bench-default-run clean-env
 
 run:
 	$(ENV) python -m pipeline run --preset $(PRESET)
@@ -52,6 +52,11 @@ bench-daso:
 # compute-matched (900 steps a model); the pool estimates and the planner's choice per cell
 bench-semi:
 	$(ENV) python bench/semi_bench.py --seeds 0,1
+
+# issue #44: supervised vs pseudo-labels with and without the EM-BCTS prior on consistent, uniform and reversed pools at
+# relevance 1 and 0.5, seeds 0-2, compute-matched (about 900 steps a model; about 25 min a seed on 2 cores)
+bench-pool-mix:
+	$(ENV) python bench/pool_mix_bench.py --epochs 30 --mixed-precision mixed_bfloat16 --seeds 0,1,2
 
 # the imbalanced-regression table of issue #9 (8 methods x 5 seeds, 25 epochs each; 33 min on 2 busy cores)
 bench-regression:
