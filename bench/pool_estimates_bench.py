@@ -73,8 +73,9 @@ def examples_artifact(uri: str, splits: dict[str, str]):
     return a
 
 
-def pseudo_label(model_uri: str, data: str, work: str, prior: str = "none") -> dict:
-    """The real PseudoLabeler executor on ``data``'s pool and validation split (``prior``: its prior_adjustment)."""
+def pseudo_label(model_uri: str, data: str, work: str, prior: str = "none", strength: float = 1.0) -> dict:
+    """The real PseudoLabeler executor on ``data``'s pool and validation split (``prior``, ``strength``: its
+    prior_adjustment and prior_strength)."""
     from tfx.types import standard_artifacts
 
     from components.artifacts import PSEUDO_LABEL_STATS_FILE, PseudoLabelStatistics
@@ -90,8 +91,9 @@ def pseudo_label(model_uri: str, data: str, work: str, prior: str = "none") -> d
     stats = PseudoLabelStatistics()
     stats.uri = f"{work}/stats"
     os.makedirs(stats.uri)
+    properties = {"num_classes": 10, "prior_adjustment": prior, "prior_strength": strength}
     Executor(Executor.Context(beam_pipeline_args=["--direct_running_mode=in_memory"], tmp_dir=f"{work}/tmp")).Do(
-        inputs, {"pseudo_labeled_examples": [out], "statistics": [stats]}, {"num_classes": 10, "prior_adjustment": prior})
+        inputs, {"pseudo_labeled_examples": [out], "statistics": [stats]}, properties)
     return json.load(open(os.path.join(stats.uri, PSEUDO_LABEL_STATS_FILE)))
 
 

@@ -3,7 +3,8 @@ EM-BCTS prior, on Fashion-MNIST-LT rho_l=100 with consistent (rho_U=100, the lab
 reversed (rho_U=100, the labeled order reversed) pools, each at relevance 1 and 0.5 (half the pool MNIST digits).
 
 Per seed: one base model (resnet8, the logit-adjusted loss, bench/semi_bench.py's recipe) is the supervised row; for
-every pool the real PseudoLabeler executor (Beam) labels it twice, with semi.pseudo_label.prior=none and =em_bcts;
+every pool the real PseudoLabeler executor (Beam) labels it once per --priors entry (semi.pseudo_label.prior=none and
+=em_bcts by default; em_bcts@S sets prior_strength S);
 a final model trains on labeled + each set of pseudo-labels (w = 1) for about as many steps as the base model.
 Columns: balanced and worst-class test accuracy; the accuracy of the pseudo-labels actually written (each written
 image's label against its true class, matched by the image bytes' SHA-1; in-domain images only); the pool's
@@ -13,6 +14,7 @@ evaluation-only entries and is used only for the table.
 
 Usage (inside the environment):
   tools/env exec python bench/pool_mix_bench.py [--seeds 0,1,2] [--epochs 30] [--mixes consistent,uniform,reversed]
+      [--priors none,em_bcts,em_bcts@0.5] [--out bench/results/pool_mix_strength.md]
 Writes bench/results/pool_mix.md (and .jsonl, one line per trained model) after every seed.
 """
 
@@ -47,6 +49,18 @@ from models.training import train  # noqa: E402
 
 MIXES = {"consistent": (100.0, "same"), "uniform": (1.0, "same"), "reversed": (100.0, "reversed")}
 PRIORS = {"none": "pseudo-label (today)", "em_bcts": "pseudo-label, EM-BCTS prior"}
+
+
+def prior_variants(text: str) -> dict:
+    """--priors "none,em_bcts,em_bcts@0.5" -> {variant: (prior, strength, the table's method name)}."""
+    variants = {}
+    for item in text.split(","):
+        prior, _, strength = item.partition("@")
+        if prior not in PRIORS:
+            raise SystemExit(f"--priors: {item!r}: the prior must be one of {sorted(PRIORS)}")
+        s = float(strength or 1.0)
+        variants[item] = (prior, s, PRIORS[prior] + ("" if s == 1.0 else f" x{s:g}"))
+    return variants
 
 
 def _images(files) -> list[bytes]:
@@ -94,9 +108,9 @@ def run_seed(a, seed: int, cells: dict, stats: dict, files, test_files, shape, w
         cell = f"{mix}, relevance {relevance:g}"
         entry = load_manifest(data)["splits"]["unlabeled"]
         truth, true_prior = pool_truth(data, entry)
-        for prior, method in PRIORS.items():
-            pl_dir = f"{work}/pl-{seed}-{mix}-{relevance:g}-{prior}"
-            s = pseudo_label(base_dir, data, pl_dir, prior)
+        for variant, (prior, strength, method) in prior_variants(a.priors).items():
+            pl_dir = f"{work}/pl-{seed}-{mix}-{relevance:g}-{variant}"
+            s = pseudo_label(base_dir, data, pl_dir, prior, strength)
             estimate = s["prior_adjustment"]["prior"] if prior == "em_bcts" else s["estimated_class_distribution"]
             pl_files = sorted(glob.glob(f"{pl_dir}/pseudo/Split-train/*"))
             plan = decide(SemiConfig(method="auto"), stats, s)
@@ -107,7 +121,8 @@ def run_seed(a, seed: int, cells: dict, stats: dict, files, test_files, shape, w
                   file=sys.stderr, flush=True)
             t0 = time.time()
             final, _ = train(dataclasses.replace(cfg, epochs=epochs), files, cstats, shape,
-                             f"{work}/final-{seed}-{mix}-{relevance:g}-{prior}", pseudo_files=pl_files, pseudo_weight=1.0)
+                             f"{work}/final-{seed}-{mix}-{relevance:g}-{variant}", pseudo_files=pl_files,
+                             pseudo_weight=1.0)
             rows.append(row_of(method, cell, seed, evaluate(final, test_files, shape, stats), stats, {
                 "seconds": time.time() - t0, "steps": epochs * per_epoch, "accepted": int(s["num_accepted"]),
                 "pl_accuracy": written_accuracy(pl_files, truth),
@@ -159,12 +174,15 @@ def main() -> int:
                        "base model epochs; final models get as many steps")
     p.add_argument("--mixes", default=",".join(MIXES), help=f"pool class mixes, of {sorted(MIXES)}")
     p.add_argument("--relevance", default="1.0,0.5")
+    p.add_argument("--priors", default="none,em_bcts",
+                   help="semi.pseudo_label.prior of each pseudo-label row, @S for prior_strength S (em_bcts@0.5)")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--mixed-precision", default="none", help="train.mixed_precision of every model")
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument("--max-steps-per-epoch", type=int, default=None, help="trying the script out only")
     p.add_argument("--out", default="bench/results/pool_mix.md")
     a = p.parse_args()
+    prior_variants(a.priors)  # a bad --priors fails before any data is prepared
     unknown = sorted(set(a.mixes.split(",")) - set(MIXES))
     if unknown:
         p.error(f"--mixes: unknown {unknown}; choose from {sorted(MIXES)}")

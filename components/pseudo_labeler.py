@@ -19,8 +19,9 @@ Each output tf.Example holds exactly:
 Prior adjustment (``prior_adjustment="em_bcts"``, issue #44): a first Beam pass collects the pool's logits, the
 driver estimates the pool's class prior q by EM-BCTS (models/pool_estimates.py: BCTS fitted on the labeled ``eval``
 split, Saerens's EM on the pool, a bootstrap interval), and the labelling pass takes each image's label and
-confidence from its posterior adjusted to q (log p(y|x) + log q_y - log p_val(y)), so a consistent or reversed pool
-is not labeled as if it were the validation's mix. The pool estimates below still read the served outputs.
+confidence from its posterior adjusted toward q (log p(y|x) + s (log q_y - log p_val(y)), s = ``prior_strength``),
+so a consistent or reversed pool is not labeled as if it were the validation's mix. The pool estimates below still
+read the served outputs.
 
 Selection: confidence >= ``confidence_threshold`` (default 0, i.e. every image, as in Yang & Xu
 2020), then, if ``top_k_per_class`` > 0, the k most confident images of each predicted class
@@ -117,7 +118,8 @@ class _PseudoLabel(beam.DoFn):
         if self._adjustment is not None:
             a = self._adjustment
             chosen = np.exp(prior_adjusted_log_probabilities(
-                bcts_log_probabilities(out["logits"], a["temperature"], a["bias"]), a["source_prior"], a["prior"]))
+                bcts_log_probabilities(out["logits"], a["temperature"], a["bias"]), a["source_prior"], a["prior"],
+                a["strength"]))
         for i, image in enumerate(images):
             label = int(chosen[i].argmax()) if self._adjustment is not None else int(labels[i])
             yield {"image": image, "label": label, "confidence": float(chosen[i, label]), "probabilities": probs[i],
@@ -183,6 +185,7 @@ class PseudoLabelerSpec(types.ComponentSpec):
         "energy_temperature": ExecutionParameter(type=float, optional=True),
         "histogram_bins": ExecutionParameter(type=int, optional=True),
         "prior_adjustment": ExecutionParameter(type=str, optional=True),
+        "prior_strength": ExecutionParameter(type=float, optional=True),
     }
     INPUTS = {
         "model": ChannelParameter(type=standard_artifacts.Model),
@@ -234,6 +237,8 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         beam_dir = os.path.join(stats_uri, "beam")
 
         prior_setting = exec_properties.get("prior_adjustment") or "none"
+        strength = exec_properties.get("prior_strength")
+        strength = 1.0 if strength is None else float(strength)
         if prior_setting not in PRIOR_ADJUSTMENTS:
             raise ValueError(f"prior_adjustment={prior_setting!r}: use one of {PRIOR_ADJUSTMENTS}")
         adjustment, prior_block = None, {"setting": prior_setting, "method": "none"}
@@ -243,8 +248,8 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         elif prior_setting == "em_bcts":
             pool_logits = self._pool_logits(serving_dir, pool_pattern, os.path.join(beam_dir, "pool_logits"))
             estimate = estimate_prior_em_bcts(val_logits, val_labels, pool_logits, num_classes)
-            adjustment = {k: estimate[k] for k in ("temperature", "bias", "source_prior", "prior")}
-            prior_block.update(estimate, setting=prior_setting)
+            adjustment = {**{k: estimate[k] for k in ("temperature", "bias", "source_prior", "prior")}, "strength": strength}
+            prior_block.update(estimate, setting=prior_setting, strength=strength)
 
         with self._make_beam_pipeline() as p:
             items = (p | "ReadPool" >> beam.io.ReadFromTFRecord(pool_pattern, coder=beam.coders.BytesCoder())
@@ -363,12 +368,13 @@ class PseudoLabeler(base_beam_component.BaseBeamComponent):
 
     def __init__(self, model, unlabeled_examples, num_classes: int, examples=None, confidence_threshold: float = 0.0,
                  top_k_per_class: int = 0, eval_split: str = "eval", ood_tpr: float = 0.95,
-                 energy_temperature: float = 1.0, histogram_bins: int = 20, prior_adjustment: str = "none"):
+                 energy_temperature: float = 1.0, histogram_bins: int = 20, prior_adjustment: str = "none",
+                 prior_strength: float = 1.0):
         spec = PseudoLabelerSpec(
             model=model, unlabeled_examples=unlabeled_examples, examples=examples, num_classes=num_classes,
             confidence_threshold=confidence_threshold, top_k_per_class=top_k_per_class, eval_split=eval_split,
             ood_tpr=ood_tpr, energy_temperature=energy_temperature, histogram_bins=histogram_bins,
-            prior_adjustment=prior_adjustment,
+            prior_adjustment=prior_adjustment, prior_strength=prior_strength,
             pseudo_labeled_examples=types.Channel(type=standard_artifacts.Examples),
             statistics=types.Channel(type=PseudoLabelStatistics))
         super().__init__(spec=spec)

@@ -291,10 +291,15 @@ class PseudoLabelConfig:
     # none: the base model's served argmax labels the pool | em_bcts: the label of each image's posterior adjusted to
     # the pool's class prior, estimated by EM-BCTS (components/pseudo_labeler.py; issue #44, not yet benchmarked)
     prior: str = "none"
+    # em_bcts only: how far the posteriors move toward the estimated prior, log p + s (log q - log p_val); 1 is the full
+    # Bayes correction, 0.5 a tempered prior (bench/results/pool_mix_strength.md)
+    prior_strength: float = 1.0
 
     def __post_init__(self):
         _choice("semi.pseudo_label.init", self.init, PSEUDO_LABEL_INITS)
         _choice("semi.pseudo_label.prior", self.prior, PSEUDO_LABEL_PRIORS)
+        if not 0.0 <= self.prior_strength <= 1.0:
+            raise ValueError(f"semi.pseudo_label.prior_strength must be in [0, 1] (got {self.prior_strength})")
         for name in ("base_epochs", "final_epochs"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"semi.pseudo_label.{name} must be >= 1 or none (got {getattr(self, name)})")

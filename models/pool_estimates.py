@@ -192,12 +192,15 @@ def em_prior(log_probabilities, source_prior, tolerance: float = EM_TOLERANCE,
     return q, max_iterations
 
 
-def prior_adjusted_log_probabilities(log_probabilities, source_prior, target_prior) -> np.ndarray:
-    """The posteriors a pool of class prior ``target_prior`` implies: log p(y | x) + log q_y - log p_s(y),
-    renormalised (the Bayes correction for label shift)."""
+def prior_adjusted_log_probabilities(log_probabilities, source_prior, target_prior, strength: float = 1.0) -> np.ndarray:
+    """The posteriors a pool of class prior ``target_prior`` implies: log p(y | x) + s (log q_y - log p_s(y)),
+    renormalised. s = 1 is the Bayes correction for label shift; 0 < s < 1 moves only part of the way (a tempered
+    prior, q^s, as SimPro and ACR blend their estimate), which trusts a noisy estimate less; 0 leaves p as it is."""
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"prior strength must be in [0, 1] (got {strength})")
     shift = np.log(np.clip(np.asarray(target_prior, np.float64), 1e-12, None)) - np.log(
         np.clip(np.asarray(source_prior, np.float64), 1e-12, None))
-    return log_softmax(np.asarray(log_probabilities, np.float64) + shift, axis=1)
+    return log_softmax(np.asarray(log_probabilities, np.float64) + strength * shift, axis=1)
 
 
 def estimate_prior_em_bcts(validation_logits, validation_labels, pool_logits, num_classes: int,

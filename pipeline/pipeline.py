@@ -198,7 +198,8 @@ def create_pipeline(cfg: PipelineConfig, data_dir: str, manifest: dict, pipeline
         labeler = PseudoLabeler(
             model=base_trainer.outputs["model"], unlabeled_examples=unlabeled_examples, examples=labeled_gen.outputs["examples"],
             num_classes=manifest["num_classes"], confidence_threshold=cfg.semi.pseudo_label.threshold,
-            top_k_per_class=cfg.semi.pseudo_label.top_k, eval_split="eval", prior_adjustment=cfg.semi.pseudo_label.prior)
+            top_k_per_class=cfg.semi.pseudo_label.top_k, eval_split="eval", prior_adjustment=cfg.semi.pseudo_label.prior,
+            prior_strength=cfg.semi.pseudo_label.prior_strength)
         components += [base_trainer, labeler]
         pseudo_inputs = {"pseudo_labeled_examples": labeler.outputs["pseudo_labeled_examples"],
                          "pseudo_label_stats": labeler.outputs["statistics"],

@@ -195,9 +195,10 @@ def _prior_md(prior: dict | None) -> list[str]:
     note = "" if prior["interval_covers"] else (
         f" The interval is too narrow: the validation split has {min(prior['validation_per_class'])} images in its "
         "smallest class, where the bootstrap under-covers (docs/semi-supervised.md).")
+    strength = "" if prior.get("strength", 1.0) == 1.0 else f" with strength {prior['strength']:g}"
     return [f"Prior adjustment em_bcts: BCTS on {sum(prior['validation_per_class'])} validation images (temperature "
             f"{prior['temperature']:.2f}), EM on {prior['pool_examples']} pool images ({prior['iterations']} "
-            f"iterations); each pool image is labeled by its posterior adjusted to the estimated prior (per class "
+            f"iterations); each pool image is labeled by its posterior adjusted to the estimated prior{strength} (per class "
             f"below, with {prior['level']:.0%} bootstrap intervals of {prior['resamples']} resamples).{note}", ""]
 
 

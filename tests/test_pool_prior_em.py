@@ -89,6 +89,14 @@ def test_prior_adjustment_lifts_accuracy_on_a_reversed_pool():
     after = (prior_adjusted_log_probabilities(lp, source, q).argmax(1) == y_pool).mean()
     raw = (z_pool.argmax(1) == y_pool).mean()  # the uncalibrated, head-biased model
     assert after > before + 0.01 and after > raw + 0.05
+    # a tempered prior (strength 0.5) lands between: half the log shift; strength 0 is the calibrated argmax itself
+    half = prior_adjusted_log_probabilities(lp, source, q, strength=0.5)
+    np.testing.assert_allclose(prior_adjusted_log_probabilities(lp, source, q, strength=0.0), lp, atol=1e-9)
+    shift = np.log(q) - np.log(source)
+    np.testing.assert_allclose(half - half[:, :1], (lp + 0.5 * shift) - (lp + 0.5 * shift)[:, :1], atol=1e-9)
+    assert before <= (half.argmax(1) == y_pool).mean() + 0.005
+    with pytest.raises(ValueError, match=r"prior strength must be in \[0, 1\] \(got 1.5\)"):
+        prior_adjusted_log_probabilities(lp, source, q, strength=1.5)
 
 
 def test_em_bcts_names_a_class_missing_from_validation_and_an_empty_pool():
