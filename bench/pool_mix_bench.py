@@ -37,13 +37,12 @@ import tensorflow as tf  # noqa: E402
 
 from bench.common import evaluate, pool_arguments, read_rows, write_result  # noqa: E402
 from bench.pool_estimates_bench import pseudo_label  # noqa: E402
-from bench.semi_bench import fmt, mean_range, prepare, row_of  # noqa: E402
+from bench.semi_bench import fmt, mean_range, prepare, row_of, shared_labeled  # noqa: E402
 from components.data.prepare import load_manifest  # noqa: E402
 from models import distribute  # noqa: E402
 from models.config import SemiConfig, TrainConfig  # noqa: E402
 from models.export import export_serving_model  # noqa: E402
 from models.inputs import compression_type  # noqa: E402
-from models.label_stats import derive_label_stats  # noqa: E402
 from models.pseudo_label import combined_stats, decide  # noqa: E402
 from models.training import train  # noqa: E402
 
@@ -106,7 +105,8 @@ def run_seed(a, seed: int, cells: dict, stats: dict, files, test_files, shape, w
     export_serving_model(model, f"{base_dir}/Format-Serving", shape)
     for (mix, relevance), data in cells.items():
         cell = f"{mix}, relevance {relevance:g}"
-        entry = load_manifest(data)["splits"]["unlabeled"]
+        manifest = load_manifest(data)
+        entry = manifest["splits"]["unlabeled"]
         truth, true_prior = pool_truth(data, entry)
         for variant, (prior, strength, method) in prior_variants(a.priors).items():
             pl_dir = f"{work}/pl-{seed}-{mix}-{relevance:g}-{variant}"
@@ -128,7 +128,7 @@ def run_seed(a, seed: int, cells: dict, stats: dict, files, test_files, shape, w
                 "pl_accuracy": written_accuracy(pl_files, truth),
                 "prior_l1": float(np.abs(np.asarray(estimate) - true_prior).sum()),
                 "prior_interval_covers": s["prior_adjustment"].get("interval_covers"),
-                "true_relevance": load_manifest(data)["unlabeled_composition"]["relevance"],
+                "true_relevance": manifest["unlabeled_composition"]["relevance"],
                 "estimated_relevance": s["estimated_relevance"], "planner": plan["choice"]}))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
             shutil.rmtree(pl_dir, ignore_errors=True)
@@ -188,15 +188,7 @@ def main() -> int:
         p.error(f"--mixes: unknown {unknown}; choose from {sorted(MIXES)}")
     cells = {(mix, float(r)): prepare(a, MIXES[mix][0], float(r), MIXES[mix][1])
              for mix in a.mixes.split(",") for r in a.relevance.split(",")}
-    manifests = {c: load_manifest(d) for c, d in cells.items()}
-    first = next(iter(cells))
-    m0 = manifests[first]
-    counts = m0["splits"]["labeled"]["per_class_counts"]
-    if any(m["splits"]["labeled"]["per_class_counts"] != counts for m in manifests.values()):
-        raise SystemExit("the pools' data folders hold different labeled splits; use one --data-seed")
-    stats = derive_label_stats(counts, m0["class_names"])
-    files = [os.path.join(cells[first], f) for f in m0["splits"]["labeled"]["files"]]
-    test_files = [os.path.join(cells[first], f) for f in m0["splits"]["test"]["files"]]
+    manifests, m0, counts, stats, files, test_files = shared_labeled(cells)
     distribute.set_mixed_precision(a.mixed_precision)  # as the Trainer's run_fn does
     jsonl = a.out.replace(".md", ".jsonl")
     rows = read_rows(jsonl) if os.path.exists(jsonl) else []

@@ -65,6 +65,20 @@ def prepare(a, rho_u: float, relevance: float, order: str = "same") -> str:
     return ensure_data(load_config("default", overrides))
 
 
+def shared_labeled(cells: dict) -> tuple[dict, dict, list, dict, list, list]:
+    """The pools' data folders (one per cell) share one labeled split: (manifests by cell, the first manifest, its
+    per-class counts, their label statistics, the labeled files, the test files), read from the first folder."""
+    manifests = {c: load_manifest(d) for c, d in cells.items()}
+    first = next(iter(cells))
+    m0 = manifests[first]
+    counts = m0["splits"]["labeled"]["per_class_counts"]
+    if any(m["splits"]["labeled"]["per_class_counts"] != counts for m in manifests.values()):
+        raise SystemExit("the pools' data folders hold different labeled splits; use one --data-seed")
+    files = [os.path.join(cells[first], f) for f in m0["splits"]["labeled"]["files"]]
+    test_files = [os.path.join(cells[first], f) for f in m0["splits"]["test"]["files"]]
+    return manifests, m0, counts, derive_label_stats(counts, m0["class_names"]), files, test_files
+
+
 def filter_by_confidence(files, threshold: float, out_path: str, num_classes: int) -> list[int]:
     """Copy the pseudo-labeled records with confidence >= threshold (the PseudoLabeler's own rule);
     per-class counts of those kept."""
@@ -205,15 +219,7 @@ def main() -> int:
     a = p.parse_args()
     cells = {(float(u), float(r)): prepare(a, float(u), float(r))
              for u in a.rho_u.split(",") for r in a.relevance.split(",")}
-    manifests = {c: load_manifest(d) for c, d in cells.items()}
-    first = next(iter(cells))
-    m0 = manifests[first]
-    counts = m0["splits"]["labeled"]["per_class_counts"]
-    if any(m["splits"]["labeled"]["per_class_counts"] != counts for m in manifests.values()):
-        raise SystemExit("the pools' data folders hold different labeled splits; use one --data-seed")
-    stats = derive_label_stats(counts, m0["class_names"])
-    files = [os.path.join(cells[first], f) for f in m0["splits"]["labeled"]["files"]]
-    test_files = [os.path.join(cells[first], f) for f in m0["splits"]["test"]["files"]]
+    manifests, m0, counts, stats, files, test_files = shared_labeled(cells)
     shape = m0["image_shape"]
     path = a.out or f"bench/results/semi_rho{a.rho:g}.md"
     os.makedirs("runs", exist_ok=True)
