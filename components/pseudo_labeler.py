@@ -59,6 +59,7 @@ from tfx.utils import io_utils, path_utils
 
 from components.artifacts import PSEUDO_LABEL_STATS_FILE, PseudoLabelStatistics
 from components.errors import PipelineDataError
+from models.config import PSEUDO_LABEL_PRIORS
 from models.pool_estimates import (
     DEFAULT_TPR_GRID,
     ClassConditionalCalibration,
@@ -79,7 +80,6 @@ OUTPUT_SPLIT = "train"
 _PREDICTED, _ACCEPTED, _HISTOGRAM, _ABOVE, _BINNED = "predicted", "accepted", "histogram", "above", "binned"
 _LABELED = "labeled"  # the pseudo-labels before the threshold: the served argmax, or the prior-adjusted one
 _PROBABILITY_SUMS = "probability_sums"
-PRIOR_ADJUSTMENTS = ("none", "em_bcts")  # semi.pseudo_label.prior
 
 
 def _split_files(examples, split: str) -> list[str]:
@@ -239,8 +239,8 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         prior_setting = exec_properties.get("prior_adjustment") or "none"
         strength = exec_properties.get("prior_strength")
         strength = 1.0 if strength is None else float(strength)
-        if prior_setting not in PRIOR_ADJUSTMENTS:
-            raise ValueError(f"prior_adjustment={prior_setting!r}: use one of {PRIOR_ADJUSTMENTS}")
+        if prior_setting not in PSEUDO_LABEL_PRIORS:
+            raise ValueError(f"prior_adjustment={prior_setting!r}: use one of {PSEUDO_LABEL_PRIORS}")
         adjustment, prior_block = None, {"setting": prior_setting, "method": "none"}
         if prior_setting == "em_bcts" and val_logits is None:
             prior_block["reason"] = ("no validation logits (no labeled examples given, or the model exports no "

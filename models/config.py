@@ -289,7 +289,7 @@ class PseudoLabelConfig:
     # included, with a fresh optimizer and learning-rate schedule (bench/results/default_run.md)
     init: str = "scratch"
     # none: the base model's served argmax labels the pool | em_bcts: the label of each image's posterior adjusted to
-    # the pool's class prior, estimated by EM-BCTS (components/pseudo_labeler.py; issue #44, not yet benchmarked)
+    # the pool's class prior, estimated by EM-BCTS (components/pseudo_labeler.py; bench/results/pool_mix.md)
     prior: str = "none"
     # em_bcts only: how far the posteriors move toward the estimated prior, log p + s (log q - log p_val); 1 is the full
     # Bayes correction, 0.5 a tempered prior (bench/results/pool_mix_strength.md)
