@@ -97,8 +97,8 @@ def _classification_data(cfg: PipelineConfig) -> tuple[tasks.TaskInputs, str, st
         except (DataError, PipelineDataError, OSError, ValueError) as e:
             return tasks.TaskInputs(where, _planned_manifest(cfg)), f"prepared folder {where}", str(e)
         return tasks.TaskInputs(where, load_manifest(where)), f"prepared folder {where}", None
-    where = os.path.abspath(default_data_dir(cfg.data.source, tasks.split_spec(cfg), image_settings=(
-        cfg.data.image_size, cfg.data.channels, cfg.data.image_fit)))
+    where = os.path.abspath(default_data_dir(cfg.data.source, tasks.split_spec(cfg),
+                                             image_settings=tasks.image_settings(cfg.data)))
     if os.path.exists(os.path.join(where, MANIFEST)):
         return tasks.TaskInputs(where, load_manifest(where)), f"{cfg.data.source}, prepared in {where}", None
     return (tasks.TaskInputs(where, _planned_manifest(cfg)),

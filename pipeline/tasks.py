@@ -270,6 +270,12 @@ def split_spec(cfg: PipelineConfig) -> SplitSpec:
     return spec_from_data_config(cfg.data)
 
 
+def image_settings(data) -> tuple:
+    """(data.image_size, data.channels, data.image_fit) of a run's data.* settings: the one shape a folder's or
+    TFRecords' images are fitted to, by prepare-data and by OwnDataExampleGen."""
+    return data.image_size, data.channels, data.image_fit
+
+
 def ingests_own_data(cfg: PipelineConfig) -> bool:
     """A user's folder:/tfrecord: source goes through OwnDataExampleGen; the pool relevance knob (MNIST digits
     mixed into the pool, an evaluation device) and an explicit data.data_dir keep the prepare-data path."""
@@ -280,7 +286,7 @@ def own_data_manifest(source: str, spec: SplitSpec, data=None) -> dict:
     """What the wiring needs (classes, the images' fit, planned split sizes), from the listing and the images'
     headers; ``data``: the data.* settings (image_size, channels, image_fit; None: all auto)."""
     plan = plan_own_data(source, spec)
-    _, record = image_fit_of(plan, *((data.image_size, data.channels, data.image_fit) if data else ()))
+    _, record = image_fit_of(plan, *(image_settings(data) if data else ()))
     record["bad_files"] = data.bad_files if data else "error"
     return describe(plan, spec, record)
 
@@ -291,7 +297,7 @@ def ensure_data(cfg: PipelineConfig) -> str:
         Manifest.load(cfg.data.data_dir)  # raises a named error if it is not a prepared dataset
         return os.path.abspath(cfg.data.data_dir)
     return os.path.abspath(ensure_prepared(cfg.data.source, split_spec(cfg), cfg.data.source_dir,
-                                           image_settings=(cfg.data.image_size, cfg.data.channels, cfg.data.image_fit)))
+                                           image_settings=image_settings(cfg.data)))
 
 
 def regression_csv_dir(cfg: PipelineConfig) -> str:
