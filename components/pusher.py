@@ -3,8 +3,9 @@
 A re-run with unchanged data and settings takes the Trainer's model from the cache, the gate
 blesses it again (it is its own baseline), and the stock Pusher would copy it to a new version
 folder: TF Serving would then reload an identical model. This executor compares the candidate's
-SavedModel bytes with the versions already under the destination; on a match it records that
-version as the push (``already_serving=1``) and copies nothing.
+SavedModel bytes with the newest version under the destination (the one served); on a match it records that
+version as the push (``already_serving=1``) and copies nothing. A match with an older version is pushed again as a
+new version: after a rollback (components/rollback.py) an older version is not what is served.
 
 A filesystem push is atomic: the model is copied to ``<version>.partial`` beside the versions and renamed to
 ``<version>`` only when complete (TFX's Pusher copies into ``<version>`` directly, so a run killed mid-copy leaves a
@@ -106,15 +107,15 @@ class Executor(pusher_executor.Executor):
         base = destination.filesystem.base_directory
         removed = remove_partial_pushes(base)
         model_push.set_int_custom_property("removed_partial_pushes", len(removed))
-        if fileio.exists(base):
-            digest = saved_model_digest(model_path)
-            for version in sorted(fileio.listdir(base), reverse=True):
-                version = version.rstrip("/")
-                if saved_model_digest(os.path.join(base, version)) == digest:
-                    logging.info("Model is already serving as version %s; nothing copied", version)
-                    self._MarkPushed(model_push, pushed_destination=os.path.join(base, version), pushed_version=version)
-                    model_push.set_int_custom_property("already_serving", 1)
-                    return
+        newest = newest_version(base)
+        # only the newest version is served: a match with an older one (e.g. the bad model a rollback replaced) is
+        # pushed again as a new version
+        if newest is not None and saved_model_digest(newest) == saved_model_digest(model_path):
+            version = os.path.basename(newest)
+            logging.info("Model is already serving as version %s; nothing copied", version)
+            self._MarkPushed(model_push, pushed_destination=newest, pushed_version=version)
+            model_push.set_int_custom_property("already_serving", 1)
+            return
         check_same_label_space(model_path, base)
         version = int(time.time())  # TFX's UNIX_TIMESTAMP versioning; never reuse a taken number
         while fileio.exists(os.path.join(base, str(version))):

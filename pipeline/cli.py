@@ -1,5 +1,9 @@
-"""The one CLI: ``python -m pipeline {prepare-data,run,check,compile-kfp,schedule,serve} ...``. The last printed line of each
-command is its output (a folder, or the Kubeflow package)."""
+"""The one CLI: ``python -m pipeline {prepare-data,run,check,compile-kfp,schedule,serve,rollback} ...``. The last printed
+line of each command is its output (a folder, or the Kubeflow package).
+
+Exit statuses: 0 done (``run``: blessed and pushed, or already serving); 2 a setting, the data or a rollback target is
+wrong; 3 ``run --no-wait`` found the pipeline running; 4 ``check`` found the data missing; 5 ``run``: the gate refused
+the model and nothing was pushed (``--allow-unblessed``: 0)."""
 
 from __future__ import annotations
 
@@ -29,6 +33,17 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--no-wait", action="store_true", help="stop (exit 3) if a run of the same pipeline is in "
                                                               "progress instead of waiting for it")
     run.add_argument("--dry-run", action="store_true", help="the same as `check`: say what the run would do, and stop")
+    run.add_argument("--allow-unblessed", action="store_true",
+                     help=f"exit 0 when the gate refuses the model (default: exit {EXIT_NOT_PUSHED}, so a scheduler or "
+                          "CI sees that nothing was pushed)")
+    back = sub.add_parser("rollback", help="serve an earlier pushed version again (as a new highest version) and make "
+                                           "its model the last blessed one, the next gate's baseline")
+    back.add_argument("--model", required=True, help="the serving folder's name under --serving-root (model_name)")
+    back.add_argument("--to", default=None, metavar="VERSION",
+                      help="the version to serve again (default: the newest whose model differs from the served one)")
+    back.add_argument("--serving-root", default="serving", help="the run's serving_root (default: serving)")
+    back.add_argument("--runs-root", default="runs", help="the run's runs_root, whose _tfx/*/metadata.sqlite are the "
+                                                          "local pipelines' MLMD (default: runs)")
     kfp = sub.add_parser("compile-kfp", help="compile the pipeline for Kubeflow Pipelines v2 (the pipeline spec, as .yaml)")
     kfp.add_argument("--preset", default="default")
     kfp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -67,6 +82,32 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--poll-seconds", type=float, default=5.0, help="how often to look for a newly pushed version")
     serve.add_argument("--max-request-mb", type=float, default=4.0, help="larger request bodies get 413")
     return parser
+
+
+EXIT_NOT_PUSHED = 5  # `run`: the gate refused the model (or it was not pushed); --allow-unblessed gives 0
+
+
+def _not_pushed(out: str) -> str | None:
+    """Why the run at ``out`` pushed nothing (its gate's failed checks), or None when it pushed."""
+    import json
+
+    with open(os.path.join(out, "metrics.json")) as f:
+        m = json.load(f)
+    if m.get("blessed") and m.get("pushed"):
+        return None
+    failed = [c["check"] for c in (m.get("gate") or {}).get("checks", []) if not c.get("passed")]
+    return ("the gate refused the model" + (f" ({'; '.join(failed)})" if failed else "")) if not m.get("blessed") \
+        else "the model was blessed but not pushed"
+
+
+def _rollback(args) -> str:
+    from components.rollback import local_stores, rollback
+
+    done = rollback(os.path.join(args.serving_root, args.model), local_stores(args.runs_root), args.to)
+    print(f"[rollback] {done.model_dir}: version {done.to_version} is served again as version {done.new_version} "
+          f"(was {done.from_version}); {len(done.unblessed_model_uris)} newer model(s) no longer blessed in "
+          f"{done.metadata_path}, so the next gate compares with {done.restored_model_uri}", file=sys.stderr)
+    return os.path.join(done.model_dir, done.new_version)
 
 
 def _parse_overrides(items: list[str]) -> dict[str, str]:
@@ -147,6 +188,23 @@ def main(argv: list[str] | None = None) -> int:
             except PipelineBusy as e:
                 print(f"error: {e}", file=sys.stderr)
                 return 3
+            why = _not_pushed(out)
+            if why is not None:
+                print(out)
+                if args.allow_unblessed:
+                    print(f"[run] {why}; nothing was pushed (exit 0: --allow-unblessed)", file=sys.stderr)
+                    return 0
+                print(f"error: {why}; nothing was pushed, the served model is unchanged (exit {EXIT_NOT_PUSHED}; "
+                      "--allow-unblessed exits 0). The report: " + os.path.join(out, "report.md"), file=sys.stderr)
+                return EXIT_NOT_PUSHED
+        elif args.command == "rollback":
+            from components.rollback import RollbackError
+
+            try:
+                out = _rollback(args)
+            except RollbackError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
         elif args.command == "compile-kfp":
             from pipeline.kubeflow_runner import compile_pipeline
 

@@ -37,7 +37,7 @@ from components.evaluator import PerClassEvaluator
 from components.label_stats_gen import LabelStatsGen
 from components.own_data_example_gen import OwnDataExampleGen
 from components.pseudo_labeler import PseudoLabeler
-from components.pusher import LongTailPusher
+from components.pusher import LongTailPusher, newest_version
 from components.regression_evaluator import RegressionEvaluator
 from components.regression_label_stats_gen import RegressionLabelStatsGen
 from components.schema_gen import LabelDomainSchemaGen
@@ -228,10 +228,14 @@ def _gate_and_push(evaluator_class, examples, trainer, stats_gen, thresholds, se
         examples=examples, model=trainer.outputs["model"], baseline_model=latest_blessed.outputs["model"],
         label_stats=stats_gen.outputs["label_stats"], thresholds=thresholds, eval_split="eval", report_split="test",
         **evaluator_args)
+    # the version served now is part of the Pusher's cache key: a push is never taken from the cache once the
+    # folder has changed (a rollback, a version removed by hand), since the cached push would name a stale version
+    served = newest_version(serving_dir) if "://" not in serving_dir else None
     pusher = LongTailPusher(
         model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
         push_destination=pusher_pb2.PushDestination(
-            filesystem=pusher_pb2.PushDestination.Filesystem(base_directory=serving_dir)))
+            filesystem=pusher_pb2.PushDestination.Filesystem(base_directory=serving_dir)),
+        custom_config={"served_version": os.path.basename(served) if served else None})
     return [latest_blessed, evaluator, pusher]
 
 

@@ -90,12 +90,13 @@ def tiny(tmp_path_factory, fashion_mnist_dir):
 # --- the CLI and the shared pipeline runs ----------------------------------------------------------------------
 
 
-def run_cli(preset, tmp, out, *sets, check=True):
-    """``python -m pipeline run --preset PRESET --set KEY=VALUE ...`` in a fresh process, as a user runs it: its
+def run_cli(preset, tmp, out, *sets, check=True, flags=()):
+    """``python -m pipeline run --preset PRESET --set KEY=VALUE ... FLAGS`` in a fresh process, as a user runs it: its
     runs and serving folders under ``tmp``, Beam in memory, output folder ``out``. ``check``: a non-zero exit fails
     the test with the run's stderr."""
     args = [sys.executable, "-m", "pipeline", "run", "--preset", preset, "--set", f"runs_root={tmp}/runs",
-            "--set", f"serving_root={tmp}/serving", "--set", "beam.direct_running_mode=in_memory", "--out", str(out)]
+            "--set", f"serving_root={tmp}/serving", "--set", "beam.direct_running_mode=in_memory", "--out", str(out),
+            *flags]
     for s in sets:
         args += ["--set", s]
     proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT))
@@ -104,9 +105,9 @@ def run_cli(preset, tmp, out, *sets, check=True):
     return proc
 
 
-def smoke_cli(tmp, name, data_dir, out, *sets, check=True):
+def smoke_cli(tmp, name, data_dir, out, *sets, check=True, flags=()):
     """The smoke preset on a prepared folder, under pipeline name ``name``."""
-    return run_cli("smoke", tmp, out, f"name={name}", f"data.data_dir={data_dir}", *sets, check=check)
+    return run_cli("smoke", tmp, out, f"name={name}", f"data.data_dir={data_dir}", *sets, check=check, flags=flags)
 
 
 def _latest_run_outputs(mlmd: str) -> dict:

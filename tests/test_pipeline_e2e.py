@@ -71,15 +71,23 @@ def test_rerun_reuses_cached_outputs_and_compares_with_last_blessed(smoke):
     assert os.listdir(smoke["tmp"] / "serving" / "longtail") == [os.path.basename(first["pushed_model_dir"])]
 
 
-def test_model_failing_the_gate_is_not_pushed(smoke):
+def test_model_failing_the_gate_is_not_pushed_and_the_run_exits_5(smoke):
     tmp = smoke["tmp"]
     before = sorted(os.listdir(tmp / "serving" / "longtail"))
-    proc = smoke_cli(tmp, "smoke", smoke["data"], str(tmp / "out3"), "gate.min_per_class_recall=0.99")
+    proc = smoke_cli(tmp, "smoke", smoke["data"], str(tmp / "out3"), "gate.min_per_class_recall=0.99", check=False)
+    assert proc.returncode == 5, proc.stderr[-3000:]  # pipeline/cli.py EXIT_NOT_PUSHED: a scheduler sees the refusal
+    assert proc.stdout.strip().splitlines()[-1] == str(tmp / "out3")  # the last line is still the output folder
+    assert "error: the gate refused the model (every class recall >= floor); nothing was pushed" in proc.stderr
     m = load_metrics(str(tmp / "out3"))
     assert m["blessed"] is False and m["pushed"] is False and m["pushed_model_dir"] is None
     assert [c["check"] for c in m["gate"]["checks"] if not c["passed"]] == ["every class recall >= floor"]
     assert sorted(os.listdir(tmp / "serving" / "longtail")) == before  # nothing new was pushed
     assert "NOT BLESSED" in proc.stdout and "pushed: no" in proc.stdout
+    # --allow-unblessed: the same refusal (every component cached), exit 0
+    again = smoke_cli(tmp, "smoke", smoke["data"], str(tmp / "out3b"), "gate.min_per_class_recall=0.99",
+                      flags=("--allow-unblessed",))
+    assert load_metrics(str(tmp / "out3b"))["blessed"] is False and "exit 0: --allow-unblessed" in again.stderr
+    assert sorted(os.listdir(tmp / "serving" / "longtail")) == before
 
 
 SERVE_SCRIPT = r"""
@@ -268,3 +276,36 @@ def test_calibrated_model_is_gated_on_the_half_its_offsets_were_not_fitted_on(sm
     logits = keras_logits(m, model, images) + np.asarray(cal["offsets"])
     np.testing.assert_allclose(np.array(served["probabilities"]), keras.ops.convert_to_numpy(keras.ops.softmax(logits)),
                                atol=1e-5)
+
+
+def test_rollback_serves_the_earlier_version_again_and_the_next_gate_compares_with_it(smoke, ssp_runs):
+    """After ssp1 pushed a second version over out1's: ``rollback`` serves out1's model again as a new highest version,
+    un-blesses every newer model of the pipeline in MLMD (ssp1's, ssp2's), and the next run's gate baseline is out1's
+    model, not ssp1's; that run's identical candidate is then already serving."""
+    from components.pusher import saved_model_digest
+
+    tmp = smoke["tmp"]
+    base = tmp / "serving" / "longtail"
+    first, ssp1 = load_metrics(str(tmp / "out1")), load_metrics(str(ssp_runs["ssp1"]))
+    v1, v2 = os.path.basename(first["pushed_model_dir"]), os.path.basename(ssp1["pushed_model_dir"])
+    assert sorted(os.listdir(base), key=int) == [v1, v2] and ssp1["already_serving"] is False
+    args = [sys.executable, "-m", "pipeline", "rollback", "--model", "longtail", "--serving-root", str(tmp / "serving"),
+            "--runs-root", str(tmp / "runs")]
+    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    v3 = os.path.basename(proc.stdout.strip().splitlines()[-1])
+    assert sorted(os.listdir(base), key=int) == [v1, v2, v3] and int(v3) > int(v2)
+    assert saved_model_digest(str(base / v3)) == saved_model_digest(str(base / v1))
+    assert f"version {v1} is served again as version {v3} (was {v2}); 2 newer model(s) no longer blessed" in proc.stderr
+    out1_model = os.path.join(os.path.dirname(os.path.dirname(first["model_run_dir"])), "model",
+                              os.path.basename(first["model_run_dir"]))
+    assert out1_model in proc.stderr
+    # nothing left to roll back to but ssp1's: rolling back twice in a row is refused by name, not guessed
+    again = subprocess.run(args + ["--to", "1"], cwd=ROOT, capture_output=True, text=True,
+                           env=dict(os.environ, PYTHONPATH=ROOT))
+    assert again.returncode == 2 and f"has no version 1; it has {v1}, {v2}, {v3}" in again.stderr
+    # the next run (out1's settings, its Trainer cached) is gated against out1's model and pushes nothing new
+    smoke_cli(tmp, "smoke", smoke["data"], str(tmp / "out5"))
+    m = load_metrics(str(tmp / "out5"))
+    assert m["gate"]["baseline_model_uri"] == out1_model
+    assert m["blessed"] is True and m["already_serving"] is True and m["pushed_model_dir"] == str(base / v3)
