@@ -43,6 +43,7 @@ from components.data.image_survey import fitting_events, fitting_record
 from components.data.longtail import SplitSpec
 from components.data.own_data import CODE_OF_SPLIT, SPLIT_OF_OUTPUT, OwnDataPlan, image_files, plan_own_data
 from components.data.prepare import encode_png, image_digest
+from components.data.spans import DEFAULT_SELECTION as DEFAULT_SPANS
 from components.label_statistics import CountAndSample
 
 INGEST_CONFIG_KEY = "ingest_config"
@@ -244,7 +245,7 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
 
     def _planned(self, exec_properties) -> tuple[dict, OwnDataPlan]:
         config = json.loads(exec_properties[INGEST_CONFIG_KEY])
-        plan = plan_own_data(config["source"], _split_spec(config))
+        plan = plan_own_data(config["source"], _split_spec(config), config.get("spans", DEFAULT_SPANS))
         if plan.class_names != config["class_names"]:
             raise DataError(plan.root, f"class folders are {plan.class_names}, the pipeline was compiled for "
                             f"{config['class_names']}; recompile it for the new classes", unit="class")
@@ -321,13 +322,16 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
                   "image_fit": {**config["image_fit"], **fitting_record(fitting)},
                   "non_image_files": len(plan.non_image_files), "non_image_file_samples": plan.non_image_files[:20],
                   "hidden_files": len(plan.hidden_files), "hidden_file_samples": plan.hidden_files[:20],
-                  "skipped_files": skipped, "bad_files": config.get("bad_files", "error"),
+                  "skipped_files": skipped, "bad_files": config.get("bad_files", "error"), "spans": plan.spans,
                   "problems": {p: {"count": c, "samples": s} for p, (c, s) in problems},
                   # pixel-identical images in two splits, as prepare-data's manifest names them (samples: file pairs)
                   "duplicates_across_splits": {pair: c for pair, (c, _) in sorted(duplicates)},
                   "duplicate_examples": {pair: s for pair, (_, s) in sorted(duplicates)}}
         with tf.io.gfile.GFile(os.path.join(examples.uri, REPORT_FILE), "w") as f:
             json.dump(report, f, indent=2)
+        if plan.spans:  # as ExampleGen records a span: the newest read, and every span the artifact holds
+            examples.span = plan.spans["newest"]
+            examples.set_string_custom_property("spans", ",".join(str(n) for n in plan.spans["read"]))
         examples.set_int_custom_property("non_image_files", len(plan.non_image_files))
         examples.set_int_custom_property("ingested_examples", sum(e["num_examples"] for e in per_split.values()))
         for problem, (count, samples) in sorted(problems, key=lambda p: -p[1][0]):
@@ -352,8 +356,11 @@ class OwnDataExampleGenSpec(standard_component_specs.FileBasedExampleGenSpec):
                   INGEST_CONFIG_KEY: ExecutionParameter(type=str)}
 
 
-def input_patterns(kind: str, with_pool_folder: bool, rho_pool: bool) -> dict[str, str]:
-    """Per output split, the files whose fingerprint decides whether the split must be re-ingested."""
+def input_patterns(kind: str, with_pool_folder: bool, rho_pool: bool, spans: bool = False) -> dict[str, str]:
+    """Per output split, the files whose fingerprint decides whether the split must be re-ingested (``spans``: a root
+    of span-N/ folders, every span's files: a new or changed span re-ingests)."""
+    if spans:
+        return {k: f"span-*/{v}" for k, v in input_patterns(kind, with_pool_folder, rho_pool).items()}
     if kind == "folder":
         patterns = {"train": "train/*/*", "eval": "train/*/*", "test": "test/*/*"}
         pool = "unlabeled/*" if with_pool_folder and not rho_pool else "train/*/*"
@@ -373,25 +380,27 @@ class OwnDataExampleGen(FileBasedExampleGen):
       image_fit: the images' fit (components/data/image_survey.py's record: height, width, channels, method, and
         bad_files, data.bad_files): every image is fitted to it.
       with_pool: whether to write the ``unlabeled`` split.
-      pool_patterns_folder: the source has its own unlabeled/ (unlabeled*) files.
+      pool_from_source: the source has its own unlabeled/ (unlabeled*) files.
+      spans: data.spans for a root of span-N/ folders (components/data/spans.py), listed when the component runs;
+        None: a root without spans.
     """
 
     SPEC_CLASS = OwnDataExampleGenSpec
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
 
     def __init__(self, source: str, split_spec: SplitSpec, class_names, image_fit: dict, with_pool: bool,
-                 pool_from_source: bool = False):
+                 pool_from_source: bool = False, spans: str | None = None):
         import dataclasses
 
         kind, _, root = source.partition(":")
-        patterns = input_patterns(kind, pool_from_source, split_spec.rho is not None)
+        patterns = input_patterns(kind, pool_from_source, split_spec.rho is not None, spans=spans is not None)
         names = ["train", "eval", "test"] + (["unlabeled"] if with_pool else [])
         input_config = example_gen_pb2.Input(splits=[example_gen_pb2.Input.Split(name=n, pattern=patterns[n])
                                                      for n in names])
         config = {"source": source, "split_spec": dataclasses.asdict(split_spec), "class_names": list(class_names),
                   "image_shape": [image_fit["height"], image_fit["width"], image_fit["channels"]],
                   "image_fit": {k: image_fit[k] for k in ("height", "width", "channels", "method")},
-                  "bad_files": image_fit.get("bad_files", "error")}
+                  "bad_files": image_fit.get("bad_files", "error"), **({"spans": spans} if spans else {})}
         spec = OwnDataExampleGenSpec(
             input_base=root, input_config=input_config, output_config=example_gen_pb2.Output(),
             custom_config=None, range_config=None, output_data_format=example_gen_pb2.FORMAT_TF_EXAMPLE,

@@ -25,6 +25,8 @@ import typing
 from components.data.image_survey import BAD_FILE_POLICIES
 from components.data.image_survey import check_settings as check_image_settings
 from components.data.prepare import Manifest
+from components.data.spans import DEFAULT_SELECTION as DEFAULT_SPANS
+from components.data.spans import parse_selection as parse_spans
 from components.gate import GateThresholds, RegressionGateThresholds
 from models import distribute, modes
 from models.config import (
@@ -63,9 +65,16 @@ class DataConfig:
     channels: str = "auto"  # auto (3 when any image is colour) | 1 | 3
     image_fit: str = "resize"  # resize (aspect ratio not kept, Keras's default) | crop (to the aspect ratio) | pad
     bad_files: str = "error"  # error: a file that does not read or decode stops the run | skip: counted and listed
+    # a folder / TFRecords root of span-N/ folders (components/data/spans.py): all | latest | window:N; the newest
+    # span gives the validation (gate) and test splits
+    spans: str = DEFAULT_SPANS
 
     def __post_init__(self):
         check_image_settings(self.image_size, self.channels, self.image_fit)
+        parse_spans(self.spans)
+        if self.spans != DEFAULT_SPANS and self.source.partition(":")[0] not in ("folder", "tfrecord"):
+            raise ValueError(f"data.spans={self.spans} needs a folder: or tfrecord: source of span-N/ folders; "
+                             f"data.source is {self.source!r}")
         if self.bad_files not in BAD_FILE_POLICIES:
             raise ValueError(f"unknown data.bad_files {self.bad_files!r}; choose one of {list(BAD_FILE_POLICIES)}")
 

@@ -138,7 +138,8 @@ def create_pipeline(cfg: PipelineConfig, data_dir: str, manifest: dict, pipeline
         labeled_gen = OwnDataExampleGen(
             source=manifest["source"], split_spec=own_data_spec, class_names=manifest["class_names"],
             image_fit=manifest["image_fit"], with_pool=has_pool,
-            pool_from_source=manifest.get("pool_from_source", False))
+            pool_from_source=manifest.get("pool_from_source", False),
+            spans=(manifest.get("spans") or {}).get("setting"))
         labeled_examples = labeled_gen.outputs["examples"]
         unlabeled_gens, unlabeled_source = [], labeled_examples if has_pool else None
     else:  # a prepared folder (prepare-data)

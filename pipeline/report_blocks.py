@@ -34,6 +34,8 @@ def data_block(manifest: dict, data_dir: str, ingested: dict) -> dict:
             "image_fit": _image_fit(manifest, ingested), "hidden_files": manifest.get("hidden_files"),
             "hidden_file_samples": manifest.get("hidden_file_samples"),
             "skipped_files": ingested.get("skipped_files"),
+            # a root of span-N/ folders: the spans read when the run ingested them (components/data/spans.py)
+            "spans": ingested.get("spans") or manifest.get("spans"),
             "splits": {k: {kk: vv for kk, vv in v.items() if kk != "files"} for k, v in manifest["splits"].items()}}
 
 

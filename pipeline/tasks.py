@@ -285,7 +285,7 @@ def ingests_own_data(cfg: PipelineConfig) -> bool:
 def own_data_manifest(source: str, spec: SplitSpec, data=None) -> dict:
     """What the wiring needs (classes, the images' fit, planned split sizes), from the listing and the images'
     headers; ``data``: the data.* settings (image_size, channels, image_fit; None: all auto)."""
-    plan = plan_own_data(source, spec)
+    plan = plan_own_data(source, spec, *((data.spans,) if data else ()))
     _, record = image_fit_of(plan, *(image_settings(data) if data else ()))
     record["bad_files"] = data.bad_files if data else "error"
     return describe(plan, spec, record)

@@ -15,8 +15,9 @@ Memory: a byte a file (folders) or a locator a record (TFRecords, tens of bytes)
 Hidden and system files (``.DS_Store``, ``._IMG_0001.jpg``, ``Thumbs.db``, ``__MACOSX/``) are skipped and counted;
 other files that are not images (notes, sub-folders) are counted and listed, never dropped silently. A symbolic
 link to nothing and class folders whose names differ only in case are refused here, when the folder is planned.
-The images' headers are surveyed (:func:`survey_images`) to choose the run's one image size and channel count. Every problem raises :class:`DataError` naming the folder or class, the problem and the
-count, with class names rather than indices.
+The images' headers are surveyed (:func:`survey_images`) to choose the run's one image size and channel count.
+Every problem raises :class:`DataError` naming the folder or class, the problem and the count, with class names
+rather than indices. A root of ``span-N/`` folders is planned span by span (components/data/spans.py).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from components.data.sources import (
     check_validation_classes,
     validation_folder,
 )
+from components.data.spans import DEFAULT_SELECTION, merge, select, span_folders
 from components.host_paths import path_hint
 
 # Output split of the ExampleGen -> the split of prepare-data's layout it holds.
@@ -86,6 +88,7 @@ class OwnDataPlan:
     image_paths: list[str] = dataclasses.field(default_factory=list)  # folders: every image file (the survey reads them)
     pool_from_source: bool = False  # the source has its own unlabeled/ (unlabeled*.tfrecord*) images
     given_validation: bool = False  # the source has its own validation split (val/ folder, val*.tfrecord files)
+    spans: dict | None = None  # a root of span-N/ folders: which were read (components/data/spans.py); None: no spans
 
     def split_counts(self, split: str) -> tuple[int, list[int] | None]:
         """(examples, per-class counts or None where labels are unknown until decoding) of a split."""
@@ -316,13 +319,24 @@ def plan_tfrecords(root: str, spec: SplitSpec) -> OwnDataPlan:
                        plan.unlabeled_order, items=items, pool_from_source=bool(unl), given_validation=bool(val_files))
 
 
-def plan_own_data(source: str, spec: SplitSpec) -> OwnDataPlan:
+def plan_own_data(source: str, spec: SplitSpec, spans: str = DEFAULT_SELECTION) -> OwnDataPlan:
+    """The plan of a folder or TFRecords root; a root of ``span-N/`` folders is planned span by span and merged
+    (components/data/spans.py: ``spans`` is data.spans; the newest span gives the validation and test splits)."""
     kind, _, root = source.partition(":")
-    if kind == "folder":
-        return plan_folder(root, spec)
-    if kind == "tfrecord":
-        return plan_tfrecords(root, spec)
-    raise DataError(source, f"not a user's own data source (use {' or '.join(k + ':PATH' for k in OWN_DATA_KINDS)})")
+    planners = {"folder": plan_folder, "tfrecord": plan_tfrecords}
+    if kind not in planners:
+        raise DataError(source, f"not a user's own data source (use {' or '.join(k + ':PATH' for k in OWN_DATA_KINDS)})")
+    gfile = _gfile()
+    there = span_folders(root, gfile.listdir, gfile.isdir)
+    if not there:
+        if spans != DEFAULT_SELECTION:
+            raise DataError(root, f"data.spans={spans} but the root has no span-N/ folders (span-1/, span-2/, ... each "
+                            "laid out as an own source)", hint="leave data.spans at all for a root without spans")
+        return planners[kind](root, spec)
+    chosen = select(there, spans, root)
+    plans = [(n, path, planners[kind](path, spec if i == len(chosen) - 1 else dataclasses.replace(spec, val_per_class=0)))
+             for i, (n, path) in enumerate(chosen)]
+    return merge(root, spans, plans, len(there))
 
 
 def read_image_bytes(locator) -> bytes:
@@ -390,5 +404,5 @@ def describe(plan: OwnDataPlan, spec: SplitSpec, fit_record: dict) -> dict:
         "class_order": plan.class_order, "unlabeled_class_order": plan.unlabeled_order,
         "pool_relevance": spec.pool_relevance, "non_image_files": len(plan.non_image_files), "splits": splits,
         "image_fit": fit_record, "hidden_files": len(plan.hidden_files), "hidden_file_samples": plan.hidden_files[:20],
-        "pool_from_source": plan.pool_from_source,
+        "pool_from_source": plan.pool_from_source, "spans": plan.spans,
     }

@@ -131,8 +131,9 @@ def replace_with_out_of_domain(pool: np.ndarray, relevance: float, seed: int, oo
 def _write_pool_truth(path: str, files: list[str], labels: list[int]) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
-        json.dump({"note": "EVALUATION ONLY: true classes of the unlabeled pool, in the order of `files` and their records; "
-                           "-1 where the source gives none, -2 for an out-of-domain image (--pool-relevance). Training never reads this file.",
+        json.dump({"note": "EVALUATION ONLY: true classes of the unlabeled pool, in the order of `files` and their "
+                           "records; -1 where the source gives none, -2 for an out-of-domain image (--pool-relevance). "
+                           "Training never reads this file.",
                    "files": files, "labels": labels}, f)
 
 
