@@ -165,7 +165,9 @@ def test_rerun_is_cached_and_compared_with_the_last_blessed_model(taxi):
 def test_model_failing_the_regression_gate_is_not_pushed(taxi):
     tmp = taxi["tmp"]
     before = sorted(os.listdir(taxi["serving"]))
-    proc = taxi_cli(tmp, taxi["csv"], str(tmp / "out3"), "regression_gate.max_mae=0.01")
+    proc = taxi_cli(tmp, taxi["csv"], str(tmp / "out3"), "regression_gate.max_mae=0.01", check=False)
+    assert proc.returncode == 5, proc.stderr[-3000:]  # the gate refused: a scheduler sees it (pipeline/cli.py)
+    assert "error: the gate refused the model (mae <= ceiling); nothing was pushed" in proc.stderr
     m = load_metrics(str(tmp / "out3"))
     assert m["blessed"] is False and m["pushed"] is False
     assert [c["check"] for c in m["gate"]["checks"] if not c["passed"]] == ["mae <= ceiling"]
