@@ -73,11 +73,29 @@ class LabelSpaceError(ValueError):
     """The serving folder's newest version serves other classes than the model to push."""
 
 
+def versions(base: str) -> list[str]:
+    """The complete version folders' names under ``base``, oldest (smallest number) first."""
+    names = [n.rstrip("/") for n in fileio.listdir(base)] if fileio.exists(base) else []
+    return sorted((n for n in names if n.isdigit()), key=int)
+
+
 def newest_version(base: str) -> str | None:
     """The newest complete version folder under ``base`` (the largest number, as TF Serving picks it), or None."""
-    names = [n.rstrip("/") for n in fileio.listdir(base)] if fileio.exists(base) else []
-    numbered = [n for n in names if n.isdigit()]
-    return os.path.join(base, max(numbered, key=int)) if numbered else None
+    numbered = versions(base)
+    return os.path.join(base, numbered[-1]) if numbered else None
+
+
+def write_version(model_path: str, base: str, at_least: int = 0) -> str:
+    """Copy a SavedModel into a new version folder of ``base``, atomically (``<version>.partial``, then renamed);
+    its path. The number is TFX's UNIX_TIMESTAMP versioning, at least ``at_least``, never a taken one."""
+    version = max(int(time.time()), at_least)
+    while fileio.exists(os.path.join(base, str(version))):
+        version += 1
+    serving_path = os.path.join(base, str(version))
+    partial = serving_path + PARTIAL
+    copy_model(model_path, partial)
+    fileio.rename(partial, serving_path)
+    return serving_path
 
 
 def check_same_label_space(model_path: str, base: str) -> None:
@@ -117,16 +135,10 @@ class Executor(pusher_executor.Executor):
             model_push.set_int_custom_property("already_serving", 1)
             return
         check_same_label_space(model_path, base)
-        version = int(time.time())  # TFX's UNIX_TIMESTAMP versioning; never reuse a taken number
-        while fileio.exists(os.path.join(base, str(version))):
-            version += 1
-        serving_path = os.path.join(base, str(version))
-        partial = serving_path + PARTIAL
-        copy_model(model_path, partial)
-        fileio.rename(partial, serving_path)
+        serving_path = write_version(model_path, base)
         logging.info("Model written to serving path %s", serving_path)
         io_utils.copy_dir(model_path, model_push.uri)
-        self._MarkPushed(model_push, pushed_destination=serving_path, pushed_version=str(version))
+        self._MarkPushed(model_push, pushed_destination=serving_path, pushed_version=os.path.basename(serving_path))
 
 
 class LongTailPusher(pusher_component.Pusher):

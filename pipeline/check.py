@@ -19,7 +19,7 @@ from components.errors import PipelineDataError
 from pipeline import tasks
 from pipeline.configs import LEAVES, PipelineConfig, changed_paths, get_path, load_config
 from pipeline.local_runner import default_out_dir, local_paths
-from pipeline.report_render import spans_note
+from pipeline.report_render import spans_text
 
 # Exit codes: the settings do not resolve (as run's), or they do and the data the run needs is not there.
 SETTINGS_ERROR = 2
@@ -91,8 +91,7 @@ def _classification_data(cfg: PipelineConfig) -> tuple[tasks.TaskInputs, str, st
                         f"{describe_fit(inputs.manifest['image_fit'])}; "
                         f"{hidden} hidden or system file{'' if hidden == 1 else 's'} skipped; files that do not read "
                         f"or decode: data.bad_files={cfg.data.bad_files}"
-                        + spans_note(inputs.manifest.get("spans")).rstrip(".")
-                        .replace(" Spans (", "; spans (")), None
+                        + (f"; spans {spans}" if (spans := spans_text(inputs.manifest.get("spans"))) else "")), None
     if cfg.data.data_dir:
         where = os.path.abspath(cfg.data.data_dir)
         try:

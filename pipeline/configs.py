@@ -24,6 +24,7 @@ import typing
 
 from components.data.image_survey import BAD_FILE_POLICIES
 from components.data.image_survey import check_settings as check_image_settings
+from components.data.own_data import is_own_data
 from components.data.prepare import Manifest
 from components.data.spans import DEFAULT_SELECTION as DEFAULT_SPANS
 from components.data.spans import parse_selection as parse_spans
@@ -72,7 +73,7 @@ class DataConfig:
     def __post_init__(self):
         check_image_settings(self.image_size, self.channels, self.image_fit)
         parse_spans(self.spans)
-        if self.spans != DEFAULT_SPANS and self.source.partition(":")[0] not in ("folder", "tfrecord"):
+        if self.spans != DEFAULT_SPANS and not is_own_data(self.source):
             raise ValueError(f"data.spans={self.spans} needs a folder: or tfrecord: source of span-N/ folders; "
                              f"data.source is {self.source!r}")
         if self.bad_files not in BAD_FILE_POLICIES:

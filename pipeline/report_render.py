@@ -63,24 +63,26 @@ def _ingestion_note(data: dict) -> str:
     for problem, entry in (data.get("skipped_files") or {}).items():
         note += (f" Skipped under data.bad_files=skip: {entry['count']} ({problem}), e.g. "
                  f"{', '.join(entry['samples'][:3])}.")
-    return note + _fit_note(data.get("image_fit")) + spans_note(data.get("spans"))
+    spans = spans_text(data.get("spans"))
+    return note + _fit_note(data.get("image_fit")) + (f" Spans {spans}." if spans else "")
 
 
-def spans_note(spans: dict | None) -> str:
-    """report.md's sentence on a root of span-N/ folders: which spans were read, and what the older ones gave."""
+def spans_text(spans: dict | None) -> str:
+    """A root of span-N/ folders, in words (report.md's sentence, check's data line): the setting, the spans read,
+    and what the older ones gave; "" for a root without spans."""
     if not spans:
         return ""
     per = spans["per_span"]
     older = [s for s in per if not s["newest"]]
     newest = per[-1]
-    text = (f" Spans (data.spans={spans['setting']}, {spans['available']} span{'s' if spans['available'] != 1 else ''} "
+    text = (f"(data.spans={spans['setting']}, {spans['available']} span{'s' if spans['available'] != 1 else ''} "
             f"there): read {', '.join(f'span-{n}' for n in spans['read'])}; validation (the gate) and test from the "
             f"newest, span-{newest['span']} ({newest['validation']} and {newest['test']} images)")
     if older:
         unused = sum(s["not_used"]["test"] + s["not_used"]["validation"] for s in older)
         text += (f"; the older spans gave {sum(s['labeled'] for s in older)} labeled and "
                  f"{sum(s['unlabeled'] for s in older)} pool images, their {unused} test and validation images not used")
-    return text + "."
+    return text
 
 
 def _backbone_text(metrics: dict, cfg: dict) -> str:

@@ -44,13 +44,12 @@ def parse_selection(selection: str) -> int | None:
 
 def span_folders(root: str, listdir, isdir) -> list[tuple[int, str]]:
     """(number, path) of the ``span-N`` folders under ``root``, by number; [] when the root has none."""
-    try:
-        names = [e.rstrip("/") for e in listdir(root)]
-    except Exception:  # noqa: BLE001 - a missing root is the plain planner's error to name
+    if not isdir(root):  # a missing root is the plain planner's error to name
         return []
+    names = [e.rstrip("/") for e in listdir(root)]
     spans = [(int(m.group(1)), os.path.join(root, n)) for n in names if (m := SPAN_FOLDER.match(n))
              and isdir(os.path.join(root, n))]
-    if spans and any(n in ("train", "test") or n.startswith(("train", "test")) for n in names):
+    if spans and any(n.startswith(("train", "test")) for n in names):
         raise DataError(root, "both span-N/ folders and a train/ or test/ split of its own; keep one layout (every "
                         "span as span-N/train, span-N/test, ...)", len(spans), unit="span")
     return sorted(spans)
@@ -101,7 +100,7 @@ def merge(root: str, selection: str, plans: list[tuple[int, str, object]], spans
         items.setdefault(split, []).extend(entries)
     record.append(_span_record(newest_n, newest_path, newest, newest=True))
     return dataclasses.replace(
-        newest, source=f"{newest.kind}:{root}", root=root, groups=groups, items=items if newest.items else {},
+        newest, source=f"{newest.kind}:{root}", root=root, groups=groups, items=items,
         non_image_files=[f for _, _, p in plans for f in p.non_image_files],
         hidden_files=[f for _, _, p in plans for f in p.hidden_files],
         image_paths=[f for _, _, p in plans for f in p.image_paths],
