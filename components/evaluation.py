@@ -39,6 +39,8 @@ class EvaluatorSpec(types.ComponentSpec):
         "model": ChannelParameter(type=standard_artifacts.Model),
         "baseline_model": ChannelParameter(type=standard_artifacts.Model, optional=True),
         "label_stats": ChannelParameter(type=LabelStatistics),
+        # the pool (its ``unlabeled`` split), for the classification shift report's pool estimate
+        "unlabeled_examples": ChannelParameter(type=standard_artifacts.Examples, optional=True),
     }
     OUTPUTS = {
         "evaluation": ChannelParameter(type=standard_artifacts.ModelEvaluation),
@@ -88,6 +90,12 @@ class EvaluatorExecutor(base_executor.BaseExecutor):
     def gate(self, stats: dict, comparison: dict | None) -> Gate:
         return self.gate_type()
 
+    def shift_report(self, input_dict, model, baseline_uri: str | None, stats: dict, thresholds, eval_split: str,
+                     holdout: bool) -> dict | None:
+        """How far the newest data moved from what the last blessed model (``baseline_uri``, None: none comparable)
+        was trained on, or None where the task has no such report."""
+        return None
+
     def examples_note(self, split: str, holdout: bool) -> str:
         """Which examples of ``split`` the gate judged."""
         return f"all of {split}"
@@ -124,6 +132,8 @@ class EvaluatorExecutor(base_executor.BaseExecutor):
         if report_split:
             result["report_split"] = report_split
             result["report"] = self.score(model.uri, examples, report_split, stats, False)[0]
+        result["shift"] = self.shift_report(input_dict, model, result["baseline_model_uri"], stats, thresholds,
+                                            eval_split, holdout)
         write_evaluation_and_blessing(output_dict, result, model, baselines)
 
 
@@ -134,9 +144,10 @@ class GateEvaluator(base_component.BaseComponent):
     SPEC_CLASS = EvaluatorSpec
 
     def __init__(self, examples, model, label_stats, thresholds, baseline_model=None, eval_split: str = "eval",
-                 report_split: str | None = "test", **parameters):
+                 report_split: str | None = "test", unlabeled_examples=None, **parameters):
         spec = EvaluatorSpec(
             examples=examples, model=model, baseline_model=baseline_model, label_stats=label_stats,
+            unlabeled_examples=unlabeled_examples,
             thresholds=json.dumps(dataclasses.asdict(thresholds)), eval_split=eval_split, report_split=report_split,
             evaluation=types.Channel(type=standard_artifacts.ModelEvaluation),
             blessing=types.Channel(type=standard_artifacts.ModelBlessing), **parameters)

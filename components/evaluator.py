@@ -9,7 +9,9 @@ over the split's TFRecords, batches of 512): validation and test splits are thou
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 
 import numpy as np
 import tensorflow as tf
@@ -19,10 +21,22 @@ from tfx.utils import path_utils
 
 from components.evaluation import EvaluatorExecutor, GateEvaluator
 from components.gate import PerClassGate
+from components.own_data_example_gen import REPORT_FILE as INGEST_REPORT_FILE
 from models import calibration, uncertainty
 from models.export import serving_metadata
 from models.metrics import per_class_metrics
+from models.pool_estimates import estimate_prior_em_bcts
 from models.predict import SavedModelPredictor, parse_labels
+from models.shift import class_shift
+
+
+def ingest_report(examples) -> dict:
+    """OwnDataExampleGen's account of the Examples artifact (its spans), {} for other ExampleGens."""
+    path = os.path.join(artifact_utils.get_single_uri(examples), INGEST_REPORT_FILE)
+    if not tf.io.gfile.exists(path):
+        return {}
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f)
 
 
 def _labels_and_bucket(batch) -> dict:
@@ -95,6 +109,44 @@ class Executor(EvaluatorExecutor):
 
     def gate(self, stats, comparison):
         return PerClassGate(stats["class_names"], comparison)
+
+    def shift_report(self, input_dict, model, baseline_uri, stats, thresholds, eval_split, holdout):
+        """models/shift.py's report: the reference shares (the last blessed model's training set, else this run's),
+        the newest labeled shares (the newest span's training images, else the labeled set) and the pool's, by
+        EM-BCTS on the candidate's logits (BCTS fitted on the gate's validation images)."""
+        names = stats["class_names"]
+        trained = (serving_metadata(path_utils.serving_model_path(baseline_uri)) or {}).get("training") \
+            if baseline_uri else None
+        if trained and trained.get("class_counts") and len(trained["class_counts"]) == len(names):
+            reference, reference_source = trained["class_counts"], "last blessed model's training set"
+        else:
+            reference = stats["class_counts"]
+            reference_source = ("this run's training set (the last blessed model records no training counts)"
+                                if baseline_uri else "this run's training set (no comparable blessed model)")
+        newest, newest_source = stats["class_counts"], "labeled training set"
+        per_span = (ingest_report(input_dict["examples"]).get("spans") or {}).get("per_span") or []
+        if per_span and per_span[-1].get("labeled_per_class"):
+            newest, newest_source = per_span[-1]["labeled_per_class"], f"span-{per_span[-1]['span']}'s labeled images"
+        estimate, reason = None, None
+        pool = input_dict.get("unlabeled_examples") or []
+        if not pool:
+            reason = "no unlabeled pool"
+        else:
+            serving_dir = path_utils.serving_model_path(model.uri)
+            val_labels, _, val_logits = predict_split(
+                serving_dir, os.path.join(artifact_utils.get_split_uri(input_dict["examples"], eval_split), "*"),
+                holdout=holdout)
+            pool_files = os.path.join(artifact_utils.get_split_uri(pool, "unlabeled"), "*")
+            pool_logits = SavedModelPredictor(serving_dir).predict_files(pool_files)[1]["logits"]
+            try:
+                estimate = estimate_prior_em_bcts(val_logits, val_labels, pool_logits, len(names))
+            except ValueError as e:  # a class without validation images, an empty pool: said, not raised
+                reason = f"no pool estimate: {e}"
+        report = class_shift(names, reference, reference_source, newest, newest_source, estimate,
+                             thresholds.max_class_shift_l1, reason)
+        for message in report["messages"]:
+            print(f"[evaluator] {message}", file=sys.stderr, flush=True)
+        return report
 
     def examples_note(self, split, holdout):
         return f"the gate half of {split} ({calibration.HALVES_TEXT})" if holdout else f"all of {split}"

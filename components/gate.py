@@ -57,6 +57,9 @@ class GateThresholds:
     # accuracy and on the few-shot group's accuracy.
     max_drop_balanced_accuracy: float = 0.01
     max_drop_few_shot_accuracy: float = 0.02
+    # not a check: the shift report (models/shift.py) says so, on stderr, in report.md and metrics.json, when the newest
+    # labeled or pool class shares lie further than this (L1, 0..2) from those the last blessed model was trained on
+    max_class_shift_l1: float = 0.2
 
 
 def _side(interval, threshold):

@@ -10,7 +10,9 @@ executor adds the input artifacts' paths to it (``TrainerJob.with_inputs``) befo
   semi=pseudo_label|auto): their ``train`` split's file pattern and the statistics JSON (``pseudo_labeled_files``,
   ``pseudo_label_stats_path``);
 - optional ``init_model`` (semi.pseudo_label.init=base: the PseudoLabelBaseTrainer's Model): its serving model
-  dir, which holds the base classifier's every weight (``init_model``).
+  dir, which holds the base classifier's every weight (``init_model``);
+- optional ``warm_start_model`` (train.warm_start=auto on data read as spans: the latest blessed Model, from the same
+  resolver the gate's baseline comes from): its serving model dir (``warm_start_model``; models/retrain.py decides).
 
 PseudoLabelBaseTrainer: the same Trainer, as its own class so MLMD records the base model's executions
 apart from the final Trainer's (the base model labels the pool).
@@ -45,7 +47,8 @@ class LongTailTrainerSpec(standard_component_specs.TrainerSpec):
               "unlabeled_examples": ChannelParameter(type=standard_artifacts.Examples, optional=True),
               "pseudo_labeled_examples": ChannelParameter(type=standard_artifacts.Examples, optional=True),
               "pseudo_label_stats": ChannelParameter(type=PseudoLabelStatistics, optional=True),
-              "init_model": ChannelParameter(type=standard_artifacts.Model, optional=True)}
+              "init_model": ChannelParameter(type=standard_artifacts.Model, optional=True),
+              "warm_start_model": ChannelParameter(type=standard_artifacts.Model, optional=True)}
 
 
 class JobExecutor(trainer_executor.GenericExecutor):
@@ -89,9 +92,11 @@ class Executor(JobExecutor):
         if input_dict.get("pseudo_label_stats"):
             uri = artifact_utils.get_single_uri(input_dict["pseudo_label_stats"])
             paths[trainer_job.PSEUDO_LABEL_STATS_PATH_KEY] = os.path.join(uri, PSEUDO_LABEL_STATS_FILE)
-        if input_dict.get("init_model"):
-            model = input_dict["init_model"][0]
-            paths[trainer_job.INIT_MODEL_KEY] = path_utils.serving_model_path(model.uri, path_utils.is_old_model_artifact(model))
+        for key, path_key in (("init_model", trainer_job.INIT_MODEL_KEY),
+                              ("warm_start_model", trainer_job.WARM_START_MODEL_KEY)):
+            if input_dict.get(key):
+                model = input_dict[key][0]
+                paths[path_key] = path_utils.serving_model_path(model.uri, path_utils.is_old_model_artifact(model))
         return paths
 
 
@@ -101,11 +106,11 @@ class LongTailTrainer(JobTrainer):
 
     def __init__(self, examples, label_stats, run_fn: str, job: TrainerJob, schema=None, base_model=None,
                  train_split: str = "train", eval_split: str = "eval", unlabeled_examples=None,
-                 pseudo_labeled_examples=None, pseudo_label_stats=None, init_model=None):
+                 pseudo_labeled_examples=None, pseudo_label_stats=None, init_model=None, warm_start_model=None):
         super().__init__(examples, run_fn, job, train_split, eval_split, label_stats=label_stats, schema=schema,
                          base_model=base_model, unlabeled_examples=unlabeled_examples,
                          pseudo_labeled_examples=pseudo_labeled_examples, pseudo_label_stats=pseudo_label_stats,
-                         init_model=init_model)
+                         init_model=init_model, warm_start_model=warm_start_model)
 
 
 class PseudoLabelBaseTrainer(LongTailTrainer):

@@ -112,6 +112,11 @@ class TrainConfig:
     lr_scaling: str = "none"  # none | linear | sqrt: learning rate x (global batch / batch_size) or its root
     data_sharding: str = "auto"  # auto | examples (worker i reads every n-th example) | seeds (all, own order)
     mixed_precision: str = "none"  # none | mixed_float16 | mixed_bfloat16 (losses in float32, export in float32)
+    # retraining (models/retrain.py): start from the last blessed model of the same label space. auto: when the data is
+    # read as spans (data.spans; data over time), from the pipeline's last blessed model; none; or a model folder (an
+    # exported version, e.g. serving/NAME/3), loaded strictly. A new or renamed class starts from scratch and says why.
+    warm_start: str = "auto"
+    warm_start_epochs: int | None = None  # the epochs of a warm-started stage; None: a sixth of its from-scratch epochs
 
 
 @dataclasses.dataclass(frozen=True)

@@ -54,7 +54,7 @@ def model_logits(model: keras.Model, images, test_time_flip: bool = False):
 
 def export_serving_model(model: keras.Model, export_dir: str, image_shape, logit_offset=None,
                          class_names=None, calibration_offsets=None, test_time_flip: bool = False,
-                         fit_method: str | None = None) -> None:
+                         fit_method: str | None = None, training: dict | None = None) -> None:
     """Write ``model`` (logits out) as a SavedModel. ``logit_offset`` (C,) is added to the logits
     before the softmax (post-hoc logit adjustment, fitted offsets); None serves the raw logits. ``class_names``
     go into the serving metadata (class_0.. when not given), and so do the offsets: ``logit_offset`` and
@@ -62,7 +62,9 @@ def export_serving_model(model: keras.Model, export_dir: str, image_shape, logit
     Evaluator subtracts to report the uncalibrated model beside the served one. ``test_time_flip`` serves the mean
     of each image's and its mirror image's logits (:func:`model_logits`), at twice the compute. Every image a client
     sends, of any size, format and channel count, is fitted to ``image_shape`` as the pipeline's ingestion fitted the
-    training images (:func:`models.image_fit.fit_image`, ``fit_method``: resize, crop or pad; None: resize)."""
+    training images (:func:`models.image_fit.fit_image`, ``fit_method``: resize, crop or pad; None: resize).
+    ``training``: what the model was trained on (backbone, labeled class counts, warm or scratch start), for a later
+    run's warm start and shift report."""
     image_shape = [int(d) for d in image_shape]
     fit = ImageFit.of(image_shape, fit_method)
     offset = None if logit_offset is None else tf.constant(logit_offset, tf.float32)
@@ -98,4 +100,4 @@ def export_serving_model(model: keras.Model, export_dir: str, image_shape, logit
         "class_names": list(class_names) if class_names else [f"class_{c}" for c in range(num_classes)],
         "logit_offset": None if logit_offset is None else [float(v) for v in logit_offset],
         "calibration_offsets": None if calibration_offsets is None else [float(v) for v in calibration_offsets],
-        "test_time_flip": bool(test_time_flip)})
+        "test_time_flip": bool(test_time_flip), **({"training": training} if training else {})})

@@ -8,13 +8,13 @@ key here is a constant; no other module spells one.
 
 Three stages share the contract, each with its own keys:
   TRAIN (models.trainer.run_fn): train, semi, pretrain, calibration, post_hoc_logit_adjust_tau, image_shape,
-    backup_dir; pool_setting, pool_truth (modes with online_pool), export_classifier_weights (the pseudo-label
-    base model under semi.pseudo_label.init=base), image_fit (a user's images: how the served signature fits them) when set
+    backup_dir; pool_setting, pool_truth (modes with online_pool), image_fit (a user's images: how the served
+    signature fits them) when set
   PRETRAIN (models.ssp.run_fn): pretrain, backbone, image_shape, backup_dir; distribute (the train.* settings of
     models.config.DistributeConfig) when any differs from its default
   REGRESSION (models.regression.run_fn): train, regression, backup_dir
 and the input paths the executor adds (components/trainer.py): label_stats_path, unlabeled_files,
-pseudo_labeled_files, pseudo_label_stats_path, init_model.
+pseudo_labeled_files, pseudo_label_stats_path, init_model, warm_start_model (models/retrain.py).
 
 Pure Python (models.config imports neither Keras nor TensorFlow): the pipeline and the Kubeflow compiler
 build jobs without loading either.
@@ -42,7 +42,6 @@ IMAGE_FIT_KEY = "image_fit"
 BACKUP_DIR_KEY = "backup_dir"
 POOL_SETTING_KEY = "pool_setting"
 POOL_TRUTH_KEY = "pool_truth"
-EXPORT_CLASSIFIER_WEIGHTS_KEY = "export_classifier_weights"
 DISTRIBUTE_KEY = "distribute"
 
 # --- the input paths the executor adds (components/trainer.py), from the Trainer's input artifacts
@@ -51,8 +50,9 @@ UNLABELED_FILES_KEY = "unlabeled_files"
 PSEUDO_LABELED_FILES_KEY = "pseudo_labeled_files"
 PSEUDO_LABEL_STATS_PATH_KEY = "pseudo_label_stats_path"
 INIT_MODEL_KEY = "init_model"
+WARM_START_MODEL_KEY = "warm_start_model"  # the last blessed model's export (train.warm_start=auto) or the folder named
 INPUT_KEYS = (LABEL_STATS_PATH_KEY, UNLABELED_FILES_KEY, PSEUDO_LABELED_FILES_KEY, PSEUDO_LABEL_STATS_PATH_KEY,
-              INIT_MODEL_KEY)
+              INIT_MODEL_KEY, WARM_START_MODEL_KEY)
 
 # --- the stages
 TRAIN = "train"  # the classification Trainers (base and final)
@@ -67,7 +67,7 @@ STAGE_KEYS = {
     REGRESSION: (TRAIN_KEY, REGRESSION_KEY, BACKUP_DIR_KEY),
 }
 # keys written only when set, by stage (the input paths: every stage)
-OPTIONAL_KEYS = {TRAIN: (POOL_SETTING_KEY, POOL_TRUTH_KEY, EXPORT_CLASSIFIER_WEIGHTS_KEY, IMAGE_FIT_KEY),
+OPTIONAL_KEYS = {TRAIN: (POOL_SETTING_KEY, POOL_TRUTH_KEY, IMAGE_FIT_KEY),
                  PRETRAIN: (DISTRIBUTE_KEY,),
                  REGRESSION: ()}
 # BackupAndRestore's folder under the pipeline root, by stage (one subfolder a cache key)
@@ -100,7 +100,6 @@ class TrainerJob:
     backup_dir: str | None = None
     pool_setting: dict | None = None
     pool_truth: dict | None = None
-    export_classifier_weights: bool = False
     distribute: config.DistributeConfig | None = None
     # the input paths (components/trainer.py)
     label_stats_path: str | None = None
@@ -108,6 +107,7 @@ class TrainerJob:
     pseudo_labeled_files: list | None = None
     pseudo_label_stats_path: str | None = None
     init_model: str | None = None
+    warm_start_model: str | None = None
 
     def __post_init__(self):
         if self.stage not in STAGE_KEYS:

@@ -25,7 +25,7 @@ import sys
 import numpy as np
 import tensorflow as tf
 
-from models import backbones, planner, ssp, toolkit, training
+from models import backbones, planner, retrain, ssp, toolkit, training
 from models.config import SemiConfig
 from models.job import INIT_MODEL_KEY, PSEUDO_LABEL_STATS_PATH_KEY, PSEUDO_LABELED_FILES_KEY
 from models.planner import reason
@@ -116,17 +116,27 @@ def train_planned(job: toolkit.TrainingJob) -> toolkit.TrainResult:
             train_cfg = dataclasses.replace(job.train, epochs=job.semi.pseudo_label.final_epochs)
         if job.semi.pseudo_label.init == "base":  # the base model already holds the pre-trained backbone, if any
             init, backbone = job.require(INIT_MODEL_KEY, "init_model input (the base model)"), None
-    if plan["trained_with"] == planner.SSP:
+    # a retrain from the last blessed model (models/retrain.py): fewer epochs; from the base model when it continues
+    # from one (the base model was warm-started by the same decision), else from the blessed model; no inline SSP
+    start = job.start_for(train_cfg.epochs)
+    warm = start["start"] == retrain.WARM
+    if warm:
+        train_cfg = retrain.stage_config(train_cfg, start)
+        if init is None:
+            init, backbone = start["model"], None
+    if plan["trained_with"] == planner.SSP and warm:
+        plan["reasons_text"] = [*plan["reasons_text"], "no inline SSP: the model starts from the last blessed model"]
+    elif plan["trained_with"] == planner.SSP:
         if job.strategy is not None:  # models.trainer.run_fn keeps this plan in one process
             raise AssertionError("inline SSP under a distribution strategy")
         ssp_summary, backbone = inline_ssp(job, plan["inline_ssp"])
     model, history = training.train(train_cfg, job.train_files, train_stats, job.image_shape, job.model_run_dir,
-                                    job.backup_dir, backbone_weights=backbone, pseudo_files=pseudo_files,
+                                    job.warm_backup_dir(), backbone_weights=backbone, pseudo_files=pseudo_files,
                                     pseudo_weight=weight if use else 1.0, init_weights=init, strategy=job.strategy,
                                     plan=job.plan)
     block = pseudo_label_block(pl_stats, weight, use) if pl_stats is not None else None
     if block is not None:
-        block["init"] = {"from": "base", "model": init,
+        block["init"] = {"from": "base" if init != start["model"] else "last blessed model", "model": init,
                          "variables": len(backbones.saved_backbone_names(init, backbones.CLASSIFIER_WEIGHTS_FILE))} \
             if init else {"from": "scratch" if backbone is None else "warm start (backbone)"}
     summary = {"plan": plan, "inline_ssp": ssp_summary, "pseudo_labels": block,

@@ -9,6 +9,7 @@ models/ never imports tfx: ``fn_args`` is read only through its attributes.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import sys
@@ -17,7 +18,7 @@ import time
 import keras
 import tensorflow as tf
 
-from models import backbones, config, inputs, modes, sampling
+from models import backbones, config, inputs, modes, retrain, sampling
 from models import job as trainer_job
 
 # --------------------------------------------------------------------------------------------- the job
@@ -45,12 +46,12 @@ class TrainingJob:
     inputs: dict = dataclasses.field(default_factory=dict)
     calibration: config.CalibrationConfig = config.CalibrationConfig()
     post_hoc_logit_adjust_tau: float | None = None
-    export_classifier_weights: bool = False  # write the classifier's weights beside the SavedModel (the base model's)
     image_fit: str | None = None  # how the served signature fits an image of another size (models/image_fit.py)
     strategy: object = None  # a tf.distribute strategy when train.distribute resolves to more than one process/device
     plan: object = None  # its models.distribute.Plan (batch, learning rate, sharding, chief), recorded in the summary
     single_process_reason: str | None = None  # why a distributed setting trains in one process after all
     precision_reason: str = ""  # what train.mixed_precision=auto resolved to and why (models.distribute)
+    warm_start: dict | None = None  # whether this stage started from the last blessed model (models.retrain.decide)
 
     @property
     def mode(self) -> modes.TrainingMode:
@@ -69,7 +70,22 @@ class TrainingJob:
                    base_model=getattr(fn_args, "base_model", None) or None,
                    inputs={k: v for k, v in given.items() if v and k != trainer_job.LABEL_STATS_PATH_KEY},
                    calibration=spec.calibration, post_hoc_logit_adjust_tau=spec.post_hoc_logit_adjust_tau,
-                   export_classifier_weights=bool(spec.export_classifier_weights), image_fit=spec.image_fit)
+                   image_fit=spec.image_fit)
+
+    def start_for(self, epochs: int, unsupported: str | None = None) -> dict:
+        """Decide (and record) whether this stage starts from the last blessed model (``train.warm_start``,
+        models/retrain.py) for a from-scratch schedule of ``epochs``; printed on stderr."""
+        self.warm_start = retrain.decide(self.train, self.inputs.get(trainer_job.WARM_START_MODEL_KEY),
+                                         self.stats.get("class_names") or [], self.image_shape, self.train.backbone,
+                                         epochs, unsupported)
+        print(f"[trainer] {self.warm_start['reason']}", file=sys.stderr, flush=True)
+        return self.warm_start
+
+    def warm_backup_dir(self) -> str | None:
+        """BackupAndRestore's folder for a warm-started stage: apart from the from-scratch one of the same data."""
+        if not self.backup_dir or not self.warm_start or self.warm_start["start"] != retrain.WARM:
+            return self.backup_dir
+        return f"{self.backup_dir}-warm-{hashlib.sha256(self.warm_start['model'].encode()).hexdigest()[:8]}"
 
     def require(self, key: str, what: str):
         """An executor-provided input the mode needs; a clear error naming it when the DAG did not wire it."""

@@ -104,6 +104,9 @@ def _train_and_export(fn_args, job: toolkit.TrainingJob, strategy, tf_config: di
         print(f"[trainer] {job.plan.strategy}: worker {job.plan.worker_index} of {job.plan.workers}, {replicas} "
               f"replica(s), global batch {global_batch} ({per_replica} a replica), learning rate {lr:g}, "
               f"data sharding {job.plan.data_sharding}", file=sys.stderr, flush=True)
+    if job.mode.online_pool:  # models/semi.py trains from its own start (scratch or the pre-trained backbone)
+        job.start_for(job.train.epochs, unsupported=f"semi.method={job.mode.name} reads the pool online; its training "
+                                                    "is not built to start from an earlier model")
     t0 = time.time()
     result = job.mode.trainer()(job)
     train_seconds = time.time() - t0
@@ -131,11 +134,15 @@ def _train_and_export(fn_args, job: toolkit.TrainingJob, strategy, tf_config: di
               f"balanced accuracy + {cal.worst_class_weight:g} x worst recall {block['objective_before']:.4f} -> "
               f"{block['objective_after']:.4f}; offsets "
               + ", ".join(f"{k} {v:+.2f}" for k, v in block["offsets_by_class"].items()), file=sys.stderr, flush=True)
+    # what the model was trained on and from: a later run's warm start (models/retrain.py) and shift report read it
+    trained = {"backbone": job.train.backbone, "class_counts": [int(n) for n in job.stats["class_counts"]],
+               "start": (job.warm_start or {}).get("start")}
     export_serving_model(model, fn_args.serving_model_dir, job.image_shape, logit_offset,
                          class_names=job.stats.get("class_names"), calibration_offsets=fitted, test_time_flip=flip,
-                         fit_method=job.image_fit)
-    if job.export_classifier_weights:  # the final Trainer starts from them (init=base)
-        backbones.save_backbone_weights(model, fn_args.serving_model_dir, file=backbones.CLASSIFIER_WEIGHTS_FILE)
+                         fit_method=job.image_fit, training=trained)
+    # every weight, head included, beside the SavedModel: the final Trainer starts from the base model's (init=base),
+    # a later retrain from the blessed model's (train.warm_start); 4 bytes a parameter
+    backbones.save_backbone_weights(model, fn_args.serving_model_dir, file=backbones.CLASSIFIER_WEIGHTS_FILE)
     model.save(os.path.join(job.model_run_dir, "model.keras"))
     write_summary(job, result, train_seconds)
     distribute.barrier(strategy)
@@ -154,6 +161,7 @@ def write_summary(job: toolkit.TrainingJob, result: toolkit.TrainResult, train_s
                "semi": None, "plan": None, "pseudo_labels": None, "inline_ssp": None, "calibration": None,
                "training_files": {"labeled": list(job.train_files), "pseudo_labeled": []},
                "training_class_counts": result.training_stats["class_counts"],
+               "retrain": job.warm_start,  # started from the last blessed model or from scratch, and why
                # the load is strict, so every variable in the file was loaded
                "warm_start": {"base_model": weights, "variables": len(backbones.saved_backbone_names(weights))}
                if weights else None,

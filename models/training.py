@@ -5,9 +5,11 @@ second stage (Kang et al., ICLR 2020).
 
 from __future__ import annotations
 
+import dataclasses
+
 import keras
 
-from models import distribute, heads, losses, toolkit
+from models import distribute, heads, losses, retrain, toolkit
 from models.config import TrainConfig
 
 
@@ -148,8 +150,15 @@ def train_distributed(cfg: TrainConfig, train_files, stats: dict, image_shape, b
 
 
 def train_supervised(job: toolkit.TrainingJob) -> toolkit.TrainResult:
-    """The ``supervised`` mode: the labeled set only, warm-started from the pre-training when there is one."""
-    model, history = train(job.train, job.train_files, job.stats, job.image_shape, job.model_run_dir, job.backup_dir,
-                           backbone_weights=job.base_model, strategy=job.strategy, plan=job.plan)
-    return toolkit.TrainResult(model, history, job.stats["num_examples"] * job.train.epochs, job.stats,
-                               backbone_weights=job.base_model)
+    """The ``supervised`` mode: the labeled set only; from the last blessed model when the retraining warm-starts
+    (models/retrain.py: every weight, fewer epochs), else warm-started from the pre-training when there is one."""
+    start = job.start_for(job.train.epochs)
+    warm = start["start"] == retrain.WARM
+    cfg = retrain.stage_config(job.train, start)
+    backbone = None if warm else job.base_model
+    model, history = train(cfg, job.train_files, job.stats, job.image_shape, job.model_run_dir, job.warm_backup_dir(),
+                           backbone_weights=backbone, strategy=job.strategy, plan=job.plan,
+                           init_weights=start["model"] if warm else None)
+    summary = {"epochs": cfg.epochs, "config": dataclasses.asdict(cfg)} if warm else {}
+    return toolkit.TrainResult(model, history, job.stats["num_examples"] * cfg.epochs, job.stats,
+                               backbone_weights=backbone, summary=summary)

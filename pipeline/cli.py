@@ -87,12 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
 EXIT_NOT_PUSHED = 5  # `run`: the gate refused the model (or it was not pushed); --allow-unblessed gives 0
 
 
-def _not_pushed(out: str) -> str | None:
-    """Why the run at ``out`` pushed nothing (its gate's failed checks), or None when it pushed."""
+def _metrics(out: str) -> dict:
     import json
 
     with open(os.path.join(out, "metrics.json")) as f:
-        m = json.load(f)
+        return json.load(f)
+
+
+def _not_pushed(m: dict) -> str | None:
+    """Why the run (its metrics.json ``m``) pushed nothing (its gate's failed checks), or None when it pushed."""
     if m.get("blessed") and m.get("pushed"):
         return None
     failed = [c["check"] for c in (m.get("gate") or {}).get("checks", []) if not c.get("passed")]
@@ -188,7 +191,10 @@ def main(argv: list[str] | None = None) -> int:
             except PipelineBusy as e:
                 print(f"error: {e}", file=sys.stderr)
                 return 3
-            why = _not_pushed(out)
+            m = _metrics(out)
+            for message in (m.get("shift") or {}).get("messages") or []:  # the retraining trigger (models/shift.py)
+                print(f"warning: {message} (report.md, metrics.json shift)", file=sys.stderr)
+            why = _not_pushed(m)
             if why is not None:
                 print(out)
                 if args.allow_unblessed:

@@ -11,8 +11,11 @@ a mode with pseudo_labels, and a pool: BaseTrainer (supervised, the same train s
   BaseTrainer's model (its init_model input)
 labeled (+ unlabeled) images -> SSPPretrainer (run_fn: models.ssp.run_fn) -> LongTailTrainer's base_model
   [pretrain.method != none]
-Resolver(latest blessed model) + trainer model -> PerClassEvaluator (gate) -> LongTailPusher (TF Serving layout;
-  a model already serving is not copied again)
+Resolver(latest blessed model) + trainer model (+ the pool) -> PerClassEvaluator (gate, paired with the last blessed
+  model; the shift report: models/shift.py) -> LongTailPusher (TF Serving layout; a model already serving is not
+  copied again)
+data read as spans, train.warm_start=auto: the same Resolver -> BaseTrainer / LongTailTrainer's warm_start_model
+  (models/retrain.py: from the last blessed model of the same label space, fewer epochs)
 
 An empty unlabeled pool drops the unlabeled branch (and the PseudoLabeler): the run is supervised-only and says so.
 Which of these a run has is read from the training mode (models/modes.py: pool, pseudo_labels, online_pool,
@@ -99,21 +102,35 @@ def training_job(cfg: PipelineConfig, manifest: dict, pipeline_root: str, data_d
                       calibration=cfg.calibration, post_hoc_logit_adjust_tau=cfg.post_hoc_logit_adjust_tau,
                       image_shape=manifest["image_shape"], image_fit=(manifest.get("image_fit") or {}).get("method"),
                       pool_setting=pool_setting, pool_truth=pool_truth,
+                      warm_start_model=warm_start_folder(cfg),
                       ).with_backup(pipeline_root, manifest.get("splits"))
+
+
+def warm_start_folder(cfg: PipelineConfig) -> str | None:
+    """train.warm_start when it names a model folder (absolute), else None (auto / none: models/retrain.py)."""
+    setting = cfg.train.warm_start
+    if not setting or setting in ("auto", "none"):
+        return None
+    return setting if "://" in setting else os.path.abspath(setting)
+
+
+def warm_starts_from_blessed(cfg: PipelineConfig, manifest: dict) -> bool:
+    """train.warm_start=auto and the data is read as spans (data over time): the Trainers start from the last blessed
+    model (the gate's baseline resolver feeds them)."""
+    return cfg.train.warm_start == "auto" and bool(manifest.get("spans"))
 
 
 def pseudo_label_base_job(cfg: PipelineConfig, manifest: dict, pipeline_root: str,
                           data_dir: str | None = None) -> TrainerJob:
     """The pseudo-label BaseTrainer's job: supervised, on the labeled set, ``semi.pseudo_label.base_epochs`` (None:
     train.epochs); no calibration, since the base model only pseudo-labels the pool (the gate judges the final
-    Trainer's model); under semi.pseudo_label.init=base it also exports its classifier weights, which the final
-    Trainer starts from."""
+    Trainer's model); under semi.pseudo_label.init=base the final Trainer starts from its classifier weights (every
+    Trainer keeps them beside its SavedModel)."""
     base_train = cfg.train if cfg.semi.pseudo_label.base_epochs is None else dataclasses.replace(
         cfg.train, epochs=cfg.semi.pseudo_label.base_epochs)
     base_cfg = dataclasses.replace(cfg, semi=SemiConfig(method=modes.SUPERVISED), calibration=CalibrationConfig(),
                                    train=base_train)
-    return dataclasses.replace(training_job(base_cfg, manifest, pipeline_root, data_dir),
-                               export_classifier_weights=cfg.semi.pseudo_label.init == "base")
+    return training_job(base_cfg, manifest, pipeline_root, data_dir)
 
 
 def pretrain_job(cfg: PipelineConfig, manifest: dict, pipeline_root: str) -> TrainerJob:
@@ -189,13 +206,16 @@ def create_pipeline(cfg: PipelineConfig, data_dir: str, manifest: dict, pipeline
         raise ValueError(f"semi.method={mode.name} needs an unlabeled pool, but {data_dir} has 0 unlabeled examples "
                          f"(set data.unlabeled_size, or semi.method={'|'.join(usable)})")
     base_model = pretrainer.outputs["model"] if pretrainer else None
+    latest_blessed = _latest_blessed()
+    # a retrain on data over time starts from the last blessed model (the gate's baseline): models/retrain.py
+    warm = {"warm_start_model": latest_blessed.outputs["model"]} if warm_starts_from_blessed(cfg, manifest) else {}
     pseudo_inputs = {}
     if mode.pseudo_labels and unlabeled_examples is not None:
         from_base = cfg.semi.pseudo_label.init == "base"  # the final model starts from the base model's weights
         base_trainer = PseudoLabelBaseTrainer(
             examples=labeled_gen.outputs["examples"], label_stats=stats_gen.outputs["label_stats"],
             schema=labeled_schema.outputs["schema"], run_fn=RUN_FN, base_model=base_model,
-            job=pseudo_label_base_job(cfg, manifest, pipeline_root, truth_dir)).with_id("BaseTrainer")
+            job=pseudo_label_base_job(cfg, manifest, pipeline_root, truth_dir), **warm).with_id("BaseTrainer")
         labeler = PseudoLabeler(
             model=base_trainer.outputs["model"], unlabeled_examples=unlabeled_examples, examples=labeled_gen.outputs["examples"],
             num_classes=manifest["num_classes"], confidence_threshold=cfg.semi.pseudo_label.threshold,
@@ -209,22 +229,28 @@ def create_pipeline(cfg: PipelineConfig, data_dir: str, manifest: dict, pipeline
         examples=labeled_gen.outputs["examples"], label_stats=stats_gen.outputs["label_stats"],
         schema=labeled_schema.outputs["schema"], run_fn=RUN_FN, base_model=base_model,
         job=training_job(cfg, manifest, pipeline_root, truth_dir),
-        unlabeled_examples=unlabeled_examples if mode.online_pool else None, **pseudo_inputs)
+        unlabeled_examples=unlabeled_examples if mode.online_pool else None, **pseudo_inputs, **warm)
 
     # calibrated: the gate judges the half of the eval split the offsets were not fitted on (models/calibration.py)
     gate_and_push = _gate_and_push(PerClassEvaluator, labeled_gen.outputs["examples"], trainer, stats_gen, cfg.gate,
-                                   serving_dir, holdout=cfg.calibration.enabled)
+                                   serving_dir, latest_blessed, holdout=cfg.calibration.enabled,
+                                   unlabeled_examples=unlabeled_examples)  # the shift report's pool
     components += [stats_gen, trainer, *gate_and_push]
     return _pipeline(cfg.name, pipeline_root, components, cfg.enable_cache, metadata_path, beam_pipeline_args)
 
 
-def _gate_and_push(evaluator_class, examples, trainer, stats_gen, thresholds, serving_dir: str, **evaluator_args) -> list:
-    """Resolver(latest blessed model) -> the gate (eval split decides, test split reported) -> LongTailPusher."""
-    latest_blessed = tfx.dsl.Resolver(
+def _latest_blessed():
+    return tfx.dsl.Resolver(
         strategy_class=LatestBlessedModelStrategy,
         model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
         model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
     ).with_id("LatestBlessedModelResolver")
+
+
+def _gate_and_push(evaluator_class, examples, trainer, stats_gen, thresholds, serving_dir: str, latest_blessed=None,
+                   **evaluator_args) -> list:
+    """Resolver(latest blessed model) -> the gate (eval split decides, test split reported) -> LongTailPusher."""
+    latest_blessed = latest_blessed or _latest_blessed()
     evaluator = evaluator_class(
         examples=examples, model=trainer.outputs["model"], baseline_model=latest_blessed.outputs["model"],
         label_stats=stats_gen.outputs["label_stats"], thresholds=thresholds, eval_split="eval", report_split="test",

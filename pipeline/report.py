@@ -46,6 +46,8 @@ def build_metrics(cfg_dict: dict, mode: TrainingMode, manifest: dict, data_dir: 
                                                     results.get("pseudo_labeled_examples_uri"),
                                                     results.get("base_model_uri")),
         "ssp": blocks.ssp_block(cfg_dict, results.get("ssp"), training),
+        "warm_start": blocks.warm_start_block(cfg_dict, training, results.get("base_training")),
+        "shift": ev.get("shift"),  # the newest data's class shares against the last blessed model's (models/shift.py)
         "backbone": manifest.get("backbone"),  # train.backbone as set and as resolved (auto: by image size), and why
     }
     return run_envelope(cfg_dict, results, timings, headline, gate_block(ev), task_blocks)

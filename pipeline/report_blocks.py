@@ -103,6 +103,14 @@ def plan_block(training: dict | None, mode: TrainingMode) -> dict:
             "trained_with": mode.name if mode.online_pool else planner.SUPERVISED}
 
 
+def warm_start_block(cfg_dict: dict, training: dict | None, base_training: dict | None) -> dict:
+    """metrics.json's ``warm_start``: train.warm_start, and each classification Trainer's decision (models/retrain.py:
+    warm from the last blessed model or scratch, why, its epochs against the from-scratch ones)."""
+    stages = {"trainer": (training or {}).get("retrain"), "base_trainer": (base_training or {}).get("retrain")}
+    return {"setting": cfg_dict["train"]["warm_start"], "epochs_setting": cfg_dict["train"]["warm_start_epochs"],
+            **{k: v for k, v in stages.items() if v}}
+
+
 def pseudo_labels_block(training: dict | None, pl_stats: dict | None, weight: float, examples_uri: str | None = None,
                         base_model_uri: str | None = None) -> dict | None:
     """metrics.json's ``pseudo_labels``: threshold, per-class predicted / accepted counts and the pool estimates

@@ -38,9 +38,19 @@ def gate_md(gate: dict, class_names: list[str]) -> list[str]:
         md += ["", f"Too few images to judge: {', '.join(small)} (fewer than {u['min_support']} a class in the gate's "
                "split; one image moves such a class's recall by more than 0.2). Their recall checks rest on the point "
                "value; add validation images (a val/ folder) to judge them."]
-    md += ["", "| class | gate images | recall | interval |", "|---|---|---|---|"]
+    # the last blessed model on the same images, side by side (a retrain's gate: the newest span's validation images)
+    base = (gate.get("baseline") or {}).get("per_class_recall")
+    if base:
+        md += ["", f"Side by side with the last blessed model (`{gate.get('baseline_model_uri')}`), on the same images: "
+               f"balanced accuracy {_f((gate.get('baseline') or {}).get('balanced_accuracy'))} then, {_f(ba)} now."]
+    md += ["", "| class | gate images | recall | interval |" + (" last blessed recall | change |" if base else ""),
+           "|---|---|---|---|" + ("---|---|" if base else "")]
     recalls = cand.get("per_class_recall") or []
     for c, (n, iv) in enumerate(zip(u["per_class_support"], u["per_class_recall_interval"])):
         r = recalls[c] if c < len(recalls) else None
-        md.append(f"| {class_names[c]} | {n} | {_f(r)} | {'-' if not iv else f'[{_f(iv[0])}, {_f(iv[1])}]'} |")
+        row = f"| {class_names[c]} | {n} | {_f(r)} | {'-' if not iv else f'[{_f(iv[0])}, {_f(iv[1])}]'} |"
+        if base:
+            b = base[c] if c < len(base) else None
+            row += f" {_f(b)} | {'-' if r is None or b is None else f'{r - b:+.3f}'} |"
+        md.append(row)
     return md

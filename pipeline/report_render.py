@@ -348,6 +348,40 @@ def ssp_section(ssp: dict) -> list[str]:
     return md
 
 
+def shift_md(shift: dict | None, class_names: list[str]) -> list[str]:
+    """report.md's shift section (models/shift.py): per class, the reference, newest labeled and estimated pool shares."""
+    if not shift:
+        return []
+    pool = shift.get("pool") or {}
+    md = ["", "## Shift (the newest data against the last blessed model's training data)", "",
+          f"Reference: the {shift['reference']['source']}. Newest labeled: the {shift['newest_labeled']['source']}, "
+          f"L1 {fmt(shift['newest_labeled']['l1'])}. Pool: "
+          + (f"{pool['pool_examples']} images, class shares estimated by {pool['method']} (the model's predictions "
+             f"corrected for its own confusion, fitted on {sum(pool['validation_per_class'])} validation images"
+             + ("" if pool.get("interval_covers") else "; fewer than 20 a class: the intervals are too narrow")
+             + f"), L1 {fmt(pool['l1'])}" if pool.get("shares") else pool.get("reason", "none"))
+          + f". Threshold L1 {shift['max_l1']:g} (gate.max_class_shift_l1).", ""]
+    md += [f"**{m}.**" for m in shift["messages"]] or ["No class shift beyond the threshold."]
+    md += ["", "| class | reference share | newest labeled share | pool share (estimated) | pool 95% interval |",
+           "|---|---|---|---|---|"]
+    for c, name in enumerate(class_names):
+        iv = (pool.get("interval") or [None] * len(class_names))[c]
+        md.append(f"| {name} | {fmt(shift['reference']['shares'][c])} | {fmt(shift['newest_labeled']['shares'][c])} | "
+                  f"{fmt(pool['shares'][c]) if pool.get('shares') else '-'} | "
+                  f"{f'[{fmt(iv[0])}, {fmt(iv[1])}]' if iv else '-'} |")
+    return md
+
+
+def warm_start_text(block: dict | None) -> str:
+    """report.md's retraining line: each Trainer's start (models/retrain.py), or nothing when none recorded one."""
+    stages = [(name, (block or {}).get(key)) for name, key in (("Base model", "base_trainer"), ("Model", "trainer"))]
+    stages = [(name, d) for name, d in stages if d]
+    if not stages:
+        return ""
+    return f"Warm start (train.warm_start={block['setting']}): " + "; ".join(
+        f"{name.lower() if i else name}: {d['reason']}" for i, (name, d) in enumerate(stages)) + "."
+
+
 def report_md(metrics: dict) -> str:
     """report.md: the data, the gate, the per-class table and figures, calibration, SSP, semi-supervised training and time."""
     ssp = metrics.get("ssp") or {"method": "none", "note": "no self-supervised pre-training"}
@@ -370,10 +404,11 @@ def report_md(metrics: dict) -> str:
           f"semi-supervised: {metrics['semi']['method']}"
           + (f" (trained with {metrics['plan']['trained_with']})" if (metrics.get("plan") or {}).get("choice") else "")
           + ".", "",
+          *([warm_start_text(metrics.get("warm_start")), ""] if warm_start_text(metrics.get("warm_start")) else []),
           "## Gate (validation split" + (", the half calibration did not fit on" if (metrics.get("calibration") or {})
                                          .get("method", "none") != "none" else "") + ")", "",
           f"Decision: **{'BLESSED' if metrics['blessed'] else 'NOT BLESSED'}**; pushed: {pushed_text(metrics, '`')}.", "",
-          *gate_md(gate, stats["class_names"])]
+          *gate_md(gate, stats["class_names"]), *shift_md(metrics.get("shift"), stats["class_names"])]
     md += ["", "## Per class (ranked by training count)", "",
            f"Test split: balanced accuracy {fmt(metrics['balanced_accuracy'], 4)}, macro-F1 {fmt(metrics['macro_f1'], 4)}, "
            f"many {fmt(metrics['many_shot_accuracy'])}, medium {fmt(metrics['medium_shot_accuracy'])}, "

@@ -24,14 +24,14 @@ def _train_job(**kw) -> TrainerJob:
 
 
 def test_each_stage_writes_its_keys_and_reads_back_the_same_job():
-    jobs = [_train_job(pool_setting={"rho": 10, "rho_u": 1.0, "same_order": True}, export_classifier_weights=True),
+    jobs = [_train_job(pool_setting={"rho": 10, "rho_u": 1.0, "same_order": True}, warm_start_model="/serving/m/3"),
             TrainerJob(stage=job.PRETRAIN, pretrain=SSPConfig(method="rotation"), backbone="resnet8",
                        image_shape=[28, 28, 1]),
             TrainerJob(stage=job.REGRESSION, train=TrainConfig(epochs=3), regression=RegressionConfig(fds=True))]
     keys = [sorted(j.with_backup("/root", SPLITS).to_custom_config()) for j in jobs]
     assert keys == [
-        ["backup_dir", "calibration", "export_classifier_weights", "image_shape", "pool_setting",
-         "post_hoc_logit_adjust_tau", "pretrain", "semi", "train"],
+        ["backup_dir", "calibration", "image_shape", "pool_setting", "post_hoc_logit_adjust_tau", "pretrain", "semi",
+         "train", "warm_start_model"],
         ["backbone", "backup_dir", "image_shape", "pretrain"],
         ["backup_dir", "regression", "train"]]
     for j in jobs:
@@ -40,9 +40,9 @@ def test_each_stage_writes_its_keys_and_reads_back_the_same_job():
         back = TrainerJob.from_custom_config(c)
         assert back.to_custom_config() == j.to_custom_config()
         assert back.train == j.train and back.pretrain == j.pretrain and back.regression == j.regression
-    # unset optional keys stay out: the stored JSON of a supervised Trainer has no pool or export keys
+    # unset optional keys stay out: the stored JSON of a supervised Trainer has no pool or warm-start keys
     assert "pool_setting" not in _train_job().to_custom_config()
-    assert "export_classifier_weights" not in _train_job(export_classifier_weights=False).to_custom_config()
+    assert "warm_start_model" not in _train_job().to_custom_config()
 
 
 def test_the_pretraining_job_carries_the_distribution_settings_only_when_set():

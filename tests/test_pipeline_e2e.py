@@ -54,6 +54,18 @@ def test_run_writes_metrics_report_and_pushes(smoke):
     assert glob.glob(os.path.join(m["model_run_dir"], "tensorboard", "*"))
     assert glob.glob(os.path.join(m["model_run_dir"], "checkpoints", "epoch-001.weights.h5"))
     assert "gate: BLESSED" in smoke["first"].stdout
+    # the shift report: no blessed model yet, so this run's training set is the reference; the pool's class shares
+    # estimated by EM-BCTS from the model's predictions on the 200 pool images
+    shift = m["shift"]
+    assert shift["reference"]["source"].startswith("this run's training set")
+    assert shift["reference"]["counts"] == m["label_stats"]["class_counts"] and shift["newest_labeled"]["l1"] == 0.0
+    pool = shift["pool"]
+    assert pool["method"] == "em_bcts" and pool["pool_examples"] == 200 and len(pool["shares"]) == 10
+    assert sum(pool["shares"]) == pytest.approx(1.0) and pool["l1"] == pytest.approx(
+        np.abs(np.asarray(pool["shares"]) - np.asarray(shift["reference"]["shares"])).sum())
+    assert pool["validation_per_class"] == [20] * 10 and pool["interval_covers"] is True
+    assert "## Shift" in report and "| class | reference share | newest labeled share | pool share (estimated)" in report
+    assert shift["shifted"] == bool(shift["messages"]) == (pool["l1"] > shift["max_l1"])
 
 
 def test_rerun_reuses_cached_outputs_and_compares_with_last_blessed(smoke):
@@ -65,6 +77,12 @@ def test_rerun_reuses_cached_outputs_and_compares_with_last_blessed(smoke):
     first = load_metrics(str(smoke["tmp"] / "out1"))
     assert m["gate"]["baseline_model_uri"] is not None
     assert m["gate"]["baseline"]["balanced_accuracy"] == pytest.approx(first["gate"]["candidate"]["balanced_accuracy"])
+    # report.md sets the two models' per-class recall side by side on the same gate images
+    report = open(str(smoke["tmp"] / "out2" / "report.md")).read()
+    assert "Side by side with the last blessed model" in report and "| last blessed recall | change |" in report
+    # the shift report's reference is now the blessed model's training set (its serving metadata)
+    assert m["shift"]["reference"]["source"] == "last blessed model's training set"
+    assert m["shift"]["reference"]["counts"] == first["label_stats"]["class_counts"]
     # the cached model is blessed again but not copied to a second serving version
     assert m["pushed"] is True and m["already_serving"] is True and first["already_serving"] is False
     assert m["pushed_model_dir"] == first["pushed_model_dir"]

@@ -170,3 +170,60 @@ def test_a_user_runs_a_stream_of_spans_and_the_next_span_is_read_when_it_lands(t
     assert m["label_stats"]["class_counts"] == [30 * 2 + 24, 20 * 2 + 16, 12 * 2 + 10, 8 * 2 + 7]
     report = open(os.path.join(proc.stdout.strip().splitlines()[-1], "report.md")).read()
     assert "Spans (data.spans=all, 3 spans there): read span-1, span-2, span-3" in report
+    # the first run's model was blessed: the retrain on span-3 starts from it (train.warm_start=auto on spans)
+    assert first["blessed"] and first["warm_start"]["trainer"]["start"] == "scratch"
+    assert "no blessed model" in first["warm_start"]["trainer"]["reason"]
+    warm = m["warm_start"]["trainer"]
+    assert warm["start"] == "warm" and warm["model"].startswith(m["gate"]["baseline_model_uri"])  # one resolver
+    assert "Warm start (train.warm_start=auto): Model: warm start from" in report
+    # the shift report compares span-3's labeled shares with those the blessed model (spans 1-2) was trained on
+    shift = m["shift"]
+    assert shift["reference"]["source"] == "last blessed model's training set"
+    assert shift["reference"]["counts"] == first["label_stats"]["class_counts"]
+    assert shift["newest_labeled"]["source"] == "span-3's labeled images"
+    assert shift["newest_labeled"]["counts"] == [24, 16, 10, 7] and shift["pool"] == {"reason": "no unlabeled pool"}
+    # span-4 brings a new class: the label space changed, so the retrain starts from scratch and says why
+    make_folder(os.path.join(root, "span-4"), per_class=(30, 20, 12, 8), test_per_class=5, unlabeled=0, seed=4)
+    for split in ("train", "test"):
+        shutil.copytree(os.path.join(root, "span-4", split, "ant"), os.path.join(root, "span-4", split, "cat"))
+    # (a model of other classes is served from a folder of its own: the Pusher refuses the old one)
+    run_cli("smoke", tmp_path, tmp_path / "out3", f"data.source=folder:{root}", "data.val_per_class=none",
+            "model_name=stream-five-classes", flags=("--allow-unblessed",))
+    new = load_metrics(tmp_path / "out3")["warm_start"]["trainer"]
+    assert new["start"] == "scratch" and "new class 'cat'" in new["reason"], new
+
+
+@pytest.mark.slow
+def test_the_compiled_kubeflow_example_gen_reads_the_newest_span_at_run_time(tmp_path):
+    """The Kubeflow package is compiled once, on span-1..2; its OwnDataExampleGen task (the container command of the
+    package, through TFX's Kubeflow v2 entrypoint, as tests/test_kfp_executors.py runs tasks) runs before and after
+    span-3 lands: the second run's Examples read span-3 (the spans are listed when the task runs, not at compile time),
+    and the compiled Trainers take the last blessed model as their warm start."""
+    import yaml
+
+    from tests.test_kfp_executors import _cli, run_compiled_task
+
+    root = spans_root(tmp_path, n=2, per_class=(30, 20, 12, 8), test_per_class=4, unlabeled=10)
+    package = str(tmp_path / "pipeline.yaml")
+    _cli("compile-kfp", "--preset", "smoke", "--set", f"data.source=folder:{root}", "--set", "data.val_per_class=none",
+         "--set", "beam.direct_running_mode=in_memory", "--pipeline-root", str(tmp_path / "kfp_root"), "--output", package)
+    spec = yaml.safe_load(open(package))
+    tasks = spec["root"]["dag"]["tasks"]
+    warm = tasks["LongTailTrainer"]["inputs"]["artifacts"]["warm_start_model"]["taskOutputArtifact"]
+    assert warm["producerTask"] == "LatestBlessedModelResolver-model-resolver"  # the gate's baseline resolver
+    assert "unlabeled_examples" in tasks["PerClassEvaluator"]["inputs"]["artifacts"]  # the shift report's pool
+
+    def scheduled_run(name: str) -> dict:
+        out = run_compiled_task(spec, "OwnDataExampleGen", {}, str(tmp_path / name))
+        (examples,) = out["artifacts"]["examples"]["artifacts"]
+        report = json.load(open(os.path.join(examples["uri"], REPORT_FILE)))
+        return {"metadata": examples["metadata"], "spans": report["spans"],
+                "train": sum(_records(os.path.join(examples["uri"], "Split-train", "*"), "GZIP").values())}
+
+    first = scheduled_run("run1")
+    make_folder(os.path.join(root, "span-3"), per_class=(30, 20, 12, 8), test_per_class=5, unlabeled=10, seed=3)
+    second = scheduled_run("run2")
+    assert first["spans"]["read"] == [1, 2] and second["spans"]["read"] == [1, 2, 3]
+    assert (first["metadata"]["span"], second["metadata"]["span"]) == (2, 3)
+    assert second["metadata"]["spans"] == "1,2,3"
+    assert second["train"] > first["train"]

@@ -109,10 +109,16 @@ def merge(root: str, selection: str, plans: list[tuple[int, str, object]], spans
                "available": spans_there, "per_span": record})
 
 
+def _ints(values) -> list[int] | None:
+    return None if values is None else [int(v) for v in values]
+
+
 def _span_record(n: int, path: str, plan, newest: bool) -> dict:
     """What one span gave the run: its images by split, and (older spans) the test/validation images not used."""
     counts = {split: plan.split_counts(split)[0] for split in ("labeled", "validation", "unlabeled", "test")}
-    entry = {"span": n, "folder": path, "newest": newest, "labeled": counts["labeled"], "unlabeled": counts["unlabeled"]}
+    entry = {"span": n, "folder": path, "newest": newest, "labeled": counts["labeled"], "unlabeled": counts["unlabeled"],
+             # by the span's own classes (the newest span's are the run's): the shift report's newest labeled shares
+             "labeled_per_class": _ints(plan.split_counts("labeled")[1]), "class_names": list(plan.class_names)}
     if newest:
         entry.update(validation=counts["validation"], test=counts["test"])
     else:  # counted, not used: the gate and the test figures describe the newest span
