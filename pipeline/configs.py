@@ -287,7 +287,20 @@ def load_config(preset: str = "default", overrides: dict[str, str] | None = None
     given = {resolve_key(k) for k in [*PRESETS[preset], *(overrides or {})]}
     cfg = resolve_augment(resolve_own_data(cfg, given, {resolve_key(k) for k in overrides or {}}))
     distribute.check_config(cfg.train, modes.get(cfg.semi.method).name, cfg.task)
+    check_warm_start(cfg.train.warm_start, cfg.train.warm_start_epochs)
     return cfg
+
+
+def check_warm_start(setting: str, epochs: int | None) -> None:
+    """train.warm_start is auto, none or an existing model folder (a remote URI is checked when the Trainer reads it);
+    train.warm_start_epochs is None or >= 1 (models/retrain.py)."""
+    if epochs is not None and epochs < 1:
+        raise ValueError(f"train.warm_start_epochs must be >= 1 (or none), got {epochs}")
+    if setting in ("auto", "none") or "://" in setting:
+        return
+    if not os.path.isdir(setting):
+        raise ValueError(f"train.warm_start={setting}: no such model folder (auto | none | an exported model's folder, "
+                         "e.g. serving/NAME/VERSION)")
 
 
 OWN_DATA_DEFAULTS = {"data.rho": None, "data.val_per_class": None}

@@ -108,3 +108,14 @@ def test_the_shift_report_says_which_classes_moved_beyond_the_threshold():
     assert "ant -0.400" in r["messages"][0] and "cow +0.400" in r["messages"][0]
     quiet = shift.class_shift(names, [60, 30, 10], "x", [60, 30, 10], "y", None, 0.2, pool_reason="no unlabeled pool")
     assert not quiet["shifted"] and quiet["pool"] == {"reason": "no unlabeled pool"} and quiet["messages"] == []
+
+
+def test_a_warm_start_setting_is_checked_with_the_config(tmp_path):
+    from pipeline.configs import load_config
+
+    with pytest.raises(ValueError, match="no such model folder"):
+        load_config("smoke", {"train.warm_start": str(tmp_path / "missing")})
+    with pytest.raises(ValueError, match="warm_start_epochs must be >= 1"):
+        load_config("smoke", {"train.warm_start_epochs": "0"})
+    assert load_config("smoke", {"train.warm_start": str(tmp_path)}).train.warm_start == str(tmp_path)
+    assert load_config("default").train.warm_start == "auto"
