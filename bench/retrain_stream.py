@@ -170,11 +170,11 @@ def stream_seed(seed: int, a) -> list[dict]:
 
     for span in range(1, SPANS + 1):
         land(span)
-        m, minutes, status = run(stream, warm, sets)
+        m, minutes, status = run(stream, warm, sets, expect=(0, 5))  # a refusal (5) is recorded, the stream goes on
         record(row_of(seed, span, "warm" if span > 1 else "first", m, minutes, status, truth))
         versions[span] = served_version(warm)
         if span > 1:
-            m, minutes, status = run(stream, scratch, sets + ["train.warm_start=none"])
+            m, minutes, status = run(stream, scratch, sets + ["train.warm_start=none"], expect=(0, 5))
             record(row_of(seed, span, "scratch", m, minutes, status, truth))
     # the flipped span lands as span 5: refused (exit 5), nothing pushed, the served version unchanged
     before = served_version(warm)
@@ -182,14 +182,18 @@ def stream_seed(seed: int, a) -> list[dict]:
     m, minutes, status = run(stream, warm, sets, expect=(5,))
     row = row_of(seed, FLIPPED, "flipped", m, minutes, status, truth)
     row["served_unchanged"] = served_version(warm) == before
-    # then a rollback: span 3's model served again (span 4's push undone), as a new highest version
-    proc = subprocess.run([sys.executable, "-m", "pipeline", "rollback", "--model", "clothes", "--to", versions[3],
+    # then a rollback (its default: the newest version whose model differs from the served one, span 3's when span 4
+    # pushed), served again as a new highest version
+    pushed = [v for v in (versions[s] for s in range(1, SPANS + 1)) if v]
+    target = pushed[-2] if len(pushed) > 1 and pushed[-2] != pushed[-1] else None
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "rollback", "--model", "clothes",
                            "--serving-root", os.path.join(warm, "serving"), "--runs-root", os.path.join(warm, "runs")],
                           cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT))
     restored = served_version(warm)
-    same = proc.returncode == 0 and _same_bytes(os.path.join(warm, "serving", "clothes", versions[3]),
-                                                os.path.join(warm, "serving", "clothes", restored))
-    row.update(rollback_exit=proc.returncode, rollback_restored=same, rollback_to=versions[3], served_after=restored)
+    same = bool(target) and proc.returncode == 0 and _same_bytes(os.path.join(warm, "serving", "clothes", target),
+                                                                 os.path.join(warm, "serving", "clothes", restored))
+    row.update(rollback_exit=proc.returncode, rollback_restored=same, rollback_to=target, served_after=restored,
+               rollback_message=(proc.stderr.strip().splitlines() or [""])[-1][:300])
     record(row)
     return rows
 
@@ -244,10 +248,10 @@ def summary(rows: list[dict]) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--n-max", type=int, default=150, help="labeled images of a span's head class")
+    p.add_argument("--n-max", type=int, default=400, help="labeled images of a span's head class")
     p.add_argument("--rho", type=float, default=10.0, help="a span's labeled (and pool) imbalance ratio")
     p.add_argument("--test-per-class", type=int, default=50)
-    p.add_argument("--pool-size", type=int, default=500, help="pool images a span")
+    p.add_argument("--pool-size", type=int, default=1000, help="pool images a span")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--work", default="runs/retrain-stream-bench")
     p.add_argument("--result", default="bench/results/retrain_stream.md")

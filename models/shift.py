@@ -52,7 +52,8 @@ def class_shift(class_names: list[str], reference_counts, reference_source: str,
     for what, block in (("labeled", out["newest_labeled"]), ("pool (estimated)", out["pool"])):
         if block.get("l1") is not None and block["l1"] > max_l1:
             out["messages"].append(
-                f"class shift: the newest {what} class shares are {block['l1']:.3f} L1 from those of the "
-                f"{reference_source} (threshold {max_l1:g}); largest changes {_largest(class_names, block['shares'], ref)}")
+                f"class shift: the newest {what} class shares are {block['l1']:.3f} L1 from the reference shares "
+                f"({reference_source}; threshold {max_l1:g}); largest changes "
+                f"{_largest(class_names, block['shares'], ref)}")
     out["shifted"] = bool(out["messages"])
     return out

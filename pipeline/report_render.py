@@ -354,7 +354,7 @@ def shift_md(shift: dict | None, class_names: list[str]) -> list[str]:
         return []
     pool = shift.get("pool") or {}
     md = ["", "## Shift (the newest data against the last blessed model's training data)", "",
-          f"Reference: the {shift['reference']['source']}. Newest labeled: the {shift['newest_labeled']['source']}, "
+          f"Reference: {shift['reference']['source']}. Newest labeled: {shift['newest_labeled']['source']}, "
           f"L1 {fmt(shift['newest_labeled']['l1'])}. Pool: "
           + (f"{pool['pool_examples']} images, class shares estimated by {pool['method']} (the model's predictions "
              f"corrected for its own confusion, fitted on {sum(pool['validation_per_class'])} validation images"
