@@ -114,14 +114,16 @@ def run(stream: str, work: str, sets: list[str], expect=(0,)) -> tuple[dict, flo
     minutes = (time.time() - t0) / 60
     if proc.returncode not in expect:
         raise RuntimeError(f"{' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
-    with open(os.path.join(proc.stdout.strip().splitlines()[-1], "metrics.json")) as f:
-        return json.load(f), minutes, proc.returncode
+    out = proc.stdout.strip().splitlines()[-1]
+    with open(os.path.join(out, "metrics.json")) as f:
+        return dict(json.load(f), _out=out), minutes, proc.returncode
 
 
-def pool_truth(truth: dict, spans_read: list[int]) -> np.ndarray:
-    """The true class shares of the pool of the spans read (the shift report estimates the pool the run ingested)."""
+def pool_truth(truth: dict, spans_read: list[int], class_names: list[str]) -> np.ndarray:
+    """The true class shares of the pool of the spans read (the shift report estimates the pool the run ingested), in
+    the run's class order (its folder names sorted, not Fashion-MNIST's index order)."""
     counts = np.sum([truth["spans"][str(s)]["pool"] for s in spans_read], axis=0).astype(np.float64)
-    return counts / counts.sum()
+    return (counts / counts.sum())[[NAMES.index(n) for n in class_names]]
 
 
 def row_of(seed: int, span: int, chain: str, m: dict, minutes: float, status: int, truth: dict) -> dict:
@@ -131,14 +133,16 @@ def row_of(seed: int, span: int, chain: str, m: dict, minutes: float, status: in
     shift = m.get("shift") or {}
     pool = shift.get("pool") or {}
     spans_read = (m["data"].get("spans") or {}).get("read") or []
-    est_l1 = float(np.abs(np.asarray(pool["shares"]) - pool_truth(truth, spans_read)).sum()) if pool.get("shares") else None
+    names = m["label_stats"]["class_names"]
+    est_l1 = (float(np.abs(np.asarray(pool["shares"]) - pool_truth(truth, spans_read, names)).sum())
+              if pool.get("shares") else None)
     t = m["timings"]
     return {"seed": seed, "span": span, "chain": chain, "start": ws.get("start"),
             "epochs": [base_ws.get("epochs"), ws.get("epochs")],
             "balanced_accuracy": m["balanced_accuracy"], "worst_recall": min(recalls), "worst_class": m["worst_class"],
             "minutes": minutes, "train_seconds": t.get("train_seconds"), "pipeline_seconds": t.get("pipeline_seconds"),
             "pool_prior_l1": est_l1, "shifted": shift.get("shifted"), "labeled_l1": (shift.get("newest_labeled") or {}).get("l1"),
-            "blessed": m["blessed"], "pushed": m.get("pushed_model_dir"), "exit": status,
+            "blessed": m["blessed"], "pushed": m.get("pushed_model_dir"), "exit": status, "out": m.get("_out"),
             "trained_with": (m.get("plan") or {}).get("trained_with")}
 
 
@@ -149,7 +153,8 @@ def served_version(work: str) -> str | None:
 
 
 def stream_seed(seed: int, a) -> list[dict]:
-    base = os.path.abspath(os.path.join(a.work, f"s{seed}"))
+    slug = "-".join(x.replace("=", "_") for x in a.sets)  # runs of other settings in folders of their own
+    base = os.path.abspath(os.path.join(a.work, f"s{seed}" + (f"-{slug}" if slug else "")))
     staged, stream = os.path.join(base, "staged"), os.path.join(base, "stream")
     truth = make_stream(staged, seed, a.n_max, a.rho, a.test_per_class, a.pool_size)
     truth = json.loads(json.dumps(truth))  # the keys as the file has them
@@ -165,6 +170,7 @@ def stream_seed(seed: int, a) -> list[dict]:
         shutil.copytree(os.path.join(staged, f"span-{span}"), os.path.join(stream, f"span-{as_span or span}"))
 
     def record(row):
+        row["sets"] = list(a.sets)
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
 
@@ -173,7 +179,7 @@ def stream_seed(seed: int, a) -> list[dict]:
         m, minutes, status = run(stream, warm, sets, expect=(0, 5))  # a refusal (5) is recorded, the stream goes on
         record(row_of(seed, span, "warm" if span > 1 else "first", m, minutes, status, truth))
         versions[span] = served_version(warm)
-        if span > 1:
+        if span > 1 and not a.no_scratch:
             m, minutes, status = run(stream, scratch, sets + ["train.warm_start=none"], expect=(0, 5))
             record(row_of(seed, span, "scratch", m, minutes, status, truth))
     # the flipped span lands as span 5: refused (exit 5), nothing pushed, the served version unchanged
@@ -210,10 +216,11 @@ def _f(v, digits: int) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    md = ["| seed | span | run | Trainers' epochs (base, final) | test balanced acc | worst class | minutes | train s "
-          "| pool prior L1 | labeled L1 | blessed | exit |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    md = ["| seed | span | run | settings | Trainers' epochs (base, final) | test balanced acc | worst class | minutes "
+          "| train s | pool prior L1 | labeled L1 | blessed | exit |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        md.append(f"| {r['seed']} | {r['span']} | {r['chain']} ({r['start']}) | {r['epochs'][0]}, {r['epochs'][1]} | "
+        md.append(f"| {r['seed']} | {r['span']} | {r['chain']} ({r['start']}) | {' '.join(r.get('sets') or []) or '-'} | "
+                  f"{r['epochs'][0]}, {r['epochs'][1]} | "
                   f"{r['balanced_accuracy']:.4f} | {r['worst_recall']:.3f} | {r['minutes']:.1f} | "
                   f"{_f(r['train_seconds'], 0)} | {_f(r['pool_prior_l1'], 3)} | {_f(r['labeled_l1'], 3)} | "
                   f"{r['blessed']} | {r['exit']} |")
@@ -222,16 +229,18 @@ def table(rows: list[dict]) -> str:
 
 def summary(rows: list[dict]) -> str:
     lines = []
-    pairs = [(w, s) for w in rows if w["chain"] == "warm" for s in rows
-             if s["chain"] == "scratch" and (s["seed"], s["span"]) == (w["seed"], w["span"])]
-    if pairs:
+    for sets in sorted({tuple(r.get("sets") or []) for r in rows if r["chain"] == "warm"}):
+        pairs = [(w, s) for w in rows if w["chain"] == "warm" and tuple(w.get("sets") or []) == sets for s in rows
+                 if s["chain"] == "scratch" and (s["seed"], s["span"]) == (w["seed"], w["span"])]
+        if not pairs:
+            continue
         ratio = [w["minutes"] / s["minutes"] for w, s in pairs]
         train_ratio = [w["train_seconds"] / s["train_seconds"] for w, s in pairs if s["train_seconds"]]
         diff = [w["balanced_accuracy"] - s["balanced_accuracy"] for w, s in pairs]
-        lines += [f"Warm retrain / from scratch, wall time: mean {np.mean(ratio):.2f}, max {np.max(ratio):.2f} over "
-                  f"{len(pairs)} paired retrains (target <= 0.40); Trainers' time: mean {np.mean(train_ratio):.2f}.",
-                  f"Balanced accuracy, warm minus scratch: mean {np.mean(diff):+.4f}, per pair "
-                  + ", ".join(f"{d:+.4f}" for d in diff) + " (target: mean within 0.005)."]
+        lines += [f"Warm ({' '.join(sets) or 'the defaults'}) / from scratch, wall time: mean {np.mean(ratio):.2f}, max "
+                  f"{np.max(ratio):.2f} over {len(pairs)} paired retrains (target <= 0.40); the final Trainer's time: mean "
+                  f"{np.mean(train_ratio):.2f}. Balanced accuracy, warm minus scratch: mean {np.mean(diff):+.4f}, per "
+                  "pair " + ", ".join(f"{d:+.4f}" for d in diff) + " (target: mean within 0.005)."]
     l1 = [r["pool_prior_l1"] for r in rows if r["pool_prior_l1"] is not None]
     if l1:
         lines.append(f"Estimated pool prior vs truth (L1): mean {np.mean(l1):.3f}, max {np.max(l1):.3f} over {len(l1)} "
@@ -252,7 +261,10 @@ def main() -> int:
     p.add_argument("--rho", type=float, default=10.0, help="a span's labeled (and pool) imbalance ratio")
     p.add_argument("--test-per-class", type=int, default=50)
     p.add_argument("--pool-size", type=int, default=1000, help="pool images a span")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="settings of every run of both chains (e.g. train.warm_start_epochs=20)")
+    p.add_argument("--no-scratch", action="store_true",
+                   help="the warm chain only (its scratch twins are the same runs as without the setting)")
     p.add_argument("--work", default="runs/retrain-stream-bench")
     p.add_argument("--result", default="bench/results/retrain_stream.md")
     a = p.parse_args()
