@@ -45,6 +45,7 @@ from components.data.sources import read_fashion_mnist  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAMES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot"]
 SPANS, FLIPPED = 4, 5
+MODEL = "clothes"  # model_name: serving/clothes/<version>
 
 
 def _write(folder: str, images, idx) -> None:
@@ -106,7 +107,7 @@ def make_stream(out: str, seed: int, n_max: int, rho: float, test_per_class: int
 def run(stream: str, work: str, sets: list[str], expect=(0,)) -> tuple[dict, float, int]:
     """One `python -m pipeline run` on the stream, in a fresh process: (metrics.json, wall minutes, exit status)."""
     args = [sys.executable, "-m", "pipeline", "run", "--set", f"data.source=folder:{stream}",
-            "--set", f"runs_root={work}/runs", "--set", f"serving_root={work}/serving", "--set", "model_name=digits"]
+            "--set", f"runs_root={work}/runs", "--set", f"serving_root={work}/serving", "--set", f"model_name={MODEL}"]
     for s in sets:
         args += ["--set", s]
     t0 = time.time()
@@ -147,7 +148,7 @@ def row_of(seed: int, span: int, chain: str, m: dict, minutes: float, status: in
 
 
 def served_version(work: str) -> str | None:
-    folder = os.path.join(work, "serving", "clothes")
+    folder = os.path.join(work, "serving", MODEL)
     versions = sorted(int(v) for v in os.listdir(folder) if v.isdigit()) if os.path.isdir(folder) else []
     return str(versions[-1]) if versions else None
 
@@ -192,12 +193,12 @@ def stream_seed(seed: int, a) -> list[dict]:
     # pushed), served again as a new highest version
     pushed = [v for v in (versions[s] for s in range(1, SPANS + 1)) if v]
     target = pushed[-2] if len(pushed) > 1 and pushed[-2] != pushed[-1] else None
-    proc = subprocess.run([sys.executable, "-m", "pipeline", "rollback", "--model", "clothes",
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "rollback", "--model", MODEL,
                            "--serving-root", os.path.join(warm, "serving"), "--runs-root", os.path.join(warm, "runs")],
                           cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT))
     restored = served_version(warm)
-    same = bool(target) and proc.returncode == 0 and _same_bytes(os.path.join(warm, "serving", "clothes", target),
-                                                                 os.path.join(warm, "serving", "clothes", restored))
+    same = bool(target) and proc.returncode == 0 and _same_bytes(os.path.join(warm, "serving", MODEL, target),
+                                                                 os.path.join(warm, "serving", MODEL, restored))
     row.update(rollback_exit=proc.returncode, rollback_restored=same, rollback_to=target, served_after=restored,
                rollback_message=(proc.stderr.strip().splitlines() or [""])[-1][:300])
     record(row)
@@ -241,10 +242,13 @@ def summary(rows: list[dict]) -> str:
                   f"{np.max(ratio):.2f} over {len(pairs)} paired retrains (target <= 0.40); the final Trainer's time: mean "
                   f"{np.mean(train_ratio):.2f}. Balanced accuracy, warm minus scratch: mean {np.mean(diff):+.4f}, per "
                   "pair " + ", ".join(f"{d:+.4f}" for d in diff) + " (target: mean within 0.005)."]
-    l1 = [r["pool_prior_l1"] for r in rows if r["pool_prior_l1"] is not None]
-    if l1:
-        lines.append(f"Estimated pool prior vs truth (L1): mean {np.mean(l1):.3f}, max {np.max(l1):.3f} over {len(l1)} "
-                     "runs (target <= 0.05).")
+    for chain in ("first", "warm", "scratch"):  # not the flipped span's refused model: its validation labels are wrong
+        l1 = [r["pool_prior_l1"] for r in rows if r["pool_prior_l1"] is not None and r["chain"] == chain]
+        if l1:
+            lines.append(f"Estimated pool prior vs truth (L1), {chain} runs: mean {np.mean(l1):.3f}, max {np.max(l1):.3f} "
+                         f"over {len(l1)} (target <= 0.05), by seed/span: " + ", ".join(
+                             f"s{r['seed']}/{r['span']} {r['pool_prior_l1']:.3f}" for r in rows
+                             if r["pool_prior_l1"] is not None and r["chain"] == chain) + ".")
     for r in rows:
         if r["chain"] == "flipped":
             lines.append(f"Seed {r['seed']}, flipped span: exit {r['exit']}, blessed {r['blessed']}, served version "
