@@ -160,7 +160,8 @@ def _final_epochs(metrics: dict, cfg: dict) -> str:
     trained = (metrics.get("training") or {}).get("epochs") or cfg["train"]["epochs"]
     if not metrics.get("pseudo_labels"):
         return f"{trained} epochs"
-    base = cfg["semi"]["pseudo_label"].get("base_epochs") or cfg["train"]["epochs"]
+    warm_base = ((metrics.get("warm_start") or {}).get("base_trainer") or {}).get("epochs")  # a warm base: its own
+    base = warm_base or cfg["semi"]["pseudo_label"].get("base_epochs") or cfg["train"]["epochs"]
     return f"{trained} epochs (the pseudo-labelling base model {base})"
 
 
