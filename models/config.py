@@ -116,7 +116,7 @@ class TrainConfig:
     # read as spans (data.spans; data over time), from the pipeline's last blessed model; none; or a model folder (an
     # exported version, e.g. serving/NAME/3), loaded strictly. A new or renamed class starts from scratch and says why.
     warm_start: str = "auto"
-    warm_start_epochs: int | None = None  # the epochs of a warm-started stage; None: a sixth of its from-scratch epochs
+    warm_start_epochs: int | None = None  # the epochs of a warm-started stage (at most its own); None: a third of them
 
 
 @dataclasses.dataclass(frozen=True)

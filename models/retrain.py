@@ -2,8 +2,8 @@
 
 A warm start loads every weight of an earlier classifier, head included (its ``classifier.weights.npz`` beside the
 SavedModel, models.backbones.CLASSIFIER_WEIGHTS_FILE), strictly: a missing or unexpected variable raises
-(models.toolkit.init_from_classifier). It trains ``train.warm_start_epochs`` (None: a sixth of the stage's
-from-scratch epochs) on the cosine schedule from ``train.learning_rate``; the optimizer starts afresh.
+(models.toolkit.init_from_classifier). It trains ``train.warm_start_epochs`` (at most the stage's from-scratch
+epochs; None: a third of them) on the cosine schedule from ``train.learning_rate``; the optimizer starts afresh.
 
 Where the earlier model cannot be the start, the run trains from scratch and the decision says why: no blessed model
 yet, another label space (a new, removed or renamed class: the case users meet first), another image shape or
@@ -37,7 +37,7 @@ def warm_epochs(train: TrainConfig, epochs: int) -> int:
         if train.warm_start_epochs < 1:
             raise ValueError(f"train.warm_start_epochs must be >= 1, got {train.warm_start_epochs}")
         return min(int(train.warm_start_epochs), int(epochs))
-    return max(1, round(int(epochs) / 6))
+    return max(1, round(int(epochs) / 3))
 
 
 def label_space_change(theirs: list[str] | None, ours: list[str]) -> str | None:

@@ -33,11 +33,11 @@ def _decide(model_dir, setting="auto", classes=CLASSES, backbone="resnet8", epoc
                           epochs)
 
 
-def test_same_label_space_starts_warm_with_a_sixth_of_the_epochs_or_the_set_number(tmp_path):
+def test_same_label_space_starts_warm_with_a_third_of_the_epochs_or_the_set_number(tmp_path):
     folder = _export(tmp_path)
     d = _decide(folder)
-    assert (d["start"], d["model"], d["epochs"], d["scratch_epochs"]) == ("warm", folder, 10, 60)
-    assert "same 3 classes" in d["reason"] and "10 epochs instead of 60" in d["reason"]
+    assert (d["start"], d["model"], d["epochs"], d["scratch_epochs"]) == ("warm", folder, 20, 60)
+    assert "same 3 classes" in d["reason"] and "20 epochs instead of 60" in d["reason"]
     assert _decide(folder, warm_start_epochs=4)["epochs"] == 4
     assert _decide(folder, warm_start_epochs=90)["epochs"] == 60  # never more than from scratch
     assert _decide(folder, epochs=1)["epochs"] == 1
@@ -118,4 +118,4 @@ def test_a_warm_start_setting_is_checked_with_the_config(tmp_path):
     with pytest.raises(ValueError, match="warm_start_epochs must be >= 1"):
         load_config("smoke", {"train.warm_start_epochs": "0"})
     assert load_config("smoke", {"train.warm_start": str(tmp_path)}).train.warm_start == str(tmp_path)
-    assert load_config("default").train.warm_start == "auto"
+    assert (load_config("default").train.warm_start, load_config("default").train.warm_start_epochs) == ("auto", 20)
