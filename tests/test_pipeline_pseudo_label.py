@@ -70,13 +70,14 @@ def test_em_bcts_prior_labels_the_pool_and_is_reported(pseudo_run):
 
 def test_final_model_starts_from_the_base_model(pseudo_run):
     """semi.pseudo_label.init=base: the BaseTrainer writes its classifier's every weight beside its SavedModel, the
-    final Trainer loads them all (head included) through its init_model input; the pushed model carries no such file."""
+    final Trainer loads them all (head included) through its init_model input. Every Trainer keeps the file, so the pushed
+    model has it too: a later retrain can start from a served version (train.warm_start=serving/NAME/VERSION)."""
     m = pseudo_run["metrics"]
     init = m["pseudo_labels"]["init"]
     assert init["from"] == "base" and init["variables"] == 47  # resnet8: 45 backbone variables + the head's 2
     base_dir = os.path.join(m["pseudo_labels"]["base_model_uri"], "Format-Serving")
     assert init["model"] == base_dir and os.path.exists(os.path.join(base_dir, "classifier.weights.npz"))
-    assert not os.path.exists(os.path.join(m["pushed_model_dir"], "classifier.weights.npz"))
+    assert os.path.exists(os.path.join(m["pushed_model_dir"], "classifier.weights.npz"))
     assert f"starts from the classifier in {base_dir}: 47 variables, head included" in pseudo_run["proc"].stderr
     report = open(os.path.join(str(pseudo_run["tmp"] / "out"), "report.md")).read()
     assert "The final model started from the base model's weights (47 variables, head included" in report
