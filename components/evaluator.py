@@ -132,13 +132,14 @@ class Executor(EvaluatorExecutor):
         if not pool:
             reason = "no unlabeled pool"
         else:
-            serving_dir = path_utils.serving_model_path(model.uri)
+            predictor = SavedModelPredictor(path_utils.serving_model_path(model.uri))  # loaded once, for both splits
             # BCTS on every validation image (both calibration halves): a user's validation split may hold 5 images a
             # class, and the fit half's offsets are only a bias BCTS refits (stream bench, bench/retrain_stream.py)
-            val_labels, _, val_logits = predict_split(
-                serving_dir, os.path.join(artifact_utils.get_split_uri(input_dict["examples"], eval_split), "*"))
+            parsed, out = predictor.predict_files(
+                os.path.join(artifact_utils.get_split_uri(input_dict["examples"], eval_split), "*"), parse_labels)
+            val_labels, val_logits = parsed["label"], out["logits"]
             pool_files = os.path.join(artifact_utils.get_split_uri(pool, "unlabeled"), "*")
-            pool_logits = SavedModelPredictor(serving_dir).predict_files(pool_files)[1]["logits"]
+            pool_logits = predictor.predict_files(pool_files)[1]["logits"]
             try:
                 estimate = estimate_prior_em_bcts(val_logits, val_labels, pool_logits, len(names))
             except ValueError as e:  # a class without validation images, an empty pool: said, not raised

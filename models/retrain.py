@@ -92,8 +92,7 @@ def decide(train: TrainConfig, model_dir: str | None, class_names: list[str], im
     trained = meta.get("training") or {}
     for what, then, now in (("image shape", meta.get("image_shape"), [int(d) for d in image_shape]),
                             ("backbone", trained.get("backbone"), backbone)):
-        if then is not None and list(then if isinstance(then, list) else [then]) != list(now if isinstance(now, list)
-                                                                                           else [now]):
+        if then is not None and then != now:  # the metadata's JSON: the shape a list of ints, the backbone its name
             reason = f"the {what} changed ({then} then, {now} now)"
             if explicit:
                 raise WarmStartError(f"train.warm_start={setting}: {reason}")
@@ -112,9 +111,3 @@ def stage_config(train: TrainConfig, decision: dict) -> TrainConfig:
         drw = min(int(round(drw * decision["epochs"] / max(decision["scratch_epochs"], 1))), decision["epochs"] - 1)
     return dataclasses.replace(train, epochs=decision["epochs"], drw_epoch=drw)
 
-
-def describe(decision: dict | None) -> str:
-    """One line for the logs and report.md."""
-    if not decision:
-        return "no warm-start decision recorded"
-    return decision["reason"]
