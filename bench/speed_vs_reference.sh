@@ -9,7 +9,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 E=${E:-4}; ROUNDS=${ROUNDS:-2}; TORCH_PYTHON=${TORCH_PYTHON:-/tmp/torchvenv/bin/python}
-REF=$(cd .. && pwd)/shared/reference
+REF=${REF:-$(cd .. && pwd)/shared/reference}
+if [ ! -f "$REF/torch_fmnist_lt.py" ]; then
+  echo "error: $REF/torch_fmnist_lt.py not found: the PyTorch twin lives in the project's shared folder beside the" \
+       "checkout (../shared/reference/), which a clone does not have; set REF=DIR to where it is" >&2
+  exit 2
+fi
 FM=$(tools/env create)/usr/share/datasets/fashion-mnist
 [ -d "$FM" ] || FM=/usr/share/datasets/fashion-mnist
 out=${OUT:-bench/results/speed_vs_reference.md}

@@ -15,6 +15,7 @@ from components.data.cache import default_data_dir
 from components.data.errors import DataError
 from components.data.image_survey import describe_fit
 from components.data.prepare import MANIFEST, Manifest, load_manifest
+from components.data.sources import require_source
 from components.errors import PipelineDataError
 from pipeline import tasks
 from pipeline.configs import LEAVES, PipelineConfig, changed_paths, get_path, load_config
@@ -103,6 +104,10 @@ def _classification_data(cfg: PipelineConfig) -> tuple[tasks.TaskInputs, str, st
                                              image_settings=tasks.image_settings(cfg.data)))
     if os.path.exists(os.path.join(where, MANIFEST)):
         return tasks.TaskInputs(where, load_manifest(where)), f"{cfg.data.source}, prepared in {where}", None
+    try:
+        require_source(cfg.data.source, cfg.data.source_dir)
+    except DataError as e:  # the raw source the run would prepare from is not there
+        return tasks.TaskInputs(where, _planned_manifest(cfg)), f"{cfg.data.source}, not prepared yet", str(e)
     return (tasks.TaskInputs(where, _planned_manifest(cfg)),
             f"{cfg.data.source}, not prepared yet: the run prepares it into {where} first (the DAG below assumes "
             "the pool the settings ask for)", None)

@@ -20,7 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     data_cli.add_prepare_args(sub.add_parser("prepare-data", help="build the long-tailed TFRecord splits"))
-    run = sub.add_parser("run", help="run the TFX pipeline locally (LocalDagRunner, MLMD on SQLite, Beam DirectRunner)")
+    run = sub.add_parser("run", help="run the TFX pipeline locally (LocalDagRunner, MLMD on SQLite, Beam's "
+                                       "FnApiRunner in this process or its subprocesses; beam.* chooses another)")
     check = sub.add_parser("check", help="what `run` with the same arguments would do (resolved settings, settings "
                                          "that do not apply, data, DAG, output and model folders), training nothing; "
                                          "exit 2: a setting does not resolve, 4: the data the run needs is not there")
@@ -118,7 +119,7 @@ def _parse_overrides(items: list[str]) -> dict[str, str]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")  # exit 2, as any setting that does not resolve
         out[key.strip()] = value.strip()
     return out
 

@@ -166,7 +166,7 @@ class PipelineConfig:
 PRESETS: dict[str, dict] = {
     # seconds: the end-to-end test. Tiny data, a few steps, floors at zero so the push path runs.
     "smoke": {
-        "name": "longtail-smoke",
+        "name": "longtail-smoke", "model_name": "longtail-smoke",
         "data.n_max": 200, "data.val_per_class": 20, "data.unlabeled_size": 200,
         "train.backbone": "auto", "train.epochs": 1, "train.batch_size": 64, "train.max_steps_per_epoch": 4,
         "train.jit_compile": False,
@@ -198,7 +198,7 @@ PRESETS: dict[str, dict] = {
     },
     # the default run warm-started from a self-supervised (rotation) pre-training of the backbone
     "ssp": {
-        "name": "longtail-ssp",
+        "name": "longtail-ssp", "model_name": "longtail-ssp",
         "train.backbone": "auto", "train.epochs": 30, "train.loss": "logit_adjusted",
         "pretrain.method": "rotation", "pretrain.epochs": 8,  # bench/results/ssp_rho100.md
         "gate.min_balanced_accuracy": 0.7, "gate.min_per_class_recall": 0.3,
@@ -206,14 +206,14 @@ PRESETS: dict[str, dict] = {
     # the papers' schedule (LDAM / "Rethinking the Value of Labels" CIFAR-LT): ResNet-32, 200 epochs,
     # batch 128, lr 0.1, weight decay 2e-4 (cosine decay here instead of their step decay at 160/180).
     "paper": {
-        "name": "longtail-paper",
+        "name": "longtail-paper", "model_name": "longtail-paper",
         "train.backbone": "resnet32", "train.epochs": 200, "train.learning_rate": 0.1, "train.weight_decay": 2e-4,
         "train.loss": "logit_adjusted", "pretrain.epochs": 200,
         "gate.min_balanced_accuracy": 0.7, "gate.min_per_class_recall": 0.3,
     },
     # task=regression, seconds: the Chicago taxi fare through the whole pipeline (tests), FDS on, loose gate.
     "regression-smoke": {
-        "name": "taxi-regression-smoke", "task": "regression", "model_name": "taxi",
+        "name": "taxi-regression-smoke", "task": "regression", "model_name": "taxi-smoke",
         "train.epochs": 2, "train.batch_size": 256, "train.max_steps_per_epoch": 10, "regression.fds": True,
     },
     # task=regression, about a minute of training on 2 cores: MLP, sqrt-inverse LDS weights + FDS, 30 epochs.
@@ -314,10 +314,11 @@ def resolve_own_data(cfg: PipelineConfig, given: set[str], set_by_user: set[str]
     """A user's own data (data.source folder:, tfrecord:, tfds:) keeps its own class distribution (data.rho=none) and
     gets a validation split sized to it (data.val_per_class=none), unless the preset or the command line sets them:
     the Fashion-MNIST benchmark's long tail (rho 100, 300 a class) is not applied to data it was not made for.
-    Its pipeline (MLMD history, last blessed model) and served model are named after it (:func:`data_identity`) unless
-    the command line names them: a preset's names are its bundled data's."""
+    Its pipeline (MLMD history, last blessed model) and served model are named after it (:func:`data_identity`, with
+    :func:`preset_suffix`) unless the command line names them: a preset's names are its bundled data's."""
     identity = data_identity(cfg)
     if identity is not None:
+        identity += preset_suffix(cfg.preset)
         for path in ("name", "model_name"):
             if path not in set_by_user:
                 cfg = replace_path(cfg, path, identity)
@@ -330,6 +331,14 @@ def resolve_own_data(cfg: PipelineConfig, given: set[str], set_by_user: set[str]
 
 
 IDENTITY_PREFIX = "longtail-"
+# The presets a data set is trained and served by: they name a user's data's pipeline and model after the data alone.
+# Any other preset (smoke, ssp, paper, regression-smoke) appends its own name, as its bundled-data names differ from
+# the default's: a smoke run (gate floors at zero) never pushes into, or compares against, the default's history.
+MAIN_PRESETS = ("default", "regression")
+
+
+def preset_suffix(preset: str) -> str:
+    return "" if preset in MAIN_PRESETS else f"-{preset}"
 
 
 def data_identity(cfg: PipelineConfig) -> str | None:

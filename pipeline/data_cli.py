@@ -21,8 +21,8 @@ def _val(text: str):
 
 
 # What "auto" means: the Fashion-MNIST benchmark's long tail (rho 100, 300 validation images a class) for the benchmark
-# source; a user's own data (folder:, tfrecord:, tfds:) keeps its class distribution and gets a validation split sized
-# to its smallest class (components/data/longtail.py:validation_per_class).
+# source; a user's own data (folder:, tfrecord:, tfds:) keeps its class distribution and gets a validation split of a
+# fifth of every class, at most 300 a class (components/data/longtail.py:validation_counts).
 BENCHMARK_SOURCES = ("fashion_mnist",)
 
 
@@ -30,15 +30,16 @@ def add_prepare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source", default="fashion_mnist",
                    help="fashion_mnist | folder:PATH | tfrecord:PATH | tfds:NAME (default: fashion_mnist)")
     p.add_argument("--source-dir", default=None, help="where the source's files are (Fashion-MNIST IDX dir, TFDS data dir)")
-    p.add_argument("--out", default=None, help="output directory (default: data/<source>-rho<rho>-<settings hash>)")
+    p.add_argument("--out", default=None, help="output directory (default: data/<source>-rho<rho>-seed<seed>-<settings hash>)")
     p.add_argument("--rho", type=_rho, default="auto", help="labeled imbalance ratio; 'none' keeps the source's own "
                                                           "(default auto: 100 for fashion_mnist, none for a user's data)")
     p.add_argument("--n-max", type=int, default=5000, help="labeled count of the head class (default 5000)")
     p.add_argument("--class-order", type=parse_order, default="index",
                    help="head-to-tail class order: index | shuffle | comma-separated ids (default index)")
     p.add_argument("--val-per-class", type=_val, default="auto",
-                   help="balanced validation images per class; none: a fifth of the smallest class, at most 300 "
-                        "(default auto: 300 for fashion_mnist, none for a user's data)")
+                   help="validation images per class (balanced); none: a fifth of every class, at least 1 and at "
+                        "most 300 a class, so the split keeps the data's class mix (default auto: 300 for "
+                        "fashion_mnist, none for a user's data)")
     p.add_argument("--rho-u", type=float, default=1.0, help="imbalance ratio of the unlabeled pool (default 1: balanced)")
     p.add_argument("--unlabeled-size", type=int, default=None, help="pool size cap (default: as many as available)")
     p.add_argument("--unlabeled-order", type=parse_order, default="same", help="same | reversed | comma-separated ids")

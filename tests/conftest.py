@@ -155,7 +155,7 @@ def taxi_runs(tmp_path_factory):
     """3,000 real rows of the tfx package's taxi CSV (with the one row that has a pickup census tract, so every
     column has a value to infer its type from) plus three rows with a bad fare, in a folder named ``csv``, run
     twice (out1, with its MLMD outputs in ``first_outputs``, then out2). A CSV folder of the user's own is named
-    after itself (data_identity): pipeline, MLMD history and serving folder ``longtail-csv-fare``."""
+    after itself (data_identity): pipeline, MLMD history and serving folder ``longtail-csv-regression-smoke-fare``."""
     from pipeline.pipeline import default_csv_dir
 
     tmp = tmp_path_factory.mktemp("taxi")
@@ -173,9 +173,9 @@ def taxi_runs(tmp_path_factory):
     with open(csv_dir / "data.csv", "w", newline="") as f:
         csv.writer(f).writerows([header, *body, *bad])
     first = taxi_cli(tmp, csv_dir, tmp / "out1")
-    mlmd = str(tmp / "runs" / "_tfx" / "longtail-csv-fare" / "metadata.sqlite")
+    mlmd = str(tmp / "runs" / "_tfx" / "longtail-csv-regression-smoke-fare" / "metadata.sqlite")
     first_outputs = _latest_run_outputs(mlmd)
     second = taxi_cli(tmp, csv_dir, tmp / "out2")
     return {"tmp": tmp, "csv": str(csv_dir), "first": first, "second": second, "rows": len(body) + len(bad),
-            "pipeline": "longtail-csv-fare", "serving": tmp / "serving" / "longtail-csv-fare", "mlmd": mlmd,
+            "pipeline": "longtail-csv-regression-smoke-fare", "serving": tmp / "serving" / "longtail-csv-regression-smoke-fare", "mlmd": mlmd,
             "first_outputs": first_outputs}

@@ -188,7 +188,30 @@ def test_own_data_gets_a_pipeline_and_model_name_of_its_own():
     named = load_config("default", {"data.source": "folder:/srv/x", "name": "mine", "model_name": "m"})
     assert (named.name, named.model_name) == ("mine", "m")  # an explicit name wins
     smoke = load_config("smoke", {"data.source": "folder:/srv/x"})
-    assert (smoke.name, smoke.model_name) == ("longtail-x", "longtail-x")  # a preset's names are its bundled data's
+    # a preset's names are its bundled data's; a preset other than the default's adds its own name to the data's
+    assert (smoke.name, smoke.model_name) == ("longtail-x-smoke", "longtail-x-smoke")
     reg = load_config("regression-smoke", {"regression.csv_dir": "/srv/fares"})
-    assert (reg.name, reg.model_name) == ("longtail-fares", "longtail-fares")
-    assert load_config("regression-smoke").model_name == "taxi"
+    assert (reg.name, reg.model_name) == ("longtail-fares-regression-smoke", "longtail-fares-regression-smoke")
+    assert load_config("regression", {"regression.csv_dir": "/srv/fares"}).model_name == "longtail-fares"
+    assert load_config("regression-smoke").model_name == "taxi-smoke"
+
+
+def test_every_preset_pushes_to_a_serving_folder_and_keeps_a_history_of_its_own():
+    """issue #46: `make run PRESET=smoke` (gate floors at zero) once pushed into serving/longtail, the default's."""
+    from pipeline.configs import PRESETS
+    from pipeline.tasks import for_config
+
+    for data in ({}, {"data.source": "folder:/srv/photos"}):
+        seen = {}
+        for preset in PRESETS:
+            if preset.startswith("regression") and data:
+                continue
+            cfg = load_config(preset, dict(data))
+            pipeline_name, model_name = for_config(cfg).names(cfg)
+            assert pipeline_name not in {p for p, _ in seen.values()}, (preset, seen)
+            assert model_name not in {m for _, m in seen.values()}, (preset, seen)
+            seen[preset] = (pipeline_name, model_name)
+        if not data:
+            assert seen["default"] == ("longtail-fmnist", "longtail") and seen["smoke"][1] == "longtail-smoke"
+        else:
+            assert seen["default"][1] == "longtail-photos" and seen["smoke"][1] == "longtail-photos-smoke"

@@ -157,13 +157,15 @@ def test_check_says_what_the_run_would_do_and_trains_nothing(tmp_path):
     dag = lines[lines.index(next(line for line in lines if line.startswith("DAG ("))) + 1:]
     ids = [line.split()[0] for line in dag if line.startswith("  ")]
     assert ids[-3:] == ["LongTailTrainer", "PerClassEvaluator", "LongTailPusher"] and "LabelStatsGen" in ids
-    assert f"run output: {tmp_path / 'out'}" in output and f"{serving}/longtail/" in output
+    assert f"run output: {tmp_path / 'out'}" in output and f"{serving}/longtail-smoke/" in output
     assert lines[-1] == "check: ok"
     assert not runs.exists() and not serving.exists() and not (tmp_path / "out").exists()
     assert resolve(["run", "--dry-run", *argv[1:]]) == (code, output)
 
 
 def test_check_exit_codes_a_setting_that_does_not_resolve_and_missing_data(tmp_path):
+    code, output = resolve(["check", "--set", "train.epochs"])
+    assert code == 2 and "error: --set expects KEY=VALUE, got 'train.epochs'" in output  # the documented 2, not 1
     code, output = resolve(["check", "--set", "train.distribute=mirrored", "--set", "train.local_workers=2"])
     assert code == 2 and "error:" in output
     assert "train.local_workers=2 needs train.distribute=multi_worker or auto, got mirrored" in output
@@ -173,6 +175,15 @@ def test_check_exit_codes_a_setting_that_does_not_resolve_and_missing_data(tmp_p
     assert "data problem (the run would stop here):" in output and "no train/ folder" in output
     assert "longtail-missing" in output  # the folder's own identity
     assert output.splitlines()[-1] == "check: the settings resolve; the data does not (exit 4)"
+    # issue #46: a source the run would prepare is checked too: Fashion-MNIST's raw files, a TFDS dataset
+    missing = tmp_path / "no-fashion-mnist"
+    code, output = resolve(["check", "--set", f"data.source_dir={missing}", "--set", f"runs_root={tmp_path / 'runs'}",
+                            "--set", "data.n_max=123"])
+    assert code == DATA_ERROR, output
+    assert f"{missing}/train-images-idx3-ubyte.gz: file not found" in output, output
+    code, output = resolve(["check", "--set", "data.source=tfds:mnist", "--set", f"data.source_dir={missing}",
+                            "--set", f"runs_root={tmp_path / 'runs'}"])
+    assert code == DATA_ERROR and "tfds:mnist: not prepared in " in output, output
     code, output = resolve(["check", "--preset", "regression-smoke", "--set", f"regression.csv_dir={tmp_path}"])
     assert code == DATA_ERROR and "no .csv file there" in output and "RegressionEvaluator" in output
 

@@ -102,7 +102,7 @@ def test_a_push_killed_before_its_rename_leaves_no_version_and_the_next_push_cle
     (model / "saved_model.pb").write_bytes(b"graph" * 1000)
     (model / "variables" / "variables.data-00000-of-00001").write_bytes(os.urandom(1 << 20))
     (model / "variables" / "variables.index").write_bytes(b"index")
-    base = tmp_path / "serving" / "longtail"
+    base = tmp_path / "serving" / "longtail-smoke"
     args = [sys.executable, "-c", PUSH_SCRIPT, str(tmp_path / "model"), str(tmp_path / "blessing"), str(tmp_path / "push1"),
             str(base)]
     proc = subprocess.Popen(args, cwd=ROOT, env=dict(ENV, HANG_BEFORE_RENAME="1"), stdout=subprocess.PIPE, text=True)

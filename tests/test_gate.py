@@ -148,7 +148,7 @@ def test_the_pusher_refuses_a_serving_folder_whose_newest_version_serves_other_c
         (path / SERVING_METADATA).write_text(json.dumps({"class_names": classes}))
         return str(path)
 
-    base = tmp_path / "serving" / "longtail"
+    base = tmp_path / "serving" / "longtail-smoke"
     version(base / "100", ["shirt", "bag"])
     version(base / "200", ["zero", "one"])  # the newest
     check_same_label_space(str(tmp_path / "empty"), str(tmp_path / "nothing-yet"))  # no folder yet: fine

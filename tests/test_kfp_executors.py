@@ -127,7 +127,7 @@ def test_compiled_label_stats_evaluator_and_pusher_run_and_match_the_local_run(c
     meta = pushed["artifacts"]["pushed_model"]["artifacts"][0]["metadata"]
     assert meta["pushed"] == 1, meta
     destination = meta["pushed_destination"]
-    assert destination.startswith(str(tmp / "kfp_root" / "serving" / "longtail"))  # the compiled push destination
+    assert destination.startswith(str(tmp / "kfp_root" / "serving" / "longtail-smoke"))  # the compiled push destination
     assert os.path.exists(os.path.join(destination, "saved_model.pb"))
     local_push = _outputs(run, "components.pusher.LongTailPusher", "PushedModel")[0]
     local_dir = local_push.custom_properties["pushed_destination"].string_value

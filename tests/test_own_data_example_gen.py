@@ -233,10 +233,10 @@ def test_smoke_run_on_an_image_folder_goes_through_the_component(tmp_path):
     (report,) = glob.glob(os.path.join(tmp_path, "runs", "_tfx", "*", "root", "OwnDataExampleGen", "examples", "*", REPORT_FILE))
     assert json.load(open(report))["hidden_files"] == 1
     # its own identity (issue #27): pipeline (MLMD history) and serving folder named after the folder
-    assert report.startswith(os.path.join(str(tmp_path), "runs", "_tfx", "longtail-imgs", ""))
-    assert metrics["config"]["name"] == metrics["config"]["model_name"] == "longtail-imgs"
-    assert metrics["pushed_model_dir"].startswith(os.path.join(str(tmp_path), "serving", "longtail-imgs", ""))
-    assert os.listdir(os.path.join(tmp_path, "serving")) == ["longtail-imgs"]
+    assert report.startswith(os.path.join(str(tmp_path), "runs", "_tfx", "longtail-imgs-smoke", ""))
+    assert metrics["config"]["name"] == metrics["config"]["model_name"] == "longtail-imgs-smoke"
+    assert metrics["pushed_model_dir"].startswith(os.path.join(str(tmp_path), "serving", "longtail-imgs-smoke", ""))
+    assert os.listdir(os.path.join(tmp_path, "serving")) == ["longtail-imgs-smoke"]
     # the gate's support and intervals, in metrics.json and report.md
     u = metrics["gate"]["uncertainty"]
     assert sum(u["per_class_support"]) == metrics["gate"]["candidate"]["num_examples"] and u["confidence"] == 0.95

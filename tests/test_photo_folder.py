@@ -76,7 +76,7 @@ def test_a_photo_folder_runs_with_no_setting_but_its_source_and_pushes_to_its_ow
     assert fit["exif_rotated"] >= 1
     assert m["data"]["hidden_files"] == 3 and m["data"]["non_image_files"] == 0
     assert m["blessed"] is True and m["pushed"] is True
-    assert m["pushed_model_dir"].startswith(os.path.join(str(photo_run["tmp"]), "serving", "longtail-photos", ""))
+    assert m["pushed_model_dir"].startswith(os.path.join(str(photo_run["tmp"]), "serving", "longtail-photos-smoke", ""))
     report = open(os.path.join(photo_run["out_dir"], "report.md")).read()
     assert "Images fitted to 56x56x3" in report and "3 hidden or system files skipped" in report
 
@@ -108,7 +108,7 @@ print(json.dumps(out))
 
 def test_the_served_model_answers_each_raw_file_as_the_run_evaluated_it(photo_run, tmp_path):
     pushed = photo_run["metrics"]["pushed_model_dir"]
-    split = glob.glob(os.path.join(str(photo_run["tmp"]), "runs", "_tfx", "longtail-photos", "root",
+    split = glob.glob(os.path.join(str(photo_run["tmp"]), "runs", "_tfx", "longtail-photos-smoke", "root",
                                    "OwnDataExampleGen", "examples", "*", "Split-test", "*"))
     probes = list(photo_run["probes"].values())
     proc = subprocess.run([sys.executable, "-c", SCORE, pushed, ",".join(split), *probes], cwd=ROOT,

@@ -39,7 +39,7 @@ def test_run_writes_metrics_report_and_pushes(smoke):
     assert m["blessed"] is True and m["pushed"] is True
     pushed = m["pushed_model_dir"]
     assert os.path.exists(os.path.join(pushed, "saved_model.pb"))
-    assert os.path.dirname(pushed) == str(smoke["tmp"] / "serving" / "longtail")  # serving/<model>/<version>/
+    assert os.path.dirname(pushed) == str(smoke["tmp"] / "serving" / "longtail-smoke")  # serving/<model>/<version>/
     assert os.path.basename(pushed).isdigit()
     assert os.path.exists(os.path.join(out, "report.md")) and os.path.getsize(os.path.join(out, "per_class.png")) > 1000
     schema_files = glob.glob(os.path.join(smoke["tmp"], "runs", "_tfx", "smoke", "root", "LabeledSchemaGen", "schema",
@@ -86,12 +86,12 @@ def test_rerun_reuses_cached_outputs_and_compares_with_last_blessed(smoke):
     # the cached model is blessed again but not copied to a second serving version
     assert m["pushed"] is True and m["already_serving"] is True and first["already_serving"] is False
     assert m["pushed_model_dir"] == first["pushed_model_dir"]
-    assert os.listdir(smoke["tmp"] / "serving" / "longtail") == [os.path.basename(first["pushed_model_dir"])]
+    assert os.listdir(smoke["tmp"] / "serving" / "longtail-smoke") == [os.path.basename(first["pushed_model_dir"])]
 
 
 def test_model_failing_the_gate_is_not_pushed_and_the_run_exits_5(smoke):
     tmp = smoke["tmp"]
-    before = sorted(os.listdir(tmp / "serving" / "longtail"))
+    before = sorted(os.listdir(tmp / "serving" / "longtail-smoke"))
     proc = smoke_cli(tmp, "smoke", smoke["data"], str(tmp / "out3"), "gate.min_per_class_recall=0.99", check=False)
     assert proc.returncode == 5, proc.stderr[-3000:]  # pipeline/cli.py EXIT_NOT_PUSHED: a scheduler sees the refusal
     assert proc.stdout.strip().splitlines()[-1] == str(tmp / "out3")  # the last line is still the output folder
@@ -99,13 +99,13 @@ def test_model_failing_the_gate_is_not_pushed_and_the_run_exits_5(smoke):
     m = load_metrics(str(tmp / "out3"))
     assert m["blessed"] is False and m["pushed"] is False and m["pushed_model_dir"] is None
     assert [c["check"] for c in m["gate"]["checks"] if not c["passed"]] == ["every class recall >= floor"]
-    assert sorted(os.listdir(tmp / "serving" / "longtail")) == before  # nothing new was pushed
+    assert sorted(os.listdir(tmp / "serving" / "longtail-smoke")) == before  # nothing new was pushed
     assert "NOT BLESSED" in proc.stdout and "pushed: no" in proc.stdout
     # --allow-unblessed: the same refusal (every component cached), exit 0
     again = smoke_cli(tmp, "smoke", smoke["data"], str(tmp / "out3b"), "gate.min_per_class_recall=0.99",
                       flags=("--allow-unblessed",))
     assert load_metrics(str(tmp / "out3b"))["blessed"] is False and "exit 0: --allow-unblessed" in again.stderr
-    assert sorted(os.listdir(tmp / "serving" / "longtail")) == before
+    assert sorted(os.listdir(tmp / "serving" / "longtail-smoke")) == before
 
 
 SERVE_SCRIPT = r"""
@@ -303,11 +303,11 @@ def test_rollback_serves_the_earlier_version_again_and_the_next_gate_compares_wi
     from components.pusher import saved_model_digest
 
     tmp = smoke["tmp"]
-    base = tmp / "serving" / "longtail"
+    base = tmp / "serving" / "longtail-smoke"
     first, ssp1 = load_metrics(str(tmp / "out1")), load_metrics(str(ssp_runs["ssp1"]))
     v1, v2 = os.path.basename(first["pushed_model_dir"]), os.path.basename(ssp1["pushed_model_dir"])
     assert sorted(os.listdir(base), key=int) == [v1, v2] and ssp1["already_serving"] is False
-    args = [sys.executable, "-m", "pipeline", "rollback", "--model", "longtail", "--serving-root", str(tmp / "serving"),
+    args = [sys.executable, "-m", "pipeline", "rollback", "--model", "longtail-smoke", "--serving-root", str(tmp / "serving"),
             "--runs-root", str(tmp / "runs")]
     proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT))
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -142,7 +142,7 @@ def test_smoke_run_counts_bad_rows_writes_metrics_and_pushes(taxi):
     assert stats["missing_feature_values"]["company"] > 0  # empty cells, imputed and counted
     assert m["blessed"] is True and m["pushed"] is True
     assert os.path.exists(os.path.join(m["pushed_model_dir"], "saved_model.pb"))
-    assert m["config"]["name"] == m["config"]["model_name"] == "longtail-csv"
+    assert m["config"]["name"] == m["config"]["model_name"] == "longtail-csv-regression-smoke"
     assert os.path.dirname(m["pushed_model_dir"]) == str(taxi["serving"])
     report = open(os.path.join(out, "report.md")).read()
     assert "BLESSED" in report and "| few |" in report and "negative target: 1" in report

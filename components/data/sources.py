@@ -140,12 +140,20 @@ def fit_encoded(parts: list[Encoded], settings=IMAGE_SETTINGS, where: str = "") 
 
 
 # ------------------------------------------------------------------------- Fashion-MNIST (IDX)
-def _read_idx(path: str, magic: int, ndim: int) -> np.ndarray:
+FASHION_MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+                       "t10k-labels-idx1-ubyte.gz")
+
+
+def _require_idx(path: str) -> None:
     if not os.path.exists(path):
         folder = os.path.dirname(path)  # the Debian package is missing, or a --source-dir the environment does not see
         raise DataError(path, "file not found", hint=with_path_hint(
             "Install the Debian package dataset-fashion-mnist (apt-get install dataset-fashion-mnist; "
             "tools/env installs it inside the environment), or pass --source-dir", folder != FASHION_MNIST_DIR and folder))
+
+
+def _read_idx(path: str, magic: int, ndim: int) -> np.ndarray:
+    _require_idx(path)
     try:
         with gzip.open(path, "rb") as f:
             raw = f.read()
@@ -386,6 +394,25 @@ def read_tfds(name: str, data_dir: str | None = None) -> RawData:
     if name.split("/")[0] in TFDS_UNLABELED_SPLITS:
         extra, _ = load(TFDS_UNLABELED_SPLITS[name.split("/")[0]], False)
     return RawData(f"tfds:{name}", list(class_names), xtr, ytr, xte, yte, extra)
+
+
+def require_source(source: str, source_dir: str | None = None) -> None:
+    """Raise the DataError read_source would stop at when a raw source is absent (Fashion-MNIST's IDX files, a TFDS
+    dataset not prepared), reading no image: what `check` says before a run that would prepare the data."""
+    kind, _, arg = source.partition(":")
+    if kind == "fashion_mnist":
+        for name in FASHION_MNIST_FILES:
+            _require_idx(os.path.join(source_dir or FASHION_MNIST_DIR, name))
+    elif kind == "tfds":
+        import tensorflow_datasets as tfds
+
+        try:
+            builder = tfds.builder(arg, data_dir=source_dir)
+        except Exception as e:  # unknown name, bad version
+            raise DataError(f"tfds:{arg}", f"no such TFDS builder ({e})") from e
+        if not os.path.exists(os.path.join(builder.data_dir, "dataset_info.json")):
+            raise DataError(f"tfds:{arg}", f"not prepared in {builder.data_dir}", hint=(
+                f"prepare it where there is network (tfds build {arg}) and copy the data dir here"))
 
 
 def read_source(source: str, source_dir: str | None = None, image_settings=IMAGE_SETTINGS) -> RawData:
