@@ -173,9 +173,10 @@ def taxi_runs(tmp_path_factory):
     with open(csv_dir / "data.csv", "w", newline="") as f:
         csv.writer(f).writerows([header, *body, *bad])
     first = taxi_cli(tmp, csv_dir, tmp / "out1")
-    mlmd = str(tmp / "runs" / "_tfx" / "longtail-csv-regression-smoke-fare" / "metadata.sqlite")
+    pipeline = "longtail-csv-regression-smoke-fare"  # the folder's name, the preset's, the target
+    mlmd = str(tmp / "runs" / "_tfx" / pipeline / "metadata.sqlite")
     first_outputs = _latest_run_outputs(mlmd)
     second = taxi_cli(tmp, csv_dir, tmp / "out2")
     return {"tmp": tmp, "csv": str(csv_dir), "first": first, "second": second, "rows": len(body) + len(bad),
-            "pipeline": "longtail-csv-regression-smoke-fare", "serving": tmp / "serving" / "longtail-csv-regression-smoke-fare", "mlmd": mlmd,
+            "pipeline": pipeline, "serving": tmp / "serving" / pipeline, "mlmd": mlmd,
             "first_outputs": first_outputs}
