@@ -51,12 +51,15 @@ def decide(gate: Gate, candidate: dict, baseline: dict | None, t, no_baseline_re
 
 @dataclasses.dataclass(frozen=True)
 class GateThresholds:
-    min_balanced_accuracy: float = 0.5
-    min_per_class_recall: float = 0.1
+    """The classification gate (``gate.*``): floors on the judged split's balanced accuracy and every class's recall,
+    then the most the candidate may trail the last blessed model of the same label space."""
+
+    min_balanced_accuracy: float = 0.5  # floor on the judged split's balanced accuracy
+    min_per_class_recall: float = 0.1  # floor on every class's recall
     # The candidate may trail the last blessed model by at most this much (absolute), on balanced
     # accuracy and on the few-shot group's accuracy.
     max_drop_balanced_accuracy: float = 0.01
-    max_drop_few_shot_accuracy: float = 0.02
+    max_drop_few_shot_accuracy: float = 0.02  # most the few-shot group's accuracy may trail the last blessed model's
     # not a check: the shift report (models/shift.py) says so, on stderr, in report.md and metrics.json, when the newest
     # labeled or pool class shares lie further than this (L1, 0..2) from those the last blessed model was trained on
     max_class_shift_l1: float = 0.2
@@ -137,10 +140,10 @@ class RegressionGateThresholds:
     """The regression gate: absolute ceilings on MAE overall and on the few-shot bins, and the most
     the candidate's MAE may exceed the last blessed model's (absolute, in target units)."""
 
-    max_mae: float = 1e9
-    max_few_shot_mae: float = 1e9
-    max_mae_increase: float = 0.05
-    max_few_shot_mae_increase: float = 0.5
+    max_mae: float = 1e9  # ceiling on the test MAE (target units)
+    max_few_shot_mae: float = 1e9  # ceiling on the few-shot bins' MAE
+    max_mae_increase: float = 0.05  # most the MAE may exceed the last blessed model's
+    max_few_shot_mae_increase: float = 0.5  # most the few-shot bins' MAE may exceed the last blessed model's
 
 
 class RegressionGate(Gate):

@@ -68,20 +68,22 @@ class TrainConfig:
 
     backbone: str = "resnet8"  # resnet8/20/32[/s2|/s4], keras:<Application> (models/backbones.py); the presets: auto
     backbone_weights: str | None = None  # a local weights file the backbone starts from (Keras .weights.h5 / .h5)
+    # training epochs (the pseudo-label base model's too; the final model's: semi.pseudo_label.final_epochs)
     epochs: int = 12
-    batch_size: int = 128
+    batch_size: int = 128  # global batch size
     learning_rate: float = 0.05  # SGD momentum 0.9, cosine decay, as the reference and LDAM code
-    momentum: float = 0.9
+    momentum: float = 0.9  # SGD momentum
+    # decoupled (Keras 3: lr * wd * w, outside momentum), so a paper's coupled L2 value does not carry over
     weight_decay: float = 5e-4
     loss: str = "ce"  # ce | focal | ldam | logit_adjusted | balanced_softmax
-    logit_adjust_tau: float = 1.0
-    focal_gamma: float = 1.0
-    ldam_max_margin: float = 0.5
-    ldam_scale: float = 30.0
+    logit_adjust_tau: float = 1.0  # logit-adjusted loss: logits + tau * log(class prior) in training
+    focal_gamma: float = 1.0  # focal loss's gamma
+    ldam_max_margin: float = 0.5  # LDAM's largest class margin (the rarest class's)
+    ldam_scale: float = 30.0  # LDAM's logit scale s
     head: str = "auto"  # linear | cosine; auto: cosine for LDAM (its official code's NormedLinear), else linear
     class_weighting: str = "none"  # none | effective_number | inverse | sqrt_inverse (from the first epoch)
     drw_epoch: int | None = None  # deferred re-weighting: effective-number weights from this epoch (0-based)
-    effective_number_beta: float = 0.9999
+    effective_number_beta: float = 0.9999  # beta of the effective-number class weights (class_weighting, drw_epoch)
     sampler: str = "instance"  # instance | class_balanced | sqrt | progressive
     decoupling: str = "none"  # none | crt | lws | tau_norm (a second stage on the trained backbone)
     decoupling_epochs: int = 10  # cRT / LWS epochs (class-balanced sampling, cosine from learning_rate)
@@ -98,7 +100,7 @@ class TrainConfig:
     # augmentation with other random draws, 1.04x a resnet8 epoch (bench/results/lever_ab.md); off (the per-image
     # path) until its 3-seed accuracy check at the default schedule is done
     batch_augment: bool = False
-    seed: int = 0
+    seed: int = 0  # training seed (initialisation, shuffling, augmentation)
     # XLA on this CPU is slower than TF's oneDNN kernels: 0.60x the float32 default's resnet8 epoch, paired turn by
     # turn (bench/results/lever_ab.md)
     jit_compile: bool = False
@@ -186,7 +188,7 @@ class CalibrationConfig:
     # gate half's balanced + worst ties them (its noise at 150 images a class); a tighter bound is also the safer one
     # when the fit half holds a few images a class
     max_offset: float = 0.5
-    step: float = 0.05
+    step: float = 0.05  # grid step of the offsets (logits)
 
     def __post_init__(self):
         _choice("calibration.method", self.method, CALIBRATION_METHODS)
@@ -211,10 +213,10 @@ SSP_METHOD_DEFAULTS = {"rotation": (0.1, 2e-4, 5 / 200), "moco": (0.015, 1e-4, 0
 class MocoConfig:
     """MoCo v2's own settings (``pretrain.moco.*``)."""
 
-    dim: int = 128
+    dim: int = 128  # projection head's output size
     queue_size: int | None = None  # None: scaled to the data (models.ssp.queue_size_for)
-    momentum: float = 0.999
-    temperature: float = 0.2
+    momentum: float = 0.999  # momentum of the key encoder's moving average
+    temperature: float = 0.2  # InfoNCE temperature
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,12 +225,12 @@ class SSPConfig:
 
     method: str = "none"  # none | rotation | moco
     data: str = "labeled"  # labeled | labeled+unlabeled (labels are never read either way)
-    epochs: int = 20
-    batch_size: int = 128
+    epochs: int = 20  # pre-training epochs
+    batch_size: int = 128  # pre-training batch size
     learning_rate: float | None = None  # None: the method's official default (rotation 0.1, MoCo 0.015)
-    momentum: float = 0.9
+    momentum: float = 0.9  # SGD momentum
     weight_decay: float | None = None  # None: rotation 2e-4, MoCo 1e-4
-    seed: int = 0
+    seed: int = 0  # pre-training seed (initialisation, shuffling, augmentation)
     max_steps_per_epoch: int | None = None  # smoke runs only
     moco: MocoConfig = MocoConfig()
 
@@ -251,11 +253,11 @@ class SSPConfig:
 class FixMatchConfig:
     """FixMatch (Sohn et al. 2020), also DASO's base (``semi.fixmatch.*``); defaults FixMatch's."""
 
-    threshold: float = 0.95
+    threshold: float = 0.95  # confidence an unlabeled image's weak-view prediction needs to count
     mu: int = 2  # unlabeled images per labeled one in a step
-    lambda_u: float = 1.0
-    ema_decay: float = 0.999
-    randaugment_ops: int = 2
+    lambda_u: float = 1.0  # weight of the unlabeled loss
+    ema_decay: float = 0.999  # decay of the weights' moving average that is evaluated and exported
+    randaugment_ops: int = 2  # RandAugment operations a strong view gets
     randaugment_factor: float = 0.5  # keras.layers.RandAugment's magnitude factor
     cutout_max_area: float = 0.25  # cutout of up to a half-side square, as FixMatch's strong augmentation
     eval_pool_size: int | None = None  # pool images scored per epoch (None: all)
@@ -267,10 +269,10 @@ class DasoConfig:
 
     warmup_steps: int | None = None  # None: the paper's 2 % of all training steps (5000 of 250000)
     queue_size: int = 256  # features a class in the balanced queue
-    proto_temperature: float = 0.05
+    proto_temperature: float = 0.05  # temperature of the similarity to the class prototypes
     dist_temperature: float | None = None  # None: 1.5, or 0.3 when the pool's declared imbalance differs
     count_window: int = 100  # steps of pseudo-label counts
-    align_weight: float = 1.0
+    align_weight: float = 1.0  # weight of the semantic alignment loss
 
 
 PSEUDO_LABEL_PRIORS = ("none", "em_bcts")
@@ -345,6 +347,7 @@ class PlannerConfig:
 class SemiConfig:
     """The training mode (``semi.method``, one of models.modes.MODES) and each method's settings."""
 
+    # the training mode: supervised | pseudo_label | auto (the planner) | fixmatch | daso (models/modes.py)
     method: str = modes.SUPERVISED
     fixmatch: FixMatchConfig = FixMatchConfig()
     daso: DasoConfig = DasoConfig()
@@ -375,21 +378,22 @@ class RegressionConfig:
     max_target: float = 1000.0  # a target above this is an absurd outlier (a bad row)
     max_bad_fraction: float = 0.01  # bad rows are dropped and counted; more than this fraction of a split stops the run
     reweight: str = "sqrt_inv"  # none | sqrt_inv | inverse
-    lds: bool = True
-    lds_kernel: str = "gaussian"
-    lds_ks: int = 5
-    lds_sigma: float = 2.0
+    lds: bool = True  # label distribution smoothing (Yang et al. 2021): loss weights from the smoothed target density
+    lds_kernel: str = "gaussian"  # LDS kernel: gaussian | triang | laplace
+    lds_ks: int = 5  # LDS kernel size (bins)
+    lds_sigma: float = 2.0  # LDS kernel width
+    # feature distribution smoothing: the FDS layer recalibrates features by smoothed per-bin statistics
     fds: bool = False
-    fds_kernel: str = "gaussian"
-    fds_ks: int = 5
-    fds_sigma: float = 2.0
-    fds_momentum: float = 0.9
-    fds_start_update: int = 0
-    fds_start_smooth: int = 1
+    fds_kernel: str = "gaussian"  # FDS kernel: gaussian | triang | laplace
+    fds_ks: int = 5  # FDS kernel size (bins)
+    fds_sigma: float = 2.0  # FDS kernel width
+    fds_momentum: float = 0.9  # momentum of FDS's running per-bin feature statistics
+    fds_start_update: int = 0  # epoch from which FDS updates its statistics
+    fds_start_smooth: int = 1  # epoch from which FDS smooths features
     many_shot_above: int = 100  # bin groups by training count, as the paper: many > 100, few < 20
-    few_shot_below: int = 20
+    few_shot_below: int = 20  # bins with fewer training targets are few-shot
     objective: str = "l1"  # l1 | mse
-    hidden_units: str = "128,64"
+    hidden_units: str = "128,64"  # the MLP's hidden layer sizes, comma-separated
     adam_learning_rate: float = 1e-3  # Adam, as the paper's default
 
 

@@ -50,17 +50,21 @@ class DataConfig:
     """How to prepare the data (see `python -m pipeline prepare-data --help`), or an existing folder."""
 
     data_dir: str | None = None  # a prepared folder; None: prepare from the settings below
-    source: str = "fashion_mnist"
-    source_dir: str | None = None
+    source: str = "fashion_mnist"  # fashion_mnist | folder:PATH | tfrecord:PATH | tfds:NAME (docs/data.md)
+    source_dir: str | None = None  # where the source's raw files are (Fashion-MNIST's IDX folder, the TFDS data dir)
+    # labeled imbalance ratio (head count / tail count) drawn from the source; None: the data's own
     rho: float | None = 100.0
-    n_max: int | None = 5000
+    n_max: int | None = 5000  # labeled images of the head class when rho draws a long tail
+    # head-to-tail class order of the drawn tail: index | shuffle | comma-separated class ids
     class_order: str = "index"
-    val_per_class: int | None = 300  # None: a fifth of every class, at most 300 a class (a user's data's default)
-    rho_u: float = 1.0
-    unlabeled_size: int | None = None
+    # validation images a class, balanced; None: a fifth of every class, at most 300 a class (a user's data's default)
+    val_per_class: int | None = 300
+    rho_u: float = 1.0  # imbalance ratio of the unlabeled pool drawn from the source (1: balanced)
+    unlabeled_size: int | None = None  # pool size cap (None: every image left over)
+    # the pool's head-to-tail order: same (as the labeled set's) | reversed | comma-separated ids
     unlabeled_order: str = "same"
     pool_relevance: float = 1.0  # share of the pool kept in-domain; the rest replaced by MNIST digits (evaluation knob)
-    seed: int = 0
+    seed: int = 0  # the draw's seed (which images go to which split)
     # a user's folder / TFRecords (components/data/image_survey.py): one size and channel count a run
     image_size: str = "auto"  # auto (measured from the images) | H,W | S
     channels: str = "auto"  # auto (3 when any image is colour) | 1 | 3
@@ -82,8 +86,11 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class StatsConfig:
-    many_shot_threshold: float | None = None  # None: scaled to the data (log-count thirds)
+    # classes with at least this many labeled images are many-shot; None: scaled to the data (log-count thirds)
+    many_shot_threshold: float | None = None
+    # classes with fewer labeled images are few-shot (None: scaled to the data, as above)
     few_shot_threshold: float | None = None
+    # beta of the effective number of samples, (1 - beta^n) / (1 - beta), in LabelStatsGen
     effective_number_beta: float = 0.9999
 
 
@@ -96,9 +103,10 @@ class BeamConfig:
     PortableRunner (Flink, Spark, a local job service) takes job_endpoint / environment_*; anything else
     (Dataflow's project, region, temp_location, ...) goes in extra_args."""
 
+    # Beam runner of every Beam job: FnApiRunner | PortableRunner | FlinkRunner | SparkRunner | DataflowRunner
     runner: str = "FnApiRunner"
     direct_running_mode: str = "multi_processing"  # in_memory | multi_threading | multi_processing (FnApiRunner)
-    direct_num_workers: int = 2
+    direct_num_workers: int = 2  # FnApiRunner's workers (processes or threads, per direct_running_mode)
     job_endpoint: str | None = None  # PortableRunner / FlinkRunner / SparkRunner: host:port of the job service
     environment_type: str | None = None  # DOCKER | PROCESS | EXTERNAL | LOOPBACK (portable runners)
     environment_config: str | None = None  # e.g. host:port of an external SDK worker pool
@@ -137,10 +145,39 @@ IN_PROCESS_IMAGE = "none:in-process"  # never pulled: FnApiRunner's workers are 
 DIRECT_RUNNING_MODES = ("in_memory", "multi_threading", "multi_processing")
 
 
+# Kubernetes quantities as kfp's PipelineTask.set_cpu_request / set_memory_request accept them
+CPU_QUANTITY = re.compile(r"([0-9]*[.])?[0-9]+m?$")
+MEMORY_QUANTITY = re.compile(r"^[0-9]+(E|Ei|P|Pi|T|Ti|G|Gi|M|Mi|K|Ki)?$")
+
+
+@dataclasses.dataclass(frozen=True)
+class KubeflowConfig:
+    """What each task of the compiled Kubeflow package asks the cluster for (``compile-kfp``, ``schedule``): the
+    requests land in every task's container spec (pipeline/kubeflow_runner.py). A local run reads none of it."""
+
+    cpu_request: str = "1"  # every task's CPU request (Kubernetes quantity: 1, 0.5, 500m)
+    memory_request: str = "4Gi"  # every task's memory request (4Gi, 4096Mi, 4G)
+    trainer_cpu_request: str = "4"  # the Trainers' (base, final, SSP pre-training, regression) CPU request
+    trainer_memory_request: str = "16Gi"  # the Trainers' memory request
+    trainer_gpus: int = 0  # >0: each Trainer task requests this many GPUs (alias train.gpus)
+    gpu_resource: str = "nvidia.com/gpu"  # the accelerator resource a GPU request names
+
+    def __post_init__(self):
+        for key in ("cpu_request", "trainer_cpu_request"):
+            if not CPU_QUANTITY.match(str(getattr(self, key))):
+                raise ValueError(f"kubeflow.{key}={getattr(self, key)!r} is not a CPU quantity (1, 0.5 or 500m)")
+        for key in ("memory_request", "trainer_memory_request"):
+            if not MEMORY_QUANTITY.match(str(getattr(self, key))):
+                raise ValueError(f"kubeflow.{key}={getattr(self, key)!r} is not a memory quantity (4Gi, 512Mi, 4G)")
+        if self.trainer_gpus < 0:
+            raise ValueError(f"kubeflow.trainer_gpus must be >= 0, got {self.trainer_gpus}")
+
+
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
+    # the pipeline's name: its MLMD history, its last blessed model, runs/_tfx/<name>/ (a user's data: its own)
     name: str = "longtail-fmnist"
-    preset: str = "default"
+    preset: str = "default"  # which preset the run started from (set by --preset, recorded in metrics.json)
     task: str = "classification"  # classification (images, per-class gate) | regression (taxi CSV, LDS / FDS)
     data: DataConfig = DataConfig()
     stats: StatsConfig = StatsConfig()
@@ -153,10 +190,13 @@ class PipelineConfig:
     post_hoc_logit_adjust_tau: float = 0.0  # >0 adds -tau*log(prior) to the served logits
     # per-class logit offsets fitted on half the validation split, the gate judging the other half (classification)
     calibration: CalibrationConfig = CalibrationConfig()
+    # the serving folder's name, <serving_root>/<model_name>/<version>/ (a user's data: its own)
     model_name: str = "longtail"
     runs_root: str = "runs"  # run outputs, pipeline root and MLMD live here
     serving_root: str = "serving"  # TF Serving layout: serving/<model_name>/<version>/
     beam: BeamConfig = BeamConfig()  # in_memory for tests: --set beam.direct_running_mode=in_memory
+    kubeflow: KubeflowConfig = KubeflowConfig()  # the compiled package's resource requests
+    # TFX's cache: a component whose inputs and settings are unchanged reuses its last outputs
     enable_cache: bool = True
 
     def to_dict(self) -> dict:
@@ -247,6 +287,7 @@ ALIASES: dict[str, str] = {
     **_RENAMED,
     **{old.split(".", 1)[1]: new for old, new in _RENAMED.items()},
     "beam_direct_running_mode": "beam.direct_running_mode",
+    "train.gpus": "kubeflow.trainer_gpus",  # the name issue #46 asked for: the Trainers' GPU request on Kubeflow
     "beam_num_workers": "beam.direct_num_workers",
     # train.* names that were unique before pretrain.* lost its prefix
     **{k: f"train.{k}" for k in ("epochs", "batch_size", "learning_rate", "momentum", "weight_decay",

@@ -25,8 +25,8 @@ from pipeline.configs import PipelineConfig, changed_paths
 from pipeline.outputs import BASE_TRAINER, PRETRAINER, TRAINER
 from pipeline.pipeline import create_pipeline, create_regression_pipeline, default_csv_dir
 
-# Settings every task reads: naming, where outputs go, the Beam settings, caching.
-COMMON = ("name", "preset", "task", "model_name", "runs_root", "serving_root", "beam", "enable_cache")
+# Settings every task reads: naming, where outputs go, the Beam settings, caching, the Kubeflow package's requests.
+COMMON = ("name", "preset", "task", "model_name", "runs_root", "serving_root", "beam", "enable_cache", "kubeflow")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -194,3 +194,22 @@ def test_documented_command_extraction_joins_continuations_and_stops_at_shell_op
     assert argv_of("`python -m pipeline serve --model-dir 'serving/my model'`".strip("`")) == [
         "serve", "--model-dir", "serving/my model"]
     assert os.path.basename(str(doc_files()[0])) == "README.md"
+
+
+def test_every_results_table_a_page_names_exists():
+    """issue #46 item 8: each figure's committed table is there. A `bench/results/...` path in README.md or docs/ (a
+    `*` is a glob), and every `NAME.md` / `NAME.jsonl` docs/benchmarks.md names, exist in bench/results/."""
+    import glob
+
+    missing = []
+    for path in doc_files():
+        text = path.read_text()
+        for ref in set(re.findall(r"bench/results/[A-Za-z0-9_.*-]+", text)):
+            ref = ref.rstrip(".")
+            if not glob.glob(str(ROOT / ref)):
+                missing.append(f"{path.name}: {ref}")
+    benchmarks = (ROOT / "docs" / "benchmarks.md").read_text()
+    for name in set(re.findall(r"`([A-Za-z0-9_.-]+\.(?:md|jsonl))`", benchmarks)):
+        if not any((where / name).exists() for where in (ROOT / "bench" / "results", ROOT / "docs", ROOT)):
+            missing.append(f"benchmarks.md: {name}")
+    assert not missing, missing

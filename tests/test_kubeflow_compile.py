@@ -120,3 +120,41 @@ def test_compile_kfp_refuses_a_json_package_name(tmp_path):
                            "gs://b/t", "--output", str(tmp_path / "t.json")],
                           cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT))
     assert proc.returncode == 2 and "must end in .yaml or .yml" in proc.stderr
+
+
+def test_every_compiled_task_requests_resources_and_the_pusher_honours_serving_root(tmp_path):
+    """issue #46 items 3 and 4: CPU and memory requests on every container task (the Trainers' own, and a GPU request
+    from train.gpus), read back through kfp's own loader; serving_root, when absolute or a URI, is where the compiled
+    Pusher writes (before, it was always <pipeline-root>/serving/<model>)."""
+    out = str(tmp_path / "taxi.yaml")
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "compile-kfp", "--preset", "regression",
+                           "--pipeline-root", "gs://bucket/taxi", "--output", out, "--set", "train.gpus=2",
+                           "--set", "kubeflow.trainer_memory_request=24Gi", "--set", "serving_root=gs://models/prod"],
+                          cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    spec = load_package(out)
+    containers = {name: ex["container"] for name, ex in spec["deploymentSpec"]["executors"].items() if "container" in ex}
+    assert len(containers) >= 6, sorted(containers)
+    for name, container in containers.items():
+        resources = container.get("resources")
+        assert resources, f"{name} has no resource requests"
+        if "Trainer" in name:
+            assert (resources["resourceCpuRequest"], resources["resourceMemoryRequest"]) == ("4", "24Gi"), name
+            assert resources["cpuRequest"] == 4.0 and abs(resources["memoryRequest"] - 24 * 2**30 / 1e9) < 1e-6
+            assert resources["accelerator"] == {"resourceType": "nvidia.com/gpu", "resourceCount": "2",
+                                                "type": "nvidia.com/gpu", "count": "2"}, name
+        else:
+            assert (resources["resourceCpuRequest"], resources["resourceMemoryRequest"]) == ("1", "4Gi"), name
+            assert "accelerator" not in resources, name
+    assert any("Trainer" in name for name in containers)
+    text = json.dumps(spec)
+    assert "gs://models/prod/taxi-fare" in text and "gs://bucket/taxi/serving" not in text
+
+
+def test_a_bad_resource_quantity_is_refused_with_the_config():
+    import pytest
+
+    with pytest.raises(ValueError, match="kubeflow.memory_request='4 GB' is not a memory quantity"):
+        load_config("default", {"kubeflow.memory_request": "4 GB"})
+    assert load_config("default").kubeflow.trainer_gpus == 0
+    assert load_config("default", {"train.gpus": "1"}).kubeflow.trainer_gpus == 1
