@@ -27,6 +27,7 @@ models/ never imports tfx.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import math
 import os
@@ -38,6 +39,7 @@ import types
 
 import numpy as np
 
+from models import job as trainer_job
 from models import modes  # pure Python: which modes train data-parallel
 from models.job import TrainerJob
 
@@ -98,8 +100,11 @@ def worker_index(tf_config: dict) -> int:
     return index + (1 if tf_config.get("cluster", {}).get("chief") else 0)
 
 
-def resolve(setting: str, local_workers: int = 1, tf_config: dict | None = None, gpus: int = 0) -> str:
-    """train.distribute as the strategy to use: none, mirrored or multi_worker (auto resolved)."""
+def resolve(setting: str, local_workers: int = 1, tf_config: dict | None = None, gpus: int = 0,
+            cluster_launch: bool = False) -> str:
+    """train.distribute as the strategy to use: none, mirrored or multi_worker (auto resolved). ``cluster_launch``: the
+    job can start its own cluster (a Kubeflow package's TFJob, :func:`launch_on_cluster`), so multi_worker needs no
+    TF_CONFIG here."""
     setting = str(setting).strip().lower()
     if setting not in DISTRIBUTE:
         raise ValueError(f"train.distribute={setting!r}: choose one of {list(DISTRIBUTE)}")
@@ -114,7 +119,7 @@ def resolve(setting: str, local_workers: int = 1, tf_config: dict | None = None,
         if workers > 1 or int(local_workers) > 1:
             return "multi_worker"
         return "mirrored" if gpus > 1 else "none"
-    if setting == "multi_worker" and workers < 1 and int(local_workers) < 2:
+    if setting == "multi_worker" and workers < 1 and int(local_workers) < 2 and not cluster_launch:
         raise ValueError("train.distribute=multi_worker needs a cluster: TF_CONFIG (set by Kubeflow's TFJob or "
                          "Vertex AI) or train.local_workers >= 2; neither is set")
     if setting != "multi_worker" and int(local_workers) > 1:
@@ -172,9 +177,11 @@ def free_ports(n: int) -> list[int]:
 
 
 def local_cluster(n: int) -> list[dict]:
-    """TF_CONFIG for each of n workers on localhost (worker 0 is the chief)."""
+    """TF_CONFIG for each of n workers on localhost (worker 0 is the chief), in the shape Kubeflow's training operator
+    gives a TFJob's Worker pods (components/tfjob.py operator_tf_config): only the hosts differ."""
     workers = [f"localhost:{p}" for p in free_ports(n)]
-    return [{"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}} for i in range(n)]
+    return [{"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}, "environment": "cloud"}
+            for i in range(n)]
 
 
 def make_strategy(kind: str):
@@ -405,6 +412,26 @@ def run_epochs(train_step, data, steps: int, first_epoch: int, epochs: int, sync
     return history
 
 
+def launch_on_cluster(spec: dict, job: dict, module: str, scratch_dir: str) -> None:
+    """train.distribute=multi_worker with no TF_CONFIG here but a job that says how to start its cluster (``spec``, a
+    compiled Kubeflow package's CLUSTER_LAUNCH_KEY): ``spec["launcher"]`` ("module:function", components/tfjob.py's
+    TFJob) runs ``python -m <module> JOB.json`` on every worker, as :func:`launch` does on localhost, and returns when
+    they have finished (an error when one failed). Imported by name: models/ imports no cluster client."""
+    name, _, function = spec["launcher"].partition(":")
+    getattr(importlib.import_module(name), function)(spec, job, module, scratch_dir)
+
+
+def maybe_launch_on_cluster(fn_args, local_workers: int, tf_config: dict, module: str, job_of, label: str) -> bool:
+    """Start the job's cluster (:func:`launch_on_cluster`) when it has a cluster launch and neither TF_CONFIG nor
+    train.local_workers names one; True when it ran."""
+    spec = (getattr(fn_args, "custom_config", None) or {}).get(trainer_job.CLUSTER_LAUNCH_KEY)
+    if not spec or tf_config or local_workers > 1:
+        return False
+    print(f"{label}: a cluster of {spec.get('workers')} workers ({spec['launcher']})", file=sys.stderr, flush=True)
+    launch_on_cluster(spec, {"fn_args": job_of(fn_args)}, module, os.path.join(fn_args.model_run_dir, WORKER_DIR))
+    return True
+
+
 def run_or_launch(fn_args, setting: str, local_workers: int, module: str, job_of, run_here, label: str) -> None:
     """A Trainer's run_fn past its job (models.regression, models.ssp): ``setting`` (train.distribute) resolves as
     the classification Trainer's; multi_worker trains in fresh worker processes (``python -m <module> JOB``, started
@@ -414,7 +441,10 @@ def run_or_launch(fn_args, setting: str, local_workers: int, module: str, job_of
     import tensorflow as tf
 
     tf_config = read_tf_config()
-    kind = resolve(setting, local_workers, tf_config, gpus=len(tf.config.list_physical_devices("GPU")))
+    kind = resolve(setting, local_workers, tf_config, gpus=len(tf.config.list_physical_devices("GPU")),
+                   cluster_launch=bool((fn_args.custom_config or {}).get(trainer_job.CLUSTER_LAUNCH_KEY)))
+    if kind == "multi_worker" and maybe_launch_on_cluster(fn_args, local_workers, tf_config, module, job_of, label):
+        return
     if kind == "multi_worker":
         configs = local_cluster(local_workers) if local_workers > 1 else [tf_config]
         print(f"{label}: {len(configs)} local worker process(es) of a {cluster_workers(configs[0])}-worker cluster",
@@ -424,13 +454,24 @@ def run_or_launch(fn_args, setting: str, local_workers: int, module: str, job_of
     run_here(make_strategy(kind), tf_config)
 
 
+def read_job(path: str) -> dict:
+    """A worker's JOB.json: a local file (:func:`launch`), or a URI on the cluster's storage (a TFJob's workers read
+    the one the Trainer step wrote, components/tfjob.py), read with TensorFlow's GFile, which runs no TensorFlow op."""
+    if "://" not in path:
+        with open(path) as f:
+            return json.load(f)
+    import tensorflow as tf
+
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f)
+
+
 def worker_main(argv, train_and_export, stage: str) -> int:
     """One worker process started by :func:`launch` (``python -m <module> JOB.json``, TF_CONFIG set): the
     multi-worker strategy is created before any TensorFlow op runs, then ``train_and_export(fn_args, job, strategy,
     tf_config)`` runs the module's training (and, on the chief, its export); ``stage``: the job's models.job stage."""
     argv = sys.argv[1:] if argv is None else argv
-    with open(argv[0]) as f:
-        job = json.load(f)
+    job = read_job(argv[0])
     tf_config = read_tf_config()
     strategy = make_strategy("multi_worker")
     fn_args = types.SimpleNamespace(**job["fn_args"])

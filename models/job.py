@@ -43,6 +43,9 @@ BACKUP_DIR_KEY = "backup_dir"
 POOL_SETTING_KEY = "pool_setting"
 POOL_TRUTH_KEY = "pool_truth"
 DISTRIBUTE_KEY = "distribute"
+# a compiled Kubeflow package's: how train.distribute=multi_worker starts its workers where no TF_CONFIG names a cluster
+# ({"launcher": "module:function", ...}; components/tfjob.py; models.distribute.launch_on_cluster)
+CLUSTER_LAUNCH_KEY = "cluster_launch"
 
 # --- the input paths the executor adds (components/trainer.py), from the Trainer's input artifacts
 LABEL_STATS_PATH_KEY = "label_stats_path"
@@ -67,9 +70,9 @@ STAGE_KEYS = {
     REGRESSION: (TRAIN_KEY, REGRESSION_KEY, BACKUP_DIR_KEY),
 }
 # keys written only when set, by stage (the input paths: every stage)
-OPTIONAL_KEYS = {TRAIN: (POOL_SETTING_KEY, POOL_TRUTH_KEY, IMAGE_FIT_KEY),
-                 PRETRAIN: (DISTRIBUTE_KEY,),
-                 REGRESSION: ()}
+OPTIONAL_KEYS = {TRAIN: (POOL_SETTING_KEY, POOL_TRUTH_KEY, IMAGE_FIT_KEY, CLUSTER_LAUNCH_KEY),
+                 PRETRAIN: (DISTRIBUTE_KEY, CLUSTER_LAUNCH_KEY),
+                 REGRESSION: (CLUSTER_LAUNCH_KEY,)}
 # BackupAndRestore's folder under the pipeline root, by stage (one subfolder a cache key)
 BACKUP_FOLDERS = {TRAIN: "_trainer_backup", PRETRAIN: "_pretrainer_backup", REGRESSION: "_trainer_backup"}
 
@@ -101,6 +104,7 @@ class TrainerJob:
     pool_setting: dict | None = None
     pool_truth: dict | None = None
     distribute: config.DistributeConfig | None = None
+    cluster_launch: dict | None = None  # CLUSTER_LAUNCH_KEY: set by compile-kfp for a multi-worker package
     # the input paths (components/trainer.py)
     label_stats_path: str | None = None
     unlabeled_files: list | None = None

@@ -28,8 +28,9 @@ SUMMARY_FILE = "training_summary.json"
 def run_fn(fn_args) -> None:
     job = toolkit.TrainingJob.from_fn_args(fn_args)
     tf_config = distribute.read_tf_config()
+    cluster_launch = bool((fn_args.custom_config or {}).get(trainer_job.CLUSTER_LAUNCH_KEY))
     kind = distribute.resolve(job.train.distribute, job.train.local_workers, tf_config,
-                              gpus=len(tf.config.list_physical_devices("GPU")))
+                              gpus=len(tf.config.list_physical_devices("GPU")), cluster_launch=cluster_launch)
     if kind != "none" and not job.mode.data_parallel:
         usable = "|".join(distribute.data_parallel_modes())
         if job.train.distribute != "auto":
@@ -47,6 +48,9 @@ def run_fn(fn_args) -> None:
                                          f"model trains in one process too, not {kind}")
             print(f"[trainer] {job.single_process_reason}", file=sys.stderr, flush=True)
             kind = "none"
+    if kind == "multi_worker" and distribute.maybe_launch_on_cluster(
+            fn_args, job.train.local_workers, tf_config, "models.trainer", fn_args_dict, "[trainer] multi-worker training"):
+        return
     if kind == "multi_worker":  # fresh processes: a multi-worker strategy must come before any TensorFlow op
         configs = distribute.local_cluster(job.train.local_workers) if job.train.local_workers > 1 else [tf_config]
         print(f"[trainer] multi-worker training: {len(configs)} local worker process(es) of a "
@@ -176,8 +180,7 @@ def main(argv=None) -> int:
     is created before any TensorFlow op runs (importing TensorFlow runs none), then the job trains (and, on the
     chief, exports)."""
     argv = sys.argv[1:] if argv is None else argv
-    with open(argv[0]) as f:
-        job = json.load(f)
+    job = distribute.read_job(argv[0])
     tf_config = distribute.read_tf_config()
     run_worker(job, distribute.make_strategy("multi_worker"), tf_config)
     return 0

@@ -49,10 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
     kfp.add_argument("--preset", default="default")
     kfp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     kfp.add_argument("--data-dir", default=None,
-                     help="the data location as the cluster sees it: a prepared image folder (its manifest is read), "
+                     help="the data location as the cluster sees it (a path or a URI: gs://, s3://): a prepared image "
+                          "folder (its manifest is read here, with GFile for a URI, or from --manifest), "
                           "a user's own folder or TFRecords root (data.source=folder:/tfrecord:, ingested by "
                           "OwnDataExampleGen every run) or, for task=regression, a CSV folder; default: the preset's "
-                          "own (data.data_dir or the prepared default folder, regression.csv_dir or the taxi CSV)")
+                          "own (data.data_dir; the bundled data's prepared folder, copied to <pipeline-root>/data/; "
+                          "regression.csv_dir or the taxi CSV)")
+    kfp.add_argument("--manifest", default=None,
+                     help="a local copy of the manifest.json of the prepared folder --data-dir names, where this host "
+                          "cannot read that location (gs:// without credentials, a cluster-only path)")
     kfp.add_argument("--pipeline-root", required=True, help="e.g. gs://bucket/longtail or a mounted volume path")
     kfp.add_argument("--image", default="longtail-tfx:latest", help="container image holding this checkout")
     kfp.add_argument("--output", default="pipeline.yaml", help="the package (.yaml/.yml: the bare pipeline spec)")
@@ -61,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     sched.add_argument("--preset", default="default")
     sched.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     sched.add_argument("--data-dir", default=None, help="as for compile-kfp, when the package is compiled here")
+    sched.add_argument("--manifest", default=None, help="as for compile-kfp")
     sched.add_argument("--image", default="longtail-tfx:latest", help="as for compile-kfp")
     sched.add_argument("--pipeline-root", required=True, help="passed to the run as kfp.Client's pipeline_root")
     sched.add_argument("--cron", default="0 0 3 * * 1", help="KFP's 6-field cron (seconds first), or a Unix 5-field one")
@@ -144,7 +150,8 @@ def _schedule(args, cfg, task) -> str | None:
         name, _ = task.names(cfg)
         try:
             package = compile_pipeline(cfg, args.data_dir, args.pipeline_root,
-                                       os.path.join(cfg.runs_root, "_kfp", f"{name}.yaml"), args.image)
+                                       os.path.join(cfg.runs_root, "_kfp", f"{name}.yaml"), args.image,
+                                       manifest=args.manifest)
         except ValueError as e:  # as compile-kfp: a mode that needs data the folder lacks
             print(f"error: {e}", file=sys.stderr)
             return None
@@ -216,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
             from pipeline.kubeflow_runner import compile_pipeline
 
             try:
-                out = compile_pipeline(cfg, args.data_dir, args.pipeline_root, args.output, args.image)
+                out = compile_pipeline(cfg, args.data_dir, args.pipeline_root, args.output, args.image,
+                                       manifest=args.manifest)
             except ValueError as e:  # the package name, or a mode that needs data the folder lacks
                 print(f"error: {e}", file=sys.stderr)
                 return 2

@@ -161,6 +161,10 @@ class KubeflowConfig:
     trainer_memory_request: str = "16Gi"  # the Trainers' memory request
     trainer_gpus: int = 0  # >0: each Trainer task requests this many GPUs (alias train.gpus)
     gpu_resource: str = "nvidia.com/gpu"  # the accelerator resource a GPU request names
+    # with train.distribute=multi_worker: each Trainer step launches a TFJob of this many workers (components/tfjob.py)
+    workers: int = 0
+    namespace: str | None = None  # the TFJobs' namespace; None: the Trainer pod's own
+    train_timeout_s: float = 86400.0  # how long a Trainer step waits for its TFJob
 
     def __post_init__(self):
         for key in ("cpu_request", "trainer_cpu_request"):
@@ -171,6 +175,8 @@ class KubeflowConfig:
                 raise ValueError(f"kubeflow.{key}={getattr(self, key)!r} is not a memory quantity (4Gi, 512Mi, 4G)")
         if self.trainer_gpus < 0:
             raise ValueError(f"kubeflow.trainer_gpus must be >= 0, got {self.trainer_gpus}")
+        if self.workers == 1 or self.workers < 0:
+            raise ValueError(f"kubeflow.workers must be 0 (no TFJob) or >= 2, got {self.workers}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -58,8 +58,10 @@ class Task(abc.ABC):
 
     # ---- data and names
     @abc.abstractmethod
-    def inputs(self, cfg: PipelineConfig, location: str | None = None) -> TaskInputs:
-        """The run's data: ``location`` as given (the cluster's path for Kubeflow), else the configured one."""
+    def inputs(self, cfg: PipelineConfig, location: str | None = None, manifest: dict | None = None) -> TaskInputs:
+        """The run's data: ``location`` as given (the cluster's path for Kubeflow), else the configured one;
+        ``manifest``: a prepared folder's manifest read elsewhere (compile-kfp --manifest, for a location this host
+        cannot read)."""
 
     @abc.abstractmethod
     def names(self, cfg: PipelineConfig) -> tuple[str, str]:
@@ -118,13 +120,13 @@ class ClassificationTask(Task):
         ssp = "" if cfg.pretrain.method != "none" else ", pretrain.method=none"
         return f" with semi.method={mode.name}{ssp}"
 
-    def inputs(self, cfg, location=None):
+    def inputs(self, cfg, location=None, manifest=None):
         if ingests_own_data(cfg):  # the pipeline ingests the user's source itself (OwnDataExampleGen), every run
             kind, _, root = cfg.data.source.partition(":")
             source = f"{kind}:{location or os.path.abspath(root)}"
             inputs = TaskInputs(source.partition(":")[2], own_data_manifest(source, split_spec(cfg), cfg.data))
         elif location:
-            inputs = TaskInputs(location, load_manifest(location))
+            inputs = TaskInputs(location, manifest if manifest is not None else load_manifest(location))
         else:
             data_dir = ensure_data(cfg)
             inputs = TaskInputs(data_dir, load_manifest(data_dir))
@@ -183,7 +185,7 @@ class RegressionTask(Task):
     def reads(self, cfg):
         return (*COMMON, *REGRESSION_TRAIN, "regression", "regression_gate")
 
-    def inputs(self, cfg, location=None):
+    def inputs(self, cfg, location=None, manifest=None):
         return TaskInputs(location or regression_csv_dir(cfg))
 
     def names(self, cfg):
@@ -295,7 +297,7 @@ def ensure_data(cfg: PipelineConfig) -> str:
     """The prepared data folder; prepared now when missing."""
     if cfg.data.data_dir:
         Manifest.load(cfg.data.data_dir)  # raises a named error if it is not a prepared dataset
-        return os.path.abspath(cfg.data.data_dir)
+        return cfg.data.data_dir if "://" in cfg.data.data_dir else os.path.abspath(cfg.data.data_dir)
     return os.path.abspath(ensure_prepared(cfg.data.source, split_spec(cfg), cfg.data.source_dir,
                                            image_settings=image_settings(cfg.data)))
 

@@ -17,7 +17,9 @@ import json
 import os
 import re
 import sys
+import tempfile
 
+from components.data import storage
 from components.data.longtail import SplitSpec
 from components.data.prepare import FORMAT_VERSION, MANIFEST, prepare_from_source
 from components.data.sources import IMAGE_SETTINGS
@@ -73,6 +75,16 @@ def ensure_prepared(source: str, spec: SplitSpec, source_dir: str | None = None,
     reuses what the first wrote. Returns ``out`` as given (or the default, relative to the working directory).
     """
     out = out or default_data_dir(source, spec, shard_size, image_settings)
+    if storage.is_uri(out):  # cluster storage (gs://, file://): prepared here, then copied there, manifest last
+        if not force and storage.exists(os.path.join(out, MANIFEST)):
+            log(f"[prepare-data] {out} is prepared; reusing it")
+            return out
+        with tempfile.TemporaryDirectory(prefix="prepare-") as tmp:
+            local = os.path.join(tmp, os.path.basename(out.rstrip("/")) or "data")
+            log(f"[prepare-data] preparing {out} (in {local} first)")
+            prepare_from_source(source, spec, local, source_dir, shard_size, image_settings)
+            storage.copy_folder(local, out, log)
+        return out
     if not force and _is_prepared(out):
         log(f"[prepare-data] {out} is prepared; reusing it")
         return out

