@@ -69,10 +69,15 @@ def resource_spec(cpu: str, memory: str, gpus: int = 0, gpu_resource: str = "nvi
     return spec
 
 
+def launches_tfjobs(cfg: PipelineConfig) -> bool:
+    """Whether the package's Trainer steps start TFJobs (train.distribute=multi_worker, no local workers)."""
+    return cfg.train.distribute == "multi_worker" and cfg.train.local_workers <= 1
+
+
 def launch_workers_as_tfjobs(components, cfg: PipelineConfig, image: str) -> None:
     """train.distribute=multi_worker on Kubeflow: each Trainer's job gets the TFJob of ``kubeflow.workers`` workers
     it launches from its step (components/tfjob.py), since no pod of a KFP task has a TF_CONFIG of its own."""
-    if cfg.train.distribute != "multi_worker" or cfg.train.local_workers > 1:
+    if not launches_tfjobs(cfg):
         return
     k = cfg.kubeflow
     if k.workers < 2:
@@ -89,13 +94,14 @@ def launch_workers_as_tfjobs(components, cfg: PipelineConfig, image: str) -> Non
         c.exec_properties["custom_config"] = json_utils.dumps(job)
 
 
-def request_resources(components, k: KubeflowConfig) -> None:
+def request_resources(components, k: KubeflowConfig, trainers_launch_tfjobs: bool = False) -> None:
     """Every container task gets ``kubeflow.cpu_request`` / ``memory_request``; the Trainers get the trainer_* ones and
-    ``trainer_gpus`` GPUs. Resolvers and importers run in the driver, with no container of their own."""
+    ``trainer_gpus`` GPUs, unless they launch TFJobs: then the TFJob's worker pods get those, and the step that
+    only waits for them the default task's. Resolvers and importers run in the driver, with no container."""
     for c in components:
         if not isinstance(c, base_component.BaseComponent):
             continue
-        if isinstance(c, trainer_component.Trainer):
+        if isinstance(c, trainer_component.Trainer) and not trainers_launch_tfjobs:
             c.with_platform_config(resource_spec(k.trainer_cpu_request, k.trainer_memory_request, k.trainer_gpus,
                                                  k.gpu_resource))
         else:
@@ -129,7 +135,7 @@ def compile_pipeline(cfg: PipelineConfig, data_dir: str | None, pipeline_root: s
         cfg, inputs, pipeline_root, metadata_path=None,
         serving_dir=serving_dir or cluster_serving_dir(cfg.serving_root, pipeline_root, model_name),
         beam_args=cfg.beam.args())  # the config's beam section, compiled into every Beam task's arguments
-    request_resources(pipeline.components, cfg.kubeflow)
+    request_resources(pipeline.components, cfg.kubeflow, trainers_launch_tfjobs=launches_tfjobs(cfg))
     launch_workers_as_tfjobs(pipeline.components, cfg, image)
     runner = kubeflow_v2_dag_runner.KubeflowV2DagRunner(
         config=kubeflow_v2_dag_runner.KubeflowV2DagRunnerConfig(default_image=image),

@@ -40,9 +40,9 @@ def crd_validator() -> jsonschema.protocols.Validator:
     return cls(schema)
 
 
-def compiled_jobs(tmp_path, *sets) -> dict:
+def compiled_jobs(tmp_path, *sets, steps: dict | None = None) -> dict:
     """{Trainer task: its job's cluster_launch} of the regression preset compiled with ``sets`` (its data, the taxi CSV of
-    the tfx package, needs no preparing)."""
+    the tfx package, needs no preparing); ``steps``, when given, gets {executor: its container's resources}."""
     out = str(tmp_path / "taxi.yaml")
     args = [sys.executable, "-m", "pipeline", "compile-kfp", "--preset", "regression", "--pipeline-root",
             "gs://bucket/taxi", "--image", "registry.example/longtail-tfx:1", "--output", out]
@@ -50,7 +50,11 @@ def compiled_jobs(tmp_path, *sets) -> dict:
         args += ["--set", s]
     proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    tasks = load_package(out)["root"]["dag"]["tasks"]
+    package = load_package(out)
+    tasks = package["root"]["dag"]["tasks"]
+    if steps is not None:
+        steps.update({name: ex["container"].get("resources") for name, ex in package["deploymentSpec"]["executors"].items()
+                      if "container" in ex})
     jobs = {}
     for name, task in tasks.items():
         config = task.get("inputs", {}).get("parameters", {}).get("custom_config")
@@ -62,8 +66,13 @@ def compiled_jobs(tmp_path, *sets) -> dict:
 
 
 def test_a_multi_worker_package_holds_a_tfjob_the_operators_crd_schema_accepts(tmp_path):
-    jobs = compiled_jobs(tmp_path, "train.distribute=multi_worker", "kubeflow.workers=3", "train.gpus=1")
+    steps = {}
+    jobs = compiled_jobs(tmp_path, "train.distribute=multi_worker", "kubeflow.workers=3", "train.gpus=1", steps=steps)
     assert list(jobs) == ["LongTailTrainer"], jobs
+    # the step that only launches and waits asks for the default task's resources; the TFJob's pods get the Trainer's
+    trainer_step = steps["LongTailTrainer_executor"]
+    assert (trainer_step["resourceCpuRequest"], trainer_step["resourceMemoryRequest"]) == ("1", "4Gi")
+    assert "accelerator" not in trainer_step
     spec = jobs["LongTailTrainer"]
     assert (spec["launcher"], spec["workers"]) == ("components.tfjob:launch", 3)
     validator = crd_validator()
