@@ -13,6 +13,7 @@ the last blessed model (the Resolver reads the cluster's MLMD).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
@@ -153,12 +154,15 @@ def fill_missing_resources(package: str, spec: ResourceSpec) -> None:
     from google.protobuf import json_format
 
     with open(package) as f:
-        doc = yaml.safe_load(f)
+        text = f.read()
+    doc = yaml.safe_load(text)
     requests = json_format.MessageToDict(spec)
     patched = [name for name, ex in doc["deploymentSpec"]["executors"].items()
                if "container" in ex and not ex["container"].get("resources")]
     for name in patched:
         doc["deploymentSpec"]["executors"][name]["container"]["resources"] = requests
     if patched:
+        # the package's leading comment block (TFX's "# PIPELINE DEFINITION" header, which kfp shows) is kept
+        header = "".join(itertools.takewhile(lambda line: line.startswith("#"), text.splitlines(keepends=True)))
         with open(package, "w") as f:
-            yaml.safe_dump(doc, f, sort_keys=False)
+            f.write(header + yaml.safe_dump(doc, sort_keys=False, width=1 << 30))

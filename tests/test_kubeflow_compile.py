@@ -132,6 +132,7 @@ def test_every_compiled_task_requests_resources_and_the_pusher_honours_serving_r
                            "--set", "kubeflow.trainer_memory_request=24Gi", "--set", "serving_root=gs://models/prod"],
                           cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT))
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert open(out).read().startswith("# PIPELINE DEFINITION\n# Name: taxi-regression-fare\n")  # TFX's header kept
     spec = load_package(out)
     containers = {name: ex["container"] for name, ex in spec["deploymentSpec"]["executors"].items() if "container" in ex}
     assert len(containers) >= 6, sorted(containers)
