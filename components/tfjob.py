@@ -37,7 +37,7 @@ SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/names
 
 
 def manifest(name: str, image: str, workers: int, module: str, requests: dict, gpus: int = 0,
-             gpu_resource: str = "nvidia.com/gpu", command: tuple[str, ...] = ("python", "-m")) -> dict:
+             gpu_resource: str = "nvidia.com/gpu") -> dict:
     """The TFJob: ``workers`` Worker replicas of ``image`` running ``python -m <module> {{job}}``; ``requests``
     {"cpu": ..., "memory": ...} for each pod, plus ``gpus`` of ``gpu_resource`` (request and limit: Kubernetes needs
     both equal for extended resources). restartPolicy Never and backoffLimit 0: a worker lost mid-collective stops
@@ -46,7 +46,7 @@ def manifest(name: str, image: str, workers: int, module: str, requests: dict, g
     if gpus:
         resources["requests"][gpu_resource] = str(gpus)
         resources["limits"] = {gpu_resource: str(gpus)}
-    container = {"name": CONTAINER, "image": image, "command": [*command, module], "args": [JOB_PLACEHOLDER],
+    container = {"name": CONTAINER, "image": image, "command": ["python", "-m", module], "args": [JOB_PLACEHOLDER],
                  "ports": [{"name": PORT_NAME, "containerPort": PORT}], "resources": resources}
     return {
         "apiVersion": f"{GROUP}/{VERSION}", "kind": KIND,

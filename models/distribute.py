@@ -421,10 +421,15 @@ def launch_on_cluster(spec: dict, job: dict, module: str, scratch_dir: str) -> N
     getattr(importlib.import_module(name), function)(spec, job, module, scratch_dir)
 
 
+def cluster_launch_of(fn_args) -> dict | None:
+    """The job's CLUSTER_LAUNCH_KEY (set by compile-kfp for a multi-worker package), or None."""
+    return (getattr(fn_args, "custom_config", None) or {}).get(trainer_job.CLUSTER_LAUNCH_KEY)
+
+
 def maybe_launch_on_cluster(fn_args, local_workers: int, tf_config: dict, module: str, job_of, label: str) -> bool:
     """Start the job's cluster (:func:`launch_on_cluster`) when it has a cluster launch and neither TF_CONFIG nor
     train.local_workers names one; True when it ran."""
-    spec = (getattr(fn_args, "custom_config", None) or {}).get(trainer_job.CLUSTER_LAUNCH_KEY)
+    spec = cluster_launch_of(fn_args)
     if not spec or tf_config or local_workers > 1:
         return False
     print(f"{label}: a cluster of {spec.get('workers')} workers ({spec['launcher']})", file=sys.stderr, flush=True)
@@ -442,7 +447,7 @@ def run_or_launch(fn_args, setting: str, local_workers: int, module: str, job_of
 
     tf_config = read_tf_config()
     kind = resolve(setting, local_workers, tf_config, gpus=len(tf.config.list_physical_devices("GPU")),
-                   cluster_launch=bool((fn_args.custom_config or {}).get(trainer_job.CLUSTER_LAUNCH_KEY)))
+                   cluster_launch=cluster_launch_of(fn_args) is not None)
     if kind == "multi_worker" and maybe_launch_on_cluster(fn_args, local_workers, tf_config, module, job_of, label):
         return
     if kind == "multi_worker":

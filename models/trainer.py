@@ -28,9 +28,9 @@ SUMMARY_FILE = "training_summary.json"
 def run_fn(fn_args) -> None:
     job = toolkit.TrainingJob.from_fn_args(fn_args)
     tf_config = distribute.read_tf_config()
-    cluster_launch = bool((fn_args.custom_config or {}).get(trainer_job.CLUSTER_LAUNCH_KEY))
     kind = distribute.resolve(job.train.distribute, job.train.local_workers, tf_config,
-                              gpus=len(tf.config.list_physical_devices("GPU")), cluster_launch=cluster_launch)
+                              gpus=len(tf.config.list_physical_devices("GPU")),
+                              cluster_launch=distribute.cluster_launch_of(fn_args) is not None)
     if kind != "none" and not job.mode.data_parallel:
         usable = "|".join(distribute.data_parallel_modes())
         if job.train.distribute != "auto":

@@ -46,7 +46,8 @@ def stage_default_data(cfg: PipelineConfig, pipeline_root: str) -> tuple[str, di
     mine = storage.read_text(os.path.join(local, MANIFEST))
     there = os.path.join(target, MANIFEST)
     if not (storage.exists(there) and storage.read_text(there) == mine):
-        storage.copy_folder(local, target, log=lambda m: print(f"[compile-kfp] {m}", file=sys.stderr, flush=True))
+        storage.copy_folder(local, target, MANIFEST,
+                            log=lambda m: print(f"[compile-kfp] {m}", file=sys.stderr, flush=True))
     return target, json.loads(mine)
 
 
@@ -54,8 +55,8 @@ def cluster_serving_dir(serving_root: str, pipeline_root: str, model_name: str) 
     """Where the compiled Pusher writes: ``serving_root`` when it is an absolute path or a URI (gs://, s3://, a volume
     every pod mounts); a relative one (the default ``serving``) lies under the pipeline root, since a pod's working
     folder does not outlive it."""
-    root = serving_root if "://" in serving_root or os.path.isabs(serving_root) else os.path.join(pipeline_root,
-                                                                                                   serving_root)
+    root = serving_root if storage.is_uri(serving_root) or os.path.isabs(serving_root) else os.path.join(
+        pipeline_root, serving_root)
     return os.path.join(root, model_name)
 
 
@@ -120,15 +121,16 @@ def compile_pipeline(cfg: PipelineConfig, data_dir: str | None, pipeline_root: s
                          "pipeline spec, which kfp's client uploads; it refuses .json and TFX's PipelineJob wrapper)")
     task = tasks.for_config(cfg)
     given = None
+    prepared_folder = cfg.task != "regression" and not tasks.ingests_own_data(cfg)  # a manifest describes the data
     if manifest:
-        if cfg.task == "regression" or tasks.ingests_own_data(cfg) or not data_dir:
+        if not prepared_folder or not data_dir:
             raise ValueError("--manifest goes with --data-dir and a prepared image folder (data.source=fashion_mnist, "
                              "tfds:): the manifest.json of the folder --data-dir names")
         try:
             given = Manifest.from_dict(json.loads(storage.read_text(manifest)), data_dir).raw
         except (OSError, ValueError) as e:
             raise ValueError(f"--manifest {manifest}: {e}") from None
-    elif data_dir is None and cfg.task != "regression" and not tasks.ingests_own_data(cfg) and not cfg.data.data_dir:
+    elif data_dir is None and prepared_folder and not cfg.data.data_dir:
         data_dir, given = stage_default_data(cfg, pipeline_root)
     inputs = task.inputs(cfg, data_dir, given)
     _, model_name = task.names(cfg)

@@ -32,8 +32,9 @@ writes (metrics.json's keys, how to read report.md) is [outputs.md](outputs.md).
 """
 
 
-def field_comments(cls) -> dict[str, str]:
-    """{field name: its comment}: the ``# ...`` at the end of the field's line, else the comment lines right above it."""
+def documented_fields(cls) -> dict[str, tuple[str, str]]:
+    """{field name: (its annotation as written, its comment)}, from one parse of the class's source. The comment: the
+    ``# ...`` at the end of the field's line, else the comment lines right above it."""
     source = textwrap.dedent(inspect.getsource(cls))
     comments: dict[int, str] = {}
     code_lines: set[int] = set()
@@ -52,16 +53,13 @@ def field_comments(cls) -> dict[str, str]:
         while n in comments and n not in code_lines:
             above.insert(0, comments[n])
             n -= 1
-        out[node.target.id] = " ".join(trailing or above)
+        out[node.target.id] = (ast.get_source_segment(source, node.annotation), " ".join(trailing or above))
     return out
 
 
-def field_types(cls) -> dict[str, str]:
-    """{field name: its annotation as written}."""
-    source = textwrap.dedent(inspect.getsource(cls))
-    return {node.target.id: ast.get_source_segment(source, node.annotation)
-            for node in ast.parse(source).body[0].body
-            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)}
+def field_comments(cls) -> dict[str, str]:
+    """{field name: its comment} (:func:`documented_fields`)."""
+    return {name: comment for name, (_, comment) in documented_fields(cls).items()}
 
 
 def sections(cls, prefix: str = "") -> list[tuple[str, type, list[str]]]:
@@ -100,7 +98,7 @@ def render() -> str:
     for prefix, cls, leaves in sections(PipelineConfig):
         if not leaves:
             continue
-        comments, types = field_comments(cls), field_types(cls)
+        fields = documented_fields(cls)
         title = prefix.rstrip(".") or "top level"
         doc = inspect.getdoc(cls) if cls.__doc__ and not cls.__doc__.startswith(f"{cls.__name__}(") else ""
         lines += [f"## `{title}` ({cls.__module__}.{cls.__name__})", ""]
@@ -108,12 +106,12 @@ def render() -> str:
             lines += [" ".join(doc.split("\n\n")[0].split()), ""]
         lines += ["| key | type | default | default preset | what it does |", "|---|---|---|---|---|"]
         for name in leaves:
-            path = prefix + name
-            if not comments.get(name):
+            path, (annotation, comment) = prefix + name, fields[name]
+            if not comment:
                 raise ValueError(f"{cls.__module__}.{cls.__name__}.{name} has no comment to document it")
             default, given = get_path(base, path), get_path(preset, path)
-            lines.append(f"| `{path}` | `{_cell(types[name])}` | `{_cell(_value(default))}` | "
-                         f"{'' if given == default else '`' + _cell(_value(given)) + '`'} | {_cell(comments[name])} |")
+            lines.append(f"| `{path}` | `{_cell(annotation)}` | `{_cell(_value(default))}` | "
+                         f"{'' if given == default else '`' + _cell(_value(given)) + '`'} | {_cell(comment)} |")
         lines.append("")
     lines += ["## Other names", "", "Older and shorter names that still work (`--set epochs=5` is `train.epochs=5`):", "",
               "| name | is |", "|---|---|"]

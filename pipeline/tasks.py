@@ -13,6 +13,7 @@ import dataclasses
 import os
 import sys
 
+from components.data import storage
 from components.data.cache import ensure_prepared, spec_from_data_config
 from components.data.longtail import SplitSpec
 from components.data.own_data import describe, image_fit_of, is_own_data, plan_own_data
@@ -297,7 +298,7 @@ def ensure_data(cfg: PipelineConfig) -> str:
     """The prepared data folder; prepared now when missing."""
     if cfg.data.data_dir:
         Manifest.load(cfg.data.data_dir)  # raises a named error if it is not a prepared dataset
-        return cfg.data.data_dir if "://" in cfg.data.data_dir else os.path.abspath(cfg.data.data_dir)
+        return cfg.data.data_dir if storage.is_uri(cfg.data.data_dir) else os.path.abspath(cfg.data.data_dir)
     return os.path.abspath(ensure_prepared(cfg.data.source, split_spec(cfg), cfg.data.source_dir,
                                            image_settings=image_settings(cfg.data)))
 

@@ -83,7 +83,7 @@ def ensure_prepared(source: str, spec: SplitSpec, source_dir: str | None = None,
             local = os.path.join(tmp, os.path.basename(out.rstrip("/")) or "data")
             log(f"[prepare-data] preparing {out} (in {local} first)")
             prepare_from_source(source, spec, local, source_dir, shard_size, image_settings)
-            storage.copy_folder(local, out, log)
+            storage.copy_folder(local, out, MANIFEST, log)
         return out
     if not force and _is_prepared(out):
         log(f"[prepare-data] {out} is prepared; reusing it")

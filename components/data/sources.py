@@ -359,14 +359,25 @@ def read_tfrecords(root: str, image_settings=IMAGE_SETTINGS) -> RawData:
 
 
 # ------------------------------------------------------------------------- TFDS
+def _tfds_builder(name: str, data_dir: str | None):
+    import tensorflow_datasets as tfds
+
+    try:
+        return tfds.builder(name, data_dir=data_dir)
+    except Exception as e:  # unknown name, bad version
+        raise DataError(f"tfds:{name}", f"no such TFDS builder ({e})") from e
+
+
+def _tfds_not_prepared(where: str, name: str, builder) -> DataError:
+    return DataError(where, f"not prepared in {builder.data_dir}", hint=(
+        f"prepare it where there is network (tfds build {name}) and copy the data dir here"))
+
+
 def read_tfds(name: str, data_dir: str | None = None) -> RawData:
     """A TFDS dataset that is already prepared in ``data_dir`` (nothing is downloaded here)."""
     import tensorflow_datasets as tfds
 
-    try:
-        builder = tfds.builder(name, data_dir=data_dir)
-    except Exception as e:  # unknown name, bad version
-        raise DataError(f"tfds:{name}", f"no such TFDS builder ({e})") from e
+    builder = _tfds_builder(name, data_dir)
     label_key = "label"
     class_names = builder.info.features[label_key].names
 
@@ -374,8 +385,7 @@ def read_tfds(name: str, data_dir: str | None = None) -> RawData:
         try:
             ds = builder.as_dataset(split=split, shuffle_files=False)
         except AssertionError as e:  # TFDS asserts when the prepared files are absent
-            raise DataError(f"tfds:{name}/{split}", f"not prepared in {builder.data_dir}", hint=(
-                f"prepare it where there is network (tfds build {name}) and copy the data dir here")) from e
+            raise _tfds_not_prepared(f"tfds:{name}/{split}", name, builder) from e
         images, labels = [], []
         for ex in tfds.as_numpy(ds):
             images.append(ex["image"])
@@ -404,15 +414,9 @@ def require_source(source: str, source_dir: str | None = None) -> None:
         for name in FASHION_MNIST_FILES:
             _require_idx(os.path.join(source_dir or FASHION_MNIST_DIR, name))
     elif kind == "tfds":
-        import tensorflow_datasets as tfds
-
-        try:
-            builder = tfds.builder(arg, data_dir=source_dir)
-        except Exception as e:  # unknown name, bad version
-            raise DataError(f"tfds:{arg}", f"no such TFDS builder ({e})") from e
+        builder = _tfds_builder(arg, source_dir)
         if not os.path.exists(os.path.join(builder.data_dir, "dataset_info.json")):
-            raise DataError(f"tfds:{arg}", f"not prepared in {builder.data_dir}", hint=(
-                f"prepare it where there is network (tfds build {arg}) and copy the data dir here"))
+            raise _tfds_not_prepared(f"tfds:{arg}", arg, builder)
 
 
 def read_source(source: str, source_dir: str | None = None, image_settings=IMAGE_SETTINGS) -> RawData:

@@ -2,13 +2,12 @@
 ones: what a Kubeflow package's data needs, since its pods read it from cluster storage.
 
 Hand-written on tf.io.gfile because neither TFX's fileio nor GFile copies a folder tree, and the copy must write the
-manifest last: a folder holds a manifest.json only once every file it lists is there (as _staged does locally)."""
+manifest last: a folder holds a manifest.json only once every file it lists is there (as prepare's _staged does
+locally)."""
 
 from __future__ import annotations
 
 import os
-
-MANIFEST = "manifest.json"
 
 
 def is_uri(path: str) -> bool:
@@ -33,15 +32,15 @@ def read_text(path: str) -> str:
         return f.read()
 
 
-def copy_folder(src: str, dst: str, log=None) -> int:
-    """Copy the local prepared folder ``src`` to ``dst`` (a URI or a path), manifest.json last; the number of files.
-    A file already at ``dst`` is overwritten."""
+def copy_folder(src: str, dst: str, last: str, log=None) -> int:
+    """Copy the local folder ``src`` to ``dst`` (a URI or a path), the file ``last`` (its relative path: a prepared
+    folder's manifest.json) after every other; the number of files. A file already at ``dst`` is overwritten."""
     import tensorflow as tf
 
     files = []
     for root, _, names in os.walk(src):
         files += [os.path.relpath(os.path.join(root, n), src) for n in names]
-    files.sort(key=lambda rel: (rel == MANIFEST, rel))
+    files.sort(key=lambda rel: (rel == last, rel))
     for rel in files:
         target = os.path.join(dst, rel)
         tf.io.gfile.makedirs(os.path.dirname(target))
