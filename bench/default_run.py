@@ -44,7 +44,17 @@ def row_from(out: str, label: str, seed: int | None, minutes: float, settings: l
             "uncalibrated_worst_class_recall": raw.get("worst_class_recall"),
             "offsets": cal.get("offsets"), "blessed": m["blessed"], "pushed": m["pushed"],
             "base_train_s": t.get("base_train_seconds"), "train_s": t.get("train_seconds"), "other_s": t.get("other_seconds"),
+            "pipeline_s": t.get("pipeline_seconds"), "before_training_s": before_training(t.get("components")),
+            "components": t.get("components"), "beam": m.get("beam"),
             "trained_with": (m.get("plan") or {}).get("trained_with"), "out": os.path.relpath(out, ROOT)}
+
+
+def before_training(components: list[dict] | None) -> float | None:
+    """Seconds of the components that ran before the first Trainer (ingestion, statistics, validation), from MLMD."""
+    if not components:
+        return None
+    first = next((i for i, c in enumerate(components) if "Trainer" in c["component"]), len(components))
+    return round(sum(c["seconds"] for c in components[:first]), 1)
 
 
 def run(seed: int, label: str, settings: list[str]) -> dict:
@@ -87,7 +97,8 @@ def render(rows: list[dict], current: str) -> str:
                   f"{max(r['minutes'] for r in seeds):.1f}; balanced accuracy mean {statistics.mean(bal):.4f}{spread}."]
     lines += ["", "## What each change bought (mean over the label's seeds)", "",
               "| label | settings | seeds | minutes | balanced acc | worst class recall | without calibration: balanced / "
-              "worst | base / final training s | everything else s |", "|---" * 9 + "|"]
+              "worst | base / final training s | everything else s | before the first Trainer s | pipeline s |",
+              "|---" * 11 + "|"]
     labels = list(dict.fromkeys(r["label"] for r in rows))
     for label in labels:
         rs = [r for r in rows if r["label"] == label]
@@ -101,8 +112,14 @@ def render(rows: list[dict], current: str) -> str:
                      f"{statistics.mean(min(r['per_class_recall']) for r in rs):.3f} | "
                      + (f"{mean('uncalibrated_balanced_accuracy'):.4f} / {mean('uncalibrated_worst_class_recall'):.3f} | "
                         if any(r.get("uncalibrated_balanced_accuracy") is not None for r in rs) else "(not calibrated) | ")
-                     + f"{mean('base_train_s'):.0f} / {mean('train_s'):.0f} | {mean('other_s'):.0f} |")
+                     + f"{mean('base_train_s'):.0f} / {mean('train_s'):.0f} | {mean('other_s'):.0f} | "
+                     + f"{dash(mean('before_training_s'))} | {dash(mean('pipeline_s'))} |")
     return "\n".join(lines)
+
+
+def dash(value: float) -> str:
+    """A mean in seconds, '-' for rows recorded before the field existed."""
+    return "-" if value != value else f"{value:.0f}"
 
 
 def main() -> int:

@@ -45,22 +45,25 @@ def _labels_and_bucket(batch) -> dict:
     return {**parse_labels(batch), "bucket": calibration.holdout_bucket(images)}
 
 
-def predict_split(saved_model_dir: str, file_pattern: str, batch_size: int = 512, holdout: bool = False):
+def predict_split(saved_model_dir: str, file_pattern: str, batch_size: int = 512, holdout: bool = False,
+                  predict=None):
     """(labels, predicted class ids, logits) of the split's examples, through serving_tf_example; ``holdout``: only
-    those outside the calibration's fit half."""
-    parsed, out = SavedModelPredictor(saved_model_dir).predict_files(file_pattern, _labels_and_bucket, batch_size)
+    those outside the calibration's fit half. ``predict(saved_model_dir, file_pattern)``: the (parsed, outputs) of
+    every example (the Executor's, which loads each model once and scores each split once)."""
+    parsed, out = (predict(saved_model_dir, file_pattern) if predict else
+                   SavedModelPredictor(saved_model_dir).predict_files(file_pattern, _labels_and_bucket, batch_size))
     keep = parsed["bucket"] != calibration.FIT_BUCKET if holdout else np.ones(len(parsed["label"]), bool)
     return parsed["label"][keep], out["class_id"][keep], out["logits"][keep]
 
 
 def evaluate_model(model_artifact_uri: str, examples, split: str, stats: dict, holdout: bool = False,
-                   with_predictions: bool = False):
+                   with_predictions: bool = False, predict=None):
     """Per-class metrics of the model on the split (``holdout``: its gate half only), with their support and intervals
     (``uncertainty``, models/uncertainty.py). A model served with fitted logit offsets (calibration) also gets
     ``uncalibrated``: the same metrics of argmax(logits - offsets). ``with_predictions``: (metrics, labels, predicted)."""
     serving_dir = path_utils.serving_model_path(model_artifact_uri)
     pattern = os.path.join(artifact_utils.get_split_uri(examples, split), "*")
-    labels, preds, logits = predict_split(serving_dir, pattern, holdout=holdout)
+    labels, preds, logits = predict_split(serving_dir, pattern, holdout=holdout, predict=predict)
     result = per_class_metrics(labels, preds, stats["num_classes"], stats["shot_groups"])
     result["uncertainty"] = uncertainty.recall_intervals(labels, preds, stats["num_classes"])
     offsets = (serving_metadata(serving_dir) or {}).get("calibration_offsets")
@@ -90,8 +93,25 @@ class Executor(EvaluatorExecutor):
     task = "classification"
     gate_type = PerClassGate
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._predictors, self._predictions = {}, {}
+
+    def predictions(self, saved_model_dir: str, file_pattern: str, labeled: bool = True) -> tuple[dict, dict]:
+        """(parsed, outputs) of every example of the files, each model loaded once and each split scored once per
+        execution: the gate, the report split and the shift report read the same logits (``labeled``: parse the
+        labels and calibration buckets too)."""
+        key = (saved_model_dir, file_pattern, labeled)
+        if key not in self._predictions:
+            if saved_model_dir not in self._predictors:
+                self._predictors[saved_model_dir] = SavedModelPredictor(saved_model_dir)
+            self._predictions[key] = self._predictors[saved_model_dir].predict_files(
+                file_pattern, _labels_and_bucket if labeled else None)
+        return self._predictions[key]
+
     def score(self, model_uri, examples, split, stats, holdout):
-        metrics, labels, preds = evaluate_model(model_uri, examples, split, stats, holdout, with_predictions=True)
+        metrics, labels, preds = evaluate_model(model_uri, examples, split, stats, holdout, with_predictions=True,
+                                                predict=self.predictions)
         return metrics, (labels, preds)
 
     def refuse_baseline(self, baseline_uri, stats):
@@ -132,14 +152,15 @@ class Executor(EvaluatorExecutor):
         if not pool:
             reason = "no unlabeled pool"
         else:
-            predictor = SavedModelPredictor(path_utils.serving_model_path(model.uri))  # loaded once, for both splits
+            serving_dir = path_utils.serving_model_path(model.uri)
             # BCTS on every validation image (both calibration halves): a user's validation split may hold 5 images a
-            # class, and the fit half's offsets are only a bias BCTS refits (stream bench, bench/retrain_stream.py)
-            parsed, out = predictor.predict_files(
-                os.path.join(artifact_utils.get_split_uri(input_dict["examples"], eval_split), "*"), parse_labels)
+            # class, and the fit half's offsets are only a bias BCTS refits (stream bench, bench/retrain_stream.py).
+            # The gate's own scoring of the split, not a second pass.
+            parsed, out = self.predictions(
+                serving_dir, os.path.join(artifact_utils.get_split_uri(input_dict["examples"], eval_split), "*"))
             val_labels, val_logits = parsed["label"], out["logits"]
             pool_files = os.path.join(artifact_utils.get_split_uri(pool, "unlabeled"), "*")
-            pool_logits = predictor.predict_files(pool_files)[1]["logits"]
+            pool_logits = self.predictions(serving_dir, pool_files, labeled=False)[1]["logits"]
             try:
                 estimate = estimate_prior_em_bcts(val_logits, val_labels, pool_logits, len(names))
             except ValueError as e:  # a class without validation images, an empty pool: said, not raised

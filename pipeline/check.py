@@ -152,6 +152,9 @@ def check(cfg: PipelineConfig, task: tasks.Task, out_dir: str | None = None) -> 
 
     pipeline_name, model_name = task.names(cfg)
     pipeline_root, metadata_path, serving_dir = local_paths(cfg, pipeline_name, model_name)
+    cfg, beam_reason = tasks.resolve_beam(cfg, inputs)
+    if beam_reason:
+        lines.append(f"beam: {beam_reason}")
     pipeline = task.create_pipeline(cfg, inputs, pipeline_root, None, serving_dir, cfg.beam.args())
     components = [c.id for c in pipeline.components]
     lines.append(f"DAG ({len(components)} components, in the order they run; <- = what each waits for):")

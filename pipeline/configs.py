@@ -105,7 +105,9 @@ class BeamConfig:
 
     # Beam runner of every Beam job: FnApiRunner | PortableRunner | FlinkRunner | SparkRunner | DataflowRunner
     runner: str = "FnApiRunner"
-    direct_running_mode: str = "multi_processing"  # in_memory | multi_threading | multi_processing (FnApiRunner)
+    # auto | in_memory | multi_threading | multi_processing (FnApiRunner). auto: in_memory for a run's input of at most
+    # IN_MEMORY_MAX_EXAMPLES examples, multi_processing above (resolved_for; bench/results/beam_mode.md)
+    direct_running_mode: str = "auto"
     direct_num_workers: int = 2  # FnApiRunner's workers (processes or threads, per direct_running_mode)
     job_endpoint: str | None = None  # PortableRunner / FlinkRunner / SparkRunner: host:port of the job service
     environment_type: str | None = None  # DOCKER | PROCESS | EXTERNAL | LOOPBACK (portable runners)
@@ -121,10 +123,28 @@ class BeamConfig:
                              "use FnApiRunner (the same in-process execution, pinned)")
         shlex.split(self.extra_args)  # a quoting error names itself here, not in the middle of a run
 
+    def resolved_for(self, examples: int | None) -> tuple[BeamConfig, str | None]:
+        """(this section with ``direct_running_mode=auto`` settled for a run's input of ``examples`` examples (None:
+        unknown), the reason); the reason is None where nothing was settled. In-memory skips the worker processes'
+        start-up (each imports TF and TFX: about 45 s of a default run's 60 s before training, measured); two worker
+        processes win only at scale (bench/results/scale.md: 1 worker ties 2 at 40k images and trails at 160k)."""
+        if self.runner not in DIRECT_RUNNERS or self.direct_running_mode != "auto":
+            return self, None
+        if examples is not None and examples <= IN_MEMORY_MAX_EXAMPLES:
+            mode, why = "in_memory", f"{examples} input examples <= {IN_MEMORY_MAX_EXAMPLES}: no worker processes to start"
+        else:
+            mode = "multi_processing"
+            why = (f"{examples} input examples > {IN_MEMORY_MAX_EXAMPLES}: {self.direct_num_workers} worker processes"
+                   if examples is not None else "the input's size is unknown here: worker processes")
+        return dataclasses.replace(self, direct_running_mode=mode), f"beam.direct_running_mode=auto -> {mode} ({why})"
+
     def args(self) -> list[str]:
-        """The Beam pipeline arguments every component gets (pipeline-level beam_pipeline_args)."""
+        """The Beam pipeline arguments every component gets (pipeline-level beam_pipeline_args); ``auto`` must be
+        settled first (:meth:`resolved_for`)."""
         out = [f"--runner={self.runner}"]
         if self.runner in DIRECT_RUNNERS:
+            if self.direct_running_mode == "auto":
+                raise ValueError("beam.direct_running_mode=auto is settled by BeamConfig.resolved_for(examples) first")
             out += [f"--direct_running_mode={self.direct_running_mode}", f"--direct_num_workers={self.direct_num_workers}"]
             # Without a dependency flag every TFX Beam executor builds an sdist of tfx to stage (tfx.utils.
             # dependency_utils: about 5 s and 50 MB left in /tmp each, 6 times a default run). FnApiRunner runs in this
@@ -142,7 +162,8 @@ DIRECT_RUNNERS = ("FnApiRunner",)
 DEPENDENCY_FLAGS = ("--extra_package", "--extra_packages", "--setup_file", "--requirements_file",
                     "--worker_harness_container_image", "--sdk_container_image")
 IN_PROCESS_IMAGE = "none:in-process"  # never pulled: FnApiRunner's workers are this process or its subprocesses
-DIRECT_RUNNING_MODES = ("in_memory", "multi_threading", "multi_processing")
+DIRECT_RUNNING_MODES = ("auto", "in_memory", "multi_threading", "multi_processing")
+IN_MEMORY_MAX_EXAMPLES = 50_000  # auto's bound: the bundled default is 25k-30k; scale.md's crossover lies above 40k
 
 
 # Kubernetes quantities as kfp's PipelineTask.set_cpu_request / set_memory_request accept them

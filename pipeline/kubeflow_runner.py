@@ -133,6 +133,7 @@ def compile_pipeline(cfg: PipelineConfig, data_dir: str | None, pipeline_root: s
     elif data_dir is None and prepared_folder and not cfg.data.data_dir:
         data_dir, given = stage_default_data(cfg, pipeline_root)
     inputs = task.inputs(cfg, data_dir, given)
+    cfg, _ = tasks.resolve_beam(cfg, inputs)  # the compiled package's Beam arguments, settled from its data's size
     _, model_name = task.names(cfg)
     pipeline = task.create_pipeline(
         cfg, inputs, pipeline_root, metadata_path=None,

@@ -106,6 +106,9 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | None = None, wait: bool = T
     task = tasks.for_config(cfg)
     t_start = time.time()
     inputs = task.inputs(cfg)
+    cfg, beam_reason = tasks.resolve_beam(cfg, inputs)
+    if beam_reason:
+        print(f"[run] {beam_reason}", file=sys.stderr, flush=True)
     pipeline_name, model_name = task.names(cfg)
     pipeline_root, metadata_path, serving_dir, beam_args = local_setup(cfg, pipeline_name, model_name)
     with pipeline_lock(metadata_path, pipeline_name, wait):
@@ -115,8 +118,10 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | None = None, wait: bool = T
         LocalDagRunner().run(pipeline)
         results = run_results(metadata_path)
     timings = task.timings(results, time.time() - t0)
+    timings["components"] = results["components"]  # each node's seconds, from MLMD
     timings["total_seconds"] = time.time() - t_start
     metrics = task.build_metrics(cfg, inputs, results, timings)
+    metrics["beam"] = {"args": beam_args, "reason": beam_reason}
     out_dir = default_out_dir(cfg, pipeline_name, out_dir)
     task.write_report(metrics, out_dir)
     print(task.console_table(metrics), flush=True)

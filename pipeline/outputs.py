@@ -21,7 +21,9 @@ OUTPUT_EVENTS = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLA
 
 
 def latest_run_outputs(metadata_path: str) -> dict:
-    """{execution type name: {"state": ..., "outputs": {artifact type name: [artifact]}}} of the newest run."""
+    """The newest run: ``executions`` {execution type name: {"state": ..., "outputs": {artifact type name: [artifact]}}}
+    and ``components``, each node's id, final state and seconds (MLMD's create to last update), in the order they
+    started."""
     with metadata.Metadata(metadata.sqlite_metadata_connection_config(metadata_path)) as m:
         store = m.store
         runs = store.get_contexts_by_type("pipeline_run")
@@ -31,8 +33,14 @@ def latest_run_outputs(metadata_path: str) -> dict:
         executions = store.get_executions_by_context(run.id)
         types = {t.id: t.name for t in store.get_execution_types()}
         artifact_types = {t.id: t.name for t in store.get_artifact_types()}
-        result = {}
-        for execution in executions:
+        node_type = next((t.id for t in store.get_context_types() if t.name == "node"), None)
+        result, components = {}, []
+        for execution in sorted(executions, key=lambda e: (e.create_time_since_epoch, e.id)):
+            node = next((c.name.split(".", 1)[-1] for c in store.get_contexts_by_execution(execution.id)
+                         if c.type_id == node_type), types[execution.type_id])
+            components.append({"component": node, "state": metadata_store_pb2.Execution.State.Name(
+                execution.last_known_state), "seconds": round(
+                (execution.last_update_time_since_epoch - execution.create_time_since_epoch) / 1000, 1)})
             events = [e for e in store.get_events_by_execution_ids([execution.id]) if e.type in OUTPUT_EVENTS]
             artifacts = store.get_artifacts_by_id([e.artifact_id for e in events]) if events else []
             outputs: dict[str, list] = {}
@@ -40,7 +48,7 @@ def latest_run_outputs(metadata_path: str) -> dict:
                 outputs.setdefault(artifact_types[a.type_id], []).append(a)
             state = metadata_store_pb2.Execution.State.Name(execution.last_known_state)
             result[types[execution.type_id]] = {"state": state, "outputs": outputs}
-        return {"run_id": run.name, "executions": result}
+        return {"run_id": run.name, "executions": result, "components": components}
 
 
 TRAINER = "components.trainer.LongTailTrainer"
@@ -80,6 +88,7 @@ def run_results(metadata_path: str) -> dict:
     result = {
         "run_id": run["run_id"],
         "executions": {k: v["state"] for k, v in run["executions"].items()},
+        "components": run["components"],
         "evaluation": read_json_artifact(evaluation, EVALUATION_FILE) if evaluation else None,
         "label_stats": read_json_artifact(stats, LABEL_STATS_FILE) if stats else None,
         "training": read_json_artifact(model_run, "training_summary.json") if model_run else None,

@@ -7,7 +7,7 @@ import os
 from models.density import BIN_GROUPS
 from pipeline.report_envelope import run_envelope, write_metrics
 from pipeline.report_plots import pyplot, save
-from pipeline.report_render import console, distribute_text, fmt, pushed_text
+from pipeline.report_render import components_md, console, distribute_text, fmt, pushed_text
 
 
 def build_metrics(cfg_dict: dict, csv_dir: str, results: dict, timings: dict) -> dict:
@@ -126,7 +126,7 @@ def write_report(metrics: dict, out_dir: str) -> None:
     md += ["", "![training count vs test MAE per bin](per_bin.png)", "", "## Time", "",
            f"Pipeline wall time {t['pipeline_seconds']:.1f} s: training {fmt(t.get('train_seconds'), 1)} s, "
            f"everything else {fmt(t.get('other_seconds'), 1)} s; trainer: {distribute_text(metrics.get('training'))}.",
-           ""]
+           "", *components_md(t)]
     history = (metrics.get("training") or {}).get("history") or []
     if history:
         md += ["| epoch | loss | train MAE | seconds |", "|---|---|---|---|"]

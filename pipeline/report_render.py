@@ -429,9 +429,21 @@ def report_md(metrics: dict) -> str:
            f"Pipeline wall time {t['pipeline_seconds']:.1f} s: training {fmt(t.get('train_seconds'), 1)} s, "
            f"pre-training {fmt(t.get('pretrain_seconds'), 1)} s{' (cached)' if t.get('pretrain_cached') else ''}, "
            f"everything else {fmt(t.get('other_seconds'), 1)} s.", ""]
+    if (metrics.get("beam") or {}).get("reason"):
+        md += [f"Beam: {metrics['beam']['reason']}.", ""]
+    md += components_md(t)
     history = (metrics.get("training") or {}).get("history") or []
     if history:
         md += ["| epoch | loss | train accuracy | seconds |", "|---|---|---|---|"]
         md += [f"| {h['epoch']} | {fmt(h.get('loss'), 4)} | {fmt(h.get('accuracy'), 4)} | {h['seconds']:.1f} |"
                for h in history]
     return "\n".join(md) + "\n"
+
+
+def components_md(timings: dict) -> list[str]:
+    """The run's components with their seconds and final state (MLMD), in the order they started."""
+    rows = timings.get("components") or []
+    if not rows:
+        return []
+    return ["| component | state | seconds |", "|---|---|---|",
+            *[f"| {r['component']} | {r['state'].lower()} | {r['seconds']:.1f} |" for r in rows], ""]

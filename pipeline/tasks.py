@@ -37,6 +37,19 @@ class TaskInputs:
     location: str
     manifest: dict | None = None
 
+    def examples(self) -> int | None:
+        """How many examples the run ingests (every split of the manifest), None without a manifest."""
+        if not self.manifest:
+            return None
+        return sum(int(s.get("num_examples") or 0) for s in (self.manifest.get("splits") or {}).values())
+
+
+def resolve_beam(cfg: PipelineConfig, inputs: TaskInputs) -> tuple[PipelineConfig, str | None]:
+    """The config with beam.direct_running_mode=auto settled for the run's input (configs.BeamConfig.resolved_for),
+    and the reason (None: nothing settled)."""
+    beam, reason = cfg.beam.resolved_for(inputs.examples())
+    return dataclasses.replace(cfg, beam=beam), reason
+
 
 class Task(abc.ABC):
     name: str

@@ -127,7 +127,8 @@ def test_beam_runner_is_pinned_and_its_args_come_from_the_config():
     # TFX's Beam executors take the in-process runner's dependencies as provided: no sdist of tfx built per component
     from tfx.utils import dependency_utils
     assert dependency_utils.make_beam_dependency_flags(cfg.beam.args()) == cfg.beam.args()
-    own = load_config("smoke", {"beam.extra_args": "--requirements_file=req.txt"}).beam.args()
+    own = load_config("smoke", {"beam.extra_args": "--requirements_file=req.txt",
+                                "beam.direct_running_mode": "multi_processing"}).beam.args()
     assert "--requirements_file=req.txt" in own and not any(a.startswith("--sdk_container_image") for a in own)
     portable = load_config("smoke", {"beam.runner": "PortableRunner", "beam.job_endpoint": "localhost:8099",
                                      "beam.environment_type": "EXTERNAL", "beam.environment_config": "localhost:50000",
@@ -138,6 +139,29 @@ def test_beam_runner_is_pinned_and_its_args_come_from_the_config():
         load_config("smoke", {"beam.runner": "DirectRunner"})
     with pytest.raises(ValueError, match="unknown beam.direct_running_mode"):
         load_config("smoke", {"beam.direct_running_mode": "threads"})
+
+
+def test_beam_auto_runs_in_memory_up_to_its_bound_and_says_why():
+    from pipeline.configs import IN_MEMORY_MAX_EXAMPLES
+
+    beam = load_config("default").beam
+    assert beam.direct_running_mode == "auto"
+    with pytest.raises(ValueError, match="settled by BeamConfig.resolved_for"):
+        beam.args()  # nothing below the resolution step sees auto
+    small, why = beam.resolved_for(30_000)
+    assert "--direct_running_mode=in_memory" in small.args() and "30000 input examples <= 50000" in why
+    big, why = beam.resolved_for(IN_MEMORY_MAX_EXAMPLES + 1)
+    assert "--direct_running_mode=multi_processing" in big.args() and "--direct_num_workers=2" in big.args()
+    assert "2 worker processes" in why
+    unknown, why = beam.resolved_for(None)  # no manifest (the regression CSV): the old default, said so
+    assert unknown.direct_running_mode == "multi_processing" and "unknown" in why
+    set_by_user = load_config("default", {"beam.direct_running_mode": "multi_threading"}).beam
+    assert set_by_user.resolved_for(10) == (set_by_user, None)  # a mode the user chose is kept, nothing to say
+    portable = load_config("default", {"beam.runner": "PortableRunner", "beam.job_endpoint": "localhost:8099"}).beam
+    assert portable.resolved_for(10)[1] is None and "--direct_running_mode=auto" not in " ".join(portable.args())
+    inputs = tasks.TaskInputs("x", {"splits": {"labeled": {"num_examples": 7}, "unlabeled": {"num_examples": 5}}})
+    cfg, why = tasks.resolve_beam(load_config("default"), inputs)
+    assert inputs.examples() == 12 and cfg.beam.direct_running_mode == "in_memory" and "12 input examples" in why
 
 
 def test_augmentation_auto_flips_only_a_mirror_symmetric_source(tmp_path):

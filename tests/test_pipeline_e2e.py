@@ -66,6 +66,12 @@ def test_run_writes_metrics_report_and_pushes(smoke):
     assert pool["validation_per_class"] == [20] * 10 and pool["interval_covers"] is True
     assert "## Shift" in report and "| class | reference share | newest labeled share | pool share (estimated)" in report
     assert shift["shifted"] == bool(shift["messages"]) == (pool["l1"] > shift["max_l1"])
+    # every component's seconds from MLMD, in the order they ran, and the Beam arguments it got (set: no auto reason)
+    components = [c["component"] for c in m["timings"]["components"]]
+    assert components[0] == "LabeledExampleGen" and components[-1] == "LongTailPusher" and "PerClassEvaluator" in components
+    assert all(c["state"] == "COMPLETE" and c["seconds"] >= 0 for c in m["timings"]["components"])
+    assert "| component | state | seconds |" in report and "| PerClassEvaluator | complete |" in report
+    assert "--direct_running_mode=in_memory" in m["beam"]["args"] and m["beam"]["reason"] is None
 
 
 def test_rerun_reuses_cached_outputs_and_compares_with_last_blessed(smoke):
