@@ -106,7 +106,7 @@ class BeamConfig:
     # Beam runner of every Beam job: FnApiRunner | PortableRunner | FlinkRunner | SparkRunner | DataflowRunner
     runner: str = "FnApiRunner"
     # auto | in_memory | multi_threading | multi_processing (FnApiRunner). auto: in_memory for a run's input of at most
-    # IN_MEMORY_MAX_EXAMPLES examples, multi_processing above (resolved_for; bench/results/beam_mode.md)
+    # IN_MEMORY_MAX_EXAMPLES examples, multi_processing above (resolved_for; measured in docs/beam.md)
     direct_running_mode: str = "auto"
     direct_num_workers: int = 2  # FnApiRunner's workers (processes or threads, per direct_running_mode)
     job_endpoint: str | None = None  # PortableRunner / FlinkRunner / SparkRunner: host:port of the job service
