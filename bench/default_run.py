@@ -53,7 +53,8 @@ def before_training(components: list[dict] | None) -> float | None:
     """Seconds of the components that ran before the first Trainer (ingestion, statistics, validation), from MLMD."""
     if not components:
         return None
-    first = next((i for i, c in enumerate(components) if "Trainer" in c["component"]), len(components))
+    # any Trainer: BaseTrainer, LongTailTrainer, and SSPPretrainer (lower-case "trainer")
+    first = next((i for i, c in enumerate(components) if "trainer" in c["component"].lower()), len(components))
     return round(sum(c["seconds"] for c in components[:first]), 1)
 
 

@@ -36,17 +36,16 @@ def latest_run_outputs(metadata_path: str) -> dict:
         node_type = next((t.id for t in store.get_context_types() if t.name == "node"), None)
         result, components = {}, []
         for execution in sorted(executions, key=lambda e: (e.create_time_since_epoch, e.id)):
+            state = metadata_store_pb2.Execution.State.Name(execution.last_known_state)
             node = next((c.name.split(".", 1)[-1] for c in store.get_contexts_by_execution(execution.id)
                          if c.type_id == node_type), types[execution.type_id])
-            components.append({"component": node, "state": metadata_store_pb2.Execution.State.Name(
-                execution.last_known_state), "seconds": round(
+            components.append({"component": node, "state": state, "seconds": round(
                 (execution.last_update_time_since_epoch - execution.create_time_since_epoch) / 1000, 1)})
             events = [e for e in store.get_events_by_execution_ids([execution.id]) if e.type in OUTPUT_EVENTS]
             artifacts = store.get_artifacts_by_id([e.artifact_id for e in events]) if events else []
             outputs: dict[str, list] = {}
             for a in artifacts:
                 outputs.setdefault(artifact_types[a.type_id], []).append(a)
-            state = metadata_store_pb2.Execution.State.Name(execution.last_known_state)
             result[types[execution.type_id]] = {"state": state, "outputs": outputs}
         return {"run_id": run.name, "executions": result, "components": components}
 
