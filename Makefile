@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 # pytest-xdist workers for make test (0: one process, no xdist); each test file is one scheduling group (tests/conftest.py)
 TEST_WORKERS ?= 2
 
-.PHONY: run test lint env data container-smoke bench bench-methods bench-ssp bench-daso bench-semi bench-pool-mix bench-regression bench-serve bench-scale bench-distribute bench-distribute-trainers bench-default-run clean-env
+.PHONY: run test lint env data container-smoke bench-pool-mix bench-regression bench-serve bench-scale bench-distribute-trainers bench-default-run clean-env
 
 run:
 	$(ENV) python -m pipeline run --preset $(PRESET)
@@ -31,28 +31,6 @@ clean-env:
 container-smoke:
 	tools/container smoke
 
-bench:
-	$(ENV) python bench/pipeline_bench.py --preset default --losses ce,logit_adjusted
-
-# the methods table of issue #4 (12 epochs a method; about 20 min at rho=100 and 30 at rho=10 on 2 cores)
-bench-methods:
-	$(ENV) python bench/methods_bench.py --rho 100
-	$(ENV) python bench/methods_bench.py --rho 10
-
-# issue #6: CE / rotation+CE / MoCo+CE / logit-adjusted / best SSP+logit-adjusted at rho=100 (8 rotation + 20 MoCo pre-training epochs, 12 supervised; 32 min on 2 shared cores)
-bench-ssp:
-	$(ENV) python bench/ssp_bench.py --rho 100
-
-# issue #8: supervised / FixMatch / FixMatch+DASO (each also logit-adjusted), pools rho_u=100 and rho_u=1, 15 passes
-# over the labeled set (450 steps) a method, to fit 2 cores (FixMatch/DASO 0.7 s a step with 128 labeled + 256 unlabeled)
-bench-daso:
-	$(ENV) python bench/daso_bench.py --rho 100 --rho-u 100,1 --epochs 15
-
-# issue #7: supervised vs pseudo-label (CE @0 and @0.9, LA) on four pools (rho_U 1/100 x relevance 1/0.5), seeds 0 and 1,
-# compute-matched (900 steps a model); the pool estimates and the planner's choice per cell
-bench-semi:
-	$(ENV) python bench/semi_bench.py --seeds 0,1
-
 # issue #44: supervised vs pseudo-labels with and without the EM-BCTS prior on consistent, uniform and reversed pools at
 # relevance 1 and 0.5, seeds 0-2, compute-matched (about 900 steps a model; about 25 min a seed on 2 cores)
 bench-pool-mix:
@@ -73,16 +51,11 @@ BENCH_SCALE_BASE ?= 10000
 bench-scale:
 	$(ENV) python bench/scale_bench.py --base $(BENCH_SCALE_BASE)
 
-# issue #17: the Trainer on the default preset's data in one process and on two local workers (global and
-# per-replica batch): images/s, wall time, test balanced accuracy (bench/results/distribute.md)
-bench-distribute:
-	$(ENV) python bench/distribute_bench.py --table batch --epochs 4 --seeds 0,1
-
 # issue #31: every Trainer (supervised, the pseudo-label final Trainer, FixMatch, DASO, rotation, MoCo, regression
 # with FDS) in one process and on two local workers, 2 seeds, 3 short epochs (bench/results/distribute_trainers.md;
 # at most about 23 min on 2 cores, estimated from one-seed runs of 2 epochs x 5 steps beside a CI run)
 bench-distribute-trainers:
-	$(ENV) python bench/distribute_bench.py --table trainers --trainer-epochs 3 --max-steps 20 --seeds 0,1
+	$(ENV) python bench/distribute_bench.py --trainer-epochs 3 --max-steps 20 --seeds 0,1
 
 # issue #20: `make run` itself, three seeds, each timed in a fresh process and runs root (about 40 min on 2 cores)
 bench-default-run:

@@ -3,7 +3,6 @@ it reads and its scoring."""
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -42,18 +41,6 @@ def append_rows(path: str, rows: list[dict]) -> list[dict]:
     return read_rows(path)
 
 
-def pool_arguments(rho_u: str, pool_head: int, pool_head_help: str, epochs_help: str) -> argparse.ArgumentParser:
-    """The parser of the benchmarks that build a long-tailed labeled set and an unlabeled pool (bench/daso_bench.py,
-    bench/semi_bench.py): --rho, --n-max, --pool-head, --rho-u, --epochs; each adds its own."""
-    p = argparse.ArgumentParser()
-    p.add_argument("--rho", type=float, default=100.0, help="labeled imbalance ratio")
-    p.add_argument("--n-max", type=int, default=1500, help="labeled head class (the paper's N1)")
-    p.add_argument("--pool-head", type=int, default=pool_head, help=pool_head_help)
-    p.add_argument("--rho-u", default=rho_u, help="pool imbalance settings (comma list)")
-    p.add_argument("--epochs", type=int, default=30, help=epochs_help)
-    return p
-
-
 def prepared(data_dir: str) -> tuple[dict, dict, dict]:
     """(manifest, label statistics of the labeled split, {split: file paths}) of a prepared data folder: what the
     benchmarks that train outside the pipeline read."""
@@ -63,19 +50,6 @@ def prepared(data_dir: str) -> tuple[dict, dict, dict]:
     manifest = load_manifest(data_dir)
     stats = derive_label_stats(manifest["splits"]["labeled"]["per_class_counts"], manifest["class_names"])
     return manifest, stats, {split: [os.path.join(data_dir, f) for f in s["files"]] for split, s in manifest["splits"].items()}
-
-
-def run_fn_args(root: str, train_files, eval_files, custom_config: dict, base_model=None):
-    """What TFX's GenericExecutor hands a run_fn, for the attributes our run_fns read (a types.SimpleNamespace, its
-    model folders under ``root``)."""
-    import types
-
-    fn_args = types.SimpleNamespace(train_files=list(train_files), eval_files=list(eval_files or []),
-                                    serving_model_dir=os.path.join(root, "model", "Format-Serving"),
-                                    model_run_dir=os.path.join(root, "model_run"), base_model=base_model,
-                                    custom_config=custom_config)
-    os.makedirs(fn_args.model_run_dir)
-    return fn_args
 
 
 def evaluate(model, test_files, image_shape, stats, logits_fn=None) -> dict:
@@ -96,20 +70,23 @@ def evaluate(model, test_files, image_shape, stats, logits_fn=None) -> dict:
                              stats["shot_groups"])
 
 
-def run_folder(folder: str, work: str, sets: list[str], root: str) -> tuple[dict, float]:
-    """``python -m pipeline run --set data.source=folder:FOLDER`` in a fresh process (its own runs_root and
-    serving_root under ``work``, plus ``sets``), run from ``root``: (its metrics.json, minutes). Raises with the
-    tail of stderr when the run fails."""
+def run_folder(folder: str, work: str, sets: list[str], expect=(0,)) -> tuple[dict, float, int]:
+    """``python -m pipeline run --set data.source=folder:FOLDER`` in a fresh process, as a user runs it, with its own
+    runs_root and serving_root under ``work``, plus ``sets``: (its metrics.json with ``_out``, its output folder; wall
+    minutes; exit status). Raises with the tail of stderr when the exit status is not in ``expect``."""
     import subprocess
     import time
 
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     args = [sys.executable, "-m", "pipeline", "run", "--set", f"data.source=folder:{folder}",
             "--set", f"runs_root={work}/runs", "--set", f"serving_root={work}/serving"]
     for s in sets:
         args += ["--set", s]
     t0 = time.time()
     proc = subprocess.run(args, cwd=root, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=root))
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    with open(os.path.join(proc.stdout.strip().splitlines()[-1], "metrics.json")) as f:
-        return json.load(f), (time.time() - t0) / 60
+    minutes = (time.time() - t0) / 60
+    if proc.returncode not in expect:
+        raise RuntimeError(f"{' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    out = proc.stdout.strip().splitlines()[-1]
+    with open(os.path.join(out, "metrics.json")) as f:
+        return dict(json.load(f), _out=out), minutes, proc.returncode

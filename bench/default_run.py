@@ -8,7 +8,6 @@ seeds of the current default, and one ablation row per label (the mean over its 
 
   tools/env exec python bench/default_run.py --seeds 0,1,2                       # the default preset as it is
   tools/env exec python bench/default_run.py --seeds 0 --label "no calibration" --set calibration.method=none
-  tools/env exec python bench/default_run.py --record runs/x/longtail-fmnist-... --minutes 21.6 --label before
 """
 
 from __future__ import annotations
@@ -128,30 +127,22 @@ def main() -> int:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--label", default="default")
     p.add_argument("--set", dest="overrides", action="append", default=[])
-    p.add_argument("--record", help="a finished run's output folder to add as a row (with --minutes)")
-    p.add_argument("--minutes", type=float)
     p.add_argument("--render", action="store_true", help="only write the table from the rows already recorded")
     a = p.parse_args()
-    if a.render:
-        new = []
-    elif a.record:
-        new = [row_from(os.path.abspath(a.record), a.label, None, a.minutes, a.overrides)]
-    else:
-        new = []
-        for seed in [int(s) for s in a.seeds.split(",")]:
-            new.append(run(seed, a.label, a.overrides))
-            append_rows(JSONL, new[-1:])
-            print(json.dumps({k: new[-1][k] for k in ("label", "seed", "minutes", "balanced_accuracy", "worst_class",
-                                                       "worst_class_recall")}), flush=True)
-    rows = append_rows(JSONL, new if a.record else [])
+    for seed in [] if a.render else [int(s) for s in a.seeds.split(",")]:
+        row = run(seed, a.label, a.overrides)
+        append_rows(JSONL, [row])
+        print(json.dumps({k: row[k] for k in ("label", "seed", "minutes", "balanced_accuracy", "worst_class",
+                                               "worst_class_recall")}), flush=True)
+    rows = append_rows(JSONL, [])
     write_result(os.path.join(ROOT, "bench", "results", "default_run.md"), "make run against issue #20's goal",
                  "Fashion-MNIST-LT rho=100 (12,406 labeled, 7,000 unlabeled, 3,000 validation, 10,000 test images); "
                  "each run `python -m pipeline run --preset default --set train.seed=S` in a fresh process and runs "
                  "root, timed start to exit, nothing else running. Rows from bench/results/default_run.jsonl, recorded by "
-                 "`--seeds 0,1,2` (the default preset), `--seeds 0 --label L --set K=V` (an ablation row) and `--record` "
-                 "(the `make run` of commit 2bbb3bc, before this issue's changes: Keras's BatchNormalization, a tfx sdist "
-                 "built per Beam component, a 30-epoch base model, no calibration). \"without calibration\" is the "
-                 "same run's model scored on test without its fitted offsets (metrics.json calibration."
+                 "`--seeds 0,1,2` (the default preset), `--seeds 0 --label L --set K=V` (an ablation row); the row "
+                 "\"before (2bbb3bc)\" is that commit's `make run` (Keras's BatchNormalization, a tfx sdist built per "
+                 "Beam component, a 30-epoch base model, no calibration), recorded from its output folder. \"without "
+                 "calibration\" is the same run's model scored on test without its fitted offsets (metrics.json calibration."
                  "test_uncalibrated), so the calibration's own effect needs no extra run.",
                  render(rows, "default"))
     return 0

@@ -1,14 +1,7 @@
-"""What a second local worker buys or costs (#17): the Trainer's run_fn on the default preset's labeled data
-(Fashion-MNIST-LT rho=100), one process against two workers on localhost (MultiWorkerMirroredStrategy, ring
-all-reduce), each configuration trained, exported and scored on the balanced test split.
+"""What a second local worker buys or costs, per Trainer (#31; the supervised-only batch table of #17,
+bench/results/distribute.md, was a one-off study: its script is in git history, 5ab0770:bench/distribute_bench.py).
 
-Rows: ``none`` (one process, Keras' model.fit: what every run uses today); ``mirrored`` (one process, one CPU
-replica, the custom data-parallel loop: its cost without a peer); ``2 workers, global batch`` (the 128 split
-64 + 64, the single process's optimisation); ``2 workers, per-replica batch`` (128 each, global 256, learning
-rate x2: the usual way to scale out). Throughput counts every image of epochs 2.. (epoch 1 also decodes and
-caches the PNGs and builds the graphs); "wall" is the whole run_fn, worker start-up and export included.
-
-The per-trainer table (#31, ``--table trainers``): every Trainer in one process (``train.distribute=none``) and on
+Every Trainer in one process (``train.distribute=none``) and on
 two local workers (``train.local_workers=2``, the same global batch), per seed. Each Trainer's custom_config is the
 pipeline's own (``pipeline.pipeline.training_job``, ``pseudo_label_base_job``, ``pretrain_job``, ``regression_job``
 from ``load_config``), with the input paths the executor would add (``TrainerJob.with_inputs``, as
@@ -35,11 +28,9 @@ trainers' max_steps_per_epoch); regression trains whole epochs. s/epoch and exam
 whole run_fn (worker start-up and export included). Progress lines go to stderr.
 
 Usage (inside the environment):
-  tools/env exec python bench/distribute_bench.py --table batch [--epochs 4] [--seeds 0]
-  tools/env exec python bench/distribute_bench.py --table trainers [--trainer-epochs 3] [--max-steps 20]
+  tools/env exec python bench/distribute_bench.py [--trainer-epochs 3] [--max-steps 20]
       [--seeds 0,1] [--trainers supervised,pseudo_label,fixmatch,daso,rotation,moco,regression]
-Writes bench/results/distribute.md (``batch``) and bench/results/distribute_trainers.md (``trainers``), each with a
-.jsonl beside it, and prints the tables; ``--table all`` (the default) runs both.
+Writes bench/results/distribute_trainers.md and a .jsonl beside it.
 """
 
 from __future__ import annotations
@@ -58,93 +49,22 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from bench.common import evaluate, prepared, run_fn_args, write_result  # noqa: E402
-from components.data.prepare import load_manifest  # noqa: E402
-from models.label_stats import derive_label_stats  # noqa: E402
+from bench.common import evaluate, prepared, write_result  # noqa: E402
 from pipeline import pipeline as jobs  # noqa: E402
 from pipeline.configs import load_config  # noqa: E402
 from pipeline.tasks import ensure_data  # noqa: E402
 
-CONFIGS = [
-    ("none (model.fit, one process)", {"distribute": "none"}),
-    ("mirrored (custom loop, one process)", {"distribute": "mirrored"}),
-    ("2 workers, global batch 128 (64 + 64)", {"local_workers": 2}),
-    ("2 workers, per-replica batch 128 (global 256, lr x2)", {"local_workers": 2, "batch_scaling": "per_replica",
-                                                              "lr_scaling": "linear"}),
-    # the global-256 run takes half the optimizer steps an epoch; twice the epochs gives it the others' step count
-    ("2 workers, per-replica batch 128 (global 256, lr x2), twice the epochs",
-     {"local_workers": 2, "batch_scaling": "per_replica", "lr_scaling": "linear", "epochs_factor": 2}),
-]
 
+def run_fn_args(root: str, train_files, eval_files, custom_config: dict, base_model=None):
+    """What TFX's GenericExecutor hands a run_fn, for the attributes our run_fns read (a types.SimpleNamespace, its
+    model folders under ``root``)."""
+    fn_args = types.SimpleNamespace(train_files=list(train_files), eval_files=list(eval_files or []),
+                                    serving_model_dir=os.path.join(root, "model", "Format-Serving"),
+                                    model_run_dir=os.path.join(root, "model_run"), base_model=base_model,
+                                    custom_config=custom_config)
+    os.makedirs(fn_args.model_run_dir)
+    return fn_args
 
-def run(data: str, manifest: dict, stats: dict, settings: dict, epochs: int, seed: int) -> dict:
-    import keras
-
-    from models import trainer
-
-    files = [os.path.join(data, f) for f in manifest["splits"]["labeled"]["files"]]
-    with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
-        stats_path = os.path.join(tmp, "label_stats.json")
-        with open(stats_path, "w") as f:
-            json.dump(stats, f)
-        settings = dict(settings)
-        epochs *= settings.pop("epochs_factor", 1)
-        train = {"epochs": epochs, "seed": seed, "augment": "crop,flip", **settings}  # the default preset's augment
-        fn_args = types.SimpleNamespace(
-            train_files=files, eval_files=None, serving_model_dir=os.path.join(tmp, "serving"),
-            model_run_dir=os.path.join(tmp, "run"), base_model=None,
-            custom_config={"train": train, "semi": {}, "pretrain": {}, "label_stats_path": stats_path,
-                           "image_shape": manifest["image_shape"]})
-        os.makedirs(fn_args.model_run_dir)
-        t0 = time.time()
-        trainer.run_fn(fn_args)
-        wall = time.time() - t0
-        with open(os.path.join(fn_args.model_run_dir, "training_summary.json")) as f:
-            summary = json.load(f)
-        model = keras.models.load_model(os.path.join(fn_args.model_run_dir, "model.keras"), compile=False)
-        test = [os.path.join(data, f) for f in manifest["splits"]["test"]["files"]]
-        scores = evaluate(model, test, manifest["image_shape"], stats)
-    steady = [h["seconds"] for h in summary["history"][1:]]
-    n = stats["num_examples"]
-    return {"epochs": epochs, "wall_s": wall, "epoch1_s": summary["history"][0]["seconds"],
-            "steady_s_per_epoch": float(np.mean(steady)),
-            "images_per_s": n * len(steady) / sum(steady), "final_loss": summary["history"][-1]["loss"],
-            "balanced_accuracy": scores["balanced_accuracy"], "distribute": summary["distribute"]}
-
-
-def batch_table(a) -> None:
-    """The supervised Trainer's table (#17): one process, the custom loop, two workers at the global and the
-    per-replica batch (bench/results/distribute.md)."""
-    data = ensure_data(load_config("default"))
-    manifest = load_manifest(data)
-    stats = derive_label_stats(manifest["splits"]["labeled"]["per_class_counts"], manifest["class_names"])
-    rows = ["| configuration | seed | epochs | replicas | global batch | s/epoch (epochs 2..) | images/s | vs one process | "
-            "epoch 1 s | wall s | final loss | test balanced acc. |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    results = []
-    for seed in [int(s) for s in a.seeds.split(",")]:
-        base = None
-        for name, settings in CONFIGS:
-            print(f"[bench] {name}, seed {seed}", file=sys.stderr, flush=True)
-            r = run(data, manifest, stats, settings, a.epochs, seed)
-            results.append({"configuration": name, "seed": seed, **r})
-            base = base or r["images_per_s"]
-            d = r["distribute"]
-            rows.append(f"| {name} | {seed} | {r['epochs']} | {d['replicas']} | {d.get('global_batch_size', 128)} | "
-                        f"{r['steady_s_per_epoch']:.2f} | {r['images_per_s']:.0f} | {r['images_per_s'] / base:.2f}x | "
-                        f"{r['epoch1_s']:.1f} | {r['wall_s']:.1f} | {r['final_loss']:.4f} | "
-                        f"{r['balanced_accuracy']:.4f} |")
-    description = (f"Trainer run_fn (models/trainer.py) on the default preset's labeled split ({stats['num_examples']} "
-                   f"images, Fashion-MNIST-LT rho=100), resnet8, CE, SGD cosine 0.05, augment crop,flip, "
-                   f"{a.epochs} epochs; workers are processes on this machine's 2 cores. images/s = images of epochs "
-                   "2.. / their seconds; wall = the whole run_fn (worker start-up, the first epoch's decode, export). "
-                   "Test balanced accuracy on the balanced test split (10k images) after this short schedule.")
-    write_result("bench/results/distribute.md", "One process against two local workers", description, "\n".join(rows))
-    with open("bench/results/distribute.jsonl", "w") as f:
-        for r in results:
-            f.write(json.dumps(r) + "\n")
-
-
-# --------------------------------------------------------------------------- one row per Trainer (#31)
 
 # (row label, the settings that make it): one process, and two local workers at the same global batch
 WORKER_SETTINGS = (("1 process", {"train.distribute": "none"}), ("2 workers", {"train.local_workers": 2}))
@@ -327,7 +247,6 @@ def taxi_split(scratch: str, seed: int = 0) -> dict:
     """The tfx package's taxi CSV as GZIP tf.Examples (CsvExampleGen's encoding: a column's type from
     models.regression.COLUMN_TYPES, an empty cell an empty feature), split 8:1:1 by a fixed permutation: {split:
     [file]}."""
-    import numpy as np
     import tensorflow as tf
 
     from models.regression import COLUMN_TYPES
@@ -362,7 +281,6 @@ def taxi_split(scratch: str, seed: int = 0) -> dict:
 def regression_stats(cfg, train_files) -> dict:
     """RegressionLabelStatsGen's statistics of the training rows (components/regression_label_stats_gen.py derives
     them in Beam from the same histogram): the LDS weights, bins and groups the Trainer reads."""
-    import numpy as np
 
     from models.density import derive_regression_stats
     from models.regression import read_split, valid_rows
@@ -471,10 +389,6 @@ def trainers_table(a) -> None:
 
 def main() -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("--table", choices=("batch", "trainers", "all"), default="all",
-                   help="batch: the supervised Trainer's configurations (distribute.md); trainers: a row per Trainer "
-                        "(distribute_trainers.md); all: both")
-    p.add_argument("--epochs", type=int, default=4, help="the batch table's epochs")
     p.add_argument("--seeds", default="0,1", help="comma list; the throughput rows are per seed")
     p.add_argument("--trainers", default=",".join(TRAINERS), help="comma list of the trainers table's rows")
     p.add_argument("--trainer-epochs", type=int, default=3, help="the trainers table's epochs")
@@ -482,10 +396,7 @@ def main() -> int:
                    "(train.max_steps_per_epoch, pretrain.max_steps_per_epoch; not regression)")
     p.add_argument("--eval-pool-size", type=int, default=1000, help="semi.fixmatch.eval_pool_size of FixMatch / DASO")
     a = p.parse_args()
-    if a.table in ("batch", "all"):
-        batch_table(a)
-    if a.table in ("trainers", "all"):
-        trainers_table(a)
+    trainers_table(a)
     return 0
 
 

@@ -6,11 +6,8 @@ tens of percent within minutes (other tenants), so only a ratio measured turn by
   tools/env exec python bench/lever_ab.py --variant "default:" --variant "xla:train.jit_compile=true" \\
       --variant "bf16:train.mixed_precision=mixed_bfloat16" [--rounds 4] [--chunk 2] [--label L]
 
-A variant is NAME:KEY=VALUE,KEY=VALUE (pipeline run's keys; the first variant is the baseline). Rows with
-bench.callbacks=keras compared Keras's own TensorBoard / ModelCheckpoint / BackupAndRestore (the Trainer's, then and
-now) with epoch-only subclasses of them (no batch hooks, so fit need not wait on each batch's logs): no gain, not
-kept. Prints a JSON line a variant and appends them to bench/results/lever_ab.jsonl; bench/results/lever_ab.md
-renders every recorded row.
+A variant is NAME:KEY=VALUE,KEY=VALUE (pipeline run's keys; the first variant is the baseline). Prints a JSON line
+a variant and appends them to bench/results/lever_ab.jsonl; bench/results/lever_ab.md renders every recorded row.
 Speed only: a lever that changes the numerics (bf16, XLA's fusion) is judged on accuracy by bench/default_run.py.
 """
 

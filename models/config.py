@@ -318,7 +318,7 @@ class PseudoLabelConfig:
 @dataclasses.dataclass(frozen=True)
 class PlannerConfig:
     """When a pool is worth pseudo-labelling (models/planner.py; ``semi.planner.*``); the defaults are
-    checked by ``make bench-semi``."""
+    checked by bench/semi_bench.py (retired; bench/results/semi_rho100.md)."""
 
     # The paper's gain shrinks as the pool's relevance falls and turns into a loss well before 50%;
     # 0.6 keeps a margin above that.

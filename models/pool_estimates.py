@@ -277,7 +277,7 @@ class LogitGaussian:
         s(z) = -min_k (z - mu_k)^T Sigma^+ (z - mu_k)      (higher = more in-domain)
 
     Unlike energy and max-softmax it uses the whole logit vector, so an out-of-domain image the model
-    confidently sends to a class still lies far from that class's mean (bench/pool_estimates_bench.py:
+    confidently sends to a class still lies far from that class's mean (bench/results/pool_estimates.md:
     energy could not tell MNIST digits from sandals for one base model, this score could). Sigma^+ is the
     pseudo-inverse: logits are often rank-deficient (a softmax head fixes them up to a constant).
 

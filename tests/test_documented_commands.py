@@ -213,3 +213,21 @@ def test_every_results_table_a_page_names_exists():
         if not any((where / name).exists() for where in (ROOT / "bench" / "results", ROOT / "docs", ROOT)):
             missing.append(f"benchmarks.md: {name}")
     assert not missing, missing
+
+
+def test_every_benchmark_script_is_documented_with_its_command_and_every_named_one_is_there_or_retired():
+    """issue #47 item 5: bench/ holds the benchmarks a user reruns, each named in docs/benchmarks.md's "Each benchmark"
+    with its command; a script a page, the Makefile or a module names is in bench/ or in the "Retired scripts" table."""
+    benchmarks = (ROOT / "docs" / "benchmarks.md").read_text()
+    each = benchmarks.split("## Each benchmark", 1)[1].split("## Retired scripts", 1)[0]
+    rows = [line.split("|")[1] for line in benchmarks.split("## Retired scripts", 1)[1].splitlines() if line.startswith("| `")]
+    retired = {s for cell in rows for s in re.findall(r"bench/([a-z_]+\.py)`", cell)}  # a whole script, not an option
+    libraries = {"common.py"}  # imported by the others, not run
+    scripts = {p.name for p in (ROOT / "bench").iterdir() if p.suffix in (".py", ".sh")} - libraries
+    undocumented = sorted(s for s in scripts if not re.search(rf"(tools/env exec python |E=\S+ ROUNDS=\S+ |`)bench/{s}", each))
+    assert not undocumented, f"bench/ scripts without a command in docs/benchmarks.md's 'Each benchmark': {undocumented}"
+    texts = [*doc_files(), ROOT / "Makefile", *ROOT.glob("*/*.py")]
+    named = {(p.name, s) for p in texts for s in re.findall(r"bench/([a-z_]+\.(?:py|sh))", p.read_text())}
+    gone = sorted(f"{where}: bench/{s}" for where, s in named if s not in scripts | libraries | retired)
+    assert not gone, f"named but neither in bench/ nor retired: {gone}"
+    assert not retired & scripts, f"retired but still in bench/: {sorted(retired & scripts)}"

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench.photo_folder import make_photo_folder, photo_pixels
+from bench.own_folder import make_photo_folder, photo_pixels
 from components.data.sources import read_mnist_digits
 from tests.conftest import ROOT, load_metrics, run_cli
 from tests.model_server import Server, b64
