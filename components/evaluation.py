@@ -23,7 +23,7 @@ from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from tfx.utils import io_utils
 
-from components.artifacts import EVALUATION_FILE, LABEL_STATS_FILE, LabelStatistics
+from components.artifacts import EVALUATION_FILE, LABEL_STATS_FILE, LABEL_STATS_KEY, UNLABELED_EXAMPLES_KEY, LabelStatistics
 from components.gate import Gate, decide
 
 
@@ -38,9 +38,9 @@ class EvaluatorSpec(types.ComponentSpec):
         "examples": ChannelParameter(type=standard_artifacts.Examples),
         "model": ChannelParameter(type=standard_artifacts.Model),
         "baseline_model": ChannelParameter(type=standard_artifacts.Model, optional=True),
-        "label_stats": ChannelParameter(type=LabelStatistics),
+        LABEL_STATS_KEY: ChannelParameter(type=LabelStatistics),
         # the pool (its ``unlabeled`` split), for the classification shift report's pool estimate
-        "unlabeled_examples": ChannelParameter(type=standard_artifacts.Examples, optional=True),
+        UNLABELED_EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples, optional=True),
     }
     OUTPUTS = {
         "evaluation": ChannelParameter(type=standard_artifacts.ModelEvaluation),
@@ -104,7 +104,7 @@ class EvaluatorExecutor(base_executor.BaseExecutor):
         thresholds = self.gate_type.thresholds(**json.loads(exec_properties["thresholds"]))
         examples = input_dict["examples"]
         model = artifact_utils.get_single_instance(input_dict["model"])
-        with open(os.path.join(artifact_utils.get_single_uri(input_dict["label_stats"]), LABEL_STATS_FILE)) as f:
+        with open(os.path.join(artifact_utils.get_single_uri(input_dict[LABEL_STATS_KEY]), LABEL_STATS_FILE)) as f:
             stats = json.load(f)
         eval_split, report_split = exec_properties["eval_split"], exec_properties.get("report_split")
         holdout = bool(exec_properties.get("holdout"))

@@ -19,6 +19,7 @@ from tfx.dsl.components.base import executor_spec
 from tfx.types import artifact_utils
 from tfx.utils import path_utils
 
+from components.artifacts import UNLABELED_EXAMPLES_KEY
 from components.evaluation import EvaluatorExecutor, GateEvaluator
 from components.gate import PerClassGate
 from components.own_data_example_gen import REPORT_FILE as INGEST_REPORT_FILE
@@ -148,7 +149,7 @@ class Executor(EvaluatorExecutor):
         if per_span and per_span[-1].get("labeled_per_class"):
             newest, newest_source = per_span[-1]["labeled_per_class"], f"span-{per_span[-1]['span']}'s labeled images"
         estimate, reason = None, None
-        pool = input_dict.get("unlabeled_examples") or []
+        pool = input_dict.get(UNLABELED_EXAMPLES_KEY) or []
         if not pool:
             reason = "no unlabeled pool"
         else:

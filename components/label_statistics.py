@@ -19,7 +19,7 @@ from tfx import types
 from tfx.dsl.components.base import base_beam_component, base_beam_executor
 from tfx.types import artifact_utils
 
-from components.artifacts import LABEL_STATS_FILE, LabelStatistics
+from components.artifacts import LABEL_STATS_FILE, LABEL_STATS_KEY, LabelStatistics
 
 SAMPLES = 3  # example locators kept per problem, for the message
 
@@ -55,7 +55,7 @@ class LabelStatsExecutor(base_beam_executor.BaseBeamExecutor):
         raise NotImplementedError
 
     def Do(self, input_dict, output_dict, exec_properties):
-        uri = artifact_utils.get_single_uri(output_dict["label_stats"])
+        uri = artifact_utils.get_single_uri(output_dict[LABEL_STATS_KEY])
         out_dir = os.path.join(uri, "beam")
         with self._make_beam_pipeline() as p:
             for name, rows in self.tables(p, input_dict, exec_properties).items():

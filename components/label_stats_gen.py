@@ -23,7 +23,7 @@ from tfx.dsl.components.base import executor_spec
 from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
-from components.artifacts import LabelStatistics
+from components.artifacts import LABEL_STATS_KEY, UNLABELED_EXAMPLES_KEY, LabelStatistics
 from components.errors import PipelineDataError
 from components.label_statistics import CountAndSample, LabelStatsComponent, LabelStatsExecutor
 from models.label_stats import derive_label_stats
@@ -93,9 +93,9 @@ class LabelStatsGenSpec(types.ComponentSpec):
     }
     INPUTS = {
         "examples": ChannelParameter(type=standard_artifacts.Examples),
-        "unlabeled_examples": ChannelParameter(type=standard_artifacts.Examples, optional=True),
+        UNLABELED_EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples, optional=True),
     }
-    OUTPUTS = {"label_stats": ChannelParameter(type=LabelStatistics)}
+    OUTPUTS = {LABEL_STATS_KEY: ChannelParameter(type=LabelStatistics)}
 
 
 class Executor(LabelStatsExecutor):
@@ -104,15 +104,15 @@ class Executor(LabelStatsExecutor):
         pattern = os.path.join(artifact_utils.get_split_uri(input_dict["examples"], exec_properties["split"]), "*")
         splits = {"labeled": count_split(pipeline, pattern, int(exec_properties["num_classes"]), image_shape, True,
                                          "Labeled")}
-        if input_dict.get("unlabeled_examples"):
-            pattern = os.path.join(artifact_utils.get_split_uri(input_dict["unlabeled_examples"], "unlabeled"), "*")
+        if input_dict.get(UNLABELED_EXAMPLES_KEY):
+            pattern = os.path.join(artifact_utils.get_split_uri(input_dict[UNLABELED_EXAMPLES_KEY], "unlabeled"), "*")
             splits["unlabeled"] = count_split(pipeline, pattern, None, image_shape, False, "Unlabeled")
         return {f"{name}_{table}": rows for name, tables in splits.items() for table, rows in tables.items()}
 
     def derive(self, read, input_dict, exec_properties):
         num_classes, split = int(exec_properties["num_classes"]), exec_properties["split"]
         class_names = json.loads(exec_properties["class_names"])
-        unlabeled = bool(input_dict.get("unlabeled_examples"))
+        unlabeled = bool(input_dict.get(UNLABELED_EXAMPLES_KEY))
         for name in ("labeled", "unlabeled") if unlabeled else ("labeled",):
             for problem, (count, samples) in read(f"{name}_problems"):
                 split_name = f"{name} examples ({'Split-' + split if name == 'labeled' else 'Split-unlabeled'})"

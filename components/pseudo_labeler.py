@@ -57,7 +57,13 @@ from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from tfx.utils import io_utils, path_utils
 
-from components.artifacts import PSEUDO_LABEL_STATS_FILE, PseudoLabelStatistics
+from components.artifacts import (
+    PSEUDO_LABEL_STATS_FILE,
+    PSEUDO_LABELED_EXAMPLES_KEY,
+    PSEUDO_LABELER_STATISTICS_KEY,
+    UNLABELED_EXAMPLES_KEY,
+    PseudoLabelStatistics,
+)
 from components.errors import PipelineDataError
 from models.config import PSEUDO_LABEL_PRIORS
 from models.pool_estimates import (
@@ -189,12 +195,12 @@ class PseudoLabelerSpec(types.ComponentSpec):
     }
     INPUTS = {
         "model": ChannelParameter(type=standard_artifacts.Model),
-        "unlabeled_examples": ChannelParameter(type=standard_artifacts.Examples),
+        UNLABELED_EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples),
         "examples": ChannelParameter(type=standard_artifacts.Examples, optional=True),
     }
     OUTPUTS = {
-        "pseudo_labeled_examples": ChannelParameter(type=standard_artifacts.Examples),
-        "statistics": ChannelParameter(type=PseudoLabelStatistics),
+        PSEUDO_LABELED_EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples),
+        PSEUDO_LABELER_STATISTICS_KEY: ChannelParameter(type=PseudoLabelStatistics),
     }
 
 
@@ -209,8 +215,8 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         bins = int(exec_properties.get("histogram_bins") or 20)
         model = artifact_utils.get_single_instance(input_dict["model"])
         serving_dir = path_utils.serving_model_path(model.uri)
-        _split_files(input_dict["unlabeled_examples"], "unlabeled")  # fails early, naming the split, when it is empty
-        pool_pattern = os.path.join(artifact_utils.get_split_uri(input_dict["unlabeled_examples"], "unlabeled"), "*")
+        _split_files(input_dict[UNLABELED_EXAMPLES_KEY], "unlabeled")  # fails early, naming the split, when it is empty
+        pool_pattern = os.path.join(artifact_utils.get_split_uri(input_dict[UNLABELED_EXAMPLES_KEY], "unlabeled"), "*")
 
         # Validation (in-domain, labeled): the confusion matrix and the OOD thresholds.
         val_labels = val_preds = val_probs = val_logits = None
@@ -230,10 +236,10 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             calibrations = {name: ClassConditionalCalibration(val_labels, val_preds, s, num_classes)
                             for name, s in val_scores.items()}
 
-        out_examples = artifact_utils.get_single_instance(output_dict["pseudo_labeled_examples"])
+        out_examples = artifact_utils.get_single_instance(output_dict[PSEUDO_LABELED_EXAMPLES_KEY])
         out_examples.split_names = artifact_utils.encode_split_names([OUTPUT_SPLIT])
         split_dir = artifact_utils.get_split_uri([out_examples], OUTPUT_SPLIT)
-        stats_uri = artifact_utils.get_single_uri(output_dict["statistics"])
+        stats_uri = artifact_utils.get_single_uri(output_dict[PSEUDO_LABELER_STATISTICS_KEY])
         beam_dir = os.path.join(stats_uri, "beam")
 
         prior_setting = exec_properties.get("prior_adjustment") or "none"

@@ -30,7 +30,7 @@ from tfx.dsl.components.base import executor_spec
 from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
-from components.artifacts import LabelStatistics
+from components.artifacts import LABEL_STATS_KEY, LabelStatistics
 from components.errors import PipelineDataError
 from components.label_statistics import CountAndSample, LabelStatsComponent, LabelStatsExecutor
 from models.config import RegressionConfig, from_dict
@@ -93,7 +93,7 @@ class RegressionLabelStatsGenSpec(types.ComponentSpec):
         "splits": ExecutionParameter(type=str),  # JSON list; the first is the training split
     }
     INPUTS = {"examples": ChannelParameter(type=standard_artifacts.Examples)}
-    OUTPUTS = {"label_stats": ChannelParameter(type=LabelStatistics)}
+    OUTPUTS = {LABEL_STATS_KEY: ChannelParameter(type=LabelStatistics)}
 
 
 class Executor(LabelStatsExecutor):

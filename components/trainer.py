@@ -35,7 +35,18 @@ from tfx.types import artifact_utils, standard_artifacts, standard_component_spe
 from tfx.types.component_spec import ChannelParameter
 from tfx.utils import json_utils, path_utils
 
-from components.artifacts import LABEL_STATS_FILE, PSEUDO_LABEL_STATS_FILE, LabelStatistics, PseudoLabelStatistics
+from components.artifacts import (
+    INIT_MODEL_KEY,
+    LABEL_STATS_FILE,
+    LABEL_STATS_KEY,
+    PSEUDO_LABEL_STATS_FILE,
+    PSEUDO_LABEL_STATS_KEY,
+    PSEUDO_LABELED_EXAMPLES_KEY,
+    UNLABELED_EXAMPLES_KEY,
+    WARM_START_MODEL_KEY,
+    LabelStatistics,
+    PseudoLabelStatistics,
+)
 from components.pseudo_labeler import OUTPUT_SPLIT as PSEUDO_LABEL_SPLIT
 from models import job as trainer_job
 from models.job import TrainerJob
@@ -43,12 +54,12 @@ from models.job import TrainerJob
 
 class LongTailTrainerSpec(standard_component_specs.TrainerSpec):
     INPUTS = {**standard_component_specs.TrainerSpec.INPUTS,
-              "label_stats": ChannelParameter(type=LabelStatistics),
-              "unlabeled_examples": ChannelParameter(type=standard_artifacts.Examples, optional=True),
-              "pseudo_labeled_examples": ChannelParameter(type=standard_artifacts.Examples, optional=True),
-              "pseudo_label_stats": ChannelParameter(type=PseudoLabelStatistics, optional=True),
-              "init_model": ChannelParameter(type=standard_artifacts.Model, optional=True),
-              "warm_start_model": ChannelParameter(type=standard_artifacts.Model, optional=True)}
+              LABEL_STATS_KEY: ChannelParameter(type=LabelStatistics),
+              UNLABELED_EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples, optional=True),
+              PSEUDO_LABELED_EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples, optional=True),
+              PSEUDO_LABEL_STATS_KEY: ChannelParameter(type=PseudoLabelStatistics, optional=True),
+              INIT_MODEL_KEY: ChannelParameter(type=standard_artifacts.Model, optional=True),
+              WARM_START_MODEL_KEY: ChannelParameter(type=standard_artifacts.Model, optional=True)}
 
 
 class JobExecutor(trainer_executor.GenericExecutor):
@@ -81,22 +92,21 @@ class JobTrainer(trainer_component.Trainer):
 
 class Executor(JobExecutor):
     def input_paths(self, input_dict):
-        stats_uri = artifact_utils.get_single_uri(input_dict["label_stats"])
+        stats_uri = artifact_utils.get_single_uri(input_dict[LABEL_STATS_KEY])
         paths = {trainer_job.LABEL_STATS_PATH_KEY: os.path.join(stats_uri, LABEL_STATS_FILE)}
-        if input_dict.get("unlabeled_examples"):
-            pool_uri = artifact_utils.get_split_uri(input_dict["unlabeled_examples"], "unlabeled")
+        if input_dict.get(UNLABELED_EXAMPLES_KEY):
+            pool_uri = artifact_utils.get_split_uri(input_dict[UNLABELED_EXAMPLES_KEY], "unlabeled")
             paths[trainer_job.UNLABELED_FILES_KEY] = [os.path.join(pool_uri, "*")]
-        if input_dict.get("pseudo_labeled_examples"):
-            uri = artifact_utils.get_split_uri(input_dict["pseudo_labeled_examples"], PSEUDO_LABEL_SPLIT)
+        if input_dict.get(PSEUDO_LABELED_EXAMPLES_KEY):
+            uri = artifact_utils.get_split_uri(input_dict[PSEUDO_LABELED_EXAMPLES_KEY], PSEUDO_LABEL_SPLIT)
             paths[trainer_job.PSEUDO_LABELED_FILES_KEY] = [os.path.join(uri, "*")]
-        if input_dict.get("pseudo_label_stats"):
-            uri = artifact_utils.get_single_uri(input_dict["pseudo_label_stats"])
+        if input_dict.get(PSEUDO_LABEL_STATS_KEY):
+            uri = artifact_utils.get_single_uri(input_dict[PSEUDO_LABEL_STATS_KEY])
             paths[trainer_job.PSEUDO_LABEL_STATS_PATH_KEY] = os.path.join(uri, PSEUDO_LABEL_STATS_FILE)
-        for key, path_key in (("init_model", trainer_job.INIT_MODEL_KEY),
-                              ("warm_start_model", trainer_job.WARM_START_MODEL_KEY)):
+        for key in (INIT_MODEL_KEY, WARM_START_MODEL_KEY):  # the channel fills the job's path of the same key
             if input_dict.get(key):
                 model = input_dict[key][0]
-                paths[path_key] = path_utils.serving_model_path(model.uri, path_utils.is_old_model_artifact(model))
+                paths[key] = path_utils.serving_model_path(model.uri, path_utils.is_old_model_artifact(model))
         return paths
 
 
@@ -119,14 +129,14 @@ class PseudoLabelBaseTrainer(LongTailTrainer):
 
 class SSPPretrainerSpec(standard_component_specs.TrainerSpec):
     INPUTS = {**standard_component_specs.TrainerSpec.INPUTS,
-              "unlabeled_examples": ChannelParameter(type=standard_artifacts.Examples, optional=True)}
+              UNLABELED_EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples, optional=True)}
 
 
 class PretrainExecutor(JobExecutor):
     """Adds the unlabeled split's files (``unlabeled_files``, when wired) to the job run_fn reads."""
 
     def input_paths(self, input_dict):
-        unlabeled = input_dict.get("unlabeled_examples") or []
+        unlabeled = input_dict.get(UNLABELED_EXAMPLES_KEY) or []
         return {trainer_job.UNLABELED_FILES_KEY:
                 [os.path.join(artifact_utils.get_split_uri(unlabeled, "unlabeled"), "*")] if unlabeled else []}
 

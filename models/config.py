@@ -431,10 +431,6 @@ def from_dict(cls, d: dict | None, path: str = ""):
     return cls(**kwargs)
 
 
-def to_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)
-
-
 def parse_value(text: str, tp):
     """One ``--set`` string as the field's type (int, float, bool, str and their ``| None`` forms)."""
     tp, optional = _optional_inner(tp)

@@ -254,11 +254,6 @@ def imbalance_ratio(distribution, floor: float = DEFAULT_RHO_FLOOR) -> float:
     return float(q.max() / max(q.min(), floor))
 
 
-def max_softmax_score(probabilities) -> np.ndarray:
-    """Maximum softmax probability per example (Hendrycks & Gimpel 2017): higher = more in-domain."""
-    return np.asarray(probabilities, np.float64).max(axis=-1)
-
-
 def energy_score(logits, temperature: float = 1.0) -> np.ndarray:
     """Negative free energy -E(x) = T * logsumexp(z / T) (Liu et al. 2020): higher = more in-domain.
 
@@ -374,23 +369,6 @@ def estimate_relevance_best_bin(validation_scores, pool_scores, tprs=DEFAULT_TPR
         raise ValueError("pool: no score to measure (0 examples)")
     fractions = {tpr: float(np.mean(pool >= in_domain_threshold(validation_scores, tpr))) for tpr in tprs}
     return relevance_best_bin(fractions)
-
-
-def estimate_relevance(validation_scores, pool_scores, tpr: float = DEFAULT_TPR, fpr: float = 0.0) -> dict:
-    """Estimated in-domain fraction of the pool from an OOD score (higher = in-domain).
-
-    Calibrate t so that ``tpr`` of the validation images (all in-domain) score >= t; measure the
-    fraction of the pool scoring >= t; correct it for the TPR (and an assumed FPR), see
-    :func:`relevance_from_fraction`. Assumes in-domain pool images score like validation images,
-    i.e. the pool's in-domain classes are spread like the validation split's.
-    """
-    threshold = in_domain_threshold(validation_scores, tpr)
-    pool = np.asarray(pool_scores, np.float64)
-    if pool.size == 0:
-        raise ValueError("pool: no score to measure (0 examples)")
-    fraction = float(np.mean(pool >= threshold))
-    return {"threshold": threshold, "tpr": tpr, "fpr": fpr, "fraction_above": fraction,
-            "relevance": relevance_from_fraction(fraction, tpr, fpr)}
 
 
 class ClassConditionalCalibration:

@@ -66,10 +66,9 @@ import tensorflow as tf
 from keras import layers, ops
 
 from models import backbones, distribute, inputs, toolkit
-from models.config import SSP_METHODS, DistributeConfig, SSPConfig
+from models.config import DistributeConfig, SSPConfig
 from models.job import PRETRAIN, TrainerJob
 
-METHODS = SSP_METHODS
 SUMMARY_FILE = "ssp_summary.json"
 PRETEXT_WEIGHTS_FILE = "pretext.weights.npz"  # a worker's final pretext model, in its scratch folder
 

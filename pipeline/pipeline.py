@@ -33,6 +33,14 @@ from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import La
 from tfx.proto import example_gen_pb2, pusher_pb2
 
 from components.anomaly_check import AnomalyCheck
+from components.artifacts import (
+    INIT_MODEL_KEY,
+    LABEL_STATS_KEY,
+    PSEUDO_LABEL_STATS_KEY,
+    PSEUDO_LABELED_EXAMPLES_KEY,
+    PSEUDO_LABELER_STATISTICS_KEY,
+    WARM_START_MODEL_KEY,
+)
 from components.data.longtail import SplitSpec
 from components.data.own_data import OWN_DATA_INGESTION
 from components.errors import PipelineDataError
@@ -146,9 +154,9 @@ def pretrain_job(cfg: PipelineConfig, manifest: dict, pipeline_root: str) -> Tra
 def create_pipeline(cfg: PipelineConfig, data_dir: str, manifest: dict, pipeline_root: str, metadata_path: str | None,
                     serving_dir: str, beam_pipeline_args: list[str] | None = None,
                     own_data_spec: SplitSpec | None = None) -> tfx.dsl.Pipeline:
-    """The classification DAG. ``manifest``: a prepared folder's (ImportExampleGen reads ``data_dir``), or, with
-    ``ingestion`` = OwnDataExampleGen, the plan of a user's folder / TFRecords, which the pipeline ingests itself
-    from ``manifest["source"]`` with ``own_data_spec``'s split settings."""
+    """The classification DAG. ``manifest``: a prepared folder's (ImportExampleGen reads ``data_dir``), or, when its
+    ``ingestion`` key is OwnDataExampleGen's, the plan of a user's folder / TFRecords, which the pipeline ingests
+    itself from ``manifest["source"]`` with ``own_data_spec``'s split settings."""
     has_pool = manifest["splits"]["unlabeled"]["num_examples"] > 0
     own_data = manifest.get("ingestion") == OWN_DATA_INGESTION
     if own_data:  # a user's folder / TFRecords, ingested by the pipeline itself every run (one artifact, all splits)
@@ -208,12 +216,12 @@ def create_pipeline(cfg: PipelineConfig, data_dir: str, manifest: dict, pipeline
     base_model = pretrainer.outputs["model"] if pretrainer else None
     latest_blessed = _latest_blessed()
     # a retrain on data over time starts from the last blessed model (the gate's baseline): models/retrain.py
-    warm = {"warm_start_model": latest_blessed.outputs["model"]} if warm_starts_from_blessed(cfg, manifest) else {}
+    warm = {WARM_START_MODEL_KEY: latest_blessed.outputs["model"]} if warm_starts_from_blessed(cfg, manifest) else {}
     pseudo_inputs = {}
     if mode.pseudo_labels and unlabeled_examples is not None:
         from_base = cfg.semi.pseudo_label.init == "base"  # the final model starts from the base model's weights
         base_trainer = PseudoLabelBaseTrainer(
-            examples=labeled_gen.outputs["examples"], label_stats=stats_gen.outputs["label_stats"],
+            examples=labeled_gen.outputs["examples"], label_stats=stats_gen.outputs[LABEL_STATS_KEY],
             schema=labeled_schema.outputs["schema"], run_fn=RUN_FN, base_model=base_model,
             job=pseudo_label_base_job(cfg, manifest, pipeline_root, truth_dir), **warm).with_id("BaseTrainer")
         labeler = PseudoLabeler(
@@ -222,11 +230,11 @@ def create_pipeline(cfg: PipelineConfig, data_dir: str, manifest: dict, pipeline
             top_k_per_class=cfg.semi.pseudo_label.top_k, eval_split="eval", prior_adjustment=cfg.semi.pseudo_label.prior,
             prior_strength=cfg.semi.pseudo_label.prior_strength)
         components += [base_trainer, labeler]
-        pseudo_inputs = {"pseudo_labeled_examples": labeler.outputs["pseudo_labeled_examples"],
-                         "pseudo_label_stats": labeler.outputs["statistics"],
-                         **({"init_model": base_trainer.outputs["model"]} if from_base else {})}
+        pseudo_inputs = {PSEUDO_LABELED_EXAMPLES_KEY: labeler.outputs[PSEUDO_LABELED_EXAMPLES_KEY],
+                         PSEUDO_LABEL_STATS_KEY: labeler.outputs[PSEUDO_LABELER_STATISTICS_KEY],
+                         **({INIT_MODEL_KEY: base_trainer.outputs["model"]} if from_base else {})}
     trainer = LongTailTrainer(
-        examples=labeled_gen.outputs["examples"], label_stats=stats_gen.outputs["label_stats"],
+        examples=labeled_gen.outputs["examples"], label_stats=stats_gen.outputs[LABEL_STATS_KEY],
         schema=labeled_schema.outputs["schema"], run_fn=RUN_FN, base_model=base_model,
         job=training_job(cfg, manifest, pipeline_root, truth_dir),
         unlabeled_examples=unlabeled_examples if mode.online_pool else None, **pseudo_inputs, **warm)
@@ -253,7 +261,7 @@ def _gate_and_push(evaluator_class, examples, trainer, stats_gen, thresholds, se
     latest_blessed = latest_blessed or _latest_blessed()
     evaluator = evaluator_class(
         examples=examples, model=trainer.outputs["model"], baseline_model=latest_blessed.outputs["model"],
-        label_stats=stats_gen.outputs["label_stats"], thresholds=thresholds, eval_split="eval", report_split="test",
+        label_stats=stats_gen.outputs[LABEL_STATS_KEY], thresholds=thresholds, eval_split="eval", report_split="test",
         **evaluator_args)
     # the version served now is part of the Pusher's cache key: a push is never taken from the cache once the
     # folder has changed (a rollback, a version removed by hand), since the cached push would name a stale version
@@ -318,7 +326,7 @@ def create_regression_pipeline(cfg: PipelineConfig, csv_dir: str, pipeline_root:
                                         splits=REGRESSION_SPLITS)
     stats_gen.add_upstream_node(check)
     trainer = LongTailTrainer(
-        examples=example_gen.outputs["examples"], label_stats=stats_gen.outputs["label_stats"],
+        examples=example_gen.outputs["examples"], label_stats=stats_gen.outputs[LABEL_STATS_KEY],
         schema=schema.outputs["schema"], run_fn=REGRESSION_RUN_FN, job=regression_job(cfg, csv_dir, pipeline_root))
     gate_and_push = _gate_and_push(RegressionEvaluator, example_gen.outputs["examples"], trainer, stats_gen,
                                    cfg.regression_gate, serving_dir)

@@ -8,10 +8,8 @@ from models.pool_estimates import (
     conditional_confusion,
     energy_score,
     estimate_class_distribution,
-    estimate_relevance,
     imbalance_ratio,
     in_domain_threshold,
-    max_softmax_score,
     relevance_from_fraction,
 )
 
@@ -76,23 +74,27 @@ def test_imbalance_ratio_with_floor():
 
 
 def test_scores_by_hand():
-    probs = np.array([[0.7, 0.2, 0.1], [1 / 3, 1 / 3, 1 / 3]])
-    np.testing.assert_allclose(max_softmax_score(probs), [0.7, 1 / 3])
     logits = np.array([[0.0, 0.0], [2.0, 0.0]])
     np.testing.assert_allclose(energy_score(logits), [np.log(2), np.log(np.e**2 + 1)])
     np.testing.assert_allclose(energy_score(logits, temperature=2.0), [2 * np.log(2), 2 * np.log(np.e + 1)])
+
+
+def fixed_tpr_relevance(val, pool, tpr: float = 0.95) -> float:
+    """One threshold at a fixed TPR, FPR 0: the estimator the best bin replaced, from the pieces it keeps."""
+    return relevance_from_fraction(float(np.mean(np.asarray(pool) >= in_domain_threshold(val, tpr))), tpr)
 
 
 def test_relevance_on_synthetic_scores():
     rng = np.random.default_rng(1)
     val = rng.normal(5.0, 1.0, 4000)  # in-domain scores
     pool = np.concatenate([rng.normal(5.0, 1.0, 6000), rng.normal(-5.0, 1.0, 4000)])  # 60% in-domain, OOD far below
-    est = estimate_relevance(val, pool, tpr=0.95)
-    assert est["threshold"] == pytest.approx(5.0 - 1.645, abs=0.1)
-    assert est["fraction_above"] == pytest.approx(0.6 * 0.95, abs=0.015)
-    assert est["relevance"] == pytest.approx(0.6, abs=0.02)
-    assert estimate_relevance(val, rng.normal(5.0, 1.0, 5000))["relevance"] == pytest.approx(1.0, abs=0.02)
-    assert estimate_relevance(val, rng.normal(-5.0, 1.0, 5000))["relevance"] == 0.0
+    threshold = in_domain_threshold(val, 0.95)
+    fraction = float(np.mean(pool >= threshold))
+    assert threshold == pytest.approx(5.0 - 1.645, abs=0.1)
+    assert fraction == pytest.approx(0.6 * 0.95, abs=0.015)
+    assert fixed_tpr_relevance(val, pool) == pytest.approx(0.6, abs=0.02)
+    assert fixed_tpr_relevance(val, rng.normal(5.0, 1.0, 5000)) == pytest.approx(1.0, abs=0.02)
+    assert fixed_tpr_relevance(val, rng.normal(-5.0, 1.0, 5000)) == 0.0
 
 
 def test_relevance_correction_by_hand():
@@ -151,7 +153,7 @@ def test_best_bin_relevance_where_ood_scores_overlap():
     in_pool = rng.normal(0.0, 1.0, 5000)
     ood = rng.normal(-2.0, 1.0, 5000)  # overlaps the in-domain scores: one threshold at TPR 0.95 is fooled
     pool = np.concatenate([in_pool, ood])
-    fixed = estimate_relevance(val, pool, tpr=0.95)["relevance"]
+    fixed = fixed_tpr_relevance(val, pool)
     best = estimate_relevance_best_bin(val, pool)
     assert fixed > 0.65  # the fixed-TPR estimate with FPR = 0 is far above the true 0.5
     assert best["relevance"] == pytest.approx(0.5, abs=0.05) and best["tpr"] < 0.95
