@@ -36,7 +36,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from bench.common import append_rows, prepared, read_rows, write_result  # noqa: E402
-from models import distribute, losses, toolkit  # noqa: E402
+from models import losses, precision, toolkit  # noqa: E402
 from pipeline.configs import load_config  # noqa: E402
 from pipeline.tasks import ensure_data, with_backbone  # noqa: E402
 
@@ -67,7 +67,7 @@ def main() -> int:
     manifest, stats, split_files = prepared(ensure_data(cfg_all))
     image_shape = manifest["image_shape"]
     cfg = with_backbone(cfg_all, manifest).train
-    distribute.set_mixed_precision(cfg.mixed_precision)
+    precision.set_mixed_precision(cfg.mixed_precision)
     files = split_files["labeled"]
     keras.utils.set_random_seed(cfg.seed)
     ds, steps = toolkit.labeled_dataset(cfg, files, stats, image_shape, cfg.sampler, cfg.epochs)

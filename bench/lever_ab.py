@@ -28,7 +28,7 @@ JSONL = os.path.join(ROOT, "bench", "results", "lever_ab.jsonl")
 import keras  # noqa: E402
 
 from bench.common import append_rows, prepared, read_rows, write_result  # noqa: E402
-from models import distribute, losses, toolkit  # noqa: E402
+from models import losses, precision, toolkit  # noqa: E402
 from pipeline.configs import load_config  # noqa: E402
 from pipeline.tasks import ensure_data, with_backbone  # noqa: E402
 
@@ -65,7 +65,7 @@ def measure(a: argparse.Namespace, variants: list[tuple[str, dict]], work: str) 
         image_shape = manifest["image_shape"]
         cfg = with_backbone(cfg_all, manifest).train
         files = split_files["labeled"]
-        distribute.set_mixed_precision(cfg.mixed_precision)  # layers take the policy when built
+        precision.set_mixed_precision(cfg.mixed_precision)  # layers take the policy when built
         keras.utils.set_random_seed(cfg.seed)
         ds, steps = toolkit.labeled_dataset(cfg, files, stats, image_shape, cfg.sampler, cfg.epochs)
         model = toolkit.build_model(cfg, image_shape, stats["num_classes"])
@@ -75,7 +75,7 @@ def measure(a: argparse.Namespace, variants: list[tuple[str, dict]], work: str) 
         model.compile(optimizer, losses.make_loss(cfg, stats, None),
                       metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")], jit_compile=cfg.jit_compile,
                       steps_per_execution=cfg.steps_per_execution)  # as models/training.py compiles
-        distribute.set_mixed_precision("none")
+        precision.set_mixed_precision("none")
         run_dir = os.path.join(work, name)
         progress = toolkit.EpochProgress(cfg.epochs, prefix=f"[{name}]")
         callbacks = toolkit.standard_callbacks(progress, run_dir, os.path.join(run_dir, "backup"), checkpoints=True)

@@ -39,7 +39,7 @@ import tensorflow as tf  # noqa: E402
 from bench.common import evaluate, prepared, read_rows, write_result  # noqa: E402
 from components.data.longtail import exponential_profile  # noqa: E402
 from components.data.prepare import load_manifest  # noqa: E402
-from models import distribute  # noqa: E402
+from models import precision  # noqa: E402
 from models.config import SemiConfig, TrainConfig  # noqa: E402
 from models.export import export_serving_model  # noqa: E402
 from models.inputs import compression_type  # noqa: E402
@@ -270,7 +270,7 @@ def main() -> int:
     cells = {(mix, float(r)): prepare(a, MIXES[mix][0], float(r), MIXES[mix][1])
              for mix in a.mixes.split(",") for r in a.relevance.split(",")}
     manifests, m0, counts, stats, files, test_files = shared_labeled(cells)
-    distribute.set_mixed_precision(a.mixed_precision)  # as the Trainer's run_fn does
+    precision.set_mixed_precision(a.mixed_precision)  # as the Trainer's run_fn does
     jsonl = a.out.replace(".md", ".jsonl")
     rows = read_rows(jsonl) if os.path.exists(jsonl) else []
     done = {r["seed"] for r in rows}

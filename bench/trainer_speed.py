@@ -17,7 +17,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from components.data.prepare import load_manifest  # noqa: E402
-from models import config, distribute, training  # noqa: E402
+from models import config, precision, training  # noqa: E402
 from models.label_stats import derive_label_stats  # noqa: E402
 from pipeline.configs import load_config  # noqa: E402
 from pipeline.tasks import ensure_data  # noqa: E402
@@ -43,7 +43,7 @@ def main() -> int:
         settings[k] = config.parse_value(v, fields[k])
     cfg = config.from_dict(config.TrainConfig, settings, "train.")
     files = [os.path.join(data, f) for f in manifest["splits"]["labeled"]["files"]]
-    distribute.set_mixed_precision(cfg.mixed_precision)  # as the Trainer's run_fn does
+    precision.set_mixed_precision(cfg.mixed_precision)  # as the Trainer's run_fn does
     t0 = time.time()
     with tempfile.TemporaryDirectory() as run_dir:
         _, history = training.train(cfg, files, stats, manifest["image_shape"], run_dir)

@@ -24,9 +24,9 @@ from components.evaluation import EvaluatorExecutor, GateEvaluator
 from components.gate import PerClassGate
 from components.own_data_example_gen import REPORT_FILE as INGEST_REPORT_FILE
 from models import calibration, uncertainty
+from models.class_prior import estimate_prior_em_bcts
 from models.export import serving_metadata
 from models.metrics import per_class_metrics
-from models.pool_estimates import estimate_prior_em_bcts
 from models.predict import SavedModelPredictor, parse_labels
 from models.shift import class_shift
 

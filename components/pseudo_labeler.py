@@ -17,7 +17,7 @@ Each output tf.Example holds exactly:
     origin      bytes   b"pseudo"
 
 Prior adjustment (``prior_adjustment="em_bcts"``, issue #44): a first Beam pass collects the pool's logits, the
-driver estimates the pool's class prior q by EM-BCTS (models/pool_estimates.py: BCTS fitted on the labeled ``eval``
+driver estimates the pool's class prior q by EM-BCTS (models/class_prior.py: BCTS fitted on the labeled ``eval``
 split, Saerens's EM on the pool, a bootstrap interval), and the labelling pass takes each image's label and
 confidence from its posterior adjusted toward q (log p(y|x) + s (log q_y - log p_val(y)), s = ``prior_strength``),
 so a consistent or reversed pool is not labeled as if it were the validation's mix. The pool estimates below still
@@ -65,16 +65,14 @@ from components.artifacts import (
     PseudoLabelStatistics,
 )
 from components.errors import PipelineDataError
+from models.class_prior import bcts_log_probabilities, estimate_prior_em_bcts, prior_adjusted_log_probabilities
 from models.config import PSEUDO_LABEL_PRIORS
 from models.pool_estimates import (
     DEFAULT_TPR_GRID,
     ClassConditionalCalibration,
     LogitGaussian,
-    bcts_log_probabilities,
     energy_score,
-    estimate_prior_em_bcts,
     in_domain_threshold,
-    prior_adjusted_log_probabilities,
     relevance_best_bin,
     relevance_from_fraction,
     summarise_pool,

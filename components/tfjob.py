@@ -4,9 +4,9 @@
 ``compile-kfp`` with ``train.distribute=multi_worker`` and ``kubeflow.workers`` >= 2 puts :func:`cluster_launch` into
 each Trainer's job (models/job.py ``cluster_launch``): the TFJob manifest of that many ``Worker`` replicas, in the
 package's image, with the Trainers' resource requests. When the Trainer step runs in its pod (no TF_CONFIG there),
-models.distribute.launch_on_cluster calls :func:`launch`, which
+models.cluster.launch_on_cluster calls :func:`launch`, which
 
-1. writes the worker job (the Trainer's fn_args as JSON, as models.distribute.launch writes it on localhost) to the
+1. writes the worker job (the Trainer's fn_args as JSON, as models.cluster.launch writes it on localhost) to the
    model run folder on the pipeline root, which every pod reads;
 2. creates the TFJob, each worker running ``python -m <module> JOB.json``, the same entry point and arguments as a
    local worker (models.trainer, models.ssp or models.regression). The operator gives each pod the TF_CONFIG of
@@ -113,7 +113,7 @@ def _namespace(spec: dict) -> str:
 
 
 def launch(spec: dict, job: dict, module: str, scratch_dir: str, poll_s: float = 15.0, api=None) -> None:
-    """models.distribute.launch_on_cluster's launcher: write ``job`` to ``scratch_dir``/job.json (the pipeline root,
+    """models.cluster.launch_on_cluster's launcher: write ``job`` to ``scratch_dir``/job.json (the pipeline root,
     read by every pod), create the TFJob, wait for it, delete it. ``api``: a kubernetes CustomObjectsApi (default:
     the pod's in-cluster one)."""
     import tensorflow as tf

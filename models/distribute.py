@@ -1,4 +1,5 @@
-"""Training beyond one process (``train.distribute``): the strategy, the cluster, the data-parallel loop.
+"""Training beyond one process (``train.distribute``): the strategy and the data-parallel loop (the cluster and its
+worker processes: models/cluster.py; mixed precision: models/precision.py).
 
 - ``none``: one process, one device, Keras' own ``model.fit`` (models/training.py).
 - ``mirrored``: ``tf.distribute.MirroredStrategy`` over this host's devices (several GPUs), in the Trainer's process.
@@ -15,11 +16,7 @@ TF's own custom-training-loop guide writes it: the model and optimizer built und
 from ``distribute_datasets_from_function``, ``strategy.run`` per step, each replica's loss divided by the global
 batch's size (or class-weight sum), gradients summed across replicas by the Keras optimizer.
 
-A multi-worker strategy must exist before the process runs any TensorFlow op, and the Trainer's process (TFX's
-executor, LocalDagRunner's in-process components) has run many, so workers always train in fresh child processes
-(``python -m models.trainer JOB``, or another Trainer's worker module: ``python -m models.ssp JOB`` for the
-pre-training): :func:`launch` starts them, streams the
-chief's progress and stops every worker when one fails.
+Workers always train in fresh child processes (models/cluster.py says why).
 
 models/ never imports tfx.
 """
@@ -27,83 +24,28 @@ models/ never imports tfx.
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import json
 import math
 import os
-import socket
-import subprocess
 import sys
 import time
 import types
 
 import numpy as np
 
-from models import job as trainer_job
-from models import modes  # pure Python: which modes train data-parallel
+from models import cluster, modes, precision  # modes: pure Python, which modes train data-parallel
 from models.job import TrainerJob
 
 DISTRIBUTE = ("none", "mirrored", "multi_worker", "auto")
-MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16")
-MIXED_PRECISION_SETTINGS = ("auto", *MIXED_PRECISION)  # auto: resolve_mixed_precision, where the Trainer runs
-BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs with native bfloat16 arithmetic
 LR_SCALING = ("none", "linear", "sqrt")
 BATCH_SCALING = ("global", "per_replica")
 DATA_SHARDING = ("auto", "examples", "seeds")
 BACKUP_FILE = "distributed_backup.npz"
-WORKER_DIR = "distributed"
-
-
-# ------------------------------------------------------------------------------------------ the cluster
-
-
-def read_tf_config(environ=None) -> dict:
-    """TF_CONFIG as a dict ({} when unset); a malformed one is an error that shows it."""
-    text = (os.environ if environ is None else environ).get("TF_CONFIG", "").strip()
-    if not text:
-        return {}
-    try:
-        tf_config = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"TF_CONFIG is not JSON ({err}): {text[:200]!r}") from None
-    if not isinstance(tf_config, dict) or not isinstance(tf_config.get("cluster", {}), dict):
-        raise ValueError(f"TF_CONFIG must be an object with a 'cluster' object, got {text[:200]!r}")
-    return tf_config
-
-
-def cluster_workers(tf_config: dict) -> int:
-    """How many training tasks TF_CONFIG names (chief + workers; parameter servers and evaluators do not train)."""
-    cluster = tf_config.get("cluster", {})
-    return len(cluster.get("chief", [])) + len(cluster.get("worker", []))
-
-
-def task_of(tf_config: dict) -> tuple[str, int]:
-    task = tf_config.get("task", {})
-    return str(task.get("type", "worker")), int(task.get("index", 0))
-
-
-def is_chief(tf_config: dict) -> bool:
-    """The chief task, or worker 0 when the cluster has no chief (TF's multi-worker guide's rule)."""
-    if not tf_config:
-        return True
-    kind, index = task_of(tf_config)
-    return kind == "chief" or (kind == "worker" and index == 0 and not tf_config.get("cluster", {}).get("chief"))
-
-
-def worker_index(tf_config: dict) -> int:
-    """The task's rank among the training tasks: the chief 0, worker i then i + (1 if there is a chief)."""
-    if not tf_config:
-        return 0
-    kind, index = task_of(tf_config)
-    if kind == "chief":
-        return 0
-    return index + (1 if tf_config.get("cluster", {}).get("chief") else 0)
 
 
 def resolve(setting: str, local_workers: int = 1, tf_config: dict | None = None, gpus: int = 0,
             cluster_launch: bool = False) -> str:
     """train.distribute as the strategy to use: none, mirrored or multi_worker (auto resolved). ``cluster_launch``: the
-    job can start its own cluster (a Kubeflow package's TFJob, :func:`launch_on_cluster`), so multi_worker needs no
+    job can start its own cluster (a Kubeflow package's TFJob, models.cluster.launch_on_cluster), so multi_worker needs no
     TF_CONFIG here."""
     setting = str(setting).strip().lower()
     if setting not in DISTRIBUTE:
@@ -111,7 +53,7 @@ def resolve(setting: str, local_workers: int = 1, tf_config: dict | None = None,
     if int(local_workers) < 1:
         raise ValueError(f"train.local_workers={local_workers}: needs at least 1 worker")
     tf_config = tf_config or {}
-    workers = cluster_workers(tf_config)
+    workers = cluster.cluster_workers(tf_config)
     if tf_config and int(local_workers) > 1:
         raise ValueError(f"train.local_workers={local_workers} starts its own cluster, but TF_CONFIG already names "
                          f"{workers} worker(s); unset one of the two")
@@ -146,8 +88,9 @@ def check_config(train, mode: str, task: str = "classification") -> None:
     batch_and_lr(train.batch_size, train.learning_rate, 1, train.batch_scaling, train.lr_scaling)
     # the name only: examples with a class-aware sampler is refused where a strategy uses it (one process never does)
     data_sharding_for(train.data_sharding, train.sampler if train.data_sharding != "examples" else "instance")
-    if train.mixed_precision not in MIXED_PRECISION_SETTINGS:
-        raise ValueError(f"train.mixed_precision={train.mixed_precision!r}: choose one of {list(MIXED_PRECISION_SETTINGS)}")
+    if train.mixed_precision not in precision.MIXED_PRECISION_SETTINGS:
+        raise ValueError(f"train.mixed_precision={train.mixed_precision!r}: choose one of "
+                         f"{list(precision.MIXED_PRECISION_SETTINGS)}")
     asked = [f"train.{k}={getattr(train, k)}" for k, plain in (("distribute", "none"), ("local_workers", 1),
                                                               ("mixed_precision", "none"))
              if getattr(train, k) != plain and not (k in ("distribute", "mixed_precision") and getattr(train, k) == "auto")]
@@ -160,28 +103,6 @@ def check_config(train, mode: str, task: str = "classification") -> None:
             raise ValueError(f"{', '.join(asked)}: {built}; task={task} trains in one process: {keep}")
         raise ValueError(f"{', '.join(asked)}: {built}; semi.method={mode} trains in one process. Set "
                          f"semi.method={usable} or {keep}")
-
-
-def free_ports(n: int) -> list[int]:
-    """n distinct free TCP ports on localhost (bound, read, released)."""
-    sockets = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("localhost", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
-def local_cluster(n: int) -> list[dict]:
-    """TF_CONFIG for each of n workers on localhost (worker 0 is the chief), in the shape Kubeflow's training operator
-    gives a TFJob's Worker pods (components/tfjob.py operator_tf_config): only the hosts differ."""
-    workers = [f"localhost:{p}" for p in free_ports(n)]
-    return [{"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}, "environment": "cloud"}
-            for i in range(n)]
 
 
 def make_strategy(kind: str):
@@ -266,76 +187,6 @@ def data_sharding_for(setting: str, sampler: str) -> str:
     return setting
 
 
-def cpu_flags(path: str = "/proc/cpuinfo") -> set[str]:
-    """The CPU's feature flags (Linux's /proc/cpuinfo ``flags`` line); empty where that file is not there."""
-    try:
-        with open(path) as f:
-            return next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
-    except OSError:
-        return set()
-
-
-def resolve_mixed_precision(setting: str, flags: set[str] | None = None, gpus: int | None = None) -> tuple[str, str]:
-    """(policy, why) for train.mixed_precision: any setting but ``auto`` as it is; ``auto`` where the Trainer runs:
-    mixed_bfloat16 on a CPU with native bfloat16 (BF16_CPU_FLAGS: oneDNN's bfloat16 convolutions; resnet8 1.33x
-    float32 on this project's AVX-512 machine, bench/results/lever_ab.md), else float32 (none): bfloat16 is emulated,
-    and slow, on other CPUs, and mixed precision on a GPU is not measured here."""
-    if setting != "auto":
-        return setting, ""
-    if gpus is None:
-        import tensorflow as tf
-
-        gpus = len(tf.config.list_physical_devices("GPU"))
-    if gpus:
-        return "none", f"auto: {gpus} GPU(s), where this project has not measured mixed precision: float32"
-    have = sorted(set(BF16_CPU_FLAGS) & (cpu_flags() if flags is None else flags))
-    if have:
-        return "mixed_bfloat16", f"auto: the CPU has {have[0]}, so bfloat16 runs natively"
-    return "none", f"auto: the CPU has none of {', '.join(BF16_CPU_FLAGS)}, where bfloat16 is emulated: float32"
-
-
-def set_mixed_precision(policy: str) -> tuple[str, str]:
-    """Keras' global dtype policy: none -> float32; mixed_float16 / mixed_bfloat16 compute in 16 bits with
-    float32 variables (the losses cast logits to float32; exports are float32 copies, :func:`float32_copy`); auto
-    as :func:`resolve_mixed_precision` resolves it here. Returns (the policy set, why, for auto)."""
-    import keras
-
-    if policy not in MIXED_PRECISION_SETTINGS:
-        raise ValueError(f"train.mixed_precision={policy!r}: choose one of {list(MIXED_PRECISION_SETTINGS)}")
-    policy, why = resolve_mixed_precision(policy)
-    keras.config.set_dtype_policy("float32" if policy == "none" else policy)
-    return policy, why
-
-
-def float32_copy(model):
-    """``model`` itself when every layer computes in float32, else :func:`plain_copy` (for export)."""
-    if all(layer.dtype_policy.compute_dtype == "float32" for layer in model._flatten_layers()):
-        return model
-    return plain_copy(model)
-
-
-def plain_copy(model):
-    """A float32 clone of ``model`` with its weights, built outside any strategy (plain variables): what is
-    exported after a distributed or mixed-precision training (Keras' clone_model; every layer's config with
-    dtype float32)."""
-    import keras
-
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("float32")
-    try:
-        def as_float32(layer):
-            config = layer.get_config()
-            if isinstance(layer, keras.layers.Layer):  # not a bare keras.ops Operation (Keras Applications have them)
-                config["dtype"] = "float32"
-            return layer.__class__.from_config(config)
-
-        copy = keras.models.clone_model(model, clone_function=as_float32, recursive=True)
-    finally:
-        keras.config.set_dtype_policy(previous)
-    copy.set_weights(model.get_weights())
-    return copy
-
-
 # ------------------------------------------------------------------------------------------ the loop
 
 
@@ -412,31 +263,6 @@ def run_epochs(train_step, data, steps: int, first_epoch: int, epochs: int, sync
     return history
 
 
-def launch_on_cluster(spec: dict, job: dict, module: str, scratch_dir: str) -> None:
-    """train.distribute=multi_worker with no TF_CONFIG here but a job that says how to start its cluster (``spec``, a
-    compiled Kubeflow package's CLUSTER_LAUNCH_KEY): ``spec["launcher"]`` ("module:function", components/tfjob.py's
-    TFJob) runs ``python -m <module> JOB.json`` on every worker, as :func:`launch` does on localhost, and returns when
-    they have finished (an error when one failed). Imported by name: models/ imports no cluster client."""
-    name, _, function = spec["launcher"].partition(":")
-    getattr(importlib.import_module(name), function)(spec, job, module, scratch_dir)
-
-
-def cluster_launch_of(fn_args) -> dict | None:
-    """The job's CLUSTER_LAUNCH_KEY (set by compile-kfp for a multi-worker package), or None."""
-    return (getattr(fn_args, "custom_config", None) or {}).get(trainer_job.CLUSTER_LAUNCH_KEY)
-
-
-def maybe_launch_on_cluster(fn_args, local_workers: int, tf_config: dict, module: str, job_of, label: str) -> bool:
-    """Start the job's cluster (:func:`launch_on_cluster`) when it has a cluster launch and neither TF_CONFIG nor
-    train.local_workers names one; True when it ran."""
-    spec = cluster_launch_of(fn_args)
-    if not spec or tf_config or local_workers > 1:
-        return False
-    print(f"{label}: a cluster of {spec.get('workers')} workers ({spec['launcher']})", file=sys.stderr, flush=True)
-    launch_on_cluster(spec, {"fn_args": job_of(fn_args)}, module, os.path.join(fn_args.model_run_dir, WORKER_DIR))
-    return True
-
-
 def run_or_launch(fn_args, setting: str, local_workers: int, module: str, job_of, run_here, label: str) -> None:
     """A Trainer's run_fn past its job (models.regression, models.ssp): ``setting`` (train.distribute) resolves as
     the classification Trainer's; multi_worker trains in fresh worker processes (``python -m <module> JOB``, started
@@ -445,30 +271,13 @@ def run_or_launch(fn_args, setting: str, local_workers: int, module: str, job_of
     call ``run_here(strategy, tf_config)``."""
     import tensorflow as tf
 
-    tf_config = read_tf_config()
+    tf_config = cluster.read_tf_config()
     kind = resolve(setting, local_workers, tf_config, gpus=len(tf.config.list_physical_devices("GPU")),
-                   cluster_launch=cluster_launch_of(fn_args) is not None)
-    if kind == "multi_worker" and maybe_launch_on_cluster(fn_args, local_workers, tf_config, module, job_of, label):
-        return
+                   cluster_launch=cluster.cluster_launch_of(fn_args) is not None)
     if kind == "multi_worker":
-        configs = local_cluster(local_workers) if local_workers > 1 else [tf_config]
-        print(f"{label}: {len(configs)} local worker process(es) of a {cluster_workers(configs[0])}-worker cluster",
-              file=sys.stderr, flush=True)
-        launch({"fn_args": job_of(fn_args)}, configs, os.path.join(fn_args.model_run_dir, WORKER_DIR), module=module)
+        cluster.launch_workers(fn_args, local_workers, tf_config, module, {"fn_args": job_of(fn_args)}, label)
         return
     run_here(make_strategy(kind), tf_config)
-
-
-def read_job(path: str) -> dict:
-    """A worker's JOB.json: a local file (:func:`launch`), or a URI on the cluster's storage (a TFJob's workers read
-    the one the Trainer step wrote, components/tfjob.py), read with TensorFlow's GFile, which runs no TensorFlow op."""
-    if "://" not in path:
-        with open(path) as f:
-            return json.load(f)
-    import tensorflow as tf
-
-    with tf.io.gfile.GFile(path) as f:
-        return json.load(f)
 
 
 def worker_main(argv, train_and_export, stage: str) -> int:
@@ -476,8 +285,8 @@ def worker_main(argv, train_and_export, stage: str) -> int:
     multi-worker strategy is created before any TensorFlow op runs, then ``train_and_export(fn_args, job, strategy,
     tf_config)`` runs the module's training (and, on the chief, its export); ``stage``: the job's models.job stage."""
     argv = sys.argv[1:] if argv is None else argv
-    job = read_job(argv[0])
-    tf_config = read_tf_config()
+    job = cluster.read_job(argv[0])
+    tf_config = cluster.read_tf_config()
     strategy = make_strategy("multi_worker")
     fn_args = types.SimpleNamespace(**job["fn_args"])
     train_and_export(fn_args, TrainerJob.from_custom_config(fn_args.custom_config, stage), strategy, tf_config)
@@ -635,61 +444,3 @@ class Backup:
         if self.chief and os.path.exists(self.path):
             os.remove(self.path)
 
-
-# ------------------------------------------------------------------------------------------ the workers
-
-
-def launch(job: dict, tf_configs: list[dict], scratch_dir: str, timeout_s: float | None = None,
-           module: str = "models.trainer") -> None:
-    """Run ``python -m <module> JOB.json`` (one worker) once per TF_CONFIG (the job as JSON in ``scratch_dir``) and
-    wait. ``module``: the Trainer's worker entry point (its ``main``), models.trainer for the classification Trainers.
-
-    The chief's output (and a single worker's, as in a TFJob pod) goes to this process's stderr; every other
-    worker's to ``worker-<i>.log`` in ``scratch_dir``. When one worker fails the others (blocked in a collective)
-    are stopped, and the error names the worker and shows the end of its log."""
-    os.makedirs(scratch_dir, exist_ok=True)
-    job_path = os.path.join(scratch_dir, "job.json")
-    with open(job_path, "w") as f:
-        json.dump(job, f, indent=2)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    procs, logs = [], []
-    for tf_config in tf_configs:
-        env = dict(os.environ, TF_CONFIG=json.dumps(tf_config),
-                   PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
-        index = worker_index(tf_config)
-        log_path = os.path.join(scratch_dir, f"worker-{index}.log")
-        log = open(log_path, "w")
-        logs.append((index, log_path, log))
-        # the chief's output (or a pod's only worker's, under a TFJob) to this process's; the others' to their logs
-        stderr = None if is_chief(tf_config) or len(tf_configs) == 1 else log
-        procs.append(subprocess.Popen([sys.executable, "-m", module, job_path], env=env, cwd=root,
-                                      stdout=stderr if stderr is not None else None, stderr=stderr))
-    deadline = None if timeout_s is None else time.time() + timeout_s
-    try:
-        while True:
-            codes = [p.poll() for p in procs]
-            failed = [i for i, c in enumerate(codes) if c not in (None, 0)]
-            if failed or all(c == 0 for c in codes):
-                break
-            if deadline is not None and time.time() > deadline:
-                failed = [i for i, c in enumerate(codes) if c is None]
-                break
-            time.sleep(0.5)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        for _, _, log in logs:
-            log.close()
-    if failed:
-        lines = []
-        for i in failed:
-            index, log_path, _ = logs[i]
-            with open(log_path) as f:
-                tail = f.read()[-3000:] or "(empty: this worker wrote to the Trainer's own stderr, above)"
-            code = procs[i].returncode
-            lines.append(f"worker {index} ({'timed out' if code is None or code < 0 else f'exit {code}'}); "
-                         f"log {log_path}:\n{tail}")
-        raise RuntimeError(f"distributed training failed on {len(failed)} of {len(procs)} workers: "
-                           + "\n".join(lines))

@@ -44,7 +44,7 @@ POOL_SETTING_KEY = "pool_setting"
 POOL_TRUTH_KEY = "pool_truth"
 DISTRIBUTE_KEY = "distribute"
 # a compiled Kubeflow package's: how train.distribute=multi_worker starts its workers where no TF_CONFIG names a cluster
-# ({"launcher": "module:function", ...}; components/tfjob.py; models.distribute.launch_on_cluster)
+# ({"launcher": "module:function", ...}; components/tfjob.py; models.cluster.launch_on_cluster)
 CLUSTER_LAUNCH_KEY = "cluster_launch"
 
 # --- the input paths the executor adds (components/trainer.py), from the Trainer's input artifacts

@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 from scipy.stats import gmean
 
-from models import distribute
+from models import cluster, distribute, precision
 from models.config import RegressionConfig, TrainConfig
 from models.density import BIN_GROUPS, bin_index
 from models.export import SERVING_DEFAULT, SERVING_TF_EXAMPLE, write_serving_metadata
@@ -199,8 +199,8 @@ def build_regressor(cfg: RegressionConfig, train_inputs: dict, train_target: np.
     fds, all_inputs = None, dict(inputs)
     if cfg.fds:
         all_inputs[TARGET_BUCKET] = bucket = keras.Input((), dtype="int32", name=TARGET_BUCKET)
-        fds = FeatureDistributionSmoothing(x.shape[-1], num_bins, 0, cfg.fds_kernel, cfg.fds_ks, cfg.fds_sigma,
-                                           cfg.fds_momentum, cfg.fds_start_update, cfg.fds_start_smooth, name="fds")
+        fds = FeatureDistributionSmoothing(num_bins, 0, cfg.fds_kernel, cfg.fds_ks, cfg.fds_sigma, cfg.fds_momentum,
+                                           cfg.fds_start_update, cfg.fds_start_smooth, name="fds")
         x = fds(x, bucket)
     # The output starts at the training median, so early steps fit the shape, not the offset.
     out = keras.layers.Dense(1, bias_initializer=keras.initializers.Constant(float(np.median(train_target))),
@@ -463,12 +463,12 @@ def fn_args_dict(fn_args) -> dict:
 def train_and_export(fn_args, job: TrainerJob, strategy, tf_config: dict) -> None:
     """Train (data-parallel under ``strategy`` when given, in train.mixed_precision); the chief exports a float32
     SavedModel and writes the summary while the other workers wait at a barrier."""
-    policy, _ = distribute.set_mixed_precision(job.train.mixed_precision)
+    policy, _ = precision.set_mixed_precision(job.train.mixed_precision)
     job = dataclasses.replace(job, train=dataclasses.replace(job.train, mixed_precision=policy))  # auto resolved
     try:
         _train_and_export(fn_args, job, strategy, tf_config)
     finally:  # the policy is global: later components in this process (LocalDagRunner) build float32 models
-        distribute.set_mixed_precision("none")
+        precision.set_mixed_precision("none")
 
 
 def _train_and_export(fn_args, job: TrainerJob, strategy, tf_config: dict) -> None:
@@ -478,15 +478,15 @@ def _train_and_export(fn_args, job: TrainerJob, strategy, tf_config: dict) -> No
     inputs, target = load_training_rows(fn_args.train_files, cfg, stats)
     if len(target) != stats["num_examples"]:
         raise RuntimeError(f"the Trainer kept {len(target)} training rows, LabelStatsGen counted {stats['num_examples']}")
-    chief, plan = distribute.is_chief(tf_config), None
+    chief, plan = cluster.is_chief(tf_config), None
     if strategy is not None:
         replicas = strategy.num_replicas_in_sync
         global_batch, per_replica, lr = distribute.batch_and_lr(train.batch_size, cfg.adam_learning_rate, replicas,
                                                                 train.batch_scaling, train.lr_scaling)
         plan = distribute.Plan(
             strategy=("MultiWorkerMirroredStrategy" if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-                      else type(strategy).__name__), workers=max(distribute.cluster_workers(tf_config), 1),
-            replicas=replicas, worker_index=distribute.worker_index(tf_config), chief=chief,
+                      else type(strategy).__name__), workers=max(cluster.cluster_workers(tf_config), 1),
+            replicas=replicas, worker_index=cluster.worker_index(tf_config), chief=chief,
             global_batch_size=global_batch, per_replica_batch_size=per_replica, batch_scaling=train.batch_scaling,
             learning_rate=lr, lr_scaling=train.lr_scaling, data_sharding="examples",
             mixed_precision=train.mixed_precision, local_workers=train.local_workers)
@@ -497,9 +497,9 @@ def _train_and_export(fn_args, job: TrainerJob, strategy, tf_config: dict) -> No
     model, history = train_regressor(cfg, train, inputs, target, stats, backup_dir=job.backup_dir, strategy=strategy,
                                      plan=plan)
     train_seconds = time.time() - t0
-    model = distribute.float32_copy(model) if strategy is None else distribute.plain_copy(model)
+    model = precision.float32_copy(model) if strategy is None else precision.plain_copy(model)
     if strategy is not None:  # every worker's final weights (FDS statistics included), as the classification Trainer's
-        scratch = os.path.join(fn_args.model_run_dir, distribute.WORKER_DIR, f"worker-{plan.worker_index}")
+        scratch = os.path.join(fn_args.model_run_dir, cluster.WORKER_DIR, f"worker-{plan.worker_index}")
         os.makedirs(scratch, exist_ok=True)
         np.savez(os.path.join(scratch, "final.weights.npz"), *model.get_weights())
     if not chief:  # one writer (TF's multi-worker rule); leave when the chief has exported
@@ -518,7 +518,7 @@ def _train_and_export(fn_args, job: TrainerJob, strategy, tf_config: dict) -> No
 
 
 def main(argv=None) -> int:
-    """One worker: ``python -m models.regression JOB.json`` (models.distribute.launch): trains and, on the chief,
+    """One worker: ``python -m models.regression JOB.json`` (models.cluster.launch): trains and, on the chief,
     exports."""
     return distribute.worker_main(argv, train_and_export, REGRESSION)
 

@@ -126,8 +126,10 @@ class FixMatchModel(keras.Model):
                                       else np.asarray(labeled_class_weights, np.float32))
         self.step_counter = self.add_weight(shape=(), initializer="zeros", dtype="int32", trainable=False, name="step_counter")
         if self.use_daso:
-            self.queue = BalancedFeatureQueue(num_classes, int(head.input.shape[-1]), daso.queue_size, name="daso_queue")
+            self.queue = BalancedFeatureQueue(num_classes, daso.queue_size, name="daso_queue")
+            self.queue.build(head.input.shape)  # the head's input: the features the queue holds
             self.pl_counts = PseudoLabelCountWindow(num_classes, daso.count_window, name="daso_pl_counts")
+            self.pl_counts.build()
         # Metric attributes are tracked by Keras: they appear in self.metrics and the fit logs
         self.trackers = {n: keras.metrics.Mean(name=n) for n in
                          ("labeled_loss", "consistency_loss", "alignment_loss", "mask_rate", "daso_on")}

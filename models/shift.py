@@ -4,7 +4,7 @@ Per class, three shares: the reference (the labeled class shares the last blesse
 serving metadata; without one, this run's training set), the newest labeled data's (the newest span's training
 images, or the whole labeled set when the data has no spans), and the newest pool's, estimated from the candidate
 model's predictions corrected for its own confusion by EM with bias-corrected temperature scaling (Alexandari et al.,
-ICML 2020; models/pool_estimates.py, which the pool-mix work measured). A distance (L1 of the shares, 0..2) beyond
+ICML 2020; models/class_prior.py, which the pool-mix work measured). A distance (L1 of the shares, 0..2) beyond
 ``max_l1`` is a shift: said on stderr, in report.md and metrics.json, the retraining trigger users ask for.
 
 Pure numpy: the evaluator (components/evaluator.py) gives it the counts and the estimate.
@@ -32,7 +32,7 @@ def _largest(class_names, now, then, k: int = 3) -> str:
 
 def class_shift(class_names: list[str], reference_counts, reference_source: str, newest_counts, newest_source: str,
                 pool_estimate: dict | None, max_l1: float, pool_reason: str | None = None) -> dict:
-    """metrics.json's ``shift``. ``pool_estimate``: models.pool_estimates.estimate_prior_em_bcts's result on the
+    """metrics.json's ``shift``. ``pool_estimate``: models.class_prior.estimate_prior_em_bcts's result on the
     newest pool (None: ``pool_reason`` says why there is none)."""
     ref, new = shares(reference_counts), shares(newest_counts)
     out = {"max_l1": float(max_l1), "reference": {"source": reference_source, "counts": [int(n) for n in reference_counts],

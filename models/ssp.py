@@ -65,7 +65,7 @@ import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
-from models import backbones, distribute, inputs, toolkit
+from models import backbones, cluster, distribute, inputs, precision, toolkit
 from models.config import DistributeConfig, SSPConfig
 from models.job import PRETRAIN, TrainerJob
 
@@ -391,7 +391,7 @@ def pretrain(cfg: SSPConfig, backbone_name: str, image_shape, file_groups, model
     """Pre-train a backbone; return (backbone, summary dict). ``strategy`` / ``plan`` (models/distribute.py): the same
     pre-training data-parallel with :func:`fit_pretext`, ``plan.global_batch_size`` images a step, each worker reading
     its share of the images; the linear probes run on the chief only (``plan.chief``). The backbone returned is float32
-    and plain (models.distribute.plain_copy) after a strategy or mixed precision, what is exported."""
+    and plain (models.precision.plain_copy) after a strategy or mixed precision, what is exported."""
     keras.utils.set_random_seed(cfg.seed)
     chief = plan is None or plan.chief
     images = image_dataset(file_groups, image_shape)
@@ -416,7 +416,7 @@ def pretrain(cfg: SSPConfig, backbone_name: str, image_shape, file_groups, model
             optimizer.build(model.trainable_variables)
 
     def exportable():  # a float32 model of plain variables: what is probed and saved
-        return distribute.float32_copy(backbone) if strategy is None else distribute.plain_copy(backbone)
+        return precision.float32_copy(backbone) if strategy is None else precision.plain_copy(backbone)
 
     random_probe = linear_probe_accuracy(exportable(), eval_files, image_shape, cfg.seed) if eval_files and chief else None
     progress = toolkit.EpochProgress(cfg.epochs, prefix=f"[pretrain:{cfg.method}]")
@@ -439,7 +439,7 @@ def pretrain(cfg: SSPConfig, backbone_name: str, image_shape, file_groups, model
         if backup is not None:
             backup.remove()
         # each worker's whole pretext state (MoCo's queue and key encoder too), to check that the replicas agree
-        scratch = os.path.join(model_run_dir, distribute.WORKER_DIR, f"worker-{plan.worker_index}")
+        scratch = os.path.join(model_run_dir, cluster.WORKER_DIR, f"worker-{plan.worker_index}")
         os.makedirs(scratch, exist_ok=True)
         np.savez(os.path.join(scratch, PRETEXT_WEIGHTS_FILE), *model.get_weights())
     seconds = time.time() - t0
@@ -511,7 +511,7 @@ def pretrain_and_export(fn_args, job: TrainerJob, strategy, tf_config: dict) -> 
     and ssp_summary.json, then every worker meets at a barrier (a worker gone while the chief exports reads as
     crashed). The summary."""
     cfg, how = job.pretrain, job.distribute or DistributeConfig()
-    how = dataclasses.replace(how, mixed_precision=distribute.resolve_mixed_precision(how.mixed_precision)[0])
+    how = dataclasses.replace(how, mixed_precision=precision.resolve_mixed_precision(how.mixed_precision)[0])
     groups = [fn_args.train_files]
     if cfg.data == "labeled+unlabeled":
         if not job.unlabeled_files:
@@ -524,8 +524,8 @@ def pretrain_and_export(fn_args, job: TrainerJob, strategy, tf_config: dict) -> 
                                                                 replicas, how.batch_scaling, how.lr_scaling)
         plan = distribute.Plan(
             strategy=("MultiWorkerMirroredStrategy" if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-                      else type(strategy).__name__), workers=max(distribute.cluster_workers(tf_config), 1),
-            replicas=replicas, worker_index=distribute.worker_index(tf_config), chief=distribute.is_chief(tf_config),
+                      else type(strategy).__name__), workers=max(cluster.cluster_workers(tf_config), 1),
+            replicas=replicas, worker_index=cluster.worker_index(tf_config), chief=cluster.is_chief(tf_config),
             global_batch_size=global_batch, per_replica_batch_size=per_replica, batch_scaling=how.batch_scaling,
             learning_rate=lr, lr_scaling=how.lr_scaling, data_sharding=distribute.data_sharding_for(how.data_sharding,
                                                                                                    "instance"),
@@ -534,12 +534,12 @@ def pretrain_and_export(fn_args, job: TrainerJob, strategy, tf_config: dict) -> 
         print(f"[pretrain:{cfg.method}] {plan.strategy}: worker {plan.worker_index} of {plan.workers}, {replicas} "
               f"replica(s), global batch {global_batch} ({per_replica} a replica), learning rate {lr:g}, data sharding "
               f"{plan.data_sharding}", file=sys.stderr, flush=True)
-    distribute.set_mixed_precision(how.mixed_precision)
+    precision.set_mixed_precision(how.mixed_precision)
     try:
         summary = pretrain_backbone(cfg, job.backbone, job.image_shape, groups, fn_args.model_run_dir,
                                     fn_args.serving_model_dir, fn_args.eval_files, job.backup_dir, strategy, plan)
     finally:  # the policy is global: later components in this process (LocalDagRunner) build float32 models
-        distribute.set_mixed_precision("none")
+        precision.set_mixed_precision("none")
     if plan is None or plan.chief:
         with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, SUMMARY_FILE), "w") as f:
             json.dump(summary, f, indent=2)
@@ -548,7 +548,7 @@ def pretrain_and_export(fn_args, job: TrainerJob, strategy, tf_config: dict) -> 
 
 
 def main(argv=None) -> int:
-    """One worker: ``python -m models.ssp JOB.json`` (models.distribute.launch): pre-trains and, on the chief,
+    """One worker: ``python -m models.ssp JOB.json`` (models.cluster.launch): pre-trains and, on the chief,
     exports."""
     return distribute.worker_main(argv, pretrain_and_export, PRETRAIN)
 

@@ -18,7 +18,7 @@ import types
 import numpy as np
 import tensorflow as tf
 
-from models import backbones, calibration, config, distribute, planner, pseudo_label, toolkit
+from models import backbones, calibration, cluster, config, distribute, planner, precision, pseudo_label, toolkit
 from models import job as trainer_job
 from models.export import export_serving_model
 
@@ -27,10 +27,10 @@ SUMMARY_FILE = "training_summary.json"
 
 def run_fn(fn_args) -> None:
     job = toolkit.TrainingJob.from_fn_args(fn_args)
-    tf_config = distribute.read_tf_config()
+    tf_config = cluster.read_tf_config()
     kind = distribute.resolve(job.train.distribute, job.train.local_workers, tf_config,
                               gpus=len(tf.config.list_physical_devices("GPU")),
-                              cluster_launch=distribute.cluster_launch_of(fn_args) is not None)
+                              cluster_launch=cluster.cluster_launch_of(fn_args) is not None)
     if kind != "none" and not job.mode.data_parallel:
         usable = "|".join(distribute.data_parallel_modes())
         if job.train.distribute != "auto":
@@ -48,14 +48,9 @@ def run_fn(fn_args) -> None:
                                          f"model trains in one process too, not {kind}")
             print(f"[trainer] {job.single_process_reason}", file=sys.stderr, flush=True)
             kind = "none"
-    if kind == "multi_worker" and distribute.maybe_launch_on_cluster(
-            fn_args, job.train.local_workers, tf_config, "models.trainer", fn_args_dict, "[trainer] multi-worker training"):
-        return
     if kind == "multi_worker":  # fresh processes: a multi-worker strategy must come before any TensorFlow op
-        configs = distribute.local_cluster(job.train.local_workers) if job.train.local_workers > 1 else [tf_config]
-        print(f"[trainer] multi-worker training: {len(configs)} local worker process(es) of a "
-              f"{distribute.cluster_workers(configs[0])}-worker cluster", file=sys.stderr, flush=True)
-        distribute.launch({"fn_args": fn_args_dict(fn_args)}, configs, worker_scratch(job.model_run_dir))
+        cluster.launch_workers(fn_args, job.train.local_workers, tf_config, "models.trainer",
+                               {"fn_args": fn_args_dict(fn_args)}, "[trainer] multi-worker training")
         return
     train_and_export(fn_args, job, distribute.make_strategy(kind), tf_config)
 
@@ -70,7 +65,7 @@ def fn_args_dict(fn_args) -> dict:
 
 
 def worker_scratch(model_run_dir: str) -> str:
-    return os.path.join(model_run_dir, distribute.WORKER_DIR)
+    return os.path.join(model_run_dir, cluster.WORKER_DIR)
 
 
 def run_worker(job: dict, strategy, tf_config: dict) -> None:
@@ -82,17 +77,17 @@ def run_worker(job: dict, strategy, tf_config: dict) -> None:
 def train_and_export(fn_args, job: toolkit.TrainingJob, strategy, tf_config: dict) -> None:
     """Train with the job's mode (data-parallel under ``strategy`` when given); the chief exports the SavedModel
     and writes the summary, every worker writes its final weights to the scratch folder."""
-    policy, job.precision_reason = distribute.set_mixed_precision(job.train.mixed_precision)
+    policy, job.precision_reason = precision.set_mixed_precision(job.train.mixed_precision)
     job.train = dataclasses.replace(job.train, mixed_precision=policy)  # auto resolved, for every reader below
     try:
         _train_and_export(fn_args, job, strategy, tf_config)
     finally:  # the policy is global: later components in this process (LocalDagRunner) build float32 models
-        distribute.set_mixed_precision("none")
+        precision.set_mixed_precision("none")
 
 
 def _train_and_export(fn_args, job: toolkit.TrainingJob, strategy, tf_config: dict) -> None:
     cfg = job.train
-    chief = distribute.is_chief(tf_config)
+    chief = cluster.is_chief(tf_config)
     if strategy is not None:
         replicas = strategy.num_replicas_in_sync
         global_batch, per_replica, lr = distribute.batch_and_lr(cfg.batch_size, cfg.learning_rate, replicas,
@@ -100,8 +95,8 @@ def _train_and_export(fn_args, job: toolkit.TrainingJob, strategy, tf_config: di
         job.strategy = strategy
         job.plan = distribute.Plan(
             strategy=("MultiWorkerMirroredStrategy" if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-                      else type(strategy).__name__), workers=max(distribute.cluster_workers(tf_config), 1), replicas=replicas,
-            worker_index=distribute.worker_index(tf_config), chief=chief, global_batch_size=global_batch,
+                      else type(strategy).__name__), workers=max(cluster.cluster_workers(tf_config), 1), replicas=replicas,
+            worker_index=cluster.worker_index(tf_config), chief=chief, global_batch_size=global_batch,
             per_replica_batch_size=per_replica, batch_scaling=cfg.batch_scaling, learning_rate=lr,
             lr_scaling=cfg.lr_scaling, data_sharding=distribute.data_sharding_for(cfg.data_sharding, cfg.sampler),
             mixed_precision=cfg.mixed_precision, local_workers=cfg.local_workers)
@@ -114,7 +109,7 @@ def _train_and_export(fn_args, job: toolkit.TrainingJob, strategy, tf_config: di
     t0 = time.time()
     result = job.mode.trainer()(job)
     train_seconds = time.time() - t0
-    model = distribute.float32_copy(result.model) if strategy is None else distribute.plain_copy(result.model)
+    model = precision.float32_copy(result.model) if strategy is None else precision.plain_copy(result.model)
     if strategy is not None:
         scratch = os.path.join(worker_scratch(job.model_run_dir), f"worker-{job.plan.worker_index}")
         os.makedirs(scratch, exist_ok=True)
@@ -176,12 +171,12 @@ def write_summary(job: toolkit.TrainingJob, result: toolkit.TrainResult, train_s
 
 
 def main(argv=None) -> int:
-    """One worker: ``python -m models.trainer JOB.json`` with TF_CONFIG set (models.distribute.launch). The strategy
+    """One worker: ``python -m models.trainer JOB.json`` with TF_CONFIG set (models.cluster.launch). The strategy
     is created before any TensorFlow op runs (importing TensorFlow runs none), then the job trains (and, on the
     chief, exports)."""
     argv = sys.argv[1:] if argv is None else argv
-    job = distribute.read_job(argv[0])
-    tf_config = distribute.read_tf_config()
+    job = cluster.read_job(argv[0])
+    tf_config = cluster.read_tf_config()
     run_worker(job, distribute.make_strategy("multi_worker"), tf_config)
     return 0
 

@@ -300,9 +300,9 @@ def test_nested_application_variables_round_trip(tmp_path):
 
 
 def test_plain_copy_of_a_keras_application_classifier_keeps_its_outputs():
-    """What a multi-worker or mixed-precision Trainer exports (models.distribute.plain_copy): the nested application
+    """What a multi-worker or mixed-precision Trainer exports (models.precision.plain_copy): the nested application
     holds bare keras.ops Operations, whose configs take no dtype."""
-    from models.distribute import plain_copy
+    from models.precision import plain_copy
 
     model = build_classifier(build_backbone("keras:MobileNetV3Small", (32, 32, 3)), 4)
     x = np.random.default_rng(0).uniform(0, 1, (4, 32, 32, 3)).astype("float32")

@@ -73,7 +73,8 @@ def test_semantic_alignment_loss_treats_weak_side_as_constant():
 
 
 def test_queue_is_fifo_per_class():
-    q = BalancedFeatureQueue(num_classes=3, feature_dim=1, size_per_class=2)
+    q = BalancedFeatureQueue(num_classes=3, size_per_class=2)
+    q.build((None, 1))  # enqueued into before any call
     np.testing.assert_array_equal(_np(q.prototypes()), np.zeros((3, 1)))
     q.enqueue(np.array([[1.0], [2.0], [3.0]], np.float32), np.array([0, 0, 0]))  # 3 > size: the oldest is dropped
     np.testing.assert_allclose(_np(q.prototypes())[:, 0], [2.5, 0.0, 0.0])
@@ -87,18 +88,23 @@ def test_queue_is_fifo_per_class():
 
 
 def test_queue_prototypes_are_means_of_vectors():
-    q = BalancedFeatureQueue(2, 3, size_per_class=4)
+    q = BalancedFeatureQueue(2, size_per_class=4)  # the first call builds it, 3 features wide
     out = q(np.eye(3, dtype="float32"), np.array([0, 0, 1]), training=True)
     np.testing.assert_allclose(_np(out), [[0.5, 0.5, 0.0], [0.0, 0.0, 1.0]])
     q(np.ones((1, 3), "float32"), np.array([1]), training=False)  # not training: nothing enqueued
     np.testing.assert_allclose(_np(q.prototypes()), [[0.5, 0.5, 0.0], [0.0, 0.0, 1.0]])
     assert all(not v.trainable for v in q.weights)
     restored = BalancedFeatureQueue.from_config(q.get_config())
+    restored.build_from_config(q.get_build_config())  # as keras.saving does
     assert (restored.num_classes, restored.feature_dim, restored.size_per_class) == (2, 3, 4)
+    assert [v.shape for v in restored.weights] == [v.shape for v in q.weights]
+    older = BalancedFeatureQueue.from_config({**q.get_config(), "feature_dim": 3})  # saved when the width was an argument
+    assert older.size_per_class == 4 and not older.built
 
 
 def test_pseudo_label_count_window():
     w = PseudoLabelCountWindow(num_classes=3, window=2)
+    w.build()
     w.update(np.array([0, 0, 1]))
     np.testing.assert_allclose(_np(w.counts()), [2, 1, 0])
     w.update(np.array([2]))
@@ -203,8 +209,10 @@ def test_daso_state_stays_float32_under_mixed_bfloat16():
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy("mixed_bfloat16")
     try:
-        q = BalancedFeatureQueue(num_classes=2, feature_dim=2, size_per_class=2)
+        q = BalancedFeatureQueue(num_classes=2, size_per_class=2)
+        q.build((None, 2))
         w = PseudoLabelCountWindow(num_classes=2, window=2)
+        w.build()
         assert q.dtype_policy.name == w.dtype_policy.name == "mixed_bfloat16"
         assert {v.name: v.dtype for v in q.weights + w.weights} == {
             "bank": "float32", "filled": "int32", "write_pos": "int32", "ring": "float32", "step": "int32"}

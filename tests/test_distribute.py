@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models import distribute
+from models import cluster, distribute, precision
 from models.config import CalibrationConfig, SemiConfig, SSPConfig, TrainConfig
 from models.job import TrainerJob
 
@@ -48,14 +48,14 @@ def test_a_setting_that_cannot_run_is_an_error_naming_it(setting, workers, tf_co
 
 def test_chief_and_worker_ranks_follow_tf_config():
     with_chief = {"cluster": {"chief": ["c:1"], "worker": ["w:1", "w:2"]}}
-    assert distribute.is_chief({**with_chief, "task": {"type": "chief", "index": 0}})
-    assert not distribute.is_chief({**with_chief, "task": {"type": "worker", "index": 0}})
-    assert distribute.worker_index({**with_chief, "task": {"type": "worker", "index": 1}}) == 2
-    assert distribute.cluster_workers(with_chief) == 3
+    assert cluster.is_chief({**with_chief, "task": {"type": "chief", "index": 0}})
+    assert not cluster.is_chief({**with_chief, "task": {"type": "worker", "index": 0}})
+    assert cluster.worker_index({**with_chief, "task": {"type": "worker", "index": 1}}) == 2
+    assert cluster.cluster_workers(with_chief) == 3
     plain = {"cluster": {"worker": ["w:1", "w:2"]}, "task": {"type": "worker", "index": 0}}
-    assert distribute.is_chief(plain) and distribute.is_chief({})
+    assert cluster.is_chief(plain) and cluster.is_chief({})
     with pytest.raises(ValueError, match="TF_CONFIG is not JSON"):
-        distribute.read_tf_config({"TF_CONFIG": "{cluster"})
+        cluster.read_tf_config({"TF_CONFIG": "{cluster"})
 
 
 def test_global_batch_learning_rate_scaling_and_sharding():
@@ -96,16 +96,16 @@ def test_configuring_a_run_refuses_what_is_not_data_parallel():
 
 
 def test_mixed_precision_auto_is_bfloat16_only_on_a_cpu_that_has_it(tmp_path):
-    assert distribute.resolve_mixed_precision("auto", {"fpu", "avx512f", "avx512_bf16"}, gpus=0)[0] == "mixed_bfloat16"
-    assert distribute.resolve_mixed_precision("auto", {"amx_bf16", "amx_tile"}, gpus=0)[0] == "mixed_bfloat16"
-    policy, why = distribute.resolve_mixed_precision("auto", {"avx2", "fma"}, gpus=0)  # bf16 would be emulated
+    assert precision.resolve_mixed_precision("auto", {"fpu", "avx512f", "avx512_bf16"}, gpus=0)[0] == "mixed_bfloat16"
+    assert precision.resolve_mixed_precision("auto", {"amx_bf16", "amx_tile"}, gpus=0)[0] == "mixed_bfloat16"
+    policy, why = precision.resolve_mixed_precision("auto", {"avx2", "fma"}, gpus=0)  # bf16 would be emulated
     assert policy == "none" and "avx512_bf16" in why and "emulated" in why
-    assert distribute.resolve_mixed_precision("auto", {"avx512_bf16"}, gpus=1)[0] == "none"
-    assert distribute.resolve_mixed_precision("mixed_float16", set(), gpus=0) == ("mixed_float16", "")  # as asked
+    assert precision.resolve_mixed_precision("auto", {"avx512_bf16"}, gpus=1)[0] == "none"
+    assert precision.resolve_mixed_precision("mixed_float16", set(), gpus=0) == ("mixed_float16", "")  # as asked
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16\n\nprocessor\t: 1\n")
-    assert {"avx512_bf16", "fpu"} <= distribute.cpu_flags(str(cpuinfo))
-    assert distribute.cpu_flags(str(tmp_path / "absent")) == set()
+    assert {"avx512_bf16", "fpu"} <= precision.cpu_flags(str(cpuinfo))
+    assert precision.cpu_flags(str(tmp_path / "absent")) == set()
 
 
 # ----------------------------------------------------------------------------------------- real workers
@@ -117,7 +117,7 @@ LOOP = textwrap.dedent("""
     import json, os, sys
     import numpy as np
     from models import distribute
-    tf_config = distribute.read_tf_config()
+    tf_config = cluster.read_tf_config()
     strategy = distribute.make_strategy("multi_worker" if tf_config else "mirrored")  # before any other TF op
     import keras, tensorflow as tf
     from models import backbones, losses
@@ -133,7 +133,7 @@ LOOP = textwrap.dedent("""
         return ds.repeat().batch(context.get_per_replica_batch_size(32), drop_remainder=True)
     history = distribute.fit(strategy, model, optimizer, losses.CrossEntropyLoss(), dataset_fn, 2, 3,
                              class_weights=np.linspace(0.5, 2.0, 10))
-    index = distribute.worker_index(tf_config)
+    index = cluster.worker_index(tf_config)
     np.savez(sys.argv[2] + f"-{index}.npz", *model.get_weights())
     json.dump(history, open(sys.argv[2] + f"-{index}.json", "w"))
 """)
@@ -160,7 +160,7 @@ def test_two_workers_on_localhost_train_identical_weights_with_the_loss_of_one_p
     script.write_text(LOOP)
     args = [sys.executable, str(script), str(tmp_path / "data.npz")]
     workers = [subprocess.Popen(args + [str(tmp_path / "two")], env=_env(c), cwd=ROOT)
-               for c in distribute.local_cluster(2)]
+               for c in cluster.local_cluster(2)]
     assert [p.wait(timeout=300) for p in workers] == [0, 0]
     subprocess.run(args + [str(tmp_path / "one")], env=_env(), cwd=ROOT, check=True, timeout=300)
 
@@ -208,7 +208,7 @@ def test_the_trainer_starts_its_peer_worker_and_only_the_chief_exports(tiny, tmp
     fn_args = _fn_args(tmp_path, files, stats, local_workers=2, **settings)  # train.distribute=auto, the default
     trainer.run_fn(fn_args)
 
-    scratch = os.path.join(fn_args.model_run_dir, distribute.WORKER_DIR)
+    scratch = os.path.join(fn_args.model_run_dir, cluster.WORKER_DIR)
     w0, w1 = (np.load(os.path.join(scratch, f"worker-{i}", "final.weights.npz")) for i in (0, 1))
     for key in w0.files:
         np.testing.assert_array_equal(w0[key], w1[key])
@@ -237,7 +237,7 @@ def test_a_failing_worker_stops_the_others_and_is_named(tiny, tmp_path):
     fn_args = _fn_args(tmp_path, files, stats, local_workers=2, distribute="multi_worker")
     job = {"fn_args": {**vars(fn_args), "train_files": [str(tmp_path / "missing-*.tfrecord")]}}
     with pytest.raises(RuntimeError, match=r"failed on \d of 2 workers: worker \d"):
-        distribute.launch(job, distribute.local_cluster(2), str(tmp_path / "scratch"), timeout_s=240)
+        cluster.launch(job, cluster.local_cluster(2), str(tmp_path / "scratch"), timeout_s=240)
 
 
 class _Stop(Exception):
@@ -282,7 +282,7 @@ def test_mixed_precision_trains_and_exports_float32(tiny, tmp_path, policy):
     trainer.run_fn(fn_args)
     assert keras.config.dtype_policy().name == "float32"  # the global policy is put back
     summary = json.load(open(os.path.join(fn_args.model_run_dir, "training_summary.json")))
-    resolved, why = distribute.resolve_mixed_precision(policy)  # auto: this machine's answer, and the summary says why
+    resolved, why = precision.resolve_mixed_precision(policy)  # auto: this machine's answer, and the summary says why
     assert summary["distribute"]["mixed_precision"] == resolved and summary["mixed_precision_reason"] == why
     assert all(np.isfinite(h["loss"]) for h in summary["history"])
     proc = subprocess.run([sys.executable, "-c", PREDICT, fn_args.serving_model_dir], capture_output=True, text=True,
@@ -306,7 +306,7 @@ def test_decoupling_stages_train_under_a_strategy_and_export_a_plain_copy(tiny, 
     plan = distribute.Plan("MirroredStrategy", 1, 1, 0, True, 32, 32, "global", 0.05, "none", "examples", "none")
     model, history = training.train(cfg, files, stats, [28, 28, 1], str(tmp_path), strategy=strategy, plan=plan)
     assert [h.get("stage") for h in history] == [None] + ([decoupling] if decoupling != "tau_norm" else [])
-    copy = distribute.plain_copy(model)
+    copy = precision.plain_copy(model)
     x = np.random.default_rng(0).random((4, 28, 28, 1)).astype(np.float32)
     np.testing.assert_allclose(copy(x, training=False), model(x, training=False), rtol=1e-5, atol=1e-5)
     export_serving_model(copy, str(tmp_path / "export"), [28, 28, 1])

@@ -82,7 +82,8 @@ def test_calibrate_mean_var_by_hand():
 def test_statistics_match_a_numpy_loop_over_epochs(momentum, bucket_start):
     rng = np.random.default_rng(0)
     d, bucket_num = 3, 8
-    layer = FeatureDistributionSmoothing(d, bucket_num, bucket_start, kernel="gaussian", ks=5, sigma=2.0, momentum=momentum)
+    layer = FeatureDistributionSmoothing(bucket_num, bucket_start, kernel="gaussian", ks=5, sigma=2.0, momentum=momentum)
+    layer.build((None, d))  # the statistics are updated before any call
     ref = NumpyFDS(d, bucket_num, bucket_start, fds_kernel_window("gaussian", 5, 2.0), momentum, 0)
     for epoch in range(4):
         labels = rng.integers(0, bucket_num + 2, size=60)
@@ -103,7 +104,8 @@ def test_statistics_match_a_numpy_loop_over_epochs(momentum, bucket_start):
 
 def test_call_calibrates_only_while_training_from_start_smooth():
     rng = np.random.default_rng(1)
-    layer = FeatureDistributionSmoothing(2, 4, start_smooth=1, ks=3, sigma=1.0)
+    layer = FeatureDistributionSmoothing(4, start_smooth=1, ks=3, sigma=1.0)
+    layer.build((None, 2))
     for epoch in range(2):
         layer.update_last_epoch_stats(epoch)
         layer.update_running_stats(rng.normal(size=(40, 2)) * 3 + 1, rng.integers(0, 4, 40), epoch)
@@ -133,7 +135,8 @@ def _grad_of_sum(layer, x, ids):
 
 
 def test_gradient_flows_through_the_calibration():
-    layer = FeatureDistributionSmoothing(2, 3, ks=3, sigma=1.0, start_smooth=0)
+    layer = FeatureDistributionSmoothing(3, ks=3, sigma=1.0, start_smooth=0)
+    layer.build((None, 2))
     layer.running_var_last_epoch.assign(np.full((3, 2), 4.0, "float32"))
     layer.smoothed_var_last_epoch.assign(np.full((3, 2), 1.0, "float32"))
     x = np.ones((4, 2), "float32")
@@ -150,7 +153,7 @@ def test_fit_with_the_callback_updates_stats_from_encodings_and_saves_them(tmp_p
     y = ids.astype("float32") + 0.1 * x[:, 0]
     features_in, bucket_in = keras.Input((4,), name="x"), keras.Input((), dtype="int32", name="bucket")
     hidden = keras.layers.Dense(3, activation="relu", name="hidden")(features_in)
-    fds = FeatureDistributionSmoothing(3, buckets, ks=3, sigma=1.0, name="fds")
+    fds = FeatureDistributionSmoothing(buckets, ks=3, sigma=1.0, name="fds")  # built by the call, 3 features wide
     out = keras.layers.Dense(1, name="out")(fds(hidden, bucket_in))
     model = keras.Model({"x": features_in, "bucket": bucket_in}, out)
     encoder = keras.Model(features_in, hidden)

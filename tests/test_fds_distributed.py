@@ -28,7 +28,9 @@ from models import distribute
 from models.layers.fds import FeatureDistributionSmoothing
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 def make():
-    return FeatureDistributionSmoothing(3, 8, 1, ks=5, sigma=2.0, momentum=0.9)
+    layer = FeatureDistributionSmoothing(8, 1, ks=5, sigma=2.0, momentum=0.9)
+    layer.build((None, 3))  # under the strategy's scope for the mirrored one: its state is mirrored
+    return layer
 with strategy.scope():
     two = make()
 one = make()
@@ -80,10 +82,12 @@ def test_statistics_stay_float32_under_mixed_bfloat16_and_update_as_float32_feat
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy("mixed_bfloat16")
     try:
-        mixed = FeatureDistributionSmoothing(4, 6, ks=3, sigma=1.0, start_smooth=0)
+        mixed = FeatureDistributionSmoothing(6, ks=3, sigma=1.0, start_smooth=0)
+        mixed.build((None, 4))
     finally:
         keras.config.set_dtype_policy(previous)
-    plain = FeatureDistributionSmoothing(4, 6, ks=3, sigma=1.0, start_smooth=0)
+    plain = FeatureDistributionSmoothing(6, ks=3, sigma=1.0, start_smooth=0)
+    plain.build((None, 4))
     assert mixed.compute_dtype == "bfloat16"
     assert {v.dtype for v in mixed.variables} == {"float32", "int32"}  # the epochs are int32, every statistic float32
     low = keras.ops.cast(feats, "bfloat16")  # what a bfloat16 encoder hands the layer

@@ -114,7 +114,7 @@ def test_no_true_pool_label_reaches_a_training_example(pseudo_run):
     nothing but the labeled split and these examples."""
     import tensorflow as tf
 
-    from models.pool_estimates import bcts_log_probabilities, prior_adjusted_log_probabilities
+    from models.class_prior import bcts_log_probabilities, prior_adjusted_log_probabilities
 
     m = pseudo_run["metrics"]
     pl = m["pseudo_labels"]

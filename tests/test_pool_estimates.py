@@ -3,15 +3,8 @@
 import numpy as np
 import pytest
 
-from models.pool_estimates import (
-    IllConditionedConfusionError,
-    conditional_confusion,
-    energy_score,
-    estimate_class_distribution,
-    imbalance_ratio,
-    in_domain_threshold,
-    relevance_from_fraction,
-)
+from models.class_prior import IllConditionedConfusionError, conditional_confusion, estimate_class_distribution, imbalance_ratio
+from models.pool_estimates import energy_score, in_domain_threshold, relevance_from_fraction
 
 
 def test_conditional_confusion_convention_pred_given_true():
@@ -125,7 +118,8 @@ def test_summarise_pool_bbse_and_fallbacks():
 
 
 def test_soft_confusion_and_bbse_soft_with_a_never_predicted_class():
-    from models.pool_estimates import soft_confusion, summarise_pool
+    from models.class_prior import soft_confusion
+    from models.pool_estimates import summarise_pool
 
     # class 2 is never the argmax (its probability tops out at 0.4), so the hard C has a zero row
     profiles = np.array([[0.8, 0.1, 0.1], [0.1, 0.7, 0.2], [0.45, 0.15, 0.4]])  # row j = p(x) for x of class j

@@ -5,7 +5,7 @@ known: at a 300-image and at a 5-image-a-class validation split."""
 import numpy as np
 import pytest
 
-from models.pool_estimates import (
+from models.class_prior import (
     bcts_log_probabilities,
     em_prior,
     estimate_prior_em_bcts,

@@ -179,7 +179,7 @@ def test_em_bcts_prior_adjustment_labels_by_the_adjusted_posterior(tmp_path):
     """semi.pseudo_label.prior=em_bcts: each pool image's label and confidence are those of its posterior adjusted to
     the EM-BCTS prior the statistics report (recomputed here from the reported T, b and priors); the counts the pool
     estimates read stay the served argmax's."""
-    from models.pool_estimates import bcts_log_probabilities, prior_adjusted_log_probabilities
+    from models.class_prior import bcts_log_probabilities, prior_adjusted_log_probabilities
 
     labels, _, logits = _expected(POOL)
     val_labels = labels[:30].copy()

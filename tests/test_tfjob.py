@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from components import tfjob
-from models import distribute
+from models import cluster
 from tests.test_kubeflow_compile import load_package
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -86,7 +86,7 @@ def test_a_multi_worker_package_holds_a_tfjob_the_operators_crd_schema_accepts(t
     (container,) = worker["template"]["spec"]["containers"]
     assert container["name"] == "tensorflow"  # the container the operator gives TF_CONFIG
     assert container["image"] == "registry.example/longtail-tfx:1"
-    # the local launcher's command (models.distribute.launch): python -m <the Trainer's module> JOB.json
+    # the local launcher's command (models.cluster.launch): python -m <the Trainer's module> JOB.json
     assert container["command"] + container["args"] == [
         "python", "-m", "models.regression", "gs://bucket/taxi/LongTailTrainer/model_run/7/distributed/job.json"]
     assert container["resources"] == {"requests": {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "1"},
@@ -111,15 +111,15 @@ def test_a_multi_worker_package_without_a_worker_count_is_refused(tmp_path):
 
 
 def test_the_local_cluster_gives_workers_the_tf_config_the_operator_writes():
-    local = distribute.local_cluster(2)
+    local = cluster.local_cluster(2)
     pods = [tfjob.operator_tf_config("taxi-trainer-1a2b", "kubeflow-user", 2, i) for i in range(2)]
     for mine, theirs in zip(local, pods, strict=True):
         assert set(mine) == set(theirs) == {"cluster", "task", "environment"}
         assert mine["task"] == theirs["task"] and mine["environment"] == theirs["environment"] == "cloud"
         assert set(mine["cluster"]) == set(theirs["cluster"]) == {"worker"}
-        assert distribute.is_chief(mine) == distribute.is_chief(theirs)
+        assert cluster.is_chief(mine) == cluster.is_chief(theirs)
     assert pods[1]["cluster"]["worker"][0] == "taxi-trainer-1a2b-worker-0.kubeflow-user.svc:2222"
-    assert [distribute.worker_index(c) for c in pods] == [0, 1]
+    assert [cluster.worker_index(c) for c in pods] == [0, 1]
 
 
 class RecordingCustomObjectsApi:

@@ -37,14 +37,19 @@ class BalancedFeatureQueue(layers.Layer):
     last ``size_per_class`` are kept. ``prototypes()`` is the (num_classes, feature_dim) per-class
     mean of what is queued, zeros for a class with nothing queued yet.
 
-    >>> q = BalancedFeatureQueue(2, 3, size_per_class=2)
+    >>> q = BalancedFeatureQueue(2, size_per_class=2)
+    >>> q.build((None, 3))  # the features' width; a call builds it too
     >>> q.enqueue(np.eye(3, dtype="float32"), np.array([0, 0, 1]))
     >>> q.prototypes()  # [[0.5, 0.5, 0], [0, 0, 1]]
     """
 
-    def __init__(self, num_classes: int, feature_dim: int, size_per_class: int = 256, **kwargs):
+    def __init__(self, num_classes: int, size_per_class: int = 256, **kwargs):
         super().__init__(**kwargs)
-        self.num_classes, self.feature_dim, self.size_per_class = int(num_classes), int(feature_dim), int(size_per_class)
+        self.num_classes, self.size_per_class = int(num_classes), int(size_per_class)
+        self.feature_dim = None  # from the features' last axis (build)
+
+    def build(self, input_shape):
+        self.feature_dim = int(input_shape[-1])
         c, s, d = self.num_classes, self.size_per_class, self.feature_dim
         # one flat (C * S, D) bank: slot c * S + j is the j-th ring slot of class c
         self.bank = self.add_weight(shape=(c * s, d), initializer="zeros", dtype="float32", trainable=False,
@@ -53,7 +58,6 @@ class BalancedFeatureQueue(layers.Layer):
                                       name="filled")
         self.write_pos = self.add_weight(shape=(c,), initializer="zeros", dtype="int32", trainable=False, autocast=False,
                                          name="write_pos")
-        self.built = True
 
     def enqueue(self, features, labels):
         c, s = self.num_classes, self.size_per_class
@@ -89,8 +93,13 @@ class BalancedFeatureQueue(layers.Layer):
         return self.prototypes()
 
     def get_config(self):
-        return {**super().get_config(), "num_classes": self.num_classes, "feature_dim": self.feature_dim,
-                "size_per_class": self.size_per_class}
+        return {**super().get_config(), "num_classes": self.num_classes, "size_per_class": self.size_per_class}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config.pop("feature_dim", None)  # a model saved while the width was an argument: build() reads it now
+        return cls(**config)
 
 
 @saving.register_keras_serializable(package="longtail")
@@ -102,11 +111,13 @@ class PseudoLabelCountWindow(layers.Layer):
     def __init__(self, num_classes: int, window: int = 100, **kwargs):
         super().__init__(**kwargs)
         self.num_classes, self.window = int(num_classes), int(window)
+
+    def build(self, input_shape=None):
+        """The state does not depend on an input: the owner builds the window before its first update."""
         self.ring = self.add_weight(shape=(self.window, self.num_classes), initializer="zeros", dtype="float32",
                                     trainable=False, autocast=False, name="ring")
         self.step = self.add_weight(shape=(), initializer="zeros", dtype="int32", trainable=False, autocast=False,
                                     name="step")
-        self.built = True
 
     def step_counts(self, pseudo_labels):
         """The per-class counts of one step's pseudo-labels, (num_classes,) float32."""

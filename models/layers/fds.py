@@ -48,7 +48,6 @@ class FeatureDistributionSmoothing(keras.layers.Layer):
     """Per-bucket feature statistics, smoothed across neighbouring buckets, re-calibrating features.
 
     Args:
-      feature_dim: D, the width of the features it calibrates.
       bucket_num, bucket_start: buckets [bucket_start, bucket_num) are tracked; a bucket id below
         (above) is pooled into the first (last) tracked bucket, as the paper's code groups labels.
       kernel, ks, sigma: the smoothing window (:func:`fds_kernel_window`).
@@ -57,7 +56,8 @@ class FeatureDistributionSmoothing(keras.layers.Layer):
       start_update: first epoch whose features update the statistics.
       start_smooth: first epoch at which training features are calibrated.
 
-    State (non-trainable variables, saved with the model), each (bucket_num - bucket_start, D):
+    State (non-trainable variables made by :meth:`build` from the features' width D, saved with the model), each
+    (bucket_num - bucket_start, D):
     ``running_mean``, ``running_var``, ``running_mean_last_epoch``, ``running_var_last_epoch``,
     ``smoothed_mean_last_epoch``, ``smoothed_var_last_epoch``; plus ``epoch`` (last epoch whose
     statistics were frozen), ``current_epoch`` (set by :class:`FDSUpdate`) and
@@ -65,21 +65,26 @@ class FeatureDistributionSmoothing(keras.layers.Layer):
 
     Example::
 
-        fds = FeatureDistributionSmoothing(feature_dim=64, bucket_num=100)
-        z = fds(features, bucket_ids, training=True)   # identity with training=False
+        fds = FeatureDistributionSmoothing(bucket_num=100)
+        z = fds(features, bucket_ids, training=True)   # identity with training=False; builds on the first call
+        fds.build((None, 64))                          # or before it, to update statistics first
     """
 
-    def __init__(self, feature_dim: int, bucket_num: int, bucket_start: int = 0, kernel: str = "gaussian", ks: int = 5,
-                 sigma: float = 2.0, momentum: float | None = 0.9, start_update: int = 0, start_smooth: int = 1, **kwargs):
+    def __init__(self, bucket_num: int, bucket_start: int = 0, kernel: str = "gaussian", ks: int = 5, sigma: float = 2.0,
+                 momentum: float | None = 0.9, start_update: int = 0, start_smooth: int = 1, **kwargs):
         super().__init__(**kwargs)
         if bucket_num - bucket_start < 1:
             raise ValueError(f"no bucket to track: bucket_num {bucket_num}, bucket_start {bucket_start}")
-        self.feature_dim, self.bucket_num, self.bucket_start = int(feature_dim), int(bucket_num), int(bucket_start)
+        self.bucket_num, self.bucket_start = int(bucket_num), int(bucket_start)
         self.kernel, self.ks, self.sigma = kernel, int(ks), float(sigma)
         self.momentum = None if momentum is None else float(momentum)
         self.start_update, self.start_smooth = int(start_update), int(start_smooth)
         self.kernel_window = fds_kernel_window(kernel, ks, sigma).astype("float32")
         self.half_ks = (self.ks - 1) // 2
+        self.feature_dim = None  # D, from the features' last axis (build)
+
+    def build(self, features_shape, bucket_ids_shape=None):
+        self.feature_dim = int(features_shape[-1])
         shape = (self.bucket_num - self.bucket_start, self.feature_dim)
 
         def state(name, value, s=shape, dtype="float32"):
@@ -95,7 +100,12 @@ class FeatureDistributionSmoothing(keras.layers.Layer):
         self.num_samples_tracked = state("num_samples_tracked", 0.0, (shape[0],))
         self.epoch = state("epoch", self.start_update, (), "int32")
         self.current_epoch = state("current_epoch", 0, (), "int32")
-        self.built = True
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config.pop("feature_dim", None)  # a model saved while the width was an argument: build() reads it now
+        return cls(**config)
 
     def _bucket(self, bucket_ids):
         ids = ops.cast(ops.reshape(bucket_ids, (-1,)), "int32") - self.bucket_start
@@ -192,9 +202,9 @@ class FeatureDistributionSmoothing(keras.layers.Layer):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "feature_dim": self.feature_dim, "bucket_num": self.bucket_num,
-                "bucket_start": self.bucket_start, "kernel": self.kernel, "ks": self.ks, "sigma": self.sigma,
-                "momentum": self.momentum, "start_update": self.start_update, "start_smooth": self.start_smooth}
+        return {**super().get_config(), "bucket_num": self.bucket_num, "bucket_start": self.bucket_start,
+                "kernel": self.kernel, "ks": self.ks, "sigma": self.sigma, "momentum": self.momentum,
+                "start_update": self.start_update, "start_smooth": self.start_smooth}
 
 
 class FDSUpdate(keras.callbacks.Callback):
