@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import sys
 import time
 import types
@@ -39,7 +38,6 @@ DISTRIBUTE = ("none", "mirrored", "multi_worker", "auto")
 LR_SCALING = ("none", "linear", "sqrt")
 BATCH_SCALING = ("global", "per_replica")
 DATA_SHARDING = ("auto", "examples", "seeds")
-BACKUP_FILE = "distributed_backup.npz"
 
 
 def resolve(setting: str, local_workers: int = 1, tf_config: dict | None = None, gpus: int = 0,
@@ -222,39 +220,55 @@ def fit(strategy, model, optimizer, loss, dataset_fn, epochs: int, steps: int, f
         grads = tape.gradient(scaled, model.trainable_variables)
         optimizer.apply(grads, model.trainable_variables)
         correct = tf.reduce_sum(tf.cast(tf.equal(tf.cast(tf.argmax(logits, -1), tf.int32), y), tf.float32))
-        return value, correct, tf.cast(tf.size(y), tf.float32)
-
-    @tf.function
-    def train_step(iterator):
-        value, correct, count = strategy.run(replica_step, args=(next(iterator),))
-        return tuple(strategy.reduce(tf.distribute.ReduceOp.SUM, t, axis=None) for t in (value, correct, count))
+        return {"loss": value, "correct": correct, "count": tf.cast(tf.size(y), tf.float32)}
 
     sync_statistics = statistics_sync(strategy, [v for v in model.non_trainable_variables if v.trainable is False])
-
-    return run_epochs(train_step, data, steps, first_epoch, epochs, sync_statistics, model, optimizer, progress, backup)
-
-
-def epoch_sums(step, data, steps: int, n: int = 3) -> list[float]:
-    """The sums over ``steps`` calls of ``step(data)`` of each of the ``n`` values it returns (a loss, a count of
-    hits, a count of examples), as floats: one epoch of a custom loop (fit, models.ssp, models.regression)."""
-    totals = [0.0] * n
-    for _ in range(steps):
-        totals = [t + float(v) for t, v in zip(totals, step(data), strict=True)]
-    return totals
+    return run_epochs(global_step(strategy, replica_step), data, steps, first_epoch, epochs, accuracy_and_loss,
+                      model=model, optimizer=optimizer, sync_statistics=sync_statistics, progress=progress, backup=backup)
 
 
-def run_epochs(train_step, data, steps: int, first_epoch: int, epochs: int, sync_statistics, model, optimizer,
-               progress=None, backup=None) -> list:
-    """A custom loop's epochs (:func:`fit`, models.ssp.fit_pretext): ``steps`` calls of ``train_step(data)`` (each
-    the global batch's loss, hits and examples), the BatchNorm statistics averaged across replicas, the history entry
-    {epoch, seconds, accuracy, loss} given to ``progress``, ``backup`` written; the history."""
+def global_step(strategy, replica_step, mean=()):
+    """The replica-step skeleton every data-parallel Trainer trains with: a tf.function that runs
+    ``replica_step(batch)`` (the Trainer's own step: forward, its loss as its share of the global batch's, the
+    optimizer's update) on every replica, each on its share of the iterator's next global batch, and returns what
+    it returns (a dict of scalars) summed over the replicas; keys in ``mean`` are averaged instead."""
+    import tensorflow as tf
+
+    @tf.function
+    def step(iterator):
+        out = strategy.run(replica_step, args=(next(iterator),))
+        return {k: strategy.reduce(tf.distribute.ReduceOp.MEAN if k in mean else tf.distribute.ReduceOp.SUM, v,
+                                   axis=None) for k, v in out.items()}
+
+    return step
+
+
+def accuracy_and_loss(totals: dict, steps: int) -> dict:
+    """An epoch's {accuracy, loss} from the sums of its steps' {loss, correct, count} (:func:`fit`, models.ssp)."""
+    return {"accuracy": totals["correct"] / max(totals["count"], 1.0), "loss": totals["loss"] / max(steps, 1)}
+
+
+def run_epochs(train_step, data, steps: int, first_epoch: int, epochs: int, summarize, model=None, optimizer=None,
+               sync_statistics=None, before_epoch=None, after_epoch=None, progress=None, backup=None) -> list:
+    """The one epoch loop of every data-parallel Trainer (:func:`fit`, models.ssp.fit_pretext,
+    models.semi.fit_distributed, models.regression.train_distributed): per epoch ``before_epoch(epoch)``, ``steps``
+    calls of ``train_step(data)`` (:func:`global_step`) with each output summed over them, the BatchNorm statistics
+    averaged across replicas (``sync_statistics()``), ``after_epoch(epoch)`` (FDS's statistics), the history entry
+    {epoch, seconds, **summarize(sums, steps)} given to ``progress``, ``backup`` written. Returns the history."""
     history = []
     for epoch in range(first_epoch, epochs):
         t0 = time.time()
-        total_loss, total_correct, total_count = epoch_sums(train_step, data, steps)
-        sync_statistics()
-        entry = {"epoch": epoch + 1, "seconds": time.time() - t0, "accuracy": total_correct / max(total_count, 1.0),
-                 "loss": total_loss / max(steps, 1)}
+        if before_epoch is not None:
+            before_epoch(epoch)
+        totals = {}
+        for _ in range(steps):
+            for k, v in train_step(data).items():
+                totals[k] = totals.get(k, 0.0) + float(v)
+        if sync_statistics is not None:
+            sync_statistics()
+        if after_epoch is not None:
+            after_epoch(epoch)
+        entry = {"epoch": epoch + 1, "seconds": time.time() - t0, **summarize(totals, steps)}
         history.append(entry)
         if progress is not None:
             progress(entry)
@@ -400,47 +414,3 @@ def barrier(strategy) -> None:
             tf.distribute.ReduceOp.SUM, tf.constant(1.0)))
 
     meet()
-
-
-class Backup:
-    """BackupAndRestore for :func:`fit`: after each epoch the model's and optimizer's variables and the epoch,
-    in one ``.npz`` written atomically (a temporary name, then a rename) by the chief only; every worker reads
-    the chief's file on resume (``backup_dir`` is shared storage on a cluster, as Keras' BackupAndRestore needs)."""
-
-    def __init__(self, backup_dir: str, chief: bool, stage: str = "train"):
-        self.path = os.path.join(backup_dir, f"{stage}-{BACKUP_FILE}")
-        self.chief = chief
-
-    def save(self, model, optimizer, epoch: int) -> None:
-        # every worker reads the variables (a distributed read may be a collective); only the chief writes
-        values = {f"m{i}": np.asarray(v) for i, v in enumerate(model.get_weights())}
-        values.update({f"o{i}": np.asarray(v.numpy()) for i, v in enumerate(optimizer.variables)})
-        if not self.chief:
-            return
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        partial = self.path + ".partial.npz"
-        np.savez(partial, epoch=np.int64(epoch), **values)
-        os.replace(partial, self.path)
-
-    def restore(self, model, optimizer) -> int:
-        """The epoch to start at (0 without a backup); a backup that does not fit the model is an error."""
-        if not os.path.exists(self.path):
-            return 0
-        with np.load(self.path) as saved:
-            model_values = [saved[f"m{i}"] for i in range(len(model.get_weights()))]
-            optimizer_values = [saved[k] for k in sorted((k for k in saved.files if k.startswith("o")),
-                                                         key=lambda k: int(k[1:]))]
-            epoch = int(saved["epoch"])
-        if len(optimizer_values) != len(optimizer.variables):
-            raise ValueError(f"{self.path}: {len(optimizer_values)} optimizer variables, the optimizer has "
-                             f"{len(optimizer.variables)}; remove the backup to start over")
-        model.set_weights(model_values)
-        for variable, value in zip(optimizer.variables, optimizer_values):
-            variable.assign(value)
-        print(f"[trainer] resumed from {self.path} at epoch {epoch}", file=sys.stderr, flush=True)
-        return epoch
-
-    def remove(self) -> None:
-        if self.chief and os.path.exists(self.path):
-            os.remove(self.path)
-

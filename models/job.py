@@ -126,7 +126,7 @@ class TrainerJob:
         when it warm-starts from a pre-training or may pre-train inline (the planner)."""
         if self.stage == PRETRAIN:  # not the supervised settings: changing them leaves the pre-training alone
             payload = {PRETRAIN_KEY: dataclasses.asdict(self.pretrain), BACKBONE_KEY: self.backbone, "data": data}
-            if self.distribute is not None:  # another cluster's backup (its own file, models.distribute.Backup)
+            if self.distribute is not None:  # another cluster's backup (its own file, models.toolkit.Backup)
                 payload[DISTRIBUTE_KEY] = dataclasses.asdict(self.distribute)
         elif self.stage == REGRESSION:
             payload = {TRAIN_KEY: dataclasses.asdict(self.train), REGRESSION_KEY: dataclasses.asdict(self.regression),

@@ -34,7 +34,7 @@ from models.export import SERVING_DEFAULT, SERVING_TF_EXAMPLE, write_serving_met
 from models.inputs import records, tfrecord_files, untuned
 from models.job import REGRESSION, TrainerJob
 from models.layers.fds import FDSUpdate, FeatureDistributionSmoothing
-from models.toolkit import EpochProgress
+from models.toolkit import Backup, EpochProgress
 
 # Column types of the CSV as CsvExampleGen infers them (mirrors schemas/chicago_taxi.pbtxt; a test checks).
 COLUMN_TYPES = {
@@ -329,33 +329,31 @@ def train_distributed(cfg: RegressionConfig, train: TrainConfig, inputs: dict, t
             scaled = optimizer.scale_loss(value) if scaling else value
         grads = tape.gradient(scaled, model.trainable_variables)
         optimizer.apply(grads, model.trainable_variables)
-        return value, tf.reduce_sum(tf.abs(prediction[:, 0] - y[:, 0])), tf.cast(tf.shape(y)[0], tf.float32)
-
-    @tf.function
-    def train_step(iterator):
-        results = strategy.run(replica_step, args=(next(iterator),))
-        return tuple(strategy.reduce(tf.distribute.ReduceOp.SUM, t, axis=None) for t in results)
+        return {"loss": value, "abs": tf.reduce_sum(tf.abs(prediction[:, 0] - y[:, 0])),
+                "count": tf.cast(tf.shape(y)[0], tf.float32)}
 
     encode = tf.function(lambda batch: tf.cast(encoder(batch, training=False), tf.float32))
     rows = untuned(tf.data.Dataset.from_tensor_slices({k: v for k, v in local.items() if k != TARGET_BUCKET})).batch(4096)
-    backup = distribute.Backup(backup_dir, plan.chief) if backup_dir else None
+    backup = Backup(backup_dir, plan.chief) if backup_dir else None
     first = backup.restore(model, optimizer) if backup else 0
     progress = EpochProgress(train.epochs, prefix=verbose_prefix)
-    for epoch in range(first, train.epochs):
-        t0 = time.time()
-        if fds is not None:
-            fds.current_epoch.assign(epoch)  # cross-replica: every replica's copy
-        total_loss, total_abs, total_count = distribute.epoch_sums(train_step, data, steps)
-        if fds is not None and epoch >= fds.start_update:
+
+    def fds_epoch(epoch):
+        fds.current_epoch.assign(epoch)  # cross-replica: every replica's copy
+
+    def fds_statistics(epoch):
+        if epoch >= fds.start_update:
             features = np.concatenate([encode(batch).numpy() for batch in rows]) if len(mine) else \
                 np.zeros((0, fds.feature_dim), np.float32)
             moments = distribute.replica_sums(strategy, fds.epoch_moments, features, local[TARGET_BUCKET])
             fds.update_last_epoch_stats(epoch)
             fds.apply_moments(*moments, epoch)
-        progress.report({"epoch": epoch + 1, "seconds": time.time() - t0, "loss": total_loss / max(steps, 1),
-                         "mae": total_abs / max(total_count, 1.0)})
-        if backup is not None:
-            backup.save(model, optimizer, epoch + 1)
+
+    distribute.run_epochs(distribute.global_step(strategy, replica_step), data, steps, first, train.epochs,
+                          lambda t, steps: {"loss": t["loss"] / max(steps, 1), "mae": t["abs"] / max(t["count"], 1.0)},
+                          model=model, optimizer=optimizer, before_epoch=fds_epoch if fds is not None else None,
+                          after_epoch=fds_statistics if fds is not None else None, progress=progress.report,
+                          backup=backup)
     if backup is not None:
         backup.remove()
     return model, progress.history

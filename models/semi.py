@@ -32,7 +32,6 @@ import json
 import math
 import os
 import sys
-import time
 
 import keras
 import numpy as np
@@ -385,9 +384,9 @@ def semi_dataset_fn(cfg: TrainConfig, fixmatch: FixMatchConfig, train_files, unl
 
 
 def distributed_step(strategy, model: FixMatchModel, optimizer):
-    """A ``tf.function(batch)``: one training step on every replica (``strategy.run``) on its share of the global
-    batch, returning the global batch's loss terms (the replicas' shares summed; daso_on, the same everywhere,
-    averaged)."""
+    """A ``tf.function(iterator)`` (models.distribute.global_step): one training step on every replica on its share
+    of the iterator's next global batch, returning the global batch's loss terms (the replicas' shares summed;
+    daso_on, the same everywhere, averaged)."""
     scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
     variables = model.trainable_variables
 
@@ -399,41 +398,28 @@ def distributed_step(strategy, model: FixMatchModel, optimizer):
         optimizer.apply(tape.gradient(scaled, variables), variables)
         return terms
 
-    @tf.function
-    def step(batch):
-        terms = strategy.run(replica_step, args=(batch,))
-        return {k: strategy.reduce(tf.distribute.ReduceOp.MEAN if k == "daso_on" else tf.distribute.ReduceOp.SUM, v,
-                                   axis=None) for k, v in terms.items()}
-
-    return step
+    return distribute.global_step(strategy, replica_step, mean=("daso_on",))
 
 
 def fit_distributed(strategy, model: FixMatchModel, optimizer, dataset_fn, epochs: int, steps: int, progress=None,
                     monitor=None, backup=None) -> list:
     """models.distribute.fit for FixMatch / DASO: ``steps`` :func:`distributed_step` an epoch, then BatchNorm's
     statistics (the student's and the EMA's) averaged across the replicas, the pool scored (``monitor``, on the chief)
-    and the backup written (:class:`models.distribute.Backup`: every variable, queue and counts included; resumed
+    and the backup written (:class:`models.toolkit.Backup`: every variable, queue and counts included; resumed
     from when there is one). The EMA is updated once more after the last step. Returns the per-epoch history."""
     first = backup.restore(model, optimizer) if backup is not None else 0
     data = iter(strategy.distribute_datasets_from_function(dataset_fn))
-    step = distributed_step(strategy, model, optimizer)
-    sync_statistics = distribute.statistics_sync(strategy, model.replica_statistics())
-    history = []
-    for epoch in range(first, epochs):
-        t0 = time.time()
-        totals = {}
-        for _ in range(steps):
-            for k, v in step(next(data)).items():
-                totals[k] = totals.get(k, 0.0) + float(v)
-        sync_statistics()
-        entry = {"epoch": epoch + 1, "seconds": time.time() - t0, **{k: v / max(steps, 1) for k, v in totals.items()}}
-        history.append(entry)
+
+    def report(entry):
         if progress is not None:
             progress(entry)
         if monitor is not None:
-            monitor.on_epoch_end(epoch)
-        if backup is not None:
-            backup.save(model, optimizer, epoch + 1)
+            monitor.on_epoch_end(entry["epoch"] - 1)
+
+    history = distribute.run_epochs(distributed_step(strategy, model, optimizer), data, steps, first, epochs,
+                                    lambda totals, steps: {k: v / max(steps, 1) for k, v in totals.items()},
+                                    model=model, optimizer=optimizer, progress=report, backup=backup,
+                                    sync_statistics=distribute.statistics_sync(strategy, model.replica_statistics()))
     tf.function(lambda: strategy.run(model.update_ema))()  # the EMA after the last optimizer step, on every replica
     if backup is not None:
         backup.remove()
@@ -509,7 +495,7 @@ def train_semi(cfg: TrainConfig, semi: SemiConfig, train_files, unlabeled_files,
         fit_distributed(strategy, model, optimizer,
                         semi_dataset_fn(cfg, fixmatch, train_files, unlabeled_files, stats, image_shape, plan),
                         cfg.epochs, steps, progress=progress.report, monitor=monitor,
-                        backup=distribute.Backup(backup_dir, plan.chief) if backup_dir else None)
+                        backup=toolkit.Backup(backup_dir, plan.chief) if backup_dir else None)
 
     last = monitor.history[-1] if monitor and monitor.history else {}
     summary = {

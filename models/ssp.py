@@ -331,7 +331,7 @@ def fit_pretext(strategy, model, optimizer, dataset_fn, epochs: int, steps: int,
     of terms (4 x the global batch for rotation, the global batch for MoCo), so the optimizer's sum across replicas
     is the single process's mean; ``dataset_fn(input_context)`` builds a replica's batches; at each epoch's end the
     BatchNorm statistics are averaged across replicas (:func:`batch_norm_statistics`) and ``backup``, a
-    models.distribute.Backup, is written."""
+    models.toolkit.Backup, is written."""
     scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
     data = iter(strategy.distribute_datasets_from_function(dataset_fn))
 
@@ -346,17 +346,13 @@ def fit_pretext(strategy, model, optimizer, dataset_fn, epochs: int, steps: int,
         grads = tape.gradient(scaled, model.trainable_variables)
         optimizer.apply(grads, model.trainable_variables)
         hits = tf.equal(tf.cast(tf.argmax(logits, -1), tf.int32), tf.cast(model.pretext_labels(logits), tf.int32))
-        return value, tf.reduce_sum(tf.cast(hits, tf.float32)), tf.cast(tf.size(terms), tf.float32)
+        return {"loss": value, "correct": tf.reduce_sum(tf.cast(hits, tf.float32)),
+                "count": tf.cast(tf.size(terms), tf.float32)}
 
-    @tf.function
-    def train_step(iterator):
-        value, correct, count = strategy.run(replica_step, args=(next(iterator),))
-        return tuple(strategy.reduce(tf.distribute.ReduceOp.SUM, t, axis=None) for t in (value, correct, count))
-
-    sync_statistics = distribute.statistics_sync(strategy, batch_norm_statistics(model))
-
-    return distribute.run_epochs(train_step, data, steps, first_epoch, epochs, sync_statistics, model, optimizer,
-                                 progress, backup)
+    return distribute.run_epochs(distribute.global_step(strategy, replica_step), data, steps, first_epoch, epochs,
+                                 distribute.accuracy_and_loss, model=model, optimizer=optimizer,
+                                 sync_statistics=distribute.statistics_sync(strategy, batch_norm_statistics(model)),
+                                 progress=progress, backup=backup)
 
 
 def linear_probe_accuracy(backbone: keras.Model, eval_files, image_shape, seed: int = 0) -> float:
@@ -433,7 +429,7 @@ def pretrain(cfg: SSPConfig, backbone_name: str, image_shape, file_groups, model
             return pretext_dataset(cfg, images, image_shape, context.get_per_replica_batch_size(global_batch), shard,
                                    seed_offset=context.input_pipeline_id)
 
-        backup = distribute.Backup(backup_dir, chief, stage="pretrain") if backup_dir else None
+        backup = toolkit.Backup(backup_dir, chief, stage="pretrain") if backup_dir else None
         first = backup.restore(model, optimizer) if backup else 0
         fit_pretext(strategy, model, optimizer, dataset_fn, cfg.epochs, steps, first, progress.report, backup)
         if backup is not None:

@@ -16,6 +16,7 @@ import sys
 import time
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from models import backbones, config, inputs, modes, retrain, sampling
@@ -241,3 +242,50 @@ def init_from_classifier(model: keras.Model, weights_dir: str | None, prefix: st
     print(f"{prefix} starts from the classifier in {weights_dir}: {len(loaded)} variables, head included",
           file=sys.stderr, flush=True)
     return len(loaded)
+
+
+BACKUP_FILE = "distributed_backup.npz"
+
+
+class Backup:
+    """BackupAndRestore for the data-parallel loop (models.distribute.run_epochs): after each epoch the model's and
+    optimizer's variables and the epoch, in one ``.npz`` written atomically (a temporary name, then a rename) by the
+    chief only; every worker reads the chief's file on resume (``backup_dir`` is shared storage on a cluster, as
+    Keras' BackupAndRestore needs)."""
+
+    def __init__(self, backup_dir: str, chief: bool, stage: str = "train"):
+        self.path = os.path.join(backup_dir, f"{stage}-{BACKUP_FILE}")
+        self.chief = chief
+
+    def save(self, model, optimizer, epoch: int) -> None:
+        # every worker reads the variables (a distributed read may be a collective); only the chief writes
+        values = {f"m{i}": np.asarray(v) for i, v in enumerate(model.get_weights())}
+        values.update({f"o{i}": np.asarray(v.numpy()) for i, v in enumerate(optimizer.variables)})
+        if not self.chief:
+            return
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        partial = self.path + ".partial.npz"
+        np.savez(partial, epoch=np.int64(epoch), **values)
+        os.replace(partial, self.path)
+
+    def restore(self, model, optimizer) -> int:
+        """The epoch to start at (0 without a backup); a backup that does not fit the model is an error."""
+        if not os.path.exists(self.path):
+            return 0
+        with np.load(self.path) as saved:
+            model_values = [saved[f"m{i}"] for i in range(len(model.get_weights()))]
+            optimizer_values = [saved[k] for k in sorted((k for k in saved.files if k.startswith("o")),
+                                                         key=lambda k: int(k[1:]))]
+            epoch = int(saved["epoch"])
+        if len(optimizer_values) != len(optimizer.variables):
+            raise ValueError(f"{self.path}: {len(optimizer_values)} optimizer variables, the optimizer has "
+                             f"{len(optimizer.variables)}; remove the backup to start over")
+        model.set_weights(model_values)
+        for variable, value in zip(optimizer.variables, optimizer_values):
+            variable.assign(value)
+        print(f"[trainer] resumed from {self.path} at epoch {epoch}", file=sys.stderr, flush=True)
+        return epoch
+
+    def remove(self) -> None:
+        if self.chief and os.path.exists(self.path):
+            os.remove(self.path)

@@ -118,7 +118,7 @@ def train_distributed(cfg: TrainConfig, train_files, stats: dict, image_shape, b
         if cfg.mixed_precision == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         optimizer.build(model.trainable_variables)
-    backup = distribute.Backup(backup_dir, plan.chief) if backup_dir else None
+    backup = toolkit.Backup(backup_dir, plan.chief) if backup_dir else None
     first = backup.restore(model, optimizer) if backup else 0
     focal = cfg.loss == "focal"  # the focal loss weights inside its power; the others' weights are applied by fit
     progress = toolkit.EpochProgress(cfg.epochs)

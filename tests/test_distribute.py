@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models import cluster, distribute, precision
+from models import cluster, distribute, precision, toolkit
 from models.config import CalibrationConfig, SemiConfig, SSPConfig, TrainConfig
 from models.job import TrainerJob
 
@@ -252,18 +252,18 @@ def test_training_under_a_strategy_resumes_from_its_backup(tiny, tmp_path, monke
     strategy = distribute.make_strategy("mirrored")
     plan = distribute.Plan("MirroredStrategy", 1, 1, 0, True, 32, 32, "global", 0.05, "none", "seeds", "none")
     backup = str(tmp_path / "backup")
-    real_save = distribute.Backup.save
+    real_save = toolkit.Backup.save
 
     def save_then_stop(self, model, optimizer, epoch):
         real_save(self, model, optimizer, epoch)
         if epoch == 2:
             raise _Stop("simulated kill after epoch 2")
 
-    monkeypatch.setattr(distribute.Backup, "save", save_then_stop)
+    monkeypatch.setattr(toolkit.Backup, "save", save_then_stop)
     with pytest.raises(_Stop):
         training.train(cfg, files, stats, [28, 28, 1], str(tmp_path / "run1"), backup, strategy=strategy, plan=plan)
-    monkeypatch.setattr(distribute.Backup, "save", real_save)
-    saved = np.load(os.path.join(backup, f"train-{distribute.BACKUP_FILE}"))
+    monkeypatch.setattr(toolkit.Backup, "save", real_save)
+    saved = np.load(os.path.join(backup, f"train-{toolkit.BACKUP_FILE}"))
     assert int(saved["epoch"]) == 2
     model, history = training.train(cfg, files, stats, [28, 28, 1], str(tmp_path / "run2"), backup,
                                     strategy=strategy, plan=plan)

@@ -121,23 +121,23 @@ class _Stop(Exception):
 def test_daso_under_a_strategy_resumes_with_its_queue_and_counts(tiny, tmp_path, monkeypatch):
     """The custom loop (models.semi.fit_distributed, a 1-replica MirroredStrategy in this process) writes its backup
     after each epoch; killed after epoch 1, the rerun trains epoch 2 only, from the DASO state of epoch 1."""
-    from models import distribute
+    from models import distribute, toolkit
 
     cfg = TrainConfig(epochs=2, batch_size=8, max_steps_per_epoch=1)
     plan = distribute.Plan("MirroredStrategy", 1, 1, 0, True, 8, 8, "global", 0.05, "none", "examples", "none")
     semi = SemiConfig(method="daso", daso=DasoConfig(warmup_steps=0))
     backup = str(tmp_path / "backup")
-    real_save = distribute.Backup.save
+    real_save = toolkit.Backup.save
 
     def save_then_stop(self, model, optimizer, epoch):
         real_save(self, model, optimizer, epoch)
         raise _Stop("simulated kill after epoch 1")
 
-    monkeypatch.setattr(distribute.Backup, "save", save_then_stop)
+    monkeypatch.setattr(toolkit.Backup, "save", save_then_stop)
     with pytest.raises(_Stop):
         _train(tiny, tmp_path / "run1", cfg, semi, backup_dir=backup, strategy=distribute.make_strategy("mirrored"),
                plan=plan)
-    monkeypatch.setattr(distribute.Backup, "save", real_save)
+    monkeypatch.setattr(toolkit.Backup, "save", real_save)
     _, history, summary = _train(tiny, tmp_path / "run2", cfg, semi, backup_dir=backup,
                                  strategy=distribute.make_strategy("mirrored"), plan=plan)
     assert [h["epoch"] for h in history] == [2] and all(math.isfinite(h["loss"]) for h in history)
