@@ -309,7 +309,7 @@ def run_regression(b: Bench, seed: int, how: dict) -> dict:
     csv_dir = jobs.default_csv_dir()
     job = jobs.regression_job(cfg, csv_dir, root).with_inputs(label_stats_path=stats_path)
     fn_args = run_fn_args(root, files["train"], files["eval"], job.to_custom_config())
-    wall, summary = _timed(regression.run_fn, fn_args, "training_summary.json")
+    wall, summary = _timed(regression.run_fn, fn_args, regression.TRAINING_SUMMARY_FILE)
     model = keras.models.load_model(os.path.join(fn_args.model_run_dir, "model.keras"), compile=False)
     inputs, target = regression.load_training_rows(files["test"], cfg.regression, stats)
     metrics = regression.regression_metrics(target, regression.predict(model, inputs), stats)

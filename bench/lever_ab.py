@@ -70,8 +70,7 @@ def measure(a: argparse.Namespace, variants: list[tuple[str, dict]], work: str) 
         ds, steps = toolkit.labeled_dataset(cfg, files, stats, image_shape, cfg.sampler, cfg.epochs)
         model = toolkit.build_model(cfg, image_shape, stats["num_classes"])
         optimizer = toolkit.sgd_for(cfg, cfg.epochs * steps)
-        if cfg.mixed_precision == "mixed_float16":
-            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        optimizer = precision.loss_scaled(optimizer, cfg.mixed_precision)
         model.compile(optimizer, losses.make_loss(cfg, stats, None),
                       metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")], jit_compile=cfg.jit_compile,
                       steps_per_execution=cfg.steps_per_execution)  # as models/training.py compiles

@@ -189,3 +189,12 @@ def launch_workers(fn_args, local_workers: int, tf_config: dict, module: str, jo
     print(f"{label}: {len(configs)} local worker process(es) of a {cluster_workers(configs[0])}-worker cluster",
           file=sys.stderr, flush=True)
     launch(job, configs, scratch, module=module)
+
+
+def worker_fn_args(fn_args, stage: str) -> dict:
+    """The fn_args attributes a worker process reads, as JSON (``python -m <module> JOB.json`` rebuilds them as a
+    SimpleNamespace): the files, the model folders, the base model and the job of ``stage`` (a models.job stage)."""
+    return {"train_files": list(fn_args.train_files), "eval_files": list(getattr(fn_args, "eval_files", None) or []),
+            "serving_model_dir": fn_args.serving_model_dir, "model_run_dir": fn_args.model_run_dir,
+            "custom_config": trainer_job.TrainerJob.from_custom_config(fn_args.custom_config, stage).to_custom_config(),
+            "base_model": getattr(fn_args, "base_model", None)}

@@ -277,19 +277,20 @@ def run_epochs(train_step, data, steps: int, first_epoch: int, epochs: int, summ
     return history
 
 
-def run_or_launch(fn_args, setting: str, local_workers: int, module: str, job_of, run_here, label: str) -> None:
+def run_or_launch(fn_args, stage: str, setting: str, local_workers: int, module: str, run_here, label: str) -> None:
     """A Trainer's run_fn past its job (models.regression, models.ssp): ``setting`` (train.distribute) resolves as
     the classification Trainer's; multi_worker trains in fresh worker processes (``python -m <module> JOB``, started
     here for ``local_workers`` > 1, else this process's own task of the TF_CONFIG cluster), since a multi-worker
-    strategy must come before any TensorFlow op, each reading ``job_of(fn_args)`` (the fn_args as JSON); none and mirrored
-    call ``run_here(strategy, tf_config)``."""
+    strategy must come before any TensorFlow op, each reading the fn_args and the job of ``stage`` as JSON
+    (models.cluster.worker_fn_args); none and mirrored call ``run_here(strategy, tf_config)``."""
     import tensorflow as tf
 
     tf_config = cluster.read_tf_config()
     kind = resolve(setting, local_workers, tf_config, gpus=len(tf.config.list_physical_devices("GPU")),
                    cluster_launch=cluster.cluster_launch_of(fn_args) is not None)
     if kind == "multi_worker":
-        cluster.launch_workers(fn_args, local_workers, tf_config, module, {"fn_args": job_of(fn_args)}, label)
+        job = {"fn_args": cluster.worker_fn_args(fn_args, stage)}
+        cluster.launch_workers(fn_args, local_workers, tf_config, module, job, label)
         return
     run_here(make_strategy(kind), tf_config)
 
@@ -351,15 +352,22 @@ def replicated() -> bool:
 
 
 def gather_replicas(x):
-    """Every replica's ``x`` concatenated along axis 0, in replica order (``all_gather``): the global batch, as one
-    process fed the replicas' batches one after the other would see it; ``x`` itself outside several replicas."""
+    """Every replica's ``x`` concatenated along axis 0, in replica order (``all_gather``; MoCo's ``concat_all_gather``):
+    the global batch, as one process fed the replicas' batches one after the other would see it; ``x`` itself
+    outside several replicas (one process, any Keras backend)."""
     import tensorflow as tf
 
     context = _replica_context()
     # tf.identity: under MultiWorkerMirroredStrategy all_gather of a strategy.run input (a batch's labels) raised
     # "ValueError: destinations can not be empty" (an input has no device); of its identity it gathered (measured,
     # TF 2.21, two localhost workers)
-    return x if context is None else context.all_gather(tf.identity(x), axis=0)
+    if context is None:
+        return x
+    gathered = context.all_gather(tf.identity(x), axis=0)  # its first dimension unknown, even for static batches
+    if x.shape[0] is None:
+        return gathered
+    # every replica's batch is the same size (drop_remainder batches); checked when the step runs
+    return tf.ensure_shape(gathered, [context.num_replicas_in_sync * x.shape[0], *x.shape[1:]])
 
 
 def sum_replicas(x):

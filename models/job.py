@@ -30,6 +30,7 @@ import os
 from models import config
 
 # --- the keys pipeline/ writes (from the typed config)
+TRAINING_SUMMARY_FILE = "training_summary.json"  # a classification or regression Trainer's, in its model run dir
 TRAIN_KEY = "train"
 SEMI_KEY = "semi"
 PRETRAIN_KEY = "pretrain"

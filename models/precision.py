@@ -79,3 +79,11 @@ def plain_copy(model):
         keras.config.set_dtype_policy(previous)
     copy.set_weights(model.get_weights())
     return copy
+
+
+def loss_scaled(optimizer, policy: str):
+    """``optimizer`` wrapped in Keras' LossScaleOptimizer under mixed_float16 (float16 gradients underflow without
+    it; bfloat16 has float32's range and needs none), else as it is: what every Trainer's custom loop optimizes with."""
+    import keras
+
+    return keras.optimizers.LossScaleOptimizer(optimizer) if policy == "mixed_float16" else optimizer

@@ -32,7 +32,7 @@ from models.config import RegressionConfig, TrainConfig
 from models.density import BIN_GROUPS, bin_index
 from models.export import SERVING_DEFAULT, SERVING_TF_EXAMPLE, write_serving_metadata
 from models.inputs import records, tfrecord_files, untuned
-from models.job import REGRESSION, TrainerJob
+from models.job import REGRESSION, TRAINING_SUMMARY_FILE, TrainerJob
 from models.layers.fds import FDSUpdate, FeatureDistributionSmoothing
 from models.toolkit import Backup, EpochProgress
 
@@ -296,8 +296,7 @@ def train_distributed(cfg: RegressionConfig, train: TrainConfig, inputs: dict, t
     with strategy.scope():
         model, encoder, fds = build_regressor(cfg, inputs, target, num_bins)
         optimizer = keras.optimizers.Adam(plan.learning_rate)
-        if train.mixed_precision == "mixed_float16":
-            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        optimizer = precision.loss_scaled(optimizer, train.mixed_precision)
         optimizer.build(model.trainable_variables)
     x = dict(inputs)
     if fds is not None:
@@ -445,17 +444,9 @@ def run_fn(fn_args) -> None:
     mirrored train in this process; multi_worker in fresh worker processes (``python -m models.regression JOB``,
     :func:`main`), of which the chief exports."""
     job = TrainerJob.from_custom_config(fn_args.custom_config, REGRESSION)
-    distribute.run_or_launch(fn_args, job.train.distribute, job.train.local_workers, "models.regression",
-                             fn_args_dict, lambda strategy, tf_config: train_and_export(fn_args, job, strategy,
-                                                                                                 tf_config),
+    distribute.run_or_launch(fn_args, REGRESSION, job.train.distribute, job.train.local_workers, "models.regression",
+                             lambda strategy, tf_config: train_and_export(fn_args, job, strategy, tf_config),
                              "[trainer] multi-worker training")
-
-
-def fn_args_dict(fn_args) -> dict:
-    """The fn_args attributes a worker process reads, as JSON."""
-    return {"train_files": list(fn_args.train_files), "serving_model_dir": fn_args.serving_model_dir,
-            "model_run_dir": fn_args.model_run_dir,
-            "custom_config": TrainerJob.from_custom_config(fn_args.custom_config, REGRESSION).to_custom_config()}
 
 
 def train_and_export(fn_args, job: TrainerJob, strategy, tf_config: dict) -> None:
@@ -510,7 +501,7 @@ def _train_and_export(fn_args, job: TrainerJob, strategy, tf_config: dict) -> No
                "rows_per_second": len(target) * train.epochs / train_seconds if train_seconds else None,
                "distribute": plan.as_dict() if plan is not None else
                {"strategy": "none", "workers": 1, "replicas": 1, "mixed_precision": train.mixed_precision}}
-    with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, "training_summary.json"), "w") as f:
+    with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, TRAINING_SUMMARY_FILE), "w") as f:
         json.dump(summary, f, indent=2)
     distribute.barrier(strategy)
 

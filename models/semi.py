@@ -38,7 +38,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from models import distribute, inputs, losses, toolkit
+from models import distribute, inputs, losses, precision, toolkit
 from models import job as trainer_job
 from models.config import DasoConfig, FixMatchConfig, SemiConfig, TrainConfig, augment_ops, get_path
 from models.layers.daso import (
@@ -487,8 +487,7 @@ def train_semi(cfg: TrainConfig, semi: SemiConfig, train_files, unlabeled_files,
         with strategy.scope():
             model, ema = build()
             optimizer = toolkit.sgd_cosine(plan.learning_rate, total_steps, cfg.momentum, cfg.weight_decay)
-            if cfg.mixed_precision == "mixed_float16":
-                optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+            optimizer = precision.loss_scaled(optimizer, cfg.mixed_precision)
             optimizer.build(model.trainable_variables)
         # the chief scores the pool's pseudo-labels (what the summary reports); the others train only
         monitor = PoolPseudoLabelMonitor(model, *pool_truth, direct=True) if pool_truth is not None and plan.chief else None

@@ -35,7 +35,7 @@ scope is a MirroredVariable, ON_WRITE, aggregation NONE (trainable or not, Batch
 value (with aggregation ``only_first_replica`` replica 0's value is copied to all). So MoCo stays one model on
 every replica with no extra collective for its state: the key encoder's EMA is computed on each replica from
 the same query weights (the optimizer applies the all-reduced gradients everywhere), hence the same; the keys
-of the global batch are gathered across replicas (:func:`gather_replicas`, MoCo's ``concat_all_gather``)
+of the global batch are gathered across replicas (models.distribute.gather_replicas, MoCo's ``concat_all_gather``)
 before each replica enqueues them, so every replica's queue is the one a single process would hold after the
 same global batches. Only BatchNorm's moving statistics differ (each replica normalises by its own batch, as
 the classification loop): they are averaged across replicas at each epoch's end.
@@ -144,22 +144,6 @@ def _l2_normalize(x):
     return x / ops.maximum(ops.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-def gather_replicas(x):
-    """Inside a tf.distribute replica context with several replicas: every replica's ``x`` concatenated on axis 0 in
-    replica order, i.e. the global batch's rows (MoCo's ``concat_all_gather``); elsewhere (one process, any Keras
-    backend) ``x`` itself."""
-    if not tf.distribute.has_strategy() or tf.distribute.in_cross_replica_context():
-        return x
-    context = tf.distribute.get_replica_context()
-    if context.num_replicas_in_sync == 1:
-        return x
-    gathered = context.all_gather(x, axis=0)  # its first dimension unknown, even for static per-replica batches
-    if x.shape[0] is None:
-        return gathered
-    # every replica's batch is the same size (drop_remainder batches); checked when the step runs
-    return tf.ensure_shape(gathered, [context.num_replicas_in_sync * x.shape[0], *x.shape[1:]])
-
-
 def pretext_loss_terms(model, logits):
     """The per-example cross-entropy terms of a pretext model's logits against its ``pretext_labels``, in float32;
     the loss is their mean over the (global) batch."""
@@ -177,7 +161,7 @@ class MoCo(keras.Model):
     In ``call(training=True)``, before the keys are computed: theta_k <- m theta_k + (1-m) theta_q for
     every key-encoder parameter; after the logits: the batch's keys replace the oldest B rows of the
     queue (FIFO, pointer advancing by B modulo K). Under a strategy B is the global batch: each replica
-    enqueues every replica's keys (:func:`gather_replicas`), see the module docstring.
+    enqueues every replica's keys (models.distribute.gather_replicas), see the module docstring.
     """
 
     def __init__(self, query_backbone: keras.Model, key_backbone: keras.Model, dim: int = 128, queue_size: int = 4096,
@@ -252,7 +236,7 @@ class MoCo(keras.Model):
         positive = ops.sum(q * k, axis=-1, keepdims=True)
         logits = ops.concatenate([positive, ops.matmul(q, ops.transpose(negatives))], axis=-1) / self.temperature
         if training:
-            self.enqueue(gather_replicas(k))
+            self.enqueue(distribute.gather_replicas(k))
         return logits
 
     def pretext_labels(self, logits):
@@ -406,8 +390,7 @@ def pretrain(cfg: SSPConfig, backbone_name: str, image_shape, file_groups, model
         model, backbone = build_pretext_model(cfg, backbone_name, image_shape, num_examples, global_batch)
         optimizer = toolkit.sgd_cosine(learning_rate, total, cfg.momentum, hp["weight_decay"], warmup_steps=warmup)
         # float16 gradients need loss scaling; compile adds it only to a mixed_float16 model, and MoCo itself is float32
-        if keras.config.dtype_policy().name == "mixed_float16":
-            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        optimizer = precision.loss_scaled(optimizer, keras.config.dtype_policy().name)
         if strategy is not None:
             optimizer.build(model.trainable_variables)
 
@@ -490,16 +473,9 @@ def run_fn(fn_args) -> None:
     process, none with Keras' model.fit."""
     job = TrainerJob.from_custom_config(fn_args.custom_config, PRETRAIN)
     how = job.distribute or DistributeConfig()
-    distribute.run_or_launch(fn_args, how.distribute, how.local_workers, "models.ssp", fn_args_dict,
+    distribute.run_or_launch(fn_args, PRETRAIN, how.distribute, how.local_workers, "models.ssp",
                              lambda strategy, tf_config: pretrain_and_export(fn_args, job, strategy, tf_config),
                              f"[pretrain:{job.pretrain.method}] multi-worker pre-training")
-
-
-def fn_args_dict(fn_args) -> dict:
-    """The fn_args attributes a worker process needs, as JSON."""
-    return {"train_files": list(fn_args.train_files), "eval_files": list(getattr(fn_args, "eval_files", None) or []),
-            "serving_model_dir": fn_args.serving_model_dir, "model_run_dir": fn_args.model_run_dir,
-            "custom_config": TrainerJob.from_custom_config(fn_args.custom_config, PRETRAIN).to_custom_config()}
 
 
 def pretrain_and_export(fn_args, job: TrainerJob, strategy, tf_config: dict) -> dict:

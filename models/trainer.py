@@ -13,7 +13,6 @@ import json
 import os
 import sys
 import time
-import types
 
 import numpy as np
 import tensorflow as tf
@@ -22,7 +21,7 @@ from models import backbones, calibration, cluster, config, distribute, planner,
 from models import job as trainer_job
 from models.export import export_serving_model
 
-SUMMARY_FILE = "training_summary.json"
+SUMMARY_FILE = trainer_job.TRAINING_SUMMARY_FILE
 
 
 def run_fn(fn_args) -> None:
@@ -50,28 +49,14 @@ def run_fn(fn_args) -> None:
             kind = "none"
     if kind == "multi_worker":  # fresh processes: a multi-worker strategy must come before any TensorFlow op
         cluster.launch_workers(fn_args, job.train.local_workers, tf_config, "models.trainer",
-                               {"fn_args": fn_args_dict(fn_args)}, "[trainer] multi-worker training")
+                               {"fn_args": cluster.worker_fn_args(fn_args, trainer_job.TRAIN)},
+                               "[trainer] multi-worker training")
         return
     train_and_export(fn_args, job, distribute.make_strategy(kind), tf_config)
 
 
-def fn_args_dict(fn_args) -> dict:
-    """The fn_args attributes a worker process needs (models.toolkit.TrainingJob.from_fn_args), as JSON."""
-    return {"train_files": list(fn_args.train_files), "eval_files": list(getattr(fn_args, "eval_files", None) or []),
-            "serving_model_dir": fn_args.serving_model_dir, "model_run_dir": fn_args.model_run_dir,
-            "custom_config": trainer_job.TrainerJob.from_custom_config(fn_args.custom_config, trainer_job.TRAIN
-                                                                       ).to_custom_config(),
-            "base_model": getattr(fn_args, "base_model", None)}
-
-
 def worker_scratch(model_run_dir: str) -> str:
     return os.path.join(model_run_dir, cluster.WORKER_DIR)
-
-
-def run_worker(job: dict, strategy, tf_config: dict) -> None:
-    """One worker process of a multi-worker training (:func:`main`)."""
-    fn_args = types.SimpleNamespace(**job["fn_args"])
-    train_and_export(fn_args, toolkit.TrainingJob.from_fn_args(fn_args), strategy, tf_config)
 
 
 def train_and_export(fn_args, job: toolkit.TrainingJob, strategy, tf_config: dict) -> None:
@@ -171,14 +156,10 @@ def write_summary(job: toolkit.TrainingJob, result: toolkit.TrainResult, train_s
 
 
 def main(argv=None) -> int:
-    """One worker: ``python -m models.trainer JOB.json`` with TF_CONFIG set (models.cluster.launch). The strategy
-    is created before any TensorFlow op runs (importing TensorFlow runs none), then the job trains (and, on the
-    chief, exports)."""
-    argv = sys.argv[1:] if argv is None else argv
-    job = cluster.read_job(argv[0])
-    tf_config = cluster.read_tf_config()
-    run_worker(job, distribute.make_strategy("multi_worker"), tf_config)
-    return 0
+    """One worker: ``python -m models.trainer JOB.json`` with TF_CONFIG set (models.cluster.launch), as every
+    Trainer's worker (models.distribute.worker_main)."""
+    return distribute.worker_main(argv, lambda fn_args, _job, strategy, tf_config: train_and_export(
+        fn_args, toolkit.TrainingJob.from_fn_args(fn_args), strategy, tf_config), trainer_job.TRAIN)
 
 
 if __name__ == "__main__":

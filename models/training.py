@@ -9,7 +9,7 @@ import dataclasses
 
 import keras
 
-from models import distribute, heads, losses, retrain, toolkit
+from models import distribute, heads, losses, precision, retrain, toolkit
 from models.config import TrainConfig
 
 
@@ -115,8 +115,7 @@ def train_distributed(cfg: TrainConfig, train_files, stats: dict, image_shape, b
         toolkit.warm_start(model, backbone_weights)
         toolkit.init_from_classifier(model, init_weights)
         optimizer = toolkit.sgd_cosine(plan.learning_rate, cfg.epochs * steps, cfg.momentum, cfg.weight_decay)
-        if cfg.mixed_precision == "mixed_float16":
-            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        optimizer = precision.loss_scaled(optimizer, cfg.mixed_precision)
         optimizer.build(model.trainable_variables)
     backup = toolkit.Backup(backup_dir, plan.chief) if backup_dir else None
     first = backup.restore(model, optimizer) if backup else 0

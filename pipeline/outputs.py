@@ -15,6 +15,7 @@ from components.artifacts import (
     LabelStatistics,
     PseudoLabelStatistics,
 )
+from models.job import TRAINING_SUMMARY_FILE
 from models.ssp import SUMMARY_FILE as SSP_SUMMARY_FILE
 
 OUTPUT_EVENTS = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
@@ -90,10 +91,10 @@ def run_results(metadata_path: str) -> dict:
         "components": run["components"],
         "evaluation": read_json_artifact(evaluation, EVALUATION_FILE) if evaluation else None,
         "label_stats": read_json_artifact(stats, LABEL_STATS_FILE) if stats else None,
-        "training": read_json_artifact(model_run, "training_summary.json") if model_run else None,
+        "training": read_json_artifact(model_run, TRAINING_SUMMARY_FILE) if model_run else None,
         "model_run_dir": model_run.uri if model_run else None,
         "ssp": read_json_artifact(pretrain_run, SSP_SUMMARY_FILE) if pretrain_run else None,
-        "base_training": read_json_artifact(base_run, "training_summary.json") if base_run else None,
+        "base_training": read_json_artifact(base_run, TRAINING_SUMMARY_FILE) if base_run else None,
         "pseudo_label_stats": read_json_artifact(pl_stats, PSEUDO_LABEL_STATS_FILE) if pl_stats else None,
         "pseudo_labeled_examples_uri": pl_examples.uri if pl_examples else None,
         # OwnDataExampleGen's own account of what it ingested (duplicates across splits, problems, non-images)
