@@ -6,6 +6,8 @@ models/ never imports tfx.
 
 from __future__ import annotations
 
+import contextlib
+
 MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16")
 MIXED_PRECISION_SETTINGS = ("auto", *MIXED_PRECISION)  # auto: resolve_mixed_precision, where the Trainer runs
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs with native bfloat16 arithmetic
@@ -87,3 +89,14 @@ def loss_scaled(optimizer, policy: str):
     import keras
 
     return keras.optimizers.LossScaleOptimizer(optimizer) if policy == "mixed_float16" else optimizer
+
+
+@contextlib.contextmanager
+def training_policy(setting: str):
+    """Keras' dtype policy for one training (:func:`set_mixed_precision`; yields (the policy, why, for auto)), back to
+    float32 after it: the policy is global, and later components in this process (LocalDagRunner) build float32
+    models."""
+    try:
+        yield set_mixed_precision(setting)
+    finally:
+        set_mixed_precision("none")

@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 from scipy.stats import gmean
 
-from models import cluster, distribute, precision
+from models import cluster, distribute, precision, replicas
 from models.config import RegressionConfig, TrainConfig
 from models.density import BIN_GROUPS, bin_index
 from models.export import SERVING_DEFAULT, SERVING_TF_EXAMPLE, write_serving_metadata
@@ -286,7 +286,7 @@ def train_distributed(cfg: RegressionConfig, train: TrainConfig, inputs: dict, t
     Keras' sum_over_batch_size mean, as the single-process ``model.fit``), its gradients summed across replicas by the
     optimizer. FDS: at each epoch's end every worker encodes its own rows, and the layer's per-bucket count, sum and
     centred sum of squares are summed across replicas (:meth:`FeatureDistributionSmoothing.epoch_moments`,
-    :func:`models.distribute.replica_sums`) before the update, so the statistics are one process's over all the
+    :func:`models.replicas.replica_sums`) before the update, so the statistics are one process's over all the
     epoch's training rows, and the same in every replica. The chief backs up after the update."""
     keras.utils.set_random_seed(train.seed)
     num_bins, width = stats["num_bins"], stats["bin_width"]
@@ -344,7 +344,7 @@ def train_distributed(cfg: RegressionConfig, train: TrainConfig, inputs: dict, t
         if epoch >= fds.start_update:
             features = np.concatenate([encode(batch).numpy() for batch in rows]) if len(mine) else \
                 np.zeros((0, fds.feature_dim), np.float32)
-            moments = distribute.replica_sums(strategy, fds.epoch_moments, features, local[TARGET_BUCKET])
+            moments = replicas.replica_sums(strategy, fds.epoch_moments, features, local[TARGET_BUCKET])
             fds.update_last_epoch_stats(epoch)
             fds.apply_moments(*moments, epoch)
 
@@ -452,12 +452,9 @@ def run_fn(fn_args) -> None:
 def train_and_export(fn_args, job: TrainerJob, strategy, tf_config: dict) -> None:
     """Train (data-parallel under ``strategy`` when given, in train.mixed_precision); the chief exports a float32
     SavedModel and writes the summary while the other workers wait at a barrier."""
-    policy, _ = precision.set_mixed_precision(job.train.mixed_precision)
-    job = dataclasses.replace(job, train=dataclasses.replace(job.train, mixed_precision=policy))  # auto resolved
-    try:
+    with precision.training_policy(job.train.mixed_precision) as (policy, _):
+        job = dataclasses.replace(job, train=dataclasses.replace(job.train, mixed_precision=policy))  # auto resolved
         _train_and_export(fn_args, job, strategy, tf_config)
-    finally:  # the policy is global: later components in this process (LocalDagRunner) build float32 models
-        precision.set_mixed_precision("none")
 
 
 def _train_and_export(fn_args, job: TrainerJob, strategy, tf_config: dict) -> None:
@@ -467,32 +464,16 @@ def _train_and_export(fn_args, job: TrainerJob, strategy, tf_config: dict) -> No
     inputs, target = load_training_rows(fn_args.train_files, cfg, stats)
     if len(target) != stats["num_examples"]:
         raise RuntimeError(f"the Trainer kept {len(target)} training rows, LabelStatsGen counted {stats['num_examples']}")
-    chief, plan = cluster.is_chief(tf_config), None
-    if strategy is not None:
-        replicas = strategy.num_replicas_in_sync
-        global_batch, per_replica, lr = distribute.batch_and_lr(train.batch_size, cfg.adam_learning_rate, replicas,
-                                                                train.batch_scaling, train.lr_scaling)
-        plan = distribute.Plan(
-            strategy=("MultiWorkerMirroredStrategy" if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-                      else type(strategy).__name__), workers=max(cluster.cluster_workers(tf_config), 1),
-            replicas=replicas, worker_index=cluster.worker_index(tf_config), chief=chief,
-            global_batch_size=global_batch, per_replica_batch_size=per_replica, batch_scaling=train.batch_scaling,
-            learning_rate=lr, lr_scaling=train.lr_scaling, data_sharding="examples",
-            mixed_precision=train.mixed_precision, local_workers=train.local_workers)
-        print(f"[trainer] {plan.strategy}: worker {plan.worker_index} of {plan.workers}, {replicas} replica(s), global "
-              f"batch {global_batch} ({per_replica} a replica), Adam learning rate {lr:g}, data sharding examples",
-              file=sys.stderr, flush=True)
+    chief = cluster.is_chief(tf_config)
+    plan = distribute.plan_for(strategy, tf_config, train.batch_size, cfg.adam_learning_rate, train, "examples",
+                               "[trainer]", optimizer="Adam learning rate")
     t0 = time.time()
     model, history = train_regressor(cfg, train, inputs, target, stats, backup_dir=job.backup_dir, strategy=strategy,
                                      plan=plan)
     train_seconds = time.time() - t0
-    model = precision.float32_copy(model) if strategy is None else precision.plain_copy(model)
-    if strategy is not None:  # every worker's final weights (FDS statistics included), as the classification Trainer's
-        scratch = os.path.join(fn_args.model_run_dir, cluster.WORKER_DIR, f"worker-{plan.worker_index}")
-        os.makedirs(scratch, exist_ok=True)
-        np.savez(os.path.join(scratch, "final.weights.npz"), *model.get_weights())
+    model = distribute.final_model(model, strategy, plan, fn_args.model_run_dir)  # FDS statistics included
     if not chief:  # one writer (TF's multi-worker rule); leave when the chief has exported
-        distribute.barrier(strategy)
+        replicas.barrier(strategy)
         return
     export_regressor(model, fn_args.serving_model_dir, cfg)
     model.save(os.path.join(fn_args.model_run_dir, "model.keras"))
@@ -503,7 +484,7 @@ def _train_and_export(fn_args, job: TrainerJob, strategy, tf_config: dict) -> No
                {"strategy": "none", "workers": 1, "replicas": 1, "mixed_precision": train.mixed_precision}}
     with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, TRAINING_SUMMARY_FILE), "w") as f:
         json.dump(summary, f, indent=2)
-    distribute.barrier(strategy)
+    replicas.barrier(strategy)
 
 
 def main(argv=None) -> int:

@@ -38,7 +38,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from models import distribute, inputs, losses, precision, toolkit
+from models import distribute, inputs, losses, precision, replicas, toolkit
 from models import job as trainer_job
 from models.config import DasoConfig, FixMatchConfig, SemiConfig, TrainConfig, augment_ops, get_path
 from models.layers.daso import (
@@ -106,7 +106,7 @@ class FixMatchModel(keras.Model):
     replica 0's. So the update must be the same on every replica, or the copies drift apart silently; tests/
     test_daso.py checks the 2-replica state against one process over the same global batches. Only BatchNorm's
     moving statistics come from the replica's own batch; :meth:`replica_statistics` lists them for the epoch-end
-    average (models.distribute.statistics_sync).
+    average (models.replicas.statistics_sync).
     """
 
     def __init__(self, classifier: keras.Model, ema_classifier: keras.Model, labeled_loss, fixmatch: FixMatchConfig,
@@ -158,15 +158,15 @@ class FixMatchModel(keras.Model):
         """sum_i w_i t_i / sum_i w_i over the batch (w = 1 when None); inside one of several replicas the replica's
         share of the global batch's mean: the denominator summed over the replicas."""
         terms = ops.cast(terms, "float32")
-        if not distribute.replicated():
+        if not replicas.replicated():
             return ops.mean(terms) if weights is None else ops.sum(terms * weights) / ops.maximum(ops.sum(weights), 1e-12)
         weights = ops.ones_like(terms) if weights is None else ops.cast(weights, "float32")
-        return ops.sum(terms * weights) / ops.maximum(distribute.sum_replicas(ops.sum(weights)), 1e-12)
+        return ops.sum(terms * weights) / ops.maximum(replicas.sum_replicas(ops.sum(weights)), 1e-12)
 
     def labeled_term(self, y, labeled_logits):
         """The labeled loss: the loss itself in one process; inside several replicas its per-example terms averaged
         over the global batch (weighted by ``labeled_class_weights`` when given, as models.distribute.fit does)."""
-        if not distribute.replicated() and self.labeled_class_weights is None:
+        if not replicas.replicated() and self.labeled_class_weights is None:
             return self.labeled_loss(y, labeled_logits)
         y = ops.cast(ops.reshape(y, (-1,)), "int32")
         weights = None if self.labeled_class_weights is None else ops.take(self.labeled_class_weights, y)
@@ -197,7 +197,7 @@ class FixMatchModel(keras.Model):
             self.update_ema()
             if self.use_daso:  # the EMA network's features of the (global batch's) labeled images feed the queue
                 ema_features = ops.cast(self.ema_features(x["labeled"], training=False), "float32")
-                self.queue.enqueue(distribute.gather_replicas(ema_features), distribute.gather_replicas(y))
+                self.queue.enqueue(replicas.gather_replicas(ema_features), replicas.gather_replicas(y))
         probs, sim_weak = self.pseudo_labels(weak_logits, features[n_l:n_l + n_u])
         confidence, targets = ops.max(probs, axis=-1), ops.argmax(probs, axis=-1)
         mask = ops.cast(confidence >= self.fixmatch.threshold, "float32")
@@ -213,7 +213,7 @@ class FixMatchModel(keras.Model):
             alignment = on * self.global_mean(semantic_alignment_terms(sim_weak, sim_strong))
             total = total + self.daso.align_weight * alignment
             if training:  # the global batch's pseudo-label counts
-                self.pl_counts.update_counts(distribute.sum_replicas(self.pl_counts.step_counts(targets)))
+                self.pl_counts.update_counts(replicas.sum_replicas(self.pl_counts.step_counts(targets)))
         if training:
             self.step_counter.assign(self.step_counter + 1)
         return {"loss": total, "labeled_loss": labeled_loss, "consistency_loss": consistency,
@@ -419,7 +419,7 @@ def fit_distributed(strategy, model: FixMatchModel, optimizer, dataset_fn, epoch
     history = distribute.run_epochs(distributed_step(strategy, model, optimizer), data, steps, first, epochs,
                                     lambda totals, steps: {k: v / max(steps, 1) for k, v in totals.items()},
                                     model=model, optimizer=optimizer, progress=report, backup=backup,
-                                    sync_statistics=distribute.statistics_sync(strategy, model.replica_statistics()))
+                                    sync_statistics=replicas.statistics_sync(strategy, model.replica_statistics()))
     tf.function(lambda: strategy.run(model.update_ema))()  # the EMA after the last optimizer step, on every replica
     if backup is not None:
         backup.remove()

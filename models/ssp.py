@@ -35,7 +35,7 @@ scope is a MirroredVariable, ON_WRITE, aggregation NONE (trainable or not, Batch
 value (with aggregation ``only_first_replica`` replica 0's value is copied to all). So MoCo stays one model on
 every replica with no extra collective for its state: the key encoder's EMA is computed on each replica from
 the same query weights (the optimizer applies the all-reduced gradients everywhere), hence the same; the keys
-of the global batch are gathered across replicas (models.distribute.gather_replicas, MoCo's ``concat_all_gather``)
+of the global batch are gathered across replicas (models.replicas.gather_replicas, MoCo's ``concat_all_gather``)
 before each replica enqueues them, so every replica's queue is the one a single process would hold after the
 same global batches. Only BatchNorm's moving statistics differ (each replica normalises by its own batch, as
 the classification loop): they are averaged across replicas at each epoch's end.
@@ -65,7 +65,7 @@ import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
-from models import backbones, cluster, distribute, inputs, precision, toolkit
+from models import backbones, cluster, distribute, inputs, precision, replicas, toolkit
 from models.config import DistributeConfig, SSPConfig
 from models.job import PRETRAIN, TrainerJob
 
@@ -161,7 +161,7 @@ class MoCo(keras.Model):
     In ``call(training=True)``, before the keys are computed: theta_k <- m theta_k + (1-m) theta_q for
     every key-encoder parameter; after the logits: the batch's keys replace the oldest B rows of the
     queue (FIFO, pointer advancing by B modulo K). Under a strategy B is the global batch: each replica
-    enqueues every replica's keys (models.distribute.gather_replicas), see the module docstring.
+    enqueues every replica's keys (models.replicas.gather_replicas), see the module docstring.
     """
 
     def __init__(self, query_backbone: keras.Model, key_backbone: keras.Model, dim: int = 128, queue_size: int = 4096,
@@ -236,7 +236,7 @@ class MoCo(keras.Model):
         positive = ops.sum(q * k, axis=-1, keepdims=True)
         logits = ops.concatenate([positive, ops.matmul(q, ops.transpose(negatives))], axis=-1) / self.temperature
         if training:
-            self.enqueue(distribute.gather_replicas(k))
+            self.enqueue(replicas.gather_replicas(k))
         return logits
 
     def pretext_labels(self, logits):
@@ -335,7 +335,7 @@ def fit_pretext(strategy, model, optimizer, dataset_fn, epochs: int, steps: int,
 
     return distribute.run_epochs(distribute.global_step(strategy, replica_step), data, steps, first_epoch, epochs,
                                  distribute.accuracy_and_loss, model=model, optimizer=optimizer,
-                                 sync_statistics=distribute.statistics_sync(strategy, batch_norm_statistics(model)),
+                                 sync_statistics=replicas.statistics_sync(strategy, batch_norm_statistics(model)),
                                  progress=progress, backup=backup)
 
 
@@ -489,33 +489,15 @@ def pretrain_and_export(fn_args, job: TrainerJob, strategy, tf_config: dict) -> 
         if not job.unlabeled_files:
             raise ValueError("pretrain.data=labeled+unlabeled but the pre-training Trainer got no unlabeled examples")
         groups.append(job.unlabeled_files)
-    plan = None
-    if strategy is not None:
-        replicas = strategy.num_replicas_in_sync
-        global_batch, per_replica, lr = distribute.batch_and_lr(cfg.batch_size, cfg.resolved()["learning_rate"],
-                                                                replicas, how.batch_scaling, how.lr_scaling)
-        plan = distribute.Plan(
-            strategy=("MultiWorkerMirroredStrategy" if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-                      else type(strategy).__name__), workers=max(cluster.cluster_workers(tf_config), 1),
-            replicas=replicas, worker_index=cluster.worker_index(tf_config), chief=cluster.is_chief(tf_config),
-            global_batch_size=global_batch, per_replica_batch_size=per_replica, batch_scaling=how.batch_scaling,
-            learning_rate=lr, lr_scaling=how.lr_scaling, data_sharding=distribute.data_sharding_for(how.data_sharding,
-                                                                                                   "instance"),
-            mixed_precision=how.mixed_precision,
-            local_workers=how.local_workers)
-        print(f"[pretrain:{cfg.method}] {plan.strategy}: worker {plan.worker_index} of {plan.workers}, {replicas} "
-              f"replica(s), global batch {global_batch} ({per_replica} a replica), learning rate {lr:g}, data sharding "
-              f"{plan.data_sharding}", file=sys.stderr, flush=True)
-    precision.set_mixed_precision(how.mixed_precision)
-    try:
+    plan = distribute.plan_for(strategy, tf_config, cfg.batch_size, cfg.resolved()["learning_rate"], how,
+                               distribute.data_sharding_for(how.data_sharding, "instance"), f"[pretrain:{cfg.method}]")
+    with precision.training_policy(how.mixed_precision):
         summary = pretrain_backbone(cfg, job.backbone, job.image_shape, groups, fn_args.model_run_dir,
                                     fn_args.serving_model_dir, fn_args.eval_files, job.backup_dir, strategy, plan)
-    finally:  # the policy is global: later components in this process (LocalDagRunner) build float32 models
-        precision.set_mixed_precision("none")
     if plan is None or plan.chief:
         with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, SUMMARY_FILE), "w") as f:
             json.dump(summary, f, indent=2)
-    distribute.barrier(strategy)
+    replicas.barrier(strategy)
     return summary
 
 

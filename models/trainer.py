@@ -17,7 +17,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from models import backbones, calibration, cluster, config, distribute, planner, precision, pseudo_label, toolkit
+from models import backbones, calibration, cluster, config, distribute, planner, precision, pseudo_label, replicas, toolkit
 from models import job as trainer_job
 from models.export import export_serving_model
 
@@ -55,52 +55,30 @@ def run_fn(fn_args) -> None:
     train_and_export(fn_args, job, distribute.make_strategy(kind), tf_config)
 
 
-def worker_scratch(model_run_dir: str) -> str:
-    return os.path.join(model_run_dir, cluster.WORKER_DIR)
-
-
 def train_and_export(fn_args, job: toolkit.TrainingJob, strategy, tf_config: dict) -> None:
     """Train with the job's mode (data-parallel under ``strategy`` when given); the chief exports the SavedModel
     and writes the summary, every worker writes its final weights to the scratch folder."""
-    policy, job.precision_reason = precision.set_mixed_precision(job.train.mixed_precision)
-    job.train = dataclasses.replace(job.train, mixed_precision=policy)  # auto resolved, for every reader below
-    try:
+    with precision.training_policy(job.train.mixed_precision) as (policy, job.precision_reason):
+        job.train = dataclasses.replace(job.train, mixed_precision=policy)  # auto resolved, for every reader below
         _train_and_export(fn_args, job, strategy, tf_config)
-    finally:  # the policy is global: later components in this process (LocalDagRunner) build float32 models
-        precision.set_mixed_precision("none")
 
 
 def _train_and_export(fn_args, job: toolkit.TrainingJob, strategy, tf_config: dict) -> None:
     cfg = job.train
     chief = cluster.is_chief(tf_config)
     if strategy is not None:
-        replicas = strategy.num_replicas_in_sync
-        global_batch, per_replica, lr = distribute.batch_and_lr(cfg.batch_size, cfg.learning_rate, replicas,
-                                                                cfg.batch_scaling, cfg.lr_scaling)
         job.strategy = strategy
-        job.plan = distribute.Plan(
-            strategy=("MultiWorkerMirroredStrategy" if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-                      else type(strategy).__name__), workers=max(cluster.cluster_workers(tf_config), 1), replicas=replicas,
-            worker_index=cluster.worker_index(tf_config), chief=chief, global_batch_size=global_batch,
-            per_replica_batch_size=per_replica, batch_scaling=cfg.batch_scaling, learning_rate=lr,
-            lr_scaling=cfg.lr_scaling, data_sharding=distribute.data_sharding_for(cfg.data_sharding, cfg.sampler),
-            mixed_precision=cfg.mixed_precision, local_workers=cfg.local_workers)
-        print(f"[trainer] {job.plan.strategy}: worker {job.plan.worker_index} of {job.plan.workers}, {replicas} "
-              f"replica(s), global batch {global_batch} ({per_replica} a replica), learning rate {lr:g}, "
-              f"data sharding {job.plan.data_sharding}", file=sys.stderr, flush=True)
+        job.plan = distribute.plan_for(strategy, tf_config, cfg.batch_size, cfg.learning_rate, cfg,
+                                       distribute.data_sharding_for(cfg.data_sharding, cfg.sampler), "[trainer]")
     if job.mode.online_pool:  # models/semi.py trains from its own start (scratch or the pre-trained backbone)
         job.start_for(job.train.epochs, unsupported=f"semi.method={job.mode.name} reads the pool online; its training "
                                                     "is not built to start from an earlier model")
     t0 = time.time()
     result = job.mode.trainer()(job)
     train_seconds = time.time() - t0
-    model = precision.float32_copy(result.model) if strategy is None else precision.plain_copy(result.model)
-    if strategy is not None:
-        scratch = os.path.join(worker_scratch(job.model_run_dir), f"worker-{job.plan.worker_index}")
-        os.makedirs(scratch, exist_ok=True)
-        np.savez(os.path.join(scratch, "final.weights.npz"), *model.get_weights())
+    model = distribute.final_model(result.model, strategy, job.plan, job.model_run_dir)
     if not chief:  # TF's multi-worker rule: one writer; the others' weights stay in their scratch folder
-        distribute.barrier(strategy)  # leave when the chief has exported
+        replicas.barrier(strategy)  # leave when the chief has exported
         return
     tau = job.post_hoc_logit_adjust_tau
     logit_offset = -tau * np.log(np.asarray(job.stats["class_priors"], np.float32)) if tau else None
@@ -129,7 +107,7 @@ def _train_and_export(fn_args, job: toolkit.TrainingJob, strategy, tf_config: di
     backbones.save_backbone_weights(model, fn_args.serving_model_dir, file=backbones.CLASSIFIER_WEIGHTS_FILE)
     model.save(os.path.join(job.model_run_dir, "model.keras"))
     write_summary(job, result, train_seconds)
-    distribute.barrier(strategy)
+    replicas.barrier(strategy)
 
 
 def write_summary(job: toolkit.TrainingJob, result: toolkit.TrainResult, train_seconds: float) -> dict:

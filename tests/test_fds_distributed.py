@@ -1,4 +1,4 @@
-"""FDS beyond one process: the per-epoch statistics summed across replicas (models.distribute.replica_sums) equal one
+"""FDS beyond one process: the per-epoch statistics summed across replicas (models.replicas.replica_sums) equal one
 process's over the same features, and stay float32 under mixed precision (issue #31)."""
 
 import json
@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from models import distribute
+from models import distribute, replicas
 from models.layers.fds import FeatureDistributionSmoothing
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 def make():
@@ -40,11 +40,11 @@ for epoch in range(3):
     ids = rng.integers(0, 10, size=61).astype("int32")
     feats = rng.normal(loc=1000.0 + ids[:, None] * 0.5, scale=1.0 + ids[:, None] * 0.1, size=(61, 3)).astype("float32")
     epochs.append({"ids": ids.tolist(), "feats": feats.tolist()})
-    shares.append(int(distribute.replica_sums(strategy, lambda f, i, all_reduce: tf.shape(f)[0], feats, ids)))
+    shares.append(int(replicas.replica_sums(strategy, lambda f, i, all_reduce: tf.shape(f)[0], feats, ids)))
     for layer in (one, two):
         layer.update_last_epoch_stats(epoch)
     one.update_running_stats(feats, ids, epoch)
-    two.apply_moments(*distribute.replica_sums(strategy, two.epoch_moments, feats, ids), epoch)
+    two.apply_moments(*replicas.replica_sums(strategy, two.epoch_moments, feats, ids), epoch)
     if epoch == 0:
         first_var = np.asarray(two.running_var.value).tolist()
 names = %r
