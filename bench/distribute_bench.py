@@ -245,11 +245,11 @@ def run_ssp(method: str):
 
 def taxi_split(scratch: str, seed: int = 0) -> dict:
     """The tfx package's taxi CSV as GZIP tf.Examples (CsvExampleGen's encoding: a column's type from
-    models.regression.COLUMN_TYPES, an empty cell an empty feature), split 8:1:1 by a fixed permutation: {split:
+    models.tabular.COLUMN_TYPES, an empty cell an empty feature), split 8:1:1 by a fixed permutation: {split:
     [file]}."""
     import tensorflow as tf
 
-    from models.regression import COLUMN_TYPES
+    from models.tabular import COLUMN_TYPES
 
     folder = os.path.join(scratch, "taxi")
     if os.path.isdir(folder):
@@ -283,7 +283,7 @@ def regression_stats(cfg, train_files) -> dict:
     them in Beam from the same histogram): the LDS weights, bins and groups the Trainer reads."""
 
     from models.density import derive_regression_stats
-    from models.regression import read_split, valid_rows
+    from models.tabular import read_split, valid_rows
 
     r = cfg.regression
     values, present = read_split(train_files, [r.target])

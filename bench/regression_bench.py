@@ -37,15 +37,8 @@ import pandas as pd  # noqa: E402
 
 from models.config import RegressionConfig, TrainConfig  # noqa: E402
 from models.density import derive_regression_stats  # noqa: E402
-from models.regression import (  # noqa: E402
-    COLUMN_TYPES,
-    model_columns,
-    predict,
-    regression_metrics,
-    to_model_inputs,
-    train_regressor,
-    valid_rows,
-)
+from models.regression import predict, regression_metrics, train_regressor  # noqa: E402
+from models.tabular import COLUMN_TYPES, model_columns, to_model_inputs, valid_rows  # noqa: E402
 
 METHODS = {  # name -> RegressionConfig overrides
     "vanilla": {"reweight": "none", "lds": False, "fds": False},

@@ -18,7 +18,8 @@ from tfx.utils import path_utils
 from components.evaluation import EvaluatorExecutor, GateEvaluator
 from components.gate import RegressionGate
 from models.predict import SavedModelPredictor
-from models.regression import parse_examples, regression_metrics, valid_rows
+from models.regression import regression_metrics
+from models.tabular import parse_examples, valid_rows
 
 
 def predict_split(saved_model_dir: str, file_pattern: str, target: str, batch_size: int = 2048):

@@ -2,7 +2,7 @@
 
 The regression task of the label-statistics skeleton (components/label_statistics.py). Per split
 (train, eval, test) Beam parses each tf.Example's target, applies the bad-row policy
-(models.regression.target_problem: missing, non-finite, negative, above ``max_target``) and
+(models.tabular.target_problem: missing, non-finite, negative, above ``max_target``) and
 combines per key: the training histogram {floor(y / bin_width): count} (``CombinePerKey(sum)``),
 the bad rows per reason (count and a few example locators) and, for the training split, the
 missing or non-finite values per feature column (the model imputes them: mean plus a flag, or the
@@ -35,7 +35,7 @@ from components.errors import PipelineDataError
 from components.label_statistics import CountAndSample, LabelStatsComponent, LabelStatsExecutor
 from models.config import RegressionConfig, from_dict
 from models.density import derive_regression_stats
-from models.regression import COLUMN_TYPES, model_columns, target_problem
+from models.tabular import COLUMN_TYPES, model_columns, target_problem
 
 _TOTAL = "rows"
 

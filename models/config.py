@@ -214,7 +214,7 @@ class MocoConfig:
     """MoCo v2's own settings (``pretrain.moco.*``)."""
 
     dim: int = 128  # projection head's output size
-    queue_size: int | None = None  # None: scaled to the data (models.ssp.queue_size_for)
+    queue_size: int | None = None  # None: scaled to the data (models.pretext.queue_size_for)
     momentum: float = 0.999  # momentum of the key encoder's moving average
     temperature: float = 0.2  # InfoNCE temperature
 

@@ -254,13 +254,13 @@ def fit(strategy, model, optimizer, loss, dataset_fn, epochs: int, steps: int, f
 def global_step(strategy, replica_step, mean=()):
     """The replica-step skeleton every data-parallel Trainer trains with: a tf.function that runs
     ``replica_step(batch)`` (the Trainer's own step: forward, its loss as its share of the global batch's, the
-    optimizer's update) on every replica, each on its share of the iterator's next global batch, and returns what
-    it returns (a dict of scalars) summed over the replicas; keys in ``mean`` are averaged instead."""
+    optimizer's update) on every replica, each on its share of a distributed global batch, and returns what it
+    returns (a dict of scalars) summed over the replicas; keys in ``mean`` are averaged instead."""
     import tensorflow as tf
 
     @tf.function
-    def step(iterator):
-        out = strategy.run(replica_step, args=(next(iterator),))
+    def step(batch):
+        out = strategy.run(replica_step, args=(batch,))
         return {k: strategy.reduce(tf.distribute.ReduceOp.MEAN if k in mean else tf.distribute.ReduceOp.SUM, v,
                                    axis=None) for k, v in out.items()}
 
@@ -276,9 +276,10 @@ def run_epochs(train_step, data, steps: int, first_epoch: int, epochs: int, summ
                sync_statistics=None, before_epoch=None, after_epoch=None, progress=None, backup=None) -> list:
     """The one epoch loop of every data-parallel Trainer (:func:`fit`, models.ssp.fit_pretext,
     models.semi.fit_distributed, models.regression.train_distributed): per epoch ``before_epoch(epoch)``, ``steps``
-    calls of ``train_step(data)`` (:func:`global_step`) with each output summed over them, the BatchNorm statistics
-    averaged across replicas (``sync_statistics()``), ``after_epoch(epoch)`` (FDS's statistics), the history entry
-    {epoch, seconds, **summarize(sums, steps)} given to ``progress``, ``backup`` written. Returns the history."""
+    calls of ``train_step(next(data))`` (:func:`global_step`; ``data`` a distributed dataset's iterator) with each
+    output summed over them, the BatchNorm statistics averaged across replicas (``sync_statistics()``),
+    ``after_epoch(epoch)`` (FDS's statistics), the history entry {epoch, seconds, **summarize(sums, steps)} given to
+    ``progress``, ``backup`` written. Returns the history."""
     history = []
     for epoch in range(first_epoch, epochs):
         t0 = time.time()
@@ -286,7 +287,7 @@ def run_epochs(train_step, data, steps: int, first_epoch: int, epochs: int, summ
             before_epoch(epoch)
         totals = {}
         for _ in range(steps):
-            for k, v in train_step(data).items():
+            for k, v in train_step(next(data)).items():
                 totals[k] = totals.get(k, 0.0) + float(v)
         if sync_statistics is not None:
             sync_statistics()

@@ -127,7 +127,7 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import keras, numpy as np
-from models import losses, semi
+from models import fixmatch, losses, semi
 from models.config import DasoConfig, FixMatchConfig
 
 C, B, MU, STEPS, W = 3, 8, 2, 3, np.array([0.5, 1.0, 2.0], np.float32)
@@ -145,7 +145,7 @@ def build(weighted_loss):
     nets = [keras.models.clone_model(net) for _ in range(2)]
     for n in nets:
         n.set_weights(initial)
-    model = semi.FixMatchModel(nets[0], nets[1], losses.CrossEntropyLoss(W if weighted_loss else None),
+    model = fixmatch.FixMatchModel(nets[0], nets[1], losses.CrossEntropyLoss(W if weighted_loss else None),
                                FixMatchConfig(threshold=0.0, ema_decay=0.9), C,
                                daso=DasoConfig(queue_size=4, count_window=2), warmup_steps=1,
                                labeled_class_weights=None if weighted_loss else W)
@@ -225,13 +225,13 @@ def test_daso_state_stays_float32_under_mixed_bfloat16():
         w.update(np.zeros(301, np.int32))  # 301 is no bfloat16 number (its neighbours are 300 and 302)
         assert _np(w.counts()).dtype == np.float32 and _np(w.counts())[0] == 301.0
         # one training step of the FixMatch + DASO wrapper (Keras' own step) computing in bfloat16
-        from models import losses, semi
+        from models import fixmatch, losses
         from models.config import DasoConfig, FixMatchConfig
 
         inp = keras.Input((6, 6, 1))
         nets = [keras.Model(inp, keras.layers.Dense(3, name="classifier")(keras.layers.Dense(5)(keras.layers.Flatten()(inp))))
                 for _ in range(2)]
-        model = semi.FixMatchModel(nets[0], nets[1], losses.CrossEntropyLoss(), FixMatchConfig(threshold=0.0), 3,
+        model = fixmatch.FixMatchModel(nets[0], nets[1], losses.CrossEntropyLoss(), FixMatchConfig(threshold=0.0), 3,
                                    daso=DasoConfig(queue_size=4, count_window=2), warmup_steps=0)
         rng = np.random.default_rng(0)
         x = {k: rng.random((n, 6, 6, 1)).astype(np.float32) for k, n in (("labeled", 4), ("weak", 8), ("strong", 8))}

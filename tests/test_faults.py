@@ -42,7 +42,8 @@ else:
     from bench.regression_bench import csv_path, load_rows
     from models.config import RegressionConfig, TrainConfig
     from models.density import derive_regression_stats
-    from models.regression import model_columns, to_model_inputs, train_regressor
+    from models.regression import train_regressor
+    from models.tabular import model_columns, to_model_inputs
     cfg = RegressionConfig(fds=True)
     values, _, _ = load_rows(csv_path(), cfg.target, cfg.max_target)
     values = {c: v[:1500] for c, v in values.items()}

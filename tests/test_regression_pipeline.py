@@ -18,7 +18,8 @@ from apache_beam.testing.util import assert_that, equal_to
 from components.gate import RegressionGate, RegressionGateThresholds, decide
 from components.regression_label_stats_gen import check_split
 from models.config import RegressionConfig, from_dict
-from models.regression import COLUMN_TYPES, regression_metrics, target_problem, valid_rows
+from models.regression import regression_metrics
+from models.tabular import COLUMN_TYPES, target_problem, valid_rows
 from pipeline.pipeline import SCHEMA_DIR, default_csv_dir
 from tests.conftest import TAXI_BAD_FARES, load_metrics, taxi_cli
 
@@ -69,7 +70,7 @@ def test_beam_counts_the_histogram_bad_rows_by_reason_and_missing_features(tmp_p
 
 
 def test_reader_gives_nan_for_missing_numbers_and_oov_defaults():
-    from models.regression import parse_examples
+    from models.tabular import parse_examples
 
     feats = {"trip_seconds": tf.train.Feature(int64_list=tf.train.Int64List(value=[])),
              "trip_start_hour": tf.train.Feature(int64_list=tf.train.Int64List(value=[])),
@@ -212,7 +213,8 @@ def test_pushed_savedmodel_serves_json_and_tf_examples_like_keras_and_does_no_fd
 
     import keras
 
-    from models.regression import model_columns, predict, read_split, to_model_inputs
+    from models.regression import predict
+    from models.tabular import model_columns, read_split, to_model_inputs
 
     m = load_metrics(str(taxi["tmp"] / "out1"))
     cfg = from_dict(RegressionConfig, m["config"]["regression"])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from keras import layers, ops
 
-from models import backbones, ssp, toolkit
+from models import backbones, pretext, ssp, toolkit
 from models.config import TrainConfig
 from models.toolkit import build_model
 
@@ -37,7 +37,7 @@ def numpy_weights(variables):
 
 def test_rotations_and_labels_match_np_rot90():
     images = np.random.default_rng(0).random((3, 5, 5, 2)).astype("float32")
-    rotated, labels = ssp.rotations(ops.convert_to_tensor(images))
+    rotated, labels = pretext.rotations(ops.convert_to_tensor(images))
     rotated, labels = ops.convert_to_numpy(rotated), ops.convert_to_numpy(labels)
     assert rotated.shape == (12, 5, 5, 2)
     assert labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
@@ -49,11 +49,11 @@ def test_rotations_and_labels_match_np_rot90():
 
 def test_rotation_needs_square_images():
     with pytest.raises(ValueError, match="square images, got 4x6"):
-        ssp.rotations(ops.zeros((2, 4, 6, 1)))
+        pretext.rotations(ops.zeros((2, 4, 6, 1)))
 
 
 def test_rotation_loss_is_cross_entropy_against_the_rotation_index():
-    model = ssp.RotationPretext(tiny_encoder())
+    model = pretext.RotationPretext(tiny_encoder())
     images = np.random.default_rng(1).random((2, 8, 8, 1)).astype("float32")
     logits = ops.convert_to_numpy(model(images))
     assert logits.shape == (8, 4)
@@ -67,7 +67,7 @@ def test_rotation_loss_is_cross_entropy_against_the_rotation_index():
 
 
 def tiny_moco(queue_size=6, momentum=0.9):
-    return ssp.MoCo(tiny_encoder("q"), tiny_encoder("k"), dim=3, queue_size=queue_size, momentum=momentum, temperature=0.2)
+    return pretext.MoCo(tiny_encoder("q"), tiny_encoder("k"), dim=3, queue_size=queue_size, momentum=momentum, temperature=0.2)
 
 
 def test_moco_queue_is_fifo_with_a_wrapping_pointer():
@@ -91,8 +91,8 @@ def test_moco_rejects_a_batch_that_does_not_tile_the_queue():
     with pytest.raises(ValueError, match="not a multiple of the batch 4"):
         tiny_moco(queue_size=6).enqueue(ops.zeros((4, 3)))
     with pytest.raises(ValueError, match="multiple of pretrain.batch_size 32"):
-        ssp.queue_size_for(1000, 32, requested=100)
-    assert ssp.queue_size_for(12_406, 128) == 4096 and ssp.queue_size_for(492, 32) == 224
+        pretext.queue_size_for(1000, 32, requested=100)
+    assert pretext.queue_size_for(12_406, 128) == 4096 and pretext.queue_size_for(492, 32) == 224
 
 
 def test_moco_training_call_updates_key_encoder_by_ema_then_enqueues_its_keys():
@@ -172,7 +172,7 @@ def real_images(fashion_mnist_dir):
 
 def test_rotation_pretext_loss_decreases_on_real_images(real_images):
     keras.utils.set_random_seed(0)
-    model = ssp.RotationPretext(backbones.build_backbone("resnet8", (28, 28, 1)))
+    model = pretext.RotationPretext(backbones.build_backbone("resnet8", (28, 28, 1)))
     model.compile(keras.optimizers.SGD(0.05, momentum=0.9))
     history = model.fit(real_images[:128], batch_size=32, epochs=6, verbose=0).history  # 24 steps
     assert history["loss"][-1] < 0.8 * history["loss"][0], history
@@ -185,7 +185,7 @@ def test_moco_loss_decreases_on_real_images(real_images):
     keras.utils.set_random_seed(0)
     images = real_images[:128]
     views = np.stack([images, images[:, :, ::-1]], axis=1)
-    model = ssp.MoCo(backbones.build_backbone("resnet8", (28, 28, 1)),
+    model = pretext.MoCo(backbones.build_backbone("resnet8", (28, 28, 1)),
                      backbones.build_backbone("resnet8", (28, 28, 1), model_name="key"),
                      dim=32, queue_size=64, momentum=0.9, temperature=0.2)
     model.compile(keras.optimizers.SGD(0.1, momentum=0.9))

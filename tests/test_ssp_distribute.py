@@ -29,7 +29,7 @@ EQUIVALENCE = textwrap.dedent("""
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras, numpy as np
     from keras import layers
-    from models import ssp
+    from models import pretext, ssp
 
     def encoder(name):
         inputs = keras.Input((8, 8, 1))
@@ -38,7 +38,7 @@ EQUIVALENCE = textwrap.dedent("""
 
     def moco():
         keras.utils.set_random_seed(0)
-        return ssp.MoCo(encoder("q"), encoder("k"), dim=3, queue_size=48, momentum=0.9, temperature=0.2)
+        return pretext.MoCo(encoder("q"), encoder("k"), dim=3, queue_size=48, momentum=0.9, temperature=0.2)
 
     GLOBAL, STEPS = 16, 4
     views = np.random.default_rng(0).random((GLOBAL * STEPS, 2, 8, 8, 1)).astype("float32")

@@ -16,7 +16,7 @@ N_hat are the counts of the (final) pseudo-labels over recent training steps
 The state is float32 (or int32) under every dtype policy and never autocast: under mixed_bfloat16 a
 bfloat16 bank would round features to 8 significant bits and counts above 256 to even numbers.
 Under a data-parallel strategy every replica holds its own copy and applies the same update
-(models.semi.FixMatchModel gathers the global batch first; models/distribute.py).
+(models.fixmatch.FixMatchModel gathers the global batch first; models/distribute.py).
 Defaults follow the official code (ytaek-oh/daso): queue of 256 features a class, T_proto 0.05,
 counts over 100 steps.
 """
