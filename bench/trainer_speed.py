@@ -17,7 +17,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from components.data.prepare import load_manifest  # noqa: E402
-from models import config, precision, training  # noqa: E402
+from models import config, dotted, precision, training  # noqa: E402
 from models.label_stats import derive_label_stats  # noqa: E402
 from pipeline.configs import load_config  # noqa: E402
 from pipeline.tasks import ensure_data  # noqa: E402
@@ -33,15 +33,15 @@ def main() -> int:
     manifest = load_manifest(data)
     counts = manifest["splits"]["labeled"]["per_class_counts"]
     stats = derive_label_stats(counts, manifest["class_names"])
-    fields = config.leaf_paths(config.TrainConfig)
+    fields = dotted.leaf_paths(config.TrainConfig)
     settings = {"epochs": a.epochs}
     for o in a.overrides:
         k, v = o.split("=", 1)
         k = k.removeprefix("train.")
         if k not in fields:
             p.error(f"--set {o}: TrainConfig has no field {k!r}; choose one of {sorted(fields)}")
-        settings[k] = config.parse_value(v, fields[k])
-    cfg = config.from_dict(config.TrainConfig, settings, "train.")
+        settings[k] = dotted.parse_value(v, fields[k])
+    cfg = dotted.from_dict(config.TrainConfig, settings, "train.")
     files = [os.path.join(data, f) for f in manifest["splits"]["labeled"]["files"]]
     precision.set_mixed_precision(cfg.mixed_precision)  # as the Trainer's run_fn does
     t0 = time.time()

@@ -33,8 +33,9 @@ from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from components.artifacts import LABEL_STATS_KEY, LabelStatistics
 from components.errors import PipelineDataError
 from components.label_statistics import CountAndSample, LabelStatsComponent, LabelStatsExecutor
-from models.config import RegressionConfig, from_dict
+from models.config import RegressionConfig
 from models.density import derive_regression_stats
+from models.dotted import from_dict
 from models.tabular import COLUMN_TYPES, model_columns, target_problem
 
 _TOTAL = "rows"

@@ -27,7 +27,7 @@ import hashlib
 import json
 import os
 
-from models import config
+from models import config, dotted
 
 # --- the keys pipeline/ writes (from the typed config)
 TRAINING_SUMMARY_FILE = "training_summary.json"  # a classification or regression Trainer's, in its model run dir
@@ -185,7 +185,7 @@ class TrainerJob:
         fields = {}
         for key in known:
             if key in _SECTIONS and (key in STAGE_KEYS[stage] or key in c):
-                fields[key] = config.from_dict(_SECTIONS[key], c.get(key), f"{key}.")
+                fields[key] = dotted.from_dict(_SECTIONS[key], c.get(key), f"{key}.")
             elif key in c:
                 fields[key] = c[key]
         return cls(stage=stage, **fields)

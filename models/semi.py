@@ -25,7 +25,8 @@ from keras import ops
 
 from models import distribute, inputs, losses, precision, replicas, toolkit
 from models import job as trainer_job
-from models.config import FixMatchConfig, SemiConfig, TrainConfig, augment_ops, get_path
+from models.config import FixMatchConfig, SemiConfig, TrainConfig, augment_ops
+from models.dotted import get_path
 from models.fixmatch import FixMatchModel, dist_temperature_for, warmup_steps_for
 from models.metrics import per_class_metrics
 

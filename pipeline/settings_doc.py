@@ -18,7 +18,7 @@ import textwrap
 import tokenize
 import typing
 
-from models.config import get_path
+from models.dotted import get_path
 
 HEADER = """# Settings reference
 
@@ -27,7 +27,7 @@ dataclasses (pipeline/configs.py, models/config.py, components/gate.py); tests/t
 page and the code differ. Every key is set with `--set KEY=VALUE` on `run`, `check`, `compile-kfp` and `schedule`;
 `none` gives a setting that takes it Python's None. "default" is the field's own default, "default preset" the
 value `make run`'s preset gives it where that differs; `check` (`python -m pipeline check --preset default`)
-prints what a run reads, with its value and where it comes from. The presets are in pipeline/configs.py (`PRESETS`). What a run
+prints what a run reads, with its value and where it comes from. The presets are in pipeline/presets.py (`PRESETS`). What a run
 writes (metrics.json's keys, how to read report.md) is [outputs.md](outputs.md).
 """
 

@@ -20,7 +20,7 @@ from components.data.own_data import describe, image_fit_of, is_own_data, plan_o
 from components.data.prepare import Manifest, load_manifest
 from components.errors import PipelineDataError
 from models.backbones import AUTO_MAX_SIDE, auto_backbone
-from models.config import replace_path
+from models.dotted import replace_path
 from pipeline import regression_report, report
 from pipeline.configs import PipelineConfig, changed_paths
 from pipeline.outputs import BASE_TRAINER, PRETRAINER, TRAINER

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from models import config, modes
+from models import config, dotted, modes
 from pipeline import tasks
 from pipeline.configs import ALIASES, LEAVES, PRESETS, PipelineConfig, changed_paths, load_config, resolve_key
 
@@ -25,23 +25,23 @@ def test_config_modules_import_neither_keras_nor_tensorflow():
 
 
 def test_from_dict_builds_nested_sections_and_names_unknown_keys():
-    semi = config.from_dict(config.SemiConfig, {"method": "daso", "daso": {"warmup_steps": 7}, "fixmatch": {"mu": 3}})
+    semi = dotted.from_dict(config.SemiConfig, {"method": "daso", "daso": {"warmup_steps": 7}, "fixmatch": {"mu": 3}})
     assert (semi.method, semi.daso.warmup_steps, semi.fixmatch.mu, semi.fixmatch.threshold) == ("daso", 7, 3, 0.95)
-    assert config.from_dict(config.TrainConfig, {"learning_rate": 1}).learning_rate == 1.0  # JSON ints for floats
+    assert dotted.from_dict(config.TrainConfig, {"learning_rate": 1}).learning_rate == 1.0  # JSON ints for floats
     with pytest.raises(ValueError, match=r"unknown settings \['train.lr'\]"):
-        config.from_dict(config.TrainConfig, {"lr": 0.1}, "train.")
+        dotted.from_dict(config.TrainConfig, {"lr": 0.1}, "train.")
     with pytest.raises(ValueError, match=r"unknown settings \['pretrain.moco.k'\]"):
-        config.from_dict(config.SSPConfig, {"moco": {"k": 64}}, "pretrain.")
+        dotted.from_dict(config.SSPConfig, {"moco": {"k": 64}}, "pretrain.")
     full = load_config("default")
-    assert config.from_dict(PipelineConfig, json.loads(json.dumps(dataclasses.asdict(full)))) == full  # round trip
+    assert dotted.from_dict(PipelineConfig, json.loads(json.dumps(dataclasses.asdict(full)))) == full  # round trip
 
 
 def test_parse_value_by_type_hint():
-    assert config.parse_value("none", int | None) is None
-    assert config.parse_value("3", int | None) == 3
-    assert config.parse_value("off", bool) is False
+    assert dotted.parse_value("none", int | None) is None
+    assert dotted.parse_value("3", int | None) == 3
+    assert dotted.parse_value("off", bool) is False
     with pytest.raises(ValueError, match="not a boolean"):
-        config.parse_value("maybe", bool)
+        dotted.parse_value("maybe", bool)
 
 
 def test_aliases_keep_the_old_names_working():

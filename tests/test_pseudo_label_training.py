@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from models import planner
-from models.config import PlannerConfig, PseudoLabelConfig, SemiConfig, TrainConfig, from_dict
+from models.config import PlannerConfig, PseudoLabelConfig, SemiConfig, TrainConfig
+from models.dotted import from_dict
 from models.planner import explain
 from models.pseudo_label import combined_stats, decide
 

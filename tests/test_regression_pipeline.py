@@ -17,7 +17,8 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from components.gate import RegressionGate, RegressionGateThresholds, decide
 from components.regression_label_stats_gen import check_split
-from models.config import RegressionConfig, from_dict
+from models.config import RegressionConfig
+from models.dotted import from_dict
 from models.regression import regression_metrics
 from models.tabular import COLUMN_TYPES, target_problem, valid_rows
 from pipeline.pipeline import SCHEMA_DIR, default_csv_dir

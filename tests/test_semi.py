@@ -11,7 +11,8 @@ from keras import ops
 
 from components.data.longtail import SplitSpec
 from components.data.prepare import prepare_from_source
-from models.config import DasoConfig, FixMatchConfig, SemiConfig, TrainConfig, from_dict
+from models.config import DasoConfig, FixMatchConfig, SemiConfig, TrainConfig
+from models.dotted import from_dict
 from models.fixmatch import dist_temperature_for, ema_decay_at, warmup_steps_for
 from models.label_stats import derive_label_stats
 from models.semi import load_pool_truth, score_pseudo_labels, train_semi
