@@ -39,9 +39,10 @@ from tfx.types.component_spec import ExecutionParameter
 from tfx.utils import proto_utils
 
 from components.data.errors import DataError
+from components.data.folder_layout import image_files
 from components.data.image_survey import fitting_events, fitting_record
 from components.data.longtail import SplitSpec
-from components.data.own_data import CODE_OF_SPLIT, SPLIT_OF_OUTPUT, OwnDataPlan, image_files, plan_own_data
+from components.data.own_data import CODE_OF_SPLIT, SPLIT_OF_OUTPUT, OwnDataPlan, plan_own_data
 from components.data.prepare import encode_png, image_digest
 from components.data.spans import DEFAULT_SELECTION as DEFAULT_SPANS
 from components.label_statistics import CountAndSample

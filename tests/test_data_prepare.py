@@ -15,10 +15,21 @@ import tensorflow as tf
 from components.data.errors import DataError
 from components.data.longtail import SplitSpec, exponential_profile
 from components.data.prepare import prepare, prepare_from_source
-from components.data.sources import decode_image, read_fashion_mnist
+from components.data.sources import read_fashion_mnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPEC = SplitSpec(rho=100, n_max=500, class_order="shuffle", val_per_class=40, rho_u=1.0, unlabeled_size=1000, seed=5)
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """A stored PNG's pixels as they are, uint8 (H, W, C) (Pillow; no conversion)."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        arr = np.asarray(img)
+    return arr[..., None] if arr.ndim == 2 else arr
 
 
 def read_split(data_dir, split):

@@ -28,16 +28,18 @@ import os
 import numpy as np
 
 from components.data.errors import DataError
+from components.data.folder_layout import (
+    FolderListing,
+    check_validation_classes,
+    filesystem,
+    image_files,
+    list_class_folders,
+    validation_folder,
+)
 from components.data.image_survey import ImageSurvey, resolve_fit, survey_files
 from components.data.longtail import SplitSpec, plan_splits, validation_per_class
 from components.data.prepare import VALIDATION_CARVED, VALIDATION_GIVEN
-from components.data.sources import (
-    IMAGE_SUFFIXES,
-    VALIDATION_RECORDS,
-    LabelProblems,
-    check_validation_classes,
-    validation_folder,
-)
+from components.data.sources import VALIDATION_RECORDS, LabelProblems
 from components.data.spans import DEFAULT_SELECTION, merge, select, span_folders
 from components.host_paths import path_hint
 
@@ -111,83 +113,6 @@ class OwnDataPlan:
         return n, (per_class.astype(int).tolist() if known and split != "unlabeled" else None)
 
 
-def _gfile():
-    import tensorflow as tf  # local: gfile reads gs:// and other filesystems a cluster's data may live on
-
-    return tf.io.gfile
-
-
-# Files an OS or a copy tool leaves beside the images: skipped and counted, never errors and never images.
-HIDDEN_NAMES = frozenset({"thumbs.db", "ehthumbs.db", "desktop.ini", "__macosx", "icon\r"})
-
-
-def is_hidden(name: str) -> bool:
-    """``.DS_Store``, ``._IMG_0001.jpg`` (macOS resource forks), ``.git``, ``Thumbs.db``, ``__MACOSX``, ..."""
-    return name.startswith(".") or name.lower() in HIDDEN_NAMES
-
-
-def _is_image(name: str) -> bool:
-    return not is_hidden(name) and name.lower().endswith(IMAGE_SUFFIXES)
-
-
-def image_files(folder: str) -> tuple[list[str], list[str]]:
-    """(image file names, other entry names, hidden ones included) of one folder, sorted: the order a FolderGroup's
-    codes follow."""
-    listed = sorted(e.rstrip("/") for e in _gfile().listdir(folder))
-    return [e for e in listed if _is_image(e)], [e for e in listed if not _is_image(e)]
-
-
-@dataclasses.dataclass
-class FolderListing:
-    """What the listing of a source met besides images: each named with its path, none dropped silently."""
-
-    non_images: list[str] = dataclasses.field(default_factory=list)  # files that are not images (counted, listed)
-    hidden: list[str] = dataclasses.field(default_factory=list)  # hidden / system files and folders (skipped)
-    broken_links: list[str] = dataclasses.field(default_factory=list)  # symbolic links to nothing (an error)
-    images: list[str] = dataclasses.field(default_factory=list)  # every image file's path, in plan order
-
-    def sort_out(self, folder: str, others: list[str]) -> None:
-        for e in others:
-            (self.hidden if is_hidden(e) else self.non_images).append(os.path.join(folder, e))
-
-    def add_images(self, folder: str, names: list[str]) -> None:
-        paths = [os.path.join(folder, n) for n in names]
-        if "://" not in folder:  # a local folder: a dangling link is found here, before TFX's driver stats it
-            self.broken_links += [p for p in paths if os.path.islink(p) and not os.path.exists(p)]
-        self.images += paths
-
-
-def _list_class_folders(split_dir: str, class_names: list[str] | None, listing: FolderListing):
-    """(class folder names, {name: number of image files}); what is not an image goes to ``listing``."""
-    gfile = _gfile()
-    entries = sorted(e.rstrip("/") for e in gfile.listdir(split_dir))
-    hidden = [e for e in entries if is_hidden(e)]
-    listing.hidden += [os.path.join(split_dir, e) for e in hidden]
-    entries = [e for e in entries if e not in hidden]
-    dirs = [e for e in entries if gfile.isdir(os.path.join(split_dir, e))]
-    listing.non_images += [os.path.join(split_dir, e) for e in entries if e not in dirs]  # loose files beside classes
-    by_case: dict[str, list[str]] = {}
-    for name in dirs:
-        by_case.setdefault(name.casefold(), []).append(name)
-    clashes = [names for names in by_case.values() if len(names) > 1]
-    if clashes:
-        raise DataError(split_dir, f"class folders whose names differ only in case: {clashes[:5]} (each would be a "
-                        "class of its own)", sum(len(c) for c in clashes), unit="class",
-                        hint="merge them into one folder or rename one")
-    if class_names is not None:
-        unknown = sorted(set(dirs) - set(class_names))
-        if unknown:
-            raise DataError(split_dir, f"class folders not in train/: {unknown[:5]}", len(unknown), unit="class")
-    counts = {}
-    for name in dirs:
-        folder = os.path.join(split_dir, name)
-        images, others = image_files(folder)
-        counts[name] = len(images)
-        listing.add_images(folder, images)
-        listing.sort_out(folder, others)
-    return dirs, counts
-
-
 def _draw(train_labels: np.ndarray, class_names: list[str], spec: SplitSpec, where: str):
     """plan_splits, with the classes that cannot be drawn named first."""
     counts = np.bincount(train_labels, minlength=len(class_names)) if len(train_labels) else np.zeros(len(class_names))
@@ -203,23 +128,23 @@ def plan_folder(root: str, spec: SplitSpec) -> OwnDataPlan:
 
     Only the number of image files a class is needed: prepare-data's plan permutes each class's positions
     (classes sorted, files sorted within a class), so the plan is one split code a file position."""
-    gfile = _gfile()
+    gfile = filesystem()
     train_dir = os.path.join(root, "train")
     if not gfile.isdir(train_dir):
         raise DataError(root, "no train/ folder (expected train/<class>/*, test/<class>/*, optional unlabeled/)",
                         hint=path_hint(root))
     listing = FolderListing()
-    class_names, train_counts = _list_class_folders(train_dir, None, listing)
+    class_names, train_counts = list_class_folders(train_dir, None, listing)
     if not class_names:
         raise DataError(train_dir, "no class sub-folders")
     test_dir = os.path.join(root, "test")
     if not gfile.isdir(test_dir):
         raise DataError(root, "no test/ folder")
-    test_classes, test_counts = _list_class_folders(test_dir, class_names, listing)
+    test_classes, test_counts = list_class_folders(test_dir, class_names, listing)
     val_dir = validation_folder(root, gfile.isdir)
     val_groups = []
     if val_dir:  # the source's own validation split: nothing is carved from train
-        val_classes, val_counts = _list_class_folders(val_dir, class_names, listing)
+        val_classes, val_counts = list_class_folders(val_dir, class_names, listing)
         check_validation_classes([val_counts.get(name, 0) for name in class_names], class_names, val_dir)
         val_groups = [FolderGroup(os.path.join(val_dir, name), class_names.index(name), b"V" * val_counts[name])
                       for name in val_classes if val_counts[name]]
@@ -282,7 +207,7 @@ def _count_records(files: list[str]) -> list[tuple[str, int]]:
 
 def plan_tfrecords(root: str, spec: SplitSpec) -> OwnDataPlan:
     """``root/train*.tfrecord*``, ``root/test*.tfrecord*``, optional ``root/unlabeled*.tfrecord*``, ``classes.txt``."""
-    gfile = _gfile()
+    gfile = filesystem()
     train_files = sorted(gfile.glob(os.path.join(root, "train*.tfrecord*")))
     test_files = sorted(gfile.glob(os.path.join(root, "test*.tfrecord*")))
     for pattern, files in (("train*.tfrecord*", train_files), ("test*.tfrecord*", test_files)):
@@ -326,7 +251,7 @@ def plan_own_data(source: str, spec: SplitSpec, spans: str = DEFAULT_SELECTION) 
     planners = {"folder": plan_folder, "tfrecord": plan_tfrecords}
     if kind not in planners:
         raise DataError(source, f"not a user's own data source (use {' or '.join(k + ':PATH' for k in OWN_DATA_KINDS)})")
-    gfile = _gfile()
+    gfile = filesystem()
     there = span_folders(root, gfile.listdir, gfile.isdir)
     if not there:
         if spans != DEFAULT_SELECTION:
@@ -341,7 +266,7 @@ def plan_own_data(source: str, spec: SplitSpec, spans: str = DEFAULT_SELECTION) 
 
 def read_image_bytes(locator) -> bytes:
     """The encoded image of one locator: a file's bytes, or one record's ``image`` feature."""
-    gfile = _gfile()
+    gfile = filesystem()
     if isinstance(locator, str):
         with gfile.GFile(locator, "rb") as f:
             return f.read()
@@ -355,7 +280,7 @@ def survey_images(plan: OwnDataPlan) -> ImageSurvey:
     """The headers of the source's images (folders: every image file; TFRecords: the first SURVEY_RECORDS
     records of the planned splits): sizes and colour, for :func:`image_fit_of`."""
     if plan.kind == "folder":
-        gfile = _gfile()
+        gfile = filesystem()
         return survey_files(plan.image_paths, open_file=open if "://" not in plan.root else gfile.GFile)
     import tensorflow as tf
 

@@ -220,6 +220,9 @@ def prepare(raw: RawData, spec: SplitSpec, out_dir: str, shard_size: int = 10000
     }
     if raw.image_fit is not None:  # a folder / TFRecord source: the one shape its images were fitted to (as served)
         manifest["image_fit"] = raw.image_fit
+    if raw.non_image_files or raw.hidden_files:  # a folder's other files: skipped, counted and named, as ingestion does
+        manifest.update(non_image_files=len(raw.non_image_files), non_image_file_samples=raw.non_image_files[:20],
+                        hidden_files=len(raw.hidden_files), hidden_file_samples=raw.hidden_files[:20])
     examples = {}
     manifest["duplicates_across_splits"] = cross_split_duplicates({k: v[0] for k, v in split_data.items()}, examples)
     manifest["duplicate_examples"] = {k: [list(p) for p in v] for k, v in examples.items()}  # (record in a, in b)

