@@ -14,6 +14,7 @@ import dataclasses
 import os
 
 from components.data.errors import DataError
+from components.host_paths import path_hint
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")  # matched case-blind (.JPG too)
 
@@ -114,3 +115,32 @@ def list_class_folders(split_dir: str, class_names: list[str] | None, listing: F
         listing.add_images(folder, images)
         listing.sort_out(folder, others)
     return dirs, counts
+
+
+def list_train_classes(root: str) -> tuple[FolderListing, list[str], dict[str, int]]:
+    """(a new listing, the class names: train/'s class folders, sorted, {class: its image files}) of a folder
+    source; no train/ folder or no class folder in it is an error naming the root."""
+    train_dir = os.path.join(root, "train")
+    if not filesystem().isdir(train_dir):
+        raise DataError(root, "no train/ folder (expected train/<class>/*, test/<class>/*, optional unlabeled/)",
+                        hint=path_hint(root))
+    listing = FolderListing()
+    class_names, counts = list_class_folders(train_dir, None, listing)
+    if not class_names:
+        raise DataError(train_dir, "no class sub-folders")
+    return listing, class_names, counts
+
+
+def list_pool(root: str, listing: FolderListing) -> list[str] | None:
+    """The image files of the flat unlabeled/ folder (None without one), the others sorted into ``listing``; then a
+    link to nothing anywhere in the listing is an error."""
+    unl_dir = os.path.join(root, "unlabeled")
+    names = None
+    if filesystem().isdir(unl_dir):
+        names, others = image_files(unl_dir)
+        listing.add_images(unl_dir, names)
+        listing.sort_out(unl_dir, others)
+    if listing.broken_links:
+        raise DataError(root, f"symbolic links that point to nothing: {listing.broken_links[:5]}",
+                        len(listing.broken_links), unit="file", hint="remove them or restore their targets")
+    return names

@@ -29,11 +29,11 @@ import numpy as np
 
 from components.data.errors import DataError
 from components.data.folder_layout import (
-    FolderListing,
     check_validation_classes,
     filesystem,
-    image_files,
     list_class_folders,
+    list_pool,
+    list_train_classes,
     validation_folder,
 )
 from components.data.image_survey import ImageSurvey, resolve_fit, survey_files
@@ -130,13 +130,7 @@ def plan_folder(root: str, spec: SplitSpec) -> OwnDataPlan:
     (classes sorted, files sorted within a class), so the plan is one split code a file position."""
     gfile = filesystem()
     train_dir = os.path.join(root, "train")
-    if not gfile.isdir(train_dir):
-        raise DataError(root, "no train/ folder (expected train/<class>/*, test/<class>/*, optional unlabeled/)",
-                        hint=path_hint(root))
-    listing = FolderListing()
-    class_names, train_counts = list_class_folders(train_dir, None, listing)
-    if not class_names:
-        raise DataError(train_dir, "no class sub-folders")
+    listing, class_names, train_counts = list_train_classes(root)
     test_dir = os.path.join(root, "test")
     if not gfile.isdir(test_dir):
         raise DataError(root, "no test/ folder")
@@ -163,16 +157,10 @@ def plan_folder(root: str, spec: SplitSpec) -> OwnDataPlan:
                for name in test_classes if test_counts[name]]
     if not any(test_counts.values()):
         raise DataError(test_dir, "no images")
-    unl_dir = os.path.join(root, "unlabeled")
-    pool_from_source = gfile.isdir(unl_dir)
+    pool = list_pool(root, listing)
+    pool_from_source = pool is not None
     if pool_from_source:
-        images, others = image_files(unl_dir)
-        groups.append(FolderGroup(unl_dir, -1, b"U" * len(images)))
-        listing.add_images(unl_dir, images)
-        listing.sort_out(unl_dir, others)
-    if listing.broken_links:
-        raise DataError(root, f"symbolic links that point to nothing: {listing.broken_links[:5]}",
-                        len(listing.broken_links), unit="file", hint="remove them or restore their targets")
+        groups.append(FolderGroup(os.path.join(root, "unlabeled"), -1, b"U" * len(pool)))
     return OwnDataPlan(f"folder:{root}", "folder", root, class_names, listing.non_images, plan.class_order,
                        plan.unlabeled_order, groups=groups, pool_from_source=pool_from_source,
                        given_validation=bool(val_dir), hidden_files=listing.hidden, image_paths=listing.images)

@@ -35,11 +35,11 @@ import numpy as np
 
 from components.data.errors import DataError
 from components.data.folder_layout import (
-    FolderListing,
     check_validation_classes,
     filesystem,
-    image_files,
     list_class_folders,
+    list_pool,
+    list_train_classes,
     validation_folder,
 )
 from components.host_paths import path_hint, with_path_hint
@@ -186,13 +186,7 @@ def read_image_folder(root: str, image_settings=IMAGE_SETTINGS) -> RawData:
     non-image files are skipped and counted in the RawData (prepare writes them into the manifest)."""
     fs = filesystem()
     train_dir = os.path.join(root, "train")
-    if not fs.isdir(train_dir):
-        raise DataError(root, "no train/ folder (expected train/<class>/*, test/<class>/*, optional unlabeled/)",
-                        hint=path_hint(root))
-    listing = FolderListing()
-    class_names, _ = list_class_folders(train_dir, None, listing)
-    if not class_names:
-        raise DataError(train_dir, "no class sub-folders")
+    listing, class_names, _ = list_train_classes(root)
 
     def labeled(split_dir: str) -> tuple[Encoded, np.ndarray]:
         if not fs.isdir(split_dir):
@@ -210,17 +204,11 @@ def read_image_folder(root: str, image_settings=IMAGE_SETTINGS) -> RawData:
     if val_dir:
         parts["val"] = labeled(val_dir)
         check_validation_classes(np.bincount(parts["val"][1], minlength=len(class_names)), class_names, val_dir)
-    unl_dir = os.path.join(root, "unlabeled")
-    if fs.isdir(unl_dir):
-        names, others = image_files(unl_dir)
-        listing.add_images(unl_dir, names)
-        listing.sort_out(unl_dir, others)
-        if names:
-            paths = [os.path.join(unl_dir, n) for n in names]
-            parts["unlabeled"] = (Encoded(unl_dir, [_read(p) for p in paths], paths), None)
-    if listing.broken_links:
-        raise DataError(root, f"symbolic links that point to nothing: {listing.broken_links[:5]}",
-                        len(listing.broken_links), unit="file", hint="remove them or restore their targets")
+    names = list_pool(root, listing)
+    if names:
+        unl_dir = os.path.join(root, "unlabeled")
+        paths = [os.path.join(unl_dir, n) for n in names]
+        parts["unlabeled"] = (Encoded(unl_dir, [_read(p) for p in paths], paths), None)
     raw = _raw_data(f"folder:{root}", class_names, parts, image_settings)
     raw.non_image_files, raw.hidden_files = listing.non_images, listing.hidden
     return raw
