@@ -33,15 +33,8 @@ import struct
 
 import numpy as np
 
+from components.data import folder_layout as layout
 from components.data.errors import DataError
-from components.data.folder_layout import (
-    check_validation_classes,
-    filesystem,
-    list_class_folders,
-    list_pool,
-    list_train_classes,
-    validation_folder,
-)
 from components.host_paths import path_hint, with_path_hint
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -184,15 +177,15 @@ def read_image_folder(root: str, image_settings=IMAGE_SETTINGS) -> RawData:
     """A class-folder source (components/data/folder_layout.py's layout, listed as OwnDataExampleGen lists it); its
     images, of any size and colour mode, fitted to one shape (:func:`fit_encoded`). Hidden, system and other
     non-image files are skipped and counted in the RawData (prepare writes them into the manifest)."""
-    fs = filesystem()
+    fs = layout.filesystem()
     train_dir = os.path.join(root, "train")
-    listing, class_names, _ = list_train_classes(root)
+    listing, class_names, _ = layout.list_train_classes(root)
 
     def labeled(split_dir: str) -> tuple[Encoded, np.ndarray]:
         if not fs.isdir(split_dir):
             raise DataError(root, f"no {os.path.basename(split_dir)}/ folder")
         start = len(listing.images)
-        classes, counts = list_class_folders(split_dir, None if split_dir == train_dir else class_names, listing)
+        classes, counts = layout.list_class_folders(split_dir, None if split_dir == train_dir else class_names, listing)
         paths = listing.images[start:]
         labels = [class_names.index(name) for name in classes for _ in range(counts[name])]
         if not paths:
@@ -200,11 +193,11 @@ def read_image_folder(root: str, image_settings=IMAGE_SETTINGS) -> RawData:
         return Encoded(split_dir, [_read(p) for p in paths], paths), np.asarray(labels, np.int64)
 
     parts = {"train": labeled(train_dir), "test": labeled(os.path.join(root, "test"))}
-    val_dir = validation_folder(root, fs.isdir)
+    val_dir = layout.validation_folder(root, fs.isdir)
     if val_dir:
         parts["val"] = labeled(val_dir)
-        check_validation_classes(np.bincount(parts["val"][1], minlength=len(class_names)), class_names, val_dir)
-    names = list_pool(root, listing)
+        layout.check_validation_classes(np.bincount(parts["val"][1], minlength=len(class_names)), class_names, val_dir)
+    names = layout.list_pool(root, listing)
     if names:
         unl_dir = os.path.join(root, "unlabeled")
         paths = [os.path.join(unl_dir, n) for n in names]
@@ -215,7 +208,7 @@ def read_image_folder(root: str, image_settings=IMAGE_SETTINGS) -> RawData:
 
 
 def _read(path: str) -> bytes:
-    with filesystem().GFile(path, "rb") as f:
+    with layout.filesystem().GFile(path, "rb") as f:
         return f.read()
 
 
@@ -314,7 +307,7 @@ def read_tfrecords(root: str, image_settings=IMAGE_SETTINGS) -> RawData:
              "test": _read_tfrecords(os.path.join(root, "test*.tfrecord*"), True, num_classes)}
     if glob.glob(os.path.join(root, VALIDATION_RECORDS)):
         parts["val"] = _read_tfrecords(os.path.join(root, VALIDATION_RECORDS), True, num_classes)
-        check_validation_classes(np.bincount(parts["val"][1], minlength=len(class_names)), class_names,
+        layout.check_validation_classes(np.bincount(parts["val"][1], minlength=len(class_names)), class_names,
                                  os.path.join(root, VALIDATION_RECORDS))
     if glob.glob(os.path.join(root, "unlabeled*.tfrecord*")):
         parts["unlabeled"] = _read_tfrecords(os.path.join(root, "unlabeled*.tfrecord*"), False, None)
