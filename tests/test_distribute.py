@@ -116,7 +116,7 @@ def test_mixed_precision_auto_is_bfloat16_only_on_a_cpu_that_has_it(tmp_path):
 LOOP = textwrap.dedent("""
     import json, os, sys
     import numpy as np
-    from models import distribute
+    from models import cluster, distribute
     tf_config = cluster.read_tf_config()
     strategy = distribute.make_strategy("multi_worker" if tf_config else "mirrored")  # before any other TF op
     import keras, tensorflow as tf
