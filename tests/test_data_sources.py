@@ -43,6 +43,23 @@ def test_image_folder_reads_classes_and_unlabeled(tmp_path):
     assert load_manifest(str(tmp_path / "out"))["class_names"] == CLASSES
 
 
+def test_image_folder_skips_and_counts_what_ingestion_skips_and_counts(tmp_path):
+    """prepare-data's reader lists a folder with the ingestion's parser (components/data/folder_layout.py): a macOS
+    resource fork and a .DS_Store are hidden (skipped, counted once), a loose file beside the test classes is a
+    non-image file (counted, named), and the manifest records both."""
+    root = make_folder(tmp_path)
+    (root / "train" / ".DS_Store").write_bytes(b"\0" * 8)
+    (root / "train" / "cat" / "._0.png").write_bytes(b"\0\5\26\7")  # would not decode as an image
+    (root / "test" / "notes.txt").write_text("loose")
+    raw = read_image_folder(str(root))
+    assert np.bincount(raw.train_labels).tolist() == [20, 8, 4] and len(raw.test_labels) == 9
+    assert sorted(os.path.basename(p) for p in raw.hidden_files) == [".DS_Store", "._0.png"]
+    assert raw.non_image_files == [str(root / "test" / "notes.txt")]
+    manifest = prepare(raw, SplitSpec(rho=None, val_per_class=2), str(tmp_path / "out"), log=lambda m: None)
+    assert (manifest["hidden_files"], manifest["non_image_files"]) == (2, 1)
+    assert manifest["non_image_file_samples"] == [str(root / "test" / "notes.txt")]
+
+
 def test_image_folder_corrupt_images_are_counted_and_named(tmp_path):
     root = make_folder(tmp_path)
     (root / "train" / "dog" / "0.png").write_bytes(b"not a png at all")

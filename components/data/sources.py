@@ -178,21 +178,23 @@ def read_image_folder(root: str, image_settings=IMAGE_SETTINGS) -> RawData:
     images, of any size and colour mode, fitted to one shape (:func:`fit_encoded`). Hidden, system and other
     non-image files are skipped and counted in the RawData (prepare writes them into the manifest)."""
     fs = layout.filesystem()
-    train_dir = os.path.join(root, "train")
-    listing, class_names, _ = layout.list_train_classes(root)
+    listing, class_names, train_counts = layout.list_train_classes(root)  # train/ listed once, its images first
+
+    def encoded(split_dir: str, paths: list[str], counts: dict[str, int]) -> tuple[Encoded, np.ndarray]:
+        if not paths:
+            raise DataError(split_dir, "no images")
+        labels = [class_names.index(name) for name, n in counts.items() for _ in range(n)]
+        return Encoded(split_dir, [_read(p) for p in paths], paths), np.asarray(labels, np.int64)
 
     def labeled(split_dir: str) -> tuple[Encoded, np.ndarray]:
         if not fs.isdir(split_dir):
             raise DataError(root, f"no {os.path.basename(split_dir)}/ folder")
         start = len(listing.images)
-        classes, counts = layout.list_class_folders(split_dir, None if split_dir == train_dir else class_names, listing)
-        paths = listing.images[start:]
-        labels = [class_names.index(name) for name in classes for _ in range(counts[name])]
-        if not paths:
-            raise DataError(split_dir, "no images")
-        return Encoded(split_dir, [_read(p) for p in paths], paths), np.asarray(labels, np.int64)
+        _, counts = layout.list_class_folders(split_dir, class_names, listing)
+        return encoded(split_dir, listing.images[start:], counts)
 
-    parts = {"train": labeled(train_dir), "test": labeled(os.path.join(root, "test"))}
+    parts = {"train": encoded(os.path.join(root, "train"), list(listing.images), train_counts),
+             "test": labeled(os.path.join(root, "test"))}
     val_dir = layout.validation_folder(root, fs.isdir)
     if val_dir:
         parts["val"] = labeled(val_dir)
